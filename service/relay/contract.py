@@ -15,7 +15,7 @@ METRICS_PATH: Final = "/metrics"
 
 ENV_PREFIX: Final = "RELAY_"
 
-# Every setting the relay reads, by environment variable (see relay.config for meaning and defaults).
+# Every setting the relay reads, by environment variable (relay.config: meaning, defaults).
 ENV_HOST: Final = "RELAY_HOST"
 ENV_PORT: Final = "RELAY_PORT"
 ENV_REDIS_URLS: Final = "RELAY_REDIS_URLS"

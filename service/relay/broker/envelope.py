@@ -1,0 +1,60 @@
+"""The versioned envelope an event travels in between relay servers (through Redis).
+
+Layout: one compact JSON header line, `\\n`, then the client `event` message exactly as
+members receive it. Receiving servers parse only the small header and pass the event
+bytes on untouched, so an event is JSON-encoded once, on the publishing server.
+JSON only, never pickle: a Redis channel is not a trusted source of code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from relay.broker.base import Delivery
+
+VERSION: Final = 1
+
+
+class EnvelopeError(ValueError):
+    """Bytes on a room channel that are not an envelope this version understands."""
+
+
+def pack(delivery: Delivery) -> bytes:
+    header: dict[str, Any] = {
+        "v": VERSION,
+        "node": delivery.origin,
+        "room": delivery.room,
+        "ts": delivery.ts,
+    }
+    if delivery.offset is not None:
+        header["offset"] = delivery.offset
+        header["epoch"] = delivery.epoch
+    if delivery.trace:
+        header["tc"] = delivery.trace
+    return orjson.dumps(header) + b"\n" + delivery.payload
+
+
+def unpack(message: bytes) -> Delivery:
+    head, sep, payload = message.partition(b"\n")
+    if not sep or not payload:
+        raise EnvelopeError("no event after the header line")
+    try:
+        header = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(f"header is not JSON: {exc}") from exc
+    if not isinstance(header, dict) or header.get("v") != VERSION:
+        raise EnvelopeError(f"unsupported envelope version {header!r:.80}")
+    try:
+        return Delivery(
+            room=header["room"],
+            payload=payload,
+            ts=header["ts"],
+            offset=header.get("offset"),
+            epoch=header.get("epoch"),
+            origin=header["node"],
+            trace=header.get("tc"),
+        )
+    except KeyError as exc:
+        raise EnvelopeError(f"header lacks {exc}") from exc

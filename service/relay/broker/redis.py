@@ -1,0 +1,362 @@
+"""The Redis broker: live fan-out through Pub/Sub, rooms spread over shards.
+
+Each relay server keeps, per shard, a pool for commands (PUBLISH) and exactly one
+Pub/Sub connection carrying every room channel it subscribes. The Pub/Sub connection is
+the part that fails silently in the systems we compete with (a subscriber goes deaf
+while health checks stay green), so each shard probes it: a token published on this
+server's own node channel must come back within `probe_timeout`. A lost probe, a read
+error or a dropped connection all end the connection's session; it is rebuilt with
+exponential backoff and full jitter, every room channel is subscribed again, and the
+shard reports unready until a probe has made the round trip on the new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from relay import protocol
+from relay.broker import envelope
+from relay.broker.base import Broker, BrokerUnavailable, Delivery, PublishResult
+from relay.contract import LOAD_REPORT_KEY_PREFIX, LOAD_REPORT_TTL_SECONDS
+
+log = logging.getLogger("relay.broker.redis")
+
+SUBSCRIBE_CHUNK = 500
+"""Channels per SUBSCRIBE command when resubscribing after a reconnect."""
+
+
+class ProbeLost(Exception):
+    """The Pub/Sub connection did not return this server's own probe in time."""
+
+
+def room_channel(room: str) -> bytes:
+    # Braces make the room name a hash tag: the same key family stays on one slot
+    # should the shards ever be Redis Cluster nodes.
+    return f"room:{{{room}}}".encode()
+
+
+class Backoff:
+    """Exponential backoff with full jitter (sleep a random time up to the cap)."""
+
+    def __init__(self, base: float = 0.05, cap: float = 2.0) -> None:
+        self._base, self._cap, self._attempt = base, cap, 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self._cap, self._base * 2**self._attempt)
+        self._attempt += 1
+        return random.uniform(0, ceiling)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class RedisShard:
+    """One Redis server as seen by this relay server."""
+
+    def __init__(
+        self,
+        url: str,
+        node_id: str,
+        *,
+        timeout: float,
+        probe_interval: float,
+        probe_timeout: float,
+        on_message: Callable[[bytes], None],
+        on_reconnect: Callable[[], None],
+    ) -> None:
+        self.url = url
+        self._node_channel = f"relay:node:{node_id}".encode()
+        self._timeout = timeout
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
+        self._on_message = on_message
+        self._on_reconnect = on_reconnect
+        # One quick retry lets a pooled connection that died with a restarted Redis
+        # reconnect, without stretching an outage into long waits for the publisher.
+        self.commands: Redis = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._channels: set[bytes] = set()
+        self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._pubsub: PubSub | None = None
+        self._probe: tuple[bytes, asyncio.Future[None]] | None = None
+        self._ready = False
+        self._attempted = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"pubsub {self.url}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=2.0)
+        await asyncio.wait({asyncio.create_task(self.commands.aclose())}, timeout=self._timeout)
+
+    async def subscribe(self, channel: bytes) -> None:
+        pubsub = self._pubsub
+        if pubsub is None or not self._ready:
+            raise BrokerUnavailable(f"Redis {self.url} is not connected")
+        self._channels.add(channel)
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirmations.setdefault(channel, []).append(confirmed)
+        try:
+            await pubsub.subscribe(channel)
+            done, _ = await asyncio.wait({confirmed}, timeout=self._timeout)
+            if not done:
+                raise TimeoutError(f"no SUBSCRIBE confirmation within {self._timeout}s")
+            confirmed.result()
+        except (TimeoutError, RedisError, OSError, BrokerUnavailable) as exc:
+            self._channels.discard(channel)
+            raise BrokerUnavailable(f"SUBSCRIBE on {self.url} failed: {exc!r}") from exc
+
+    async def unsubscribe(self, channel: bytes) -> None:
+        self._channels.discard(channel)
+        pubsub = self._pubsub
+        if pubsub is None:
+            return  # the next connection will not subscribe it again
+        try:
+            await pubsub.unsubscribe(channel)
+        except (RedisError, OSError) as exc:
+            log.info("UNSUBSCRIBE on %s failed (%r); the connection will be rebuilt", self.url, exc)
+
+    # Note on cancellation: redis-py calls are never wrapped in asyncio.timeout or
+    # wait_for here. Cancelling redis-py mid-command has left connections (and the
+    # timeout's own bookkeeping) in states that hang the next attempt; instead every
+    # command relies on the client's socket timeouts, and a session is ended by
+    # aborting its socket, which makes the blocked read fail on its own.
+
+    async def _supervise(self) -> None:
+        backoff = Backoff()
+        while True:
+            was_live = self._ready
+            try:
+                await self._session(backoff)
+            except (RedisError, OSError, ProbeLost) as exc:
+                # Loud once per outage; each further failed attempt only at debug level.
+                level = logging.WARNING if was_live or self._task_first_attempt() else logging.DEBUG
+                log.log(
+                    level,
+                    "Pub/Sub connection to %s lost: %s: %s",
+                    self.url,
+                    type(exc).__name__,
+                    exc,
+                )
+            self._ready = False
+            self._on_reconnect()
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _session(self, backoff: Backoff) -> None:
+        """One Pub/Sub connection's life: subscribe everything, read and probe until it fails."""
+        # socket_timeout bounds the handshake and SUBSCRIBE writes; the blocking reads of
+        # messages are exempt from it (redis-py reads them without a timeout).
+        client = Redis.from_url(
+            self.url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        pubsub = client.pubsub()
+        reader: asyncio.Task[None] | None = None
+        try:
+            # 1. Connect and subscribe every room this server holds; the node channel goes
+            #    last, so the first probe coming back proves all earlier SUBSCRIBEs took.
+            channels = sorted(self._channels)
+            for start in range(0, len(channels), SUBSCRIBE_CHUNK):
+                await pubsub.subscribe(*channels[start : start + SUBSCRIBE_CHUNK])
+            await pubsub.subscribe(self._node_channel)
+            self._pubsub = pubsub
+            # 2. Read deliveries and probe the connection until either fails.
+            reader = asyncio.create_task(self._read(pubsub), name=f"pubsub reader {self.url}")
+            await self._probe_until_lost(reader, backoff)
+        finally:
+            # 3. Forget the connection: waiters fail now, the socket is aborted (a silent
+            #    partition would leave a graceful close hanging), the reader then ends.
+            self._pubsub = None
+            self._ready = False
+            self._fail_confirmations()
+            _abort(pubsub)
+            if reader is not None:
+                done, _ = await asyncio.wait({reader}, timeout=1.0)
+                if not done:
+                    reader.cancel()
+                elif not reader.cancelled():
+                    reader.exception()  # already reported through the probe loop
+            await asyncio.wait({asyncio.create_task(client.aclose())}, timeout=1.0)
+
+    async def _read(self, pubsub: PubSub) -> None:
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            kind, channel = message["type"], message["channel"]
+            if kind == "message":
+                if channel == self._node_channel:
+                    self._probe_returned(message["data"])
+                else:
+                    self._on_message(message["data"])
+            elif kind == "subscribe":
+                for waiter in self._confirmations.pop(channel, ()):
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    async def _probe_until_lost(self, reader: asyncio.Task[None], backoff: Backoff) -> None:
+        """Probe every `probe_interval`; return or raise when the connection is gone."""
+        loop = asyncio.get_running_loop()
+        while True:
+            token = secrets.token_hex(8).encode()
+            returned: asyncio.Future[None] = loop.create_future()
+            self._probe = (token, returned)
+            try:
+                await self.commands.publish(self._node_channel, token)
+            except (RedisError, OSError) as exc:
+                raise ProbeLost(f"probe PUBLISH failed: {exc!r}") from exc
+            done, _ = await asyncio.wait(
+                {returned, reader}, timeout=self._probe_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if reader in done:
+                reader.result()  # raises the read error
+                return
+            if returned not in done:
+                raise ProbeLost(f"probe not back within {self._probe_timeout}s")
+            if not self._ready:
+                log.info("Pub/Sub connection to %s is live", self.url)
+                self._attempted = False
+            self._ready = True
+            backoff.reset()
+            if (await asyncio.wait({reader}, timeout=self._probe_interval))[0]:
+                reader.result()
+                return
+
+    def _task_first_attempt(self) -> bool:
+        first, self._attempted = not self._attempted, True
+        return first
+
+    def _probe_returned(self, token: bytes) -> None:
+        if self._probe is not None and self._probe[0] == token and not self._probe[1].done():
+            self._probe[1].set_result(None)
+
+    def _fail_confirmations(self) -> None:
+        for waiters in self._confirmations.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(BrokerUnavailable("Pub/Sub connection lost"))
+        self._confirmations.clear()
+
+
+def _abort(pubsub: PubSub) -> None:
+    """Drop the Pub/Sub socket at once, without the closing handshake."""
+    connection = pubsub.connection
+    writer = getattr(connection, "_writer", None) if connection is not None else None
+    if writer is not None:
+        writer.transport.abort()
+
+
+class RedisBroker(Broker):
+    """Rooms mapped to shards by rendezvous hashing over the shard URLs.
+
+    Rendezvous hashing moves only the rooms whose best shard is a new one (about 1/N of
+    them) when a shard is added, and needs no shared state between relay servers.
+    """
+
+    def __init__(
+        self,
+        urls: tuple[str, ...],
+        node_id: str,
+        *,
+        timeout: float,
+        probe_interval: float,
+        probe_timeout: float,
+        on_reconnect: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__()
+        if not urls:
+            raise ValueError("RedisBroker needs at least one URL")
+        self._node_id = node_id
+        self._shards = [
+            RedisShard(
+                url,
+                node_id,
+                timeout=timeout,
+                probe_interval=probe_interval,
+                probe_timeout=probe_timeout,
+                on_message=self._received,
+                on_reconnect=on_reconnect,
+            )
+            for url in urls
+        ]
+
+    @property
+    def ready(self) -> bool:
+        return all(shard.ready for shard in self._shards)
+
+    def shard_for(self, room: str) -> RedisShard:
+        return max(self._shards, key=lambda shard: _rendezvous_score(shard.url, room))
+
+    async def start(self) -> None:
+        for shard in self._shards:
+            shard.start()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(shard.close() for shard in self._shards), return_exceptions=True)
+
+    async def publish(
+        self, room: str, data: Any, *, ts: int, trace: dict[str, str] | None = None
+    ) -> PublishResult:
+        payload = protocol.event(room, None, data, ts)
+        message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
+        shard = self.shard_for(room)
+        try:
+            await shard.commands.publish(room_channel(room), message)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"PUBLISH on {shard.url} failed: {exc!r}") from exc
+        return PublishResult(None, None)
+
+    async def subscribe(self, room: str) -> None:
+        await self.shard_for(room).subscribe(room_channel(room))
+
+    async def unsubscribe(self, room: str) -> None:
+        await self.shard_for(room).unsubscribe(room_channel(room))
+
+    async def position(self, room: str) -> PublishResult:
+        return PublishResult(None, None)
+
+    async def report_load(self, connections: int) -> None:
+        """Write this server's connection count where the operator's autoscaler reads it."""
+        key = LOAD_REPORT_KEY_PREFIX + self._node_id
+        try:
+            await self._shards[0].commands.set(key, connections, ex=LOAD_REPORT_TTL_SECONDS)
+        except (RedisError, OSError) as exc:
+            log.debug("load report failed: %r", exc)
+
+    def _received(self, message: bytes) -> None:
+        try:
+            delivery = envelope.unpack(message)
+        except envelope.EnvelopeError as exc:
+            log.warning("dropped a message that is not an envelope: %s", exc)
+            return
+        self._deliver(delivery)
+
+
+def _rendezvous_score(shard: str, room: str) -> int:
+    digest = hashlib.blake2b(f"{shard}\x00{room}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")

@@ -1,0 +1,119 @@
+"""`relay`: serve, publish, tail, check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+
+import orjson
+
+from relay import contract
+from relay.client import RelayClient, RelayError
+from relay.config import ConfigError, load_settings
+
+DEFAULT_URL = f"ws://127.0.0.1:{contract.HTTP_PORT}{contract.WS_PATH}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relay", description="GameCluster WebSocket relay")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run a relay server (settings from RELAY_* env)")
+    serve.add_argument("--host", help="overrides RELAY_HOST")
+    serve.add_argument("--port", type=int, help="overrides RELAY_PORT")
+
+    publish = commands.add_parser("publish", help="publish one event and wait for its ack")
+    publish.add_argument("room")
+    publish.add_argument("data", help="the event's data, as JSON")
+    publish.add_argument("--url", default=DEFAULT_URL)
+    publish.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
+
+    tail = commands.add_parser("tail", help="print a room's events as JSON lines")
+    tail.add_argument("room")
+    tail.add_argument("--url", default=DEFAULT_URL)
+    tail.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
+
+    check = commands.add_parser("check", help="publish to a private room and expect it back")
+    check.add_argument("url")
+    check.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
+    check.add_argument("--timeout", type=float, default=10.0)
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args.host, args.port)
+    try:
+        if args.command == "publish":
+            return asyncio.run(_publish(args.url, args.token, args.room, args.data))
+        if args.command == "tail":
+            return asyncio.run(_tail(args.url, args.token, args.room))
+        return asyncio.run(_check(args.url, args.token, args.timeout))
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, TimeoutError, RelayError) as exc:
+        print(f"relay {args.command}: {exc!r}", file=sys.stderr)
+        return 1
+
+
+def _serve(host: str | None, port: int | None) -> int:
+    if host is not None:
+        os.environ[contract.ENV_HOST] = host
+    if port is not None:
+        os.environ[contract.ENV_PORT] = str(port)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"relay serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from relay.server import serve  # uvicorn and the app load only for `serve`
+
+    serve(settings)
+    return 0
+
+
+async def _publish(url: str, token: str | None, room: str, data: str) -> int:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        print(f"relay publish: DATA is not JSON: {exc}", file=sys.stderr)
+        return 2
+    async with RelayClient(url, token=token) as client:
+        ack = await client.publish(room, value, id=str(uuid.uuid4()))
+    print(orjson.dumps(ack).decode())
+    return 0
+
+
+async def _tail(url: str, token: str | None, room: str) -> int:
+    async with RelayClient(url, token=token) as client:
+        await client.join(room)
+        async for message in client.events():
+            sys.stdout.write(orjson.dumps(message).decode() + "\n")
+            sys.stdout.flush()
+    return 0
+
+
+async def _check(url: str, token: str | None, seconds: float) -> int:
+    """Join a private room, publish, and expect the ack and our own event back."""
+    room = f"check:{uuid.uuid4().hex}"
+    msg_id = str(uuid.uuid4())
+    async with RelayClient(url, token=token, timeout=seconds) as client:
+        await client.join(room)
+        ack = await client.publish(room, {"check": msg_id}, id=msg_id)
+        event = await client.receive(seconds)
+    if event.get("op") != "event" or event.get("data") != {"check": msg_id}:
+        print(f"relay check: FAILED, expected our event back, got {event}", file=sys.stderr)
+        return 1
+    print(f"relay check: ok, node {client.welcome.get('node')}, ack {ack}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""One relay server's runtime: its broker, hub and sessions, readiness and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.responses import PlainTextResponse
+from starlette.websockets import WebSocket
+
+from relay.broker import Broker
+from relay.broker.memory import MemoryBroker
+from relay.broker.redis import RedisBroker
+from relay.config import Settings
+from relay.hub import Hub
+from relay.metrics import Metrics
+from relay.outbox import FlushScheduler
+from relay.protocol import CloseCode
+from relay.session import Services, Session
+from relay.transport import SCOPE_EXTENSION, RawSocket
+
+log = logging.getLogger("relay.node")
+
+LOAD_REPORT_INTERVAL = 5.0
+
+
+def make_broker(settings: Settings, metrics: Metrics) -> Broker:
+    if not settings.redis_urls:
+        return MemoryBroker(settings.node_id)
+    return RedisBroker(
+        settings.redis_urls,
+        settings.node_id,
+        timeout=settings.redis_timeout,
+        probe_interval=settings.probe_interval,
+        probe_timeout=settings.probe_timeout,
+        on_reconnect=metrics.redis_reconnects.inc,
+    )
+
+
+class RelayNode:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.broker = make_broker(settings, self.metrics)
+        self.hub = Hub(self.broker, self.metrics, unsubscribe_delay=settings.unsubscribe_delay)
+        self.services = Services(settings, self.broker, self.hub, self.metrics, FlushScheduler())
+        self.sessions: set[Session] = set()
+        self.draining = False
+        self._all_closed = asyncio.Event()
+        self._load_reports: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        mode = (
+            "redis " + ",".join(self.settings.redis_urls)
+            if self.settings.redis_urls
+            else "embedded"
+        )
+        log.info("relay node %s starting, broker: %s", self.settings.node_id, mode)
+        await self.broker.start()
+        if isinstance(self.broker, RedisBroker):
+            self._load_reports = asyncio.create_task(self._report_load(self.broker))
+
+    async def stop(self) -> None:
+        if self._load_reports is not None:
+            self._load_reports.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._load_reports
+        await self.hub.close()
+        await self.broker.close()
+
+    def readiness(self) -> str | None:
+        """None when ready to take connections, else why not."""
+        if self.draining:
+            return "draining"
+        if not self.broker.ready:
+            return "broker not connected"
+        return None
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """The `/ws` endpoint: admit the connection, then run its session to the end."""
+        if self.draining:
+            await websocket.send_denial_response(PlainTextResponse("draining", status_code=503))
+            return
+        socket = websocket.scope.get("extensions", {}).get(SCOPE_EXTENSION)
+        if not isinstance(socket, RawSocket):
+            log.error(
+                "no %s in the ASGI scope: serve the relay with `relay serve`", SCOPE_EXTENSION
+            )
+            await websocket.close(CloseCode.INTERNAL_ERROR)
+            return
+        await websocket.accept()
+        if len(self.sessions) >= self.settings.max_connections:
+            await websocket.close(CloseCode.TRY_AGAIN_LATER, "connection limit reached")
+            return
+        session = Session(self.services, websocket, socket)
+        self.sessions.add(session)
+        self.metrics.connections.inc()
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            self.metrics.connections.dec()
+            if not self.sessions:
+                self._all_closed.set()
+
+    async def drain(self, seconds: float) -> None:
+        """Hand every session over to other relay servers before this one stops."""
+        # 1. Refuse new connections and report unready, so the load balancer moves on.
+        self.draining = True
+        sessions = list(self.sessions)
+        log.info("draining %d sessions over %.1fs", len(sessions), seconds)
+        # 2. Ask each session to reconnect elsewhere, spread over most of the window so
+        #    the other relay servers are not stampeded by every client at once.
+        spacing = seconds * 0.8 / len(sessions) if sessions else 0.0
+        for session in sessions:
+            session.reconnect("draining", CloseCode.SERVICE_RESTART)
+            if spacing:
+                await asyncio.sleep(spacing)
+        # 3. Give the closing handshakes the rest of the window, then stop waiting.
+        if self.sessions:
+            self._all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), max(1.0, seconds * 0.2))
+        log.info("drain done, %d sessions still open", len(self.sessions))
+
+    async def _report_load(self, broker: RedisBroker) -> None:
+        while True:
+            await broker.report_load(len(self.sessions))
+            await asyncio.sleep(LOAD_REPORT_INTERVAL)

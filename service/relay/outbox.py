@@ -1,0 +1,112 @@
+"""Per-connection send queues, flushed once per event-loop turn.
+
+Messages for one connection are appended to its outbox (no await, no per-recipient
+work beyond a list append). One callback per loop turn writes every dirty outbox: a
+lone message goes out as a frame shared with every other socket that got the same
+event; several pending messages are joined with `\\n` into one frame (the protocol's
+batching), which saves a syscall per message at high rates.
+
+Bound and overflow policy: an outbox holds at most `limit` messages. They pile up only
+while the transport is paused (its buffer is over the high-water mark because the
+client is not reading). Past the limit the connection is a slow consumer: its queue is
+dropped, it gets `reconnect` (slow_consumer) and close 4008, and nobody else waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from relay.transport import RawSocket
+
+BATCH_BYTES = 64 * 1024
+"""Largest batched frame; a batch is split before it would pass this size."""
+
+
+class FlushScheduler:
+    """Writes all dirty outboxes in one callback per event-loop turn."""
+
+    def __init__(self) -> None:
+        self._dirty: list[Outbox] = []
+        self._scheduled = False
+
+    def mark(self, outbox: Outbox) -> None:
+        self._dirty.append(outbox)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        frames: dict[bytes, bytes] = {}  # event bytes -> frame, shared across sockets
+        for outbox in dirty:
+            outbox.flush(frames)
+
+
+class Outbox:
+    __slots__ = ("_limit", "_on_overflow", "_pending", "_scheduler", "_socket", "closed")
+
+    def __init__(
+        self,
+        socket: RawSocket,
+        scheduler: FlushScheduler,
+        *,
+        limit: int,
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self._socket = socket
+        self._scheduler = scheduler
+        self._limit = limit
+        self._on_overflow = on_overflow
+        self._pending: list[bytes] = []
+        self.closed = False
+        socket.on_resume = self._resumed
+
+    def push(self, payload: bytes) -> None:
+        if self.closed:
+            return
+        pending = self._pending
+        if len(pending) >= self._limit:
+            self._on_overflow()
+            return
+        pending.append(payload)
+        if len(pending) == 1 and not self._socket.paused:
+            self._scheduler.mark(self)
+
+    def flush(self, frames: dict[bytes, bytes] | None = None) -> None:
+        if self.closed or self._socket.paused or not self._pending:
+            return
+        self._write_all(frames)
+
+    def close(self, final: bytes | None, code: int, *, drop_pending: bool = False) -> None:
+        """Write what is pending (unless dropped), then `final`, then close with `code`."""
+        if self.closed:
+            return
+        if drop_pending:
+            self._pending = []
+        self._write_all(None)
+        if final is not None:
+            self._socket.send(final)
+        self.closed = True
+        self._socket.close(code)
+
+    def _write_all(self, frames: dict[bytes, bytes] | None) -> None:
+        pending, self._pending = self._pending, []
+        if len(pending) == 1:
+            self._socket.send(pending[0], frames)
+            return
+        batch: list[bytes] = []
+        size = 0
+        for payload in pending:
+            if batch and size + len(payload) > BATCH_BYTES:
+                self._socket.send(b"\n".join(batch))
+                batch, size = [], 0
+            batch.append(payload)
+            size += len(payload) + 1
+        if batch:
+            self._socket.send(b"\n".join(batch))
+
+    def _resumed(self) -> None:
+        if self._pending and not self.closed:
+            self._scheduler.mark(self)

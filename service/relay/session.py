@@ -1,0 +1,174 @@
+"""One WebSocket session: reads client messages in order, answers through its outbox.
+
+Client messages are handled one after another (a publish is acked before the next
+message is read), which keeps each connection's publishes in order. Everything the
+server sends, replies and events alike, goes through the connection's bounded outbox,
+so `joined` always precedes the room's events and nothing bypasses the queue bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from starlette.websockets import WebSocket
+
+from relay import protocol
+from relay.broker import Broker, BrokerUnavailable
+from relay.config import Settings
+from relay.hub import Hub
+from relay.metrics import Metrics
+from relay.outbox import FlushScheduler, Outbox
+from relay.protocol import CloseCode, ErrorCode, ProtocolError
+from relay.ratelimit import TokenBucket
+from relay.transport import RawSocket
+
+log = logging.getLogger("relay.session")
+
+ABUSE_BURST = 50
+ABUSE_RATE = 5.0
+"""Refused messages a connection may send (burst, then per second) before close 1008."""
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What a session needs from its relay server."""
+
+    settings: Settings
+    broker: Broker
+    hub: Hub
+    metrics: Metrics
+    scheduler: FlushScheduler
+
+
+class Session:
+    def __init__(self, services: Services, websocket: WebSocket, socket: RawSocket) -> None:
+        self.id = secrets.token_urlsafe(9)
+        self._services = services
+        self._settings = services.settings
+        self._websocket = websocket
+        self._rooms: set[str] = set()
+        self._publishes = TokenBucket(self._settings.publish_rate, self._settings.publish_burst)
+        self._refusals = TokenBucket(ABUSE_RATE, ABUSE_BURST)
+        self.outbox = Outbox(
+            socket,
+            services.scheduler,
+            limit=self._settings.send_queue,
+            on_overflow=self._slow_consumer,
+        )
+
+    def push(self, payload: bytes) -> None:
+        self.outbox.push(payload)
+
+    def reconnect(self, reason: str, code: CloseCode) -> None:
+        """Tell the client to reconnect elsewhere, after what is already queued, and close."""
+        self.outbox.close(protocol.reconnect(reason), code)
+
+    async def run(self) -> None:
+        """Serve the connection until it closes; always leaves every room on the way out."""
+        s = self._settings
+        self.push(protocol.welcome(self.id, s.node_id, s.heartbeat_seconds))
+        try:
+            while not self.outbox.closed:
+                message = await self._websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    self._refuse(
+                        ProtocolError(
+                            ErrorCode.BAD_REQUEST, "binary frames are not part of the protocol"
+                        )
+                    )
+                    continue
+                for line in protocol.split_frame(text):
+                    await self._handle(line)
+        finally:
+            for room in self._rooms:
+                self._services.hub.leave(self, room)
+            self._rooms.clear()
+
+    async def _handle(self, line: str) -> None:
+        try:
+            message = protocol.parse_message(line, self._settings.max_message_bytes)
+            if isinstance(message, protocol.Publish):
+                await self._publish(message)
+            elif isinstance(message, protocol.Join):
+                await self._join(message)
+            elif isinstance(message, protocol.Leave):
+                self._leave(message)
+            else:
+                self.push(protocol.pong(message.ref))
+        except ProtocolError as exc:
+            self._refuse(exc)
+        except Exception:
+            correlation = secrets.token_hex(6)
+            log.exception(
+                "internal error %s handling a message of session %s", correlation, self.id
+            )
+            self._refuse(ProtocolError(ErrorCode.INTERNAL, f"internal error {correlation}"))
+
+    async def _publish(self, message: protocol.Publish) -> None:
+        ids = {"ref": message.ref, "id": message.id, "room": message.room}
+        if not self._publishes.take():
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"over {self._settings.publish_rate:g} publishes/s (burst "
+                f"{self._settings.publish_burst})",
+                **ids,
+            )
+        ts = time.time_ns() // 1_000_000
+        try:
+            result = await self._services.broker.publish(message.room, message.data, ts=ts)
+        except BrokerUnavailable as exc:
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, "the broker is unreachable; retry later", **ids
+            ) from exc
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, exc.message, **ids) from exc
+        self._services.metrics.published.inc()
+        if message.id is not None:
+            self.push(protocol.ack(message.id, message.room, result.offset, message.ref))
+
+    async def _join(self, message: protocol.Join) -> None:
+        room, ref = message.room, message.ref
+        if room not in self._rooms and len(self._rooms) >= self._settings.max_rooms_per_connection:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS,
+                f"already in {len(self._rooms)} rooms, the limit per connection",
+                ref=ref,
+                room=room,
+            )
+        try:
+            position = await self._services.broker.position(room)
+            if room not in self._rooms:
+                await self._services.hub.join(self, room)
+        except BrokerUnavailable as exc:
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, "the broker is unreachable; retry later", ref=ref, room=room
+            ) from exc
+        self._rooms.add(room)
+        recovered = None if message.since is None else False
+        self.push(protocol.joined(room, position.offset, position.epoch, recovered, ref))
+
+    def _leave(self, message: protocol.Leave) -> None:
+        if message.room in self._rooms:
+            self._rooms.discard(message.room)
+            self._services.hub.leave(self, message.room)
+        self.push(protocol.left(message.room, message.ref))
+
+    def _refuse(self, exc: ProtocolError) -> None:
+        self._services.metrics.errors.labels(str(exc.code)).inc()
+        self.push(protocol.error(exc))
+        if not self._refusals.take():
+            log.info("closing session %s: too many refused messages", self.id)
+            self.outbox.close(None, CloseCode.POLICY_VIOLATION)
+
+    def _slow_consumer(self) -> None:
+        log.info("session %s is a slow consumer: dropping it", self.id)
+        self._services.metrics.slow_consumers.inc()
+        self.outbox.close(
+            protocol.reconnect("slow_consumer"), CloseCode.SLOW_CONSUMER, drop_pending=True
+        )

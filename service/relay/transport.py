@@ -1,0 +1,109 @@
+"""Direct writes to a WebSocket's transport, for the fan-out hot path.
+
+Why not ASGI `send`: it awaits per message and per recipient, which is where a plain
+FastAPI broadcast spends most of its CPU. An event to N local members is encoded once
+and framed once; the same frame bytes are written to each member's transport without
+an await. Server-to-client frames are unmasked, so one frame serves every socket.
+
+FastAPI keeps routing, the handshake and the HTTP surface: this module only adds a
+uvicorn WebSocket protocol (a subclass of its sans-I/O one) that exposes a `RawSocket`
+in the ASGI scope extension `relay.raw_socket`. `relay serve` always runs with it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+SCOPE_EXTENSION = "relay.raw_socket"
+CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for the peer's close frame before dropping the TCP connection."""
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final, uncompressed text frame carrying `payload`."""
+    size = len(payload)
+    if size < 126:
+        return struct.pack("!BB", 0x81, size) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+class RawSocket:
+    """The write side of one WebSocket, bypassing ASGI for speed (see module docstring)."""
+
+    __slots__ = ("_protocol", "compressed", "on_resume")
+
+    def __init__(self, protocol: RelayWebSocketProtocol) -> None:
+        self._protocol = protocol
+        self.on_resume: Callable[[], None] | None = None
+        self.compressed = bool(protocol.conn.extensions)
+
+    @property
+    def paused(self) -> bool:
+        """True while the transport's buffer is over its high-water mark."""
+        return not self._protocol.writable.is_set()
+
+    @property
+    def closed(self) -> bool:
+        p = self._protocol
+        return p.close_sent or p.disconnected or p.transport.is_closing()
+
+    def send(self, payload: bytes, frames: dict[bytes, bytes] | None = None) -> None:
+        """Write one text message; `frames` caches frames shared by several sockets."""
+        if self.closed:
+            return
+        if self.compressed:
+            # permessage-deflate state is per connection: no frame can be shared.
+            conn = self._protocol.conn
+            conn.send_text(payload)
+            self._protocol.transport.write(b"".join(conn.data_to_send()))
+            return
+        if frames is None:
+            self._protocol.transport.write(text_frame(payload))
+            return
+        frame = frames.get(payload)
+        if frame is None:
+            frame = frames[payload] = text_frame(payload)
+        self._protocol.transport.write(frame)
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake now, without waiting for the buffer to drain."""
+        self._protocol.close_now(code, reason)
+
+
+class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, plus a RawSocket in the scope."""
+
+    raw_socket: RawSocket | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:
+            # The ASGI task is created but has not started yet, so the scope can still grow.
+            self.raw_socket = RawSocket(self)
+            extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+            extensions[SCOPE_EXTENSION] = self.raw_socket
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.raw_socket is not None and self.raw_socket.on_resume is not None:
+            self.raw_socket.on_resume()
+
+    def close_now(self, code: int, reason: str) -> None:
+        """What ASGI `websocket.close` does, minus the wait for a writable transport."""
+        if self.close_sent or self.disconnected or self.transport.is_closing():
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.close)

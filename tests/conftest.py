@@ -1,0 +1,54 @@
+"""Fixtures shared by every tier: real redis-server and relay processes on free ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from support.processes import RedisProcess, RelayProcess
+
+RelayFactory = Callable[..., RelayProcess]
+RedisFactory = Callable[..., RedisProcess]
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
+    started: list[RedisProcess] = []
+
+    def make(*, aof: bool = False) -> RedisProcess:
+        server = RedisProcess(tmp_path, aof=aof).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def redis(redis_factory: RedisFactory) -> RedisProcess:
+    return redis_factory()
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
+    """Start relay servers: `relay_factory("a", redis_urls=[...], env={...})`."""
+    started: list[RelayProcess] = []
+
+    def make(
+        node_id: str,
+        *,
+        redis_urls: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        ready: bool = True,
+    ) -> RelayProcess:
+        settings = {"RELAY_REDIS_URLS": ",".join(redis_urls or []), "RELAY_AUTH": "none"}
+        relay = RelayProcess(tmp_path, {**settings, **(env or {})}, node_id).start(ready=ready)
+        started.append(relay)
+        return relay
+
+    yield make
+    for relay in started:
+        relay.kill()

@@ -1,0 +1,63 @@
+"""Redis outages and silent partitions (issue: relay core, tests 4 and 9)."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.client import RelayClient, RelayError
+from support.processes import RedisProcess, wait_until
+from support.proxy import StallingProxy
+
+pytestmark = pytest.mark.integration
+
+
+async def test_redis_restart_gives_unavailable_then_fanout_recovers(
+    redis: RedisProcess, relay_factory
+) -> None:
+    pod_a = relay_factory("a", redis_urls=[redis.url])
+    pod_b = relay_factory("b", redis_urls=[redis.url])
+    async with RelayClient(pod_a.url) as on_a, RelayClient(pod_b.url) as on_b:
+        await on_a.join("r")
+        await on_b.join("r")
+
+        redis.kill()
+        with pytest.raises(RelayError) as refused:
+            await on_a.publish("r", "lost?", id="during-outage")
+        assert refused.value.code == "unavailable"
+        wait_until(lambda: pod_a.status() == 503 and pod_b.status() == 503, 10, "/readyz 503")
+        assert (await on_a.ping())["op"] == "pong"  # sessions stay open through the outage
+
+        redis.start()
+        wait_until(lambda: pod_a.status() == 200 and pod_b.status() == 200, 15, "/readyz 200")
+        await on_a.publish("r", "after", id="after-outage")
+        for client in (on_a, on_b):
+            event = await client.receive(timeout=5)
+            assert event["op"] == "event" and event["data"] == "after"
+        assert "relay_redis_reconnects_total 0.0" not in pod_b.metrics()
+
+
+async def test_silent_partition_is_detected_and_healed(redis: RedisProcess, relay_factory) -> None:
+    proxy = StallingProxy(redis.port).start()
+    try:
+        pod_a = relay_factory("a", redis_urls=[proxy.url])
+        pod_b = relay_factory("b", redis_urls=[redis.url])
+        async with RelayClient(pod_a.url) as on_a, RelayClient(pod_b.url) as on_b:
+            await on_a.join("r")
+            await on_b.join("r")
+            await on_b.publish("r", "before", id="e1")
+            for client in (on_a, on_b):
+                assert (await client.receive(timeout=5))["data"] == "before"
+
+            proxy.stall()  # both TCP connections stay open; nothing flows
+            wait_until(lambda: pod_a.status() == 503, 10, "pod a to notice the dead Pub/Sub link")
+            assert pod_b.status() == 200
+
+            proxy.flow()
+            wait_until(lambda: pod_a.status() == 200, 15, "pod a to reconnect and resubscribe")
+            await on_b.publish("r", "after", id="e2")
+            assert (await on_a.receive(timeout=5))["data"] == "after"
+            await on_a.publish("r", "back", id="e3")
+            assert [(await on_b.receive(timeout=5))["data"] for _ in range(2)] == ["after", "back"]
+        assert "relay_redis_reconnects_total 0.0" not in pod_a.metrics()
+    finally:
+        proxy.close()

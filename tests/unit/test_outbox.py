@@ -1,0 +1,85 @@
+from collections.abc import Callable
+
+import pytest
+
+from relay.outbox import BATCH_BYTES, FlushScheduler, Outbox
+
+pytestmark = pytest.mark.unit
+
+
+class FakeSocket:
+    """Records what an outbox writes; `paused` plays the transport's flow control."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.sent: list[bytes] = []
+        self.frames_shared: list[bool] = []
+        self.closed_with: int | None = None
+        self.on_resume: Callable[[], None] | None = None
+
+    def send(self, payload: bytes, frames: dict[bytes, bytes] | None = None) -> None:
+        self.sent.append(payload)
+        self.frames_shared.append(frames is not None)
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.closed_with = code
+
+
+def make(limit: int = 10) -> tuple[Outbox, FakeSocket, list[str]]:
+    overflows: list[str] = []
+    socket = FakeSocket()
+    outbox = Outbox(
+        socket, FlushScheduler(), limit=limit, on_overflow=lambda: overflows.append("!")
+    )  # type: ignore[arg-type]
+    return outbox, socket, overflows
+
+
+async def test_pending_messages_are_batched_into_one_frame() -> None:
+    outbox, socket, _ = make()
+    for n in range(3):
+        outbox.push(b'{"n":%d}' % n)
+    outbox.flush({})
+    assert socket.sent == [b'{"n":0}\n{"n":1}\n{"n":2}']
+
+
+async def test_a_lone_message_uses_the_shared_frame_cache() -> None:
+    outbox, socket, _ = make()
+    outbox.push(b"{}")
+    outbox.flush({})
+    assert socket.frames_shared == [True]
+
+
+async def test_batches_are_split_at_the_batch_size() -> None:
+    outbox, socket, _ = make(limit=100)
+    big = b"x" * (BATCH_BYTES // 3)
+    for _ in range(4):
+        outbox.push(big)
+    outbox.flush({})
+    assert len(socket.sent) == 2
+    assert all(len(frame) <= BATCH_BYTES for frame in socket.sent)
+
+
+async def test_nothing_is_written_while_paused_and_overflow_is_reported_once_full() -> None:
+    outbox, socket, overflows = make(limit=3)
+    socket.paused = True
+    for n in range(3):
+        outbox.push(b"%d" % n)
+    outbox.flush({})
+    assert socket.sent == []
+    outbox.push(b"3")
+    assert overflows == ["!"]
+
+
+async def test_close_drops_or_flushes_pending_then_sends_final_message() -> None:
+    outbox, socket, _ = make()
+    outbox.push(b"a")
+    outbox.close(b"bye", 1012)
+    assert socket.sent == [b"a", b"bye"]
+    assert socket.closed_with == 1012
+    outbox.push(b"late")
+    assert socket.sent == [b"a", b"bye"]
+
+    outbox, socket, _ = make()
+    outbox.push(b"a")
+    outbox.close(b"slow", 4008, drop_pending=True)
+    assert socket.sent == [b"slow"]
