@@ -1,0 +1,152 @@
+"""Fan-out benchmark: R rooms x S subscribers split over two relay servers on one Redis.
+
+Prints delivered messages/s, publish-to-delivery latency percentiles and server CPU
+per delivered message (user + system time of both relay processes, so the kernel's
+send work is counted). Not a test: it asserts nothing, it measures. Run it with
+`make bench` or `python bench/fanout.py --help`; compare figures as ratios within one
+run, since these machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.processes import RedisProcess, RelayProcess
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+class Subscriber:
+    def __init__(self) -> None:
+        self.latencies_ns: list[int] = []
+        self.count = 0
+
+    async def run(self, ws: ClientConnection) -> None:
+        async for frame in ws:
+            now = time.time_ns()
+            for line in str(frame).split("\n"):
+                message = orjson.loads(line)
+                if message.get("op") == "event":
+                    self.count += 1
+                    self.latencies_ns.append(now - message["data"]["t"])
+
+
+async def join(url: str, room: str) -> ClientConnection:
+    ws = await connect(url, max_size=None, compression=None)
+    await ws.recv()  # welcome
+    await ws.send(orjson.dumps({"op": "join", "room": room, "ref": "j"}).decode())
+    while orjson.loads(str(await ws.recv()).split("\n")[0]).get("op") != "joined":
+        pass
+    return ws
+
+
+async def publish(url: str, room: str, per_second: float, seconds: float) -> int:
+    ws = await connect(url, max_size=None, compression=None)
+    await ws.recv()
+    sent, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        due = int(elapsed * per_second) + 1
+        while sent < due:
+            body = {"op": "publish", "room": room, "data": {"t": time.time_ns(), "n": sent}}
+            await ws.send(orjson.dumps(body).decode())
+            sent += 1
+        await asyncio.sleep(1 / per_second)
+    await ws.close()
+    return sent
+
+
+async def measure(args: argparse.Namespace, pods: list[RelayProcess]) -> None:
+    subscribers: list[Subscriber] = []
+    sockets: list[ClientConnection] = []
+    readers = []
+    for r in range(args.rooms):
+        for s in range(args.subs):
+            ws = await join(pods[s % 2].url, f"bench:{r}")
+            sub = Subscriber()
+            subscribers.append(sub)
+            sockets.append(ws)
+            readers.append(asyncio.create_task(sub.run(ws)))
+    per_room = args.rate / (args.rooms * args.subs)  # publishes/s per room for the target
+    await asyncio.sleep(0.5)
+    cpu_before = [cpu_seconds(p.proc.pid) for p in pods if p.proc]
+    start = time.perf_counter()
+    sent = sum(
+        await asyncio.gather(
+            *(
+                publish(pods[r % 2].url, f"bench:{r}", per_room, args.seconds)
+                for r in range(args.rooms)
+            )
+        )
+    )
+    await asyncio.sleep(1.0)  # let the last events arrive
+    elapsed = time.perf_counter() - start
+    cpu = sum(cpu_seconds(p.proc.pid) for p in pods if p.proc) - sum(cpu_before)
+    for task in readers:
+        task.cancel()
+    for ws in sockets:
+        await ws.close()
+
+    delivered = sum(s.count for s in subscribers)
+    latencies = sorted(x for s in subscribers for x in s.latencies_ns)
+    expected = sent * args.subs
+    print(
+        f"rooms={args.rooms} subs/room={args.subs} "
+        f"target={args.rate:.0f} deliveries/s, {args.seconds}s"
+    )
+    print(f"published {sent}, delivered {delivered} of {expected} expected")
+    print(f"delivered/s        {delivered / (elapsed - 1.0):10.0f}")
+    if latencies:
+        q = statistics.quantiles(latencies, n=100)
+        print(f"latency p50        {q[49] / 1e6:10.2f} ms")
+        print(f"latency p99        {q[98] / 1e6:10.2f} ms")
+        print(f"latency max        {latencies[-1] / 1e6:10.2f} ms")
+    if delivered:
+        print(f"server CPU/deliv.  {cpu / delivered * 1e6:10.1f} us (user+sys, both pods)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rooms", type=int, default=10)
+    parser.add_argument(
+        "--subs", type=int, default=20, help="subscribers per room, split over 2 pods"
+    )
+    parser.add_argument("--rate", type=float, default=4000, help="target deliveries per second")
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    env = {
+        "RELAY_AUTH": "none",
+        "RELAY_PUBLISH_RATE": "100000",
+        "RELAY_PUBLISH_BURST": "100000",
+        "RELAY_LOG_LEVEL": "warning",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = RedisProcess(Path(tmp)).start()
+        pods = [
+            RelayProcess(Path(tmp), {**env, "RELAY_REDIS_URLS": redis.url}, n).start() for n in "ab"
+        ]
+        try:
+            asyncio.run(measure(args, pods))
+        finally:
+            for pod in pods:
+                pod.stop()
+            redis.stop()
+
+
+if __name__ == "__main__":
+    main()
