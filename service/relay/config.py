@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relay.rooms import RoomPolicy
+
 
 class ConfigError(Exception):
     """A setting has a value the relay cannot run with; the message names it."""
@@ -59,6 +61,10 @@ class Settings(BaseSettings):
     """A probe not back within this many seconds means the Pub/Sub connection is dead."""
     redis_timeout: float = Field(2.0, gt=0)
     """Timeout of one Redis command or connect; past it the command fails as `unavailable`."""
+    rooms: tuple[RoomPolicy, ...] = ()
+    """Room policies as a JSON list, first match wins; unmatched rooms are durable."""
+    dedupe_seconds: int = Field(300, ge=1, le=86_400)
+    """How long a publish `id` is remembered, so a retry is acked without storing twice."""
 
     @field_validator("redis_urls", mode="before")
     @classmethod
@@ -85,7 +91,7 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "?"
-            name = f"RELAY_{field.upper()}"
-            problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
+            field, *inside = [str(part) for part in error["loc"]] or ["?"]
+            where = f" at {'.'.join(inside)}" if inside else ""
+            problems.append(f"RELAY_{field.upper()}={error.get('input')!r}{where}: {error['msg']}")
         raise ConfigError("invalid setting " + "; ".join(problems)) from exc

@@ -5,6 +5,12 @@ A room is subscribed on the broker while at least one local connection is in it
 kept for `unsubscribe_delay` seconds so that clients flapping in and out do not churn
 SUBSCRIBE/UNSUBSCRIBE. An arriving event is handed, as the same bytes, to every local
 member's outbox; nothing in the fan-out loop awaits or encodes.
+
+Durable rooms add ordering (relay.sequence) and resume: a joining member is first
+"catching up": live events for it are buffered while its missed events are read from
+history; then, without an await in between, it gets `joined`, the missed events and
+the buffered live ones newer than those, and becomes a live member. Subscribe first,
+read history second, merge by offset: no gap and no duplicate across the switch.
 """
 
 from __future__ import annotations
@@ -12,10 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from relay.broker import Broker, Delivery
+from relay import protocol
+from relay.broker import Broker, Delivery, History
 from relay.metrics import Metrics
+from relay.protocol import Position
+from relay.rooms import RoomPolicies, RoomPolicy
+from relay.sequence import RoomSequence
 
 log = logging.getLogger("relay.hub")
 
@@ -24,23 +36,43 @@ class Member(Protocol):
     def push(self, payload: bytes) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    offset: int | None
+    epoch: str | None
+    recovered: bool | None
+    """None when the join asked for no recovery."""
+
+
 class _Room:
-    __slots__ = ("members", "subscribed", "unsubscribe_timer")
+    __slots__ = ("catching_up", "early", "members", "sequence", "subscribed", "unsubscribe_timer")
 
     def __init__(self, subscribed: asyncio.Future[None]) -> None:
         self.members: set[Member] = set()
+        self.catching_up: dict[Member, list[Delivery]] = {}
         self.subscribed = subscribed
         self.unsubscribe_timer: asyncio.TimerHandle | None = None
+        self.sequence: RoomSequence | None = None
+        self.early: list[Delivery] | None = None
+        """Durable rooms: arrivals between SUBSCRIBE and the first history read."""
 
 
 class Hub:
-    def __init__(self, broker: Broker, metrics: Metrics, *, unsubscribe_delay: float) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        metrics: Metrics,
+        policies: RoomPolicies,
+        *,
+        unsubscribe_delay: float,
+    ) -> None:
         self._broker = broker
         self._metrics = metrics
+        self._policies = policies
         self._unsubscribe_delay = unsubscribe_delay
         self._rooms: dict[str, _Room] = {}
         self._unsubscribing: dict[str, asyncio.Task[None]] = {}
-        broker.set_listener(self.deliver)
+        broker.set_listener(self.deliver, self.heal)
 
     @property
     def room_count(self) -> int:
@@ -49,64 +81,145 @@ class Hub:
     def is_subscribed(self, room: str) -> bool:
         return room in self._rooms
 
-    async def join(self, member: Member, room: str) -> None:
-        """Add `member` to `room` once the broker delivers the room's events here.
+    async def join(
+        self,
+        member: Member,
+        room: str,
+        since: Position | None,
+        announce: Callable[[JoinResult], None],
+    ) -> None:
+        """Add `member` to `room`; `announce` is called right before its first event.
 
-        Raises BrokerUnavailable when the subscription cannot be made; the member is then
-        not in the room. On return the member is in the room, with no await in between,
-        so the caller's next message (e.g. `joined`) precedes any event.
+        Raises BrokerUnavailable when the room cannot be subscribed or its history not
+        read; the member is then not in the room.
         """
-        entry = self._rooms.get(room)
-        if entry is None:
-            entry = await self._subscribe(room)
-        elif not entry.subscribed.done():
-            await asyncio.shield(entry.subscribed)
+        policy = self._policies.for_room(room)
+        entry = await self._subscribed(room, policy)
         if entry.unsubscribe_timer is not None:
             entry.unsubscribe_timer.cancel()
             entry.unsubscribe_timer = None
+        if entry.sequence is None:  # volatile: no history, no positions
+            announce(JoinResult(None, None, None if since is None else False))
+            entry.members.add(member)
+            return
+        buffered: list[Delivery] = []
+        entry.catching_up[member] = buffered
+        try:
+            result, missed = await self._recover(room, policy, since)
+            await entry.sequence.catch_up(result.offset or 0, result.epoch or "")
+        finally:
+            del entry.catching_up[member]
+        announce(result)
+        for delivery in missed:
+            member.push(delivery.payload)
+        top = result.offset or 0
+        for delivery in buffered:
+            if delivery.epoch != result.epoch or (delivery.offset or 0) > top:
+                member.push(delivery.payload)
         entry.members.add(member)
+        if entry.unsubscribe_timer is not None:  # a leave elsewhere emptied it meanwhile
+            entry.unsubscribe_timer.cancel()
+            entry.unsubscribe_timer = None
 
     def leave(self, member: Member, room: str) -> None:
         entry = self._rooms.get(room)
         if entry is None:
             return
         entry.members.discard(member)
-        if not entry.members and entry.unsubscribe_timer is None and entry.subscribed.done():
+        if (
+            not entry.members
+            and not entry.catching_up
+            and entry.unsubscribe_timer is None
+            and entry.subscribed.done()
+        ):
             loop = asyncio.get_running_loop()
             entry.unsubscribe_timer = loop.call_later(
                 self._unsubscribe_delay, self._release, room, entry
             )
 
     def deliver(self, delivery: Delivery) -> None:
+        """A delivery from the broker: ordered (durable rooms), then fanned out."""
         entry = self._rooms.get(delivery.room)
-        if entry is None or not entry.members:
+        if entry is None:
             return
-        payload = delivery.payload
-        for member in entry.members:
-            member.push(payload)
-        self._metrics.delivered.inc(len(entry.members))
-        self._metrics.delivery_latency.observe(max(0.0, time.time() - delivery.ts / 1000))
+        if entry.sequence is not None:
+            entry.sequence.accept(delivery)
+        elif entry.early is not None:
+            entry.early.append(delivery)
+        else:
+            self._fan_out(entry, delivery)
+
+    def heal(self, rooms: list[str]) -> None:
+        """The live feed of these rooms may have a gap: read their histories."""
+        for room in rooms:
+            entry = self._rooms.get(room)
+            if entry is not None and entry.sequence is not None:
+                entry.sequence.fill()
 
     async def close(self) -> None:
         for entry in self._rooms.values():
             if entry.unsubscribe_timer is not None:
                 entry.unsubscribe_timer.cancel()
+            if entry.sequence is not None:
+                entry.sequence.close()
         self._rooms.clear()
         await asyncio.gather(*self._unsubscribing.values(), return_exceptions=True)
 
-    async def _subscribe(self, room: str) -> _Room:
+    def _fan_out(self, entry: _Room, delivery: Delivery) -> None:
+        payload = delivery.payload
+        for member in entry.members:
+            member.push(payload)
+        for buffer in entry.catching_up.values():
+            buffer.append(delivery)
+        self._metrics.delivered.inc(len(entry.members))
+        self._metrics.delivery_latency.observe(max(0.0, time.time() - delivery.ts / 1000))
+
+    def _notify_resync(self, entry: _Room, room: str, offset: int, epoch: str) -> None:
+        notice = protocol.joined(room, offset, epoch, False, None)
+        for member in entry.members:
+            member.push(notice)
+
+    async def _recover(
+        self, room: str, policy: RoomPolicy, since: Position | None
+    ) -> tuple[JoinResult, list[Delivery]]:
+        """The position to announce and the events to replay for a join."""
+        after = since.offset if since is not None else None
+        history = await self._broker.history(room, after, policy)
+        if since is None:
+            return JoinResult(history.top, history.epoch, None), []
+        if since.epoch != history.epoch or since.offset > history.top:
+            return JoinResult(history.top, history.epoch, False), []
+        entries = history.entries
+        complete = since.offset == history.top or (
+            bool(entries)
+            and entries[0].offset == since.offset + 1
+            and entries[-1].offset == history.top
+        )
+        if not complete:
+            return JoinResult(history.top, history.epoch, False), []
+        return JoinResult(history.top, history.epoch, True), entries
+
+    async def _subscribed(self, room: str, policy: RoomPolicy) -> _Room:
+        entry = self._rooms.get(room)
+        if entry is not None:
+            if not entry.subscribed.done():
+                await asyncio.shield(entry.subscribed)
+            return entry
         # Wait out an UNSUBSCRIBE still in flight, so it cannot land after our SUBSCRIBE.
         pending = self._unsubscribing.get(room)
         if pending is not None:
             await asyncio.shield(pending)
-        entry = self._rooms.get(room)
-        if entry is not None:  # another member subscribed it while we waited
-            await asyncio.shield(entry.subscribed)
-            return entry
+            return await self._subscribed(room, policy)
         entry = _Room(asyncio.get_running_loop().create_future())
         self._rooms[room] = entry
         try:
+            if policy.durable:
+                entry.early = []
             await self._broker.subscribe(room)
+            if policy.durable:
+                # After SUBSCRIBE, so no event falls between the position and the feed.
+                history = await self._broker.history(room, None, policy)
+                self._start_sequence(room, entry, policy, history)
         except BaseException as exc:
             if self._rooms.get(room) is entry:
                 del self._rooms[room]
@@ -119,11 +232,30 @@ class Hub:
         entry.subscribed.set_result(None)
         return entry
 
+    def _start_sequence(
+        self, room: str, entry: _Room, policy: RoomPolicy, history: History
+    ) -> None:
+        async def fetch(after: int) -> History:
+            return await self._broker.history(room, after, policy)
+
+        entry.sequence = RoomSequence(
+            room,
+            history,
+            fetch=fetch,
+            emit=lambda delivery: self._fan_out(entry, delivery),
+            resync=lambda offset, epoch: self._notify_resync(entry, room, offset, epoch),
+        )
+        early, entry.early = entry.early or [], None
+        for delivery in early:
+            entry.sequence.accept(delivery)
+
     def _release(self, room: str, entry: _Room) -> None:
         entry.unsubscribe_timer = None
-        if entry.members or self._rooms.get(room) is not entry:
+        if entry.members or entry.catching_up or self._rooms.get(room) is not entry:
             return
         del self._rooms[room]
+        if entry.sequence is not None:
+            entry.sequence.close()
         task = asyncio.create_task(self._broker.unsubscribe(room), name=f"unsubscribe {room}")
         self._unsubscribing[room] = task
         task.add_done_callback(lambda done: self._forget_unsubscribe(room, done))

@@ -17,6 +17,7 @@ from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.outbox import FlushScheduler
 from relay.protocol import CloseCode
+from relay.rooms import RoomPolicies
 from relay.session import Services, Session
 from relay.transport import SCOPE_EXTENSION, RawSocket
 
@@ -27,13 +28,14 @@ LOAD_REPORT_INTERVAL = 5.0
 
 def make_broker(settings: Settings, metrics: Metrics) -> Broker:
     if not settings.redis_urls:
-        return MemoryBroker(settings.node_id)
+        return MemoryBroker(settings.node_id, dedupe_seconds=settings.dedupe_seconds)
     return RedisBroker(
         settings.redis_urls,
         settings.node_id,
         timeout=settings.redis_timeout,
         probe_interval=settings.probe_interval,
         probe_timeout=settings.probe_timeout,
+        dedupe_seconds=settings.dedupe_seconds,
         on_reconnect=metrics.redis_reconnects.inc,
     )
 
@@ -43,8 +45,13 @@ class RelayNode:
         self.settings = settings
         self.metrics = Metrics()
         self.broker = make_broker(settings, self.metrics)
-        self.hub = Hub(self.broker, self.metrics, unsubscribe_delay=settings.unsubscribe_delay)
-        self.services = Services(settings, self.broker, self.hub, self.metrics, FlushScheduler())
+        policies = RoomPolicies(settings.rooms)
+        self.hub = Hub(
+            self.broker, self.metrics, policies, unsubscribe_delay=settings.unsubscribe_delay
+        )
+        self.services = Services(
+            settings, self.broker, self.hub, self.metrics, FlushScheduler(), policies
+        )
         self.sessions: set[Session] = set()
         self.draining = False
         self._all_closed = asyncio.Event()

@@ -18,11 +18,12 @@ from starlette.websockets import WebSocket
 from relay import protocol
 from relay.broker import Broker, BrokerUnavailable
 from relay.config import Settings
-from relay.hub import Hub
+from relay.hub import Hub, JoinResult
 from relay.metrics import Metrics
 from relay.outbox import FlushScheduler, Outbox
 from relay.protocol import CloseCode, ErrorCode, ProtocolError
 from relay.ratelimit import TokenBucket
+from relay.rooms import RoomPolicies
 from relay.transport import RawSocket
 
 log = logging.getLogger("relay.session")
@@ -41,11 +42,14 @@ class Services:
     hub: Hub
     metrics: Metrics
     scheduler: FlushScheduler
+    policies: RoomPolicies
 
 
 class Session:
     def __init__(self, services: Services, websocket: WebSocket, socket: RawSocket) -> None:
         self.id = secrets.token_urlsafe(9)
+        self.subject: str | None = None
+        """Authenticated identity; keys publish dedupe. None while auth is off."""
         self._services = services
         self._settings = services.settings
         self._websocket = websocket
@@ -121,14 +125,22 @@ class Session:
             )
         ts = time.time_ns() // 1_000_000
         try:
-            result = await self._services.broker.publish(message.room, message.data, ts=ts)
+            result = await self._services.broker.publish(
+                message.room,
+                message.data,
+                ts=ts,
+                policy=self._services.policies.for_room(message.room),
+                msg_id=message.id,
+                subject=self.subject,
+            )
         except BrokerUnavailable as exc:
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, "the broker is unreachable; retry later", **ids
             ) from exc
         except ProtocolError as exc:
             raise ProtocolError(exc.code, exc.message, **ids) from exc
-        self._services.metrics.published.inc()
+        if not result.duplicate:
+            self._services.metrics.published.inc()
         if message.id is not None:
             self.push(protocol.ack(message.id, message.room, result.offset, message.ref))
 
@@ -141,17 +153,20 @@ class Session:
                 ref=ref,
                 room=room,
             )
+        if room in self._rooms:  # already in: no second membership, no replay
+            self._services.hub.leave(self, room)
+            self._rooms.discard(room)
+
+        def announce(result: JoinResult) -> None:
+            self._rooms.add(room)
+            self.push(protocol.joined(room, result.offset, result.epoch, result.recovered, ref))
+
         try:
-            position = await self._services.broker.position(room)
-            if room not in self._rooms:
-                await self._services.hub.join(self, room)
+            await self._services.hub.join(self, room, message.since, announce)
         except BrokerUnavailable as exc:
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, "the broker is unreachable; retry later", ref=ref, room=room
             ) from exc
-        self._rooms.add(room)
-        recovered = None if message.since is None else False
-        self.push(protocol.joined(room, position.offset, position.epoch, recovered, ref))
 
     def _leave(self, message: protocol.Leave) -> None:
         if message.room in self._rooms:

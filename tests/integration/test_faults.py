@@ -31,8 +31,13 @@ async def test_redis_restart_gives_unavailable_then_fanout_recovers(
         wait_until(lambda: pod_a.status() == 200 and pod_b.status() == 200, 15, "/readyz 200")
         await on_a.publish("r", "after", id="after-outage")
         for client in (on_a, on_b):
+            # Redis came back empty (no persistence): the room's history and epoch are
+            # gone, so members are first told to re-sync, then the feed goes on.
+            notice = await client.receive(timeout=5)
+            assert notice["op"] == "joined" and notice["recovered"] is False, notice
             event = await client.receive(timeout=5)
             assert event["op"] == "event" and event["data"] == "after"
+            assert event["offset"] == 1 and notice["offset"] == 0
         assert "relay_redis_reconnects_total 0.0" not in pod_b.metrics()
 
 

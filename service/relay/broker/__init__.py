@@ -1,5 +1,5 @@
 """The cross-node bus behind one interface: `memory` (single node) and `redis` (shared)."""
 
-from relay.broker.base import Broker, BrokerUnavailable, Delivery, PublishResult
+from relay.broker.base import Broker, BrokerUnavailable, Delivery, History, PublishResult
 
-__all__ = ["Broker", "BrokerUnavailable", "Delivery", "PublishResult"]
+__all__ = ["Broker", "BrokerUnavailable", "Delivery", "History", "PublishResult"]

@@ -1,17 +1,23 @@
-"""What every broker offers the hub: publish, subscribe by room, and deliveries back.
+"""What every broker offers the hub: publish, subscribe by room, history, deliveries back.
 
 A broker turns one publish into one `Delivery` on every relay server that subscribed
 the room (this one included). It encodes the client-facing `event` message once, on the
 publishing side, so no receiving server re-serialises anything: the hub hands the same
 bytes to every local member.
+
+Durable rooms (see relay.rooms) get an offset per event, strictly +1 within an epoch,
+and a history the hub reads to resume clients and to heal gaps. Publishes with an `id`
+are remembered for the dedupe window: a retry returns the original result, stored once.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from relay.rooms import RoomPolicy
 
 
 class BrokerUnavailable(Exception):
@@ -39,9 +45,29 @@ class Delivery:
 class PublishResult:
     offset: int | None
     epoch: str | None
+    duplicate: bool = False
+    """True when this was a retry of an `id` already stored: nothing new was sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A durable room's position, and the stored events after a given offset."""
+
+    epoch: str
+    top: int
+    """The room's last offset (0 before its first event)."""
+    entries: list[Delivery] = field(default_factory=list)
+    """Stored events with offsets greater than the one asked for, in order."""
 
 
 Listener = Callable[[Delivery], None]
+ResyncListener = Callable[[list[str]], None]
+
+
+def dedupe_key(room: str, subject: str | None, msg_id: str) -> str:
+    """Where a publish id is remembered: per subject and room (per room when auth is off)."""
+    who = subject or ""
+    return f"room:{{{room}}}:id:{len(who)}:{who}:{msg_id}"
 
 
 class Broker(abc.ABC):
@@ -53,13 +79,21 @@ class Broker(abc.ABC):
 
     def __init__(self) -> None:
         self._listener: Listener | None = None
+        self._resync: ResyncListener | None = None
 
-    def set_listener(self, listener: Listener) -> None:
+    def set_listener(self, listener: Listener, resync: ResyncListener | None = None) -> None:
+        """`listener` gets deliveries; `resync` gets the rooms whose live feed had a gap
+        (a rebuilt Pub/Sub connection), so their missed events can be read from history."""
         self._listener = listener
+        self._resync = resync
 
     def _deliver(self, delivery: Delivery) -> None:
         if self._listener is not None:
             self._listener(delivery)
+
+    def _gap(self, rooms: list[str]) -> None:
+        if self._resync is not None and rooms:
+            self._resync(rooms)
 
     @property
     @abc.abstractmethod
@@ -81,13 +115,24 @@ class Broker(abc.ABC):
         data: Any,
         *,
         ts: int,
+        policy: RoomPolicy,
+        msg_id: str | None = None,
+        subject: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> PublishResult:
-        """Send an event to every server subscribed to `room`.
+        """Store (durable) and send an event to every server subscribed to `room`.
 
         Raises BrokerUnavailable when the event could not be handed over; it was then
-        not sent, so the caller may report failure without risking a silent loss.
+        not stored, so the caller may report failure without risking a silent loss.
         Raises relay.protocol.ProtocolError when `data` cannot be encoded.
+        """
+
+    @abc.abstractmethod
+    async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+        """The durable room's epoch and last offset, plus stored events after `after`.
+
+        Creates the room's epoch when it has none yet, so a position can be handed out
+        before the first event. Raises BrokerUnavailable.
         """
 
     @abc.abstractmethod
@@ -97,7 +142,3 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def unsubscribe(self, room: str) -> None:
         """Stop receiving the room's events."""
-
-    @abc.abstractmethod
-    async def position(self, room: str) -> PublishResult:
-        """The room's last offset and epoch, as reported in `joined` (None where not kept)."""

@@ -36,6 +36,15 @@ def pack(delivery: Delivery) -> bytes:
     return orjson.dumps(header) + b"\n" + delivery.payload
 
 
+def header_parts(
+    origin: str, room: str, ts: int, trace: dict[str, str] | None
+) -> tuple[bytes, bytes]:
+    """A header split where a script inserts `<offset>,"epoch":"<epoch>"` (durable publish)."""
+    head = orjson.dumps({"v": VERSION, "node": origin, "room": room, "ts": ts})[:-1] + b',"offset":'
+    tail = b',"tc":' + orjson.dumps(trace) + b"}" if trace else b"}"
+    return head, tail
+
+
 def unpack(message: bytes) -> Delivery:
     head, sep, payload = message.partition(b"\n")
     if not sep or not payload:

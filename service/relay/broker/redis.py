@@ -27,9 +27,17 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from relay import protocol
-from relay.broker import envelope
-from relay.broker.base import Broker, BrokerUnavailable, Delivery, PublishResult
+from relay.broker import envelope, lua
+from relay.broker.base import (
+    Broker,
+    BrokerUnavailable,
+    Delivery,
+    History,
+    PublishResult,
+    dedupe_key,
+)
 from relay.contract import LOAD_REPORT_KEY_PREFIX, LOAD_REPORT_TTL_SECONDS
+from relay.rooms import RoomPolicy
 
 log = logging.getLogger("relay.broker.redis")
 
@@ -45,6 +53,11 @@ def room_channel(room: str) -> bytes:
     # Braces make the room name a hash tag: the same key family stays on one slot
     # should the shards ever be Redis Cluster nodes.
     return f"room:{{{room}}}".encode()
+
+
+def room_keys(room: str) -> tuple[str, str]:
+    """The durable room's meta hash (epoch, offset) and its history stream."""
+    return f"room:{{{room}}}:meta", f"room:{{{room}}}:log"
 
 
 class Backoff:
@@ -75,6 +88,7 @@ class RedisShard:
         probe_timeout: float,
         on_message: Callable[[bytes], None],
         on_reconnect: Callable[[], None],
+        on_resubscribed: Callable[[list[bytes]], None],
     ) -> None:
         self.url = url
         self._node_channel = f"relay:node:{node_id}".encode()
@@ -83,6 +97,7 @@ class RedisShard:
         self._probe_timeout = probe_timeout
         self._on_message = on_message
         self._on_reconnect = on_reconnect
+        self._on_resubscribed = on_resubscribed
         # One quick retry lets a pooled connection that died with a restarted Redis
         # reconnect, without stretching an outage into long waits for the publisher.
         self.commands: Redis = Redis.from_url(
@@ -91,6 +106,9 @@ class RedisShard:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),
         )
+        self.publish_durable = self.commands.register_script(lua.PUBLISH_DURABLE)
+        self.publish_volatile_once = self.commands.register_script(lua.PUBLISH_VOLATILE_ONCE)
+        self.read_history = self.commands.register_script(lua.HISTORY)
         self._channels: set[bytes] = set()
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
         self._pubsub: PubSub | None = None
@@ -241,7 +259,10 @@ class RedisShard:
             if not self._ready:
                 log.info("Pub/Sub connection to %s is live", self.url)
                 self._attempted = False
-            self._ready = True
+                self._ready = True
+                # Whatever was published while this connection was down is only in the
+                # rooms' histories now: tell the hub to read it before anything newer.
+                self._on_resubscribed(sorted(self._channels))
             backoff.reset()
             if (await asyncio.wait({reader}, timeout=self._probe_interval))[0]:
                 reader.result()
@@ -286,12 +307,14 @@ class RedisBroker(Broker):
         timeout: float,
         probe_interval: float,
         probe_timeout: float,
+        dedupe_seconds: int = 300,
         on_reconnect: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__()
         if not urls:
             raise ValueError("RedisBroker needs at least one URL")
         self._node_id = node_id
+        self._dedupe_seconds = dedupe_seconds
         self._shards = [
             RedisShard(
                 url,
@@ -301,6 +324,7 @@ class RedisBroker(Broker):
                 probe_timeout=probe_timeout,
                 on_message=self._received,
                 on_reconnect=on_reconnect,
+                on_resubscribed=self._resubscribed,
             )
             for url in urls
         ]
@@ -320,25 +344,106 @@ class RedisBroker(Broker):
         await asyncio.gather(*(shard.close() for shard in self._shards), return_exceptions=True)
 
     async def publish(
-        self, room: str, data: Any, *, ts: int, trace: dict[str, str] | None = None
+        self,
+        room: str,
+        data: Any,
+        *,
+        ts: int,
+        policy: RoomPolicy,
+        msg_id: str | None = None,
+        subject: str | None = None,
+        trace: dict[str, str] | None = None,
+    ) -> PublishResult:
+        shard = self.shard_for(room)
+        try:
+            if policy.durable:
+                return await self._publish_durable(
+                    shard, room, data, ts, policy, msg_id, subject, trace
+                )
+            return await self._publish_volatile(shard, room, data, ts, msg_id, subject, trace)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"publish on {shard.url} failed: {exc!r}") from exc
+
+    async def _publish_durable(
+        self,
+        shard: RedisShard,
+        room: str,
+        data: Any,
+        ts: int,
+        policy: RoomPolicy,
+        msg_id: str | None,
+        subject: str | None,
+        trace: dict[str, str] | None,
+    ) -> PublishResult:
+        event_head, event_tail = protocol.event_parts(room, data, ts)
+        header_head, header_tail = envelope.header_parts(self._node_id, room, ts, trace)
+        meta, log_key = room_keys(room)
+        dedupe = dedupe_key(room, subject, msg_id) if msg_id is not None else f"{meta}:noid"
+        duplicate, offset, epoch = await shard.publish_durable(
+            keys=[meta, log_key, dedupe],
+            args=[
+                room_channel(room),
+                secrets.token_hex(4),
+                policy.history_size,
+                policy.history_ttl_seconds,
+                self._dedupe_seconds if msg_id is not None else 0,
+                header_head,
+                header_tail,
+                event_head,
+                event_tail,
+            ],
+        )
+        return PublishResult(int(offset), _text(epoch), duplicate=bool(duplicate))
+
+    async def _publish_volatile(
+        self,
+        shard: RedisShard,
+        room: str,
+        data: Any,
+        ts: int,
+        msg_id: str | None,
+        subject: str | None,
+        trace: dict[str, str] | None,
     ) -> PublishResult:
         payload = protocol.event(room, None, data, ts)
         message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
-        shard = self.shard_for(room)
-        try:
+        if msg_id is None:
             await shard.commands.publish(room_channel(room), message)
+            return PublishResult(None, None)
+        duplicate = await shard.publish_volatile_once(
+            keys=[dedupe_key(room, subject, msg_id)],
+            args=[room_channel(room), message, self._dedupe_seconds],
+        )
+        return PublishResult(None, None, duplicate=bool(duplicate))
+
+    async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+        shard = self.shard_for(room)
+        meta, log_key = room_keys(room)
+        try:
+            epoch, top, entries = await shard.read_history(
+                keys=[meta, log_key],
+                args=[
+                    -1 if after is None else after,
+                    policy.history_size,
+                    secrets.token_hex(4),
+                    policy.history_ttl_seconds,
+                ],
+            )
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"PUBLISH on {shard.url} failed: {exc!r}") from exc
-        return PublishResult(None, None)
+            raise BrokerUnavailable(f"history read on {shard.url} failed: {exc!r}") from exc
+        deliveries = []
+        for _, fields in entries:
+            try:
+                deliveries.append(envelope.unpack(fields[1]))
+            except envelope.EnvelopeError as exc:
+                log.warning("skipped a history entry of %s that is not an envelope: %s", room, exc)
+        return History(_text(epoch), int(top), deliveries)
 
     async def subscribe(self, room: str) -> None:
         await self.shard_for(room).subscribe(room_channel(room))
 
     async def unsubscribe(self, room: str) -> None:
         await self.shard_for(room).unsubscribe(room_channel(room))
-
-    async def position(self, room: str) -> PublishResult:
-        return PublishResult(None, None)
 
     async def report_load(self, connections: int) -> None:
         """Write this server's connection count where the operator's autoscaler reads it."""
@@ -348,6 +453,10 @@ class RedisBroker(Broker):
         except (RedisError, OSError) as exc:
             log.debug("load report failed: %r", exc)
 
+    def _resubscribed(self, channels: list[bytes]) -> None:
+        # b"room:{name}" -> "name"
+        self._gap([c[6:-1].decode() for c in channels if c.startswith(b"room:{")])
+
     def _received(self, message: bytes) -> None:
         try:
             delivery = envelope.unpack(message)
@@ -355,6 +464,10 @@ class RedisBroker(Broker):
             log.warning("dropped a message that is not an envelope: %s", exc)
             return
         self._deliver(delivery)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _rendezvous_score(shard: str, room: str) -> int:

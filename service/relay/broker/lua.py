@@ -1,0 +1,62 @@
+"""Redis scripts: each runs atomically, so the live feed and the history never disagree.
+
+Keys of one room share the hash tag `{room}`: they stay on one slot should a shard ever
+be a Redis Cluster node.
+"""
+
+from typing import Final
+
+PUBLISH_DURABLE: Final = """
+-- KEYS: 1 meta hash, 2 stream, 3 dedupe key
+-- ARGV: 1 channel, 2 epoch if the room has none, 3 history size, 4 history TTL (s),
+--       5 dedupe TTL (s, 0 = no id), 6 header head, 7 header tail, 8 event head, 9 event tail
+local dedupe_ttl = tonumber(ARGV[5])
+if dedupe_ttl > 0 then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {1, tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1)}
+  end
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local message = ARGV[6] .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[7]
+  .. '\\n' .. ARGV[8] .. offset .. ARGV[9]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'm', message)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[1], message)
+if dedupe_ttl > 0 then
+  redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'EX', dedupe_ttl)
+end
+return {0, offset, epoch}
+"""
+
+PUBLISH_VOLATILE_ONCE: Final = """
+-- KEYS: 1 dedupe key. ARGV: 1 channel, 2 message, 3 dedupe TTL (s)
+if redis.call('SET', KEYS[1], '-', 'NX', 'EX', ARGV[3]) then
+  redis.call('PUBLISH', ARGV[1], ARGV[2])
+  return 0
+end
+return 1
+"""
+
+HISTORY: Final = """
+-- KEYS: 1 meta hash, 2 stream. ARGV: 1 after offset (-1: none), 2 max entries,
+--       3 epoch if the room has none, 4 history TTL (s)
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3]) == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local top = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+local after = tonumber(ARGV[1])
+local entries = {}
+if after >= 0 and after < top then
+  entries = redis.call('XRANGE', KEYS[2], '(' .. after .. '-0', '+', 'COUNT', ARGV[2])
+end
+return {epoch, top, entries}
+"""

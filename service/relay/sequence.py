@@ -1,0 +1,134 @@
+"""Keeps one durable room's live feed on this server gap-free and duplicate-free.
+
+Redis Pub/Sub is at-most-once: a message published while this server's subscriber
+connection was down or lagging is simply not delivered to it. Every durable event has
+an offset (+1 per event within an epoch), so the server can tell: it remembers the last
+offset it fanned out. The next one is delivered at once; an older one is a duplicate
+and dropped; a jump means events are missing, so they are read from the room's history
+before anything newer goes out (newer arrivals wait in a bounded buffer meanwhile).
+
+When the history cannot close the gap (it was trimmed, or the epoch changed because
+Redis lost the room), members are told with an unsolicited `joined` carrying
+`recovered: false`, which the protocol defines as "re-sync your state", and the feed
+continues from where the history resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from relay.broker import BrokerUnavailable, Delivery, History
+
+log = logging.getLogger("relay.sequence")
+
+PENDING_LIMIT = 10_000
+"""Arrivals buffered during a history read; past it they are dropped (and re-read)."""
+RETRY_SECONDS = 0.5
+
+Fetch = Callable[[int], Awaitable[History]]
+
+
+class RoomSequence:
+    def __init__(
+        self,
+        room: str,
+        history: History,
+        *,
+        fetch: Fetch,
+        emit: Callable[[Delivery], None],
+        resync: Callable[[int, str], None],
+    ) -> None:
+        self.room = room
+        self.epoch = history.epoch
+        self.last = history.top
+        self._fetch = fetch
+        self._emit = emit
+        self._resync = resync
+        self._pending: list[Delivery] = []
+        self._filling: asyncio.Task[None] | None = None
+
+    def accept(self, delivery: Delivery) -> None:
+        """One event from the live feed (called by the broker's reader, must not block)."""
+        if self._filling is not None:
+            if len(self._pending) < PENDING_LIMIT:
+                self._pending.append(delivery)
+            return  # past the limit: the next history read picks it up
+        offset = delivery.offset or 0
+        if delivery.epoch != self.epoch:
+            log.info("room %s: epoch %s -> %s", self.room, self.epoch, delivery.epoch)
+            self.epoch, self.last = delivery.epoch or "", 0
+            self._resync(0, self.epoch)
+        if offset <= self.last:
+            return
+        if offset == self.last + 1:
+            self.last = offset
+            self._emit(delivery)
+            return
+        self._pending.append(delivery)
+        self.fill()
+
+    def fill(self) -> asyncio.Task[None]:
+        """Read what is missing from history (once at a time) and deliver it in order."""
+        if self._filling is None:
+            self._filling = asyncio.create_task(self._fill(), name=f"fill {self.room}")
+        return self._filling
+
+    async def catch_up(self, offset: int, epoch: str) -> None:
+        """Return once everything up to `offset` of `epoch` has been delivered here.
+
+        Returns early if the epoch changes meanwhile: those offsets no longer exist.
+        """
+        for _ in range(10):  # each read reaches the top it saw; more rounds are a guard
+            if self._filling is None and (self.epoch != epoch or self.last >= offset):
+                return
+            await asyncio.shield(self.fill())
+
+    def close(self) -> None:
+        if self._filling is not None:
+            self._filling.cancel()
+
+    async def _fill(self) -> None:
+        try:
+            history = await self._read()
+            if history.epoch != self.epoch:
+                # The room's history was lost (Redis restarted without it, or the room
+                # moved shard): what came before is gone; continue from the new top.
+                self.epoch, self.last = history.epoch, history.top
+                self._resync(self.last, self.epoch)
+            else:
+                self._replay(history)
+        finally:
+            self._filling = None
+        pending, self._pending = sorted(self._pending, key=lambda d: d.offset or 0), []
+        for delivery in pending:
+            self.accept(delivery)
+
+    async def _read(self) -> History:
+        while True:
+            try:
+                return await self._fetch(self.last)
+            except BrokerUnavailable as exc:
+                log.info("room %s: history read failed (%s), retrying", self.room, exc)
+                await asyncio.sleep(RETRY_SECONDS)
+
+    def _replay(self, history: History) -> None:
+        entries = [d for d in history.entries if (d.offset or 0) > self.last]
+        if entries and entries[0].offset != self.last + 1:
+            first = entries[0].offset or 0
+            log.warning(
+                "room %s: offsets %d..%d were trimmed from history",
+                self.room,
+                self.last + 1,
+                first - 1,
+            )
+            self.last = first - 1
+            self._resync(self.last, self.epoch)
+        elif not entries and history.top > self.last:
+            self.last = history.top  # everything missing is gone from history
+            self._resync(self.last, self.epoch)
+        for delivery in entries:
+            if delivery.offset == self.last + 1:
+                self.last += 1
+                self._emit(delivery)
