@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
+from websockets.asyncio.client import connect
 
 from relay.client import RelayClient
 from support.processes import RedisProcess, wait_until
@@ -92,3 +94,19 @@ async def test_embedded_broker_serves_a_room_without_redis(relay_factory) -> Non
         for client in (one, two):
             event = await next_event(client)
             assert event["data"] == {"hello": "world"} and event["offset"] == ack["offset"]
+
+
+async def test_compression_when_enabled(relay_factory) -> None:
+    pod = relay_factory("z", env={"RELAY_COMPRESSION": "true"})
+    async with connect(pod.url) as ws:  # offers permessage-deflate by default
+        assert ws.response is not None
+        assert "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        await ws.recv()  # welcome
+        await ws.send('{"op": "join", "room": "z", "ref": "1"}')
+        await ws.send('{"op": "publish", "room": "z", "data": "squeezed", "id": "c1"}')
+        messages: list[dict[str, object]] = []
+        while len(messages) < 3:  # joined, event, ack (event and ack in either order)
+            messages += [orjson.loads(line) for line in str(await ws.recv()).split("\n")]
+        assert {"op": "event", "room": "z", "offset": 1, "data": "squeezed"}.items() <= next(
+            m for m in messages if m["op"] == "event"
+        ).items()
