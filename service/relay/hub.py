@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Protocol
 
+from relay import tracing
 from relay.broker import Broker, Delivery
 from relay.metrics import Metrics
 
@@ -81,11 +82,14 @@ class Hub:
         entry = self._rooms.get(delivery.room)
         if entry is None or not entry.members:
             return
+        span = tracing.process_start(delivery) if tracing.tracer is not None else None
         payload = delivery.payload
         for member in entry.members:
             member.push(payload)
         self._metrics.delivered.inc(len(entry.members))
         self._metrics.delivery_latency.observe(max(0.0, time.time() - delivery.ts / 1000))
+        if span is not None:
+            tracing.process_end(span, len(entry.members))
 
     async def close(self) -> None:
         for entry in self._rooms.values():
