@@ -70,6 +70,10 @@ def _attributes(pairs: Any) -> dict[str, Any]:
     return {pair.key: _value(pair.value) for pair in pairs if isinstance(pair, KeyValue)}
 
 
+def _link(link: Any) -> SinkLink:
+    return SinkLink(link.trace_id.hex(), link.span_id.hex(), _attributes(link.attributes))
+
+
 def decode(request: trace_service_pb2.ExportTraceServiceRequest) -> list[SinkSpan]:
     spans = []
     for resource_spans in request.resource_spans:
@@ -85,12 +89,7 @@ def decode(request: trace_service_pb2.ExportTraceServiceRequest) -> list[SinkSpa
                         parent_span_id=span.parent_span_id.hex(),
                         attributes=_attributes(span.attributes),
                         resource=resource,
-                        links=[
-                            SinkLink(
-                                link.trace_id.hex(), link.span_id.hex(), _attributes(link.attributes)
-                            )
-                            for link in span.links
-                        ],
+                        links=[_link(link) for link in span.links],
                         start_ns=span.start_time_unix_nano,
                         end_ns=span.end_time_unix_nano,
                         status_code=span.status.code,
