@@ -190,6 +190,14 @@ class OtlpSink:
                 self.end_headers()
                 self.wfile.write(reply)
 
+            def do_GET(self) -> None:
+                """`GET /count`: spans received so far, as a decimal number."""
+                body = str(sink.span_count).encode()
+                self.send_response(200 if self.path == "/count" else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
@@ -223,3 +231,22 @@ def running(*, protocol: str = "http/protobuf", keep: bool = True) -> Iterator[O
         yield sink
     finally:
         sink.stop()
+
+
+def main() -> None:
+    """`python -m support.otlp_sink PORT`: a counting OTLP/HTTP sink in its own process
+    (the benchmark's, so decoding spans takes no CPU from the load generator's process)."""
+    import signal
+    import sys
+
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before the server's threads start
+    sink = OtlpSink(keep=False)
+    sink.port = int(sys.argv[1])
+    sink.start()
+    signal.sigwait(stop)
+    sink.stop()
+
+
+if __name__ == "__main__":
+    main()
