@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from relay import contract
+from relay import contract, tracing
 from relay.client import RelayClient, RelayError
 from relay.config import ConfigError, load_settings
 
@@ -66,7 +66,8 @@ def _serve(host: str | None, port: int | None) -> int:
         os.environ[contract.ENV_PORT] = str(port)
     try:
         settings = load_settings()
-    except ConfigError as exc:
+        tracing.read_env(os.environ)  # fail now, with the variable named, not at startup
+    except (ConfigError, tracing.TracingConfigError) as exc:
         print(f"relay serve: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

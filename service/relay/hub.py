@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from relay import protocol
+from relay import protocol, tracing
 from relay.broker import Broker, Delivery, History
 from relay.metrics import Metrics
 from relay.protocol import Position
@@ -110,8 +110,10 @@ class Hub:
         finally:
             del entry.catching_up[member]
         announce(result)
-        for delivery in missed:
-            member.push(delivery.payload)
+        if missed:
+            with tracing.replaying(room, missed, reason="resume"):
+                for delivery in missed:
+                    member.push(delivery.payload)
         top = result.offset or 0
         for delivery in buffered:
             if delivery.epoch != result.epoch or (delivery.offset or 0) > top:
@@ -166,6 +168,7 @@ class Hub:
         await asyncio.gather(*self._unsubscribing.values(), return_exceptions=True)
 
     def _fan_out(self, entry: _Room, delivery: Delivery) -> None:
+        span = tracing.process_start(delivery) if tracing.tracer is not None else None
         payload = delivery.payload
         for member in entry.members:
             member.push(payload)
@@ -173,6 +176,8 @@ class Hub:
             buffer.append(delivery)
         self._metrics.delivered.inc(len(entry.members))
         self._metrics.delivery_latency.observe(max(0.0, time.time() - delivery.ts / 1000))
+        if span is not None:
+            tracing.process_end(span, len(entry.members))
 
     def _notify_resync(self, entry: _Room, room: str, offset: int, epoch: str) -> None:
         notice = protocol.joined(room, offset, epoch, False, None)

@@ -9,6 +9,7 @@ import logging
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
+from relay import tracing
 from relay.broker import Broker
 from relay.broker.memory import MemoryBroker
 from relay.broker.redis import RedisBroker
@@ -64,6 +65,8 @@ class RelayNode:
             else "embedded"
         )
         log.info("relay node %s starting, broker: %s", self.settings.node_id, mode)
+        system = "redis" if self.settings.redis_urls else "gamecluster"
+        tracing.setup(self.settings.node_id, system=system)
         await self.broker.start()
         if isinstance(self.broker, RedisBroker):
             self._load_reports = asyncio.create_task(self._report_load(self.broker))
@@ -75,6 +78,7 @@ class RelayNode:
                 await self._load_reports
         await self.hub.close()
         await self.broker.close()
+        await tracing.shutdown()
 
     def readiness(self) -> str | None:
         """None when ready to take connections, else why not."""
@@ -103,9 +107,11 @@ class RelayNode:
         session = Session(self.services, websocket, socket)
         self.sessions.add(session)
         self.metrics.connections.inc()
+        traced = tracing.ws_connect(session.id, websocket.client)
         try:
             await session.run()
         finally:
+            tracing.ws_close(traced, session.id, session.close_code)
             self.sessions.discard(session)
             self.metrics.connections.dec()
             if not self.sessions:

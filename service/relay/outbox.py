@@ -45,7 +45,15 @@ class FlushScheduler:
 
 
 class Outbox:
-    __slots__ = ("_limit", "_on_overflow", "_pending", "_scheduler", "_socket", "closed")
+    __slots__ = (
+        "_limit",
+        "_on_overflow",
+        "_pending",
+        "_scheduler",
+        "_socket",
+        "close_code",
+        "closed",
+    )
 
     def __init__(
         self,
@@ -61,6 +69,7 @@ class Outbox:
         self._on_overflow = on_overflow
         self._pending: list[bytes] = []
         self.closed = False
+        self.close_code: int | None = None
         socket.on_resume = self._resumed
 
     def push(self, payload: bytes) -> None:
@@ -89,6 +98,7 @@ class Outbox:
         if final is not None:
             self._socket.send(final)
         self.closed = True
+        self.close_code = code
         self._socket.close(code)
 
     def _write_all(self, frames: dict[bytes, bytes] | None) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from relay import tracing
 from relay.broker import BrokerUnavailable, Delivery, History
 
 log = logging.getLogger("relay.sequence")
@@ -128,7 +129,10 @@ class RoomSequence:
         elif not entries and history.top > self.last:
             self.last = history.top  # everything missing is gone from history
             self._resync(self.last, self.epoch)
-        for delivery in entries:
-            if delivery.offset == self.last + 1:
-                self.last += 1
-                self._emit(delivery)
+        if not entries:
+            return
+        with tracing.replaying(self.room, entries, reason="gap"):
+            for delivery in entries:
+                if delivery.offset == self.last + 1:
+                    self.last += 1
+                    self._emit(delivery)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from starlette.websockets import WebSocket
 
-from relay import protocol
+from relay import protocol, tracing
 from relay.broker import Broker, BrokerUnavailable
 from relay.config import Settings
 from relay.hub import Hub, JoinResult
@@ -53,6 +53,8 @@ class Session:
         self._services = services
         self._settings = services.settings
         self._websocket = websocket
+        self.close_code: int | None = None
+        """How the connection ended: the peer's close code, or the one the server sent."""
         self._rooms: set[str] = set()
         self._publishes = TokenBucket(self._settings.publish_rate, self._settings.publish_burst)
         self._refusals = TokenBucket(ABUSE_RATE, ABUSE_BURST)
@@ -78,6 +80,7 @@ class Session:
             while not self.outbox.closed:
                 message = await self._websocket.receive()
                 if message["type"] == "websocket.disconnect":
+                    self.close_code = message.get("code")
                     break
                 text = message.get("text")
                 if text is None:
@@ -90,6 +93,7 @@ class Session:
                 for line in protocol.split_frame(text):
                     await self._handle(line)
         finally:
+            self.close_code = self.outbox.close_code or self.close_code
             for room in self._rooms:
                 self._services.hub.leave(self, room)
             self._rooms.clear()
@@ -125,14 +129,17 @@ class Session:
             )
         ts = time.time_ns() // 1_000_000
         try:
-            result = await self._services.broker.publish(
-                message.room,
-                message.data,
-                ts=ts,
-                policy=self._services.policies.for_room(message.room),
-                msg_id=message.id,
-                subject=self.subject,
-            )
+            with tracing.publishing(message, self.id) as traced:
+                result = await self._services.broker.publish(
+                    message.room,
+                    message.data,
+                    ts=ts,
+                    policy=self._services.policies.for_room(message.room),
+                    msg_id=message.id,
+                    subject=self.subject,
+                    trace=traced.context,
+                )
+                traced.sent(result.offset)
         except BrokerUnavailable as exc:
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, "the broker is unreachable; retry later", **ids

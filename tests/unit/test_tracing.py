@@ -1,0 +1,364 @@
+"""relay.tracing in-process: configuration from OTEL_*, span structure, replay links."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind, StatusCode
+
+from relay import tracing
+from relay.broker import BrokerUnavailable, Delivery
+from relay.broker.memory import MemoryBroker
+from relay.hub import Hub
+from relay.metrics import Metrics
+from relay.protocol import Publish
+from relay.rooms import DEFAULT_POLICY, RoomPolicies
+
+pytestmark = pytest.mark.unit
+
+
+def trace_into(exporter: InMemorySpanExporter, node_id: str, system: str) -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(provider, node_id=node_id, system=system)
+    return provider
+
+
+@pytest.fixture
+def exported() -> Iterator[InMemorySpanExporter]:
+    """Trace with an in-memory exporter (synchronous), as node "a" on Redis."""
+    exporter = InMemorySpanExporter()
+    provider = trace_into(exporter, "a", "redis")
+    yield exporter
+    tracing.configure(None, node_id="", system="")
+    provider.shutdown()
+
+
+def one(spans: tuple[ReadableSpan, ...], name: str) -> ReadableSpan:
+    found = [span for span in spans if span.name == name]
+    assert len(found) == 1, [span.name for span in spans]
+    return found[0]
+
+
+# Configuration.
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({}, "no OTEL_EXPORTER_OTLP_ENDPOINT nor OTEL_TRACES_EXPORTER"),
+        (
+            {"OTEL_SDK_DISABLED": "TRUE", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"},
+            "OTEL_SDK_DISABLED=true",
+        ),
+        (
+            {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"},
+            "OTEL_TRACES_EXPORTER=none",
+        ),
+    ],
+)
+def test_tracing_is_off_without_an_exporter_or_when_disabled(
+    env: dict[str, str], reason: str
+) -> None:
+    assert tracing.read_env(env) == tracing.TracingConfig(False, reason)
+
+
+@pytest.mark.parametrize(
+    ("env", "exporters", "protocol"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, ("otlp",), "http/protobuf"),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"},
+            ("otlp",),
+            "http/protobuf",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            ("otlp",),
+            "grpc",
+        ),
+        (
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+            },
+            ("otlp",),
+            "grpc",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "console,otlp"}, ("console", "otlp"), "http/protobuf"),
+    ],
+)
+def test_tracing_is_on_with_an_exporter_or_an_endpoint(
+    env: dict[str, str], exporters: tuple[str, ...], protocol: str
+) -> None:
+    config = tracing.read_env(env)
+    assert (config.enabled, config.exporters, config.protocol) == (True, exporters, protocol)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER='zipkin'"),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL='http/json'",
+        ),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "sometimes"},
+            "OTEL_TRACES_SAMPLER='sometimes'",
+        ),
+        (
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "10%",
+            },
+            "OTEL_TRACES_SAMPLER_ARG='10%'",
+        ),
+    ],
+)
+def test_values_tracing_cannot_honour_are_named_at_start(
+    env: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(tracing.TracingConfigError, match=variable):
+        tracing.read_env(env)
+
+
+def test_resource_names_the_pod_and_yields_to_the_standard_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("POD_NAME", "relay-7d9f-x2")
+    monkeypatch.setenv("POD_NAMESPACE", "games")
+    attributes = tracing.make_resource("node-1").attributes
+    assert attributes["service.name"] == "relay"
+    assert attributes["service.instance.id"] == "node-1"
+    assert attributes["k8s.pod.name"] == "relay-7d9f-x2"
+    assert attributes["k8s.namespace.name"] == "games"
+
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "relay-eu")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=i-9,deployment.env=prod")
+    attributes = tracing.make_resource("node-1").attributes
+    assert attributes["service.name"] == "relay-eu"
+    assert attributes["service.instance.id"] == "i-9"
+    assert attributes["deployment.env"] == "prod"
+
+
+async def test_setup_off_by_default_and_on_with_an_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_EXPORTER", "OTEL_SDK_DISABLED"):
+        monkeypatch.delenv(name, raising=False)
+    assert tracing.setup("a", system="redis") is False
+    assert tracing.tracer is None
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # nobody there
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    try:
+        assert tracing.setup("a", system="redis") is True
+        assert tracing.tracer is not None
+    finally:
+        await tracing.shutdown(timeout=2)
+    assert tracing.tracer is None
+
+
+# Spans.
+
+
+def publish(room: str = "match:1", **fields: Any) -> Publish:
+    return Publish(room=room, data={"x": 1}, **fields)
+
+
+def test_off_costs_no_span_and_puts_nothing_in_the_envelope() -> None:
+    assert tracing.tracer is None
+    with tracing.publishing(publish(id="p1"), "s1") as traced:
+        traced.sent(3)
+    assert traced.context is None
+    delivery = Delivery(
+        "r", b"{}", 0, None, None, "a", {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    )
+    assert tracing.process_start(delivery) is None
+    assert tracing.ws_connect("s1", None) is None
+
+
+def test_producer_span_context_goes_into_the_envelope(exported: InMemorySpanExporter) -> None:
+    with tracing.publishing(publish(id="p1"), "s1") as traced:
+        assert traced.context is not None
+        traced.sent(None)
+    producer = one(exported.get_finished_spans(), "publish room")
+    context = producer.get_span_context()
+    assert producer.kind is SpanKind.PRODUCER
+    assert producer.parent is None
+    assert traced.context["traceparent"].startswith(
+        f"00-{context.trace_id:032x}-{context.span_id:016x}-"
+    )
+    assert dict(producer.attributes or {}) == {
+        "messaging.system": "redis",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": "match:1",
+        "messaging.message.id": "p1",
+        "messaging.client.id": "a",
+        "messaging.message.body.size": len(b'{"x":1}'),
+        "relay.session.id": "s1",
+    }
+
+
+def test_client_traceparent_and_tracestate_are_the_producer_parent(
+    exported: InMemorySpanExporter,
+) -> None:
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    message = publish(traceparent=f"00-{trace_id}-{span_id}-01", tracestate="game=go")
+    with tracing.publishing(message, "s1") as traced:
+        pass
+    producer = one(exported.get_finished_spans(), "publish room")
+    assert producer.parent is not None and producer.parent.is_remote
+    assert (f"{producer.parent.trace_id:032x}", f"{producer.parent.span_id:016x}") == (
+        trace_id,
+        span_id,
+    )
+    assert traced.context is not None and traced.context["tracestate"] == "game=go"
+
+
+def test_a_malformed_client_traceparent_starts_a_new_trace(
+    exported: InMemorySpanExporter,
+) -> None:
+    with tracing.publishing(publish(traceparent="00-not-a-trace-01"), "s1"):
+        pass
+    assert one(exported.get_finished_spans(), "publish room").parent is None
+
+
+def test_a_failed_publish_is_an_error_span_with_a_low_cardinality_type(
+    exported: InMemorySpanExporter,
+) -> None:
+    with (
+        pytest.raises(BrokerUnavailable),
+        tracing.publishing(publish(), "s1"),
+    ):
+        raise BrokerUnavailable("PUBLISH on redis://10.0.0.7:6379 failed")
+    producer = one(exported.get_finished_spans(), "publish room")
+    assert producer.status.status_code is StatusCode.ERROR
+    assert (producer.attributes or {})["error.type"] == "BrokerUnavailable"
+
+
+def test_an_unsampled_publish_leaves_the_envelope_empty() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(provider, node_id="a", system="redis")
+    try:
+        with tracing.publishing(publish(), "s1") as traced:
+            pass
+    finally:
+        tracing.configure(None, node_id="", system="")
+    assert traced.context is None
+    assert exporter.get_finished_spans() == ()
+
+
+@dataclass(eq=False)
+class Member:
+    received: list[bytes]
+
+    def push(self, payload: bytes) -> None:
+        self.received.append(payload)
+
+
+async def test_embedded_broker_gives_producer_and_consumer_spans_like_redis(
+    exported: InMemorySpanExporter,
+) -> None:
+    trace_into(exported, "solo", "gamecluster")
+    broker = MemoryBroker("solo")
+    hub = Hub(broker, Metrics(), RoomPolicies(()), unsubscribe_delay=0)
+    members = [Member([]), Member([])]
+    for member in members:
+        await hub.join(member, "arena", None, lambda _: None)
+    message = publish("arena", id="m1")
+    with tracing.publishing(message, "s1") as traced:
+        result = await broker.publish(
+            "arena", message.data, ts=0, policy=DEFAULT_POLICY, trace=traced.context
+        )
+        traced.sent(result.offset)
+    assert all(len(member.received) == 1 for member in members)
+
+    spans = exported.get_finished_spans()
+    producer, consumer = one(spans, "publish room"), one(spans, "process room")
+    assert consumer.kind is SpanKind.CONSUMER
+    assert consumer.parent is not None
+    assert consumer.parent.span_id == producer.get_span_context().span_id
+    assert [link.context.span_id for link in consumer.links] == [
+        producer.get_span_context().span_id
+    ]
+    attributes = consumer.attributes or {}
+    assert attributes["messaging.system"] == "gamecluster"
+    assert attributes["relay.recipients"] == 2
+    assert (
+        attributes["messaging.message.id"]
+        == "1"
+        == (producer.attributes or {})["messaging.message.id"]
+    )
+    assert attributes["relay.delivery.delay_ms"] > 0  # ts=0: published in 1970
+
+
+async def test_hub_makes_no_span_for_an_event_published_untraced(
+    exported: InMemorySpanExporter,
+) -> None:
+    broker = MemoryBroker("solo")
+    hub = Hub(broker, Metrics(), RoomPolicies(()), unsubscribe_delay=0)
+    member = Member([])
+    await hub.join(member, "arena", None, lambda _: None)
+    await broker.publish("arena", "x", ts=0, policy=DEFAULT_POLICY, trace=None)
+    assert len(member.received) == 1
+    assert exported.get_finished_spans() == ()
+
+
+def traced_delivery(offset: int) -> Delivery:
+    with tracing.publishing(publish("arena"), "s") as traced:
+        pass
+    return Delivery("arena", b"{}", 0, offset, "e1", "a", traced.context)
+
+
+def test_replay_links_every_traced_message_it_covers(exported: InMemorySpanExporter) -> None:
+    history = [traced_delivery(1), Delivery("arena", b"{}", 0, 2, "e1", "a"), traced_delivery(3)]
+    producers = [span.get_span_context() for span in exported.get_finished_spans()]
+    exported.clear()
+
+    with tracing.replaying("arena", history, reason="gap") as span:
+        assert span is not None and span.is_recording()
+    replay = one(exported.get_finished_spans(), "receive room")
+    assert replay.kind is SpanKind.CLIENT
+    assert [(link.context.span_id, dict(link.attributes or {})) for link in replay.links] == [
+        (producers[0].span_id, {"messaging.message.id": "1"}),
+        (producers[1].span_id, {"messaging.message.id": "3"}),
+    ]
+    attributes = replay.attributes or {}
+    assert attributes["messaging.batch.message_count"] == 3
+    assert attributes["messaging.operation.type"] == "receive"
+    assert attributes["relay.replay.reason"] == "gap"
+
+
+def test_replay_is_a_no_op_when_tracing_is_off() -> None:
+    with tracing.replaying("arena", [Delivery("arena", b"{}", 0, 1, "e", "a")]) as span:
+        assert span is None
+
+
+def test_connection_spans_share_a_trace(exported: InMemorySpanExporter) -> None:
+    connection = tracing.ws_connect("s9", ("10.0.0.1", 5555))
+    assert connection is not None
+    tracing.ws_close(connection, "s9", 4008)
+    spans = exported.get_finished_spans()
+    connect, close = one(spans, "ws connect"), one(spans, "ws close")
+    assert connect.kind is SpanKind.SERVER
+    assert (connect.attributes or {})["network.peer.port"] == 5555
+    assert close.parent is not None
+    assert close.parent.span_id == connect.get_span_context().span_id
+    assert (close.attributes or {})["relay.close.code"] == 4008
