@@ -7,12 +7,21 @@ reason string instead of a crash. tests/unit/test_spec.py proves the defaults eq
 """
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic.alias_generators import to_camel
 
-Quantity = int | str
+# The same patterns as the CRD's.
+_QUANTITY = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+Quantity = int | Annotated[str, StringConstraints(pattern=_QUANTITY)]
+RedisURL = Annotated[str, StringConstraints(pattern=r"^rediss?://", max_length=2048)]
+ObjectName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+]
 
 
 class _Model(BaseModel):
@@ -41,7 +50,7 @@ class Persistence(_Model):
 
 
 class ExternalRedis(_Model):
-    urls: tuple[str, ...] = ()
+    urls: tuple[RedisURL, ...] = Field(default=(), max_length=64)
 
 
 class Redis(_Model):
@@ -63,7 +72,7 @@ class Room(_Model):
 
 
 class Delivery(_Model):
-    rooms: tuple[Room, ...] = ()
+    rooms: tuple[Room, ...] = Field(default=(), max_length=100)
 
 
 class Limits(_Model):
@@ -74,7 +83,7 @@ class Limits(_Model):
 
 class Auth(_Model):
     enabled: bool = True
-    secret_name: str | None = None
+    secret_name: ObjectName | None = None
     algorithm: Literal["HS256", "RS256"] = "HS256"
     audience: str | None = None
     issuer: str | None = None
