@@ -20,7 +20,6 @@ tests can prove:
 import asyncio
 import contextlib
 import importlib.resources
-import logging
 import pathlib
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -100,7 +99,13 @@ class Harness:
             return None
         return dict(self.emulator.objects[key].raw)
 
-    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/merge-patch+json") -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/merge-patch+json",
+    ) -> Any:
         async with self.emulator.request(
             method, path, json=body, headers={"Content-Type": content_type}
         ) as response:
@@ -121,14 +126,21 @@ class Harness:
             },
             "spec": spec,
         }
-        await self.request("POST", f"/apis/{names.API_VERSION}/namespaces/{NAMESPACE}/{names.PLURAL}", body, "application/json")
+        await self.request(
+            "POST",
+            f"/apis/{names.API_VERSION}/namespaces/{NAMESPACE}/{names.PLURAL}",
+            body,
+            "application/json",
+        )
 
     async def patch(self, path: str, body: dict[str, Any]) -> None:
         await self.request("PATCH", path, body)
 
-    async def eventually(self, check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    async def eventually(
+        self, check: Callable[[], Any], within: float = 10.0, what: str = ""
+    ) -> Any:
         """Poll ``check`` until it returns something truthy (the operator acts asynchronously)."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + within
         last: Any = None
         while asyncio.get_running_loop().time() < deadline:
             with contextlib.suppress(KeyError, TypeError, IndexError):
