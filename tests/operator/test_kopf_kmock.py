@@ -1,0 +1,336 @@
+"""The operator as it runs: kopf handlers, the SSA client, the reconciler, against kmock."""
+
+from typing import Any
+
+import pytest
+from conftest import NAMESPACE, RELAY_IMAGE, Harness, SSAEmulator, gc_path
+
+from gamecluster import handlers, names
+from relay import contract
+
+pytestmark = [pytest.mark.operator, pytest.mark.kmock(cls=SSAEmulator)]
+
+DEPLOYMENTS = "apps/v1/deployments"
+STATEFULSETS = "apps/v1/statefulsets"
+SERVICES = "v1/services"
+CONFIGMAPS = "v1/configmaps"
+SECRETS = "v1/secrets"
+PDBS = "policy/v1/poddisruptionbudgets"
+EVENTS = "v1/events"
+
+
+def child_path(api: str, plural: str, name: str) -> str:
+    prefix = f"/api/{api}" if "/" not in api else f"/apis/{api}"
+    return f"{prefix}/namespaces/{NAMESPACE}/{plural}/{name}"
+
+
+def deployment(harness: Harness) -> dict[str, Any] | None:
+    return harness.objects(DEPLOYMENTS, "arena-relay")
+
+
+async def test_create_makes_every_child_with_server_side_apply(harness: Harness) -> None:
+    await harness.create_gamecluster("arena", {"replicas": 3, "redis": {"shards": 2}})
+    deploy = await harness.eventually(lambda: deployment(harness), what="the relay Deployment")
+    for resource, name in [
+        (CONFIGMAPS, "arena-relay"),
+        (SECRETS, "arena-jwt"),
+        (SERVICES, "arena-redis"),
+        (STATEFULSETS, "arena-redis"),
+        (SERVICES, "arena"),
+    ]:
+        await harness.eventually(
+            lambda r=resource, n=name: harness.objects(r, n), what=f"{resource} {name}"
+        )
+    await harness.eventually(lambda: harness.objects(PDBS, "arena-relay"), what="the PDB")
+
+    assert deploy["spec"]["replicas"] == 3
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == RELAY_IMAGE
+    assert deploy["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert harness.objects(STATEFULSETS, "arena-redis")["spec"]["replicas"] == 2  # type: ignore[index]
+    config = harness.objects(CONFIGMAPS, "arena-relay")["data"]  # type: ignore[index]
+    assert config[contract.ENV_REDIS_URLS].count("redis://") == 2
+
+    # Every child went through server-side apply under the one field manager, forced.
+    applies = [
+        r
+        for r in harness.emulator
+        if r.method == "PATCH"
+        and r.headers.get("Content-Type", "").startswith("application/apply-patch")
+    ]
+    assert {r.params.get("fieldManager") for r in applies} == {names.FIELD_MANAGER}
+    assert {r.params.get("force") for r in applies} == {"true"}
+    assert not [
+        r
+        for r in harness.emulator
+        if r.method in ("POST", "PUT")
+        and r.resource
+        and r.resource.plural
+        in ("deployments", "statefulsets", "services", "configmaps", "secrets")
+    ]
+
+
+async def test_changing_replicas_patches_the_deployment(harness: Harness) -> None:
+    await harness.create_gamecluster("arena", {"replicas": 2})
+    await harness.eventually(lambda: deployment(harness)["spec"]["replicas"] == 2)
+    await harness.patch(gc_path("arena"), {"metadata": {"generation": 2}, "spec": {"replicas": 5}})
+    await harness.eventually(
+        lambda: deployment(harness)["spec"]["replicas"] == 5, what="replicas 5"
+    )
+    await harness.eventually(
+        lambda: harness.gamecluster("arena")["status"]["observedGeneration"] == 2,
+        what="observedGeneration 2",
+    )
+
+
+async def test_scale_subresource_style_change_applies_too(harness: Harness) -> None:
+    """kubectl scale writes spec.replicas through /scale; here the same field is patched."""
+    await harness.create_gamecluster("arena", {"replicas": 1})
+    await harness.eventually(lambda: deployment(harness))
+    await harness.patch(gc_path("arena"), {"metadata": {"generation": 2}, "spec": {"replicas": 0}})
+    await harness.eventually(
+        lambda: deployment(harness)["spec"]["replicas"] == 0, what="scaled to 0"
+    )
+
+
+async def test_a_deleted_child_comes_back(harness: Harness) -> None:
+    await harness.create_gamecluster("arena", {})
+    await harness.eventually(lambda: deployment(harness))
+    await harness.request("DELETE", child_path("apps/v1", "deployments", "arena-relay"))
+    await harness.eventually(lambda: deployment(harness), what="the Deployment to come back")
+    await harness.request("DELETE", child_path("v1", "services", "arena"))
+    await harness.eventually(
+        lambda: harness.objects(SERVICES, "arena"), what="the Service to come back"
+    )
+
+
+async def test_a_hand_edit_is_reverted(harness: Harness) -> None:
+    await harness.create_gamecluster("arena", {"replicas": 2})
+    await harness.eventually(lambda: deployment(harness))
+    await harness.patch(
+        child_path("apps/v1", "deployments", "arena-relay"), {"spec": {"replicas": 9}}
+    )
+    await harness.eventually(
+        lambda: deployment(harness)["spec"]["replicas"] == 2, what="revert to 2"
+    )
+    config = child_path("v1", "configmaps", "arena-relay")
+    await harness.patch(config, {"data": {contract.ENV_MAX_CONNECTIONS: "1"}})
+    await harness.eventually(
+        lambda: (
+            harness.objects(CONFIGMAPS, "arena-relay")["data"][contract.ENV_MAX_CONNECTIONS]
+            == "20000"
+        ),
+        what="ConfigMap reverted",
+    )
+
+
+async def test_generated_secret_is_deleted_by_hand_and_recreated_by_the_timer(
+    harness: Harness,
+) -> None:
+    await harness.create_gamecluster("arena", {})
+    first = await harness.eventually(lambda: harness.objects(SECRETS, "arena-jwt"))
+    deploy = await harness.eventually(lambda: deployment(harness))
+    await harness.request("DELETE", child_path("v1", "secrets", "arena-jwt"))
+    again = await harness.eventually(
+        lambda: harness.objects(SECRETS, "arena-jwt"), what="the Secret back"
+    )
+    assert again["data"]["secret"]
+    assert first["data"]["secret"]
+    # A regenerated secret does not roll the pods by itself (the hash excludes secret values).
+    hash_key = names.ANNOTATION_CONFIG_HASH
+    assert (
+        deployment(harness)["spec"]["template"]["metadata"]["annotations"][hash_key]
+        == (  # type: ignore[index]
+            deploy["spec"]["template"]["metadata"]["annotations"][hash_key]
+        )
+    )
+
+
+async def test_child_status_flows_into_gamecluster_status(harness: Harness) -> None:
+    harness.load.connections = 1234
+    await harness.create_gamecluster("arena", {"replicas": 2, "redis": {"shards": 2}})
+    await harness.eventually(
+        lambda: deployment(harness) and harness.objects(STATEFULSETS, "arena-redis")
+    )
+    status = await harness.eventually(lambda: harness.gamecluster("arena")["status"])
+    assert status["phase"] in {"Pending", "Progressing"}
+
+    # Play the controllers: the Deployment and StatefulSet report their pods.
+    await harness.patch(
+        child_path("apps/v1", "statefulsets", "arena-redis") + "/status",
+        {"status": {"replicas": 2, "readyReplicas": 2}},
+    )
+    await harness.patch(
+        child_path("apps/v1", "deployments", "arena-relay") + "/status",
+        {
+            "status": {
+                "replicas": 2,
+                "readyReplicas": 2,
+                "availableReplicas": 2,
+                "updatedReplicas": 2,
+            }
+        },
+    )
+    ready = await harness.eventually(
+        lambda: (s := harness.gamecluster("arena")["status"])["phase"] == "Ready" and s,
+        what="phase Ready",
+    )
+    assert (ready["replicas"], ready["readyReplicas"]) == (2, 2)
+    assert ready["redis"] == {"shards": 2, "readyShards": 2}
+    assert ready["selector"] == "app.kubernetes.io/instance=arena,app.kubernetes.io/component=relay"
+    assert ready["endpoint"] == f"ws://arena.{NAMESPACE}.svc:80/ws"
+    conditions = {c["type"]: c["status"] for c in ready["conditions"]}
+    assert conditions == {
+        "Ready": "True",
+        "Available": "True",
+        "Progressing": "False",
+        "RedisReady": "True",
+    }
+    await harness.eventually(
+        lambda: harness.gamecluster("arena")["status"].get("connections") == 1234,
+        what="connections",
+    )
+
+    # A pod goes away: Ready turns False again.
+    await harness.patch(
+        child_path("apps/v1", "deployments", "arena-relay") + "/status",
+        {"status": {"readyReplicas": 1, "availableReplicas": 1}},
+    )
+    await harness.eventually(
+        lambda: harness.gamecluster("arena")["status"]["phase"] == "Progressing"
+    )
+
+
+def warning_events(harness: Harness, reason: str) -> list[dict[str, Any]]:
+    found = []
+    for (resource, _ns, _name), obj in harness.emulator.objects.items():
+        if resource.plural == "events" and not obj.deleted:
+            raw = obj.raw
+            if raw.get("reason") == reason and raw.get("type") == "Warning":
+                found.append(raw)
+    return found
+
+
+async def test_missing_named_secret_is_degraded_with_an_event_then_recovers(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "RETRY_SECONDS", 0.5)
+    await harness.create_gamecluster("arena", {"auth": {"secretName": "arena-keys"}})
+    status = await harness.eventually(
+        lambda: (s := harness.gamecluster("arena")["status"])["phase"] == "Degraded" and s,
+        what="phase Degraded",
+    )
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "SecretNotFound")
+    await harness.eventually(
+        lambda: warning_events(harness, "SecretNotFound"), what="a Warning Event"
+    )
+    assert deployment(harness) is None  # nothing applied for a spec that cannot work
+
+    # The Secret appears: the retry (TemporaryError) applies everything.
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "arena-keys", "namespace": NAMESPACE},
+        "data": {"secret": "eA=="},
+    }
+    await harness.request(
+        "POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", secret, "application/json"
+    )
+    await harness.eventually(
+        lambda: deployment(harness), what="the Deployment after the Secret appeared"
+    )
+    assert harness.objects(SECRETS, "arena-jwt") is None
+    await harness.eventually(lambda: harness.gamecluster("arena")["status"]["phase"] != "Degraded")
+
+
+async def test_external_mode_without_urls_is_degraded_permanently(harness: Harness) -> None:
+    await harness.create_gamecluster("lobby", {"redis": {"mode": "external"}})
+    status = await harness.eventually(
+        lambda: (s := harness.gamecluster("lobby")["status"])["phase"] == "Degraded" and s,
+        what="phase Degraded",
+    )
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "ExternalRedisWithoutURLs"
+    await harness.eventually(
+        lambda: warning_events(harness, "ExternalRedisWithoutURLs"), what="a Warning Event"
+    )
+    assert harness.objects(DEPLOYMENTS, "lobby-relay") is None
+
+    # Fixing the spec is what helps.
+    fix = {
+        "metadata": {"generation": 2},
+        "spec": {"redis": {"external": {"urls": ["redis://r:6379"]}}},
+    }
+    await harness.patch(gc_path("lobby"), fix)
+    deploy = await harness.eventually(
+        lambda: harness.objects(DEPLOYMENTS, "lobby-relay"), what="Deployment"
+    )
+    assert harness.objects(STATEFULSETS, "lobby-redis") is None
+    assert deploy["spec"]["replicas"] == 2
+
+
+async def test_switching_to_external_prunes_the_managed_redis(harness: Harness) -> None:
+    await harness.create_gamecluster("arena", {})
+    await harness.eventually(lambda: harness.objects(STATEFULSETS, "arena-redis"))
+    change = {
+        "metadata": {"generation": 2},
+        "spec": {"redis": {"mode": "external", "external": {"urls": ["redis://ext:6379"]}}},
+    }
+    await harness.patch(gc_path("arena"), change)
+    await harness.eventually(
+        lambda: harness.objects(STATEFULSETS, "arena-redis") is None, what="StatefulSet gone"
+    )
+    await harness.eventually(
+        lambda: harness.objects(SERVICES, "arena-redis") is None, what="headless Service gone"
+    )
+    config = await harness.eventually(
+        lambda: (
+            (c := harness.objects(CONFIGMAPS, "arena-relay")["data"])[contract.ENV_REDIS_URLS]
+            == "redis://ext:6379"
+            and c
+        )
+    )
+    assert config
+
+
+async def test_shard_change_resizes_redis_and_rolls_the_relay(harness: Harness) -> None:
+    await harness.create_gamecluster("arena", {"redis": {"shards": 1}})
+    before = await harness.eventually(lambda: deployment(harness))
+    await harness.patch(
+        gc_path("arena"), {"metadata": {"generation": 2}, "spec": {"redis": {"shards": 3}}}
+    )
+    await harness.eventually(
+        lambda: harness.objects(STATEFULSETS, "arena-redis")["spec"]["replicas"] == 3
+    )
+    after = await harness.eventually(
+        lambda: (
+            (d := deployment(harness))["spec"]["template"]["metadata"]["annotations"]
+            != before["spec"]["template"]["metadata"]["annotations"]
+            and d
+        ),
+        what="a new config hash",
+    )
+    assert after
+
+
+async def test_autoscaler_follows_the_load_reports(harness: Harness) -> None:
+    harness.load.connections = 12_000
+    spec = {
+        "autoscaling": {
+            "enabled": True,
+            "minReplicas": 1,
+            "maxReplicas": 10,
+            "targetConnectionsPerReplica": 5000,
+            "scaleDownDelaySeconds": 0,
+        }
+    }
+    await harness.create_gamecluster("arena", spec)
+    await harness.eventually(
+        lambda: deployment(harness)["spec"]["replicas"] == 3, what="3 replicas for 12000"
+    )
+    status = harness.gamecluster("arena")["status"]  # type: ignore[index]
+    assert status["autoscaling"]["desiredReplicas"] == 3
+    harness.load.connections = 100
+    await harness.eventually(lambda: deployment(harness)["spec"]["replicas"] == 1, what="down to 1")
+    assert harness.load.calls[-1] == ("redis://arena-redis-0.arena-redis.games.svc:6379",)
