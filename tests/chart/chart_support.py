@@ -69,14 +69,18 @@ def rendered_files(key: str) -> dict[str, str]:
     return dict(_render_cached(key))
 
 
+def objects_of(rendered: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The Kubernetes objects in a render result (NOTES.txt and empty documents left out)."""
+    objects: list[dict[str, Any]] = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith((".yaml", ".yml")):
+            objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
 def manifests(key: str) -> list[dict[str, Any]]:
     """Every Kubernetes object the value set renders (templates only; CRDs are separate)."""
-    objects: list[dict[str, Any]] = []
-    for path, text in rendered_files(key).items():
-        if not path.endswith((".yaml", ".yml")):
-            continue
-        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    return objects
+    return objects_of(rendered_files(key))
 
 
 def crds() -> list[dict[str, Any]]:
