@@ -91,9 +91,7 @@ def crds() -> list[dict[str, Any]]:
 
 def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
     return [
-        o
-        for o in objects
-        if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
     ]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 from chart_support import NAMESPACE, VALUE_SETS, find, manifests, one
+
 from gamecluster import rbac
 
 pytestmark = pytest.mark.chart
@@ -26,7 +27,8 @@ AGGREGATE_LABELS = (
 def _triples(rules: list[dict[str, Any]]) -> set[Triple]:
     found: set[Triple] = set()
     for rule in rules:
-        assert "nonResourceURLs" not in rule and "resourceNames" not in rule, rule
+        assert "nonResourceURLs" not in rule, rule
+        assert "resourceNames" not in rule, rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 found |= {(group, resource, verb) for verb in rule["verbs"]}

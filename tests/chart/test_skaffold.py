@@ -94,7 +94,11 @@ SKAFFOLD_SUBSET = _strict(
                     "patches": {
                         "type": "array",
                         "items": _strict(
-                            {"op": {"enum": ["add", "replace", "remove"]}, "path": _STRING, "value": {}},
+                            {
+                                "op": {"enum": ["add", "replace", "remove"]},
+                                "path": _STRING,
+                                "value": {},
+                            },
                             ("op", "path"),
                         ),
                     },
@@ -130,7 +134,9 @@ def _with_profile(config: dict[str, Any], name: str) -> dict[str, Any]:
     patched = copy.deepcopy(config)
     (profile,) = [p for p in config["profiles"] if p["name"] == name]
     for patch in profile.get("patches", []):
-        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in patch["path"][1:].split("/")]
+        *parents, last = [
+            p.replace("~1", "/").replace("~0", "~") for p in patch["path"][1:].split("/")
+        ]
         node: Any = patched
         for part in parents:
             node = node[int(part)] if isinstance(node, list) else node[part]
@@ -227,7 +233,9 @@ def test_every_value_skaffold_sets_exists_and_passes_the_schema(
     rendered = chart.render(values, name=release["name"], namespace=release["namespace"])
     objects = objects_of(rendered)
     wanted = "localhost:5000/gamecluster:v0.1.0-3-gabc1234@sha256:" + "ab" * 32
-    operator = next(d for d in find(objects, "Deployment") if d["metadata"]["name"] == "gamecluster")
+    operator = next(
+        d for d in find(objects, "Deployment") if d["metadata"]["name"] == "gamecluster"
+    )
     (container,) = operator["spec"]["template"]["spec"]["containers"]
     assert container["image"] == wanted
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -240,7 +248,8 @@ def test_dev_profile_turns_on_demo_and_jaeger_and_forwards_both(chart: helm.Char
     assert {"command": "dev"} in profile["activation"]
     (release,) = config["deploy"]["helm"]["releases"]
     values = _release_values(release, _image_fields(config))
-    assert values["demo"]["enabled"] is True and values["jaeger"]["enabled"] is True
+    assert values["demo"]["enabled"] is True
+    assert values["jaeger"]["enabled"] is True
     rendered = chart.render(values, name=release["name"], namespace=release["namespace"])
     objects = objects_of(rendered)
     merged = chart.merge_values(values)

@@ -11,16 +11,38 @@ from chart_support import CHART_DIR, NAMESPACE, VALUE_SETS, default_values
 
 pytestmark = pytest.mark.chart
 
-BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
-    ("string-for-number", {"demo": {"replicas": "three"}}, "'/demo/replicas': got string, want integer"),
-    ("unknown-top-level-key", {"replica": 3}, "additional properties 'replica' not allowed"),
-    ("unknown-nested-key", {"jaeger": {"enable": True}}, "additional properties 'enable' not allowed"),
-    ("string-for-bool", {"jaeger": {"enabled": "yes"}}, "'/jaeger/enabled': got string, want boolean"),
-    ("string-for-list", {"watchNamespaces": "team-a"}, "'/watchNamespaces': got string, want array"),
-    ("bad-namespace-name", {"watchNamespaces": ["Team_A"]}, "'/watchNamespaces/0'"),
-    ("port-out-of-range", {"service": {"port": 70000}}, "'/service/port'"),
-    ("bad-pull-policy", {"image": {"pullPolicy": "Sometimes"}}, "'/image/pullPolicy'"),
-    ("ratio-above-one", {"demo": {"tracing": {"samplingRatio": 2}}}, "'/demo/tracing/samplingRatio'"),
+BAD_VALUES = [
+    pytest.param(
+        {"demo": {"replicas": "three"}},
+        "'/demo/replicas': got string, want integer",
+        id="string-for-number",
+    ),
+    pytest.param(
+        {"replica": 3}, "additional properties 'replica' not allowed", id="unknown-top-level-key"
+    ),
+    pytest.param(
+        {"jaeger": {"enable": True}},
+        "additional properties 'enable' not allowed",
+        id="unknown-nested-key",
+    ),
+    pytest.param(
+        {"jaeger": {"enabled": "yes"}},
+        "'/jaeger/enabled': got string, want boolean",
+        id="string-for-bool",
+    ),
+    pytest.param(
+        {"watchNamespaces": "team-a"},
+        "'/watchNamespaces': got string, want array",
+        id="string-for-list",
+    ),
+    pytest.param({"watchNamespaces": ["Team_A"]}, "'/watchNamespaces/0'", id="bad-namespace"),
+    pytest.param({"service": {"port": 70000}}, "'/service/port'", id="port-out-of-range"),
+    pytest.param({"image": {"pullPolicy": "Sometimes"}}, "'/image/pullPolicy'", id="pull-policy"),
+    pytest.param(
+        {"demo": {"tracing": {"samplingRatio": 2}}},
+        "'/demo/tracing/samplingRatio'",
+        id="ratio-above-one",
+    ),
 ]
 
 
@@ -29,8 +51,10 @@ def test_good_values_pass(chart: helm.Chart, key: str) -> None:
     chart.validate_schema(chart.merge_values(VALUE_SETS[key]))
 
 
-@pytest.mark.parametrize(("values", "message"), [b[1:] for b in BAD_VALUES], ids=[b[0] for b in BAD_VALUES])
-def test_bad_values_are_refused_by_name(chart: helm.Chart, values: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(("values", "message"), BAD_VALUES)
+def test_bad_values_are_refused_by_name(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
     # What `helm install --set ...` does: coalesce with the defaults, then validate.
     with pytest.raises(helm.HelmValuesError) as caught:
         chart.validate_schema(chart.merge_values(values))
