@@ -1,0 +1,75 @@
+"""Desired state: the children one GameCluster should have, as a pure function.
+
+``desired(spec, meta, inputs)`` does no I/O and reads no clock, so the whole shape of what
+the operator deploys is unit-tested without a cluster. The few inputs that come from the
+outside world (the operator's own image, the autoscaler's decision, the value of an already
+generated JWT secret) are passed in explicitly as ``Inputs``.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gamecluster.children import Manifest, Owner
+from gamecluster.manifests import redis as redis_manifests
+from gamecluster.manifests import relay as relay_manifests
+from gamecluster.spec import GameClusterSpec
+
+
+@dataclass(frozen=True)
+class Inputs:
+    relay_image: str
+    """Used when spec.image is absent: the operator's own image (GAMECLUSTER_RELAY_IMAGE)."""
+    autoscaled_replicas: int | None = None
+    """The autoscaler's last decision; used instead of spec.replicas while autoscaling is on."""
+    jwt_secret: str | None = None
+    """Value for the generated JWT Secret: the stored one if it exists, else a fresh one."""
+
+
+def relay_replicas(spec: GameClusterSpec, autoscaled: int | None) -> int:
+    """spec.replicas, or while autoscaling the decision clamped to the current bounds."""
+    scaling = spec.autoscaling
+    if not scaling.enabled:
+        return spec.replicas
+    wanted = scaling.min_replicas if autoscaled is None else autoscaled
+    return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
+
+
+def redis_urls(spec: GameClusterSpec, owner: Owner) -> list[str]:
+    if spec.redis.mode == "external":
+        return list(spec.redis.external.urls) if spec.redis.external else []
+    return owner.shard_urls(spec.redis.shards)
+
+
+def generates_jwt_secret(spec: GameClusterSpec) -> bool:
+    return spec.auth.enabled and not spec.auth.secret_name
+
+
+def desired(spec: GameClusterSpec, meta: Mapping[str, Any], inputs: Inputs) -> list[Manifest]:
+    """Every child manifest, in apply order (config before the pods that read it).
+
+    Raises ValueError when the generated secret is needed and ``inputs.jwt_secret`` is None:
+    the caller must read or generate it first.
+    """
+    owner = Owner.from_meta(meta)
+    data = relay_manifests.config_data(spec, owner, redis_urls(spec, owner))
+    manifests: list[Manifest] = [relay_manifests.configmap(owner, data)]
+    if generates_jwt_secret(spec):
+        if inputs.jwt_secret is None:
+            raise ValueError("desired() needs inputs.jwt_secret when the JWT secret is generated")
+        manifests.append(relay_manifests.jwt_secret(owner, inputs.jwt_secret))
+    if spec.redis.mode == "managed":
+        manifests.append(redis_manifests.headless_service(spec, owner))
+        manifests.append(redis_manifests.statefulset(spec, owner))
+    manifests.append(
+        relay_manifests.deployment(
+            spec,
+            owner,
+            image=spec.image or inputs.relay_image,
+            replicas=relay_replicas(spec, inputs.autoscaled_replicas),
+            data=data,
+        )
+    )
+    manifests.append(relay_manifests.service(spec, owner))
+    manifests.append(relay_manifests.disruption_budget(owner))
+    return manifests

@@ -1,0 +1,71 @@
+"""Where the connection count comes from: the relay pods' load reports in Redis.
+
+Each relay pod writes its live connection count to ``LOAD_REPORT_KEY_PREFIX + node id`` with
+a TTL of ``LOAD_REPORT_TTL_SECONDS``, so a pod that died stops counting within that time. The
+reader scans every shard (a pod may report to any of them) and keeps one count per node id.
+
+A shard that cannot be reached makes the whole reading unknown (None) rather than low: a
+partial sum would look like a load drop and start a scale-down.
+"""
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import redis
+
+from relay import contract
+
+logger = logging.getLogger(__name__)
+
+
+class LoadSource(Protocol):
+    def total_connections(self, redis_urls: Sequence[str]) -> int | None:
+        """Connections summed over the fresh load reports, or None when unknown."""
+        ...
+
+
+class RedisLoadSource:
+    """Reads the reports with SCAN + MGET; bounded by ``timeout_seconds`` per shard."""
+
+    def __init__(self, timeout_seconds: float = 2.0) -> None:
+        self._timeout = timeout_seconds
+
+    def total_connections(self, redis_urls: Sequence[str]) -> int | None:
+        if not redis_urls:
+            return None
+        per_node: dict[str, int] = {}
+        for url in redis_urls:
+            try:
+                per_node.update(self._read_shard(url))
+            except (redis.RedisError, OSError) as exc:
+                logger.info("load reports unavailable from %s: %s", _redact(url), exc)
+                return None
+        return sum(per_node.values())
+
+    def _read_shard(self, url: str) -> dict[str, int]:
+        client = redis.Redis.from_url(
+            url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+        )
+        try:
+            keys = list(client.scan_iter(match=f"{contract.LOAD_REPORT_KEY_PREFIX}*", count=500))
+            if not keys:
+                return {}
+            values = client.mget(keys)
+        finally:
+            client.close()
+        counts: dict[str, int] = {}
+        for key, value in zip(keys, values, strict=True):
+            if value is None:  # expired between SCAN and MGET
+                continue
+            try:
+                counts[key.decode()] = max(int(value), 0)
+            except ValueError:
+                logger.warning("ignoring malformed load report %r=%r", key, value)
+        return counts
+
+
+def _redact(url: str) -> str:
+    """The URL without credentials, for logs."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"

@@ -1,0 +1,226 @@
+"""The imperative shell around ``desired()``: read, apply, prune, report.
+
+One pass for one GameCluster, in order:
+
+1. Parse the spec and check what it refers to (the named JWT Secret). A spec that cannot be
+   honoured ends the pass with a ``Problem``; nothing is applied, status says Degraded.
+2. Gather the outside inputs of ``desired()``: the stored value of a generated JWT secret
+   (or a fresh one), the autoscaler's last decision from status.
+3. Apply every desired child with server-side apply: all of them (``full``, on create,
+   update and resume), or only those missing or drifted from what is desired (on child
+   events and timer ticks; this keeps a no-op from writing anything).
+4. Delete owned children no spec produces any more (managed -> external, a named secret).
+5. Compute status from the children and patch it when it changed.
+
+Passes for the same GameCluster are serialised by a per-object lock, since kopf may run a
+handler, a timer and a child event for it in different worker threads at once.
+"""
+
+import base64
+import binascii
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gamecluster import children as children_mod
+from gamecluster import status as status_mod
+from gamecluster.children import ChildRef, Manifest, Owner
+from gamecluster.cluster import Cluster
+from gamecluster.desired import Inputs, desired, generates_jwt_secret
+from gamecluster.spec import JWT_PUBLIC_KEY_KEY, JWT_SECRET_KEY, GameClusterSpec, InvalidSpec, parse
+from gamecluster.status import Observed, Problem
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    problem: Problem | None
+    retryable: bool
+    """For a problem: can it pass without a spec change (a Secret created later)?"""
+    applied: tuple[ChildRef, ...]
+    status: dict[str, Any]
+
+
+def contains(actual: Any, wanted: Any) -> bool:
+    """Whether ``actual`` holds every field of ``wanted`` (server defaults may add more)."""
+    if isinstance(wanted, Mapping):
+        return isinstance(actual, Mapping) and all(
+            key in actual and contains(actual[key], value) for key, value in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(wanted)
+            and all(contains(a, w) for a, w in zip(actual, wanted, strict=True))
+        )
+    return bool(actual == wanted or str(actual) == str(wanted))
+
+
+def owned_by(obj: Mapping[str, Any], owner: Owner) -> bool:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner.uid and ref.get("name") == owner.name for ref in refs)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        relay_image: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(48),
+    ) -> None:
+        self.cluster = cluster
+        self.relay_image = relay_image
+        self.clock = clock
+        self._new_secret = new_secret
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, owner: Owner) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((owner.namespace, owner.name), threading.Lock())
+
+    def run(
+        self, body: Mapping[str, Any], *, full: bool, connections: int | None = None
+    ) -> Outcome:
+        """One pass (see the module docstring). Raises ClusterError when the API fails."""
+        meta = body["metadata"]
+        owner = Owner.from_meta(meta)
+        previous = body.get("status") or {}
+        with self._lock(owner):
+            try:
+                spec = parse(body.get("spec") or {})
+            except InvalidSpec as exc:
+                return self._report_problem(
+                    body, None, Problem(exc.reason, exc.message), connections
+                )
+            problem = self._check_references(spec, owner)
+            if problem is not None:
+                return self._report_problem(body, spec, problem, connections)
+
+            autoscaled = (previous.get("autoscaling") or {}).get("desiredReplicas")
+            inputs = Inputs(
+                relay_image=self.relay_image,
+                autoscaled_replicas=autoscaled if spec.autoscaling.enabled else None,
+                jwt_secret=self._jwt_value(spec, owner),
+            )
+            manifests = desired(spec, meta, inputs)
+            live, applied = self._apply(manifests, full=full)
+            self._prune(owner, {ChildRef.of(m) for m in manifests})
+
+            observed = Observed(
+                deployment=live.get("Deployment"),
+                statefulset=live.get("StatefulSet"),
+                connections=connections,
+            )
+            status = status_mod.compute(
+                spec,
+                meta,
+                observed,
+                previous=previous,
+                autoscaled_replicas=inputs.autoscaled_replicas,
+                now=self.clock(),
+            )
+            if full:
+                status["observedGeneration"] = int(meta.get("generation") or 0)
+            self._write_status(owner, previous, status)
+            return Outcome(None, False, tuple(applied), status)
+
+    def _check_references(self, spec: GameClusterSpec, owner: Owner) -> Problem | None:
+        """A named Secret must exist and hold the key the relay will read."""
+        if not (spec.auth.enabled and spec.auth.secret_name):
+            return None
+        key = JWT_PUBLIC_KEY_KEY if spec.auth.algorithm == "RS256" else JWT_SECRET_KEY
+        ref = ChildRef("v1", "Secret", owner.namespace, spec.auth.secret_name)
+        secret = self.cluster.get(ref)
+        if secret is None:
+            return Problem("SecretNotFound", f"Secret {ref.name} (spec.auth.secretName) not found")
+        if key not in (secret.get("data") or {}) and key not in (secret.get("stringData") or {}):
+            return Problem("SecretKeyMissing", f"Secret {ref.name} has no key {key!r}")
+        return None
+
+    def _jwt_value(self, spec: GameClusterSpec, owner: Owner) -> str | None:
+        """The generated secret's stored value, so re-applying never rotates it."""
+        if not generates_jwt_secret(spec):
+            return None
+        stored = self.cluster.get(ChildRef("v1", "Secret", owner.namespace, owner.jwt_secret))
+        encoded = ((stored or {}).get("data") or {}).get(JWT_SECRET_KEY)
+        if encoded:
+            try:
+                return base64.b64decode(encoded, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                logger.warning("generated secret %s is unreadable; replacing it", owner.jwt_secret)
+        return self._new_secret()
+
+    def _apply(
+        self, manifests: list[Manifest], *, full: bool
+    ) -> tuple[dict[str, Manifest], list[ChildRef]]:
+        live: dict[str, Manifest] = {}
+        applied: list[ChildRef] = []
+        for manifest in manifests:
+            ref = ChildRef.of(manifest)
+            current = None if full else self.cluster.get(ref)
+            if current is not None and contains(current, manifest):
+                live.setdefault(ref.kind, current)
+                continue
+            if not full:
+                logger.info(
+                    "%s %s/%s drifted or missing; re-applying", ref.kind, ref.namespace, ref.name
+                )
+            live.setdefault(ref.kind, self.cluster.apply(manifest))
+            applied.append(ref)
+        return live, applied
+
+    def _prune(self, owner: Owner, wanted: set[ChildRef]) -> None:
+        for ref in children_mod.every_possible_child(owner):
+            if ref in wanted:
+                continue
+            obj = self.cluster.get(ref)
+            if obj is not None and owned_by(obj, owner):
+                logger.info(
+                    "deleting %s %s/%s: no longer desired", ref.kind, ref.namespace, ref.name
+                )
+                self.cluster.delete(ref)
+
+    def _report_problem(
+        self,
+        body: Mapping[str, Any],
+        spec: GameClusterSpec | None,
+        problem: Problem,
+        connections: int | None,
+    ) -> Outcome:
+        meta = body["metadata"]
+        owner = Owner.from_meta(meta)
+        previous = body.get("status") or {}
+        deployment = self.cluster.get(
+            ChildRef("apps/v1", "Deployment", owner.namespace, owner.relay)
+        )
+        statefulset = self.cluster.get(
+            ChildRef("apps/v1", "StatefulSet", owner.namespace, owner.redis)
+        )
+        status = status_mod.compute(
+            spec or GameClusterSpec(),
+            meta,
+            Observed(deployment, statefulset, connections, problem),
+            previous=previous,
+            autoscaled_replicas=None,
+            now=self.clock(),
+        )
+        status["observedGeneration"] = int(meta.get("generation") or 0)
+        self._write_status(owner, previous, status)
+        return Outcome(
+            problem, problem.reason in {"SecretNotFound", "SecretKeyMissing"}, (), status
+        )
+
+    def _write_status(
+        self, owner: Owner, previous: Mapping[str, Any], status: dict[str, Any]
+    ) -> None:
+        if all(previous.get(key) == value for key, value in status.items()):
+            return
+        self.cluster.patch_status(owner.namespace, owner.name, status)

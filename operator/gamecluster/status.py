@@ -1,0 +1,191 @@
+"""GameCluster status from its children: a pure function, unit-tested.
+
+Conditions follow metav1.Condition: ``lastTransitionTime`` moves only when a condition's
+status flips, so ``kubectl wait --for=condition=Ready`` and Helm 4's kstatus see stable
+timestamps. ``Ready`` is the summary; ``Available``, ``Progressing`` and ``RedisReady`` say why.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gamecluster import names
+from gamecluster.children import Owner
+from gamecluster.desired import relay_replicas
+from gamecluster.spec import GameClusterSpec
+from relay import contract
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a spec cannot be honoured; shown as phase Degraded and the Ready condition."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator read from the cluster for one GameCluster."""
+
+    deployment: Mapping[str, Any] | None
+    statefulset: Mapping[str, Any] | None
+    connections: int | None = None
+    problem: Problem | None = None
+
+
+def _timestamp(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class _Conditions:
+    """Builds conditions that keep lastTransitionTime while their status does not change."""
+
+    previous: Sequence[Mapping[str, Any]]
+    generation: int
+    now: datetime
+
+    def make(self, type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        before = next((c for c in self.previous if c.get("type") == type_), None)
+        kept = (
+            before.get("lastTransitionTime") if before and before.get("status") == status else None
+        )
+        return {
+            "type": type_,
+            "status": status,
+            "observedGeneration": self.generation,
+            "lastTransitionTime": kept or _timestamp(self.now),
+            "reason": reason,
+            "message": message,
+        }
+
+
+def _int(obj: Mapping[str, Any] | None, *path: str) -> int:
+    value: Any = obj
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return int(value) if isinstance(value, int) else 0
+
+
+def _deployment_condition(deployment: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any]:
+    for condition in (deployment or {}).get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == type_:
+            return condition  # type: ignore[no-any-return]
+    return {}
+
+
+def compute(
+    spec: GameClusterSpec,
+    meta: Mapping[str, Any],
+    observed: Observed,
+    *,
+    previous: Mapping[str, Any],
+    autoscaled_replicas: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The status fields the operator owns (observedGeneration and autoscaling excluded)."""
+    owner = Owner.from_meta(meta)
+    generation = int(previous.get("observedGeneration") or meta.get("generation") or 0)
+    prev_conditions = previous.get("conditions") or []
+    deploy = observed.deployment
+    sts = observed.statefulset
+
+    desired = relay_replicas(spec, autoscaled_replicas)
+    replicas = _int(deploy, "status", "replicas")
+    ready = _int(deploy, "status", "readyReplicas")
+    updated = _int(deploy, "status", "updatedReplicas")
+    available = _int(deploy, "status", "availableReplicas")
+    deploy_generation = _int(deploy, "metadata", "generation")
+    rolled_out = (
+        deploy is not None
+        and _int(deploy, "status", "observedGeneration") >= deploy_generation
+        and updated >= desired
+        and replicas == desired
+        and available >= desired
+    )
+
+    if spec.redis.mode == "managed":
+        shards = spec.redis.shards
+        ready_shards = min(_int(sts, "status", "readyReplicas"), shards)
+        redis_ok = ready_shards >= shards
+        redis_cond = ("True", "AllShardsReady") if redis_ok else ("False", "ShardsNotReady")
+        redis_msg = f"{ready_shards}/{shards} Redis shards ready"
+    else:
+        shards = len(spec.redis.external.urls) if spec.redis.external else 0
+        ready_shards = shards
+        redis_ok = True
+        redis_cond = ("True", "External")
+        redis_msg = f"{shards} external Redis URLs; reachability is checked by the relay pods"
+
+    stalled = _deployment_condition(deploy, "Progressing").get("reason") == (
+        "ProgressDeadlineExceeded"
+    )
+    problem = observed.problem or (
+        Problem("ProgressDeadlineExceeded", "the relay Deployment stopped making progress")
+        if stalled
+        else None
+    )
+
+    cond = _Conditions(prev_conditions, generation, now).make
+    deploy_available = _deployment_condition(deploy, "Available")
+    if deploy_available:
+        available_cond = cond(
+            "Available",
+            deploy_available.get("status", "Unknown"),
+            deploy_available.get("reason") or "DeploymentAvailable",
+            deploy_available.get("message") or "",
+        )
+    else:
+        is_available = deploy is not None and available >= desired
+        available_cond = cond(
+            "Available",
+            "True" if is_available else "False",
+            "MinimumReplicasAvailable" if is_available else "MinimumReplicasUnavailable",
+            f"{available}/{desired} relay pods available",
+        )
+    progressing_cond = cond(
+        "Progressing",
+        "False" if rolled_out else "True",
+        "RolloutComplete" if rolled_out else "RollingOut",
+        f"{updated}/{desired} relay pods updated, {replicas} exist",
+    )
+    redis_condition = cond(
+        "RedisReady",
+        redis_cond[0],
+        redis_cond[1],
+        redis_msg,
+    )
+    all_ready = rolled_out and ready >= desired and redis_ok
+    if problem is not None:
+        ready_cond = cond("Ready", "False", problem.reason, problem.message)
+        phase = "Degraded"
+    elif all_ready:
+        ready_cond = cond(
+            "Ready", "True", "AllReplicasReady", f"{ready}/{desired} relay pods ready"
+        )
+        phase = "Ready"
+    else:
+        reason = "RedisNotReady" if not redis_ok else "ReplicasNotReady"
+        ready_cond = cond(
+            "Ready",
+            "False",
+            reason,
+            f"{ready}/{desired} relay pods ready; {redis_msg}",
+        )
+        phase = "Pending" if deploy is None else "Progressing"
+
+    status: dict[str, Any] = {
+        "phase": phase,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "updatedReplicas": updated,
+        "selector": owner.selector_string(names.COMPONENT_RELAY),
+        "endpoint": owner.endpoint(spec.service.port, contract.WS_PATH),
+        "redis": {"shards": shards, "readyShards": ready_shards},
+        "conditions": [ready_cond, available_cond, progressing_cond, redis_condition],
+    }
+    if observed.connections is not None:
+        status["connections"] = observed.connections
+    return status

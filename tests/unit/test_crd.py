@@ -1,0 +1,243 @@
+"""The CRD: structural, defaulted, bounded, CEL rules that hold, examples that validate.
+
+What runs here is a reading of the schema by jsonschema (bounds, enums, patterns) and by
+cel-python (the x-kubernetes-validations rules). The API server's own acceptance of the CRD
+(structural-schema checks, CEL cost estimation) is proven only on a real control plane.
+"""
+
+import copy
+import pathlib
+import re
+from typing import Any
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+from crd_schema import CRD_PATH, EXAMPLES, apply_defaults, crd, schema, walk
+
+from gamecluster import names
+from gamecluster.spec import InvalidSpec, parse
+
+pytestmark = pytest.mark.unit
+
+
+def cel_failures(obj: dict[str, Any]) -> list[str]:
+    """Evaluate every x-kubernetes-validations rule where its node has a value."""
+    failures: list[str] = []
+    env = celpy.Environment()
+
+    def visit(node: dict[str, Any], value: Any) -> None:
+        for rule in node.get("x-kubernetes-validations") or []:
+            program = env.program(env.compile(rule["rule"]))
+            if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
+                failures.append(rule["message"])
+        if isinstance(value, dict):
+            for name, sub in (node.get("properties") or {}).items():
+                if name in value:
+                    visit(sub, value[name])
+        if isinstance(value, list) and isinstance(node.get("items"), dict):
+            for item in value:
+                visit(node["items"], item)
+
+    visit(schema(), obj)
+    return failures
+
+
+def validate(obj: dict[str, Any]) -> dict[str, Any]:
+    """Default like the API server, then validate (schema and CEL); return the stored object."""
+    stored = apply_defaults(schema(), obj)
+    jsonschema.Draft7Validator(schema()).validate(stored)
+    failures = cel_failures(stored)
+    if failures:
+        raise ValueError("; ".join(failures))
+    return stored
+
+
+def gamecluster(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": "x"},
+        "spec": spec,
+    }
+
+
+def test_identity_and_subresources() -> None:
+    spec = crd()["spec"]
+    assert crd()["metadata"]["name"] == f"{names.PLURAL}.{names.GROUP}"
+    assert spec["group"] == names.GROUP
+    assert spec["names"]["kind"] == names.KIND
+    assert spec["names"]["shortNames"] == ["gc"]
+    assert spec["names"]["categories"] == ["games"]
+    (version,) = spec["versions"]
+    assert version["name"] == names.VERSION
+    assert version["served"]
+    assert version["storage"]
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
+
+
+def test_printer_columns() -> None:
+    columns = {c["name"]: c for c in crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert [name for name, c in columns.items() if not c.get("priority")] == [
+        "Replicas",
+        "Ready",
+        "Redis",
+        "Connections",
+        "Phase",
+        "Age",
+    ]
+    status = schema()["properties"]["status"]
+    for column in columns.values():
+        path = column["jsonPath"].lstrip(".").split(".")
+        if path[0] == "status":  # every status column points at a declared field
+            node = status
+            for part in path[1:]:
+                node = node["properties"][part]
+
+
+def test_schema_is_structural() -> None:
+    for path, node in walk(schema()):
+        if node.get("x-kubernetes-int-or-string"):
+            assert "type" not in node, path
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            continue
+        assert "type" in node, f"{path} has no type"
+        if "properties" in node or "additionalProperties" in node:
+            assert node["type"] == "object", path
+            assert not ("properties" in node and "additionalProperties" in node), path
+        if "items" in node:
+            assert node["type"] == "array", path
+        assert not node.get("x-kubernetes-preserve-unknown-fields"), f"{path} is not strict"
+        for junctor in ("allOf", "oneOf", "not"):
+            assert junctor not in node, path
+        if "default" in node:  # defaults must themselves validate
+            jsonschema.Draft7Validator(node).validate(apply_defaults(node, node["default"]))
+
+
+def test_lists_declare_their_type_and_conditions_are_a_map_by_type() -> None:
+    for path, node in walk(schema()):
+        if node.get("type") == "array":
+            assert node.get("x-kubernetes-list-type") in {"atomic", "map", "set"}, path
+            assert "maxItems" in node, f"{path}: unbounded lists make CEL cost unbounded"
+    conditions = schema()["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert set(conditions["items"]["required"]) >= {
+        "type",
+        "status",
+        "reason",
+        "lastTransitionTime",
+        "message",
+    }
+
+
+def test_strings_are_bounded_where_cel_reads_them() -> None:
+    urls = schema()["properties"]["spec"]["properties"]["redis"]["properties"]["external"]
+    assert urls["properties"]["urls"]["items"]["maxLength"]
+
+
+def test_every_cel_rule_compiles() -> None:
+    env = celpy.Environment()
+    rules = [r for _, node in walk(schema()) for r in node.get("x-kubernetes-validations") or []]
+    assert len(rules) >= 4
+    for rule in rules:
+        env.compile(rule["rule"])
+        assert rule["message"]
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_validate_and_parse(path: pathlib.Path) -> None:
+    obj = yaml.safe_load(path.read_text())
+    stored = validate(obj)
+    parse(stored["spec"])
+    parse(obj["spec"])  # the operator's own defaults reach the same place
+
+
+def test_examples_include_demo_and_external() -> None:
+    names_ = {p.name for p in EXAMPLES.glob("*.yaml")}
+    assert {"demo.yaml", "external-redis.yaml"} <= names_
+
+
+def test_empty_spec_is_fully_defaulted() -> None:
+    stored = validate(gamecluster({}))
+    spec = stored["spec"]
+    assert spec["replicas"] == 2
+    assert spec["redis"] == {
+        "mode": "managed",
+        "shards": 1,
+        "image": "redis:7.4.2-alpine",
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "persistence": {"enabled": False, "size": "1Gi"},
+    }
+    assert spec["autoscaling"]["enabled"] is False
+
+
+def test_operator_defaults_equal_crd_defaults() -> None:
+    """The operator defaults what the API server would have (an emulator, an old object)."""
+    stored = validate(gamecluster({"delivery": {"rooms": [{"match": "a:*"}]}}))["spec"]
+    from_operator = parse({"delivery": {"rooms": [{"match": "a:*"}]}})
+    from_server = parse(stored)
+    assert from_operator == from_server
+    dumped = from_operator.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    # Every default the CRD declares is a default the operator has, value for value.
+    def check(stored_part: Any, dumped_part: Any, path: str) -> None:
+        if isinstance(stored_part, dict):
+            for key, value in stored_part.items():
+                assert key in dumped_part, f"{path}.{key} unknown to the operator"
+                check(value, dumped_part[key], f"{path}.{key}")
+        else:
+            assert stored_part == dumped_part, path
+
+    check(stored, dumped, "spec")
+
+
+INVALID = [
+    ({"replicas": 1001}, "maximum"),
+    ({"replicas": -1}, "minimum"),
+    ({"redis": {"shards": 0}}, "minimum"),
+    ({"redis": {"shards": 65}}, "maximum"),
+    ({"redis": {"mode": "cluster"}}, "enum"),
+    ({"redis": {"mode": "external", "external": {"urls": ["http://x"]}}}, "pattern"),
+    ({"autoscaling": {"targetConnectionsPerReplica": 0}}, "minimum"),
+    ({"tracing": {"samplingRatio": 1.5}}, "maximum"),
+    ({"limits": {"maxMessageBytes": 1}}, "minimum"),
+    ({"resources": {"requests": {"cpu": "lots"}}}, "pattern"),
+    ({"auth": {"secretName": "Not_A_Name"}}, "pattern"),
+    ({"delivery": {"rooms": [{"policy": "durable"}]}}, "required"),
+    ({"service": {"port": 0}}, "minimum"),
+    (
+        {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+        "minReplicas must not exceed",
+    ),
+    ({"redis": {"mode": "external"}}, "external needs redis.external.urls"),
+    ({"auth": {"algorithm": "RS256"}}, "RS256 needs auth.secretName"),
+    ({"tracing": {"enabled": True}}, "tracing.enabled needs tracing.otlpEndpoint"),
+]
+
+
+@pytest.mark.parametrize(("spec", "why"), INVALID, ids=[w for _, w in INVALID])
+def test_invalid_specs_are_rejected_by_the_crd_and_by_the_operator(
+    spec: dict[str, Any], why: str
+) -> None:
+    with pytest.raises(
+        (jsonschema.ValidationError, ValueError), match=re.escape(why) if " " in why else None
+    ) as info:
+        validate(gamecluster(copy.deepcopy(spec)))
+    if isinstance(info.value, jsonschema.ValidationError):
+        assert info.value.validator == why
+    with pytest.raises(InvalidSpec):
+        parse(spec)
+
+
+def test_crd_file_is_plain_yaml_without_anchors() -> None:
+    text = CRD_PATH.read_text()
+    assert not re.search(r"(^|\s)[&*][A-Za-z]|<<:", text)

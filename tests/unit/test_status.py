@@ -1,0 +1,208 @@
+"""Status from children: counts, phase, metav1-style conditions with stable transition times."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from gamecluster.spec import parse
+from gamecluster.status import Observed, Problem, compute
+
+pytestmark = pytest.mark.unit
+
+META = {"name": "arena", "namespace": "games", "uid": "u", "generation": 2}
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def deployment(
+    replicas: int, ready: int, updated: int | None = None, generation: int = 1
+) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "status": {
+            "observedGeneration": generation,
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "updatedReplicas": replicas if updated is None else updated,
+        },
+    }
+
+
+def statefulset(ready: int) -> dict[str, Any]:
+    return {"status": {"readyReplicas": ready}}
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_all_ready() -> None:
+    spec = parse({"replicas": 3, "redis": {"shards": 2}})
+    status = compute(
+        spec,
+        META,
+        Observed(deployment(3, 3), statefulset(2), 42),
+        previous={},
+        autoscaled_replicas=None,
+        now=T0,
+    )
+    assert status["phase"] == "Ready"
+    assert (status["replicas"], status["readyReplicas"], status["connections"]) == (3, 3, 42)
+    assert status["redis"] == {"shards": 2, "readyShards": 2}
+    assert (
+        status["selector"] == "app.kubernetes.io/instance=arena,app.kubernetes.io/component=relay"
+    )
+    assert status["endpoint"] == "ws://arena.games.svc:80/ws"
+    conds = conditions(status)
+    assert {t: c["status"] for t, c in conds.items()} == {
+        "Ready": "True",
+        "Available": "True",
+        "Progressing": "False",
+        "RedisReady": "True",
+    }
+    for cond in conds.values():
+        assert cond["reason"]
+        assert cond["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+
+
+def test_nothing_yet_is_pending() -> None:
+    status = compute(
+        parse({}), META, Observed(None, None), previous={}, autoscaled_replicas=None, now=T0
+    )
+    assert status["phase"] == "Pending"
+    assert conditions(status)["Ready"]["status"] == "False"
+    assert "connections" not in status
+
+
+def test_rolling_out_is_progressing() -> None:
+    spec = parse({"replicas": 3})
+    status = compute(
+        spec,
+        META,
+        Observed(deployment(4, 3, updated=1), statefulset(1)),
+        previous={},
+        autoscaled_replicas=None,
+        now=T0,
+    )
+    assert status["phase"] == "Progressing"
+    assert conditions(status)["Progressing"]["status"] == "True"
+
+
+def test_redis_not_ready_keeps_ready_false() -> None:
+    spec = parse({"replicas": 1, "redis": {"shards": 3}})
+    status = compute(
+        spec,
+        META,
+        Observed(deployment(1, 1), statefulset(2)),
+        previous={},
+        autoscaled_replicas=None,
+        now=T0,
+    )
+    assert status["phase"] == "Progressing"
+    assert conditions(status)["Ready"]["reason"] == "RedisNotReady"
+    assert status["redis"] == {"shards": 3, "readyShards": 2}
+
+
+def test_problem_is_degraded_with_its_reason() -> None:
+    problem = Problem("SecretNotFound", "Secret x not found")
+    status = compute(
+        parse({}),
+        META,
+        Observed(deployment(2, 2), statefulset(1), problem=problem),
+        previous={},
+        autoscaled_replicas=None,
+        now=T0,
+    )
+    assert status["phase"] == "Degraded"
+    ready = conditions(status)["Ready"]
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "False",
+        "SecretNotFound",
+        "Secret x not found",
+    )
+
+
+def test_transition_time_moves_only_when_status_flips() -> None:
+    spec = parse({"replicas": 1})
+    first = compute(
+        spec,
+        META,
+        Observed(deployment(1, 0), statefulset(1)),
+        previous={},
+        autoscaled_replicas=None,
+        now=T0,
+    )
+    later = T0 + timedelta(minutes=5)
+    same = compute(
+        spec,
+        META,
+        Observed(deployment(1, 0), statefulset(1)),
+        previous=first,
+        autoscaled_replicas=None,
+        now=later,
+    )
+    assert conditions(same)["Ready"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    flipped = compute(
+        spec,
+        META,
+        Observed(deployment(1, 1), statefulset(1)),
+        previous=same,
+        autoscaled_replicas=None,
+        now=later,
+    )
+    assert conditions(flipped)["Ready"]["lastTransitionTime"] == "2026-01-01T00:05:00Z"
+    assert conditions(flipped)["RedisReady"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+
+
+def test_external_redis_counts_urls() -> None:
+    spec = parse(
+        {
+            "replicas": 1,
+            "redis": {"mode": "external", "external": {"urls": ["redis://a", "redis://b"]}},
+        }
+    )
+    status = compute(
+        spec, META, Observed(deployment(1, 1), None), previous={}, autoscaled_replicas=None, now=T0
+    )
+    assert status["redis"] == {"shards": 2, "readyShards": 2}
+    assert conditions(status)["RedisReady"]["reason"] == "External"
+    assert status["phase"] == "Ready"
+
+
+def test_stalled_rollout_is_degraded() -> None:
+    deploy = deployment(2, 1)
+    deploy["status"]["conditions"] = [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    ]
+    status = compute(
+        parse({}),
+        META,
+        Observed(deploy, statefulset(1)),
+        previous={},
+        autoscaled_replicas=None,
+        now=T0,
+    )
+    assert status["phase"] == "Degraded"
+    assert conditions(status)["Ready"]["reason"] == "ProgressDeadlineExceeded"
+
+
+def test_status_validates_against_the_crd_status_schema() -> None:
+    import jsonschema
+    from crd_schema import schema
+
+    spec = parse({"replicas": 3, "redis": {"shards": 2}})
+    status = compute(
+        spec,
+        META,
+        Observed(deployment(3, 3), statefulset(2), 42),
+        previous={},
+        autoscaled_replicas=None,
+        now=T0,
+    )
+    status["observedGeneration"] = 2
+    status["autoscaling"] = {"desiredReplicas": 3, "lastScaleTime": "2026-01-01T00:00:00Z"}
+    status_schema = schema()["properties"]["status"]
+    jsonschema.validate(status, status_schema)
+    declared = set(status_schema["properties"])
+    assert set(status) <= declared  # nothing a strict schema would prune
