@@ -20,6 +20,10 @@ from chart_support import (
     rendered_files,
 )
 
+from gamecluster.children import Owner
+from gamecluster.settings import OperatorSettings
+from relay import contract
+
 pytestmark = pytest.mark.chart
 
 LINT_ERROR = 3
@@ -191,3 +195,27 @@ def test_demo_tracing_without_an_endpoint_fails_with_a_message(chart: helm.Chart
     values = {"demo": {"enabled": True, "tracing": {"enabled": True}}}
     with pytest.raises(helm.HelmRenderError, match=re.escape("needs demo.tracing.otlpEndpoint")):
         chart.render(values, name="gc", namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("key", ["defaults", "everything"])
+def test_operator_env_is_exactly_what_its_settings_read(key: str) -> None:
+    # Every GAMECLUSTER_* variable the chart sets is a field of OperatorSettings (no dead
+    # config), and every field without a default is set (the operator would not start).
+    prefix = OperatorSettings.model_config.get("env_prefix", "")
+    fields = {f"{prefix}{name}".upper(): f for name, f in OperatorSettings.model_fields.items()}
+    (container,) = _operator(manifests(key))["spec"]["template"]["spec"]["containers"]
+    ours = {name for name in _env(container) if name.startswith(prefix)}
+    assert ours - set(fields) == set()
+    assert {name for name, f in fields.items() if f.is_required()} <= ours
+    settings = OperatorSettings(
+        **{k.removeprefix(prefix).lower(): _env(container)[k] for k in ours}
+    )
+    assert settings.liveness_port == container["ports"][0]["containerPort"]
+
+
+def test_helm_test_targets_the_service_the_operator_creates_for_the_demo() -> None:
+    objects = manifests("everything")
+    demo = one(objects, "GameCluster")
+    owner = Owner.from_meta(demo["metadata"])
+    endpoint = owner.endpoint(demo["spec"]["service"]["port"], contract.WS_PATH)
+    assert one(objects, "Pod")["spec"]["containers"][0]["command"] == ["relay", "check", endpoint]

@@ -20,6 +20,8 @@ import pytest
 import yaml
 from chart_support import REPO, deep_merge, default_values, find, objects_of
 
+from gamecluster.children import Owner
+
 pytestmark = pytest.mark.chart
 
 # The newest skaffold config schema (skaffold v2.x, pkg/skaffold/schema/latest).
@@ -258,9 +260,11 @@ def test_dev_profile_turns_on_demo_and_jaeger_and_forwards_both(chart: helm.Char
     jaeger = next(s for s in find(objects, "Service") if s["metadata"]["name"].endswith("jaeger"))
     assert (jaeger["metadata"]["name"], 16686) in forwards
     assert forwards[(jaeger["metadata"]["name"], 16686)]["localPort"] == 16686
-    # The relay: the Service the operator creates for the demo, named after it.
+    # The relay: the Service the operator creates for the demo GameCluster.
     (demo,) = find(objects, "GameCluster")
-    assert (demo["metadata"]["name"], merged["demo"]["servicePort"]) in forwards
+    relay_service = Owner.from_meta(demo["metadata"]).service
+    assert (relay_service, merged["demo"]["servicePort"]) in forwards
+    assert demo["spec"]["service"]["port"] == merged["demo"]["servicePort"]
     for forward in config["portForward"]:
         assert forward["namespace"] == release["namespace"]
 
