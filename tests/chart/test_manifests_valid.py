@@ -7,12 +7,16 @@ GameClusters are checked against the CRD's own openAPIV3Schema.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import celpy
 import jsonschema
 import kubernetes_validate
 import pytest
 from chart_support import VALUE_SETS, crds, find, manifests
+
+from gamecluster import spec as gamecluster_spec
 
 pytestmark = pytest.mark.chart
 
@@ -65,6 +69,55 @@ def test_demo_gamecluster_matches_the_crd_schema(key: str) -> None:
     assert demo["kind"] == crd["spec"]["names"]["kind"]
     assert version in {v["name"] for v in crd["spec"]["versions"] if v["served"]}
     jsonschema.Draft7Validator(_schema()).validate(demo)
+
+
+def _defaulted(node: dict[str, Any], value: Any) -> Any:
+    """Structural defaulting, as the API server applies it on create."""
+    if isinstance(value, dict) and node.get("type") == "object":
+        value = dict(value)
+        for name, sub in node.get("properties", {}).items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = _defaulted(sub, value[name])
+    elif isinstance(value, list) and isinstance(node.get("items"), dict):
+        value = [_defaulted(node["items"], item) for item in value]
+    return value
+
+
+def _cel_failures(node: dict[str, Any], value: Any, env: celpy.Environment) -> list[str]:
+    """Messages of the x-kubernetes-validations rules the value breaks."""
+    failures = [
+        rule["message"]
+        for rule in node.get("x-kubernetes-validations", [])
+        if not bool(
+            env.program(env.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(value)})
+        )
+    ]
+    if isinstance(value, dict):
+        for name, sub in node.get("properties", {}).items():
+            if name in value:
+                failures += _cel_failures(sub, value[name], env)
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        for item in value:
+            failures += _cel_failures(node["items"], item, env)
+    return failures
+
+
+@pytest.mark.parametrize("key", [k for k in sorted(VALUE_SETS) if VALUE_SETS[k].get("demo")])
+def test_demo_gamecluster_passes_the_crd_rules_and_the_operators_parser(key: str) -> None:
+    (demo,) = find(manifests(key), "GameCluster")
+    stored = _defaulted(_schema(), demo)
+    jsonschema.Draft7Validator(_schema()).validate(stored)
+    assert _cel_failures(_schema(), stored, celpy.Environment()) == []
+    parsed = gamecluster_spec.parse(stored["spec"])
+    assert parsed.replicas == demo["spec"]["replicas"]
+
+
+def test_cel_check_catches_a_broken_rule() -> None:
+    bad = {"spec": {"tracing": {"enabled": True}}}
+    failures = _cel_failures(_schema(), _defaulted(_schema(), bad), celpy.Environment())
+    assert "tracing.enabled needs tracing.otlpEndpoint" in failures
 
 
 def _structural_problems(node: dict[str, Any], path: str, in_junctor: bool) -> list[str]:
