@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# One image, two entrypoints: `relay` (the WebSocket relay, the default) and
+# `gamecluster-operator` (the kopf operator, which deploys relay pods with this
+# same image). Stage 1 builds every wheel; stage 2 holds only Python and the venv.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+# README.m[d]: the distribution's long description when the file exists; the
+# glob keeps the build working in a tree that has none yet.
+COPY pyproject.toml README.m[d] ./
+COPY service ./service
+COPY operator ./operator
+# Every wheel (ours and the pinned dependencies) is built here, so the runtime
+# stage installs offline from /wheels and needs no compiler.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
+ && python -m venv --without-pip /opt/venv \
+ && pip --python /opt/venv/bin/python install --no-cache-dir --no-index \
+        --find-links /wheels "gamecluster==0.1.0"
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="gamecluster" \
+      org.opencontainers.image.description="GameCluster WebSocket relay and its Kubernetes operator" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# A fixed numeric UID/GID so Kubernetes can check runAsNonRoot without a name lookup.
+RUN groupadd --system --gid 10001 gamecluster \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin gamecluster
+COPY --from=build /opt/venv /opt/venv
+USER 10001:10001
+EXPOSE 8080
+# No ENTRYPOINT: `relay serve` by default; the operator's pods run
+# `gamecluster-operator` by setting the container command.
+CMD ["relay", "serve"]
