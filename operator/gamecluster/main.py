@@ -54,7 +54,7 @@ async def run(settings: OperatorSettings, api: k8s.ApiClient) -> None:
 def main() -> None:
     # 1. Settings first: a bad value stops the process with one line naming it.
     try:
-        settings = OperatorSettings()  # type: ignore[call-arg]  # fields come from the env
+        settings = OperatorSettings()  # fields come from the env
     except ValidationError as exc:
         first = exc.errors()[0]
         field = "GAMECLUSTER_" + "_".join(str(part) for part in first["loc"]).upper()
