@@ -9,6 +9,7 @@ import logging
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
+from relay import auth
 from relay.broker import Broker
 from relay.broker.memory import MemoryBroker
 from relay.broker.redis import RedisBroker
@@ -42,6 +43,7 @@ class RelayNode:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.auth = auth.Authenticator.from_settings(settings)
         self.broker = make_broker(settings, self.metrics)
         self.hub = Hub(self.broker, self.metrics, unsubscribe_delay=settings.unsubscribe_delay)
         self.services = Services(settings, self.broker, self.hub, self.metrics, FlushScheduler())
@@ -57,6 +59,7 @@ class RelayNode:
             else "embedded"
         )
         log.info("relay node %s starting, broker: %s", self.settings.node_id, mode)
+        self.auth.announce()
         await self.broker.start()
         if isinstance(self.broker, RedisBroker):
             self._load_reports = asyncio.create_task(self._report_load(self.broker))
@@ -82,6 +85,13 @@ class RelayNode:
         if self.draining:
             await websocket.send_denial_response(PlainTextResponse("draining", status_code=503))
             return
+        try:
+            identity = self.auth.admit(websocket.headers, websocket.query_params)
+        except auth.HandshakeRefused as refused:
+            log.debug("refused an upgrade: %s", refused)
+            self.metrics.handshake_refusals.labels(str(refused.status)).inc()
+            await websocket.send_denial_response(refused.response())
+            return
         socket = websocket.scope.get("extensions", {}).get(SCOPE_EXTENSION)
         if not isinstance(socket, RawSocket):
             log.error(
@@ -93,7 +103,7 @@ class RelayNode:
         if len(self.sessions) >= self.settings.max_connections:
             await websocket.close(CloseCode.TRY_AGAIN_LATER, "connection limit reached")
             return
-        session = Session(self.services, websocket, socket)
+        session = Session(self.services, websocket, socket, identity)
         self.sessions.add(session)
         self.metrics.connections.inc()
         try:

@@ -40,6 +40,7 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
+    TOKEN_EXPIRED = 4001
     SLOW_CONSUMER = 4008
 
 
@@ -244,8 +245,11 @@ def reconnect(reason: str) -> bytes:
     return encode({"op": "reconnect", "reason": reason})
 
 
-def event(room: str, offset: int | None, data: Any, ts: int) -> bytes:
+def event(room: str, offset: int | None, data: Any, ts: int, sender: str | None = None) -> bytes:
     """The `event` message every member of the room receives: encoded once per event.
+
+    `sender` is the publisher's authenticated subject, sent as `from`; None (auth off)
+    leaves `from` out.
 
     Raises ProtocolError(bad_request) for data JSON cannot carry (e.g. integers beyond
     64 bits), so the publisher hears about it instead of the event vanishing.
@@ -255,6 +259,8 @@ def event(room: str, offset: int | None, data: Any, ts: int) -> bytes:
         message["offset"] = offset
     message["data"] = data
     message["ts"] = ts
+    if sender is not None:
+        message["from"] = sender
     try:
         return orjson.dumps(message)
     except TypeError as exc:

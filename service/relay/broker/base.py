@@ -82,8 +82,11 @@ class Broker(abc.ABC):
         *,
         ts: int,
         trace: dict[str, str] | None = None,
+        sender: str | None = None,
     ) -> PublishResult:
         """Send an event to every server subscribed to `room`.
+
+        `sender` (the publisher's authenticated subject) goes into the event as `from`.
 
         Raises BrokerUnavailable when the event could not be handed over; it was then
         not sent, so the caller may report failure without risking a silent loss.

@@ -33,10 +33,16 @@ class MemoryBroker(Broker):
         self._subscribed.clear()
 
     async def publish(
-        self, room: str, data: Any, *, ts: int, trace: dict[str, str] | None = None
+        self,
+        room: str,
+        data: Any,
+        *,
+        ts: int,
+        trace: dict[str, str] | None = None,
+        sender: str | None = None,
     ) -> PublishResult:
         offset = self._offsets.get(room, 0) + 1
-        payload = protocol.event(room, offset, data, ts)  # raises before the offset is taken
+        payload = protocol.event(room, offset, data, ts, sender)  # raises before taking the offset
         self._offsets[room] = offset
         if room in self._subscribed:
             self._deliver(Delivery(room, payload, ts, offset, self._epoch, self._node_id, trace))

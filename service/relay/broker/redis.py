@@ -320,9 +320,15 @@ class RedisBroker(Broker):
         await asyncio.gather(*(shard.close() for shard in self._shards), return_exceptions=True)
 
     async def publish(
-        self, room: str, data: Any, *, ts: int, trace: dict[str, str] | None = None
+        self,
+        room: str,
+        data: Any,
+        *,
+        ts: int,
+        trace: dict[str, str] | None = None,
+        sender: str | None = None,
     ) -> PublishResult:
-        payload = protocol.event(room, None, data, ts)
+        payload = protocol.event(room, None, data, ts, sender)
         message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
         shard = self.shard_for(room)
         try:
