@@ -146,12 +146,11 @@ class Authenticator:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
+        pem = settings.jwt_public_key
         return cls(
             enabled=settings.auth == "jwt",
             secrets=[secret.get_secret_value() for secret in settings.jwt_secret],
-            public_keys=load_public_keys(settings.jwt_public_key)
-            if settings.jwt_public_key
-            else (),
+            public_keys=load_public_keys(pem) if pem else (),
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
             allowed_origins=settings.allowed_origins,

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 
 import orjson
+from websockets.exceptions import InvalidStatus
 
 from relay import auth, contract
 from relay.client import RelayClient, RelayError
@@ -64,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_check(args.url, args.token, args.timeout))
     except KeyboardInterrupt:
         return 130
+    except InvalidStatus as exc:  # the handshake was refused: say why (401, 403, 503)
+        reason = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
+        status = exc.response.status_code
+        print(f"relay {args.command}: refused with HTTP {status}: {reason}", file=sys.stderr)
+        return 1
     except (OSError, TimeoutError, RelayError) as exc:
         print(f"relay {args.command}: {exc!r}", file=sys.stderr)
         return 1

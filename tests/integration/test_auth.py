@@ -245,6 +245,18 @@ async def test_relay_token_cli_output_is_accepted(relay_factory) -> None:
         event = await client.receive(timeout=5)
         assert (event["room"], event["from"]) == ("room:2", "ops")
 
+    # The CLI's own commands carry RELAY_TOKEN, and say why a handshake was refused.
+    publish = [sys.executable, "-m", "relay.cli", "publish", "room:1", "1", "--url", pod.url]
+    for credential, code, words in [(cli_token, 0, '"op":"ack"'), ("", 1, "HTTP 401")]:
+        run = await asyncio.create_subprocess_exec(
+            *publish,
+            env={**env, "RELAY_TOKEN": credential},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(run.communicate(), 30)
+        assert run.returncode == code and words in (out + err).decode(), (out, err)
+
 
 def _serve_exit(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
