@@ -1,4 +1,4 @@
-"""`relay`: serve, publish, tail, check."""
+"""`relay`: serve, publish, tail, token, check."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import uuid
 from collections.abc import Sequence
 
 import orjson
+from websockets.exceptions import InvalidStatus
 
-from relay import contract, tracing
+from relay import auth, contract, tracing
 from relay.client import RelayClient, RelayError
-from relay.config import ConfigError, load_settings
+from relay.config import MIN_SECRET_BYTES, ConfigError, load_settings
 
 DEFAULT_URL = f"ws://127.0.0.1:{contract.HTTP_PORT}{contract.WS_PATH}"
 
@@ -38,6 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     tail.add_argument("--url", default=DEFAULT_URL)
     tail.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
 
+    token = commands.add_parser(
+        "token", help="print an HS256 token signed with RELAY_JWT_SECRET (audience/issuer from env)"
+    )
+    token.add_argument("--sub", required=True, help="the subject: who connects")
+    token.add_argument("--join", nargs="+", default=[], metavar="PATTERN", help="room globs")
+    token.add_argument("--publish", nargs="+", default=[], metavar="PATTERN", help="room globs")
+    token.add_argument("--ttl", default="1h", help="lifetime: 90, 45s, 30m, 1h30m, 7d")
+
     check = commands.add_parser("check", help="publish to a private room and expect it back")
     check.add_argument("url")
     check.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
@@ -46,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args.host, args.port)
+    if args.command == "token":
+        return _token(args.sub, args.join, args.publish, args.ttl)
     try:
         if args.command == "publish":
             return asyncio.run(_publish(args.url, args.token, args.room, args.data))
@@ -54,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_check(args.url, args.token, args.timeout))
     except KeyboardInterrupt:
         return 130
+    except InvalidStatus as exc:  # the handshake was refused: say why (401, 403, 503)
+        reason = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
+        status = exc.response.status_code
+        print(f"relay {args.command}: refused with HTTP {status}: {reason}", file=sys.stderr)
+        return 1
     except (OSError, TimeoutError, RelayError) as exc:
         print(f"relay {args.command}: {exc!r}", file=sys.stderr)
         return 1
@@ -77,6 +93,38 @@ def _serve(host: str | None, port: int | None) -> int:
     from relay.server import serve  # uvicorn and the app load only for `serve`
 
     serve(settings)
+    return 0
+
+
+def _token(subject: str, join: list[str], publish: list[str], ttl: str) -> int:
+    """Mint with the first secret of RELAY_JWT_SECRET, the one relays verify first."""
+    secrets = [s.strip() for s in os.environ.get(contract.ENV_JWT_SECRET, "").split(",")]
+    if not secrets[0]:
+        print(f"relay token: {contract.ENV_JWT_SECRET} is not set", file=sys.stderr)
+        return 2
+    if len(secrets[0].encode()) < MIN_SECRET_BYTES:
+        print(
+            f"relay token: {contract.ENV_JWT_SECRET}: the first secret is shorter than "
+            f"{MIN_SECRET_BYTES} bytes; relays refuse it",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        seconds = auth.parse_duration(ttl)
+    except ValueError as exc:
+        print(f"relay token: --ttl {exc}", file=sys.stderr)
+        return 2
+    print(
+        auth.mint(
+            secrets[0],
+            subject=subject,
+            join=join,
+            publish=publish,
+            ttl=seconds,
+            audience=os.environ.get(contract.ENV_JWT_AUDIENCE) or None,
+            issuer=os.environ.get(contract.ENV_JWT_ISSUER) or None,
+        )
+    )
     return 0
 
 

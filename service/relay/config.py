@@ -7,13 +7,25 @@ variable, the value and what was expected (see `load_settings`).
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.rooms import RoomPolicy
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+MIN_SECRET_BYTES = 32
+"""RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)."""
+MIN_RSA_BITS = 2048
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", re.DOTALL)
+_UNSHOWN = {"jwt_secret", "jwt_public_key"}
+"""Settings whose value a config error must not print (a secret; a long PEM)."""
 
 
 class ConfigError(Exception):
@@ -65,6 +77,22 @@ class Settings(BaseSettings):
     """Room policies as a JSON list, first match wins; unmatched rooms are durable."""
     dedupe_seconds: int = Field(300, ge=1, le=86_400)
     """How long a publish `id` is remembered, so a retry is acked without storing twice."""
+    auth: Literal["none", "jwt"] | None = None
+    """`jwt`: every connection needs a token (docs/security.md); `none`: an open relay.
+    Unset: `none` for the embedded broker (a laptop), a start error with Redis configured."""
+    jwt_secret: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    """HS256 secrets, comma-separated, 32+ bytes each: all verify, the first signs
+    (`relay token`); two are listed while a secret is rotated."""
+    jwt_public_key: str | None = None
+    """PEM public key(s) verifying RS256 (RSA 2048+) or ES256 (EC P-256) tokens; several
+    concatenated PEM blocks while a key pair is rotated."""
+    jwt_audience: str | None = None
+    """When set, tokens must carry this `aud`; when unset, tokens with an `aud` are refused."""
+    jwt_issuer: str | None = None
+    """When set, tokens must carry this `iss`."""
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    """Comma-separated browser origins (`https://game.example`) allowed to connect; others
+    get HTTP 403. Empty: any origin. Requests without an Origin header (not browsers) pass."""
 
     @field_validator("redis_urls", mode="before")
     @classmethod
@@ -83,6 +111,91 @@ class Settings(BaseSettings):
             raise ValueError("the same URL is listed twice")
         return urls
 
+    @field_validator("auth", "jwt_public_key", "jwt_audience", "jwt_issuer", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("jwt_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_secrets(cls, secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for n, secret in enumerate(secrets, 1):
+            if len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+                raise ValueError(f"secret #{n} is shorter than {MIN_SECRET_BYTES} bytes")
+        return secrets
+
+    @field_validator("jwt_public_key")
+    @classmethod
+    def _check_public_key(cls, pem: str | None) -> str | None:
+        if pem is not None:
+            load_public_keys(pem)
+        return pem
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(o.strip().rstrip("/").lower() for o in value.split(",") if o.strip())
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            if not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://game.example")
+        return origins
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        if self.auth is None and self.redis_urls:
+            raise ValueError(
+                "RELAY_AUTH (unset) with RELAY_REDIS_URLS set: choose RELAY_AUTH=jwt (with "
+                "RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY) to require tokens, or RELAY_AUTH=none "
+                "for an open relay that anyone who reaches it can read and publish to"
+            )
+        if self.auth == "jwt" and not self.jwt_secret and self.jwt_public_key is None:
+            raise ValueError(
+                "RELAY_AUTH='jwt' without a key: set RELAY_JWT_SECRET (HS256, 32+ bytes) or "
+                "RELAY_JWT_PUBLIC_KEY (RS256/ES256, PEM) to verify tokens with"
+            )
+        return self
+
+
+def load_public_keys(pem: str) -> tuple[PublicKey, ...]:
+    """The RSA (2048+ bits) or EC P-256 public keys in `pem`, or ValueError saying why not.
+
+    Accepts several concatenated PEM blocks (a key rotation) and literal `\\n` for newlines
+    (a PEM squeezed into one line of an env file).
+    """
+    blocks = [m.group(0) for m in _PEM_BLOCK.finditer(pem.replace("\\n", "\n"))]
+    if not blocks:
+        raise ValueError("no PEM block (-----BEGIN PUBLIC KEY----- ...) found")
+    keys: list[PublicKey] = []
+    for n, block in enumerate(blocks, 1):
+        try:
+            key = serialization.load_pem_public_key(block.encode())
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise ValueError(f"PEM block #{n} is not a public key: {exc}") from exc
+        expected = f"PEM block #{n}: expected an RSA 2048+ bit or an EC P-256 public key"
+        if isinstance(key, rsa.RSAPublicKey):
+            if key.key_size < MIN_RSA_BITS:
+                raise ValueError(f"{expected}, got RSA {key.key_size} bits")
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            if not isinstance(key.curve, ec.SECP256R1):
+                raise ValueError(f"{expected}, got EC {key.curve.name}")
+        else:
+            raise ValueError(f"{expected}, got {type(key).__name__}")
+        keys.append(key)
+    return tuple(keys)
+
 
 def load_settings() -> Settings:
     """Read the settings from the environment, or raise ConfigError with one clear line."""
@@ -91,7 +204,13 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field, *inside = [str(part) for part in error["loc"]] or ["?"]
+            message = error["msg"].removeprefix("Value error, ")
+            if not error["loc"]:  # a rule across settings: the message names them
+                problems.append(message)
+                continue
+            field, *inside = [str(part) for part in error["loc"]]
             where = f" at {'.'.join(inside)}" if inside else ""
-            problems.append(f"RELAY_{field.upper()}={error.get('input')!r}{where}: {error['msg']}")
-        raise ConfigError("invalid setting " + "; ".join(problems)) from exc
+            shown = "(not shown)" if field in _UNSHOWN else repr(error.get("input"))
+            problems.append(f"RELAY_{field.upper()}={shown}{where}: {message}")
+        line = " ".join(("invalid setting " + "; ".join(problems)).split())  # one line
+        raise ConfigError(line) from exc

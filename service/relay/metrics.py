@@ -36,3 +36,9 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
+        self.handshake_refusals = Counter(
+            "relay_handshake_refusals",
+            "Upgrades refused by authentication (401) or origin check (403).",
+            ["status"],
+            registry=r,
+        )

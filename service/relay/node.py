@@ -9,7 +9,7 @@ import logging
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
-from relay import tracing
+from relay import auth, tracing
 from relay.broker import Broker
 from relay.broker.memory import MemoryBroker
 from relay.broker.redis import RedisBroker
@@ -45,6 +45,7 @@ class RelayNode:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.auth = auth.Authenticator.from_settings(settings)
         self.broker = make_broker(settings, self.metrics)
         policies = RoomPolicies(settings.rooms)
         self.hub = Hub(
@@ -67,6 +68,7 @@ class RelayNode:
         log.info("relay node %s starting, broker: %s", self.settings.node_id, mode)
         system = "redis" if self.settings.redis_urls else "gamecluster"
         tracing.setup(self.settings.node_id, system=system)
+        self.auth.announce()
         await self.broker.start()
         if isinstance(self.broker, RedisBroker):
             self._load_reports = asyncio.create_task(self._report_load(self.broker))
@@ -93,6 +95,13 @@ class RelayNode:
         if self.draining:
             await websocket.send_denial_response(PlainTextResponse("draining", status_code=503))
             return
+        try:
+            identity = self.auth.admit(websocket.headers, websocket.query_params)
+        except auth.HandshakeRefused as refused:
+            log.debug("refused an upgrade: %s", refused)
+            self.metrics.handshake_refusals.labels(str(refused.status)).inc()
+            await websocket.send_denial_response(refused.response())
+            return
         socket = websocket.scope.get("extensions", {}).get(SCOPE_EXTENSION)
         if not isinstance(socket, RawSocket):
             log.error(
@@ -104,7 +113,7 @@ class RelayNode:
         if len(self.sessions) >= self.settings.max_connections:
             await websocket.close(CloseCode.TRY_AGAIN_LATER, "connection limit reached")
             return
-        session = Session(self.services, websocket, socket)
+        session = Session(self.services, websocket, socket, identity)
         self.sessions.add(session)
         self.metrics.connections.inc()
         traced = tracing.ws_connect(session.id, websocket.client)

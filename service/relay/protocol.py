@@ -40,6 +40,7 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
+    TOKEN_EXPIRED = 4001
     SLOW_CONSUMER = 4008
 
 
@@ -244,24 +245,33 @@ def reconnect(reason: str) -> bytes:
     return encode({"op": "reconnect", "reason": reason})
 
 
-def event(room: str, offset: int | None, data: Any, ts: int) -> bytes:
+def event(room: str, offset: int | None, data: Any, ts: int, sender: str | None = None) -> bytes:
     """The `event` message every member of the room receives: encoded once per event.
+
+    `sender` is the publisher's authenticated subject, sent as `from`; None (auth off)
+    leaves `from` out.
 
     Raises ProtocolError(bad_request) for data JSON cannot carry (e.g. integers beyond
     64 bits), so the publisher hears about it instead of the event vanishing.
     """
     if offset is None:
-        return _dumps({"op": "event", "room": room, "data": data, "ts": ts})
-    head, tail = event_parts(room, data, ts)
+        message: dict[str, Any] = {"op": "event", "room": room, "data": data, "ts": ts}
+        if sender is not None:
+            message["from"] = sender
+        return _dumps(message)
+    head, tail = event_parts(room, data, ts, sender)
     return head + str(offset).encode() + tail
 
 
-def event_parts(room: str, data: Any, ts: int) -> tuple[bytes, bytes]:
+def event_parts(room: str, data: Any, ts: int, sender: str | None = None) -> tuple[bytes, bytes]:
     """An `event` message split where its offset goes: `head + offset + tail`.
 
     For brokers that learn the offset only where the event is stored (a Redis script).
     """
-    body = _dumps({"data": data, "ts": ts})
+    fields: dict[str, Any] = {"data": data, "ts": ts}
+    if sender is not None:
+        fields["from"] = sender
+    body = _dumps(fields)
     return b'{"op":"event","room":' + orjson.dumps(room) + b',"offset":', b"," + body[1:]
 
 

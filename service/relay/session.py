@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from starlette.websockets import WebSocket
 
-from relay import protocol, tracing
+from relay import auth, protocol, tracing
 from relay.broker import Broker, BrokerUnavailable
 from relay.config import Settings
 from relay.hub import Hub, JoinResult
@@ -46,10 +46,17 @@ class Services:
 
 
 class Session:
-    def __init__(self, services: Services, websocket: WebSocket, socket: RawSocket) -> None:
+    def __init__(
+        self,
+        services: Services,
+        websocket: WebSocket,
+        socket: RawSocket,
+        identity: auth.Identity,
+    ) -> None:
         self.id = secrets.token_urlsafe(9)
-        self.subject: str | None = None
-        """Authenticated identity; keys publish dedupe. None while auth is off."""
+        self.identity = identity
+        self.subject: str | None = identity.subject
+        """Who publishes (the token's `sub`; None with auth off): dedupe key, event `from`."""
         self._services = services
         self._settings = services.settings
         self._websocket = websocket
@@ -76,6 +83,7 @@ class Session:
         """Serve the connection until it closes; always leaves every room on the way out."""
         s = self._settings
         self.push(protocol.welcome(self.id, s.node_id, s.heartbeat_seconds))
+        expiry = self.identity.on_expiry(self._token_expired)
         try:
             while not self.outbox.closed:
                 message = await self._websocket.receive()
@@ -94,6 +102,8 @@ class Session:
                     await self._handle(line)
         finally:
             self.close_code = self.outbox.close_code or self.close_code
+            if expiry is not None:
+                expiry.cancel()
             for room in self._rooms:
                 self._services.hub.leave(self, room)
             self._rooms.clear()
@@ -120,6 +130,10 @@ class Session:
 
     async def _publish(self, message: protocol.Publish) -> None:
         ids = {"ref": message.ref, "id": message.id, "room": message.room}
+        if not self.identity.may_publish(message.room):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"the token does not allow publishing to {message.room}", **ids
+            )
         if not self._publishes.take():
             raise ProtocolError(
                 ErrorCode.RATE_LIMITED,
@@ -153,6 +167,10 @@ class Session:
 
     async def _join(self, message: protocol.Join) -> None:
         room, ref = message.room, message.ref
+        if not self.identity.may_join(room):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"the token does not allow joining {room}", ref=ref, room=room
+            )
         if room not in self._rooms and len(self._rooms) >= self._settings.max_rooms_per_connection:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_ROOMS,
@@ -160,7 +178,7 @@ class Session:
                 ref=ref,
                 room=room,
             )
-        if room in self._rooms:  # already in: no second membership, no replay
+        if room in self._rooms:  # joining again: one membership, recovery runs afresh
             self._services.hub.leave(self, room)
             self._rooms.discard(room)
 
@@ -187,6 +205,10 @@ class Session:
         if not self._refusals.take():
             log.info("closing session %s: too many refused messages", self.id)
             self.outbox.close(None, CloseCode.POLICY_VIOLATION)
+
+    def _token_expired(self) -> None:
+        log.info("session %s: token of %s expired", self.id, self.subject)
+        self.reconnect("token_expired", CloseCode.TOKEN_EXPIRED)
 
     def _slow_consumer(self) -> None:
         log.info("session %s is a slow consumer: dropping it", self.id)

@@ -18,6 +18,7 @@ def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_redis_urls_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELAY_REDIS_URLS", "redis://a:6379/0, redis://b:6379/0")
+    monkeypatch.setenv("RELAY_AUTH", "none")  # Redis without RELAY_AUTH refuses to start
     assert load_settings().redis_urls == ("redis://a:6379/0", "redis://b:6379/0")
 
 

@@ -122,6 +122,9 @@ class Broker(abc.ABC):
     ) -> PublishResult:
         """Store (durable) and send an event to every server subscribed to `room`.
 
+        `subject` (the publisher's authenticated identity) keys the dedupe of `msg_id`
+        and goes into the event as `from`.
+
         Raises BrokerUnavailable when the event could not be handed over; it was then
         not stored, so the caller may report failure without risking a silent loss.
         Raises relay.protocol.ProtocolError when `data` cannot be encoded.

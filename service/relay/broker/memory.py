@@ -66,7 +66,9 @@ class MemoryBroker(Broker):
             if seen is not None:
                 return PublishResult(seen.offset, seen.epoch, duplicate=True)
         state = self._room(room, policy)
-        payload = protocol.event(room, state.offset + 1, data, ts)  # may raise: nothing taken
+        payload = protocol.event(
+            room, state.offset + 1, data, ts, subject
+        )  # may raise: nothing taken
         state.offset += 1
         delivery = Delivery(room, payload, ts, state.offset, self._epoch, self._node_id, trace)
         if policy.durable:

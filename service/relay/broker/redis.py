@@ -375,7 +375,7 @@ class RedisBroker(Broker):
         subject: str | None,
         trace: dict[str, str] | None,
     ) -> PublishResult:
-        event_head, event_tail = protocol.event_parts(room, data, ts)
+        event_head, event_tail = protocol.event_parts(room, data, ts, subject)
         header_head, header_tail = envelope.header_parts(self._node_id, room, ts, trace)
         meta, log_key = room_keys(room)
         dedupe = dedupe_key(room, subject, msg_id) if msg_id is not None else f"{meta}:noid"
@@ -405,7 +405,7 @@ class RedisBroker(Broker):
         subject: str | None,
         trace: dict[str, str] | None,
     ) -> PublishResult:
-        payload = protocol.event(room, None, data, ts)
+        payload = protocol.event(room, None, data, ts, subject)
         message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
         if msg_id is None:
             await shard.commands.publish(room_channel(room), message)
