@@ -90,6 +90,14 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
             extensions[SCOPE_EXTENSION] = self.raw_socket
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        # A refused handshake (401/403/503 through the denial-response extension) is a
+        # complete answer; without this uvicorn logs it as an ERROR ("returned without
+        # completing handshake") for every refused client.
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            self.handshake_complete = True
+
     def resume_writing(self) -> None:
         super().resume_writing()
         if self.raw_socket is not None and self.raw_socket.on_resume is not None:

@@ -22,6 +22,7 @@ from chart_support import (
 
 from gamecluster.children import Owner
 from gamecluster.settings import OperatorSettings
+from gamecluster.spec import JWT_SECRET_KEY
 from relay import contract
 
 pytestmark = pytest.mark.chart
@@ -160,11 +161,21 @@ def test_demo_and_its_helm_test() -> None:
     test_pod = one(objects, "Pod")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert test_pod["spec"]["restartPolicy"] == "Never"
-    assert test_pod["spec"]["containers"][0]["command"] == [
-        "relay",
-        "check",
-        "ws://demo.games.svc:80/ws",
-    ]
+    assert helm_test_target(test_pod) == "ws://demo.games.svc:80/ws"
+    # Auth is on: the token comes from the Secret the operator generates for the demo.
+    owner = Owner.from_meta(demo["metadata"])
+    (secret,) = [v["secret"] for v in test_pod["spec"]["volumes"] if "secret" in v]
+    assert secret["secretName"] == owner.jwt_secret
+    assert secret["items"] == [{"key": JWT_SECRET_KEY, "path": "secret"}]
+    script = test_pod["spec"]["containers"][0]["command"][2]
+    assert "relay token" in script and "--join 'check:*' --publish 'check:*'" in script
+
+
+def helm_test_target(pod: dict[str, Any]) -> str:
+    """The URL the helm test pod checks, with auth on (sh -c script) or off (argv)."""
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[:2] in (["sh", "-c"], ["relay", "check"]), command
+    return str(command[3] if command[0] == "sh" else command[2])
 
 
 def test_jaeger_is_one_pinned_pod_and_the_demo_sends_it_traces() -> None:
@@ -218,4 +229,4 @@ def test_helm_test_targets_the_service_the_operator_creates_for_the_demo() -> No
     demo = one(objects, "GameCluster")
     owner = Owner.from_meta(demo["metadata"])
     endpoint = owner.endpoint(demo["spec"]["service"]["port"], contract.WS_PATH)
-    assert one(objects, "Pod")["spec"]["containers"][0]["command"] == ["relay", "check", endpoint]
+    assert helm_test_target(one(objects, "Pod")) == endpoint

@@ -96,6 +96,8 @@ async def test_bad_credentials_are_refused_at_the_handshake(relay_factory) -> No
     async with RelayClient(pod.url, token=token()) as client:
         assert (await client.ping())["op"] == "pong"
     assert 'relay_handshake_refusals_total{status="401"} 7.0' in pod.metrics()
+    # A refusal is a complete answer, not a server error in the log.
+    assert "ERROR" not in pod.tail(500)
 
 
 async def test_tokens_bound_rooms_for_join_and_publish(relay_factory) -> None:
