@@ -16,24 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import random
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from relay.client import RelayError
 
 log = logging.getLogger("relay.reliable")
 
 RETRYABLE = {"unavailable", "rate_limited", "internal"}
+TokenSource = Callable[[], str | Awaitable[str]]
 INBOX_SIZE = 100_000
 
 
@@ -61,7 +63,7 @@ class ReliableClient:
         self,
         urls: Sequence[str],
         *,
-        token: str | None = None,
+        token: str | TokenSource | None = None,
         max_unacked: int = 1000,
         backoff_base: float = 0.05,
         backoff_cap: float = 2.0,
@@ -71,6 +73,8 @@ class ReliableClient:
             raise ValueError("ReliableClient needs at least one URL")
         self.urls = list(urls)
         self.token = token
+        """A JWT, or a callable returning a fresh one: called before every connection, so
+        a session ended by `token_expired` reconnects with a new token."""
         self.stats = Stats()
         self._rooms: dict[str, _Position] = {}
         self._unacked: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -89,6 +93,8 @@ class ReliableClient:
         self._task: asyncio.Task[None] | None = None
         self._retries: set[asyncio.Task[None]] = set()
         self._closing = False
+        self.refused: InvalidStatus | None = None
+        """Set when the server refused our (fixed) credentials: the client stopped."""
         self.node: str | None = None
         """The relay server of the current connection, from its `welcome`."""
 
@@ -98,6 +104,8 @@ class ReliableClient:
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
+        if self.refused is not None:
+            raise self.refused
 
     async def close(self) -> None:
         self._closing = True
@@ -157,17 +165,25 @@ class ReliableClient:
         while not self._closing:
             url = self.urls[next(self._next_url)]
             try:
+                token = await self._current_token()
                 async with connect(
                     url,
-                    additional_headers={"Authorization": f"Bearer {self.token}"}
-                    if self.token
-                    else None,
+                    additional_headers={"Authorization": f"Bearer {token}"} if token else None,
                     open_timeout=self._open_timeout,
                     max_size=None,
                     compression=None,
                 ) as ws:
                     attempt = 0
                     await self._session(ws)
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403) and not callable(self.token):
+                    # The same credentials will be refused again: retrying is a loop.
+                    log.error("relay %s refused this client (HTTP %d); giving up", url, status)
+                    self.refused = exc
+                    self._connected.set()  # wake waiters; they see .refused
+                    return
+                log.debug("connection to %s refused: HTTP %d", url, status)
             except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
                 log.debug("connection to %s ended: %r", url, exc)
             finally:
@@ -176,6 +192,12 @@ class ReliableClient:
             base, cap = self._backoff
             await asyncio.sleep(random.uniform(0, min(cap, base * 2**attempt)))
             attempt += 1
+
+    async def _current_token(self) -> str | None:
+        if not callable(self.token):
+            return self.token
+        token = self.token()
+        return await token if inspect.isawaitable(token) else token
 
     async def _session(self, ws: ClientConnection) -> None:
         welcome = orjson.loads(str(await asyncio.wait_for(ws.recv(), self._open_timeout)))
