@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay import __version__, contract
 from relay.config import Settings
 from relay.node import RelayNode
+
+STATIC = Path(__file__).parent / "static"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -48,4 +52,6 @@ def create_app(settings: Settings) -> FastAPI:
         node.metrics.rooms.set(node.hub.room_count)
         return Response(generate_latest(node.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # The demo page and the browser client (plain JavaScript), last: routes above win.
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="demo")
     return app
