@@ -50,6 +50,10 @@ class E2EError(RuntimeError):
     """The harness could not provide what a test needs (a build, a process, a condition)."""
 
 
+class ProcessDied(E2EError):
+    """A process the harness started has exited: waiting for anything else is pointless."""
+
+
 # --------------------------------------------------------------------------- tools
 
 
@@ -57,6 +61,7 @@ class E2EError(RuntimeError):
 class Tools:
     bin_dir: Path
     versions: dict[str, str]
+    share_dir: Path | None = None  # kwok-stages.yaml
 
     def path(self, name: str) -> Path:
         return self.bin_dir / name
@@ -69,9 +74,9 @@ def tools_versions() -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def tools_bin_dir() -> Path:
+def tools_dir(which: str = "--bin-dir") -> Path:
     out = subprocess.run(
-        ["bash", str(TOOLS_SH), "--bin-dir"], check=True, capture_output=True, text=True
+        ["bash", str(TOOLS_SH), which], check=True, capture_output=True, text=True
     ).stdout
     return Path(out.strip())
 
@@ -91,7 +96,7 @@ def ensure_tools(names: Sequence[str] = (), *, stream: bool = True) -> Tools:
             f"tests/e2e/tools.sh {' '.join(names)} failed (exit {proc.returncode})"
             + (f":\n{proc.stdout[-4000:]}" if proc.stdout else "; see its output above")
         )
-    return Tools(tools_bin_dir(), tools_versions())
+    return Tools(tools_dir("--bin-dir"), tools_versions(), tools_dir("--share-dir"))
 
 
 def find_kubectl(tools: Tools | None = None) -> str:
@@ -129,6 +134,8 @@ def wait_until(
             result = probe()
             if result is not None and result is not False:
                 return result
+        except ProcessDied:
+            raise
         except Exception as exc:  # the condition is not there yet; keep polling
             last_exc = exc
         if time.monotonic() >= deadline:
@@ -188,7 +195,7 @@ class ManagedProcess:
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise E2EError(f"{self.name} exited with {self.proc.returncode}\n{self.tail()}")
+            raise ProcessDied(f"{self.name} exited with {self.proc.returncode}\n{self.tail()}")
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -519,9 +526,9 @@ def local_control_plane(
     server = f"https://{HOST}:{ports['apiserver']}"
     service_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
 
-    def proc(name: str, *argv: str) -> ManagedProcess:
+    def proc(name: str, *argv: str, env: dict[str, str] | None = None) -> ManagedProcess:
         return group.start(
-            ManagedProcess(name, [str(tools.path(name)), *argv], logs / f"{name}.log")
+            ManagedProcess(name, [str(tools.path(name)), *argv], logs / f"{name}.log", env=env)
         )
 
     def fail(msg: str) -> E2EError:
@@ -647,10 +654,13 @@ def local_control_plane(
         # kwok: the node's kubelet endpoint is kwok's own server on 127.0.0.1, so anything the
         # apiserver would send to a "kubelet" (logs, exec, port-forward) stays on loopback.
         kwok_kc = component_kubeconfig("kwok", "gamecluster-e2e-kwok", org="system:masters")
-        # An explicit (empty) config, so that no ~/.kwok/kwok.yaml of the machine is read.
-        (workdir / "kwok.yaml").write_text(
-            "apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n"
-        )
+        # kwok reads ~/.kwok/kwok.yaml too when it exists: HOME is a folder of its own here.
+        # Its config holds the Stage objects that make nodes Ready and pods Running/Ready.
+        if tools.share_dir is None or not (tools.share_dir / "kwok-stages.yaml").is_file():
+            raise E2EError("no kwok-stages.yaml: run tests/e2e/tools.sh kwok")
+        (workdir / "kwok-home").mkdir(exist_ok=True)
+        # (No KwokConfiguration document: kwok's defaults apply, flags below override them.)
+        (workdir / "kwok.yaml").write_text((tools.share_dir / "kwok-stages.yaml").read_text())
         proc(
             "kwok",
             f"--kubeconfig={kwok_kc}",
@@ -664,6 +674,7 @@ def local_control_plane(
             f"--node-port={ports['kwok']}",
             f"--server-address={HOST}:{ports['kwok']}",
             "--node-lease-duration-seconds=40",
+            env={**os.environ, "HOME": str(workdir / "kwok-home")},
         )
         insecure = insecure_loopback_tls()
         for name in ("kcm", "scheduler"):

@@ -10,6 +10,7 @@
 #        tests/e2e/tools.sh TOOL...         build only these (kube-apiserver kube-controller-manager
 #                                           kube-scheduler etcd kwok jaeger kubectl)
 #        tests/e2e/tools.sh --bin-dir       print the bin folder, build nothing
+#        tests/e2e/tools.sh --share-dir     print the folder of data files (kwok-stages.yaml)
 #        tests/e2e/tools.sh --versions      print the pinned versions, build nothing
 #        tests/e2e/tools.sh --check         exit 0 when every tool is present, 1 otherwise
 #
@@ -27,6 +28,7 @@ JAEGER_V2_VERSION=v2.13.0    # the v2 release of that same commit (CHANGELOG: "v
 TAG="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_jaeger-${JAEGER_VERSION}"
 CACHE_ROOT="${GAMECLUSTER_E2E_CACHE:-$HOME/.cache/gamecluster/e2e}"
 BIN="$CACHE_ROOT/$TAG/bin"
+SHARE="$CACHE_ROOT/$TAG/share"   # kwok-stages.yaml: kwok's own "fast" stages, read from its module
 ALL_TOOLS=(etcd kwok kube-apiserver kube-controller-manager kube-scheduler jaeger)
 
 log() { printf '[e2e-tools] %s\n' "$*" >&2; }
@@ -34,12 +36,14 @@ die() { printf '[e2e-tools] FAILED: %s\n' "$*" >&2; exit 1; }
 
 case "${1:-}" in
   --bin-dir) echo "$BIN"; exit 0 ;;
+  --share-dir) echo "$SHARE"; exit 0 ;;
   --versions)
     printf 'kubernetes=%s\netcd=%s\nkwok=%s\njaeger=%s\njaeger-module=%s\ntag=%s\n' \
       "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$JAEGER_V2_VERSION" "$JAEGER_VERSION" "$TAG"
     exit 0 ;;
   --check)
     for t in "${ALL_TOOLS[@]}"; do [[ -x "$BIN/$t" ]] || exit 1; done
+    [[ -s "$SHARE/kwok-stages.yaml" ]] || exit 1
     exit 0 ;;
   -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
 esac
@@ -150,6 +154,27 @@ build_jaeger() {
     "-X $p.latestVersion=$JAEGER_V2_VERSION"
 }
 
+# kwok v0.8.0 runs only with Stage objects in its config (kwokctl writes them); the ones kwok ships
+# in kustomize/stage/ are copied from its module: node fast + heartbeat-with-lease, pod fast.
+ensure_kwok_stages() {
+  local out="$SHARE/kwok-stages.yaml" dir f
+  if [[ -s "$out" ]]; then log "kwok-stages: present, skipped"; return; fi
+  require_go
+  dir=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
+    || die "kwok-stages: step=download: cannot get sigs.k8s.io/kwok@$KWOK_VERSION"
+  mkdir -p "$SHARE"
+  : >"$out.partial"
+  for f in "$dir"/kustomize/stage/node/fast/*.yaml "$dir"/kustomize/stage/node/heartbeat-with-lease/*.yaml \
+      "$dir"/kustomize/stage/pod/fast/*.yaml; do
+    [[ $(basename "$f") == kustomization.yaml ]] && continue
+    { echo "---"; cat "$f"; } >>"$out.partial"
+  done
+  grep -q '^kind: Stage' "$out.partial" || die "kwok-stages: step=copy: no Stage found in $dir/kustomize/stage"
+  mv -f "$out.partial" "$out"
+  log "kwok-stages: $(grep -c '^kind: Stage' "$out") stages -> $out"
+}
+
 # kubectl: the machine's (/usr/bin/kubectl or PATH), else Debian's package, else built here.
 ensure_kubectl() {
   if command -v kubectl >/dev/null; then log "kubectl: using $(command -v kubectl)"; return; fi
@@ -178,6 +203,7 @@ main() {
   for t in "${want[@]}"; do
     case "$t" in
       kubectl) ensure_kubectl; continue ;;
+      kwok-stages) continue ;;
       etcd|kwok|kube-apiserver|kube-controller-manager|kube-scheduler|jaeger) ;;
       *) die "$t: step=args: unknown tool (known: ${ALL_TOOLS[*]} kubectl)" ;;
     esac
@@ -200,6 +226,9 @@ main() {
         jaeger) build_jaeger ;;
       esac
     done
+  fi
+  if [[ " ${want[*]} " == *" kwok "* || " ${want[*]} " == *" kwok-stages "* ]]; then
+    ensure_kwok_stages
   fi
   log "done in $(( $(date +%s) - t0 ))s"
 }
