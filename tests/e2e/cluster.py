@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import datetime as dt
 import ipaddress
 import json
@@ -21,6 +22,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -167,6 +169,16 @@ def insecure_loopback_tls() -> ssl.SSLContext:
 
 # --------------------------------------------------------------------------- processes
 
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: die when pytest dies, even by SIGKILL (Linux). SIGKILL, as
+    kube-apiserver can linger for a long time after SIGTERM once its etcd is gone."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
 
 @dataclass
 class ManagedProcess:
@@ -187,6 +199,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,  # a Ctrl-C of pytest is handled by stop(), not raced
+                preexec_fn=_terminate_with_parent,
             )
         return self
 

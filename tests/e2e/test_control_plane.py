@@ -107,6 +107,37 @@ def test_deployment_pods_become_ready_and_are_garbage_collected(
     )
 
 
+def test_statefulset_pods_become_ready_in_order(cluster: Cluster, namespace: str) -> None:
+    name = "smoke-sts"
+    labels = {"app": name}
+    cluster.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 2,
+                "serviceName": name,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "main", "image": PAUSE_IMAGE}]},
+                },
+            },
+        },
+        "-n",
+        namespace,
+    )
+
+    def ready_sts() -> dict[str, Any] | None:
+        sts: dict[str, Any] = cluster.get_json("statefulset", name, "-n", namespace)
+        return sts if sts.get("status", {}).get("readyReplicas") == 2 else None
+
+    cluster.wait_for("StatefulSet readyReplicas=2", ready_sts, timeout=90)
+    names = sorted(p["metadata"]["name"] for p in _ready_pods(cluster, namespace, f"app={name}"))
+    assert names == [f"{name}-0", f"{name}-1"]
+
+
 def test_jaeger_answers_and_stores_an_otlp_trace(jaeger: Jaeger) -> None:
     assert http_get(jaeger.health_url)[0] == 200
     assert isinstance(jaeger.services(), list)
