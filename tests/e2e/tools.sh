@@ -175,17 +175,19 @@ ensure_kwok_stages() {
   log "kwok-stages: $(grep -c '^kind: Stage' "$out") stages -> $out"
 }
 
-# kubectl: the machine's (/usr/bin/kubectl or PATH), else Debian's package, else built here.
+# kubectl: the machine's (/usr/bin/kubectl or PATH), else the package `kubectl` where the machine's
+# apt sources have one (Debian's own archive has none: its kubernetes-client is v1.20, far outside
+# the version skew kubectl supports, so it is not used), else built here from k8s.io/kubernetes.
 ensure_kubectl() {
   if command -v kubectl >/dev/null; then log "kubectl: using $(command -v kubectl)"; return; fi
   if [[ -x "$BIN/kubectl" ]]; then log "kubectl: using $BIN/kubectl"; return; fi
   if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
-    log "kubectl: missing; trying Debian's package"
+    log "kubectl: missing; looking for an apt package"
     apt-get update -qq >/dev/null 2>&1 || true
-    if apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]' \
-      && apt-get install -y -qq kubectl >/dev/null 2>&1; then
-      log "kubectl: installed from Debian's packages"; return
+    if apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+      apt-get install -y -qq kubectl >/dev/null 2>&1 || log "kubectl: apt-get install kubectl failed"
     fi
+    if command -v kubectl >/dev/null; then log "kubectl: installed $(command -v kubectl)"; return; fi
   fi
   log "kubectl: no package; building it from k8s.io/kubernetes/cmd/kubectl"
   require_go; build_k8s kubectl
