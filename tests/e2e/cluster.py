@@ -796,6 +796,9 @@ def jaeger_config(ports: dict[str, int]) -> dict[str, Any]:
         "extensions": {
             "jaeger_query": {
                 "storage": {"traces": "memstore"},
+                # On by default in v2: Jaeger would export its own spans to localhost:4317,
+                # i.e. to whatever else listens there, and wait for it at shutdown.
+                "enable_tracing": False,
                 "http": {"endpoint": f"{HOST}:{ports['query_http']}"},
                 "grpc": {"endpoint": f"{HOST}:{ports['query_grpc']}"},
             },
