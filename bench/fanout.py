@@ -71,7 +71,7 @@ async def publish(url: str, room: str, per_second: float, seconds: float) -> int
     return sent
 
 
-async def measure(args: argparse.Namespace, pods: list[RelayProcess]) -> None:
+async def measure(args: argparse.Namespace, pods: list[RelayProcess]) -> dict[str, float]:
     subscribers: list[Subscriber] = []
     sockets: list[ClientConnection] = []
     readers = []
@@ -82,15 +82,18 @@ async def measure(args: argparse.Namespace, pods: list[RelayProcess]) -> None:
             subscribers.append(sub)
             sockets.append(ws)
             readers.append(asyncio.create_task(sub.run(ws)))
-    per_room = args.rate / (args.rooms * args.subs)  # publishes/s per room for the target
+    # Publishes/s per publisher connection for the target. A connection's publishes are
+    # handled in order, one broker round trip each, so spread them over several.
+    per_publisher = args.rate / (args.rooms * args.subs * args.publishers)
     await asyncio.sleep(0.5)
     cpu_before = [cpu_seconds(p.proc.pid) for p in pods if p.proc]
     start = time.perf_counter()
     sent = sum(
         await asyncio.gather(
             *(
-                publish(pods[r % 2].url, f"bench:{r}", per_room, args.seconds)
+                publish(pods[(r + p) % 2].url, f"bench:{r}", per_publisher, args.seconds)
                 for r in range(args.rooms)
+                for p in range(args.publishers)
             )
         )
     )
@@ -104,20 +107,17 @@ async def measure(args: argparse.Namespace, pods: list[RelayProcess]) -> None:
 
     delivered = sum(s.count for s in subscribers)
     latencies = sorted(x for s in subscribers for x in s.latencies_ns)
-    expected = sent * args.subs
-    print(
-        f"rooms={args.rooms} subs/room={args.subs} "
-        f"target={args.rate:.0f} deliveries/s, {args.seconds}s"
-    )
-    print(f"published {sent}, delivered {delivered} of {expected} expected")
-    print(f"delivered/s        {delivered / (elapsed - 1.0):10.0f}")
-    if latencies:
-        q = statistics.quantiles(latencies, n=100)
-        print(f"latency p50        {q[49] / 1e6:10.2f} ms")
-        print(f"latency p99        {q[98] / 1e6:10.2f} ms")
-        print(f"latency max        {latencies[-1] / 1e6:10.2f} ms")
-    if delivered:
-        print(f"server CPU/deliv.  {cpu / delivered * 1e6:10.1f} us (user+sys, both pods)")
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    result = {
+        "delivered/s": delivered / (elapsed - 1.0),
+        "p50 ms": q[49] / 1e6,
+        "p99 ms": q[98] / 1e6,
+        "CPU us/delivery": cpu / delivered * 1e6 if delivered else float("nan"),
+    }
+    print(f"published {sent}, delivered {delivered} of {sent * args.subs} expected")
+    for name, value in result.items():
+        print(f"  {name:18} {value:10.2f}")
+    return result
 
 
 def main() -> None:
@@ -128,12 +128,34 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=float, default=4000, help="target deliveries per second")
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--publishers", type=int, default=2, help="publisher connections per room")
+    parser.add_argument(
+        "--policy",
+        choices=["durable", "volatile", "both"],
+        default="both",
+        help="room policy; both runs volatile then durable and prints their ratios",
+    )
     args = parser.parse_args()
+    print(
+        f"rooms={args.rooms} subs/room={args.subs} "
+        f"target={args.rate:.0f} deliveries/s, {args.seconds}s per policy"
+    )
+    policies = ["volatile", "durable"] if args.policy == "both" else [args.policy]
+    results = {policy: run(args, policy) for policy in policies}
+    if len(results) == 2:
+        print("durable / volatile (one run, same load):")
+        for name, value in results["durable"].items():
+            print(f"  {name:18} {value / results['volatile'][name]:10.2f}x")
+
+
+def run(args: argparse.Namespace, policy: str) -> dict[str, float]:
+    print(f"-- {policy} rooms")
     env = {
+        "RELAY_ROOMS": f'[{{"match": "*", "policy": "{policy}"}}]',
         "RELAY_AUTH": "none",
         "RELAY_PUBLISH_RATE": "100000",
         "RELAY_PUBLISH_BURST": "100000",
-        "RELAY_LOG_LEVEL": "warning",
+        "RELAY_LOG_LEVEL": os.environ.get("BENCH_RELAY_LOG_LEVEL", "warning"),
     }
     with tempfile.TemporaryDirectory() as tmp:
         redis = RedisProcess(Path(tmp)).start()
@@ -141,7 +163,7 @@ def main() -> None:
             RelayProcess(Path(tmp), {**env, "RELAY_REDIS_URLS": redis.url}, n).start() for n in "ab"
         ]
         try:
-            asyncio.run(measure(args, pods))
+            return asyncio.run(measure(args, pods))
         finally:
             for pod in pods:
                 pod.stop()
