@@ -239,3 +239,27 @@ async def test_spans_still_buffered_are_exported_when_the_relay_stops(
     assert pod.proc is not None and pod.proc.returncode == 0
     spans = sink.spans()
     assert len(named(spans, PUBLISH)) == 1 and len(named(spans, PROCESS)) == 1
+
+
+async def test_a_resume_replay_is_one_receive_span_linked_to_each_producer(
+    sink: OtlpSink, redis: RedisProcess, relay_factory
+) -> None:
+    pod_a = relay_factory("a", redis_urls=[redis.url], env=sink.env())
+    pod_b = relay_factory("b", redis_urls=[redis.url], env=sink.env())
+    async with RelayClient(pod_a.url) as publisher:
+        async with RelayClient(pod_a.url) as player:
+            joined = await player.join("replayed")
+        for n in range(2):  # missed by the player, who comes back on pod b
+            await publisher.publish("replayed", n, id=f"r{n}")
+        async with RelayClient(pod_b.url) as player:
+            since = {"epoch": joined["epoch"], "offset": joined["offset"]}
+            assert (await player.join("replayed", since=since))["recovered"] is True
+            assert [(await player.receive(timeout=5))["data"] for _ in range(2)] == [0, 1]
+        spans = await wait_spans(sink, {PUBLISH: 2, "receive room": 1}, "2 producers + replay")
+
+    [replay] = named(spans, "receive room")
+    assert replay.instance == "b"
+    assert replay.attributes["relay.replay.reason"] == "resume"
+    assert replay.attributes["messaging.batch.message_count"] == 2
+    producers = {(span.trace_id, span.span_id) for span in named(spans, PUBLISH)}
+    assert {(link.trace_id, link.span_id) for link in replay.links} == producers
