@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     """Timeout of one Redis command or connect; past it the command fails as `unavailable`."""
     rooms: tuple[RoomPolicy, ...] = ()
     """Room policies as a JSON list, first match wins; unmatched rooms are durable."""
+    load_report_seconds: float = Field(5.0, gt=0, le=60)
+    """How often this server writes its connection count for the operator's autoscaler
+    (the report expires after relay.contract.LOAD_REPORT_TTL_SECONDS)."""
     dedupe_seconds: int = Field(300, ge=1, le=86_400)
     """How long a publish `id` is remembered, so a retry is acked without storing twice."""
     auth: Literal["none", "jwt"] | None = None

@@ -24,8 +24,6 @@ from relay.transport import SCOPE_EXTENSION, RawSocket
 
 log = logging.getLogger("relay.node")
 
-LOAD_REPORT_INTERVAL = 5.0
-
 
 def make_broker(settings: Settings, metrics: Metrics) -> Broker:
     if not settings.redis_urls:
@@ -149,4 +147,4 @@ class RelayNode:
     async def _report_load(self, broker: RedisBroker) -> None:
         while True:
             await broker.report_load(len(self.sessions))
-            await asyncio.sleep(LOAD_REPORT_INTERVAL)
+            await asyncio.sleep(self.settings.load_report_seconds)

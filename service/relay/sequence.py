@@ -67,7 +67,9 @@ class RoomSequence:
             self.last = offset
             self._emit(delivery)
             return
-        log.info("room %s: offset %d arrived after %d; reading the gap", self.room, offset, self.last)
+        log.info(
+            "room %s: offset %d arrived after %d; reading the gap", self.room, offset, self.last
+        )
         self._pending.append(delivery)
         self.fill()
 
