@@ -217,10 +217,12 @@ class Hub:
             return await self._subscribed(room, policy)
         entry = _Room(asyncio.get_running_loop().create_future())
         self._rooms[room] = entry
+        subscribed = False
         try:
             if policy.durable:
                 entry.early = []
             await self._broker.subscribe(room)
+            subscribed = True
             if policy.durable:
                 # After SUBSCRIBE, so no event falls between the position and the feed.
                 history = await self._broker.history(room, None, policy)
@@ -228,6 +230,8 @@ class Hub:
         except BaseException as exc:
             if self._rooms.get(room) is entry:
                 del self._rooms[room]
+                if subscribed:  # no member will come for it: do not leave it subscribed
+                    self._release_now(room)
             if isinstance(exc, asyncio.CancelledError):
                 entry.subscribed.cancel()
             else:
@@ -261,6 +265,9 @@ class Hub:
         del self._rooms[room]
         if entry.sequence is not None:
             entry.sequence.close()
+        self._release_now(room)
+
+    def _release_now(self, room: str) -> None:
         task = asyncio.create_task(self._broker.unsubscribe(room), name=f"unsubscribe {room}")
         self._unsubscribing[room] = task
         task.add_done_callback(lambda done: self._forget_unsubscribe(room, done))

@@ -3,7 +3,7 @@ import asyncio
 import orjson
 import pytest
 
-from relay.broker import Delivery
+from relay.broker import BrokerUnavailable, Delivery, History
 from relay.broker.memory import MemoryBroker
 from relay.hub import Hub, JoinResult
 from relay.metrics import Metrics
@@ -166,3 +166,17 @@ async def test_an_epoch_change_tells_members_to_resync() -> None:
         "recovered": False,
     }
     assert event["offset"] == 1
+
+
+async def test_a_join_that_fails_after_subscribing_leaves_nothing_subscribed() -> None:
+    class NoHistory(CountingBroker):
+        async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+            raise BrokerUnavailable("history read failed")
+
+    broker = NoHistory()
+    hub = make_hub(broker)
+    with pytest.raises(BrokerUnavailable):
+        await join(hub, Member(), "r")
+    await asyncio.wait_for(broker.unsubscribed.wait(), 2)
+    assert broker.calls == ["sub r", "unsub r"]
+    assert not hub.is_subscribed("r")
