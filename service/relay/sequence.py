@@ -82,10 +82,18 @@ class RoomSequence:
     async def catch_up(self, offset: int, epoch: str) -> None:
         """Return once everything up to `offset` of `epoch` has been delivered here.
 
-        Returns early if the epoch changes meanwhile: those offsets no longer exist.
+        `offset` and `epoch` come from a fresh read of the room's history; if the epoch
+        differs from this server's feed, that history is adopted at once (see below).
         """
         for _ in range(10):  # each read reaches the top it saw; more rounds are a guard
-            if self._filling is None and (self.epoch != epoch or self.last >= offset):
+            if self._filling is None and self.epoch != epoch:
+                # The caller's fresh read of Redis shows a history this server's feed has
+                # not seen yet (the room was lost meanwhile): adopt it now, so members
+                # re-sync once, instead of again when the next live event shows it.
+                self.epoch, self.last = epoch, offset
+                self._resync(offset, epoch)
+                return
+            if self._filling is None and self.last >= offset:
                 return
             await asyncio.shield(self.fill())
 
