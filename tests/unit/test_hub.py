@@ -180,3 +180,17 @@ async def test_a_join_that_fails_after_subscribing_leaves_nothing_subscribed() -
     await asyncio.wait_for(broker.unsubscribed.wait(), 2)
     assert broker.calls == ["sub r", "unsub r"]
     assert not hub.is_subscribed("r")
+
+
+async def test_a_history_lost_while_idle_is_noticed_at_the_next_join_and_resynced_once() -> None:
+    broker = CountingBroker()
+    hub = make_hub(broker)
+    present = Member()
+    await join(hub, present, "r")
+    await broker.publish("r", "old", ts=0, policy=DURABLE)
+    broker._epoch = "after-loss"  # as if Redis came back empty
+    result = await join(hub, Member(), "r")
+    assert result.epoch == "after-loss"
+    await broker.publish("r", "new", ts=0, policy=DURABLE)
+    kinds = [(m["op"], m.get("epoch")) for m in present.messages()]
+    assert kinds == [("event", None), ("joined", "after-loss"), ("event", None)]
