@@ -13,9 +13,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## redis-server from Debian's packages, when missing (the tests start their own on free ports).
+## redis-server from Debian's packages, when missing (the tests start their own on free ports);
+## Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium, never its own).
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 ## Run the relay: single node, embedded broker, auth off (a laptop default).
 run: venv
