@@ -42,7 +42,7 @@ def redis_urls(spec: GameClusterSpec, owner: Owner) -> list[str]:
 
 
 def generates_jwt_secret(spec: GameClusterSpec) -> bool:
-    return spec.auth.enabled and not spec.auth.secret_name
+    return not spec.auth.secret_name
 
 
 def desired(spec: GameClusterSpec, meta: Mapping[str, Any], inputs: Inputs) -> list[Manifest]:

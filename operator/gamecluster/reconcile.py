@@ -134,7 +134,7 @@ class Reconciler:
 
     def _check_references(self, spec: GameClusterSpec, owner: Owner) -> Problem | None:
         """A named Secret must exist and hold the key the relay will read."""
-        if not (spec.auth.enabled and spec.auth.secret_name):
+        if not spec.auth.secret_name:
             return None
         key = JWT_PUBLIC_KEY_KEY if spec.auth.algorithm == "RS256" else JWT_SECRET_KEY
         ref = ChildRef("v1", "Secret", owner.namespace, spec.auth.secret_name)

@@ -82,7 +82,8 @@ class Limits(_Model):
 
 
 class Auth(_Model):
-    enabled: bool = True
+    """JWT on connect, always: no switch turns it off (an ``enabled`` key is ignored)."""
+
     secret_name: ObjectName | None = None
     algorithm: Literal["HS256", "RS256"] = "HS256"
     audience: str | None = None
@@ -155,7 +156,7 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
         raise InvalidSpec(
             "ExternalRedisWithoutURLs", "spec.redis.mode external needs redis.external.urls"
         )
-    if spec.auth.enabled and spec.auth.algorithm == "RS256" and not spec.auth.secret_name:
+    if spec.auth.algorithm == "RS256" and not spec.auth.secret_name:
         raise InvalidSpec(
             "PublicKeySecretMissing", "spec.auth.algorithm RS256 needs spec.auth.secretName"
         )

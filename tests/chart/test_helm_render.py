@@ -157,6 +157,7 @@ def test_demo_and_its_helm_test() -> None:
     demo = one(objects, "GameCluster", "demo")
     assert demo["apiVersion"] == "gamecluster.io/v1alpha1"
     assert demo["spec"]["tracing"]["enabled"] is False
+    assert "auth" not in demo["spec"]  # auth is always on, with the generated Secret
     assert "otlpEndpoint" not in demo["spec"]["tracing"]
     test_pod = one(objects, "Pod")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
@@ -172,10 +173,10 @@ def test_demo_and_its_helm_test() -> None:
 
 
 def helm_test_target(pod: dict[str, Any]) -> str:
-    """The URL the helm test pod checks, with auth on (sh -c script) or off (argv)."""
+    """The URL the helm test pod checks: the argument of its sh -c script (auth is always on)."""
     command = pod["spec"]["containers"][0]["command"]
-    assert command[:2] in (["sh", "-c"], ["relay", "check"]), command
-    return str(command[3] if command[0] == "sh" else command[2])
+    assert command[:2] == ["sh", "-c"], command
+    return str(command[3])
 
 
 def test_jaeger_is_one_pinned_pod_and_the_demo_sends_it_traces() -> None:

@@ -39,6 +39,11 @@ BAD_VALUES = [
     pytest.param({"service": {"port": 70000}}, "'/service/port'", id="port-out-of-range"),
     pytest.param({"image": {"pullPolicy": "Sometimes"}}, "'/image/pullPolicy'", id="pull-policy"),
     pytest.param(
+        {"demo": {"authEnabled": False}},
+        "additional properties 'authEnabled' not allowed",
+        id="demo-auth-cannot-be-turned-off",
+    ),
+    pytest.param(
         {"demo": {"tracing": {"samplingRatio": 2}}},
         "'/demo/tracing/samplingRatio'",
         id="ratio-above-one",

@@ -41,6 +41,38 @@ def apply_defaults(node: dict[str, Any], value: Any) -> Any:
     return value
 
 
+def prune(node: dict[str, Any], value: Any, path: str = "") -> tuple[Any, list[str]]:
+    """Structural pruning as the API server does it (apiextensions v1, no
+    x-kubernetes-preserve-unknown-fields): fields the schema does not declare are dropped.
+    Returns the pruned value and the dropped paths, which a request with
+    ``fieldValidation=Strict`` (kubectl's default) gets back as "unknown field" errors
+    instead. At the root, apiVersion, kind and metadata are kept."""
+    value = copy.deepcopy(value)
+    dropped: list[str] = []
+    if isinstance(value, dict) and node.get("type") == "object":
+        known = node.get("properties") or {}
+        extra = node.get("additionalProperties")
+        for name in list(value):
+            where = f"{path}.{name}"
+            if not path and name in {"apiVersion", "kind", "metadata"}:
+                continue  # ObjectMeta is the API server's own, never the CRD schema's
+            if name in known:
+                value[name], below = prune(known[name], value[name], where)
+            elif isinstance(extra, dict):
+                value[name], below = prune(extra, value[name], where)
+            elif extra is True or node.get("x-kubernetes-preserve-unknown-fields"):
+                continue
+            else:
+                del value[name]
+                below = [where]
+            dropped += below
+    elif isinstance(value, list) and isinstance(node.get("items"), dict):
+        pruned = [prune(node["items"], item, f"{path}[]") for item in value]
+        value = [item for item, _ in pruned]
+        dropped = [p for _, below in pruned for p in below]
+    return value, dropped
+
+
 def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """Every schema node with its path, e.g. ``.spec.redis.shards``, ``.spec.rooms[]``."""
     yield path, node

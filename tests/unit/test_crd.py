@@ -14,10 +14,12 @@ import celpy
 import jsonschema
 import pytest
 import yaml
-from crd_schema import CRD_PATH, EXAMPLES, apply_defaults, crd, schema, walk
+from crd_schema import CRD_PATH, EXAMPLES, apply_defaults, crd, prune, schema, walk
 
 from gamecluster import names
+from gamecluster.desired import Inputs, desired
 from gamecluster.spec import InvalidSpec, parse
+from relay import contract
 
 pytestmark = pytest.mark.unit
 
@@ -156,6 +158,7 @@ def test_every_cel_rule_compiles() -> None:
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_validate_and_parse(path: pathlib.Path) -> None:
     obj = yaml.safe_load(path.read_text())
+    assert prune(schema(), obj)[1] == []  # no field the API server would drop
     stored = validate(obj)
     parse(stored["spec"])
     parse(obj["spec"])  # the operator's own defaults reach the same place
@@ -236,6 +239,30 @@ def test_invalid_specs_are_rejected_by_the_crd_and_by_the_operator(
         assert info.value.validator == why
     with pytest.raises(InvalidSpec):
         parse(spec)
+
+
+def test_auth_cannot_be_turned_off() -> None:
+    """There is no auth.enabled. The schema is structural without
+    x-kubernetes-preserve-unknown-fields, so the API server does not store the field: by
+    default it prunes it (with a warning); with fieldValidation=Strict (kubectl's default)
+    it refuses the request as an unknown field. Either way the relay pods get RELAY_AUTH=jwt.
+    """
+    auth = schema()["properties"]["spec"]["properties"]["auth"]
+    assert "enabled" not in auth["properties"]
+    assert "additionalProperties" not in auth
+    assert not auth.get("x-kubernetes-preserve-unknown-fields")
+    sent = gamecluster({"auth": {"enabled": False}})
+    pruned, dropped = prune(schema(), sent)
+    assert dropped == [".spec.auth.enabled"]  # what Strict reports as an unknown field
+    stored = validate(pruned)
+    assert stored["spec"]["auth"] == {"algorithm": "HS256"}
+    meta = {"name": "x", "namespace": "ns", "uid": "u", "generation": 1}
+    (config,) = [
+        m
+        for m in desired(parse(stored["spec"]), meta, Inputs(relay_image="img", jwt_secret="s"))
+        if m["kind"] == "ConfigMap"
+    ]
+    assert config["data"][contract.ENV_AUTH] == "jwt"
 
 
 def test_crd_file_is_plain_yaml_without_anchors() -> None:

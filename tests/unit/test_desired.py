@@ -177,11 +177,13 @@ def test_named_secret_is_used_and_nothing_is_generated() -> None:
     assert jwt["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "publicKey"}
 
 
-def test_auth_off_has_no_secret_at_all() -> None:
+def test_auth_cannot_be_turned_off() -> None:
+    # The CRD has no auth.enabled (the API server prunes it); should one reach the operator
+    # anyway (an object stored under an older CRD), it is ignored: auth stays on.
     children = build({"auth": {"enabled": False}})
-    assert "Secret/arena-jwt" not in children
-    assert env_of(children)[contract.ENV_AUTH] == "none"
-    assert not [e for e in relay_container(children)["env"] if e["name"].startswith("RELAY_JWT")]
+    assert children == build()
+    assert env_of(children)[contract.ENV_AUTH] == "jwt"
+    assert "Secret/arena-jwt" in children
 
 
 def test_generated_secret_needs_a_value() -> None:

@@ -34,7 +34,7 @@ def config_data(spec: GameClusterSpec, owner: Owner, redis_urls: list[str]) -> d
         contract.ENV_PUBLISH_RATE: str(spec.limits.publish_per_second),
         contract.ENV_MAX_CONNECTIONS: str(spec.limits.max_connections_per_replica),
         contract.ENV_DRAIN_SECONDS: str(spec.drain_seconds),
-        contract.ENV_AUTH: "jwt" if spec.auth.enabled else "none",
+        contract.ENV_AUTH: "jwt",
         "OTEL_SERVICE_NAME": f"{owner.name}-relay",
         "OTEL_SDK_DISABLED": "false" if spec.tracing.enabled else "true",
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
@@ -53,9 +53,9 @@ def config_data(spec: GameClusterSpec, owner: Owner, redis_urls: list[str]) -> d
             for room in spec.delivery.rooms
         ]
         data[contract.ENV_ROOMS] = json.dumps(rooms, separators=(",", ":"))
-    if spec.auth.enabled and spec.auth.audience:
+    if spec.auth.audience:
         data[contract.ENV_JWT_AUDIENCE] = spec.auth.audience
-    if spec.auth.enabled and spec.auth.issuer:
+    if spec.auth.issuer:
         data[contract.ENV_JWT_ISSUER] = spec.auth.issuer
     if spec.tracing.enabled and spec.tracing.otlp_endpoint:
         data["OTEL_EXPORTER_OTLP_ENDPOINT"] = spec.tracing.otlp_endpoint
@@ -65,8 +65,6 @@ def config_data(spec: GameClusterSpec, owner: Owner, redis_urls: list[str]) -> d
 
 def jwt_env(spec: GameClusterSpec, owner: Owner) -> list[dict[str, Any]]:
     """RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY from the named or the generated Secret."""
-    if not spec.auth.enabled:
-        return []
     secret = spec.auth.secret_name or owner.jwt_secret
     if spec.auth.algorithm == "RS256":
         env_name, key = contract.ENV_JWT_PUBLIC_KEY, JWT_PUBLIC_KEY_KEY
