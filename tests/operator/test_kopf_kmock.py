@@ -3,8 +3,8 @@
 from typing import Any
 
 import pytest
+from kopf_harness import NAMESPACE, RELAY_IMAGE, Harness, SSAEmulator, gc_path
 
-from conftest import NAMESPACE, RELAY_IMAGE, Harness, SSAEmulator, gc_path
 from gamecluster import handlers, names
 from relay import contract
 
