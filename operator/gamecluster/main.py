@@ -47,7 +47,7 @@ async def run(settings: OperatorSettings, api: k8s.ApiClient) -> None:
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",
+        liveness_endpoint=f"http://{settings.liveness_host}:{settings.liveness_port}/healthz",
     )
 
 
