@@ -90,6 +90,22 @@ def wait_gc_ready(
         ) from None
 
 
+def table(text: str) -> tuple[list[str], list[dict[str, str]]]:
+    """kubectl's table output: the header's names, and each row as name -> cell ("" if empty),
+    cut at the columns' start offsets (cells may be empty, so splitting on spaces would not do)."""
+    lines = text.rstrip("\n").split("\n")
+    names = lines[0].split()
+    starts = [
+        lines[0].index(f"{n}") if i == 0 else lines[0].index(f"  {n}") + 2
+        for i, n in enumerate(names)
+    ]
+    rows = []
+    for line in lines[1:]:
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        rows.append(dict(zip(names, cells, strict=True)))
+    return names, rows
+
+
 def apply_demo(cluster: Cluster, ns: str) -> None:
     out = cluster.kubectl("apply", "-f", str(DEMO), "-n", ns).stdout
     assert "gamecluster.gamecluster.io/demo created" in out
@@ -124,8 +140,14 @@ DEMO_CHILDREN = {
 
 
 def test_helm_install_creates_the_operator_and_its_rbac(cluster: Cluster, release: Release) -> None:
-    assert release.installed["info"]["status"] == "deployed"
-    assert release.installed["namespace"] == release.namespace
+    installed = release.installed
+    assert (installed["status"], installed["revision"], installed["chart_name"]) == (
+        "deployed",
+        1,
+        "gamecluster",
+    )
+    assert installed["namespace"] == release.namespace
+    assert "It watches every namespace" in installed["notes"]
     ns, sel = release.namespace, release.selector
 
     # The CRD from crds/, established; the templates' objects, labelled with the release.
@@ -186,10 +208,13 @@ def test_apply_demo_makes_children_and_a_ready_status(
         assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [
             ("GameCluster", "demo", uid)
         ], f"{kind}/{name}"
+        full = cluster.get_json(kind.lower(), name, "-n", namespace, "--show-managed-fields")
         managers = {
-            m["manager"] for m in obj["metadata"]["managedFields"] if m["operation"] == "Apply"
+            m["manager"] for m in full["metadata"]["managedFields"] if m["operation"] == "Apply"
         }
-        assert "gamecluster-operator" in managers, f"{kind}/{name}: {managers}"
+        assert managers == {"gamecluster-operator"}, (
+            f"{kind}/{name}: server-side apply, one manager"
+        )
     assert made[("Secret", "demo-jwt")]["data"]["secret"]  # the generated HS256 key
     sts = made[("StatefulSet", "demo-redis")]
     assert sts["status"].get("readyReplicas") == 1
@@ -222,15 +247,25 @@ def test_apply_demo_makes_children_and_a_ready_status(
 
     # `kubectl wait` agrees, and `kubectl get gc` prints the printer columns.
     cluster.kubectl("wait", "gc/demo", "-n", namespace, "--for=condition=Ready", "--timeout=10s")
-    table = cluster.kubectl("get", "gc", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "REPLICAS", "READY", "REDIS", "CONNECTIONS", "PHASE", "AGE"]
-    row = table[1].split()
-    # Connections come from the relay pods' load reports in Redis: fake pods write none, and
-    # the Redis pods are fakes too, so the count is unknown and the column empty.
-    assert row[:4] == ["demo", "2", "2", "1"] and row[-2] == "Ready", table
-    wide = cluster.kubectl("get", "gc", "demo", "-n", namespace, "-o", "wide").stdout
-    assert wide.split("\n")[0].split()[-3:] == ["MODE", "ENDPOINT", "AGE"]
-    assert f"managed ws://demo.{namespace}.svc:80/ws" in wide
+    header, rows = table(cluster.kubectl("get", "gc", "-n", namespace).stdout)
+    assert header == ["NAME", "REPLICAS", "READY", "REDIS", "CONNECTIONS", "PHASE", "AGE"]
+    [row] = rows
+    # Connections come from the relay pods' load reports in Redis; kwok's pods run nothing,
+    # so there are none to read: the count is unknown and the column stays empty.
+    assert {k: v for k, v in row.items() if k != "AGE"} == {
+        "NAME": "demo",
+        "REPLICAS": "2",
+        "READY": "2",
+        "REDIS": "1",
+        "CONNECTIONS": "",
+        "PHASE": "Ready",
+    }
+    assert row["AGE"].endswith(("s", "m"))
+    header, [row] = table(
+        cluster.kubectl("get", "gc", "demo", "-n", namespace, "-o", "wide").stdout
+    )
+    assert header[-3:] == ["MODE", "ENDPOINT", "AGE"]
+    assert (row["MODE"], row["ENDPOINT"]) == ("managed", f"ws://demo.{namespace}.svc:80/ws")
 
 
 # --------------------------------------------------------------------------- 3. scale, shards
@@ -420,6 +455,11 @@ def test_helm_uninstall_leaves_no_operator_resources(
     assert release.helm.list(all_states=True) == []
     # Helm never deletes crds/: GameClusters stay readable, and the CRD is still served.
     assert cluster.get_or_none("crd", GC) is not None
-    # The ServiceAccount's bound token died with it.
-    who = kubectl_as(cluster, operator.kubeconfig, "auth", "whoami")
-    assert who.returncode != 0 and "Unauthorized" in who.stderr, who
+    # The operator's token was bound to the ServiceAccount: it dies with it (the apiserver
+    # looks the account up through an informer, so this may take a moment).
+    def refused() -> subprocess.CompletedProcess[str] | None:
+        who = kubectl_as(cluster, operator.kubeconfig, "auth", "whoami")
+        return who if who.returncode != 0 else None
+
+    who = cluster.wait_for("the operator's token refused", refused, timeout=30)
+    assert "Unauthorized" in who.stderr, who.stderr
