@@ -455,6 +455,7 @@ def test_helm_uninstall_leaves_no_operator_resources(
     assert release.helm.list(all_states=True) == []
     # Helm never deletes crds/: GameClusters stay readable, and the CRD is still served.
     assert cluster.get_or_none("crd", GC) is not None
+
     # The operator's token was bound to the ServiceAccount: it dies with it (the apiserver
     # looks the account up through an informer, so this may take a moment).
     def refused() -> subprocess.CompletedProcess[str] | None:
