@@ -31,6 +31,15 @@ def _api_client() -> k8s.ApiClient:
     return k8s.ApiClient()
 
 
+def operator_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """The handlers, plus how kopf logs in. A registry of our own has none of the login
+    handlers kopf puts into its global one: without this, kopf finds no credentials at all.
+    The same ones as our own API client: in-cluster, else the local kubeconfig."""
+    registry = build_registry(resync_seconds=settings.resync_seconds)
+    kopf.on.login(registry=registry, id="login")(kopf.login_via_client)
+    return registry
+
+
 async def run(settings: OperatorSettings, api: k8s.ApiClient) -> None:
     """Run until cancelled or until kopf stops (SIGTERM/SIGINT are handled by kopf)."""
     context = Context(
@@ -42,12 +51,12 @@ async def run(settings: OperatorSettings, api: k8s.ApiClient) -> None:
     )
     namespaces = settings.namespaces
     await kopf.operator(
-        registry=build_registry(resync_seconds=settings.resync_seconds),
+        registry=operator_registry(settings),
         memo=kopf.Memo(ctx=context),
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",
+        liveness_endpoint=f"http://{settings.liveness_host}:{settings.liveness_port}/healthz",
     )
 
 

@@ -15,7 +15,11 @@ class OperatorSettings(BaseSettings):
     """GAMECLUSTER_WATCH_NAMESPACES: comma-separated namespaces; empty watches all of them."""
 
     liveness_port: int = Field(default=8080, ge=1, le=65535)
-    """GAMECLUSTER_LIVENESS_PORT: kopf's liveness endpoint, http://0.0.0.0:PORT/healthz."""
+    """GAMECLUSTER_LIVENESS_PORT: kopf's liveness endpoint, http://HOST:PORT/healthz."""
+
+    liveness_host: str = Field(default="0.0.0.0", min_length=1)
+    """GAMECLUSTER_LIVENESS_HOST: the address the liveness endpoint listens on. All addresses
+    in a pod (the kubelet probes the pod IP); 127.0.0.1 for an operator run outside the cluster."""
 
     resync_seconds: float = Field(default=30.0, gt=0, le=3600)
     """GAMECLUSTER_RESYNC_SECONDS: per GameCluster, how often the autoscaler decides, load

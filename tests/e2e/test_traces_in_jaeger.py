@@ -1,0 +1,142 @@
+"""Watching traces in Jaeger (issue 7, scenario 6): two relay processes and a Redis export their
+spans to a real Jaeger all-in-one (memory storage); one publish is one trace in Jaeger's query
+API, with spans from both relay instances."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import secrets
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from relay.client import RelayClient
+from support.processes import RedisProcess, RelayProcess
+
+from .cluster import E2EError, Jaeger, wait_until
+
+pytestmark = pytest.mark.e2e
+
+PUBLISH, PROCESS = "publish room", "process room"
+
+
+def _rfc3339(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _value(v: dict[str, Any]) -> Any:
+    """An OTLP AnyValue in JSON (stringValue, intValue as a string, ...) as a Python value."""
+    for key in ("stringValue", "boolValue", "doubleValue"):
+        if key in v:
+            return v[key]
+    if "intValue" in v:
+        return int(v["intValue"])
+    return v
+
+
+def _attrs(items: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {a["key"]: _value(a.get("value") or {}) for a in items or []}
+
+
+def flat_spans(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Jaeger's /api/v3/traces answer ({"result": {"resourceSpans": [...]}}, OTLP JSON) as one
+    list of spans, each with its resource attributes under "resource"."""
+    out = []
+    for rs in (payload.get("result") or {}).get("resourceSpans") or []:
+        resource = _attrs((rs.get("resource") or {}).get("attributes"))
+        for ss in rs.get("scopeSpans") or []:
+            for span in ss.get("spans") or []:
+                out.append({**span, "resource": resource, "attrs": _attrs(span.get("attributes"))})
+    return out
+
+
+def query_traces(jaeger: Jaeger, since: dt.datetime, **params: str) -> list[dict[str, Any]]:
+    """GET /api/v3/traces for service relay since `since`; spans of every trace found."""
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    query = {
+        "query.service_name": "relay",
+        "query.start_time_min": _rfc3339(since),
+        "query.start_time_max": _rfc3339(until),
+        "query.num_traces": "100",  # Jaeger refuses a search without a depth
+        **params,
+    }
+    try:
+        return flat_spans(jaeger.get(f"/api/v3/traces?{urllib.parse.urlencode(query)}"))
+    except E2EError as err:
+        if "HTTP 404" in str(err):  # "trace not found": nothing stored yet
+            return []
+        raise
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_one_publish_is_one_trace_in_jaeger_with_spans_from_both_pods(
+    jaeger: Jaeger,
+    redis: RedisProcess,
+    relay_factory: Callable[..., RelayProcess],
+    protocol: str,
+) -> None:
+    endpoint = jaeger.otlp_grpc_endpoint if protocol == "grpc" else jaeger.otlp_http_endpoint
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": (f"http://{endpoint}" if protocol == "grpc" else endpoint),
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "RELAY_AUTH": "none",
+    }
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    pod_a = relay_factory("a", redis_urls=[redis.url], env=env)
+    pod_b = relay_factory("b", redis_urls=[redis.url], env=env)
+    room = f"match:{secrets.token_hex(4)}"  # this test's spans, whatever else Jaeger holds
+    data = {"move": "e2e4"}
+    async with (
+        RelayClient(pod_a.url) as publisher,
+        RelayClient(pod_a.url) as on_a,
+        RelayClient(pod_b.url) as on_b,
+    ):
+        for client in (publisher, on_a, on_b):
+            await client.join(room)
+        await publisher.publish(room, data, id="move-1")
+        for client in (publisher, on_a, on_b):
+            event = await client.receive(timeout=5)
+            assert (event["op"], event["data"]) == ("event", data), event
+
+    def one_trace() -> list[dict[str, Any]] | None:
+        spans = [
+            s
+            for s in query_traces(jaeger, since)
+            if s["attrs"].get("messaging.destination.name") == room
+        ]
+        producers = [s for s in spans if s["name"] == PUBLISH]
+        consumers = [s for s in spans if s["name"] == PROCESS]
+        return spans if len(producers) == 1 and len(consumers) == 2 else None
+
+    spans = await asyncio.to_thread(
+        wait_until,
+        f"the trace of one publish to {room} in Jaeger",
+        one_trace,
+        timeout=30,
+        interval=0.5,
+        on_timeout=lambda: f"{jaeger.process.tail()}\nrelay a:\n{pod_a.tail()}",
+    )
+    trace_ids = {s["traceId"] for s in spans}
+    assert len(trace_ids) == 1, trace_ids
+    [producer] = [s for s in spans if s["name"] == PUBLISH]
+    consumers = {s["resource"]["service.instance.id"]: s for s in spans if s["name"] == PROCESS}
+    assert producer["resource"]["service.instance.id"] == "a"
+    assert sorted(consumers) == ["a", "b"]  # the event crossed Redis to the other pod
+    for pod, consumer in consumers.items():
+        assert consumer["parentSpanId"] == producer["spanId"], pod
+        assert consumer["attrs"]["messaging.client.id"] == pod
+    assert {s["resource"]["service.name"] for s in spans} == {"relay"}
+
+    # The same trace, fetched by its id, holds exactly these spans.
+    [trace_id] = trace_ids
+    by_id = flat_spans(jaeger.get(f"/api/v3/traces/{trace_id}"))
+    assert sorted((s["name"], s["resource"]["service.instance.id"]) for s in by_id) == [
+        (PROCESS, "a"),
+        (PROCESS, "b"),
+        (PUBLISH, "a"),
+    ], json.dumps(by_id)[:2000]
