@@ -13,6 +13,11 @@ RelayFactory = Callable[..., RelayProcess]
 RedisFactory = Callable[..., RedisProcess]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slowest, most environment-dependent tier last: e2e (a stable sort keeps order)."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+
+
 @pytest.fixture
 def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
     started: list[RedisProcess] = []
