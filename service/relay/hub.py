@@ -18,18 +18,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from relay import protocol, tracing
-from relay.broker import Broker, Delivery, History
+from relay.broker import Broker, BrokerUnavailable, Delivery, History
 from relay.metrics import Metrics
 from relay.protocol import Position
 from relay.rooms import RoomPolicies, RoomPolicy
 from relay.sequence import RoomSequence
 
 log = logging.getLogger("relay.hub")
+
+T = TypeVar("T")
 
 
 class Member(Protocol):
@@ -104,11 +106,19 @@ class Hub:
             return
         buffered: list[Delivery] = []
         entry.catching_up[member] = buffered
+        sequence = entry.sequence
         try:
-            result, missed = await self._recover(room, policy, since)
-            await entry.sequence.catch_up(result.offset or 0, result.epoch or "")
-        finally:
+            for _ in range(2):
+                result, missed = await self._recover(room, policy, since)
+                await _shared(sequence.catch_up(result.offset or 0, result.epoch or ""))
+                if sequence.epoch == result.epoch:
+                    break
+                # The room's history was replaced while we read it: read it again.
+        except BaseException:
             del entry.catching_up[member]
+            self.leave(member, room)  # not a member: an emptied room is released as usual
+            raise
+        del entry.catching_up[member]
         announce(result)
         if missed:
             with tracing.replaying(room, missed, reason="resume"):
@@ -116,7 +126,7 @@ class Hub:
                     member.push(delivery.payload)
         top = result.offset or 0
         for delivery in buffered:
-            if delivery.epoch != result.epoch or (delivery.offset or 0) > top:
+            if delivery.epoch == result.epoch and (delivery.offset or 0) > top:
                 member.push(delivery.payload)
         entry.members.add(member)
         if entry.unsubscribe_timer is not None:  # a leave elsewhere emptied it meanwhile
@@ -208,12 +218,12 @@ class Hub:
         entry = self._rooms.get(room)
         if entry is not None:
             if not entry.subscribed.done():
-                await asyncio.shield(entry.subscribed)
+                await _shared(asyncio.shield(entry.subscribed))
             return entry
         # Wait out an UNSUBSCRIBE still in flight, so it cannot land after our SUBSCRIBE.
         pending = self._unsubscribing.get(room)
         if pending is not None:
-            await asyncio.shield(pending)
+            await _shared(asyncio.shield(pending))
             return await self._subscribed(room, policy)
         entry = _Room(asyncio.get_running_loop().create_future())
         self._rooms[room] = entry
@@ -275,3 +285,19 @@ class Hub:
     def _forget_unsubscribe(self, room: str, task: asyncio.Task[None]) -> None:
         if self._unsubscribing.get(room) is task:
             del self._unsubscribing[room]
+
+
+async def _shared(awaitable: Awaitable[T]) -> T:
+    """Await work shared with other joiners; its cancellation is not ours.
+
+    When the task that owns a shared subscription or history read is cancelled (its
+    client left, the server stops), the others waiting on it get BrokerUnavailable, a
+    refusal their session reports, instead of a CancelledError that would end them.
+    """
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise BrokerUnavailable("the room's subscription was abandoned; retry") from None

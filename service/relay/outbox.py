@@ -6,10 +6,11 @@ lone message goes out as a frame shared with every other socket that got the sam
 event; several pending messages are joined with `\\n` into one frame (the protocol's
 batching), which saves a syscall per message at high rates.
 
-Bound and overflow policy: an outbox holds at most `limit` messages. They pile up only
-while the transport is paused (its buffer is over the high-water mark because the
-client is not reading). Past the limit the connection is a slow consumer: its queue is
-dropped, it gets `reconnect` (slow_consumer) and close 4008, and nobody else waits.
+Bound and overflow policy: while the transport is paused (its buffer is over the
+high-water mark because the client is not reading), an outbox holds at most `limit`
+messages. Past the limit the connection is a slow consumer: its queue is dropped, it
+gets `reconnect` (slow_consumer) and close 4008, and nobody else waits. Unpaused, what
+one loop turn pushes (bounded by the room histories a replay reads) is written at once.
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ class Outbox:
         if self.closed:
             return
         pending = self._pending
-        if len(pending) >= self._limit:
+        # Only a paused socket (its client is not reading) makes messages wait; a burst
+        # pushed within one loop turn (a resume replay, a healed gap) is written at the
+        # next flush, however long, and must not count as a slow consumer.
+        if len(pending) >= self._limit and self._socket.paused:
             self._on_overflow()
             return
         pending.append(payload)

@@ -186,6 +186,8 @@ class ReliableClient:
                 log.debug("connection to %s refused: HTTP %d", url, status)
             except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
                 log.debug("connection to %s ended: %r", url, exc)
+            except Exception:
+                log.exception("connection to %s failed; reconnecting", url)
             finally:
                 self._ws = None
                 self._connected.clear()
@@ -205,8 +207,13 @@ class ReliableClient:
         self.stats.connects += 1
         # 1. Resume every room from the last event seen, 2. re-send what is not acked;
         #    the server answers joins first (in order), so replays precede new events.
-        for room in list(self._rooms):
-            await self._send_join(ws, room)
+        # Rooms joined while these joins are sent are picked up by the next round; once a
+        # round sends nothing new, `_ws` is set with no await in between.
+        joined: set[str] = set()
+        while new := [room for room in self._rooms if room not in joined]:
+            for room in new:
+                await self._send_join(ws, room)
+                joined.add(room)
         self.stats.resent += len(self._unacked)
         self._unsent = deque(self._unacked)
         self._ws = ws
@@ -234,7 +241,7 @@ class ReliableClient:
         """Handle one server message; True when this connection should be given up."""
         op = message.get("op")
         if op == "event":
-            self._on_event(message)
+            await self._on_event(message)
         elif op == "joined":
             await self._on_joined(message)
         elif op == "ack":
@@ -245,7 +252,7 @@ class ReliableClient:
             return True
         return False
 
-    def _on_event(self, event: dict[str, Any]) -> None:
+    async def _on_event(self, event: dict[str, Any]) -> None:
         position = self._rooms.get(event["room"])
         offset = event.get("offset")
         if position is not None and offset is not None:
@@ -256,7 +263,7 @@ class ReliableClient:
                 if offset > position.offset + 1:
                     self.stats.gaps += 1
             position.offset = offset
-        self._inbox.put_nowait(event)
+        await self._inbox.put(event)  # full inbox: stop reading (back-pressure)
 
     async def _on_joined(self, joined: dict[str, Any]) -> None:
         position = self._rooms.get(joined["room"])
@@ -268,7 +275,7 @@ class ReliableClient:
             position.epoch, position.offset = joined.get("epoch"), joined.get("offset")
         if joined.get("recovered") is False:
             self.stats.not_recovered += 1
-            self._inbox.put_nowait(joined)
+            await self._inbox.put(joined)
 
     async def _on_error(self, ws: ClientConnection, error: dict[str, Any]) -> None:
         code, msg_id, ref = error.get("code"), error.get("id"), error.get("ref")

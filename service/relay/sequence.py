@@ -49,17 +49,24 @@ class RoomSequence:
         self._resync = resync
         self._pending: list[Delivery] = []
         self._filling: asyncio.Task[None] | None = None
+        self._refill = False
+        """Set when something may be missing that the running read started too early to
+        see (a dropped arrival, a heal request): one more read follows it."""
 
     def accept(self, delivery: Delivery) -> None:
         """One event from the live feed (called by the broker's reader, must not block)."""
+        if delivery.offset is None or delivery.epoch is None:
+            return  # not a durable event (a pod with other room policies sent it)
         if self._filling is not None:
             if len(self._pending) < PENDING_LIMIT:
                 self._pending.append(delivery)
-            return  # past the limit: the next history read picks it up
-        offset = delivery.offset or 0
+            else:
+                self._refill = True  # dropped here; the next history read brings it
+            return
+        offset = delivery.offset
         if delivery.epoch != self.epoch:
             log.info("room %s: epoch %s -> %s", self.room, self.epoch, delivery.epoch)
-            self.epoch, self.last = delivery.epoch or "", 0
+            self.epoch, self.last = delivery.epoch, 0
             self._resync(0, self.epoch)
         if offset <= self.last:
             return
@@ -77,21 +84,21 @@ class RoomSequence:
         """Read what is missing from history (once at a time) and deliver it in order."""
         if self._filling is None:
             self._filling = asyncio.create_task(self._fill(), name=f"fill {self.room}")
+        else:
+            self._refill = True
         return self._filling
 
     async def catch_up(self, offset: int, epoch: str) -> None:
         """Return once everything up to `offset` of `epoch` has been delivered here.
 
-        `offset` and `epoch` come from a fresh read of the room's history; if the epoch
-        differs from this server's feed, that history is adopted at once (see below).
+        `offset` and `epoch` come from the caller's read of the room's history; if the
+        epoch differs from this server's feed, a read of its own settles which is current.
         """
         for _ in range(10):  # each read reaches the top it saw; more rounds are a guard
             if self._filling is None and self.epoch != epoch:
-                # The caller's fresh read of Redis shows a history this server's feed has
-                # not seen yet (the room was lost meanwhile): adopt it now, so members
-                # re-sync once, instead of again when the next live event shows it.
-                self.epoch, self.last = epoch, offset
-                self._resync(offset, epoch)
+                # The caller saw another history than this server's feed: one read of our
+                # own decides which is current (it adopts a newer one, members re-sync).
+                await asyncio.shield(self.fill())
                 return
             if self._filling is None and self.last >= offset:
                 return
@@ -113,9 +120,17 @@ class RoomSequence:
                 self._replay(history)
         finally:
             self._filling = None
-        pending, self._pending = sorted(self._pending, key=lambda d: d.offset or 0), []
+        # Arrivals of another epoch than the one now current are stale; the rest go in
+        # offset order through the normal path (which may start another read).
+        pending = sorted((d for d in self._pending if d.epoch == self.epoch), key=_offset)
+        if len(pending) < len(self._pending):
+            self._refill = True  # another epoch showed up meanwhile: read which is current
+        self._pending = []
         for delivery in pending:
             self.accept(delivery)
+        if self._refill and self._filling is None:
+            self._refill = False
+            self.fill()
 
     async def _read(self) -> History:
         while True:
@@ -147,3 +162,7 @@ class RoomSequence:
                 if delivery.offset == self.last + 1:
                     self.last += 1
                     self._emit(delivery)
+
+
+def _offset(delivery: Delivery) -> int:
+    return delivery.offset or 0

@@ -99,6 +99,8 @@ class Session:
                     )
                     continue
                 for line in protocol.split_frame(text):
+                    if self.outbox.closed:
+                        break  # dropped (slow consumer, abuse): the rest goes unanswered
                     await self._handle(line)
         finally:
             self.close_code = self.outbox.close_code or self.close_code

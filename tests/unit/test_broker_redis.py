@@ -40,3 +40,29 @@ def test_adding_a_shard_moves_only_about_a_third_of_rooms() -> None:
     moved = [r for r in rooms if two.shard_for(r).url != three.shard_for(r).url]
     assert all(three.shard_for(r).url == "redis://c:1/0" for r in moved)
     assert 250 < len(moved) < 420  # ~1/3 expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'{"v":1,"room":[1],"ts":1,"node":"a"}',
+        b'{"v":1,"room":"r","ts":"x","node":"a"}',
+        b'{"v":1,"room":"r","ts":1,"node":"a","tc":"x"}',
+        b'{"v":1,"room":"r","ts":1,"node":"a","offset":"3","epoch":"e"}',
+        b'{"v":1,"room":"r","ts":1,"node":"a","offset":3}',
+    ],
+)
+def test_envelope_refuses_fields_of_the_wrong_type(header: bytes) -> None:
+    with pytest.raises(envelope.EnvelopeError):
+        envelope.unpack(header + b'\n{"op":"event"}')
+
+
+def test_a_failing_delivery_does_not_end_the_reader() -> None:
+    redis_broker = broker("redis://a:1/0")
+
+    def explode(_: Delivery) -> None:
+        raise RuntimeError("a bug downstream")
+
+    redis_broker.set_listener(explode)
+    sent = Delivery("r", b'{"op":"event"}', 1, None, None, "a")
+    redis_broker._received(envelope.pack(sent))  # logs, does not raise

@@ -194,3 +194,24 @@ async def test_a_history_lost_while_idle_is_noticed_at_the_next_join_and_resynce
     await broker.publish("r", "new", ts=0, policy=DURABLE)
     kinds = [(m["op"], m.get("epoch")) for m in present.messages()]
     assert kinds == [("event", None), ("joined", "after-loss"), ("event", None)]
+
+
+async def test_a_join_whose_history_read_fails_does_not_keep_the_room() -> None:
+    class FlakyHistory(CountingBroker):
+        fail = False
+
+        async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+            if self.fail:
+                raise BrokerUnavailable("history read failed")
+            return await super().history(room, after, policy)
+
+    broker = FlakyHistory()
+    hub = make_hub(broker, delay=0.01)
+    first = Member()
+    await join(hub, first, "r")
+    hub.leave(first, "r")
+    broker.fail = True  # the room is still subscribed (release delay) when this join fails
+    with pytest.raises(BrokerUnavailable):
+        await join(hub, Member(), "r")
+    await asyncio.wait_for(broker.unsubscribed.wait(), 2)
+    assert not hub.is_subscribed("r")

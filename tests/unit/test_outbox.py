@@ -83,3 +83,12 @@ async def test_close_drops_or_flushes_pending_then_sends_final_message() -> None
     outbox.push(b"a")
     outbox.close(b"slow", 4008, drop_pending=True)
     assert socket.sent == [b"slow"]
+
+
+async def test_a_burst_within_one_turn_is_not_a_slow_consumer() -> None:
+    outbox, socket, overflows = make(limit=3)
+    for n in range(10):  # e.g. a resume replaying more than the queue limit
+        outbox.push(b"%d" % n)
+    outbox.flush({})
+    assert overflows == []
+    assert socket.sent == [b"\n".join(b"%d" % n for n in range(10))]

@@ -125,8 +125,9 @@ class Broker(abc.ABC):
         `subject` (the publisher's authenticated identity) keys the dedupe of `msg_id`
         and goes into the event as `from`.
 
-        Raises BrokerUnavailable when the event could not be handed over; it was then
-        not stored, so the caller may report failure without risking a silent loss.
+        Raises BrokerUnavailable when the broker did not confirm the event: usually it
+        was not stored; after a timeout it may have been. Either way the publisher is told
+        (never a silent loss), and its retry with the same id is stored at most once.
         Raises relay.protocol.ProtocolError when `data` cannot be encoded.
         """
 

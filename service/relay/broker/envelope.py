@@ -56,14 +56,16 @@ def unpack(message: bytes) -> Delivery:
     if not isinstance(header, dict) or header.get("v") != VERSION:
         raise EnvelopeError(f"unsupported envelope version {header!r:.80}")
     try:
-        return Delivery(
-            room=header["room"],
-            payload=payload,
-            ts=header["ts"],
-            offset=header.get("offset"),
-            epoch=header.get("epoch"),
-            origin=header["node"],
-            trace=header.get("tc"),
-        )
+        room, ts, origin = header["room"], header["ts"], header["node"]
     except KeyError as exc:
         raise EnvelopeError(f"header lacks {exc}") from exc
+    offset, epoch, trace = header.get("offset"), header.get("epoch"), header.get("tc")
+    if not (
+        isinstance(room, str)
+        and isinstance(origin, str)
+        and isinstance(ts, int)
+        and (offset is None or (isinstance(offset, int) and isinstance(epoch, str)))
+        and (trace is None or isinstance(trace, dict))
+    ):
+        raise EnvelopeError(f"header fields of the wrong type: {header!r:.120}")
+    return Delivery(room, payload, ts, offset, epoch, origin, trace)

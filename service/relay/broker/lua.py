@@ -9,7 +9,7 @@ from typing import Final
 PUBLISH_DURABLE: Final = """
 -- KEYS: 1 meta hash, 2 stream, 3 dedupe key
 -- ARGV: 1 channel, 2 epoch if the room has none, 3 history size, 4 history TTL (s),
---       5 dedupe TTL (s, 0 = no id), 6 header head, 7 header tail, 8 event head, 9 event tail
+--       5 dedupe TTL (s), 6 header head, 7 header tail, 8 event head, 9 event tail
 local dedupe_ttl = tonumber(ARGV[5])
 if dedupe_ttl > 0 then
   local seen = redis.call('GET', KEYS[3])

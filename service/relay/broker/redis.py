@@ -41,6 +41,8 @@ from relay.rooms import RoomPolicy
 
 log = logging.getLogger("relay.broker.redis")
 
+RETRY_WINDOW_SECONDS = 30
+"""How long a publish without a client id is remembered, to absorb the client's retry."""
 SUBSCRIBE_CHUNK = 500
 """Channels per SUBSCRIBE command when resubscribing after a reconnect."""
 
@@ -179,6 +181,8 @@ class RedisShard:
                     type(exc).__name__,
                     exc,
                 )
+            except Exception:
+                log.exception("Pub/Sub session on %s failed; reconnecting", self.url)
             self._ready = False
             self._on_reconnect()
             await asyncio.sleep(backoff.next_delay())
@@ -378,7 +382,7 @@ class RedisBroker(Broker):
         event_head, event_tail = protocol.event_parts(room, data, ts, subject)
         header_head, header_tail = envelope.header_parts(self._node_id, room, ts, trace)
         meta, log_key = room_keys(room)
-        dedupe = dedupe_key(room, subject, msg_id) if msg_id is not None else f"{meta}:noid"
+        dedupe, window = self._dedupe(room, subject, msg_id)
         duplicate, offset, epoch = await shard.publish_durable(
             keys=[meta, log_key, dedupe],
             args=[
@@ -386,7 +390,7 @@ class RedisBroker(Broker):
                 secrets.token_hex(4),
                 policy.history_size,
                 policy.history_ttl_seconds,
-                self._dedupe_seconds if msg_id is not None else 0,
+                window,
                 header_head,
                 header_tail,
                 event_head,
@@ -407,14 +411,22 @@ class RedisBroker(Broker):
     ) -> PublishResult:
         payload = protocol.event(room, None, data, ts, subject)
         message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
-        if msg_id is None:
-            await shard.commands.publish(room_channel(room), message)
-            return PublishResult(None, None)
+        dedupe, window = self._dedupe(room, subject, msg_id)
         duplicate = await shard.publish_volatile_once(
-            keys=[dedupe_key(room, subject, msg_id)],
-            args=[room_channel(room), message, self._dedupe_seconds],
+            keys=[dedupe], args=[room_channel(room), message, window]
         )
         return PublishResult(None, None, duplicate=bool(duplicate))
+
+    def _dedupe(self, room: str, subject: str | None, msg_id: str | None) -> tuple[str, int]:
+        """The key and window that make a publish run once.
+
+        With the client's id: the dedupe window. Without one, a key of our own for a
+        short window: the command client retries once on a timeout or dropped
+        connection, and a script that ran but whose reply was lost must not run twice.
+        """
+        if msg_id is not None:
+            return dedupe_key(room, subject, msg_id), self._dedupe_seconds
+        return f"room:{{{room}}}:retry:{secrets.token_hex(8)}", RETRY_WINDOW_SECONDS
 
     async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
         shard = self.shard_for(room)
@@ -463,7 +475,11 @@ class RedisBroker(Broker):
         except envelope.EnvelopeError as exc:
             log.warning("dropped a message that is not an envelope: %s", exc)
             return
-        self._deliver(delivery)
+        try:
+            self._deliver(delivery)
+        except Exception:
+            # One bad message must not end the reader: that would leave this shard deaf.
+            log.exception("delivery of an event of room %r failed", delivery.room)
 
 
 def _text(value: bytes | str) -> str:
