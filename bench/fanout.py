@@ -2,9 +2,13 @@
 
 Prints delivered messages/s, publish-to-delivery latency percentiles and server CPU
 per delivered message (user + system time of both relay processes, so the kernel's
-send work is counted). Not a test: it asserts nothing, it measures. Run it with
-`make bench` or `python bench/fanout.py --help`; compare figures as ratios within one
-run, since these machines are shared and noisy.
+send work is counted; Redis's CPU is printed apart). Not a test: it asserts nothing, it
+measures. Run it with `make bench` or `python bench/fanout.py --help`; compare figures
+as ratios within one run, since these machines are shared and noisy.
+
+`--compare-floor` first runs the same load against bench/floor.py (one process, no
+broker, each event framed once and written to every member) and prints the relay's CPU
+per delivery as a multiple of that floor.
 """
 
 from __future__ import annotations
@@ -12,24 +16,77 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support.processes import RedisProcess, RelayProcess
+from support.processes import LOOPBACK, RedisProcess, RelayProcess, free_port, wait_until
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+FLOOR = Path(__file__).resolve().parent / "floor.py"
 
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime (all threads)
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of a process (sched_setaffinity acts on one thread id)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+@dataclass
+class Server:
+    url: str
+    pid: int
+
+
+class FloorProcess:
+    """bench/floor.py on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://{LOOPBACK}:{self.port}/ws"
+
+    def start(self) -> FloorProcess:
+        self.proc = subprocess.Popen([sys.executable, str(FLOOR), "--port", str(self.port)])
+
+        def listening() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bench/floor.py exited {self.proc.returncode}")
+            try:
+                socket.create_connection((LOOPBACK, self.port), timeout=0.2).close()
+            except OSError:
+                return False
+            return True
+
+        wait_until(listening, 10, f"bench/floor.py on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 class Subscriber:
@@ -71,13 +128,18 @@ async def publish(url: str, room: str, per_second: float, seconds: float) -> int
     return sent
 
 
-async def measure(args: argparse.Namespace, pods: list[RelayProcess]) -> dict[str, float]:
+async def measure(
+    args: argparse.Namespace, pods: list[Server], others: tuple[int, ...] = ()
+) -> dict[str, float]:
+    """Subscribers and publishers spread over `pods`, whose CPU is summed; the CPU of
+    `others` (Redis) is reported apart."""
     subscribers: list[Subscriber] = []
     sockets: list[ClientConnection] = []
     readers = []
+    n = len(pods)
     for r in range(args.rooms):
         for s in range(args.subs):
-            ws = await join(pods[s % 2].url, f"bench:{r}")
+            ws = await join(pods[s % n].url, f"bench:{r}")
             sub = Subscriber()
             subscribers.append(sub)
             sockets.append(ws)
@@ -86,12 +148,13 @@ async def measure(args: argparse.Namespace, pods: list[RelayProcess]) -> dict[st
     # handled in order, one broker round trip each, so spread them over several.
     per_publisher = args.rate / (args.rooms * args.subs * args.publishers)
     await asyncio.sleep(0.5)
-    cpu_before = [cpu_seconds(p.proc.pid) for p in pods if p.proc]
+    cpu_before = [cpu_seconds(p.pid) for p in pods]
+    others_before = [cpu_seconds(pid) for pid in others]
     start = time.perf_counter()
     sent = sum(
         await asyncio.gather(
             *(
-                publish(pods[(r + p) % 2].url, f"bench:{r}", per_publisher, args.seconds)
+                publish(pods[(r + p) % n].url, f"bench:{r}", per_publisher, args.seconds)
                 for r in range(args.rooms)
                 for p in range(args.publishers)
             )
@@ -99,7 +162,8 @@ async def measure(args: argparse.Namespace, pods: list[RelayProcess]) -> dict[st
     )
     await asyncio.sleep(1.0)  # let the last events arrive
     elapsed = time.perf_counter() - start
-    cpu = sum(cpu_seconds(p.proc.pid) for p in pods if p.proc) - sum(cpu_before)
+    cpu = sum(cpu_seconds(p.pid) for p in pods) - sum(cpu_before)
+    cpu_others = sum(cpu_seconds(pid) for pid in others) - sum(others_before)
     for task in readers:
         task.cancel()
     for ws in sockets:
@@ -114,6 +178,8 @@ async def measure(args: argparse.Namespace, pods: list[RelayProcess]) -> dict[st
         "p99 ms": q[98] / 1e6,
         "CPU us/delivery": cpu / delivered * 1e6 if delivered else float("nan"),
     }
+    if others:
+        result["Redis us/delivery"] = cpu_others / delivered * 1e6 if delivered else float("nan")
     print(f"published {sent}, delivered {delivered} of {sent * args.subs} expected")
     for name, value in result.items():
         print(f"  {name:18} {value:10.2f}")
@@ -135,21 +201,64 @@ def main() -> None:
         default="both",
         help="room policy; both runs volatile then durable and prints their ratios",
     )
-    args = parser.parse_args()
-    print(
-        f"rooms={args.rooms} subs/room={args.subs} "
-        f"target={args.rate:.0f} deliveries/s, {args.seconds}s per policy"
+    parser.add_argument(
+        "--compare-floor",
+        action="store_true",
+        help="first run the same load against bench/floor.py (1 process, no broker) and "
+        "print relay / floor CPU per delivery",
     )
+    parser.add_argument(
+        "--pin",
+        choices=["none", "split"],
+        default="none",
+        help="split: this load generator on CPU 0, every server process (floor, or both "
+        "relay pods and Redis) on CPU 1; none: leave placement to the scheduler",
+    )
+    args = parser.parse_args()
+    if args.pin == "split":
+        if len(os.sched_getaffinity(0)) < 2:
+            parser.error("--pin split needs 2 CPUs")
+        os.sched_setaffinity(0, {0})
+    print(
+        f"rooms={args.rooms} subs/room={args.subs} publishers/room={args.publishers} "
+        f"target={args.rate:.0f} deliveries/s, {args.seconds}s per server, pin={args.pin}"
+    )
+    results: dict[str, dict[str, float]] = {}
+    if args.compare_floor:
+        results["floor"] = run_floor(args)
     policies = ["volatile", "durable"] if args.policy == "both" else [args.policy]
-    results = {policy: run(args, policy) for policy in policies}
-    if len(results) == 2:
+    for policy in policies:
+        results[policy] = run(args, policy)
+    if "volatile" in results and "durable" in results:
         print("durable / volatile (one run, same load):")
         for name, value in results["durable"].items():
             print(f"  {name:18} {value / results['volatile'][name]:10.2f}x")
+    if "floor" in results:
+        floor = results["floor"]["CPU us/delivery"]
+        print("relay / floor, CPU per delivery (relay: both pods summed, Redis apart):")
+        for policy in policies:
+            relay = results[policy]["CPU us/delivery"]
+            with_redis = relay + results[policy]["Redis us/delivery"]
+            print(
+                f"  {policy:9} {relay:7.1f} / {floor:5.1f} us = {relay / floor:5.2f}x"
+                f"   (with Redis {with_redis / floor:5.2f}x)"
+            )
+
+
+def run_floor(args: argparse.Namespace) -> dict[str, float]:
+    print("-- floor (bench/floor.py, 1 process)")
+    floor = FloorProcess().start()
+    try:
+        assert floor.proc is not None
+        if args.pin == "split":
+            pin(floor.proc.pid, {1})
+        return asyncio.run(measure(args, [Server(floor.url, floor.proc.pid)]))
+    finally:
+        floor.stop()
 
 
 def run(args: argparse.Namespace, policy: str) -> dict[str, float]:
-    print(f"-- {policy} rooms")
+    print(f"-- {policy} rooms (2 relay pods, 1 Redis)")
     env = {
         "RELAY_ROOMS": f'[{{"match": "*", "policy": "{policy}"}}]',
         "RELAY_AUTH": "none",
@@ -163,7 +272,15 @@ def run(args: argparse.Namespace, policy: str) -> dict[str, float]:
             RelayProcess(Path(tmp), {**env, "RELAY_REDIS_URLS": redis.url}, n).start() for n in "ab"
         ]
         try:
-            return asyncio.run(measure(args, pods))
+            assert redis.proc is not None
+            servers = []
+            for pod in pods:
+                assert pod.proc is not None
+                servers.append(Server(pod.url, pod.proc.pid))
+            if args.pin == "split":
+                for pid in [redis.proc.pid, *(s.pid for s in servers)]:
+                    pin(pid, {1})
+            return asyncio.run(measure(args, servers, (redis.proc.pid,)))
         finally:
             for pod in pods:
                 pod.stop()
