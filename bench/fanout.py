@@ -29,7 +29,14 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support.processes import LOOPBACK, RedisProcess, RelayProcess, free_port, wait_until
+from support.processes import (
+    LOOPBACK,
+    RedisProcess,
+    RelayProcess,
+    free_port,
+    stop_process,
+    wait_until,
+)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FLOOR = Path(__file__).resolve().parent / "floor.py"
@@ -80,13 +87,7 @@ class FloorProcess:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 class Subscriber:

@@ -13,13 +13,16 @@ from support.processes import RedisProcess
 pytestmark = pytest.mark.integration
 
 
-async def wait_total(urls: list[str], expected: int) -> None:
+async def settled_total(urls: list[str], expected: int) -> int | None:
+    """The operator's reading, polled (bounded: 100 x 0.1 s) until it shows `expected`."""
     source = RedisLoadSource()
-    for _ in range(100):  # bounded: 100 x 0.1 s
-        if await asyncio.to_thread(source.total_connections, urls) == expected:
-            return
+    total = None
+    for _ in range(100):
+        total = await asyncio.to_thread(source.total_connections, urls)
+        if total == expected:
+            break
         await asyncio.sleep(0.1)
-    raise AssertionError(f"load reports never summed to {expected}")
+    return total
 
 
 async def test_operator_reads_the_connections_every_pod_reports(
@@ -31,6 +34,6 @@ async def test_operator_reads_the_connections_every_pod_reports(
     pod_a = relay_factory("a", redis_urls=urls, env=fast)
     pod_b = relay_factory("b", redis_urls=urls, env=fast)
     async with RelayClient(pod_a.url), RelayClient(pod_a.url), RelayClient(pod_b.url) as last:
-        await wait_total(urls, 3)
+        assert await settled_total(urls, 3) == 3
         await last.close()
-        await wait_total(urls, 2)
+        assert await settled_total(urls, 2) == 2

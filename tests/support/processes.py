@@ -40,6 +40,18 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL: every process a test or bench started."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.2):
         return True
@@ -88,12 +100,7 @@ class RedisProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc)
 
     def restart(self) -> RedisProcess:
         self.kill()
@@ -179,12 +186,7 @@ class RelayProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        self.terminate()
-        if self.proc is not None:
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc, timeout=15)  # the drain window of the test settings fits
 
 
 @contextlib.contextmanager
