@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from gamecluster import names
 from gamecluster.children import REDIS_PORT, Manifest, Owner
+from gamecluster.manifests.security import container_security_context, pod_security_context
 from gamecluster.spec import GameClusterSpec
 
 REDIS_UID: Final = 999
@@ -69,26 +70,13 @@ def statefulset(spec: GameClusterSpec, owner: Owner) -> Manifest:
             "periodSeconds": 10,
         },
         "resources": redis.resources.model_dump(),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": REDIS_UID,
-            "runAsGroup": REDIS_UID,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security_context(REDIS_UID),
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
     }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": REDIS_UID,
-            "runAsGroup": REDIS_UID,
-            "fsGroup": REDIS_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(REDIS_UID),
         "containers": [container],
     }
     sts_spec: dict[str, Any] = {

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from gamecluster import names
 from gamecluster.children import Manifest, Owner
+from gamecluster.manifests.security import container_security_context, pod_security_context
 from gamecluster.spec import JWT_PUBLIC_KEY_KEY, JWT_SECRET_KEY, GameClusterSpec
 from relay import contract
 
@@ -131,14 +132,7 @@ def deployment(
         },
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}},
         "resources": spec.resources.model_dump(),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": RELAY_UID,
-            "runAsGroup": RELAY_UID,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security_context(RELAY_UID),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     template = {
@@ -152,13 +146,7 @@ def deployment(
             "terminationGracePeriodSeconds": PRE_STOP_SECONDS
             + spec.drain_seconds
             + GRACE_MARGIN_SECONDS,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": RELAY_UID,
-                "runAsGroup": RELAY_UID,
-                "fsGroup": RELAY_UID,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": pod_security_context(RELAY_UID),
             "containers": [container],
             "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}],
         },
