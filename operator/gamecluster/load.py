@@ -1,6 +1,6 @@
 """Where the connection count comes from: the relay pods' load reports in Redis.
 
-Each relay pod writes its live connection count to ``LOAD_REPORT_KEY_PREFIX + node id`` with
+Each relay pod writes its live connection count to ``load_report_key(node id)`` with
 a TTL of ``LOAD_REPORT_TTL_SECONDS``, so a pod that died stops counting within that time. The
 reader scans every shard (a pod may report to any of them) and keeps one count per node id.
 
@@ -48,7 +48,7 @@ class RedisLoadSource:
             url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
         )
         try:
-            keys = list(client.scan_iter(match=f"{contract.LOAD_REPORT_KEY_PREFIX}*", count=500))
+            keys = list(client.scan_iter(match=contract.LOAD_REPORT_KEY_PATTERN, count=500))
             if not keys:
                 return {}
             values = client.mget(keys)

@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 
 from relay import auth, contract, tracing
 from relay.client import RelayClient, RelayError
-from relay.config import MIN_SECRET_BYTES, ConfigError, load_settings
+from relay.config import ConfigError, TokenSettings, load, load_settings
 
 DEFAULT_URL = f"ws://127.0.0.1:{contract.HTTP_PORT}{contract.WS_PATH}"
 
@@ -98,16 +98,13 @@ def _serve(host: str | None, port: int | None) -> int:
 
 def _token(subject: str, join: list[str], publish: list[str], ttl: str) -> int:
     """Mint with the first secret of RELAY_JWT_SECRET, the one relays verify first."""
-    secrets = [s.strip() for s in os.environ.get(contract.ENV_JWT_SECRET, "").split(",")]
-    if not secrets[0]:
-        print(f"relay token: {contract.ENV_JWT_SECRET} is not set", file=sys.stderr)
+    try:
+        settings = load(TokenSettings)  # the relay's own parsing: what it refuses, we refuse
+    except ConfigError as exc:
+        print(f"relay token: {exc}", file=sys.stderr)
         return 2
-    if len(secrets[0].encode()) < MIN_SECRET_BYTES:
-        print(
-            f"relay token: {contract.ENV_JWT_SECRET}: the first secret is shorter than "
-            f"{MIN_SECRET_BYTES} bytes; relays refuse it",
-            file=sys.stderr,
-        )
+    if not settings.jwt_secret:
+        print(f"relay token: {contract.ENV_JWT_SECRET} is not set", file=sys.stderr)
         return 2
     try:
         seconds = auth.parse_duration(ttl)
@@ -116,13 +113,13 @@ def _token(subject: str, join: list[str], publish: list[str], ttl: str) -> int:
         return 2
     print(
         auth.mint(
-            secrets[0],
+            settings.jwt_secret[0].get_secret_value(),
             subject=subject,
             join=join,
             publish=publish,
             ttl=seconds,
-            audience=os.environ.get(contract.ENV_JWT_AUDIENCE) or None,
-            issuer=os.environ.get(contract.ENV_JWT_ISSUER) or None,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
         )
     )
     return 0

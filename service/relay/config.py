@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.rooms import RoomPolicy
@@ -32,6 +40,37 @@ class ConfigError(Exception):
     """A setting has a value the relay cannot run with; the message names it."""
 
 
+def _comma_list(value: object) -> object:
+    """`a, b,,c` -> ("a", "b", "c"): how every list setting is written in the environment."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _empty_is_unset(value: object) -> object:
+    """An empty or blank variable means unset (a Helm value rendered as "")."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _check_secrets(secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+    for n, secret in enumerate(secrets, 1):
+        if len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"secret #{n} is shorter than {MIN_SECRET_BYTES} bytes")
+    return secrets
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
+"""A list setting: comma-separated in the environment, blanks dropped."""
+JwtSecrets = Annotated[
+    tuple[SecretStr, ...],
+    NoDecode,
+    BeforeValidator(_comma_list),
+    AfterValidator(_check_secrets),
+]
+"""HS256 secrets, comma-separated, each 32+ bytes (RELAY_JWT_SECRET)."""
+OptionalText = Annotated[str | None, BeforeValidator(_empty_is_unset)]
+
+
 class Settings(BaseSettings):
     """Everything the relay reads from its environment."""
 
@@ -41,7 +80,7 @@ class Settings(BaseSettings):
     """Address to listen on."""
     port: int = Field(8080, ge=1, le=65535)
     """Port for WebSocket and HTTP (/healthz, /readyz, /metrics)."""
-    redis_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    redis_urls: CommaList = ()
     """Comma-separated Redis URLs (one per shard). Empty: embedded single-node broker."""
     node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     """Name of this relay server, sent in `welcome` and on every envelope."""
@@ -80,29 +119,22 @@ class Settings(BaseSettings):
     (the report expires after relay.contract.LOAD_REPORT_TTL_SECONDS)."""
     dedupe_seconds: int = Field(300, ge=1, le=86_400)
     """How long a publish `id` is remembered, so a retry is acked without storing twice."""
-    auth: Literal["none", "jwt"] | None = None
+    auth: Annotated[Literal["none", "jwt"] | None, BeforeValidator(_empty_is_unset)] = None
     """`jwt`: every connection needs a token (docs/security.md); `none`: an open relay.
     Unset: `none` for the embedded broker (a laptop), a start error with Redis configured."""
-    jwt_secret: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    jwt_secret: JwtSecrets = ()
     """HS256 secrets, comma-separated, 32+ bytes each: all verify, the first signs
     (`relay token`); two are listed while a secret is rotated."""
-    jwt_public_key: str | None = None
+    jwt_public_key: OptionalText = None
     """PEM public key(s) verifying RS256 (RSA 2048+) or ES256 (EC P-256) tokens; several
     concatenated PEM blocks while a key pair is rotated."""
-    jwt_audience: str | None = None
+    jwt_audience: OptionalText = None
     """When set, tokens must carry this `aud`; when unset, tokens with an `aud` are refused."""
-    jwt_issuer: str | None = None
+    jwt_issuer: OptionalText = None
     """When set, tokens must carry this `iss`."""
-    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    allowed_origins: CommaList = ()
     """Comma-separated browser origins (`https://game.example`) allowed to connect; others
     get HTTP 403. Empty: any origin. Requests without an Origin header (not browsers) pass."""
-
-    @field_validator("redis_urls", mode="before")
-    @classmethod
-    def _split_urls(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(url.strip() for url in value.split(",") if url.strip())
-        return value
 
     @field_validator("redis_urls")
     @classmethod
@@ -114,26 +146,6 @@ class Settings(BaseSettings):
             raise ValueError("the same URL is listed twice")
         return urls
 
-    @field_validator("auth", "jwt_public_key", "jwt_audience", "jwt_issuer", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("jwt_secret", mode="before")
-    @classmethod
-    def _split_secrets(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("jwt_secret")
-    @classmethod
-    def _check_secrets(cls, secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
-        for n, secret in enumerate(secrets, 1):
-            if len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
-                raise ValueError(f"secret #{n} is shorter than {MIN_SECRET_BYTES} bytes")
-        return secrets
-
     @field_validator("jwt_public_key")
     @classmethod
     def _check_public_key(cls, pem: str | None) -> str | None:
@@ -141,16 +153,10 @@ class Settings(BaseSettings):
             load_public_keys(pem)
         return pem
 
-    @field_validator("allowed_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(o.strip().rstrip("/").lower() for o in value.split(",") if o.strip())
-        return value
-
     @field_validator("allowed_origins")
     @classmethod
     def _check_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        origins = tuple(origin.rstrip("/").lower() for origin in origins)
         for origin in origins:
             if not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise ValueError(f"{origin!r} is not an origin like https://game.example")
@@ -170,6 +176,20 @@ class Settings(BaseSettings):
                 "RELAY_JWT_PUBLIC_KEY (RS256/ES256, PEM) to verify tokens with"
             )
         return self
+
+
+class TokenSettings(BaseSettings):
+    """What `relay token` reads: the signing secrets and the claims relays check, parsed by
+    the same types as `Settings` (a secret relays would refuse is refused here too)."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", frozen=True)
+
+    jwt_secret: JwtSecrets = ()
+    """As `Settings.jwt_secret`; tokens are signed with the first."""
+    jwt_audience: OptionalText = None
+    """As `Settings.jwt_audience`: written into the token's `aud`."""
+    jwt_issuer: OptionalText = None
+    """As `Settings.jwt_issuer`: written into the token's `iss`."""
 
 
 def load_public_keys(pem: str) -> tuple[PublicKey, ...]:
@@ -200,10 +220,18 @@ def load_public_keys(pem: str) -> tuple[PublicKey, ...]:
     return tuple(keys)
 
 
+AnySettings = TypeVar("AnySettings", bound=BaseSettings)
+
+
 def load_settings() -> Settings:
-    """Read the settings from the environment, or raise ConfigError with one clear line."""
+    """Read the relay's settings from the environment, or raise ConfigError with one clear line."""
+    return load(Settings)
+
+
+def load(kind: type[AnySettings]) -> AnySettings:
+    """Read `kind` from the environment, or raise ConfigError with one clear line."""
     try:
-        return Settings()
+        return kind()
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

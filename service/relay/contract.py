@@ -1,7 +1,7 @@
 """Names the relay shares with whoever deploys it (the operator, the chart, tests).
 
 This is the one relay module the operator may import: environment variable names,
-the port, the HTTP paths and the Redis key of the load report. Keeping them here
+the port, the HTTP paths and the Redis keys of the load report. Keeping them here
 means the operator cannot drift from what the relay actually reads.
 """
 
@@ -29,6 +29,11 @@ ENV_PUBLISH_BURST: Final = "RELAY_PUBLISH_BURST"
 ENV_MAX_CONNECTIONS: Final = "RELAY_MAX_CONNECTIONS"
 ENV_SEND_QUEUE: Final = "RELAY_SEND_QUEUE"
 ENV_DRAIN_SECONDS: Final = "RELAY_DRAIN_SECONDS"
+ENV_HEARTBEAT_SECONDS: Final = "RELAY_HEARTBEAT_SECONDS"
+ENV_UNSUBSCRIBE_DELAY: Final = "RELAY_UNSUBSCRIBE_DELAY"
+ENV_PROBE_INTERVAL: Final = "RELAY_PROBE_INTERVAL"
+ENV_PROBE_TIMEOUT: Final = "RELAY_PROBE_TIMEOUT"
+ENV_REDIS_TIMEOUT: Final = "RELAY_REDIS_TIMEOUT"
 ENV_ROOMS: Final = "RELAY_ROOMS"
 ENV_DEDUPE_SECONDS: Final = "RELAY_DEDUPE_SECONDS"
 ENV_LOAD_REPORT_SECONDS: Final = "RELAY_LOAD_REPORT_SECONDS"
@@ -42,4 +47,11 @@ ENV_ALLOWED_ORIGINS: Final = "RELAY_ALLOWED_ORIGINS"
 # Load report: each relay pod writes its live connection count to this key (one per
 # node id) with a short TTL, so a reader (the operator's autoscaler) sums the fresh ones.
 LOAD_REPORT_KEY_PREFIX: Final = "gamecluster:load:"
+LOAD_REPORT_KEY_PATTERN: Final = LOAD_REPORT_KEY_PREFIX + "*"
+"""Matches every pod's report (SCAN MATCH)."""
 LOAD_REPORT_TTL_SECONDS: Final = 15
+
+
+def load_report_key(node_id: str) -> str:
+    """The key one relay server writes its connection count to."""
+    return LOAD_REPORT_KEY_PREFIX + node_id

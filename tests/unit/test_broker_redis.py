@@ -1,7 +1,9 @@
+import logging
+
 import pytest
 
-from relay.broker import Delivery, envelope
-from relay.broker.redis import RedisBroker, room_channel
+from relay.broker import Delivery, envelope, keys
+from relay.broker.redis import RedisBroker
 
 pytestmark = pytest.mark.unit
 
@@ -29,8 +31,21 @@ def test_envelope_refuses_what_it_does_not_understand(junk: bytes) -> None:
         envelope.unpack(junk)
 
 
-def test_room_channels_are_hash_tagged() -> None:
-    assert room_channel("match:1") == b"room:{match:1}"
+def test_every_name_of_a_room_shares_its_hash_tag_and_the_channel_maps_back() -> None:
+    names = [
+        keys.channel("match:1").decode(),
+        keys.meta("match:1"),
+        keys.log("match:1"),
+        keys.dedupe("match:1", "alice", "id-1"),
+        keys.retry("match:1", "ab12"),
+    ]
+    assert all(name.startswith("room:{match:1}") for name in names), names
+    assert len(set(names)) == len(names)
+    # The subject's length keeps ("a:1", "x") and ("a", "1:x") apart.
+    assert keys.dedupe("r", "a:1", "x") != keys.dedupe("r", "a", "1:x")
+    assert keys.channel("match:1") == b"room:{match:1}"
+    assert keys.room_of(keys.channel("a}b{c")) == "a}b{c"
+    assert keys.room_of(b"relay:node:x") is None
 
 
 def test_adding_a_shard_moves_only_about_a_third_of_rooms() -> None:
@@ -57,12 +72,25 @@ def test_envelope_refuses_fields_of_the_wrong_type(header: bytes) -> None:
         envelope.unpack(header + b'\n{"op":"event"}')
 
 
-def test_a_failing_delivery_does_not_end_the_reader() -> None:
+def test_a_failing_delivery_is_logged_and_the_next_one_still_arrives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     redis_broker = broker("redis://a:1/0")
+    arrived: list[Delivery] = []
 
-    def explode(_: Delivery) -> None:
-        raise RuntimeError("a bug downstream")
+    def listener(delivery: Delivery) -> None:
+        if delivery.room == "bad":
+            raise RuntimeError("a bug downstream")
+        arrived.append(delivery)
 
-    redis_broker.set_listener(explode)
-    sent = Delivery("r", b'{"op":"event"}', 1, None, None, "a")
-    redis_broker._received(envelope.pack(sent))  # logs, does not raise
+    redis_broker.set_listener(listener)
+    bad = Delivery("bad", b'{"op":"event"}', 1, None, None, "a")
+    good = Delivery("good", b'{"op":"event"}', 2, None, None, "a")
+    # The Pub/Sub reader hands every message to _received: had it raised, the reader
+    # task would have ended and this shard gone deaf.
+    with caplog.at_level(logging.ERROR, logger="relay.broker.redis"):
+        redis_broker._received(envelope.pack(bad))
+    redis_broker._received(envelope.pack(good))
+    assert arrived == [good]
+    (record,) = caplog.records
+    assert "'bad'" in record.getMessage() and record.exc_info is not None

@@ -64,12 +64,6 @@ Listener = Callable[[Delivery], None]
 ResyncListener = Callable[[list[str]], None]
 
 
-def dedupe_key(room: str, subject: str | None, msg_id: str) -> str:
-    """Where a publish id is remembered: per subject and room (per room when auth is off)."""
-    who = subject or ""
-    return f"room:{{{room}}}:id:{len(who)}:{who}:{msg_id}"
-
-
 class Broker(abc.ABC):
     """The bus between relay servers.
 

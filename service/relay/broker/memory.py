@@ -15,7 +15,8 @@ from collections import deque
 from typing import Any
 
 from relay import protocol
-from relay.broker.base import Broker, Delivery, History, PublishResult, dedupe_key
+from relay.broker import keys
+from relay.broker.base import Broker, Delivery, History, PublishResult
 from relay.rooms import RoomPolicy
 
 
@@ -60,7 +61,7 @@ class MemoryBroker(Broker):
         subject: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> PublishResult:
-        key = dedupe_key(room, subject, msg_id) if msg_id is not None else None
+        key = keys.dedupe(room, subject, msg_id) if msg_id is not None else None
         if key is not None:
             seen = self._recall(key)
             if seen is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -23,20 +22,13 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import FullJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
 
 from relay import protocol
-from relay.broker import envelope, lua
-from relay.broker.base import (
-    Broker,
-    BrokerUnavailable,
-    Delivery,
-    History,
-    PublishResult,
-    dedupe_key,
-)
-from relay.contract import LOAD_REPORT_KEY_PREFIX, LOAD_REPORT_TTL_SECONDS
+from relay.broker import envelope, keys, lua
+from relay.broker.base import Broker, BrokerUnavailable, Delivery, History, PublishResult
+from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
 from relay.rooms import RoomPolicy
 
 log = logging.getLogger("relay.broker.redis")
@@ -45,36 +37,15 @@ RETRY_WINDOW_SECONDS = 30
 """How long a publish without a client id is remembered, to absorb the client's retry."""
 SUBSCRIBE_CHUNK = 500
 """Channels per SUBSCRIBE command when resubscribing after a reconnect."""
+RECONNECT_BACKOFF = FullJitterBackoff(cap=2.0, base=0.05)
+"""Pause before rebuilding a lost Pub/Sub connection: random, up to 0.05 s * 2**failures, 2 s."""
+MAX_BACKOFF_EXPONENT = 16
+"""Failures counted into the backoff (0.05 * 2**16 is far past the cap); an outage of any
+length must not grow 2**failures past what a float holds."""
 
 
 class ProbeLost(Exception):
     """The Pub/Sub connection did not return this server's own probe in time."""
-
-
-def room_channel(room: str) -> bytes:
-    # Braces make the room name a hash tag: the same key family stays on one slot
-    # should the shards ever be Redis Cluster nodes.
-    return f"room:{{{room}}}".encode()
-
-
-def room_keys(room: str) -> tuple[str, str]:
-    """The durable room's meta hash (epoch, offset) and its history stream."""
-    return f"room:{{{room}}}:meta", f"room:{{{room}}}:log"
-
-
-class Backoff:
-    """Exponential backoff with full jitter (sleep a random time up to the cap)."""
-
-    def __init__(self, base: float = 0.05, cap: float = 2.0) -> None:
-        self._base, self._cap, self._attempt = base, cap, 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self._cap, self._base * 2**self._attempt)
-        self._attempt += 1
-        return random.uniform(0, ceiling)
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class RedisShard:
@@ -93,7 +64,7 @@ class RedisShard:
         on_resubscribed: Callable[[list[bytes]], None],
     ) -> None:
         self.url = url
-        self._node_channel = f"relay:node:{node_id}".encode()
+        self._node_channel = keys.node_channel(node_id)
         self._timeout = timeout
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
@@ -117,6 +88,8 @@ class RedisShard:
         self._probe: tuple[bytes, asyncio.Future[None]] | None = None
         self._ready = False
         self._attempted = False
+        self._failures = 0
+        """Connection attempts since the last live one: the reconnect backoff's exponent."""
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -166,11 +139,10 @@ class RedisShard:
     # aborting its socket, which makes the blocked read fail on its own.
 
     async def _supervise(self) -> None:
-        backoff = Backoff()
         while True:
             was_live = self._ready
             try:
-                await self._session(backoff)
+                await self._session()
             except (RedisError, OSError, ProbeLost) as exc:
                 # Loud once per outage; each further failed attempt only at debug level.
                 level = logging.WARNING if was_live or self._task_first_attempt() else logging.DEBUG
@@ -185,9 +157,10 @@ class RedisShard:
                 log.exception("Pub/Sub session on %s failed; reconnecting", self.url)
             self._ready = False
             self._on_reconnect()
-            await asyncio.sleep(backoff.next_delay())
+            await asyncio.sleep(RECONNECT_BACKOFF.compute(self._failures))
+            self._failures = min(self._failures + 1, MAX_BACKOFF_EXPONENT)
 
-    async def _session(self, backoff: Backoff) -> None:
+    async def _session(self) -> None:
         """One Pub/Sub connection's life: subscribe everything, read and probe until it fails."""
         # socket_timeout bounds the handshake and SUBSCRIBE writes; the blocking reads of
         # messages are exempt from it (redis-py reads them without a timeout).
@@ -209,7 +182,7 @@ class RedisShard:
             self._pubsub = pubsub
             # 2. Read deliveries and probe the connection until either fails.
             reader = asyncio.create_task(self._read(pubsub), name=f"pubsub reader {self.url}")
-            await self._probe_until_lost(reader, backoff)
+            await self._probe_until_lost(reader)
         finally:
             # 3. Forget the connection: waiters fail now, the socket is aborted (a silent
             #    partition would leave a graceful close hanging), the reader then ends.
@@ -241,7 +214,7 @@ class RedisShard:
                     if not waiter.done():
                         waiter.set_result(None)
 
-    async def _probe_until_lost(self, reader: asyncio.Task[None], backoff: Backoff) -> None:
+    async def _probe_until_lost(self, reader: asyncio.Task[None]) -> None:
         """Probe every `probe_interval`; return or raise when the connection is gone."""
         loop = asyncio.get_running_loop()
         while True:
@@ -267,7 +240,7 @@ class RedisShard:
                 # Whatever was published while this connection was down is only in the
                 # rooms' histories now: tell the hub to read it before anything newer.
                 self._on_resubscribed(sorted(self._channels))
-            backoff.reset()
+            self._failures = 0
             if (await asyncio.wait({reader}, timeout=self._probe_interval))[0]:
                 reader.result()
                 return
@@ -381,12 +354,11 @@ class RedisBroker(Broker):
     ) -> PublishResult:
         event_head, event_tail = protocol.event_parts(room, data, ts, subject)
         header_head, header_tail = envelope.header_parts(self._node_id, room, ts, trace)
-        meta, log_key = room_keys(room)
         dedupe, window = self._dedupe(room, subject, msg_id)
         duplicate, offset, epoch = await shard.publish_durable(
-            keys=[meta, log_key, dedupe],
+            keys=[keys.meta(room), keys.log(room), dedupe],
             args=[
-                room_channel(room),
+                keys.channel(room),
                 secrets.token_hex(4),
                 policy.history_size,
                 policy.history_ttl_seconds,
@@ -413,7 +385,7 @@ class RedisBroker(Broker):
         message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
         dedupe, window = self._dedupe(room, subject, msg_id)
         duplicate = await shard.publish_volatile_once(
-            keys=[dedupe], args=[room_channel(room), message, window]
+            keys=[dedupe], args=[keys.channel(room), message, window]
         )
         return PublishResult(None, None, duplicate=bool(duplicate))
 
@@ -425,15 +397,14 @@ class RedisBroker(Broker):
         connection, and a script that ran but whose reply was lost must not run twice.
         """
         if msg_id is not None:
-            return dedupe_key(room, subject, msg_id), self._dedupe_seconds
-        return f"room:{{{room}}}:retry:{secrets.token_hex(8)}", RETRY_WINDOW_SECONDS
+            return keys.dedupe(room, subject, msg_id), self._dedupe_seconds
+        return keys.retry(room, secrets.token_hex(8)), RETRY_WINDOW_SECONDS
 
     async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
         shard = self.shard_for(room)
-        meta, log_key = room_keys(room)
         try:
             epoch, top, entries = await shard.read_history(
-                keys=[meta, log_key],
+                keys=[keys.meta(room), keys.log(room)],
                 args=[
                     -1 if after is None else after,
                     policy.history_size,
@@ -452,22 +423,21 @@ class RedisBroker(Broker):
         return History(_text(epoch), int(top), deliveries)
 
     async def subscribe(self, room: str) -> None:
-        await self.shard_for(room).subscribe(room_channel(room))
+        await self.shard_for(room).subscribe(keys.channel(room))
 
     async def unsubscribe(self, room: str) -> None:
-        await self.shard_for(room).unsubscribe(room_channel(room))
+        await self.shard_for(room).unsubscribe(keys.channel(room))
 
     async def report_load(self, connections: int) -> None:
         """Write this server's connection count where the operator's autoscaler reads it."""
-        key = LOAD_REPORT_KEY_PREFIX + self._node_id
+        key = load_report_key(self._node_id)
         try:
             await self._shards[0].commands.set(key, connections, ex=LOAD_REPORT_TTL_SECONDS)
         except (RedisError, OSError) as exc:
             log.debug("load report failed: %r", exc)
 
     def _resubscribed(self, channels: list[bytes]) -> None:
-        # b"room:{name}" -> "name"
-        self._gap([c[6:-1].decode() for c in channels if c.startswith(b"room:{")])
+        self._gap([room for room in map(keys.room_of, channels) if room is not None])
 
     def _received(self, message: bytes) -> None:
         try:

@@ -1,0 +1,59 @@
+"""Every name a room has in Redis, spelled once: its channel and its keys.
+
+All of a room's names start with `room:{<room>}`. The braces make the room name a hash
+tag, so a room's channel and keys stay on one slot should a shard ever be a Redis Cluster
+node (the Lua scripts touch several of them at once). `room_of` is the one inverse.
+
+The memory broker uses `dedupe` too, so a publish id means the same in both brokers.
+"""
+
+from __future__ import annotations
+
+_OPEN = "room:{"
+_CLOSE = "}"
+
+
+def _tag(room: str) -> str:
+    return f"{_OPEN}{room}{_CLOSE}"
+
+
+def channel(room: str) -> bytes:
+    """The Pub/Sub channel of the room's live events."""
+    return _tag(room).encode()
+
+
+def room_of(name: bytes) -> str | None:
+    """The room whose channel is `name`, or None when `name` is no room's channel."""
+    text = name.decode(errors="replace")
+    if text.startswith(_OPEN) and text.endswith(_CLOSE):
+        return text[len(_OPEN) : -len(_CLOSE)]
+    return None
+
+
+def meta(room: str) -> str:
+    """The durable room's hash: `epoch` and the last `offset`."""
+    return f"{_tag(room)}:meta"
+
+
+def log(room: str) -> str:
+    """The durable room's history stream (entry ids `<offset>-0`)."""
+    return f"{_tag(room)}:log"
+
+
+def dedupe(room: str, subject: str | None, msg_id: str) -> str:
+    """Where a publish id is remembered: per subject and room (per room when auth is off).
+
+    The subject's length goes first, so no (subject, id) pair can spell another's key.
+    """
+    who = subject or ""
+    return f"{_tag(room)}:id:{len(who)}:{who}:{msg_id}"
+
+
+def retry(room: str, token: str) -> str:
+    """A publish without a client id, remembered briefly so a lost reply is not run twice."""
+    return f"{_tag(room)}:retry:{token}"
+
+
+def node_channel(node_id: str) -> bytes:
+    """The relay server's own channel: its Pub/Sub self-probe travels through it."""
+    return f"relay:node:{node_id}".encode()
