@@ -16,10 +16,11 @@ COPY service ./service
 COPY operator ./operator
 # Every wheel (ours and the pinned dependencies) is built here, so the runtime
 # stage installs offline from /wheels and needs no compiler.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
+# `[operator]`: the operator's extra (kopf, kubernetes), so both entrypoints work.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[operator]" \
  && python -m venv --without-pip /opt/venv \
  && pip --python /opt/venv/bin/python install --no-cache-dir --no-index \
-        --find-links /wheels "gamecluster==0.1.0"
+        --find-links /wheels "gamecluster[operator]==0.1.0"
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="gamecluster" \

@@ -1,15 +1,26 @@
 # Thin wrappers over the real commands; see README.md.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+HASH := $(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-all-$(HASH)
+RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 
 .PHONY: run test lint e2e bench system-deps venv
 
+## Everything: the relay, the operator extra and the dev extra (tests, linters, their tools).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	@rm -f $(VENV)/.installed-* && touch $@
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[operator,dev]'
+	@rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
+
+## The relay's run-time dependencies only (the base of pyproject.toml, no extras); skipped
+## when the full set above is already installed for this pyproject.toml.
+$(RUN_STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	@rm -f $(VENV)/.installed-run-* && touch $@
 
 venv: $(STAMP)
 
@@ -20,7 +31,7 @@ system-deps:
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 ## Run the relay: single node, embedded broker, auth off (a laptop default).
-run: venv
+run: $(RUN_STAMP)
 	RELAY_AUTH=$${RELAY_AUTH:-none} $(VENV)/bin/relay serve
 
 ## The whole test suite, as CI runs it.
