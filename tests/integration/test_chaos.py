@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -33,10 +34,36 @@ FAST = {
 }
 
 
+VOLATILE_LOSS_BOUND = 0.05
+"""docs/delivery.md: volatile rooms lose at most 5% of deliveries over this run's faults."""
+
+
+class JoiningClient(ReliableClient):
+    """A ReliableClient whose joins can be awaited: it notes each room's `joined` reply.
+
+    (relay.reliable's `join()` only sends the join; the run must not start publishing
+    before every member is in its rooms, and a sleep would only guess when that is.)
+    """
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(urls)
+        self.joined: dict[str, asyncio.Event] = {}
+
+    async def join_and_wait(self, room: str, timeout: float = 30) -> None:
+        answered = self.joined.setdefault(room, asyncio.Event())
+        await self.join(room)
+        await asyncio.wait_for(answered.wait(), timeout)
+
+    async def _on_joined(self, joined: dict[str, Any]) -> None:
+        self.joined.setdefault(joined["room"], asyncio.Event()).set()
+        await super()._on_joined(joined)
+
+
 @dataclass
 class Subscriber:
-    client: ReliableClient
+    client: JoiningClient
     rooms: list[str]
+    arrived: asyncio.Event
     received: dict[str, list[int]] = field(default_factory=dict)
     offsets: dict[str, list[int]] = field(default_factory=dict)
 
@@ -46,6 +73,10 @@ class Subscriber:
             if message["op"] == "event":
                 self.received.setdefault(message["room"], []).append(message["data"]["n"])
                 self.offsets.setdefault(message["room"], []).append(message.get("offset", 0))
+                self.arrived.set()
+
+    def count(self) -> int:
+        return sum(len(got) for got in self.received.values())
 
 
 @dataclass
@@ -65,35 +96,44 @@ async def chaos_run(
     pods = [relay_factory(n, redis_urls=urls, env={**FAST, **env}) for n in "abc"]
     pod_urls = [p.url for p in pods]
 
+    arrived = asyncio.Event()
     subscribers = []
     for n in range(SUBSCRIBERS):
         rotated = pod_urls[n % 3 :] + pod_urls[: n % 3]
         rooms = [ROOMS[(n + k) % len(ROOMS)] for k in range(ROOMS_PER_SUBSCRIBER)]
-        subscriber = Subscriber(ReliableClient(rotated), rooms)
+        subscriber = Subscriber(JoiningClient(rotated), rooms, arrived)
         await subscriber.client.start()
         for room in rooms:
-            await subscriber.client.join(room)
+            # Every subscriber is in its rooms (`joined` came back) before the first publish.
+            await subscriber.client.join_and_wait(room)
         subscribers.append(subscriber)
     collectors = [asyncio.create_task(s.collect()) for s in subscribers]
-    # Every subscriber is in its rooms before the first publish.
     publishers = [ReliableClient(pod_urls[n % 3 :] + pod_urls[: n % 3]) for n in range(len(ROOMS))]
     for publisher in publishers:
         await publisher.start()
-    await asyncio.sleep(0.2)  # the joins above are sent; their replies need a moment
     acks: dict[str, dict[str, object]] = {}
     futures: list[tuple[str, asyncio.Future[dict[str, object]]]] = []
 
+    def in_a_thread(blocking: Callable[[], object]) -> Callable[[], Awaitable[object]]:
+        # SIGKILL + wait, redis-cli, a restart waiting for the port: blocking calls that
+        # must not freeze the 24 clients this loop runs while the fault happens.
+        return lambda: asyncio.to_thread(blocking)
+
+    async def on_the_loop(act: Callable[[], object]) -> None:
+        act()
+
     async def faults(progress: Callable[[], float]) -> None:
-        steps = [
-            (0.2, lambda: pods[0].kill()),
-            (0.4, lambda: [s.cli("CLIENT", "KILL", "TYPE", "pubsub") for s in shards]),
-            (0.6, lambda: shards[1].restart()),
-            (0.8, lambda: [p.drop_connection() for p in publishers]),
+        steps: list[tuple[float, Callable[[], Awaitable[object]]]] = [
+            (0.2, in_a_thread(pods[0].kill)),
+            (0.4, in_a_thread(lambda: [s.cli("CLIENT", "KILL", "TYPE", "pubsub") for s in shards])),
+            (0.6, in_a_thread(shards[1].restart)),
+            # Aborting a client's transport belongs to the loop that runs it.
+            (0.8, lambda: on_the_loop(lambda: [p.drop_connection() for p in publishers])),
         ]
         for threshold, fault in steps:
             while progress() < threshold:  # noqa: ASYNC110 - polled, no event to await
                 await asyncio.sleep(0.05)
-            fault()
+            await fault()
 
     total = EVENTS_PER_ROOM * len(ROOMS)
 
@@ -114,16 +154,16 @@ async def chaos_run(
     for msg_id, future in futures:
         acks[msg_id] = await asyncio.wait_for(future, 60)
 
-    # Polled, with a bound: until every subscriber has everything, or (volatile rooms,
-    # which lose events) nothing more has arrived for 3 seconds.
-    deadline, last_count, last_change = time.monotonic() + 60, -1, time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - last_change < 3:
-        count = sum(len(got) for s in subscribers for got in s.received.values())
-        if count == SUBSCRIBERS * ROOMS_PER_SUBSCRIBER * EVENTS_PER_ROOM:
+    # Until every subscriber has everything, or (volatile rooms, which lose events) no
+    # event has arrived for 3 seconds; 60 seconds at most.
+    expected = SUBSCRIBERS * ROOMS_PER_SUBSCRIBER * EVENTS_PER_ROOM
+    deadline = time.monotonic() + 60
+    while sum(s.count() for s in subscribers) < expected and time.monotonic() < deadline:
+        arrived.clear()
+        try:
+            await asyncio.wait_for(arrived.wait(), 3)
+        except TimeoutError:
             break
-        if count != last_count:
-            last_count, last_change = count, time.monotonic()
-        await asyncio.sleep(0.1)
     elapsed = time.monotonic() - start
     for task in collectors:
         task.cancel()
@@ -171,4 +211,4 @@ async def test_volatile_rooms_under_the_same_chaos_report_their_losses(
     lost = expected - received
     share = 100 * lost / expected
     print(f"\nchaos run (volatile): {lost} of {expected} deliveries lost ({share:.2f}%)")
-    assert received > 0
+    assert lost <= VOLATILE_LOSS_BOUND * expected, f"{share:.2f}% lost, more than documented"

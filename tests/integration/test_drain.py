@@ -8,7 +8,7 @@ import time
 import pytest
 
 from relay.client import RelayClient
-from support.processes import wait_until
+from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ async def test_sigterm_hands_sessions_over_and_exits_zero(relay_factory) -> None
 
     started = time.monotonic()
     pod.terminate()
-    wait_until(lambda: pod.status() == 503, 3, "/readyz to report draining")
+    await eventually(lambda: pod.status() == 503, 3, "/readyz to report draining")
     for client in clients:
         assert await client.receive(timeout=5) == {"op": "reconnect", "reason": "draining"}
         assert (await client.receive(timeout=5))["op"] == "closed"

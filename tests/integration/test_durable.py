@@ -10,7 +10,8 @@ from websockets.asyncio.client import connect
 
 from relay.broker.redis import RedisBroker
 from relay.client import RelayClient
-from support.processes import RedisProcess, wait_until
+from support.processes import RedisProcess
+from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +69,8 @@ async def test_not_recovered_when_redis_lost_the_room(redis: RedisProcess, relay
         joined = await client.join("lost:1")
         await client.publish("lost:1", "before", id="b1")
         await client.leave("lost:1")
-    redis.restart()  # no persistence: the room's history and epoch are gone
-    wait_until(lambda: pod.status() == 200, 15, "the pod to reconnect")
+    await asyncio.to_thread(redis.restart)  # no persistence: the room's history and epoch are gone
+    await eventually(lambda: pod.status() == 200, 15, "the pod to reconnect")
     async with RelayClient(pod.url) as client:
         since = {"epoch": joined["epoch"], "offset": 1}
         rejoined = await client.join("lost:1", since=since)

@@ -13,12 +13,14 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from relay.protocol import CloseCode
 from support.processes import RelayProcess
 
 pytestmark = pytest.mark.integration
 
 SERVER_OPS = {"welcome", "joined", "left", "event", "ack", "pong", "error", "reconnect"}
-PROTOCOL_CLOSE_CODES = {1000, 1008, 1009, 1011, 1012, 1013, 4008}
+PROTOCOL_CLOSE_CODES = {int(code) for code in CloseCode}
+"""Every code docs/protocol.md lists; a new one joins the enum, and with it this set."""
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -6,8 +6,10 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
+from relay.broker import keys
 from relay.client import RelayClient
-from support.processes import RedisProcess, wait_until
+from support.processes import RedisProcess
+from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +69,7 @@ async def test_pod_unsubscribes_a_room_after_its_last_member_leaves(
     redis: RedisProcess, relay_factory
 ) -> None:
     pod = relay_factory("a", redis_urls=[redis.url])
-    channel = "room:{lobby}"
+    channel = keys.channel("lobby").decode()
 
     def subscribers() -> int:
         return int(redis.cli("PUBSUB", "NUMSUB", channel).split()[-1])
@@ -79,7 +81,7 @@ async def test_pod_unsubscribes_a_room_after_its_last_member_leaves(
         await first.leave("lobby")
         assert subscribers() == 1
         await second.leave("lobby")
-        wait_until(lambda: subscribers() == 0, 5, "the pod to UNSUBSCRIBE the empty room")
+        await eventually(lambda: subscribers() == 0, 5, "the pod to UNSUBSCRIBE the empty room")
         await second.join("lobby")
         assert subscribers() == 1
 

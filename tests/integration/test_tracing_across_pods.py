@@ -12,6 +12,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from relay.broker import keys
 from relay.client import RelayClient
 from support.otlp_sink import CONSUMER, PRODUCER, SERVER, OtlpSink, SinkSpan, running
 from support.processes import RedisProcess
@@ -146,7 +147,7 @@ async def raw_envelope(redis: RedisProcess, room: str, publish: Any) -> dict[str
     client = Redis.from_url(redis.url)
     pubsub = client.pubsub()
     try:
-        await pubsub.subscribe(f"room:{{{room}}}")
+        await pubsub.subscribe(keys.channel(room))
         await publish()
         async with asyncio.timeout(5):
             while True:

@@ -82,7 +82,7 @@ class MemoryBroker(Broker):
         return result
 
     async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
-        state = self._room(room, policy)
+        state = self._room(room, policy, publishing=False)
         entries = [] if after is None else [d for d in state.history if (d.offset or 0) > after]
         return History(self._epoch, state.offset, entries)
 
@@ -92,7 +92,8 @@ class MemoryBroker(Broker):
     async def unsubscribe(self, room: str) -> None:
         self._subscribed.discard(room)
 
-    def _room(self, room: str, policy: RoomPolicy) -> _Room:
+    def _room(self, room: str, policy: RoomPolicy, *, publishing: bool = True) -> _Room:
+        """The room's state; only a publish ends its idleness (as Redis's EXPIRE does)."""
         state = self._rooms.get(room)
         now = time.monotonic()
         if state is None or now - state.touched > policy.history_ttl_seconds:
@@ -101,7 +102,8 @@ class MemoryBroker(Broker):
             fresh = _Room(policy.history_size)
             fresh.offset = state.offset if state is not None else 0
             state = self._rooms[room] = fresh
-        state.touched = now
+        if publishing:
+            state.touched = now
         return state
 
     def _recall(self, key: str) -> PublishResult | None:
