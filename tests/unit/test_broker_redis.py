@@ -1,8 +1,12 @@
+import asyncio
+import contextlib
 import logging
 
 import pytest
+from redis.backoff import FullJitterBackoff
 
 from relay.broker import Delivery, envelope, keys
+from relay.broker import redis as redis_broker_module
 from relay.broker.redis import RedisBroker
 
 pytestmark = pytest.mark.unit
@@ -94,3 +98,34 @@ def test_a_failing_delivery_is_logged_and_the_next_one_still_arrives(
     assert arrived == [good]
     (record,) = caplog.records
     assert "'bad'" in record.getMessage() and record.exc_info is not None
+
+
+async def test_reconnect_pauses_use_full_jitter_up_to_the_cap_through_any_long_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shard = broker("redis://a:1/0")._shards[0]
+    real = redis_broker_module.RECONNECT_BACKOFF
+    exponents: list[int] = []
+    enough = asyncio.Event()
+
+    class Recording(FullJitterBackoff):
+        def compute(self, failures: int) -> float:
+            exponents.append(failures)
+            if len(exponents) == 1200:  # past 2**1024: a float would have overflowed
+                enough.set()
+            return 0.0
+
+    async def refused() -> None:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(redis_broker_module, "RECONNECT_BACKOFF", Recording())
+    monkeypatch.setattr(shard, "_session", refused)
+    supervisor = asyncio.create_task(shard._supervise())
+    await asyncio.wait_for(enough.wait(), 30)
+    supervisor.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await supervisor
+    assert exponents[:3] == [0, 1, 2]
+    assert max(exponents) == redis_broker_module.MAX_BACKOFF_EXPONENT
+    pauses = [real.compute(redis_broker_module.MAX_BACKOFF_EXPONENT) for _ in range(200)]
+    assert all(0 <= pause <= 2.0 for pause in pauses) and max(pauses) > 1.0
