@@ -44,6 +44,16 @@ class Owner:
         return f"{self.name}-redis"
 
     @property
+    def redis_secret(self) -> str:
+        """Managed Redis passwords: generated once, then edited only by a user (rotation)."""
+        return f"{self.name}-redis"
+
+    @property
+    def redis_acl(self) -> str:
+        """Managed Redis's ACL file, rendered from the password Secret on every pass."""
+        return f"{self.name}-redis-acl"
+
+    @property
     def jwt_secret(self) -> str:
         """The generated JWT Secret (only when spec.auth.secretName is absent)."""
         return f"{self.name}-jwt"

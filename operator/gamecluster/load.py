@@ -26,10 +26,22 @@ class LoadSource(Protocol):
 
 
 class RedisLoadSource:
-    """Reads the reports with SCAN + MGET; bounded by ``timeout_seconds`` per shard."""
+    """Reads the reports with SCAN + MGET; bounded by ``timeout_seconds`` per shard.
 
-    def __init__(self, timeout_seconds: float = 2.0) -> None:
+    A managed Redis refuses anonymous clients: ``username``/``password`` are the operator's
+    ACL user (``relay.contract.OPERATOR_ACL_RULES``: it may read load reports, nothing else).
+    """
+
+    def __init__(
+        self,
+        timeout_seconds: float = 2.0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self._timeout = timeout_seconds
+        self._username = username
+        self._password = password
 
     def total_connections(self, redis_urls: Sequence[str]) -> int | None:
         if not redis_urls:
@@ -45,7 +57,11 @@ class RedisLoadSource:
 
     def _read_shard(self, url: str) -> dict[str, int]:
         client = redis.Redis.from_url(
-            url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+            url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            username=self._username,
+            password=self._password,
         )
         try:
             keys = list(client.scan_iter(match=contract.LOAD_REPORT_KEY_PATTERN, count=500))

@@ -19,6 +19,10 @@ ENV_PREFIX: Final = "RELAY_"
 ENV_HOST: Final = "RELAY_HOST"
 ENV_PORT: Final = "RELAY_PORT"
 ENV_REDIS_URLS: Final = "RELAY_REDIS_URLS"
+ENV_REDIS_USERNAME: Final = "RELAY_REDIS_USERNAME"
+ENV_REDIS_PASSWORD: Final = "RELAY_REDIS_PASSWORD"
+ENV_REDIS_PASSWORD_FILE: Final = "RELAY_REDIS_PASSWORD_FILE"
+ENV_REDIS_CA_FILE: Final = "RELAY_REDIS_CA_FILE"
 ENV_NODE_ID: Final = "RELAY_NODE_ID"
 ENV_LOG_LEVEL: Final = "RELAY_LOG_LEVEL"
 ENV_COMPRESSION: Final = "RELAY_COMPRESSION"
@@ -44,9 +48,19 @@ ENV_JWT_AUDIENCE: Final = "RELAY_JWT_AUDIENCE"
 ENV_JWT_ISSUER: Final = "RELAY_JWT_ISSUER"
 ENV_ALLOWED_ORIGINS: Final = "RELAY_ALLOWED_ORIGINS"
 
+# Every name the relay uses in Redis starts with one of these prefixes (relay.broker.keys
+# spells the names from them). The ACL rules below are built from the same prefixes, so a
+# new key or channel outside them is refused by a managed Redis: add its prefix here.
+ROOM_PREFIX: Final = "room:{"
+"""A room's channel and keys: `room:{<room>}...` (the braces are a Redis hash tag)."""
+NODE_CHANNEL_PREFIX: Final = "relay:"
+"""Channels between relay servers: `relay:node:<id>` (the Pub/Sub self-probe), `relay:...`."""
+CLUSTER_KEY_PREFIX: Final = "gamecluster:"
+"""Keys about the cluster rather than a room: load reports, node reports."""
+
 # Load report: each relay pod writes its live connection count to this key (one per
 # node id) with a short TTL, so a reader (the operator's autoscaler) sums the fresh ones.
-LOAD_REPORT_KEY_PREFIX: Final = "gamecluster:load:"
+LOAD_REPORT_KEY_PREFIX: Final = CLUSTER_KEY_PREFIX + "load:"
 LOAD_REPORT_KEY_PATTERN: Final = LOAD_REPORT_KEY_PREFIX + "*"
 """Matches every pod's report (SCAN MATCH)."""
 LOAD_REPORT_TTL_SECONDS: Final = 15
@@ -55,3 +69,45 @@ LOAD_REPORT_TTL_SECONDS: Final = 15
 def load_report_key(node_id: str) -> str:
     """The key one relay server writes its connection count to."""
     return LOAD_REPORT_KEY_PREFIX + node_id
+
+
+# Redis ACL users. A managed Redis runs with the default user off and exactly these two
+# users; an external Redis should grant the same (docs/operations.md shows the commands).
+RELAY_REDIS_USER: Final = "relay"
+OPERATOR_REDIS_USER: Final = "gamecluster-operator"
+
+RELAY_REDIS_COMMANDS: Final = (
+    # Lua scripts (relay.broker.lua) and what they call; redis-py loads a script on NOSCRIPT.
+    "evalsha", "eval", "script|load",
+    "get", "set", "hget", "hset", "hsetnx", "hincrby", "xadd", "xrange", "expire",
+    # Live fan-out and the Pub/Sub self-probe.
+    "publish", "subscribe", "unsubscribe", "ping",
+    # Cluster reports and presence (node reports, member hashes, the alive set).
+    "multi", "exec", "discard", "del", "mget", "scan",
+    "hdel", "hlen", "hvals", "hscan", "hgetall",
+    "sadd", "srem", "smembers", "zadd", "zrangebyscore", "zrem",
+)  # fmt: skip
+"""Every command the relay sends, directly or from its scripts; all others are refused."""
+
+RELAY_ACL_RULES: Final = (
+    "resetkeys",
+    f"~{ROOM_PREFIX}*",
+    f"~{CLUSTER_KEY_PREFIX}*",
+    "resetchannels",
+    f"&{ROOM_PREFIX}*",
+    f"&{NODE_CHANNEL_PREFIX}*",
+    "-@all",
+    *(f"+{command}" for command in RELAY_REDIS_COMMANDS),
+)
+"""ACL SETUSER rules of the relay user, password excepted: its keys, channels and commands."""
+
+OPERATOR_ACL_RULES: Final = (
+    "resetkeys",
+    f"%R~{LOAD_REPORT_KEY_PATTERN}",
+    "resetchannels",
+    "-@all",
+    "+scan",
+    "+mget",
+    "+ping",
+)
+"""ACL SETUSER rules of the operator's user: read the load reports, nothing else."""

@@ -11,6 +11,7 @@ from starlette.websockets import WebSocket
 
 from relay import auth, tracing
 from relay.broker import Broker
+from relay.broker.connection import Connector
 from relay.broker.memory import MemoryBroker
 from relay.broker.redis import RedisBroker
 from relay.config import Settings
@@ -29,8 +30,9 @@ def make_broker(settings: Settings, metrics: Metrics) -> Broker:
     if not settings.redis_urls:
         return MemoryBroker(settings.node_id, dedupe_seconds=settings.dedupe_seconds)
     return RedisBroker(
-        settings.redis_urls,
+        settings.redis_endpoints,
         settings.node_id,
+        connector=Connector.from_settings(settings),
         timeout=settings.redis_timeout,
         probe_interval=settings.probe_interval,
         probe_timeout=settings.probe_timeout,
@@ -58,8 +60,9 @@ class RelayNode:
         self._load_reports: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # Shard names and clean URLs only: credentials never reach a log line.
         mode = (
-            "redis " + ",".join(self.settings.redis_urls)
+            "redis " + ", ".join(f"{e.name}={e.url}" for e in self.settings.redis_endpoints)
             if self.settings.redis_urls
             else "embedded"
         )

@@ -5,11 +5,14 @@ tag, so a room's channel and keys stay on one slot should a shard ever be a Redi
 node (the Lua scripts touch several of them at once). `room_of` is the one inverse.
 
 The memory broker uses `dedupe` too, so a publish id means the same in both brokers.
+The prefixes come from relay.contract, where the Redis ACL rules are built from them too.
 """
 
 from __future__ import annotations
 
-_OPEN = "room:{"
+from relay.contract import NODE_CHANNEL_PREFIX, ROOM_PREFIX
+
+_OPEN = ROOM_PREFIX
 _CLOSE = "}"
 
 
@@ -56,4 +59,4 @@ def retry(room: str, token: str) -> str:
 
 def node_channel(node_id: str) -> bytes:
     """The relay server's own channel: its Pub/Sub self-probe travels through it."""
-    return f"relay:node:{node_id}".encode()
+    return f"{NODE_CHANNEL_PREFIX}node:{node_id}".encode()

@@ -16,18 +16,19 @@ import asyncio
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import FullJitterBackoff, NoBackoff
+from redis.backoff import FullJitterBackoff
 from redis.exceptions import RedisError
 
 from relay import protocol
 from relay.broker import envelope, keys, lua
 from relay.broker.base import Broker, BrokerUnavailable, Delivery, History, PublishResult
+from relay.broker.connection import Connector
+from relay.config import RedisEndpoint
 from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
 from relay.rooms import RoomPolicy
 
@@ -53,9 +54,10 @@ class RedisShard:
 
     def __init__(
         self,
-        url: str,
+        endpoint: RedisEndpoint,
         node_id: str,
         *,
+        connector: Connector,
         timeout: float,
         probe_interval: float,
         probe_timeout: float,
@@ -63,7 +65,12 @@ class RedisShard:
         on_reconnect: Callable[[], None],
         on_resubscribed: Callable[[list[bytes]], None],
     ) -> None:
-        self.url = url
+        self.name = endpoint.name
+        """The shard's identity in rendezvous hashing (not its URL: see RedisEndpoint)."""
+        self.url = endpoint.url
+        """Without credentials: the only form of the address that goes into logs and errors."""
+        self._endpoint = endpoint
+        self._connector = connector
         self._node_channel = keys.node_channel(node_id)
         self._timeout = timeout
         self._probe_interval = probe_interval
@@ -73,12 +80,7 @@ class RedisShard:
         self._on_resubscribed = on_resubscribed
         # One quick retry lets a pooled connection that died with a restarted Redis
         # reconnect, without stretching an outage into long waits for the publisher.
-        self.commands: Redis = Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self.commands: Redis = connector.client(endpoint, timeout=timeout, retries=1)
         self.publish_durable = self.commands.register_script(lua.PUBLISH_DURABLE)
         self.publish_volatile_once = self.commands.register_script(lua.PUBLISH_VOLATILE_ONCE)
         self.read_history = self.commands.register_script(lua.HISTORY)
@@ -164,12 +166,7 @@ class RedisShard:
         """One Pub/Sub connection's life: subscribe everything, read and probe until it fails."""
         # socket_timeout bounds the handshake and SUBSCRIBE writes; the blocking reads of
         # messages are exempt from it (redis-py reads them without a timeout).
-        client = Redis.from_url(
-            self.url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        client = self._connector.client(self._endpoint, timeout=self._timeout, retries=0)
         pubsub = client.pubsub()
         reader: asyncio.Task[None] | None = None
         try:
@@ -270,17 +267,19 @@ def _abort(pubsub: PubSub) -> None:
 
 
 class RedisBroker(Broker):
-    """Rooms mapped to shards by rendezvous hashing over the shard URLs.
+    """Rooms mapped to shards by rendezvous hashing over the shard names.
 
     Rendezvous hashing moves only the rooms whose best shard is a new one (about 1/N of
-    them) when a shard is added, and needs no shared state between relay servers.
+    them) when a shard is added, and needs no shared state between relay servers. It hashes
+    the shard's name, never its URL: a rotated password or a new address moves no room.
     """
 
     def __init__(
         self,
-        urls: tuple[str, ...],
+        urls: Sequence[str | RedisEndpoint],
         node_id: str,
         *,
+        connector: Connector | None = None,
         timeout: float,
         probe_interval: float,
         probe_timeout: float,
@@ -292,10 +291,12 @@ class RedisBroker(Broker):
             raise ValueError("RedisBroker needs at least one URL")
         self._node_id = node_id
         self._dedupe_seconds = dedupe_seconds
+        endpoints = [RedisEndpoint.parse(u) if isinstance(u, str) else u for u in urls]
         self._shards = [
             RedisShard(
-                url,
+                endpoint,
                 node_id,
+                connector=connector or Connector(),
                 timeout=timeout,
                 probe_interval=probe_interval,
                 probe_timeout=probe_timeout,
@@ -303,7 +304,7 @@ class RedisBroker(Broker):
                 on_reconnect=on_reconnect,
                 on_resubscribed=self._resubscribed,
             )
-            for url in urls
+            for endpoint in endpoints
         ]
 
     @property
@@ -311,7 +312,7 @@ class RedisBroker(Broker):
         return all(shard.ready for shard in self._shards)
 
     def shard_for(self, room: str) -> RedisShard:
-        return max(self._shards, key=lambda shard: _rendezvous_score(shard.url, room))
+        return max(self._shards, key=lambda shard: _rendezvous_score(shard.name, room))
 
     async def start(self) -> None:
         for shard in self._shards:

@@ -1,0 +1,159 @@
+"""Redis with ACL users, as the operator runs it: the relay's user can do what the relay
+needs and nothing else, credentials never reach a log line, a wrong password is named."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+from gamecluster.load import RedisLoadSource
+from gamecluster.manifests.secrets import RedisPasswords, acl_file
+from relay import contract
+from relay.broker import keys
+from relay.client import RelayClient
+from support.processes import RedisProcess, RelayProcess
+from support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+RELAY_PASSWORD = "relay-" + secrets.token_urlsafe(24)
+OPERATOR_PASSWORD = "operator-" + secrets.token_urlsafe(24)
+
+
+@pytest.fixture
+def acl_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server with the operator's ACL file: default user off, protected mode on."""
+    acl = tmp_path / "users.acl"
+    acl.write_text(acl_file(RedisPasswords(RELAY_PASSWORD, OPERATOR_PASSWORD)))
+    server = RedisProcess(
+        tmp_path,
+        extra_args=["--aclfile", str(acl), "--protected-mode", "yes"],
+        cli_auth=(contract.OPERATOR_REDIS_USER, OPERATOR_PASSWORD),
+    ).start()
+    yield server
+    server.stop()
+
+
+def relay_client(server: RedisProcess) -> redis.Redis:
+    return redis.Redis(
+        port=server.port, username=contract.RELAY_REDIS_USER, password=RELAY_PASSWORD
+    )
+
+
+def no_secret_in_logs(tmp_path: Path) -> None:
+    """Every log line of the run (relays, redis-server), searched for every password."""
+    logs = list(tmp_path.glob("*.log"))
+    assert logs
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for password in (RELAY_PASSWORD, OPERATOR_PASSWORD):
+            assert password not in text, f"a password is in {log.name}"
+
+
+async def test_the_relay_user_can_do_what_the_relay_needs_and_nothing_else(
+    acl_redis: RedisProcess, relay_factory, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "redis-password"
+    password_file.write_text(RELAY_PASSWORD + "\n")  # as a mounted Secret may end
+    user = {contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER}
+    fast = {contract.ENV_LOAD_REPORT_SECONDS: "0.2"}
+    urls = [f"shard-a=redis://127.0.0.1:{acl_redis.port}/0"]
+    pod_a = relay_factory(
+        "a",
+        redis_urls=urls,
+        env={**user, **fast, contract.ENV_REDIS_PASSWORD_FILE: str(password_file)},
+    )
+    pod_b = relay_factory(
+        "b", redis_urls=urls, env={**user, **fast, contract.ENV_REDIS_PASSWORD: RELAY_PASSWORD}
+    )
+    # Durable and volatile publishes, history, dedupe, the probe: every script and command.
+    async with RelayClient(pod_a.url) as on_a, RelayClient(pod_b.url) as on_b:
+        position = await on_a.join("match:1")
+        await on_b.join("match:1")
+        ack = await on_b.publish("match:1", "hello", id="m1")
+        assert ack is not None and ack["offset"] == 1
+        assert (await on_a.receive(timeout=5))["data"] == "hello"
+        again = await on_b.publish("match:1", "hello", id="m1")  # deduplicated: same offset
+        assert again is not None and again["offset"] == ack["offset"] == 1
+        async with RelayClient(pod_a.url) as late:
+            joined = await late.join("match:1", since={"epoch": position["epoch"], "offset": 0})
+            assert joined["recovered"] is True
+            assert (await late.receive(timeout=5))["data"] == "hello"
+        # The operator's user reads the load reports the relay user wrote.
+        source = RedisLoadSource(username=contract.OPERATOR_REDIS_USER, password=OPERATOR_PASSWORD)
+        await eventually(lambda: source.total_connections([acl_redis.url]) == 2, 10, "load reports")
+
+    client = relay_client(acl_redis)
+    for refused in (
+        ("FLUSHALL",),
+        ("CONFIG", "GET", "requirepass"),
+        ("KEYS", "*"),
+        ("SET", "outside:key", "x"),
+        ("GET", "outside:key"),
+        ("PUBLISH", "outside-channel", "x"),
+        ("ACL", "LIST"),
+        ("SHUTDOWN",),
+    ):
+        with pytest.raises(NoPermissionError):
+            client.execute_command(*refused)
+    with pytest.raises(NoPermissionError):  # a script cannot reach outside the patterns
+        client.eval("return redis.call('SET', KEYS[1], 'x')", 1, "outside:key")
+    assert client.set(keys.meta("match:1") + ":probe", "x")  # inside: allowed
+    # The operator's user only reads load reports.
+    operator = redis.Redis(
+        port=acl_redis.port, username=contract.OPERATOR_REDIS_USER, password=OPERATOR_PASSWORD
+    )
+    with pytest.raises(NoPermissionError):
+        operator.get(keys.meta("match:1"))
+    with pytest.raises(NoPermissionError):
+        operator.set(contract.load_report_key("x"), 1)
+    # No one gets in without a password: the default user is off.
+    with pytest.raises((AuthenticationError, ResponseError)):
+        redis.Redis(port=acl_redis.port).ping()
+    assert acl_redis.cli("PING") == "PONG"
+    for pod in (pod_a, pod_b):
+        pod.stop()
+    no_secret_in_logs(tmp_path)
+
+
+async def test_a_wrong_password_leaves_the_relay_unready_with_a_line_naming_the_shard(
+    acl_redis: RedisProcess, relay_factory, tmp_path: Path
+) -> None:
+    wrong = "wrong-" + secrets.token_urlsafe(16)
+    pod: RelayProcess = relay_factory(
+        "w",
+        redis_urls=[f"shard-w=redis://127.0.0.1:{acl_redis.port}/0"],
+        env={
+            contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+            contract.ENV_REDIS_PASSWORD: wrong,
+        },
+        ready=False,
+    )
+    await eventually(lambda: "AuthenticationError" in pod.tail(), 10, "the refused login")
+    assert pod.status() == 503
+    line = next(line for line in pod.tail().splitlines() if "AuthenticationError" in line)
+    assert f"redis://127.0.0.1:{acl_redis.port}/0" in line
+    assert "WRONGPASS" in line or "invalid username-password" in line
+    pod.stop()
+    assert wrong not in pod.log.read_text()
+    no_secret_in_logs(tmp_path)
+
+
+async def test_credentials_inside_a_url_still_work_and_are_never_logged(
+    acl_redis: RedisProcess, relay_factory, tmp_path: Path
+) -> None:
+    """Deprecated, kept for existing deployments: `redis://user:password@host:port`."""
+    url = f"redis://{contract.RELAY_REDIS_USER}:{RELAY_PASSWORD}@127.0.0.1:{acl_redis.port}/0"
+    pod = relay_factory("legacy", redis_urls=[url])
+    async with RelayClient(pod.url) as client:
+        await client.join("r")
+        assert (await client.publish("r", 1, id="x")) is not None
+    await asyncio.to_thread(pod.stop)
+    assert f"127.0.0.1:{acl_redis.port}" in pod.log.read_text()
+    no_secret_in_logs(tmp_path)
