@@ -48,7 +48,10 @@ return 1
 HISTORY: Final = """
 -- KEYS: 1 meta hash, 2 stream. ARGV: 1 after offset (-1: none), 2 max entries,
 --       3 epoch if the room has none, 4 history TTL (s)
-if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3]) == 1 then
+-- Read before writing: a full Redis (maxmemory, noeviction) refuses a script's first
+-- write, and joining a room that exists must keep working then.
+if not redis.call('HGET', KEYS[1], 'epoch')
+    and redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3]) == 1 then
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
