@@ -129,4 +129,9 @@ def every_possible_child(owner: Owner) -> list[ChildRef]:
         ChildRef("policy/v1", "PodDisruptionBudget", ns, owner.relay),
         ChildRef("apps/v1", "StatefulSet", ns, owner.redis),
         ChildRef("v1", "Service", ns, owner.redis),
+        # Managed Redis access; the password Secret (owner.redis_secret) is left out on
+        # purpose: it is never deleted while its GameCluster exists (garbage-collected with it).
+        ChildRef("v1", "Secret", ns, owner.redis_acl),
+        ChildRef("policy/v1", "PodDisruptionBudget", ns, owner.redis),
+        ChildRef("networking.k8s.io/v1", "NetworkPolicy", ns, owner.redis),
     ]

@@ -28,6 +28,7 @@ _PLURALS: Final = {
     "Deployment": "deployments",
     "StatefulSet": "statefulsets",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "NetworkPolicy": "networkpolicies",
     names.KIND: names.PLURAL,
 }
 

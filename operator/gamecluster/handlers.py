@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from gamecluster import autoscaling, names
+from gamecluster import autoscaling, names, redis_auth
 from gamecluster.children import ChildRef, Owner
 from gamecluster.cluster import ClusterError
 from gamecluster.desired import redis_urls
@@ -115,7 +115,8 @@ def tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         spec = None
     if spec is not None:
         owner = Owner.from_meta(snapshot["metadata"])
-        connections = ctx.load.total_connections(redis_urls(spec, owner))
+        auth = redis_auth.operator_auth(ctx.reconciler.cluster, spec, owner)
+        connections = ctx.load.total_connections(redis_urls(spec, owner), auth)
     if spec is not None and spec.autoscaling.enabled and connections is not None:
         before = snapshot["status"].get("autoscaling") or {}
         after = autoscaling.next_status(

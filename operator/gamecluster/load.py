@@ -10,6 +10,7 @@ partial sum would look like a load drop and start a scale-down.
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis
@@ -19,8 +20,21 @@ from relay import contract
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RedisAuth:
+    """How the operator logs in to one GameCluster's Redis (per GameCluster, read from its
+    Secret on every reading, so a rotated password is used at the next tick)."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_pem: str | None = field(default=None, repr=False)
+    """PEM CA bundle for ``rediss://`` URLs (external mode's ``secretRef.caKey``)."""
+
+
 class LoadSource(Protocol):
-    def total_connections(self, redis_urls: Sequence[str]) -> int | None:
+    def total_connections(
+        self, redis_urls: Sequence[str], auth: RedisAuth | None = None
+    ) -> int | None:
         """Connections summed over the fresh load reports, or None when unknown."""
         ...
 
@@ -28,40 +42,38 @@ class LoadSource(Protocol):
 class RedisLoadSource:
     """Reads the reports with SCAN + MGET; bounded by ``timeout_seconds`` per shard.
 
-    A managed Redis refuses anonymous clients: ``username``/``password`` are the operator's
-    ACL user (``relay.contract.OPERATOR_ACL_RULES``: it may read load reports, nothing else).
+    A managed Redis refuses anonymous clients: ``auth`` is the operator's ACL user there
+    (``relay.contract.OPERATOR_ACL_RULES``: it may read load reports, nothing else).
     """
 
-    def __init__(
-        self,
-        timeout_seconds: float = 2.0,
-        *,
-        username: str | None = None,
-        password: str | None = None,
-    ) -> None:
+    def __init__(self, timeout_seconds: float = 2.0) -> None:
         self._timeout = timeout_seconds
-        self._username = username
-        self._password = password
 
-    def total_connections(self, redis_urls: Sequence[str]) -> int | None:
+    def total_connections(
+        self, redis_urls: Sequence[str], auth: RedisAuth | None = None
+    ) -> int | None:
         if not redis_urls:
             return None
         per_node: dict[str, int] = {}
         for url in redis_urls:
             try:
-                per_node.update(self._read_shard(url))
+                per_node.update(self._read_shard(url, auth or RedisAuth()))
             except (redis.RedisError, OSError) as exc:
                 logger.info("load reports unavailable from %s: %s", _redact(url), exc)
                 return None
         return sum(per_node.values())
 
-    def _read_shard(self, url: str) -> dict[str, int]:
+    def _read_shard(self, url: str, auth: RedisAuth) -> dict[str, int]:
+        tls: dict[str, str] = {}
+        if auth.ca_pem is not None and url.startswith("rediss://"):
+            tls["ssl_ca_data"] = auth.ca_pem
         client = redis.Redis.from_url(
             url,
             socket_timeout=self._timeout,
             socket_connect_timeout=self._timeout,
-            username=self._username,
-            password=self._password,
+            username=auth.username,
+            password=auth.password,
+            **tls,
         )
         try:
             keys = list(client.scan_iter(match=contract.LOAD_REPORT_KEY_PATTERN, count=500))

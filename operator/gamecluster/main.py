@@ -46,6 +46,7 @@ async def run(settings: OperatorSettings, api: k8s.ApiClient) -> None:
         reconciler=Reconciler(
             KubeCluster(api, timeout_seconds=settings.api_timeout_seconds),
             relay_image=settings.relay_image,
+            operator_namespace=settings.namespace or None,
         ),
         load=RedisLoadSource(),
     )

@@ -84,13 +84,20 @@ NAMESPACED_RULES: Final[tuple[Rule, ...]] = (
         "policy",
         ("poddisruptionbudgets",),
         _CHILD_VERBS,
-        "PodDisruptionBudget of the relay pods",
+        "PodDisruptionBudgets of the relay pods and of the managed Redis",
+    ),
+    Rule(
+        "networking.k8s.io",
+        ("networkpolicies",),
+        _CHILD_VERBS,
+        "the managed Redis's NetworkPolicy (only its relay pods and the operator get in)",
     ),
     Rule(
         "",
         ("secrets",),
         ("get", "create", "patch", "delete"),
-        "check that spec.auth.secretName exists; apply the generated JWT Secret",
+        "check that spec.auth.secretName and redis.external.secretRef exist; apply the "
+        "generated JWT Secret, the Redis password Secret (once) and the Redis ACL Secret",
     ),
 )
 

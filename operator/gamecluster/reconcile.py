@@ -27,10 +27,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gamecluster import children as children_mod
+from gamecluster import redis_auth
 from gamecluster import status as status_mod
 from gamecluster.children import ChildRef, Manifest, Owner
 from gamecluster.cluster import Cluster
 from gamecluster.desired import Inputs, desired, generates_jwt_secret
+from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import JWT_PUBLIC_KEY_KEY, JWT_SECRET_KEY, GameClusterSpec, InvalidSpec, parse
 from gamecluster.status import Observed, Problem
 
@@ -74,8 +76,11 @@ class Reconciler:
         relay_image: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(48),
+        operator_namespace: str | None = None,
     ) -> None:
         self.cluster = cluster
+        self.operator_namespace = operator_namespace
+        """Where the operator runs (GAMECLUSTER_NAMESPACE): admitted to Redis for load reads."""
         self.relay_image = relay_image
         self.clock = clock
         self._new_secret = new_secret
@@ -100,7 +105,16 @@ class Reconciler:
                 return self._report_problem(
                     body, None, Problem(exc.reason, exc.message), connections
                 )
-            problem = self._check_references(spec, owner)
+            problem = self._check_references(spec, owner) or redis_auth.check_external(
+                self.cluster, spec, owner
+            )
+            redis_passwords: tuple[RedisPasswords, bool] | None = None
+            if problem is None and spec.redis.mode == "managed":
+                found = redis_auth.managed_passwords(self.cluster, owner, self._new_secret)
+                if isinstance(found, Problem):
+                    problem = found
+                else:
+                    redis_passwords = found
             if problem is not None:
                 return self._report_problem(body, spec, problem, connections)
 
@@ -109,6 +123,9 @@ class Reconciler:
                 relay_image=self.relay_image,
                 autoscaled_replicas=autoscaled if spec.autoscaling.enabled else None,
                 jwt_secret=self._jwt_value(spec, owner),
+                redis_passwords=redis_passwords[0] if redis_passwords else None,
+                redis_secret_exists=redis_passwords[1] if redis_passwords else False,
+                operator_namespace=self.operator_namespace,
             )
             manifests = desired(spec, meta, inputs)
             live, applied = self._apply(manifests, full=full)
@@ -214,9 +231,8 @@ class Reconciler:
         )
         status["observedGeneration"] = int(meta.get("generation") or 0)
         self._write_status(owner, previous, status)
-        return Outcome(
-            problem, problem.reason in {"SecretNotFound", "SecretKeyMissing"}, (), status
-        )
+        retryable = {"SecretNotFound", "SecretKeyMissing", *redis_auth.RETRYABLE_REASONS}
+        return Outcome(problem, problem.reason in retryable, (), status)
 
     def _write_status(
         self, owner: Owner, previous: Mapping[str, Any], status: dict[str, Any]

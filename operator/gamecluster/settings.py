@@ -28,6 +28,11 @@ class OperatorSettings(BaseSettings):
     api_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """GAMECLUSTER_API_TIMEOUT_SECONDS: bound on each Kubernetes API call of the reconciler."""
 
+    namespace: str = ""
+    """GAMECLUSTER_NAMESPACE: the operator's own namespace (the chart: the pod's, from the
+    downward API). Each managed Redis's NetworkPolicy admits it, for the load reports; empty
+    (an operator outside the cluster): no namespace is admitted besides the relay pods."""
+
     log_level: str = "INFO"
     """GAMECLUSTER_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
 

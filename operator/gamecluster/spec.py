@@ -6,6 +6,7 @@ emulator, an older object read back), and reports a spec that slipped past valid
 reason string instead of a crash. tests/unit/test_spec.py proves the defaults equal the CRD's.
 """
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -18,6 +19,7 @@ _QUANTITY = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 Quantity = int | Annotated[str, StringConstraints(pattern=_QUANTITY)]
+_CREDENTIALS_IN_URL = re.compile(r"^rediss?://[^/]*@")
 RedisURL = Annotated[str, StringConstraints(pattern=r"^rediss?://", max_length=2048)]
 ObjectName = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
@@ -44,13 +46,39 @@ class Autoscaling(_Model):
 
 
 class Persistence(_Model):
-    enabled: bool = False
+    enabled: bool = True
+    """On by default: rooms are durable by default, so their history survives a Redis pod
+    replacement (an edit, a node drain), not only a container restart."""
     size: Quantity = "1Gi"
     storage_class_name: str | None = None
 
 
+class ExternalRedisSecret(_Model):
+    """A Secret holding the external Redis's credentials and CA (any key may be absent)."""
+
+    name: ObjectName
+    username_key: str | None = Field(default=None, max_length=253)
+    """Key of the ACL user name (absent: the `default` user)."""
+    password_key: str | None = Field(default="password", max_length=253)
+    ca_key: str | None = Field(default=None, max_length=253)
+    """Key of a PEM CA bundle verifying `rediss://` servers (cert-manager: ``ca.crt``)."""
+
+
 class ExternalRedis(_Model):
     urls: tuple[RedisURL, ...] = Field(default=(), max_length=64)
+    secret_ref: ExternalRedisSecret | None = None
+
+
+MaxMemoryPolicy = Literal[
+    "noeviction",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-ttl",
+    "volatile-random",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+]
 
 
 class Redis(_Model):
@@ -62,6 +90,9 @@ class Redis(_Model):
     )
     persistence: Persistence = Persistence()
     external: ExternalRedis | None = None
+    max_memory: Quantity | None = None
+    """Redis ``maxmemory``; absent: MAX_MEMORY_SHARE of the container's memory limit."""
+    max_memory_policy: MaxMemoryPolicy = "noeviction"
 
 
 class Room(_Model):
@@ -155,6 +186,19 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
     if spec.redis.mode == "external" and not (spec.redis.external and spec.redis.external.urls):
         raise InvalidSpec(
             "ExternalRedisWithoutURLs", "spec.redis.mode external needs redis.external.urls"
+        )
+    external = spec.redis.external
+    if external and any(_CREDENTIALS_IN_URL.match(url) for url in external.urls):
+        raise InvalidSpec(
+            "CredentialsInURL",
+            "spec.redis.external.urls: credentials inside a URL would be copied into a "
+            "ConfigMap; put them in a Secret named by spec.redis.external.secretRef",
+        )
+    ref = external.secret_ref if external else None
+    if external and ref and ref.ca_key and not any(u.startswith("rediss:") for u in external.urls):
+        raise InvalidSpec(
+            "CAWithoutTLS",
+            "spec.redis.external.secretRef.caKey is set but no URL uses rediss:// (TLS)",
         )
     if spec.auth.algorithm == "RS256" and not spec.auth.secret_name:
         raise InvalidSpec(

@@ -4,26 +4,32 @@ needs and nothing else, credentials never reach a log line, a wrong password is 
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from secrets import token_urlsafe
 
 import pytest
 import redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from gamecluster.load import RedisLoadSource
+from gamecluster.children import REDIS_PORT
+from gamecluster.desired import Inputs, desired
+from gamecluster.load import RedisAuth, RedisLoadSource
+from gamecluster.manifests import secrets
 from gamecluster.manifests.secrets import RedisPasswords, acl_file
+from gamecluster.spec import parse
 from relay import contract
 from relay.broker import keys
 from relay.client import RelayClient
-from support.processes import RedisProcess, RelayProcess
+from support.processes import RedisProcess, RelayProcess, free_port, stop_process, wait_until
 from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
-RELAY_PASSWORD = "relay-" + secrets.token_urlsafe(24)
-OPERATOR_PASSWORD = "operator-" + secrets.token_urlsafe(24)
+RELAY_PASSWORD = "relay-" + token_urlsafe(24)
+OPERATOR_PASSWORD = "operator-" + token_urlsafe(24)
 
 
 @pytest.fixture
@@ -86,8 +92,12 @@ async def test_the_relay_user_can_do_what_the_relay_needs_and_nothing_else(
             assert joined["recovered"] is True
             assert (await late.receive(timeout=5))["data"] == "hello"
         # The operator's user reads the load reports the relay user wrote.
-        source = RedisLoadSource(username=contract.OPERATOR_REDIS_USER, password=OPERATOR_PASSWORD)
-        await eventually(lambda: source.total_connections([acl_redis.url]) == 2, 10, "load reports")
+        auth = RedisAuth(contract.OPERATOR_REDIS_USER, OPERATOR_PASSWORD)
+        source = RedisLoadSource()
+        assert source.total_connections([acl_redis.url]) is None  # anonymous: refused
+        await eventually(
+            lambda: source.total_connections([acl_redis.url], auth) == 2, 10, "load reports"
+        )
 
     client = relay_client(acl_redis)
     for refused in (
@@ -125,7 +135,7 @@ async def test_the_relay_user_can_do_what_the_relay_needs_and_nothing_else(
 async def test_a_wrong_password_leaves_the_relay_unready_with_a_line_naming_the_shard(
     acl_redis: RedisProcess, relay_factory, tmp_path: Path
 ) -> None:
-    wrong = "wrong-" + secrets.token_urlsafe(16)
+    wrong = "wrong-" + token_urlsafe(16)
     pod: RelayProcess = relay_factory(
         "w",
         redis_urls=[f"shard-w=redis://127.0.0.1:{acl_redis.port}/0"],
@@ -156,4 +166,61 @@ async def test_credentials_inside_a_url_still_work_and_are_never_logged(
         assert (await client.publish("r", 1, id="x")) is not None
     await asyncio.to_thread(pod.stop)
     assert f"127.0.0.1:{acl_redis.port}" in pod.log.read_text()
+    no_secret_in_logs(tmp_path)
+
+
+def test_redis_starts_with_the_operators_arguments_and_its_probe_tells_ready(
+    tmp_path: Path,
+) -> None:
+    """The StatefulSet's command line and readiness probe, run as they are on a real server
+    (paths mapped into the test's directory, the port onto a free one)."""
+    passwords = RedisPasswords(RELAY_PASSWORD, OPERATOR_PASSWORD)
+    children = desired(
+        parse({}),
+        {"name": "arena", "namespace": "games", "uid": "u"},
+        Inputs(relay_image="img", jwt_secret="s", redis_passwords=passwords),
+    )
+    (sts,) = [m for m in children if m["kind"] == "StatefulSet"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    port = free_port()
+    (tmp_path / "acl").mkdir()
+    (tmp_path / "acl" / secrets.ACL_FILE_KEY).write_text(acl_file(passwords))
+    args = [
+        a.replace("/etc/redis/acl", str(tmp_path / "acl")).replace("/data", str(tmp_path))
+        for a in container["args"]
+    ]
+    args[args.index("--port") + 1] = str(port)
+    server = subprocess.Popen(
+        [*args, "--bind", "127.0.0.1", "--logfile", str(tmp_path / "redis-operator-args.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        probe = container["readinessProbe"]["exec"]["command"]
+        probe = [part.replace(f"-p {REDIS_PORT}", f"-p {port}") for part in probe]
+
+        def probe_passes(password: str) -> bool:
+            env = {**os.environ, "REDISCLI_AUTH": password}
+            return subprocess.run(probe, env=env, timeout=10, capture_output=True).returncode == 0
+
+        wait_until(lambda: probe_passes(OPERATOR_PASSWORD), 10, "the readiness probe to pass")
+        assert not probe_passes("wrong")
+        client = redis.Redis(port=port, username=contract.RELAY_REDIS_USER, password=RELAY_PASSWORD)
+        with pytest.raises(NoPermissionError):
+            client.config_get("maxmemory")
+        operator = redis.Redis(
+            port=port, username=contract.OPERATOR_REDIS_USER, password=OPERATOR_PASSWORD
+        )
+        with pytest.raises(NoPermissionError):
+            operator.config_get("maxmemory")
+        info = subprocess.run(
+            ["redis-cli", "-p", str(port), "--user", contract.OPERATOR_REDIS_USER, "ping"],
+            env={**os.environ, "REDISCLI_AUTH": OPERATOR_PASSWORD},
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert info.stdout.strip() == "PONG"
+    finally:
+        stop_process(server)
     no_secret_in_logs(tmp_path)

@@ -59,7 +59,7 @@ class FakeLoad:
     connections: int | None = None
     calls: list[tuple[str, ...]] = field(default_factory=list)
 
-    def total_connections(self, redis_urls: Sequence[str]) -> int | None:
+    def total_connections(self, redis_urls: Sequence[str], auth: object = None) -> int | None:
         self.calls.append(tuple(redis_urls))
         return self.connections
 

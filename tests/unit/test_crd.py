@@ -18,6 +18,7 @@ from crd_schema import CRD_PATH, EXAMPLES, apply_defaults, crd, prune, schema, w
 
 from gamecluster import names
 from gamecluster.desired import Inputs, desired
+from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import InvalidSpec, parse
 from relay import contract
 
@@ -44,6 +45,9 @@ def cel_failures(obj: dict[str, Any]) -> list[str]:
 
     visit(schema(), obj)
     return failures
+
+
+INPUTS = Inputs(relay_image="img", jwt_secret="s", redis_passwords=RedisPasswords("r", "o"))
 
 
 def validate(obj: dict[str, Any]) -> dict[str, Any]:
@@ -199,7 +203,8 @@ def test_empty_spec_is_fully_defaulted() -> None:
         "shards": 1,
         "image": "redis:7.4.2-alpine",
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-        "persistence": {"enabled": False, "size": "1Gi"},
+        "persistence": {"enabled": True, "size": "1Gi"},
+        "maxMemoryPolicy": "noeviction",
     }
     assert spec["autoscaling"]["enabled"] is False
 
@@ -279,9 +284,7 @@ def test_auth_cannot_be_turned_off() -> None:
     assert stored["spec"]["auth"] == {"algorithm": "HS256"}
     meta = {"name": "x", "namespace": "ns", "uid": "u", "generation": 1}
     (config,) = [
-        m
-        for m in desired(parse(stored["spec"]), meta, Inputs(relay_image="img", jwt_secret="s"))
-        if m["kind"] == "ConfigMap"
+        m for m in desired(parse(stored["spec"]), meta, INPUTS) if m["kind"] == "ConfigMap"
     ]
     assert config["data"][contract.ENV_AUTH] == "jwt"
 
@@ -289,3 +292,20 @@ def test_auth_cannot_be_turned_off() -> None:
 def test_crd_file_is_plain_yaml_without_anchors() -> None:
     text = CRD_PATH.read_text()
     assert not re.search(r"(^|\s)[&*][A-Za-z]|<<:", text)
+
+
+@pytest.mark.parametrize("url", ["redis://:pw@a:6379/0", "rediss://user:pw@b:6380", "redis://u@c"])
+def test_external_urls_with_credentials_are_refused(url: str) -> None:
+    spec = {"redis": {"mode": "external", "external": {"urls": [url]}}}
+    with pytest.raises(ValueError, match="secretRef"):
+        validate(gamecluster(spec))
+    with pytest.raises(InvalidSpec, match="secretRef"):
+        parse(spec)
+
+
+def test_external_secret_ref_defaults_the_password_key() -> None:
+    external = {"urls": ["rediss://a:6380/0"], "secretRef": {"name": "cloud-redis"}}
+    stored = validate(gamecluster({"redis": {"mode": "external", "external": external}}))
+    ref = stored["spec"]["redis"]["external"]["secretRef"]
+    assert ref == {"name": "cloud-redis", "passwordKey": "password"}
+    assert parse(stored["spec"]).redis.external.secret_ref.password_key == "password"  # type: ignore[union-attr]

@@ -8,13 +8,17 @@ import pytest
 
 from gamecluster import names
 from gamecluster.desired import Inputs, desired
+from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import parse
 from relay import contract
 
 pytestmark = pytest.mark.unit
 
 META = {"name": "arena", "namespace": "games", "uid": "uid-1", "generation": 3}
-INPUTS = Inputs(relay_image="registry.local/gamecluster:1.2.3", jwt_secret="s3cret")
+PASSWORDS = RedisPasswords(relay="relay-pw", operator="operator-pw")
+INPUTS = Inputs(
+    relay_image="registry.local/gamecluster:1.2.3", jwt_secret="s3cret", redis_passwords=PASSWORDS
+)
 
 
 def build(spec: dict[str, Any] | None = None, inputs: Inputs = INPUTS) -> dict[str, Any]:
@@ -48,8 +52,12 @@ def test_managed_mode_has_every_child_in_apply_order() -> None:
     assert kinds == [
         "ConfigMap/arena-relay",
         "Secret/arena-jwt",
+        "Secret/arena-redis",
+        "Secret/arena-redis-acl",
         "Service/arena-redis",
         "StatefulSet/arena-redis",
+        "NetworkPolicy/arena-redis",
+        "PodDisruptionBudget/arena-redis",
         "Deployment/arena-relay",
         "Service/arena",
         "PodDisruptionBudget/arena-relay",
@@ -91,7 +99,7 @@ def test_replicas_follow_the_spec_when_not_autoscaling(spec: dict[str, Any], rep
 def test_autoscaled_replicas_win_over_spec_replicas_within_the_bounds() -> None:
     scaling = {"enabled": True, "minReplicas": 2, "maxReplicas": 6}
     spec = {"replicas": 10, "autoscaling": scaling}
-    pick = lambda n: build(spec, Inputs("img", n, "s"))["Deployment/arena-relay"]["spec"]  # noqa: E731
+    pick = lambda n: build(spec, Inputs("img", n, "s", PASSWORDS))["Deployment/arena-relay"]["spec"]  # noqa: E731
     assert pick(None)["replicas"] == 2  # no decision yet: the minimum
     assert pick(4)["replicas"] == 4
     assert pick(50)["replicas"] == 6  # bounds edited below an old decision
@@ -256,12 +264,15 @@ def test_config_hash_stays_when_only_scale_or_unrelated_fields_change() -> None:
         {"redis": {"persistence": {"enabled": True}}},
     ):
         assert config_hash(build(change)) == base, change
-    other_secret_value = Inputs(relay_image="other:9", jwt_secret="rotated")
+    other_secret_value = Inputs(
+        relay_image="other:9", jwt_secret="rotated", redis_passwords=PASSWORDS
+    )
     assert config_hash(build({}, other_secret_value)) == base
 
 
 def test_redis_statefulset_one_pod_per_shard_with_aof() -> None:
-    sts = build({"redis": {"shards": 4}})["StatefulSet/arena-redis"]["spec"]
+    spec = {"redis": {"shards": 4, "persistence": {"enabled": False}}}
+    sts = build(spec)["StatefulSet/arena-redis"]["spec"]
     assert sts["replicas"] == 4
     assert sts["serviceName"] == "arena-redis"
     (container,) = sts["template"]["spec"]["containers"]
@@ -270,7 +281,7 @@ def test_redis_statefulset_one_pod_per_shard_with_aof() -> None:
     args = container["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
     assert "volumeClaimTemplates" not in sts
-    assert sts["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert sts["template"]["spec"]["volumes"][0] == {"name": "data", "emptyDir": {}}
 
 
 def test_redis_persistence_uses_claim_templates() -> None:
@@ -280,7 +291,8 @@ def test_redis_persistence_uses_claim_templates() -> None:
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"]["resources"] == {"requests": {"storage": "5Gi"}}
     assert claim["spec"]["storageClassName"] == "ssd"
-    assert "volumes" not in sts["template"]["spec"]
+    volumes = [volume["name"] for volume in sts["template"]["spec"]["volumes"]]
+    assert volumes == ["acl"]  # data comes from the claim
 
 
 def test_redis_headless_service_selects_the_shards() -> None:

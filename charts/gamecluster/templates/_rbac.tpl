@@ -23,6 +23,9 @@ The operator's permissions. They mirror operator/gamecluster/rbac.py rule for ru
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
 # No list/watch: the operator reads the one Secret a GameCluster names and applies the
 # one it generates, and never needs to see the others.
 - apiGroups: [""]

@@ -40,9 +40,11 @@ class RedisPasswords:
     previous: str | None = None
 
     def digest(self) -> str:
-        """Changes exactly when a password changes: rolls the pods that read them."""
-        blob = "\0".join((self.relay, self.operator, self.previous or ""))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """Changes exactly when a password changes: rolls the pods that read them.
+
+        A digest of the ACL file (itself only digests of the passwords, one of them the
+        operator's random one), so the annotation is no dictionary oracle for a password."""
+        return hashlib.sha256(acl_file(self).encode()).hexdigest()[:16]
 
 
 def _sha(password: str) -> str:
