@@ -86,6 +86,8 @@ class RedisEndpoint:
     """A user inside the URL (deprecated: use RELAY_REDIS_USERNAME)."""
     password: SecretStr | None = None
     """A password inside the URL (deprecated: use RELAY_REDIS_PASSWORD or _FILE)."""
+    master: str | None = None
+    """`sentinel://<master>/<db>`: the master's name at RELAY_REDIS_SENTINELS."""
 
     @classmethod
     def parse(cls, entry: str) -> RedisEndpoint:
@@ -95,8 +97,10 @@ class RedisEndpoint:
             name, url = "", entry
         shown = redact(entry)
         parts = urlsplit(url)
+        if parts.scheme == "sentinel":
+            return cls._sentinel(name, parts.hostname or "", parts.path, shown)
         if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"{shown!r} is not a redis://, rediss:// or unix:// URL")
+            raise ValueError(f"{shown!r} is not a redis://, rediss://, unix:// or sentinel:// URL")
         try:
             port = parts.port
         except ValueError as exc:
@@ -128,6 +132,16 @@ class RedisEndpoint:
         password = SecretStr(unquote(parts.password)) if parts.password else None
         return cls(name, clean, username, password)
 
+    @classmethod
+    def _sentinel(cls, name: str, master: str, path: str, shown: str) -> RedisEndpoint:
+        if "@" in shown or not _SHARD_NAME.fullmatch(master):
+            raise ValueError(f"{shown!r}: expected sentinel://<master name>[/<db>]")
+        db = path.strip("/") or "0"
+        if not db.isdigit():
+            raise ValueError(f"{shown!r}: the database {db!r} is not a number")
+        default = master if db == "0" else f"{master}/{db}"
+        return cls(name.strip() or default, f"sentinel://{master}/{db}", master=master)
+
 
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
 """A list setting: comma-separated in the environment, blanks dropped."""
@@ -154,6 +168,9 @@ class Settings(BaseSettings):
     """Comma-separated Redis shards, each `[name=]redis://host:port[/db]` (`rediss://` for
     TLS). Rooms are placed on shards by the name (default `host:port`), so a shard keeps its
     rooms when its password or address changes. Empty: embedded single-node broker."""
+    redis_sentinels: CommaList = ()
+    """Comma-separated Sentinels (`host:port`); with them, RELAY_REDIS_URLS entries are
+    `[name=]sentinel://<master name>[/<db>]` and each shard follows its master's failovers."""
     redis_username: OptionalText = None
     """Redis ACL user (unset: `default`). Credentials inside URLs still work, deprecated."""
     redis_password: Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)] = None
@@ -226,6 +243,21 @@ class Settings(BaseSettings):
             raise ValueError(f"shard {twice[0]!r} is listed twice (give each shard its own name)")
         return urls
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, sentinels: tuple[str, ...]) -> tuple[str, ...]:
+        for sentinel in sentinels:
+            host, _, port = sentinel.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{sentinel!r} is not host:port")
+        return sentinels
+
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """RELAY_REDIS_SENTINELS as (host, port) pairs."""
+        pairs = (sentinel.rpartition(":") for sentinel in self.redis_sentinels)
+        return tuple((host.strip("[]"), int(port)) for host, _, port in pairs)
+
     @field_validator("redis_password_file", "redis_ca_file")
     @classmethod
     def _check_readable(cls, path: str | None) -> str | None:
@@ -259,6 +291,12 @@ class Settings(BaseSettings):
         if self.redis_password is not None and self.redis_password_file is not None:
             raise ValueError(
                 "RELAY_REDIS_PASSWORD and RELAY_REDIS_PASSWORD_FILE are both set: set one"
+            )
+        masters = [e.name for e in self.redis_endpoints if e.master is not None]
+        if masters and not self.redis_sentinels:
+            raise ValueError(
+                f"RELAY_REDIS_URLS names Sentinel master {masters[0]!r} but "
+                "RELAY_REDIS_SENTINELS is empty: list the Sentinels (host:port)"
             )
         if self.redis_ca_file and not any(
             u.url.startswith("rediss:") for u in self.redis_endpoints

@@ -103,3 +103,21 @@ def test_redis_credential_errors_are_clear_and_never_print_the_secret(
     assert words in message
     if "RELAY_REDIS_PASSWORD_FILE" not in env or "no/such" not in env["RELAY_REDIS_PASSWORD_FILE"]:
         assert "s3cret" not in message
+
+
+def test_sentinel_shards_name_a_master_and_need_the_sentinels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RELAY_AUTH", "none")
+    monkeypatch.setenv("RELAY_REDIS_URLS", "sentinel://gc, b=sentinel://other/2")
+    with pytest.raises(ConfigError, match="RELAY_REDIS_SENTINELS is empty"):
+        load_settings()
+    monkeypatch.setenv("RELAY_REDIS_SENTINELS", "10.0.0.1:26379, s2:26380")
+    settings = load_settings()
+    assert settings.sentinel_addresses == (("10.0.0.1", 26379), ("s2", 26380))
+    first, second = settings.redis_endpoints
+    assert (first.name, first.master, first.url) == ("gc", "gc", "sentinel://gc/0")
+    assert (second.name, second.master, second.url) == ("b", "other", "sentinel://other/2")
+    monkeypatch.setenv("RELAY_REDIS_SENTINELS", "no-port")
+    with pytest.raises(ConfigError, match="not host:port"):
+        load_settings()

@@ -10,13 +10,15 @@ AuthenticationError, which the shard logs with its clean URL and retries with ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.credentials import CredentialProvider
 
@@ -51,6 +53,25 @@ class Credentials(CredentialProvider):
         return f"Credentials(username={self._username!r})"
 
 
+MasterCheck = Callable[[tuple[str, int]], None]
+"""Called with the master's address before each new connection; raises to refuse it."""
+
+
+class FencedPool(SentinelConnectionPool):
+    """A Sentinel pool that lets its owner refuse a new master until it is ready for it
+    (the shard starts new epochs after a failover before anything reads or writes there)."""
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        self._check: MasterCheck = kwargs.pop("check_master")
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+
+    async def get_master_address(self) -> tuple[str, int]:
+        host, port = await super().get_master_address()  # type: ignore[no-untyped-call]
+        address = (str(host), int(port))
+        self._check(address)
+        return address
+
+
 @dataclass(frozen=True)
 class Connector:
     """How this relay connects to Redis: who it is (ACL user) and what it trusts (TLS CA)."""
@@ -59,6 +80,9 @@ class Connector:
     password: SecretStr | None = None
     password_file: str | None = None
     ca_file: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    """Where `sentinel://<master>` shards find their master (RELAY_REDIS_SENTINELS)."""
+    _sentinel_clients: dict[float, Sentinel] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Connector:
@@ -67,6 +91,7 @@ class Connector:
             settings.redis_password,
             settings.redis_password_file,
             settings.redis_ca_file,
+            settings.sentinel_addresses,
         )
 
     def credentials(self, endpoint: RedisEndpoint) -> Credentials | None:
@@ -79,8 +104,17 @@ class Connector:
             return Credentials(self.username or endpoint.username, None, None)
         return None
 
-    def client(self, endpoint: RedisEndpoint, *, timeout: float, retries: int) -> Redis:
-        """A client of one shard; `retries` quick retries of a command on a dropped connection."""
+    def client(
+        self,
+        endpoint: RedisEndpoint,
+        *,
+        timeout: float,
+        retries: int,
+        check_master: MasterCheck | None = None,
+    ) -> Redis:
+        """A client of one shard; `retries` quick retries of a command on a dropped connection.
+
+        Sentinel shards: `check_master` sees the master's address before every connection."""
         options: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
@@ -91,4 +125,45 @@ class Connector:
             options["credential_provider"] = credentials
         if endpoint.url.startswith("rediss://") and self.ca_file is not None:
             options["ssl_ca_certs"] = self.ca_file
+        if endpoint.master is not None:
+            # Every new connection asks the Sentinels for the master and checks its role,
+            # so a client follows a failover on its next reconnect.
+            db = int(endpoint.url.rpartition("/")[2])
+            sentinel = self._sentinel(timeout)
+            if check_master is not None:
+                options["connection_pool_class"] = FencedPool
+                options["check_master"] = check_master
+            client: Redis = sentinel.master_for(
+                endpoint.master, redis_class=Redis, db=db, **options
+            )
+            return client
         return Redis.from_url(endpoint.url, **options)
+
+    async def master_address(
+        self, endpoint: RedisEndpoint, *, timeout: float
+    ) -> tuple[str, int] | None:
+        """The address the Sentinels give for the shard's master; None without Sentinel."""
+        if endpoint.master is None:
+            return None
+        host, port = await self._sentinel(timeout).discover_master(endpoint.master)
+        return str(host), int(port)
+
+    def direct(self, endpoint: RedisEndpoint, address: tuple[str, int], *, timeout: float) -> Redis:
+        """A client of one server of a Sentinel shard, by address (no Sentinel, no check)."""
+        return Redis(
+            host=address[0],
+            port=address[1],
+            db=int(endpoint.url.rpartition("/")[2]),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            credential_provider=self.credentials(endpoint),
+        )
+
+    def _sentinel(self, timeout: float) -> Sentinel:
+        found = self._sentinel_clients.get(timeout)
+        if found is None:
+            found = Sentinel(  # type: ignore[no-untyped-call]  # (redis-py leaves it untyped)
+                list(self.sentinels), socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+            self._sentinel_clients[timeout] = found
+        return found

@@ -10,7 +10,7 @@ The prefixes come from relay.contract, where the Redis ACL rules are built from 
 
 from __future__ import annotations
 
-from relay.contract import NODE_CHANNEL_PREFIX, ROOM_PREFIX
+from relay.contract import CLUSTER_KEY_PREFIX, NODE_CHANNEL_PREFIX, ROOM_PREFIX
 
 _OPEN = ROOM_PREFIX
 _CLOSE = "}"
@@ -55,6 +55,15 @@ def dedupe(room: str, subject: str | None, msg_id: str) -> str:
 def retry(room: str, token: str) -> str:
     """A publish without a client id, remembered briefly so a lost reply is not run twice."""
     return f"{_tag(room)}:retry:{token}"
+
+
+META_PATTERN = f"{_OPEN}*{_CLOSE}:meta"
+"""Matches every room's meta hash (SCAN MATCH): the failover fence rewrites their epochs."""
+
+
+def failover_claim(shard: str, old: str, new: str) -> str:
+    """Claimed (SET NX) by the one relay server that starts new epochs after a failover."""
+    return f"{CLUSTER_KEY_PREFIX}failover:{shard}:{old}->{new}"
 
 
 def node_channel(node_id: str) -> bytes:

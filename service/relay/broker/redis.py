@@ -22,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.backoff import FullJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from relay import protocol
@@ -43,6 +44,10 @@ RECONNECT_BACKOFF = FullJitterBackoff(cap=2.0, base=0.05)
 MAX_BACKOFF_EXPONENT = 16
 """Failures counted into the backoff (0.05 * 2**16 is far past the cap); an outage of any
 length must not grow 2**failures past what a float holds."""
+
+
+FAILOVER_CLAIM_SECONDS = 300
+"""How long a failover's claim keeps other relay servers from starting epochs a second time."""
 
 
 class ProbeLost(Exception):
@@ -80,7 +85,9 @@ class RedisShard:
         self._on_resubscribed = on_resubscribed
         # One quick retry lets a pooled connection that died with a restarted Redis
         # reconnect, without stretching an outage into long waits for the publisher.
-        self.commands: Redis = connector.client(endpoint, timeout=timeout, retries=1)
+        self.commands: Redis = connector.client(
+            endpoint, timeout=timeout, retries=1, check_master=self._check_master
+        )
         self.publish_durable = self.commands.register_script(lua.PUBLISH_DURABLE)
         self.publish_volatile_once = self.commands.register_script(lua.PUBLISH_VOLATILE_ONCE)
         self.read_history = self.commands.register_script(lua.HISTORY)
@@ -93,6 +100,8 @@ class RedisShard:
         self._failures = 0
         """Connection attempts since the last live one: the reconnect backoff's exponent."""
         self._task: asyncio.Task[None] | None = None
+        self._master: tuple[str, int] | None = None
+        """Sentinel mode: the master this server last used; a different one is a failover."""
 
     @property
     def ready(self) -> bool:
@@ -166,10 +175,15 @@ class RedisShard:
         """One Pub/Sub connection's life: subscribe everything, read and probe until it fails."""
         # socket_timeout bounds the handshake and SUBSCRIBE writes; the blocking reads of
         # messages are exempt from it (redis-py reads them without a timeout).
-        client = self._connector.client(self._endpoint, timeout=self._timeout, retries=0)
+        client = self._connector.client(
+            self._endpoint, timeout=self._timeout, retries=0, check_master=self._check_master
+        )
         pubsub = client.pubsub()
         reader: asyncio.Task[None] | None = None
         try:
+            # 0. Sentinel: after a failover, start new epochs before this server reads or
+            #    delivers anything from the new master (see _after_failover).
+            await self._after_failover()
             # 1. Connect and subscribe every room this server holds; the node channel goes
             #    last, so the first probe coming back proves all earlier SUBSCRIBEs took.
             channels = sorted(self._channels)
@@ -194,6 +208,57 @@ class RedisShard:
                 elif not reader.cancelled():
                     reader.exception()  # already reported through the probe loop
             await asyncio.wait({asyncio.create_task(client.aclose())}, timeout=1.0)
+
+    async def _after_failover(self) -> None:
+        """Start a new epoch in every room of this shard when its master has changed.
+
+        Replication is asynchronous: a promoted replica may lack the last events acked by
+        the old master, and its offsets would then go backwards and be reused for new
+        events, a gap no client could see. So the first relay server to see the new master
+        (a SET NX claim) gives every room on it a new epoch: members and resuming clients
+        get `recovered: false`. Raises (and the session is retried) until it is done.
+        """
+        master = await self._connector.master_address(self._endpoint, timeout=self._timeout)
+        if master is None or master == self._master:
+            return
+        previous = self._master
+        if previous is not None:
+            old, new = (f"{host}:{port}" for host, port in (previous, master))
+            # Until self._master moves, _check_master keeps every other connection of this
+            # shard off the new master: the fence goes there directly.
+            fence = self._connector.direct(self._endpoint, master, timeout=self._timeout)
+            try:
+                claimed = await fence.set(
+                    keys.failover_claim(self.name, old, new),
+                    self._node_channel,
+                    nx=True,
+                    ex=FAILOVER_CLAIM_SECONDS,
+                )
+                epoch, rooms = secrets.token_hex(4), 0
+                if claimed:
+                    async for key in fence.scan_iter(match=keys.META_PATTERN, count=500):
+                        await fence.hset(key, "epoch", epoch)
+                        rooms += 1
+            finally:
+                await asyncio.wait({asyncio.create_task(fence.aclose())}, timeout=1.0)
+            if claimed:
+                log.warning(
+                    "shard %s failed over from %s to %s: %d rooms start epoch %s",
+                    self.name, old, new, rooms, epoch,
+                )  # fmt: skip
+            else:
+                log.warning("shard %s failed over from %s to %s", self.name, old, new)
+        self._master = master
+
+    def _check_master(self, address: tuple[str, int]) -> None:
+        """Refuse a connection to a new master until _after_failover has dealt with it."""
+        if self._master is None:
+            self._master = address  # the first master this server sees: nothing to fence
+        elif address != self._master:
+            raise RedisConnectionError(
+                f"shard {self.name}: master moved to {address[0]}:{address[1]}; "
+                "waiting for its rooms' new epochs"
+            )
 
     async def _read(self, pubsub: PubSub) -> None:
         while True:
