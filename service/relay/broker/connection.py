@@ -10,6 +10,7 @@ AuthenticationError, which the shard logs with its clean URL and retries with ba
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,14 @@ class Connector:
             socket_connect_timeout=timeout,
             credential_provider=self.credentials(endpoint),
         )
+
+    async def aclose(self) -> None:
+        """Close the connections to the Sentinels (bounded: one socket timeout each)."""
+        clients = [
+            client for found in self._sentinel_clients.values() for client in found.sentinels
+        ]
+        self._sentinel_clients.clear()
+        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
 
     def _sentinel(self, timeout: float) -> Sentinel:
         found = self._sentinel_clients.get(timeout)

@@ -357,11 +357,12 @@ class RedisBroker(Broker):
         self._node_id = node_id
         self._dedupe_seconds = dedupe_seconds
         endpoints = [RedisEndpoint.parse(u) if isinstance(u, str) else u for u in urls]
+        self._connector = connector or Connector()
         self._shards = [
             RedisShard(
                 endpoint,
                 node_id,
-                connector=connector or Connector(),
+                connector=self._connector,
                 timeout=timeout,
                 probe_interval=probe_interval,
                 probe_timeout=probe_timeout,
@@ -385,6 +386,7 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         await asyncio.gather(*(shard.close() for shard in self._shards), return_exceptions=True)
+        await self._connector.aclose()
 
     async def publish(
         self,
