@@ -1,14 +1,17 @@
 # Thin wrappers over the real commands; see README.md.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+CLIENT := clients/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CLIENT)/pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: run test lint e2e bench system-deps venv
 
-$(STAMP): pyproject.toml
+## The Python client is its own distribution (clients/python); installed editable next to
+## the server, so the tests, the CLI and the lint see the working tree's client.
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
@@ -30,7 +33,7 @@ test: venv system-deps
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy service/relay operator/gamecluster
+	$(VENV)/bin/mypy service/relay operator/gamecluster clients/python/src/gamecluster_client
 	$(VENV)/bin/lint-imports
 
 e2e: venv system-deps
