@@ -123,7 +123,7 @@ class Client:
         publish_timeout: float | None = 10.0,
         max_in_flight: int = 1000,
         room_buffer: int = 10_000,
-        token_refresh_margin: float = 10.0,
+        token_refresh_margin: float | None = 10.0,
         on_state: Callable[[StateChange], None] | None = None,
     ) -> None:
         """
@@ -136,7 +136,8 @@ class Client:
             counting toward its timeout; nothing is dropped, no task is spawned.
         room_buffer: unread messages per room, at most (policy: see `Room`).
         token_refresh_margin: seconds before `exp` to fetch the next token and move to a
-            fresh connection (at most half of what is left).
+            fresh connection (at most half of what is left); None: no early move, the
+            server ends the session at `exp` (4001) and the client reconnects at once.
         on_state: called (synchronously) with Connecting/Connected/Disconnected.
         """
         self.urls = [urls] if isinstance(urls, str) else list(urls)
@@ -449,7 +450,8 @@ class Client:
             self._ready.set()
             self._emit(Connected(url, self.welcome.node, self.welcome.session))
             writer = asyncio.create_task(self._write(ws), name="gamecluster client writer")
-            delay = tokens.refresh_delay(token, self.token_refresh_margin)
+            margin = self.token_refresh_margin
+            delay = None if margin is None else tokens.refresh_delay(token, margin)
             if callable(self._token_source) and delay is not None:
                 refresher = asyncio.create_task(self._refresh(ws, delay))
             # 3. Read until the server or the network ends the session.
