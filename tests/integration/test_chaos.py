@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from relay.reliable import ReliableClient
+from gamecluster_client import Ack, Client, Event
 from support.processes import RedisProcess, RelayProcess
 
 pytestmark = pytest.mark.integration
@@ -35,17 +35,19 @@ FAST = {
 
 @dataclass
 class Subscriber:
-    client: ReliableClient
+    client: Client
     rooms: list[str]
     received: dict[str, list[int]] = field(default_factory=dict)
     offsets: dict[str, list[int]] = field(default_factory=dict)
 
     async def collect(self) -> None:
-        while True:
-            message = await self.client.receive(timeout=3600)
-            if message["op"] == "event":
-                self.received.setdefault(message["room"], []).append(message["data"]["n"])
-                self.offsets.setdefault(message["room"], []).append(message.get("offset", 0))
+        await asyncio.gather(*(self._collect(room) for room in self.rooms))
+
+    async def _collect(self, room: str) -> None:
+        async for message in self.client.room(room):
+            if isinstance(message, Event):
+                self.received.setdefault(message.room, []).append(message.data["n"])
+                self.offsets.setdefault(message.room, []).append(message.offset or 0)
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Run:
     pods: list[RelayProcess]
     shards: list[RedisProcess]
     subscribers: list[Subscriber]
-    acks: dict[str, dict[str, object]]
+    acks: dict[str, Ack]
     elapsed: float
 
 
@@ -69,19 +71,19 @@ async def chaos_run(
     for n in range(SUBSCRIBERS):
         rotated = pod_urls[n % 3 :] + pod_urls[: n % 3]
         rooms = [ROOMS[(n + k) % len(ROOMS)] for k in range(ROOMS_PER_SUBSCRIBER)]
-        subscriber = Subscriber(ReliableClient(rotated), rooms)
-        await subscriber.client.start()
+        subscriber = Subscriber(Client(rotated), rooms)
+        await subscriber.client.connect()
         for room in rooms:
-            await subscriber.client.join(room)
+            await subscriber.client.room(room).join()
         subscribers.append(subscriber)
     collectors = [asyncio.create_task(s.collect()) for s in subscribers]
     # Every subscriber is in its rooms before the first publish.
-    publishers = [ReliableClient(pod_urls[n % 3 :] + pod_urls[: n % 3]) for n in range(len(ROOMS))]
+    publishers = [Client(pod_urls[n % 3 :] + pod_urls[: n % 3]) for n in range(len(ROOMS))]
     for publisher in publishers:
-        await publisher.start()
+        await publisher.connect()
     await asyncio.sleep(0.2)  # the joins above are sent; their replies need a moment
-    acks: dict[str, dict[str, object]] = {}
-    futures: list[tuple[str, asyncio.Future[dict[str, object]]]] = []
+    acks: dict[str, Ack] = {}
+    futures: list[tuple[str, asyncio.Future[Ack]]] = []
 
     async def faults(progress: Callable[[], float]) -> None:
         steps = [
@@ -105,7 +107,8 @@ async def chaos_run(
     for n in range(EVENTS_PER_ROOM):
         for room, publisher in zip(ROOMS, publishers, strict=True):
             msg_id = f"{room}#{n}"
-            futures.append((msg_id, publisher.publish(room, {"n": n}, id=msg_id)))
+            publish = publisher.room(room).publish({"n": n}, id=msg_id, timeout=None)
+            futures.append((msg_id, asyncio.ensure_future(publish)))
         if n % 25 == 24:
             # Pacing (about 1,000 events/s): the faults, triggered by acked progress, land
             # while events are flowing rather than after the last one.
@@ -149,7 +152,7 @@ async def test_durable_rooms_lose_and_duplicate_nothing_under_chaos(
     # Every publish acked exactly once, and stored exactly once: offsets 1..N per room.
     assert len(run.acks) == EVENTS_PER_ROOM * len(ROOMS)
     for room in ROOMS:
-        acked = [a["offset"] for i, a in run.acks.items() if i.startswith(room + "#")]
+        acked = [a.offset for i, a in run.acks.items() if i.startswith(room + "#")]
         offsets = sorted(int(str(o)) for o in acked)
         assert offsets == list(range(1, EVENTS_PER_ROOM + 1)), room
     print(f"\nchaos run (durable): {len(run.acks)} events, {run.elapsed:.1f}s, all delivered once")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.client import RelayClient, RelayError
+from gamecluster_client import Connection as RelayClient
+from gamecluster_client import ServerError as RelayError
 from support.processes import RedisProcess, wait_until
 from support.proxy import StallingProxy
 

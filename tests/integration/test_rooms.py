@@ -6,7 +6,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from relay.client import RelayClient
+from gamecluster_client import Connection as RelayClient
 from support.processes import RedisProcess, wait_until
 
 pytestmark = pytest.mark.integration
