@@ -436,3 +436,18 @@ async def test_join_before_connecting_is_sent_on_connect_and_close_fails_waiters
         await publishing
     with pytest.raises(RoomClosedError):
         await receiving
+
+
+async def test_a_join_cut_by_a_reconnect_is_sent_again_and_resolves(fake: FakeRelay) -> None:
+    client = Client([fake.url, fake.url], backoff=FAST)
+    conn = await connected(fake, client)
+    joining = asyncio.create_task(client.room("match:9").join())
+    await conn.expect("join")
+    conn.abort()  # before the server answered
+    second = await fake.accept()
+    await second.welcome()
+    join = await second.join_ok(offset=12, epoch="e5")
+    assert "since" not in join
+    joined = await joining
+    assert (joined.offset, joined.epoch) == (12, "e5")
+    await client.close()

@@ -24,6 +24,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import urllib.parse
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -94,6 +95,16 @@ class Stats:
 class _Pending:
     message: dict[str, Any]
     future: asyncio.Future[Ack]
+
+
+def _safe(url: str) -> str:
+    """A URL fit for a log line: no query (`?token=` is how browsers send JWTs) and no
+    user:password."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class _TokenSourceError(Exception):
@@ -387,7 +398,7 @@ class Client:
                 ws = await open_socket(url, token, self.open_timeout)
             except UnauthorizedError as exc:
                 if callable(self._token_source) and not token_is_fresh:
-                    log.info("relay %s refused the token (401); fetching a fresh one", url)
+                    log.info("relay %s refused the token (401); fetching a fresh one", _safe(url))
                     self._emit(Disconnected(url, None, str(exc), True))
                     token_is_fresh = True
                     continue
@@ -465,10 +476,12 @@ class Client:
         except ConnectionClosed:
             pass
         except TimeoutError:
-            log.warning("relay %s sent no welcome in %ss; reconnecting", url, self.open_timeout)
+            log.warning(
+                "relay %s sent no welcome in %ss; reconnecting", _safe(url), self.open_timeout
+            )
             return _End(ws.close_code, "no welcome", connected=False)
         except ProtocolError as exc:
-            log.warning("relay %s: %s; reconnecting", url, exc)
+            log.warning("relay %s: %s; reconnecting", _safe(url), exc)
             return _End(ws.close_code, str(exc), connected=self._ws is ws)
         finally:
             # 4. This connection is over: stop its tasks, fail what waited on it.
