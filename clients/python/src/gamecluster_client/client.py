@@ -489,9 +489,14 @@ class Client:
             self._ws, self.welcome = None, None
             if self.state is not ClientState.CLOSED:
                 self._ready.clear()
-            for task in (writer, refresher):
-                if task is not None:
-                    task.cancel()
+            tasks = [task for task in (writer, refresher) if task is not None]
+            for task in tasks:
+                task.cancel()
+            if tasks:  # wait for them; a send cut by the close ends the writer with it
+                await asyncio.wait(tasks)
+                for task in tasks:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: expected, the socket is gone
             for reply in self._requests.values():
                 if not reply.done():
                     reply.set_exception(ConnectionLostError("the connection ended"))
