@@ -1,25 +1,28 @@
 # Thin wrappers over the real commands; see README.md.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-HASH := $(shell sha1sum pyproject.toml | cut -c1-12)
+CLIENT := clients/python
+HASH := $(shell cat pyproject.toml $(CLIENT)/pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-all-$(HASH)
 RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 
 .PHONY: run test lint e2e bench system-deps venv
 
 ## Everything: the relay, the operator extra and the dev extra (tests, linters, their tools).
-$(STAMP): pyproject.toml
+## The Python client is its own distribution (clients/python), installed editable next to the
+## server: the relay CLI depends on it, and the tests and lint see the working tree's client.
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[operator,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e '.[operator,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
 
-## The relay's run-time dependencies only (the base of pyproject.toml, no extras); skipped
-## when the full set above is already installed for this pyproject.toml.
-$(RUN_STAMP): pyproject.toml
+## The relay's run-time dependencies only (the base of pyproject.toml and the client, no
+## extras); skipped when the full set above is already installed for these files.
+$(RUN_STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e .
+	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e .
 	@rm -f $(VENV)/.installed-run-* && touch $@
 
 venv: $(STAMP)
@@ -41,7 +44,7 @@ test: venv system-deps
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy service/relay operator/gamecluster
+	$(VENV)/bin/mypy service/relay operator/gamecluster clients/python/src/gamecluster_client
 	$(VENV)/bin/lint-imports
 
 e2e: venv system-deps

@@ -11,10 +11,9 @@ import uuid
 from collections.abc import Sequence
 
 import orjson
-from websockets.exceptions import InvalidStatus
 
+from gamecluster_client import Connection, GameClusterError, HandshakeError
 from relay import auth, contract, tracing
-from relay.client import RelayClient, RelayError
 from relay.config import ConfigError, TokenSettings, load, load_settings
 
 DEFAULT_URL = f"ws://127.0.0.1:{contract.HTTP_PORT}{contract.WS_PATH}"
@@ -65,12 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_check(args.url, args.token, args.timeout))
     except KeyboardInterrupt:
         return 130
-    except InvalidStatus as exc:  # the handshake was refused: say why (401, 403, 503)
-        reason = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
-        status = exc.response.status_code
-        print(f"relay {args.command}: refused with HTTP {status}: {reason}", file=sys.stderr)
+    except HandshakeError as exc:  # the handshake was refused: say why (401, 403, 503)
+        print(
+            f"relay {args.command}: refused with HTTP {exc.status}: {exc.reason}", file=sys.stderr
+        )
         return 1
-    except (OSError, TimeoutError, RelayError) as exc:
+    except (OSError, TimeoutError, GameClusterError) as exc:
         print(f"relay {args.command}: {exc!r}", file=sys.stderr)
         return 1
 
@@ -131,14 +130,14 @@ async def _publish(url: str, token: str | None, room: str, data: str) -> int:
     except orjson.JSONDecodeError as exc:
         print(f"relay publish: DATA is not JSON: {exc}", file=sys.stderr)
         return 2
-    async with RelayClient(url, token=token) as client:
+    async with Connection(url, token=token) as client:
         ack = await client.publish(room, value, id=str(uuid.uuid4()))
     print(orjson.dumps(ack).decode())
     return 0
 
 
 async def _tail(url: str, token: str | None, room: str) -> int:
-    async with RelayClient(url, token=token) as client:
+    async with Connection(url, token=token) as client:
         await client.join(room)
         async for message in client.events():
             sys.stdout.write(orjson.dumps(message).decode() + "\n")
@@ -150,7 +149,7 @@ async def _check(url: str, token: str | None, seconds: float) -> int:
     """Join a private room, publish, and expect the ack and our own event back."""
     room = f"check:{uuid.uuid4().hex}"
     msg_id = str(uuid.uuid4())
-    async with RelayClient(url, token=token, timeout=seconds) as client:
+    async with Connection(url, token=token, timeout=seconds) as client:
         await client.join(room)
         ack = await client.publish(room, {"check": msg_id}, id=msg_id)
         event = await client.receive(seconds)

@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from relay.client import RelayClient
+from gamecluster_client import Connection as RelayClient
 from support.metrics import metric_value
 from support.processes import RedisProcess
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from gamecluster.load import RedisLoadSource
-from relay.client import RelayClient
+from gamecluster_client import Connection
 from support.processes import RedisProcess
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ async def test_operator_reads_the_connections_every_pod_reports(
     fast = {"RELAY_LOAD_REPORT_SECONDS": "0.2"}
     pod_a = relay_factory("a", redis_urls=urls, env=fast)
     pod_b = relay_factory("b", redis_urls=urls, env=fast)
-    async with RelayClient(pod_a.url), RelayClient(pod_a.url), RelayClient(pod_b.url) as last:
+    async with Connection(pod_a.url), Connection(pod_a.url), Connection(pod_b.url) as last:
         assert await settled_total(urls, 3) == 3
         await last.close()
         assert await settled_total(urls, 2) == 2
