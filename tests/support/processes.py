@@ -118,11 +118,15 @@ class RelayProcess:
 
     def __init__(self, workdir: Path, env: dict[str, str], node_id: str) -> None:
         self.port = free_port()
+        self.admin_port = free_port()
+        while self.admin_port == self.port:
+            self.admin_port = free_port()
         self.node_id = node_id
         self.env = {
             **os.environ,
             "RELAY_HOST": LOOPBACK,
             "RELAY_PORT": str(self.port),
+            "RELAY_ADMIN_PORT": str(self.admin_port),
             "RELAY_NODE_ID": node_id,
             "RELAY_LOG_LEVEL": "info",
             "RELAY_PROBE_INTERVAL": "0.5",
@@ -142,6 +146,12 @@ class RelayProcess:
     @property
     def http(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        """Base URL of the admin port (/metrics, /api/v1); the player port when it is 0."""
+        port = int(self.env.get("RELAY_ADMIN_PORT", "0")) or self.port
+        return f"http://{LOOPBACK}:{port}"
 
     def start(self, *, ready: bool = True) -> RelayProcess:
         with open(self.log, "ab") as log:
@@ -169,7 +179,7 @@ class RelayProcess:
             return None
 
     def metrics(self) -> str:
-        return httpx.get(self.http + "/metrics", timeout=2.0).text
+        return httpx.get(self.admin + "/metrics", timeout=2.0).text
 
     def tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
