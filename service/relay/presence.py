@@ -82,6 +82,7 @@ class Presence:
         self._leaves: dict[str, dict[str, Member]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._registered = False
 
     # Called by the hub (synchronously, no await).
 
@@ -146,12 +147,14 @@ class Presence:
 
     async def tick(self) -> None:
         """Each load-report interval: renew liveness; announce the leaves of dead nodes."""
-        if not await self._state.alive(self._node):
+        known = await self._state.alive(self._node)
+        if not known and self._registered:
             # Declared dead while alive (a long Redis outage): our members were removed.
             log.warning("this node's presence had expired; writing its members again")
             for room, local in self._local.items():
                 joins = [member_of(self._node, p) for p in local.values()]
                 await self._state.presence_apply(room, joins, [], False)
+        self._registered = True
         for room, leaves in await self._state.reap(self.dead_after):
             if leaves:
                 log.info("%d members of a dead node left %s", len(leaves), room)
