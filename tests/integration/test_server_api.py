@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import secrets
 from typing import Any
 
 import httpx
@@ -13,6 +15,7 @@ from relay import auth
 from relay.api import models
 from relay.api.client import ApiCallError, AsyncRelayApi
 from relay.client import RelayClient
+from support.otlp_sink import CONSUMER, PRODUCER, SinkSpan, running
 from support.processes import RedisProcess
 
 pytestmark = pytest.mark.integration
@@ -266,3 +269,30 @@ async def test_disconnect_by_subject_closes_its_sockets_on_both_pods_and_nobody_
         for client in (honest_a, honest_b):
             assert (await client.ping())["op"] == "pong"
             assert client.close_code is None
+
+
+async def test_http_publish_with_traceparent_is_one_trace_to_the_consumer_on_another_pod(
+    redis: RedisProcess, relay_factory
+) -> None:
+    with running() as sink:
+        env = {**sink.env(), "RELAY_API_KEYS": KEY}
+        pod_a = relay_factory("a", redis_urls=[redis.url], env=env)
+        pod_b = relay_factory("b", redis_urls=[redis.url], env=env)
+        trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+        async with RelayClient(pod_b.url) as member, AsyncRelayApi(pod_a.admin, api_key=KEY) as api:
+            await member.join("t:1")
+            await api.publish("t:1", "traced", id="t1", traceparent=f"00-{trace_id}-{parent_id}-01")
+            assert (await next_event(member))["data"] == "traced"
+
+            def both(spans: list[SinkSpan]) -> bool:
+                names = [s.name for s in spans]
+                return "publish room" in names and "process room" in names
+
+            spans = await asyncio.to_thread(sink.wait_for, both, 15, "producer + consumer")
+    [producer] = [s for s in spans if s.name == "publish room"]
+    [consumer] = [s for s in spans if s.name == "process room"]
+    assert (producer.kind, producer.instance) == (PRODUCER, "a")
+    assert (producer.trace_id, producer.parent_span_id) == (trace_id, parent_id)
+    assert (consumer.kind, consumer.instance) == (CONSUMER, "b")
+    assert (consumer.trace_id, consumer.parent_span_id) == (trace_id, producer.span_id)
+    assert producer.attributes["relay.session.id"] == "api"

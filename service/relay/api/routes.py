@@ -76,7 +76,10 @@ class ApiProblem(Exception):
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
-RoomParam = Annotated[str, PathParam(description="Room name: 1-128 of A-Z a-z 0-9 _ - . : /")]
+RoomParam = Annotated[
+    str,
+    PathParam(pattern=models.ROOM_REGEX, description="Room name: 1-128 of A-Z a-z 0-9 _ - . : /"),
+]
 
 
 def add_admin_routes(app: FastAPI, node: RelayNode) -> None:
@@ -145,7 +148,12 @@ def _router(node: RelayNode, api_auth: ApiAuth) -> APIRouter:
                 results.append(models.BatchResult(index=index, error=error))
         return models.BatchResponse(results=results)
 
-    @router.get("/rooms/{room:path}/history", response_model=models.HistoryPage, tags=["history"])
+    @router.get(
+        "/rooms/{room:path}/history",
+        response_model=models.HistoryPage,
+        tags=["history"],
+        responses={409: {"model": models.ApiError, "description": "`epoch_mismatch`"}},
+    )
     async def history(
         room: RoomParam,
         since: Annotated[int | None, Query(ge=0, description="Events after this offset")] = None,
