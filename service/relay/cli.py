@@ -14,6 +14,7 @@ import orjson
 from websockets.exceptions import InvalidStatus
 
 from relay import auth, contract, tracing
+from relay.api import commands as api_commands
 from relay.client import RelayClient, RelayError
 from relay.config import MIN_SECRET_BYTES, ConfigError, load_settings
 
@@ -33,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     publish.add_argument("data", help="the event's data, as JSON")
     publish.add_argument("--url", default=DEFAULT_URL)
     publish.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
+    publish.add_argument("--id", help="publish id (exactly-once storage); default: a new UUID")
+    api_commands.add_credentials(publish, api_default=None)
 
     tail = commands.add_parser("tail", help="print a room's events as JSON lines")
     tail.add_argument("room")
@@ -52,14 +55,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
     check.add_argument("--timeout", type=float, default=10.0)
 
+    api_commands.add_parsers(commands)
+
     args = parser.parse_args(argv)
+    if args.command in api_commands.COMMANDS or (args.command == "publish" and args.api):
+        if args.command == "publish" and args.id is None:
+            args.id = str(uuid.uuid4())
+        return api_commands.run(args)
     if args.command == "serve":
         return _serve(args.host, args.port)
     if args.command == "token":
         return _token(args.sub, args.join, args.publish, args.ttl)
     try:
         if args.command == "publish":
-            return asyncio.run(_publish(args.url, args.token, args.room, args.data))
+            return asyncio.run(_publish(args.url, args.token, args.room, args.data, args.id))
         if args.command == "tail":
             return asyncio.run(_tail(args.url, args.token, args.room))
         return asyncio.run(_check(args.url, args.token, args.timeout))
@@ -128,14 +137,14 @@ def _token(subject: str, join: list[str], publish: list[str], ttl: str) -> int:
     return 0
 
 
-async def _publish(url: str, token: str | None, room: str, data: str) -> int:
+async def _publish(url: str, token: str | None, room: str, data: str, msg_id: str | None) -> int:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         print(f"relay publish: DATA is not JSON: {exc}", file=sys.stderr)
         return 2
     async with RelayClient(url, token=token) as client:
-        ack = await client.publish(room, value, id=str(uuid.uuid4()))
+        ack = await client.publish(room, value, id=msg_id or str(uuid.uuid4()))
     print(orjson.dumps(ack).decode())
     return 0
 

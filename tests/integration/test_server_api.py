@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -296,3 +299,44 @@ async def test_http_publish_with_traceparent_is_one_trace_to_the_consumer_on_ano
     assert (consumer.kind, consumer.instance) == (CONSUMER, "b")
     assert (consumer.trace_id, consumer.parent_span_id) == (trace_id, producer.span_id)
     assert producer.attributes["relay.session.id"] == "api"
+
+
+def relay_cli(*args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "relay.cli", *args], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def test_cli_verbs_use_the_api(redis: RedisProcess, relay_factory) -> None:
+    rooms = '[{"match": "lobby:*", "presence": true}]'
+    pod = relay_factory(
+        "a", redis_urls=[redis.url], env={"RELAY_API_KEYS": KEY, "RELAY_ROOMS": rooms}
+    )
+    api = ("--api", pod.admin, "--api-key", KEY)
+    first = relay_cli("publish", "cli:1", '{"n": 1}', "--id", "one", *api)
+    again = relay_cli("publish", "cli:1", '{"n": 1}', "--id", "one", *api)
+    assert (first["offset"], again["duplicate"]) == (1, True)
+    page = relay_cli("history", "cli:1", *api)
+    assert [(e["offset"], e["data"]) for e in page["events"]] == [(1, {"n": 1})]
+    assert relay_cli("presence", "lobby:1", *api) == {"room": "lobby:1", "count": 0, "members": []}
+    assert relay_cli("disconnect", "someone", "--reason", "cheating", *api)["subject"] == "someone"
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay.cli",
+            "history",
+            "cli:1",
+            "--api",
+            pod.admin,
+            "--api-key",
+            "x" * 40,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 1 and "401 unauthorized" in refused.stderr
