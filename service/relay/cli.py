@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--join", nargs="+", default=[], metavar="PATTERN", help="room globs")
     token.add_argument("--publish", nargs="+", default=[], metavar="PATTERN", help="room globs")
     token.add_argument("--ttl", default="1h", help="lifetime: 90, 45s, 30m, 1h30m, 7d")
+    token.add_argument(
+        "--api-claim", action="store_true", help="add `api: true`: may call the server API"
+    )
 
     check = commands.add_parser("check", help="publish to a private room and expect it back")
     check.add_argument("url")
@@ -65,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args.host, args.port)
     if args.command == "token":
-        return _token(args.sub, args.join, args.publish, args.ttl)
+        return _token(args.sub, args.join, args.publish, args.ttl, args.api_claim)
     try:
         if args.command == "publish":
             return asyncio.run(_publish(args.url, args.token, args.room, args.data, args.id))
@@ -105,7 +108,7 @@ def _serve(host: str | None, port: int | None) -> int:
     return 0
 
 
-def _token(subject: str, join: list[str], publish: list[str], ttl: str) -> int:
+def _token(subject: str, join: list[str], publish: list[str], ttl: str, api: bool = False) -> int:
     """Mint with the first secret of RELAY_JWT_SECRET, the one relays verify first."""
     secrets = [s.strip() for s in os.environ.get(contract.ENV_JWT_SECRET, "").split(",")]
     if not secrets[0]:
@@ -132,6 +135,7 @@ def _token(subject: str, join: list[str], publish: list[str], ttl: str) -> int:
             ttl=seconds,
             audience=os.environ.get(contract.ENV_JWT_AUDIENCE) or None,
             issuer=os.environ.get(contract.ENV_JWT_ISSUER) or None,
+            api=api,
         )
     )
     return 0

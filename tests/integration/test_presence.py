@@ -161,3 +161,19 @@ async def test_presence_op_needs_join_permission_and_a_presence_room(
         await changes(limited, lambda s: len(joined_conns(s)) >= 2, 5)
         reply = await limited.request({"op": "presence", "room": "lobby:mine"})
         assert reply["count"] == 2 and "members" not in reply  # over the bound of 1: counts only
+
+
+async def test_the_embedded_broker_keeps_presence_on_one_node(relay_factory) -> None:
+    pod = relay_factory("solo", env=ENV)
+    async with clients((pod.url, "ann"), (pod.url, "bob")) as (ann, bob):
+        await ann.join("lobby:1")
+        await bob.join("lobby:1")
+        both = {ann.welcome["session"], bob.welcome["session"]}
+        await changes(ann, lambda seen: joined_conns(seen) >= both, 5)
+        reply = await bob.request({"op": "presence", "room": "lobby:1"})
+        assert sorted(m["sub"] for m in reply["members"]) == ["ann", "bob"]
+        await bob.leave("lobby:1")
+        seen = await changes(ann, lambda s: bool(left_conns(s)), 5)
+        assert left_conns(seen) == [bob.welcome["session"]]
+        async with AsyncRelayApi(pod.admin, api_key=KEY) as api:
+            assert (await api.presence_stats("lobby:1")).count == 1
