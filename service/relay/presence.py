@@ -32,6 +32,8 @@ log = logging.getLogger("relay.presence")
 
 COALESCE_SECONDS: Final = 0.1
 """How long a room's joins and leaves are gathered before they are announced."""
+RETRY_SECONDS: Final = 1.0
+"""Pause before a failed presence write is tried again."""
 MAX_CHANGES: Final = 500
 """Joins + leaves per control message; a larger batch is split."""
 MAX_INFO_BYTES: Final = 1024
@@ -160,24 +162,53 @@ class Presence:
                 log.info("%d members of a dead node left %s", len(leaves), room)
                 await self._announce(room, [], leaves)
 
-    async def flush(self) -> None:
-        """Write and announce every pending change (one message per room, split if large)."""
+    async def flush(self) -> bool:
+        """Write and announce every pending change (one message per room, split if large).
+
+        False when the broker failed: the changes not written are pending again (merged
+        with what came meanwhile) and the next flush retries them; nothing is dropped.
+        """
         joins, self._joins = self._joins, {}
         leaves, self._leaves = self._leaves, {}
+        ok = True
         for room in set(joins) | set(leaves):
-            room_joins = list(joins.get(room, {}).values())
-            room_leaves = list(leaves.get(room, {}).values())
+            room_joins = joins.get(room, {})
+            room_leaves = leaves.get(room, {})
             try:
                 await self._state.presence_apply(
                     room,
-                    room_joins,
-                    [m["conn"] for m in room_leaves],
+                    list(room_joins.values()),
+                    list(room_leaves),
                     room not in self._local,
                 )
-                await self._announce(room, room_joins, room_leaves)
             except BrokerUnavailable as exc:
-                # Not lost silently: logged, and the liveness renewal re-writes members.
-                log.warning("presence of %s not announced: %s", room, exc)
+                if ok:
+                    log.warning("presence of %s not written, will retry: %s", room, exc)
+                ok = False
+                self._pend_again(room, room_joins, room_leaves)
+                continue
+            try:
+                await self._announce(room, list(room_joins.values()), list(room_leaves.values()))
+            except BrokerUnavailable as exc:
+                # Stored but not announced: members see it in the next `presence` reply.
+                log.warning("presence changes of %s stored but not announced: %s", room, exc)
+                ok = False
+        return ok
+
+    def _pend_again(self, room: str, joins: dict[str, Member], leaves: dict[str, Member]) -> None:
+        """Put back changes a failed flush did not write; a newer opposite change of the
+        same connection cancels the old one (neither reached the store)."""
+        pending_joins = self._joins.setdefault(room, {})
+        pending_leaves = self._leaves.setdefault(room, {})
+        for conn, member in joins.items():
+            if pending_leaves.pop(conn, None) is None:
+                pending_joins.setdefault(conn, member)
+        for conn, member in leaves.items():
+            if pending_joins.pop(conn, None) is None:
+                pending_leaves.setdefault(conn, member)
+        for pending in (self._joins, self._leaves):
+            if not pending[room]:
+                del pending[room]
 
     async def _announce(self, room: str, joins: list[Member], leaves: list[Member]) -> None:
         changes: list[tuple[str, Member]] = [("j", m) for m in joins] + [("l", m) for m in leaves]
@@ -198,6 +229,10 @@ class Presence:
             await asyncio.sleep(COALESCE_SECONDS)
             self._wake.clear()
             try:
-                await self.flush()
+                ok = await self.flush()
             except Exception:
                 log.exception("presence flush failed")
+                ok = False
+            if not ok:
+                self._wake.set()  # retry what is pending again, after a pause
+                await asyncio.sleep(RETRY_SECONDS)
