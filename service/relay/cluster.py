@@ -156,10 +156,13 @@ class RedisState(ClusterState):
 
     async def nodes(self) -> list[NodeReport]:
         keys: list[bytes] = []
-        async for key in self._commands.scan_iter(match=NODE_PREFIX + "*", count=200):
-            keys.append(key)
-            if len(keys) >= MAX_NODES:
-                break
+        try:
+            async for key in self._commands.scan_iter(match=NODE_PREFIX + "*", count=200):
+                keys.append(key)
+                if len(keys) >= MAX_NODES:
+                    break
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"Redis: {exc!r}") from exc
         if not keys:
             return []
         reports = []
@@ -232,10 +235,13 @@ class RedisState(ClusterState):
         commands = self._broker.shard_for(room).commands
         key = presence_key(room)
         gone = []
-        async for _, value in commands.hscan_iter(key, count=500):
-            member = orjson.loads(value)
-            if member.get("node") == dead:
-                gone.append(member)
+        try:
+            async for _, value in commands.hscan_iter(key, count=500):
+                member = orjson.loads(value)
+                if member.get("node") == dead:
+                    gone.append(member)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"Redis: {exc!r}") from exc
         if gone:
             await _redis(commands.hdel(key, *(m["conn"] for m in gone)))
         return gone

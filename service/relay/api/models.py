@@ -30,7 +30,7 @@ ErrorCodeName = Literal[
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class ApiError(_Model):
@@ -91,13 +91,13 @@ class BatchResponse(_Model):
 class HistoryEvent(_Model):
     """A stored event, as members received it."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
 
     offset: int
     ts: int
     data: JsonValue
     sender: str | None = Field(None, alias="from")
-    """The publisher's token subject (absent for events published through this API)."""
+    """The publisher's token subject; null for events published through this API."""
 
 
 class HistoryPage(_Model):

@@ -351,20 +351,25 @@ async def _broker_call(call: Awaitable[T]) -> T:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    async def problem(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiProblem)
+    # Each handler is registered for one exception class; the isinstance checks only
+    # narrow the type Starlette's signature gives them.
+    async def problem(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, ApiProblem):
+            return await crashed(request, exc)
         return exc.response()
 
-    async def invalid(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
+    async def invalid(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, RequestValidationError):
+            return await crashed(request, exc)
         parts = []
         for error in exc.errors()[:5]:
             where = ".".join(str(p) for p in error.get("loc", ()))
             parts.append(f"{where}: {error.get('msg', 'invalid')}")
         return ApiProblem(400, "bad_request", "; ".join(parts) or "invalid request").response()
 
-    async def http_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, HTTPException):
+            return await crashed(request, exc)
         if isinstance(exc.__cause__, ApiProblem):
             return exc.__cause__.response()
         code = _STATUS_CODES.get(
