@@ -90,7 +90,7 @@ async def batch_mode(relay: RelayProcess, room: str, n: int, concurrency: int, s
 
 
 async def measure(relay: RelayProcess, name: str, n: int, run: object) -> None:
-    room = f"bench:{name}"
+    room = "bench:" + name.replace(" ", "-")
     pid = relay.proc.pid if relay.proc is not None else 0
     async with RelayClient(relay.url, timeout=30) as member:
         await member.join(room)
