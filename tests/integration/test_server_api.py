@@ -337,3 +337,38 @@ def test_cli_verbs_use_the_api(redis: RedisProcess, relay_factory) -> None:
         timeout=30,
     )
     assert refused.returncode == 1 and "401 unauthorized" in refused.stderr
+
+
+async def test_rooms_and_nodes_come_from_every_pods_reports(
+    redis: RedisProcess, relay_factory
+) -> None:
+    env = {"RELAY_API_KEYS": KEY, "RELAY_LOAD_REPORT_SECONDS": "0.5"}
+    pod_a = relay_factory("a", redis_urls=[redis.url], env=env)
+    pod_b = relay_factory("b", redis_urls=[redis.url], env=env)
+    async with (
+        RelayClient(pod_a.url) as one,
+        RelayClient(pod_b.url) as two,
+        RelayClient(pod_b.url) as three,
+        AsyncRelayApi(pod_a.admin, api_key=KEY) as api,
+    ):
+        await one.join("lobby:eu")
+        await two.join("lobby:eu")
+        await three.join("match:9")
+
+        async def reported() -> dict[str, int]:
+            # The reports are written every 0.5 s: poll them, bounded.
+            for _ in range(40):
+                rooms = await api.rooms()
+                counts = {r.room: r.members for r in rooms.rooms}
+                if counts.get("lobby:eu") == 2 and "match:9" in counts:
+                    return counts
+                await asyncio.sleep(0.25)
+            raise TimeoutError(f"rooms never reported: {counts}")
+
+        assert await reported() == {"lobby:eu": 2, "match:9": 1}
+        lobbies = await api.rooms(match="lobby:*")
+        assert [(r.room, r.members) for r in lobbies.rooms] == [("lobby:eu", 2)]
+        nodes = {n.node: n for n in (await api.nodes()).nodes}
+        assert sorted(nodes) == ["a", "b"]
+        assert (nodes["a"].connections, nodes["b"].connections) == (1, 2)
+        assert nodes["b"].rooms == 2 and nodes["a"].version
