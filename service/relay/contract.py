@@ -21,6 +21,8 @@ ADMIN_PORT_NAME: Final = "admin"
 API_PREFIX: Final = "/api/v1"
 OPENAPI_PATH: Final = "/api/v1/openapi.json"
 API_DOCS_PATH: Final = "/api/docs"
+API_KEY_HEADER: Final = "x-api-key"
+"""Header carrying a server API key (RELAY_API_KEYS)."""
 
 ENV_PREFIX: Final = "RELAY_"
 

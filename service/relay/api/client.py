@@ -22,10 +22,10 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from relay.api import models
-from relay.api.keys import API_KEY_HEADER
+from relay.contract import API_KEY_HEADER, API_PREFIX
 
 M = TypeVar("M", bound=BaseModel)
-PREFIX = "/api/v1"
+PREFIX = API_PREFIX
 
 
 class ApiCallError(Exception):

@@ -17,8 +17,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay.config import PublicKey, Settings, load_public_keys
+from relay.contract import API_KEY_HEADER
 
-API_KEY_HEADER: Final = "x-api-key"
 API_CLAIM: Final = "api"
 
 
