@@ -14,6 +14,7 @@ import orjson
 
 from gamecluster_client import Connection, GameClusterError, HandshakeError
 from relay import auth, contract, tracing
+from relay.api import commands as api_commands
 from relay.config import ConfigError, TokenSettings, load, load_settings
 
 DEFAULT_URL = f"ws://127.0.0.1:{contract.HTTP_PORT}{contract.WS_PATH}"
@@ -32,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     publish.add_argument("data", help="the event's data, as JSON")
     publish.add_argument("--url", default=DEFAULT_URL)
     publish.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
+    publish.add_argument("--id", help="publish id (exactly-once storage); default: a new UUID")
+    api_commands.add_credentials(publish, api_default=None)
 
     tail = commands.add_parser("tail", help="print a room's events as JSON lines")
     tail.add_argument("room")
@@ -45,20 +48,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--join", nargs="+", default=[], metavar="PATTERN", help="room globs")
     token.add_argument("--publish", nargs="+", default=[], metavar="PATTERN", help="room globs")
     token.add_argument("--ttl", default="1h", help="lifetime: 90, 45s, 30m, 1h30m, 7d")
+    token.add_argument(
+        "--api-claim", action="store_true", help="add `api: true`: may call the server API"
+    )
 
     check = commands.add_parser("check", help="publish to a private room and expect it back")
     check.add_argument("url")
     check.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
     check.add_argument("--timeout", type=float, default=10.0)
 
+    api_commands.add_parsers(commands)
+
     args = parser.parse_args(argv)
+    if args.command in api_commands.COMMANDS or (args.command == "publish" and args.api):
+        if args.command == "publish" and args.id is None:
+            args.id = str(uuid.uuid4())
+        return api_commands.run(args)
     if args.command == "serve":
         return _serve(args.host, args.port)
     if args.command == "token":
-        return _token(args.sub, args.join, args.publish, args.ttl)
+        return _token(args.sub, args.join, args.publish, args.ttl, args.api_claim)
     try:
         if args.command == "publish":
-            return asyncio.run(_publish(args.url, args.token, args.room, args.data))
+            return asyncio.run(_publish(args.url, args.token, args.room, args.data, args.id))
         if args.command == "tail":
             return asyncio.run(_tail(args.url, args.token, args.room))
         return asyncio.run(_check(args.url, args.token, args.timeout))
@@ -95,7 +107,7 @@ def _serve(host: str | None, port: int | None) -> int:
     return 0
 
 
-def _token(subject: str, join: list[str], publish: list[str], ttl: str) -> int:
+def _token(subject: str, join: list[str], publish: list[str], ttl: str, api: bool = False) -> int:
     """Mint with the first secret of RELAY_JWT_SECRET, the one relays verify first."""
     try:
         settings = load(TokenSettings)  # the relay's own parsing: what it refuses, we refuse
@@ -119,19 +131,20 @@ def _token(subject: str, join: list[str], publish: list[str], ttl: str) -> int:
             ttl=seconds,
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
+            api=api,
         )
     )
     return 0
 
 
-async def _publish(url: str, token: str | None, room: str, data: str) -> int:
+async def _publish(url: str, token: str | None, room: str, data: str, msg_id: str | None) -> int:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         print(f"relay publish: DATA is not JSON: {exc}", file=sys.stderr)
         return 2
     async with Connection(url, token=token) as client:
-        ack = await client.publish(room, value, id=str(uuid.uuid4()))
+        ack = await client.publish(room, value, id=msg_id or str(uuid.uuid4()))
     print(orjson.dumps(ack).decode())
     return 0
 

@@ -32,7 +32,7 @@ MIN_SECRET_BYTES = 32
 """RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)."""
 MIN_RSA_BITS = 2048
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", re.DOTALL)
-_UNSHOWN = {"jwt_secret", "jwt_public_key"}
+_UNSHOWN = {"jwt_secret", "jwt_public_key", "api_keys"}
 """Settings whose value a config error must not print (a secret; a long PEM)."""
 
 
@@ -79,7 +79,15 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     """Address to listen on."""
     port: int = Field(8080, ge=1, le=65535)
-    """Port for WebSocket and HTTP (/healthz, /readyz, /metrics)."""
+    """Player port: /ws, /healthz, /readyz and the demo page."""
+    admin_port: int = Field(9090, ge=0, le=65535)
+    """Admin port: /metrics and the server API (/api/v1, docs/api.md), for a ClusterIP
+    Service only. 0: serve them on the player port too (one port, for a laptop or tests)."""
+    api_keys: JwtSecrets = ()
+    """Server API keys, comma-separated, 32+ bytes each; all are accepted (list two while
+    rotating). None and no JWT key: the API answers 404 (except embedded with auth off)."""
+    presence_max_members: int = Field(100, ge=0, le=100_000)
+    """A presence room with more members than this reports counts only (no member list)."""
     redis_urls: CommaList = ()
     """Comma-separated Redis URLs (one per shard). Empty: embedded single-node broker."""
     node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
@@ -145,6 +153,15 @@ class Settings(BaseSettings):
         if len(set(urls)) != len(urls):
             raise ValueError("the same URL is listed twice")
         return urls
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> Settings:
+        if self.admin_port == self.port:
+            raise ValueError(
+                f"RELAY_ADMIN_PORT={self.admin_port} is RELAY_PORT: use 0 to serve the admin "
+                "routes on the player port, or another port"
+            )
+        return self
 
     @field_validator("jwt_public_key")
     @classmethod

@@ -13,6 +13,17 @@ HEALTH_PATH: Final = "/healthz"
 READY_PATH: Final = "/readyz"
 METRICS_PATH: Final = "/metrics"
 
+# The admin port: /metrics and the server API, for a ClusterIP Service only (never the
+# player-facing one). RELAY_ADMIN_PORT=0 serves them on the player port instead.
+ADMIN_PORT_ENV: Final = "RELAY_ADMIN_PORT"
+DEFAULT_ADMIN_PORT: Final = 9090
+ADMIN_PORT_NAME: Final = "admin"
+API_PREFIX: Final = "/api/v1"
+OPENAPI_PATH: Final = "/api/v1/openapi.json"
+API_DOCS_PATH: Final = "/api/docs"
+API_KEY_HEADER: Final = "x-api-key"
+"""Header carrying a server API key (RELAY_API_KEYS)."""
+
 ENV_PREFIX: Final = "RELAY_"
 
 # Every setting the relay reads, by environment variable (relay.config: meaning, defaults).
@@ -43,6 +54,9 @@ ENV_JWT_PUBLIC_KEY: Final = "RELAY_JWT_PUBLIC_KEY"
 ENV_JWT_AUDIENCE: Final = "RELAY_JWT_AUDIENCE"
 ENV_JWT_ISSUER: Final = "RELAY_JWT_ISSUER"
 ENV_ALLOWED_ORIGINS: Final = "RELAY_ALLOWED_ORIGINS"
+ENV_ADMIN_PORT: Final = ADMIN_PORT_ENV
+ENV_API_KEYS: Final = "RELAY_API_KEYS"
+ENV_PRESENCE_MAX_MEMBERS: Final = "RELAY_PRESENCE_MAX_MEMBERS"
 
 # Load report: each relay pod writes its live connection count to this key (one per
 # node id) with a short TTL, so a reader (the operator's autoscaler) sums the fresh ones.

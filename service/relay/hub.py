@@ -38,6 +38,13 @@ class Member(Protocol):
     def push(self, payload: bytes) -> None: ...
 
 
+class PresenceObserver(Protocol):
+    """Told of every local membership change (relay.presence); must not block."""
+
+    def joined(self, room: str, member: object) -> None: ...
+    def left(self, room: str, member: object) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class JoinResult:
     offset: int | None
@@ -74,6 +81,7 @@ class Hub:
         self._unsubscribe_delay = unsubscribe_delay
         self._rooms: dict[str, _Room] = {}
         self._unsubscribing: dict[str, asyncio.Task[None]] = {}
+        self.presence: PresenceObserver | None = None
         broker.set_listener(self.deliver, self.heal)
 
     @property
@@ -82,6 +90,10 @@ class Hub:
 
     def is_subscribed(self, room: str) -> bool:
         return room in self._rooms
+
+    def local_rooms(self) -> dict[str, int]:
+        """Rooms with local members, and how many (node reports, GET /rooms)."""
+        return {room: len(entry.members) for room, entry in self._rooms.items() if entry.members}
 
     async def join(
         self,
@@ -103,6 +115,8 @@ class Hub:
         if entry.sequence is None:  # volatile: no history, no positions
             announce(JoinResult(None, None, None if since is None else False))
             entry.members.add(member)
+            if self.presence is not None:
+                self.presence.joined(room, member)
             return
         buffered: list[Delivery] = []
         entry.catching_up[member] = buffered
@@ -129,6 +143,8 @@ class Hub:
             if delivery.epoch == result.epoch and (delivery.offset or 0) > top:
                 member.push(delivery.payload)
         entry.members.add(member)
+        if self.presence is not None:
+            self.presence.joined(room, member)
         if entry.unsubscribe_timer is not None:  # a leave elsewhere emptied it meanwhile
             entry.unsubscribe_timer.cancel()
             entry.unsubscribe_timer = None
@@ -137,6 +153,8 @@ class Hub:
         entry = self._rooms.get(room)
         if entry is None:
             return
+        if member in entry.members and self.presence is not None:
+            self.presence.left(room, member)
         entry.members.discard(member)
         if (
             not entry.members

@@ -41,6 +41,8 @@ class CloseCode(enum.IntEnum):
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     TOKEN_EXPIRED = 4001
+    DISCONNECTED = 4003
+    """Disconnected by the server (API): do not reconnect with the same credentials."""
     SLOW_CONSUMER = 4008
 
 
@@ -98,7 +100,13 @@ class Ping:
     ref: str | None = None
 
 
-ClientMessage = Join | Leave | Publish | Ping
+@dataclass(frozen=True, slots=True)
+class PresenceQuery:
+    room: str
+    ref: str | None = None
+
+
+ClientMessage = Join | Leave | Publish | Ping | PresenceQuery
 
 
 def split_frame(text: str) -> list[str]:
@@ -130,6 +138,8 @@ def parse_message(line: str, max_bytes: int) -> ClientMessage:
         return Leave(room=_room(obj, ref), ref=ref)
     if op == "ping":
         return Ping(ref=ref)
+    if op == "presence":
+        return PresenceQuery(room=_room(obj, ref), ref=ref)
     raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:32]!r}", ref=ref)
 
 
@@ -239,6 +249,31 @@ def error(exc: ProtocolError) -> bytes:
         if value is not None:
             message[key] = value
     return encode(message)
+
+
+def disconnect(reason: str) -> bytes:
+    """Sent before close 4003: the server ended the connection; do not reconnect."""
+    return encode({"op": "disconnect", "reason": reason, "reconnect": False})
+
+
+def removed(room: str) -> bytes:
+    """Unsolicited `left`: the server API removed this connection from the room."""
+    return encode({"op": "left", "room": room, "reason": "removed"})
+
+
+def members(room: str, count: int, listed: list[dict[str, Any]] | None, ref: str | None) -> bytes:
+    """Reply to op `presence`; `members` is left out when the room reports counts only."""
+    message: dict[str, Any] = {"op": "members", "room": room, "count": count}
+    if listed is not None:
+        message["members"] = listed
+    if ref is not None:
+        message["ref"] = ref
+    return encode(message)
+
+
+def presence(room: str, joins: list[dict[str, Any]], leaves: list[dict[str, Any]]) -> bytes:
+    """Coalesced joins and leaves of a presence room, to its members."""
+    return encode({"op": "presence", "room": room, "joins": joins, "leaves": leaves})
 
 
 def reconnect(reason: str) -> bytes:

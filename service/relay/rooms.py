@@ -29,6 +29,8 @@ class RoomPolicy(BaseModel):
     """Events kept per room (durable)."""
     history_ttl_seconds: int = Field(3600, alias="historyTTLSeconds", ge=1)
     """A durable room's history is dropped after it has been idle this long (new epoch)."""
+    presence: bool = False
+    """Members see who else is in the room (`presence` messages, op `presence`)."""
 
     @property
     def durable(self) -> bool:

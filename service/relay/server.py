@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import socket
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
 
-from relay.app import create_app
+from relay.app import create_admin_app, create_app
 from relay.config import Settings
 from relay.node import RelayNode
 from relay.transport import RelayWebSocketProtocol
@@ -24,13 +27,35 @@ class RelayServer(uvicorn.Server):
     spreads the reconnects over RELAY_DRAIN_SECONDS instead.
     """
 
-    def __init__(self, config: uvicorn.Config, node: RelayNode) -> None:
+    def __init__(
+        self, config: uvicorn.Config, node: RelayNode, admin: uvicorn.Server | None = None
+    ) -> None:
         super().__init__(config)
         self.node = node
+        self.admin = admin
+        self._admin_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.admin is not None and not self.should_exit:
+            self._admin_task = asyncio.create_task(self.admin.serve(), name="admin port")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.node.drain(self.node.settings.drain_seconds)
+        # The admin port stays up through the drain (metrics, API), then stops.
+        if self.admin is not None and self._admin_task is not None:
+            self.admin.should_exit = True
+            await asyncio.wait({self._admin_task}, timeout=5)
         await super().shutdown(sockets)
+
+
+class AdminServer(uvicorn.Server):
+    """uvicorn's server for the admin port, inside the player server's process and loop:
+    signals belong to the player server, which stops this one after its drain."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def build_server(settings: Settings) -> RelayServer:
@@ -50,7 +75,19 @@ def build_server(settings: Settings) -> RelayServer:
         server_header=False,
         access_log=False,
     )
-    return RelayServer(config, app.state.node)
+    admin = None
+    if settings.admin_port:
+        admin_config = uvicorn.Config(
+            create_admin_app(app.state.node),
+            host=settings.host,
+            port=settings.admin_port,
+            log_level=settings.log_level,
+            lifespan="off",
+            server_header=False,
+            access_log=False,
+        )
+        admin = AdminServer(admin_config)
+    return RelayServer(config, app.state.node, admin)
 
 
 def serve(settings: Settings) -> None:

@@ -21,6 +21,7 @@ from relay.config import Settings
 from relay.hub import Hub, JoinResult
 from relay.metrics import Metrics
 from relay.outbox import FlushScheduler, Outbox
+from relay.presence import Presence
 from relay.protocol import CloseCode, ErrorCode, ProtocolError
 from relay.ratelimit import TokenBucket
 from relay.rooms import RoomPolicies
@@ -43,6 +44,7 @@ class Services:
     metrics: Metrics
     scheduler: FlushScheduler
     policies: RoomPolicies
+    presence: Presence | None = None
 
 
 class Session:
@@ -119,6 +121,8 @@ class Session:
                 await self._join(message)
             elif isinstance(message, protocol.Leave):
                 self._leave(message)
+            elif isinstance(message, protocol.PresenceQuery):
+                await self._presence(message)
             else:
                 self.push(protocol.pong(message.ref))
         except ProtocolError as exc:
@@ -200,6 +204,39 @@ class Session:
             self._rooms.discard(message.room)
             self._services.hub.leave(self, message.room)
         self.push(protocol.left(message.room, message.ref))
+
+    def remove_from(self, room: str) -> None:
+        """The server API removed this connection from `room` (unsolicited `left`)."""
+        if room in self._rooms:
+            self._rooms.discard(room)
+            self._services.hub.leave(self, room)
+            self.push(protocol.removed(room))
+
+    def disconnect(self, reason: str) -> None:
+        """The server API ended this connection: `disconnect`, then close 4003."""
+        self.outbox.close(protocol.disconnect(reason), CloseCode.DISCONNECTED)
+
+    async def _presence(self, message: protocol.PresenceQuery) -> None:
+        room, ref = message.room, message.ref
+        if not self.identity.may_join(room):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"the token does not allow joining {room}", ref=ref, room=room
+            )
+        presence = self._services.presence
+        if presence is None or not self._services.policies.for_room(room).presence:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"room {room} has no presence (RELAY_ROOMS)",
+                ref=ref,
+                room=room,
+            )
+        try:
+            count, listed = await presence.members(room)
+        except BrokerUnavailable as exc:
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, "the broker is unreachable; retry later", ref=ref, room=room
+            ) from exc
+        self.push(protocol.members(room, count, listed, ref))
 
     def _refuse(self, exc: ProtocolError) -> None:
         self._services.metrics.errors.labels(str(exc.code)).inc()

@@ -62,8 +62,10 @@ class RedisShard:
         on_message: Callable[[bytes], None],
         on_reconnect: Callable[[], None],
         on_resubscribed: Callable[[list[bytes]], None],
+        on_control: Callable[[bytes], None] | None = None,
     ) -> None:
         self.url = url
+        self._on_control = on_control
         self._node_channel = keys.node_channel(node_id)
         self._timeout = timeout
         self._probe_interval = probe_interval
@@ -82,7 +84,7 @@ class RedisShard:
         self.publish_durable = self.commands.register_script(lua.PUBLISH_DURABLE)
         self.publish_volatile_once = self.commands.register_script(lua.PUBLISH_VOLATILE_ONCE)
         self.read_history = self.commands.register_script(lua.HISTORY)
-        self._channels: set[bytes] = set()
+        self._channels: set[bytes] = {keys.CONTROL_CHANNEL} if on_control is not None else set()
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
         self._pubsub: PubSub | None = None
         self._probe: tuple[bytes, asyncio.Future[None]] | None = None
@@ -207,6 +209,8 @@ class RedisShard:
             if kind == "message":
                 if channel == self._node_channel:
                     self._probe_returned(message["data"])
+                elif channel == keys.CONTROL_CHANNEL and self._on_control is not None:
+                    self._on_control(message["data"])
                 else:
                     self._on_message(message["data"])
             elif kind == "subscribe":
@@ -302,8 +306,9 @@ class RedisBroker(Broker):
                 on_message=self._received,
                 on_reconnect=on_reconnect,
                 on_resubscribed=self._resubscribed,
+                on_control=self._control_received if n == 0 else None,
             )
-            for url in urls
+            for n, url in enumerate(urls)
         ]
 
     @property
@@ -421,6 +426,18 @@ class RedisBroker(Broker):
             except envelope.EnvelopeError as exc:
                 log.warning("skipped a history entry of %s that is not an envelope: %s", room, exc)
         return History(_text(epoch), int(top), deliveries)
+
+    async def broadcast(self, message: bytes) -> None:
+        shard = self._shards[0]
+        try:
+            await shard.commands.publish(keys.CONTROL_CHANNEL, message)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"control PUBLISH on {shard.url} failed: {exc!r}") from exc
+
+    @property
+    def control_shard(self) -> RedisShard:
+        """The shard holding what is not per room: control channel, node reports."""
+        return self._shards[0]
 
     async def subscribe(self, room: str) -> None:
         await self.shard_for(room).subscribe(keys.channel(room))
