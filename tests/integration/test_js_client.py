@@ -81,3 +81,45 @@ def test_token_expiry_refresh_forbidden_join_and_refused_token(relay_factory) ->
     assert refused["name"] == "UnauthorizedError" and refused["status"] == 401
     assert refused["getTokenCalls"] == 2  # the first token, then one fresh one: no loop
     assert refused["stops"][-1] == {"willReconnect": False, "error": "UnauthorizedError"}
+
+
+def test_npm_pack_gives_a_tarball_that_installs_and_loads_as_esm_and_cjs(tmp_path: Path) -> None:
+    package = built_package()
+    packed = subprocess.run(
+        ["npm", "pack", "--silent", "--pack-destination", str(tmp_path)],
+        cwd=package,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    tarball = tmp_path / packed.stdout.strip().splitlines()[-1]
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "package.json").write_text('{"name": "app", "private": true}')
+    # No runtime dependency: installing the tarball needs no registry.
+    subprocess.run(
+        ["npm", "install", "--offline", "--no-audit", "--no-fund", str(tarball)],
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    installed = app / "node_modules" / "@gamecluster" / "client"
+    assert (installed / "dist" / "esm" / "index.d.ts").exists()
+    assert (installed / "dist" / "cjs" / "index.d.ts").exists()
+    assert not (installed / "node_modules").exists()
+    check = (
+        "const cjs = require('@gamecluster/client');"
+        "import('@gamecluster/client').then((esm) => {"
+        "  const ok = typeof cjs.Client === 'function' && typeof esm.Client === 'function'"
+        "    && new esm.RelayError({op: 'error', code: 'forbidden', message: 'no'}).code"
+        "       === 'forbidden';"
+        "  console.log(ok ? 'ok' : 'broken');"
+        "});"
+    )
+    loaded = subprocess.run(
+        ["node", "-e", check], cwd=app, capture_output=True, text=True, timeout=30, check=True
+    )
+    assert loaded.stdout.strip() == "ok", loaded.stderr
