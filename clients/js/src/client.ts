@@ -175,6 +175,8 @@ export class Client extends Emitter<ClientEvents> {
   #prefetched: Promise<string> | undefined;
   #tokenInUse: string | undefined;
   #stopError: GameClusterError | undefined;
+  /** Bumped by every stop: an attempt started before a close()/connect() pair gives up. */
+  #generation = 0;
 
   constructor(urls: string | readonly string[], options: ClientOptions = {}) {
     super();
@@ -351,11 +353,12 @@ export class Client extends Emitter<ClientEvents> {
     this.#state = "connecting";
     this.emit("connecting", { url, attempt: this.#attempt });
     // 2. A token for this connection: the one fetched before expiry, or a fresh one.
+    const generation = this.#generation;
     let token: string | undefined;
     try {
       token = await this.#nextToken();
     } catch (err) {
-      if (!this.#wanted) return;
+      if (!this.#wanted || generation !== this.#generation) return;
       if (err instanceof UnauthorizedError) {
         this.#stop(err, CloseCode.handshakeRefused, err.message, true);
         return;
@@ -364,7 +367,7 @@ export class Client extends Emitter<ClientEvents> {
       this.#retry(CloseCode.abnormal, "getToken failed", this.#nextDelay());
       return;
     }
-    if (!this.#wanted) return;
+    if (!this.#wanted || generation !== this.#generation) return;
     this.#tokenInUse = token;
     // 3. Open the socket; a handshake that gets no `welcome` in time is given up.
     const target = token === undefined ? url : `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
@@ -470,7 +473,7 @@ export class Client extends Emitter<ClientEvents> {
     for (const pending of this.#requests.values()) ws.send(encode(pending.message));
     // 4. Liveness: ping every heartbeat; no message for two heartbeats drops the socket.
     this.#lastSeen = Date.now();
-    const periodMs = Math.max(1, heartbeat) * 1000;
+    const periodMs = Math.max(0.1, heartbeat) * 1000; // a floor against a bogus value
     this.#heartbeatTimer = setInterval(() => {
       if (Date.now() - this.#lastSeen > 2 * periodMs) {
         this.#closed(ws, CloseCode.noHeartbeat, "no message from the server for two heartbeats", undefined);
@@ -605,6 +608,7 @@ export class Client extends Emitter<ClientEvents> {
   /** Stop for good: fail every pending call with `error`, emit the final `disconnected`. */
   #stop(error: GameClusterError, code: number, reason: string, announce: boolean): void {
     this.#wanted = false;
+    this.#generation += 1;
     this.#stopError = error;
     this.#detach();
     clearTimeout(this.#reconnectTimer);

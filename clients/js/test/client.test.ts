@@ -5,6 +5,7 @@ import { WebSocket } from "ws";
 
 import {
   Client,
+  CloseCode,
   ClosedError,
   DisconnectedByServerError,
   QueueFullError,
@@ -104,6 +105,35 @@ describe("connection", () => {
     c.close();
     await assert.rejects(pending, ClosedError);
     assert.equal(c.state, "disconnected");
+    assert.equal(a!.handshakes, 1);
+  });
+
+  it("pings every heartbeat and drops a connection silent for two, then reconnects", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    a!.heartbeat = 0.2;
+    const c = client(urls);
+    c.connect();
+    await c.ready();
+    const silent = await a!.nextConnection(); // answers nothing, as a half-open TCP would
+    assert.equal((await silent.next()).op, "ping");
+    const dropped = await nextEvent<DisconnectedContext>(c, "disconnected");
+    assert.equal(dropped.code, CloseCode.noHeartbeat);
+    assert.equal(dropped.willReconnect, true);
+    await a!.nextConnection();
+  });
+
+  it("a close() and connect() while getToken is pending make one connection, not two", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    const pending: ((token: string) => void)[] = [];
+    const c = client(urls, { getToken: () => new Promise<string>((resolve) => pending.push(resolve)) });
+    c.connect();
+    c.close();
+    c.connect();
+    assert.equal(pending.length, 2);
+    for (const resolve of pending) resolve(fakeToken("t", 3600));
+    await c.ready();
+    await a!.nextConnection();
+    await new Promise((resolve) => setTimeout(resolve, 100)); // a second socket would be open by now
     assert.equal(a!.handshakes, 1);
   });
 

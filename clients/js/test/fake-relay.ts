@@ -82,6 +82,8 @@ export class FakeRelay {
   refusals: number[] = [];
   /** Send `welcome` on connect. */
   welcome = true;
+  /** The `heartbeat` (seconds) announced in `welcome`. */
+  heartbeat = 25;
   #server: WebSocketServer;
   readonly url: Promise<string>;
 
@@ -100,7 +102,7 @@ export class FakeRelay {
     this.#server.on("connection", (ws, req) => {
       const token = new URL(req.url ?? "/", "http://x").searchParams.get("token");
       const connection = new FakeConnection(ws, token);
-      if (this.welcome) connection.send({ op: "welcome", session: `s-${this.tokens.length}`, node: this.node, heartbeat: 25 });
+      if (this.welcome) connection.send({ op: "welcome", session: `s-${this.tokens.length}`, node: this.node, heartbeat: this.heartbeat });
       this.connections.push(connection);
     });
     this.url = new Promise((resolve) =>

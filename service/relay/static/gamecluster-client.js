@@ -360,6 +360,8 @@ var Client = class extends Emitter {
   #prefetched;
   #tokenInUse;
   #stopError;
+  /** Bumped by every stop: an attempt started before a close()/connect() pair gives up. */
+  #generation = 0;
   constructor(urls, options = {}) {
     super();
     this.urls = typeof urls === "string" ? [urls] : [...urls];
@@ -515,11 +517,12 @@ var Client = class extends Emitter {
     const url = this.urls[this.#urlIndex];
     this.#state = "connecting";
     this.emit("connecting", { url, attempt: this.#attempt });
+    const generation = this.#generation;
     let token;
     try {
       token = await this.#nextToken();
     } catch (err) {
-      if (!this.#wanted) return;
+      if (!this.#wanted || generation !== this.#generation) return;
       if (err instanceof UnauthorizedError) {
         this.#stop(err, CloseCode.handshakeRefused, err.message, true);
         return;
@@ -528,7 +531,7 @@ var Client = class extends Emitter {
       this.#retry(CloseCode.abnormal, "getToken failed", this.#nextDelay());
       return;
     }
-    if (!this.#wanted) return;
+    if (!this.#wanted || generation !== this.#generation) return;
     this.#tokenInUse = token;
     const target = token === void 0 ? url : `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
     let ws;
@@ -625,7 +628,7 @@ var Client = class extends Emitter {
     for (const pending of this.#outbox.values()) ws.send(encode(pending.message));
     for (const pending of this.#requests.values()) ws.send(encode(pending.message));
     this.#lastSeen = Date.now();
-    const periodMs = Math.max(1, heartbeat) * 1e3;
+    const periodMs = Math.max(0.1, heartbeat) * 1e3;
     this.#heartbeatTimer = setInterval(() => {
       if (Date.now() - this.#lastSeen > 2 * periodMs) {
         this.#closed(ws, CloseCode.noHeartbeat, "no message from the server for two heartbeats", void 0);
@@ -750,6 +753,7 @@ var Client = class extends Emitter {
   /** Stop for good: fail every pending call with `error`, emit the final `disconnected`. */
   #stop(error, code, reason, announce) {
     this.#wanted = false;
+    this.#generation += 1;
     this.#stopError = error;
     this.#detach();
     clearTimeout(this.#reconnectTimer);
