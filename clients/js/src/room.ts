@@ -104,7 +104,7 @@ export class Room extends Emitter<RoomEvents> {
   /** Offsets skipped without a `lost` notice: the protocol says this never happens. */
   gaps = 0;
 
-  /** @internal Rooms come from `client.room(name)`. */
+  /** Rooms come from `client.room(name)`. */
   constructor(name: string, host: RoomHost, options: RoomOptions = {}) {
     super();
     this.name = name;

@@ -160,7 +160,7 @@ var Room = class extends Emitter {
   duplicates = 0;
   /** Offsets skipped without a `lost` notice: the protocol says this never happens. */
   gaps = 0;
-  /** @internal Rooms come from `client.room(name)`. */
+  /** Rooms come from `client.room(name)`. */
   constructor(name, host, options = {}) {
     super();
     this.name = name;
