@@ -381,14 +381,16 @@ export class Client extends Emitter<ClientEvents> {
     this.#ws = ws;
     this.#serverReason = null;
     let handshakeStatus: number | undefined;
-    this.#openTimer = setTimeout(() => { this.#closed(ws, CloseCode.openTimeout, "no welcome in time", undefined); }, this.#options.openTimeoutMs);
-    ws.onerror = ((event: { message?: unknown; error?: unknown }) => {
+    this.#openTimer = setTimeout(() => {
+      this.#closed(ws, CloseCode.openTimeout, "no welcome in time", undefined);
+    }, this.#options.openTimeoutMs);
+    ws.onerror = (event: { message?: unknown; error?: unknown }) => {
       handshakeStatus ??= refusedStatus(event);
-    });
-    ws.onclose = ((event: { code: number; reason: string }) => {
+    };
+    ws.onclose = (event: { code: number; reason: string }) => {
       this.#closed(ws, event.code, event.reason, handshakeStatus);
-    });
-    ws.onmessage = ((event: { data: unknown }) => {
+    };
+    ws.onmessage = (event: { data: unknown }) => {
       if (this.#ws !== ws) return;
       this.#lastSeen = Date.now();
       const text = typeof event.data === "string" ? event.data : String(event.data);
@@ -396,7 +398,7 @@ export class Client extends Emitter<ClientEvents> {
         if (message instanceof MalformedMessage) this.emit("error", message);
         else this.#handle(ws, url, message);
       }
-    });
+    };
   }
 
   async #nextToken(): Promise<string | undefined> {
@@ -645,7 +647,7 @@ export class Client extends Emitter<ClientEvents> {
     for (const room of this.#rooms.values()) room._onDisconnect();
     if (ws === null) return;
     ws.onopen = ws.onmessage = ws.onclose = null;
-    ws.onerror = (() => undefined); // `ws` throws on an 'error' with no listener
+    ws.onerror = () => undefined; // `ws` throws on an 'error' with no listener
     try {
       if (ws.readyState <= OPEN) ws.close(CloseCode.normal);
     } catch {

@@ -547,13 +547,13 @@ var Client = class extends Emitter {
     this.#openTimer = setTimeout(() => {
       this.#closed(ws, CloseCode.openTimeout, "no welcome in time", void 0);
     }, this.#options.openTimeoutMs);
-    ws.onerror = ((event) => {
+    ws.onerror = (event) => {
       handshakeStatus ??= refusedStatus(event);
-    });
-    ws.onclose = ((event) => {
+    };
+    ws.onclose = (event) => {
       this.#closed(ws, event.code, event.reason, handshakeStatus);
-    });
-    ws.onmessage = ((event) => {
+    };
+    ws.onmessage = (event) => {
       if (this.#ws !== ws) return;
       this.#lastSeen = Date.now();
       const text = typeof event.data === "string" ? event.data : String(event.data);
@@ -561,7 +561,7 @@ var Client = class extends Emitter {
         if (message instanceof MalformedMessage) this.emit("error", message);
         else this.#handle(ws, url, message);
       }
-    });
+    };
   }
   async #nextToken() {
     const { getToken, token } = this.#options;
@@ -789,7 +789,7 @@ var Client = class extends Emitter {
     for (const room of this.#rooms.values()) room._onDisconnect();
     if (ws === null) return;
     ws.onopen = ws.onmessage = ws.onclose = null;
-    ws.onerror = (() => void 0);
+    ws.onerror = () => void 0;
     try {
       if (ws.readyState <= OPEN) ws.close(CloseCode.normal);
     } catch {
