@@ -187,6 +187,21 @@ describe("rooms", () => {
     assert.equal(c.room("secret").state, "unjoined");
   });
 
+  it("a join refused for now (unavailable) is sent again and then resolves", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    const c = client(urls, { random: () => 0.01 });
+    c.connect();
+    await c.ready();
+    const conn = await a!.nextConnection();
+    const join = c.room("r").join();
+    const first = await conn.next("join");
+    conn.send({ op: "error", code: "unavailable", message: "redis down", ref: first.ref, room: "r" });
+    const second = await conn.next("join");
+    assert.notEqual(second.ref, first.ref);
+    conn.send(joined("r", 0, "e", { ref: second.ref }));
+    assert.equal((await join).epoch, "e");
+  });
+
   it("resumes with since after a reconnect, drops the replayed duplicate, keeps order", async () => {
     const { relays: [a, b], urls } = await relays("pod-a", "pod-b");
     const c = client(urls);
@@ -411,6 +426,15 @@ describe("tokens", () => {
     c.connect();
     await c.ready();
     assert.equal(issued, 2);
+  });
+
+  it("an origin refused with 403 stops at once, even with getToken", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    a!.refusals = [403, 403];
+    const c = client(urls, { getToken: () => fakeToken("t", 3600) });
+    c.connect();
+    await assert.rejects(c.ready(), (e: unknown) => e instanceof UnauthorizedError && e.status === 403);
+    assert.equal(a!.handshakes, 1);
   });
 
   it("a fixed token refused with 401 stops at once", async () => {
