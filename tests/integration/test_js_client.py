@@ -25,10 +25,12 @@ SECRET = "js-client-test-secret-of-32-bytes+"
 FAST = {"RELAY_PUBLISH_RATE": "2000", "RELAY_PUBLISH_BURST": "2000"}
 
 
-def run_node(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
+def run_node(
+    script: str, *args: str, env: dict[str, str] | None = None, flags: tuple[str, ...] = ()
+) -> dict:
     package = built_package()
     result = subprocess.run(
-        ["node", str(SCENARIOS / script), *args],
+        ["node", *flags, str(SCENARIOS / script), *args],
         capture_output=True,
         text=True,
         timeout=90,
@@ -72,6 +74,18 @@ def test_sigkilled_pod_client_resumes_on_the_other_and_gets_every_event_once(
     assert len(offsets) == rounds and len(set(offsets)) == rounds  # each publish stored once
     missed = rejoin["offset"] - facts["offsetAtDisconnect"]
     print(f"back {facts['reconnectMs']} ms after SIGKILL; {missed} events replayed on pod B")
+
+
+def test_without_ws_the_client_uses_the_global_websocket(relay_factory) -> None:
+    pod = relay_factory("pod-a")
+    room = f"match:{uuid.uuid4().hex[:8]}"
+    facts = run_node("global_websocket.mjs", pod.url, room, flags=("--experimental-websocket",))
+    assert facts == {
+        "received": ["one", "two"],
+        "ackOffset": 1,
+        "node": "pod-a",
+        "global": "function",
+    }
 
 
 def test_token_expiry_refresh_forbidden_join_and_refused_token(relay_factory) -> None:
