@@ -6,7 +6,7 @@ HASH := $(shell cat pyproject.toml $(CLIENT)/pyproject.toml | sha1sum | cut -c1-
 STAMP := $(VENV)/.installed-all-$(HASH)
 RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 
-.PHONY: run test lint e2e bench system-deps venv
+.PHONY: run test lint e2e bench system-deps venv js-deps js-build js-vendor
 
 ## Everything: the relay, the operator extra and the dev extra (tests, linters, their tools).
 ## The Python client is its own distribution (clients/python), installed editable next to the
@@ -27,6 +27,26 @@ $(RUN_STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 
 venv: $(STAMP)
 
+## The TypeScript client (clients/js): its pinned dev dependencies from package-lock.json,
+## reinstalled when the lock file changes.
+JS := clients/js
+JS_STAMP := $(JS)/node_modules/.installed-$(shell sha1sum $(JS)/package-lock.json | cut -c1-12)
+
+$(JS_STAMP): $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+js-deps: $(JS_STAMP)
+
+js-build: js-deps
+	cd $(JS) && npm run --silent build
+
+## The demo page serves the browser bundle from the relay's static files, committed so that
+## `make run` works without Node; tests/integration/test_browser_client.py fails when the
+## committed copy differs from a fresh build (run this target and commit).
+js-vendor: js-build
+	cp $(JS)/dist/browser/gamecluster-client.js service/relay/static/gamecluster-client.js
+
 ## redis-server from Debian's packages, when missing (the tests start their own on free ports);
 ## Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium, never its own).
 system-deps:
@@ -41,11 +61,12 @@ run: $(RUN_STAMP)
 test: venv system-deps
 	$(PY) -m pytest
 
-lint: venv
+lint: venv js-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy service/relay operator/gamecluster clients/python/src/gamecluster_client
 	$(VENV)/bin/lint-imports
+	cd $(JS) && npm run --silent lint
 
 e2e: venv system-deps
 	$(PY) -m pytest -m e2e
