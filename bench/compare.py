@@ -16,7 +16,8 @@ servers):
   the servers + Redis, from /proc user + system time; p50/p99 publish-to-delivery
   latency; loss (expected deliveries not received within 3 s of the last publish);
 - ramp: rising rates until a step loses a delivery, has p99 >= 100 ms or cannot be
-  published at its rate; the max sustainable fan-out is the last step that passed;
+  published at its rate, twice in a row (the machine is shared: one spike of someone
+  else's work must not end it); the max sustainable fan-out is the last step that passed;
 - idle connections: RSS growth of the server processes per extra WebSocket, each joined
   to one of 100 rooms.
 Then tracing (relay, volatile rooms): sampling ratio 0, 0.1 and 1.0, exported over
@@ -121,6 +122,10 @@ def relay_target(workdir: Path, policy: str, extra: dict[str, str]) -> Iterator[
         "RELAY_PUBLISH_RATE": "1000000",
         "RELAY_PUBLISH_BURST": "1000000",
         "RELAY_LOG_LEVEL": os.environ.get("BENCH_RELAY_LOG_LEVEL", "warning"),
+        # The relay's own defaults, not the short test timeouts RelayProcess sets.
+        "RELAY_REDIS_TIMEOUT": "2.0",
+        "RELAY_PROBE_INTERVAL": "3.0",
+        "RELAY_PROBE_TIMEOUT": "3.0",
         **extra,
     }
     redis = RedisProcess(workdir).start()
@@ -326,6 +331,11 @@ def measure(name: str, servers: Servers, load: Load, scenarios: set[str]) -> Res
             print(f"  ramp, {load.ramp_seconds:g} s per step", flush=True)
             for rate in load.ramp:
                 result.ramp.append(step(gen, servers, rate, load.ramp_seconds))
+                if not result.ramp[-1].passed:
+                    # Once more: on a shared machine one spike of someone else's work
+                    # must not end the ramp. Two failures in a row do.
+                    print("    again:", flush=True)
+                    result.ramp[-1] = step(gen, servers, rate, load.ramp_seconds)
                 if not result.ramp[-1].passed:
                     break
         if "idle" in scenarios:

@@ -40,6 +40,7 @@ function relayConnect(url, room) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { perMessageDeflate: false });
     let joined = room === null;
+    let tries = 0;
     ws.on("error", reject);
     ws.on("message", (raw) => {
       const text = raw.toString();
@@ -52,7 +53,14 @@ function relayConnect(url, room) {
         } else if (msg.op === "joined" && !joined) {
           joined = true;
           resolve(ws);
-        } else if (msg.op === "error") console.error("loadgen: relay error", line);
+        } else if (msg.op === "error" && msg.ref === "j" && !joined && tries < 5) {
+          // A join refused as `unavailable` (a Redis subscribe timed out under load): retry.
+          tries += 1;
+          setTimeout(() => ws.send(JSON.stringify({ op: "join", room, ref: "j" })), 200 * tries);
+        } else if (msg.op === "error") {
+          console.error("loadgen: relay error", line);
+          if (!joined) reject(new Error(line));
+        }
       }
     });
   });
@@ -159,7 +167,7 @@ async function idle(conns, rooms) {
   const n = config.urls.length;
   const thunks = [];
   for (let i = 0; i < conns; i++) thunks.push(() => connect(config.urls[i % n], `idle:${i % rooms}`));
-  sockets.push(...(await inBatches(thunks, 200)));
+  sockets.push(...(await inBatches(thunks, 100)));
   return { open: conns };
 }
 
