@@ -424,7 +424,8 @@ def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> N
     head = ["target"]
     for r in rates:
         head += [f"CPU/delivery @{r:,.0f}/s (srv+redis)", f"p50/p99 @{r:,.0f}/s", "loss"]
-    head += ["max sustainable", "idle KB/conn"]
+    head += ["max sustainable (ramp)", f"1 core / CPU per delivery @{rates[-1]:,.0f}/s"]
+    head += ["idle KB/conn"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for key, res in results.items():
@@ -442,6 +443,8 @@ def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> N
         top = res.max_sustainable
         capped = res.ramp and res.ramp[-1].passed
         row.append(f"{'>=' if capped else ''}{top:,.0f}/s" if res.ramp else "-")
+        last = res.fixed.get(rates[-1])
+        row.append(f"{1e6 / last.with_redis_us:,.0f}/s" if last and last.delivered else "-")
         row.append(f"{res.idle_kb:.1f}" if res.idle_kb is not None else "-")
         print("| " + " | ".join(row) + " |")
     print("\n== ratios (CPU per delivery: servers + Redis)")
@@ -456,9 +459,12 @@ def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> N
                     f"/floor @{r:,.0f}: {ratio(s.with_redis_us, floor.fixed[r].with_redis_us)}"
                 )
         if node and res.ramp and node.ramp:
-            parts.append(
-                f"max fan-out / Node socket.io: {ratio(res.max_sustainable, node.max_sustainable)}"
-            )
+            top = ratio(res.max_sustainable, node.max_sustainable)
+            parts.append(f"max fan-out (ramp) / Node socket.io: {top}")
+        last, node_last = res.fixed.get(rates[-1]), node.fixed.get(rates[-1]) if node else None
+        if last and node_last and key != "socketio-node":
+            capacity = ratio(node_last.with_redis_us, last.with_redis_us)
+            parts.append(f"CPU capacity @{rates[-1]:,.0f} / Node socket.io: {capacity}")
         if res.idle_kb is not None and floor and floor.idle_kb:
             parts.append(f"idle RSS / floor: {ratio(res.idle_kb, floor.idle_kb)}")
         print(f"  {TARGETS[key][0]}: " + "; ".join(parts))
