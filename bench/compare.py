@@ -20,9 +20,10 @@ servers):
   else's work must not end it); the max sustainable fan-out is the last step that passed;
 - idle connections: RSS growth of the server processes per extra WebSocket, each joined
   to one of 100 rooms.
-Then tracing (relay, volatile rooms): sampling ratio 0, 0.1 and 1.0, exported over
-OTLP/HTTP to a local sink that counts spans (tests/support/otlp_sink.py), at 20,000
-deliveries/s: CPU per delivery against ratio 0.
+Then tracing (relay, volatile rooms): tracing disabled, then sampling ratio 0, 0.1 and
+1.0, exported over OTLP/HTTP to a local sink that counts spans (tests/support/otlp_sink.py,
+on CPU 0), at 20,000 deliveries/s: CPU per delivery against ratio 0 (and ratio 0 against
+disabled: what an unsampled event pays).
 
 Not a test: it prints numbers, and a table of ratios at the end. Compare figures within
 one run; the machine is shared. `--quick` (or BENCH_QUICK=1) shortens every step.
@@ -374,7 +375,8 @@ TARGETS: dict[str, tuple[str, Callable[[Path], Any]]] = {
 }
 """Key -> (label, context manager factory taking a work directory), in table order."""
 
-SAMPLING = ["0", "0.1", "1.0"]
+SAMPLING = ["disabled", "0", "0.1", "1.0"]
+"""Tracing off (OTEL_SDK_DISABLED), then parent-based ratio sampling at each ratio."""
 
 
 def tracing(workdir: Path, load: Load, rate: float) -> dict[str, Step]:
@@ -391,12 +393,13 @@ def tracing(workdir: Path, load: Load, rate: float) -> dict[str, Step]:
         wait_until(listening(sink_port, sink), 20, "the OTLP sink")
         for sampling in SAMPLING:
             env = {
+                "OTEL_SDK_DISABLED": "true" if sampling == "disabled" else "false",
                 "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                "OTEL_TRACES_SAMPLER_ARG": sampling,
+                "OTEL_TRACES_SAMPLER_ARG": "0" if sampling == "disabled" else sampling,
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{LOOPBACK}:{sink_port}",
                 "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             }
-            print(f"-- tracing, sampling ratio {sampling} (relay, volatile rooms)", flush=True)
+            print(f"-- tracing, sampling {sampling} (relay, volatile rooms)", flush=True)
             with relay_target(workdir, "volatile", env) as servers:
                 for pid in [*servers.pids, servers.redis_pid]:
                     assert pid is not None
@@ -480,8 +483,9 @@ def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> N
         print("\n== tracing (relay, volatile rooms; CPU per delivery, servers + Redis)")
         for name, s in traced.items():
             vs = f" = {ratio(s.with_redis_us, base.with_redis_us)} of ratio 0" if base else ""
+            name = name if name == "disabled" else f"ratio {name}"
             cpu = f"{s.with_redis_us:6.1f} us{vs}"
-            print(f"  sampling {name:4}: {cpu}, p99 {s.p99:.1f} ms, loss {s.loss}")
+            print(f"  {name:9}: {cpu}, p99 {s.p99:.1f} ms, loss {s.loss}")
 
 
 def main() -> None:
