@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import random
 import secrets
@@ -336,6 +337,10 @@ class RedisBroker(Broker):
             raise ValueError("RedisBroker needs at least one URL")
         self._node_id = node_id
         self._dedupe_seconds = dedupe_seconds
+        # Retry keys of id-less publishes: a random prefix per process (no two servers,
+        # nor two lives of one, share it) and a counter, not 8 random bytes per publish.
+        self._retry_prefix = secrets.token_hex(8)
+        self._retry_ids = itertools.count()
         self._shards = [
             RedisShard(
                 url,
@@ -443,7 +448,8 @@ class RedisBroker(Broker):
         """
         if msg_id is not None:
             return dedupe_key(room, subject, msg_id), self._dedupe_seconds
-        return f"room:{{{room}}}:retry:{secrets.token_hex(8)}", RETRY_WINDOW_SECONDS
+        retry_id = f"{self._retry_prefix}{next(self._retry_ids):x}"
+        return f"room:{{{room}}}:retry:{retry_id}", RETRY_WINDOW_SECONDS
 
     async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
         shard = self.shard_for(room)
