@@ -71,5 +71,9 @@ lint: venv js-deps
 e2e: venv system-deps
 	$(PY) -m pytest -m e2e
 
+## The relay against Node socket.io, python-socketio and the frame-once floor (bench/compare.py);
+## BENCH_QUICK=1 for a short run. Installs its own extras: the `bench` extra and bench/js (npm ci).
 bench: venv system-deps
-	$(PY) bench/fanout.py
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	cd bench/js && npm ci --no-audit --no-fund --silent
+	$(PY) bench/compare.py $(BENCH_ARGS)
