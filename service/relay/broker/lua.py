@@ -15,6 +15,11 @@ if dedupe_ttl > 0 then
   local seen = redis.call('GET', KEYS[3])
   if seen then
     local sep = string.find(seen, ':', 1, true)
+    if not sep then
+      -- Stored by PUBLISH_VOLATILE_ONCE ('-'): a pod that held the room volatile sent
+      -- it (rolling update of RELAY_ROOMS). It went out once; it has no offset.
+      return {1, false, false}
+    end
     return {1, tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1)}
   end
 end

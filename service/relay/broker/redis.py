@@ -397,6 +397,8 @@ class RedisBroker(Broker):
                 event_tail,
             ],
         )
+        if offset is None:  # a retry of an id a volatile-policy pod already sent
+            return PublishResult(None, None, duplicate=True)
         return PublishResult(int(offset), _text(epoch), duplicate=bool(duplicate))
 
     async def _publish_volatile(
