@@ -47,7 +47,11 @@ class RelayNode:
         self.broker = make_broker(settings, self.metrics)
         policies = RoomPolicies(settings.rooms)
         self.hub = Hub(
-            self.broker, self.metrics, policies, unsubscribe_delay=settings.unsubscribe_delay
+            self.broker,
+            self.metrics,
+            policies,
+            unsubscribe_delay=settings.unsubscribe_delay,
+            catch_up_limit=settings.send_queue,
         )
         self.services = Services(
             settings, self.broker, self.hub, self.metrics, FlushScheduler(), policies
@@ -86,6 +90,8 @@ class RelayNode:
             return "draining"
         if not self.broker.ready:
             return "broker not connected"
+        if len(self.sessions) >= self.settings.max_connections:
+            return "connection limit reached"  # new clients would get 1013 here
         return None
 
     async def serve(self, websocket: WebSocket) -> None:

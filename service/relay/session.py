@@ -75,6 +75,12 @@ class Session:
     def push(self, payload: bytes) -> None:
         self.outbox.push(payload)
 
+    async def replay(self, payloads: list[bytes]) -> None:
+        await self.outbox.replay(payloads)
+
+    def overflow(self) -> None:
+        self._slow_consumer()
+
     def reconnect(self, reason: str, code: CloseCode) -> None:
         """Tell the client to reconnect elsewhere, after what is already queued, and close."""
         self.outbox.close(protocol.reconnect(reason), code)

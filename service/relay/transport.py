@@ -12,6 +12,7 @@ in the ASGI scope extension `relay.raw_socket`. `relay serve` always runs with i
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,10 @@ from websockets.http11 import Request
 
 SCOPE_EXTENSION = "relay.raw_socket"
 CLOSE_TIMEOUT = 5.0
-"""Seconds to wait for the peer's close frame before dropping the TCP connection."""
+"""Grace, in seconds, for a closing connection (the peer's close frame, a write buffer
+still draining) before the TCP connection is aborted. `transport.close()` alone waits
+for the buffer to drain, which is never when the peer stopped reading: every close the
+server starts ends in `transport.abort()` after this grace, so no peer holds a slot."""
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -42,6 +46,7 @@ class RawSocket:
     def __init__(self, protocol: RelayWebSocketProtocol) -> None:
         self._protocol = protocol
         self.on_resume: Callable[[], None] | None = None
+        """Called when the transport takes writes again, and when the connection closes."""
         self.compressed = bool(protocol.conn.extensions)
 
     @property
@@ -78,9 +83,15 @@ class RawSocket:
 
 
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, plus a RawSocket in the scope."""
+    """uvicorn's sans-I/O WebSocket protocol, plus a RawSocket in the scope.
+
+    And a bound on every close: wherever uvicorn starts closing the transport (heartbeat
+    timeout, the peer's close frame, a protocol error, the app returning, shutdown), the
+    connection is aborted if it is still there CLOSE_TIMEOUT seconds later.
+    """
 
     raw_socket: RawSocket | None = None
+    abort_timer: asyncio.TimerHandle | None = None
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -98,6 +109,47 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             self.handshake_complete = True
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._bound_close()
+
+    def keepalive_timeout(self) -> None:
+        # The peer did not answer a ping within the heartbeat: the session ends now (its
+        # slot is free at once); the socket goes at the latest after the grace.
+        if not (self.close_sent or self.transport.is_closing()):
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1011})
+        super().keepalive_timeout()
+        self._bound_close()
+        self._wake_writer()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._bound_close()
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        self._bound_close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.abort_timer is not None:
+            self.abort_timer.cancel()
+            self.abort_timer = None
+        super().connection_lost(exc)
+        self._wake_writer()  # nothing will drain now: whoever waits for it must stop
+
+    def _wake_writer(self) -> None:
+        if self.raw_socket is not None and self.raw_socket.on_resume is not None:
+            self.raw_socket.on_resume()
+
+    def _bound_close(self) -> None:
+        if self.abort_timer is None and not self.disconnected and self.transport.is_closing():
+            self.abort_timer = self.loop.call_later(CLOSE_TIMEOUT, self._abort)
+
+    def _abort(self) -> None:
+        self.abort_timer = None
+        if not self.disconnected:
+            self.transport.abort()
+
     def resume_writing(self) -> None:
         super().resume_writing()
         if self.raw_socket is not None and self.raw_socket.on_resume is not None:
@@ -114,4 +166,4 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-        self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.close)
+        self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self._abort)

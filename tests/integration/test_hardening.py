@@ -2,12 +2,133 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import os
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import orjson
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from relay.client import RelayClient
-from support.processes import RedisProcess
+from relay.transport import CLOSE_TIMEOUT
+from support.processes import LOOPBACK, RedisProcess, RelayProcess
 
 pytestmark = pytest.mark.integration
+
+HEARTBEAT = 1.0
+SEND_QUEUE = 100
+EVENT_BYTES = 3000
+HISTORY = 1000  # events of EVENT_BYTES: a 3 MB history
+FAST = {
+    "RELAY_HEARTBEAT_SECONDS": str(HEARTBEAT),
+    "RELAY_SEND_QUEUE": str(SEND_QUEUE),
+    "RELAY_PUBLISH_RATE": "100000",
+    "RELAY_PUBLISH_BURST": "100000",
+    "RELAY_OP_RATE": "100000",
+    "RELAY_OP_BURST": "100000",
+}
+
+
+class StalledClient:
+    """A WebSocket client that sends what it is told and never reads a byte.
+
+    Its receive buffer is made tiny before connecting, so what the server sends piles up
+    on the server's side at once, as with a real client that stopped reading.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock: socket.socket | None = None
+
+    async def open(self) -> StalledClient:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (LOOPBACK, self.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET /ws HTTP/1.1\r\nHost: {LOOPBACK}:{self.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await loop.sock_recv(sock, 1)
+            assert chunk, f"closed during the handshake: {head!r}"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.sock = sock
+        return self
+
+    async def send(self, *messages: dict[str, object]) -> None:
+        """One masked text frame carrying `messages` separated by newlines."""
+        assert self.sock is not None
+        payload = b"\n".join(orjson.dumps(m) for m in messages)
+        mask = os.urandom(4)
+        size = len(payload)
+        if size < 126:
+            header = struct.pack("!BB", 0x81, 0x80 | size)
+        elif size < 65536:
+            header = struct.pack("!BBH", 0x81, 0x80 | 126, size)
+        else:
+            header = struct.pack("!BBQ", 0x81, 0x80 | 127, size)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await asyncio.get_running_loop().sock_sendall(self.sock, header + mask + masked)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+def peak_rss(relay: RelayProcess) -> int:
+    """The relay process's peak resident memory (VmHWM), bytes."""
+    assert relay.proc is not None
+    status = Path(f"/proc/{relay.proc.pid}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+async def fill_history(relay: RelayProcess, room: str) -> str:
+    """HISTORY events of EVENT_BYTES in `room`; returns the room's epoch."""
+    async with RelayClient(relay.url) as publisher:
+        blob = "x" * EVENT_BYTES
+        for start in range(0, HISTORY, 50):
+            frame = "\n".join(
+                orjson.dumps({"op": "publish", "room": room, "data": blob, "id": f"{n}"}).decode()
+                for n in range(start, start + 50)
+            )
+            await publisher.send_raw(frame)
+            for _ in range(50):
+                await publisher.receive(timeout=10)  # the acks (ids, no refs)
+        joined = await publisher.join(room)
+        assert joined["offset"] == HISTORY
+        return str(joined["epoch"])
+
+
+async def readyz(relay: RelayProcess) -> tuple[int, dict[str, object]]:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(relay.http + "/readyz", timeout=2)
+        return response.status_code, response.json()
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Poll an async condition (an HTTP endpoint: nothing to await an event from)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.05)
+
 
 MIXED = "mix:*"
 
@@ -44,3 +165,64 @@ async def test_publish_id_retried_on_a_pod_with_another_room_policy_is_acked_onc
         assert [(await watcher.receive(timeout=5))["data"]] == ["two"]
         with pytest.raises(TimeoutError):  # neither retry was sent a second time
             await watcher.receive(timeout=0.5)
+
+
+async def test_clients_that_stop_reading_lose_their_slots_within_heartbeat_and_grace(
+    relay_factory,
+) -> None:
+    """Finding 2 (probe scenario 2): 20 non-reading resumers fill a 20-slot relay; the
+    heartbeat ends each within 2 heartbeats (ping, then its timeout) plus the close grace,
+    after which /readyz is ready and new clients get in again."""
+    slots = 20
+    pod = relay_factory("a", env={**FAST, "RELAY_MAX_CONNECTIONS": str(slots)})
+    epoch = await fill_history(pod, "big")
+    stalled = [await StalledClient(pod.port).open() for _ in range(slots)]
+    try:
+        for client in stalled:
+            await client.send({"op": "join", "room": "big", "since": {"offset": 0, "epoch": epoch}})
+        held_at = time.monotonic()
+        status, body = await readyz(pod)
+        assert (status, body.get("reason")) == (503, "connection limit reached")
+        async with connect(pod.url) as refused:
+            with pytest.raises(ConnectionClosed) as closed:
+                await refused.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+
+        async def ready() -> bool:
+            return (await readyz(pod))[0] == 200
+
+        bound = 2 * HEARTBEAT + CLOSE_TIMEOUT + 2.0  # + 2 s for a loaded test machine
+        await wait_for(ready, bound + 10, "slots freed")
+        freed_after = time.monotonic() - held_at
+        assert freed_after <= bound, f"slots freed after {freed_after:.1f}s, bound {bound}s"
+        async with RelayClient(pod.url) as newcomer:
+            assert (await newcomer.join("big"))["offset"] == HISTORY
+    finally:
+        for client in stalled:
+            client.close()
+
+
+async def test_replay_is_paced_by_the_socket_and_bounded_by_the_send_queue(relay_factory) -> None:
+    """Finding 3 (probe scenario 3): a frame of 20 resumes on a 3 MB history from a client
+    that does not read raises the relay's peak RSS by at most what the send queue allows,
+    not by 20 replays; a reading client still resumes past the bound in full."""
+    pod = relay_factory("a", env=FAST)
+    epoch = await fill_history(pod, "big")
+    since = {"offset": 0, "epoch": epoch}
+    before = peak_rss(pod)
+    stalled = await StalledClient(pod.port).open()
+    try:
+        await stalled.send(*({"op": "join", "room": "big", "since": since} for _ in range(20)))
+        await asyncio.sleep(2)  # what the old code did happened in one loop turn
+        growth = peak_rss(pod) - before
+        # One send queue's worth per connection (SEND_QUEUE * EVENT_BYTES = 300 kB), plus
+        # 10 MB for the interpreter's own noise; the old code grew by 20 replays (> 60 MB).
+        bound = SEND_QUEUE * EVENT_BYTES + 10 * 2**20
+        assert growth <= bound, f"peak RSS grew {growth / 2**20:.1f} MiB, bound {bound / 2**20:.1f}"
+    finally:
+        stalled.close()
+    async with RelayClient(pod.url) as reader:
+        joined = await reader.join("big", since=since)
+        assert joined["recovered"] is True
+        offsets = [(await reader.receive(timeout=10))["offset"] for _ in range(HISTORY)]
+        assert offsets == list(range(1, HISTORY + 1))  # 10x the send queue, all of it

@@ -3,6 +3,7 @@ import asyncio
 import orjson
 import pytest
 
+from relay import hub as hub_module
 from relay.broker import BrokerUnavailable, Delivery, History
 from relay.broker.memory import MemoryBroker
 from relay.hub import Hub, JoinResult
@@ -20,8 +21,16 @@ class Member:
     def __init__(self) -> None:
         self.received: list[bytes] = []
 
+        self.overflowed = False
+
     def push(self, payload: bytes) -> None:
         self.received.append(payload)
+
+    async def replay(self, payloads: list[bytes]) -> None:
+        self.received.extend(payloads)
+
+    def overflow(self) -> None:
+        self.overflowed = True
 
     def messages(self) -> list[dict[str, object]]:
         return [orjson.loads(p) for p in self.received]
@@ -215,3 +224,56 @@ async def test_a_join_whose_history_read_fails_does_not_keep_the_room() -> None:
         await join(hub, Member(), "r")
     await asyncio.wait_for(broker.unsubscribed.wait(), 2)
     assert not hub.is_subscribed("r")
+
+
+async def test_live_events_during_a_catch_up_are_bounded_and_overflow_drops_the_member(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: `catching_up` grew without limit while a joiner waited."""
+    broker = CountingBroker()
+    hub = Hub(broker, Metrics(), RoomPolicies([]), unsubscribe_delay=0, catch_up_limit=3)
+    watcher = Member()
+    await join(hub, watcher, "r")
+    epoch = (await broker.history("r", None, DURABLE)).epoch
+    held = asyncio.Event()
+    real_history = broker.history
+
+    async def slow_history(room: str, after: int | None, policy: RoomPolicy) -> History:
+        await held.wait()
+        return await real_history(room, after, policy)
+
+    monkeypatch.setattr(broker, "history", slow_history)
+    joiner = Member()
+    joining = asyncio.create_task(join(hub, joiner, "r", Position(0, epoch)))
+    await asyncio.sleep(0)
+    for n in range(10):  # live events while the joiner's history read is held
+        await broker.publish("r", n, ts=0, policy=DURABLE)
+    assert joiner.overflowed  # past 3 buffered: dropped as a slow consumer
+    held.set()
+    await asyncio.wait_for(joining, 2)
+    assert len(watcher.offsets()) == 10  # the others were not held up
+
+
+async def test_a_stuck_catch_up_fails_the_join_instead_of_holding_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: a join waited through `catch_up` for as long as history failed."""
+    monkeypatch.setattr(hub_module, "CATCH_UP_SECONDS", 0.3)
+    broker = CountingBroker()
+    hub = make_hub(broker)
+    await join(hub, Member(), "r")
+    await broker.publish("r", 1, ts=0, policy=DURABLE)
+    real_history = broker.history
+    calls = 0
+
+    async def failing_after_the_first(room: str, after: int | None, policy: RoomPolicy) -> History:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the joiner's own read sees a newer top than this server's feed
+            history = await real_history(room, after, policy)
+            return History(history.epoch, history.top + 5, history.entries)
+        raise BrokerUnavailable("redis is down")
+
+    monkeypatch.setattr(broker, "history", failing_after_the_first)
+    with pytest.raises(BrokerUnavailable, match="did not catch up"):
+        await asyncio.wait_for(join(hub, Member(), "r"), 5)
