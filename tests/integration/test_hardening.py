@@ -15,8 +15,9 @@ import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from relay import auth
 from relay.client import RelayClient
 from relay.transport import CLOSE_TIMEOUT
 from support.processes import LOOPBACK, RedisProcess, RelayProcess
@@ -226,3 +227,45 @@ async def test_replay_is_paced_by_the_socket_and_bounded_by_the_send_queue(relay
         assert joined["recovered"] is True
         offsets = [(await reader.receive(timeout=10))["offset"] for _ in range(HISTORY)]
         assert offsets == list(range(1, HISTORY + 1))  # 10x the send queue, all of it
+
+
+SECRET = "hardening-secret-that-is-32-bytes-long"
+OTHER_SECRET = "a-secret-the-relay-does-not-know-at-all"
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+async def test_no_credential_reaches_any_log_line(relay_factory, level: str) -> None:
+    """Finding 1: uvicorn logged `"WebSocket /ws?token=<JWT>" [accepted]` at INFO, and
+    websockets logs the request line and headers at DEBUG. Every way a token can come
+    (query, header; accepted, refused, expired), then every log line is searched."""
+    pod = relay_factory(
+        "a",
+        env={"RELAY_AUTH": "jwt", "RELAY_JWT_SECRET": SECRET, "RELAY_LOG_LEVEL": level},
+    )
+    good = auth.mint(SECRET, subject="alice", join=["*"], publish=["*"], ttl=300)
+    header = auth.mint(SECRET, subject="bob", join=["*"], publish=["*"], ttl=300)
+    forged = auth.mint(OTHER_SECRET, subject="mallory", join=["*"], ttl=300)
+    expired = auth.mint(SECRET, subject="old", join=["*"], ttl=60, now=time.time() - 3600)
+    async with RelayClient(f"{pod.url}?token={good}") as by_query:
+        await by_query.join("r")
+        await by_query.publish("r", "hello", id="1")
+    async with RelayClient(pod.url, token=header) as by_header:
+        await by_header.join("r")
+    for refused in (forged, expired):
+        for url, headers in (
+            (f"{pod.url}?token={refused}", None),
+            (pod.url, {"Authorization": f"Bearer {refused}"}),
+        ):
+            with pytest.raises(InvalidStatus) as status:
+                async with connect(url, additional_headers=headers, open_timeout=5):
+                    pass
+            assert status.value.response.status_code == 401
+    pod.terminate()
+    assert pod.proc is not None
+    pod.proc.wait(15)
+    log = pod.log.read_text(errors="replace")
+    assert "WebSocket /ws" in log  # the handshake lines are there, only redacted
+    for credential in (good, header, forged, expired, SECRET, OTHER_SECRET):
+        for part in credential.split("."):  # no piece of a token either (e.g. its signature)
+            leaked = [line for line in log.splitlines() if part in line]
+            assert not leaked, f"credential part in the log: {leaked[:3]}"
