@@ -324,3 +324,28 @@ async def test_ping_join_and_leave_are_metered(relay_factory) -> None:
         assert refusals and all(m["code"] == "rate_limited" for m in refusals)
         assert len(refusals) <= 60  # ABUSE_BURST refusals, then the close
         assert message["code"] == 1008
+
+
+async def test_joins_to_many_room_names_leave_no_lasting_redis_keys(
+    relay_factory, redis: RedisProcess
+) -> None:
+    """Finding 4, Redis mode: 5,000 joins left 4,998 `room:{R}:meta` keys for an hour.
+    A room never published to keeps its key EMPTY_ROOM_SECONDS (60 s) after a join."""
+    pod = relay_factory("a", redis_urls=[redis.url], env={"RELAY_OP_BURST": "1000"})
+    async with RelayClient(pod.url) as client:
+        await client.publish("published", 1, id="p")
+        for n in range(0, 300, 50):
+            await client.send_raw(
+                "\n".join(
+                    f'{{"op":"join","room":"j{m}"}}\n{{"op":"leave","room":"j{m}"}}'
+                    for m in range(n, n + 50)
+                )
+            )
+            for _ in range(100):
+                assert (await client.receive(timeout=10))["op"] in {"joined", "left"}
+    keys = redis.cli("--scan", "--pattern", "room:*:meta").split()
+    ttls = {key: int(redis.cli("TTL", key)) for key in keys}
+    assert "room:{j0}:meta" in ttls  # the joins did happen
+    assert 0 < ttls["room:{published}:meta"] <= 3600
+    joined_only = {k: t for k, t in ttls.items() if k != "room:{published}:meta"}
+    assert joined_only and all(0 < t <= 60 for t in joined_only.values()), joined_only

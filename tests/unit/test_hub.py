@@ -5,6 +5,7 @@ import pytest
 
 from relay import hub as hub_module
 from relay.broker import BrokerUnavailable, Delivery, History
+from relay.broker import memory as memory_broker
 from relay.broker.memory import MemoryBroker
 from relay.hub import Hub, JoinResult
 from relay.metrics import Metrics
@@ -197,7 +198,9 @@ async def test_a_history_lost_while_idle_is_noticed_at_the_next_join_and_resynce
     present = Member()
     await join(hub, present, "r")
     await broker.publish("r", "old", ts=0, policy=DURABLE)
-    broker._epoch = "after-loss"  # as if Redis came back empty
+    lost = memory_broker._Room(DURABLE)  # as if Redis came back empty
+    lost.epoch = "after-loss"
+    broker._rooms["r"] = lost
     result = await join(hub, Member(), "r")
     assert result.epoch == "after-loss"
     await broker.publish("r", "new", ts=0, policy=DURABLE)
@@ -277,3 +280,33 @@ async def test_a_stuck_catch_up_fails_the_join_instead_of_holding_it(
     monkeypatch.setattr(broker, "history", failing_after_the_first)
     with pytest.raises(BrokerUnavailable, match="did not catch up"):
         await asyncio.wait_for(join(hub, Member(), "r"), 5)
+
+
+async def test_the_embedded_broker_forgets_rooms_that_were_only_joined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finding 4: ~919 B per distinct room name ever joined, kept forever."""
+    monkeypatch.setattr(memory_broker, "EMPTY_ROOM_SECONDS", 0)
+    broker = CountingBroker()
+    hub = make_hub(broker)
+    member = Member()
+    await join(hub, member, "kept")
+    await broker.publish("kept", 1, ts=0, policy=DURABLE)
+    for n in range(2000):  # join and leave 2,000 names nobody publishes to
+        await join(hub, member, f"r{n}")
+        hub.leave(member, f"r{n}")
+        await broker.unsubscribe(f"r{n}")  # what the hub's release does after its delay
+    assert len(broker._rooms) <= 1 + memory_broker.SWEEP_STEP
+    assert (await broker.history("kept", 0, DURABLE)).top == 1  # in use: kept
+
+
+async def test_the_embedded_broker_keeps_at_most_max_rooms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory_broker, "MAX_ROOMS", 50)
+    broker = CountingBroker()
+    epochs = {}
+    for n in range(500):  # published to: each has history, within its TTL
+        epochs[f"p{n}"] = (await broker.publish(f"p{n}", n, ts=0, policy=DURABLE)).epoch
+    assert len(broker._rooms) <= 50
+    forgotten = next(name for name in epochs if name not in broker._rooms)
+    again = await broker.history(forgotten, None, DURABLE)
+    assert again.top == 0 and again.epoch != epochs[forgotten]  # a new epoch: no offset reused

@@ -37,7 +37,7 @@ from relay.broker.base import (
     dedupe_key,
 )
 from relay.contract import LOAD_REPORT_KEY_PREFIX, LOAD_REPORT_TTL_SECONDS
-from relay.rooms import RoomPolicy
+from relay.rooms import EMPTY_ROOM_SECONDS, RoomPolicy
 
 log = logging.getLogger("relay.broker.redis")
 
@@ -440,7 +440,7 @@ class RedisBroker(Broker):
                     -1 if after is None else after,
                     policy.history_size,
                     secrets.token_hex(4),
-                    policy.history_ttl_seconds,
+                    min(EMPTY_ROOM_SECONDS, policy.history_ttl_seconds),
                 ],
             )
         except (RedisError, OSError) as exc:
