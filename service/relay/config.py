@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     """Messages queued for one connection before it is dropped as a slow consumer (4008)."""
     drain_seconds: float = Field(10.0, ge=0, le=3600)
     """On SIGTERM, sessions are told to reconnect elsewhere, spread over this many seconds."""
+    handshake_seconds: float = Field(10.0, gt=0, le=300)
+    """A connection's HTTP request head must arrive within this; else 408 and close."""
     heartbeat_seconds: float = Field(25.0, gt=0)
     """WebSocket ping interval, announced to clients in `welcome`."""
     unsubscribe_delay: float = Field(2.0, ge=0)

@@ -10,10 +10,10 @@ from types import FrameType
 
 import uvicorn
 
+from relay import transport
 from relay.app import create_app
 from relay.config import Settings
 from relay.node import RelayNode
-from relay.transport import RelayWebSocketProtocol
 
 HARD_FRAME_FACTOR = 4
 """Frames over this many times RELAY_MAX_MESSAGE_BYTES are closed with 1009, unread."""
@@ -86,11 +86,16 @@ class RelayServer(uvicorn.Server):
 
 def build_server(settings: Settings) -> RelayServer:
     app = create_app(settings)
+    refusals = app.state.node.metrics.handshake_refusals
+    http_protocol, ws_protocol = transport.protocols(
+        lambda status: refusals.labels(str(status)).inc(), settings.handshake_seconds
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        ws=RelayWebSocketProtocol,
+        http=http_protocol,
+        ws=ws_protocol,
         ws_max_size=settings.max_message_bytes * HARD_FRAME_FACTOR,
         ws_ping_interval=settings.heartbeat_seconds,
         ws_ping_timeout=settings.heartbeat_seconds,

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -349,3 +350,71 @@ async def test_joins_to_many_room_names_leave_no_lasting_redis_keys(
     assert 0 < ttls["room:{published}:meta"] <= 3600
     joined_only = {k: t for k, t in ttls.items() if k != "room:{published}:meta"}
     assert joined_only and all(0 < t <= 60 for t in joined_only.values()), joined_only
+
+
+async def _answer(port: int, head: bytes, *, trickle: float | None = None) -> tuple[bytes, float]:
+    """Send `head` (byte by byte every `trickle` s, or at once); return the whole reply,
+    read to the server's close, and the seconds that took."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    start = time.monotonic()
+    try:
+        if trickle is None:
+            writer.write(head)
+        else:
+
+            async def drip() -> None:
+                for byte in head:
+                    writer.write(bytes([byte]))
+                    await asyncio.sleep(trickle)
+
+            dripping = asyncio.create_task(drip())
+        reply = await asyncio.wait_for(reader.read(), 30)  # to EOF: the server closed
+        if trickle is not None:
+            dripping.cancel()
+        return reply, time.monotonic() - start
+    finally:
+        writer.close()
+
+
+def _upgrade(target: str, extra: str = "") -> bytes:
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+
+
+async def test_oversized_slow_and_idle_handshakes_are_answered_closed_and_counted(
+    relay_factory,
+) -> None:
+    """Finding 6: no reply and an open socket for 150 s before; now 414/431/408, a close
+    within RELAY_HANDSHAKE_SECONDS (+ scheduling slack), and a count per status."""
+    deadline = 1.0
+    pod = relay_factory("a", env={"RELAY_HANDSHAKE_SECONDS": str(deadline)})
+    cases = {
+        "header line over 8 KiB": (_upgrade("/ws", f"X-Big: {'a' * 9000}\r\n"), b"431"),
+        "request target over 8 KiB": (_upgrade("/ws?" + "a" * 9000), b"414"),
+        "head over 16 KiB on plain HTTP": (
+            b"GET /healthz HTTP/1.1\r\n"
+            + b"".join(b"X-%d: %s\r\n" % (n, b"a" * 4000) for n in range(5))
+            + b"\r\n",
+            b"431",
+        ),
+    }
+    for case, (head, status) in cases.items():
+        reply, took = await _answer(pod.port, head)
+        assert reply.startswith(b"HTTP/1.1 " + status), f"{case}: {reply[:60]!r}"
+    idle, took = await _answer(pod.port, b"")
+    assert idle.startswith(b"HTTP/1.1 408") and took <= deadline + 2, (idle[:40], took)
+    slow, took = await _answer(pod.port, _upgrade("/ws"), trickle=0.2)
+    assert slow.startswith(b"HTTP/1.1 408") and took <= deadline + 2, (slow[:40], took)
+    async with RelayClient(pod.url) as fine:  # a real client is not hurried by any of it
+        assert (await fine.ping())["op"] == "pong"
+
+    refusals = {
+        sample.labels["status"]: sample.value
+        for family in text_string_to_metric_families(pod.metrics())
+        if family.name == "relay_handshake_refusals"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert refusals == {"431": 2.0, "414": 1.0, "408": 2.0}
