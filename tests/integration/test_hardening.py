@@ -418,3 +418,53 @@ async def test_oversized_slow_and_idle_handshakes_are_answered_closed_and_counte
         if sample.name.endswith("_total")
     }
     assert refusals == {"431": 2.0, "414": 1.0, "408": 2.0}
+
+
+def established(port: int) -> int:
+    """Server-side TCP connections of a local listening `port` still ESTABLISHED."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
+            count += 1
+    return count
+
+
+async def test_a_slow_consumer_is_reset_after_the_close_grace(relay_factory) -> None:
+    """Finding 2, slow-consumer path: 4008 fired but the socket stayed ESTABLISHED with
+    megabytes unsent (and their memory held); now it is reset CLOSE_TIMEOUT after."""
+    pod = relay_factory("a", env={**FAST, "RELAY_HEARTBEAT_SECONDS": "600"})  # not the heartbeat
+    stalled = await StalledClient(pod.port).open()
+    try:
+        await stalled.send({"op": "join", "room": "live"})
+        async with RelayClient(pod.url) as publisher:
+            await publisher.join("other")  # a reply: the stalled join was handled before it
+            assert established(pod.port) == 2
+            frame = "\n".join(
+                orjson.dumps({"op": "publish", "room": "live", "data": "x" * EVENT_BYTES}).decode()
+                for _ in range(50)
+            )
+
+            def dropped() -> float:
+                for family in text_string_to_metric_families(pod.metrics()):
+                    if family.name == "relay_slow_consumer_disconnects":
+                        return sum(s.value for s in family.samples if s.name.endswith("_total"))
+                return 0.0
+
+            for _ in range(200):
+                await publisher.send_raw(frame)
+                await publisher.ping()
+                if dropped():
+                    break
+            assert dropped() == 1
+            dropped_at = time.monotonic()
+
+            async def reset() -> bool:
+                return established(pod.port) == 1  # only the publisher is left
+
+            await wait_for(reset, CLOSE_TIMEOUT + 10, "the slow consumer's socket reset")
+            took = time.monotonic() - dropped_at
+            assert took <= CLOSE_TIMEOUT + 2, f"reset {took:.1f}s after 4008"
+            assert (await publisher.ping())["op"] == "pong"
+    finally:
+        stalled.close()
