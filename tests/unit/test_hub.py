@@ -310,3 +310,37 @@ async def test_the_embedded_broker_keeps_at_most_max_rooms(monkeypatch: pytest.M
     forgotten = next(name for name in epochs if name not in broker._rooms)
     again = await broker.history(forgotten, None, DURABLE)
     assert again.top == 0 and again.epoch != epochs[forgotten]  # a new epoch: no offset reused
+
+
+async def test_arrivals_before_a_rooms_first_history_read_are_bounded_and_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: `_Room.early` grew without limit while the first read was held."""
+    monkeypatch.setattr(hub_module, "PENDING_LIMIT", 2)
+    broker = CountingBroker()
+    hub = make_hub(broker)
+    held = asyncio.Event()
+    real_history = broker.history
+    sizes: list[int] = []
+
+    async def slow_history(room: str, after: int | None, policy: RoomPolicy) -> History:
+        await held.wait()
+        return await real_history(room, after, policy)
+
+    monkeypatch.setattr(broker, "history", slow_history)
+    member = Member()
+    joining = asyncio.create_task(join(hub, member, "r"))
+    await asyncio.sleep(0)  # subscribed; its first history read is held
+    for n in range(6):
+        await broker.publish("r", n, ts=0, policy=DURABLE)
+        early = hub._rooms["r"].early
+        sizes.append(len(early) if early is not None else -1)
+    assert max(sizes) <= 2
+    held.set()
+    await asyncio.wait_for(joining, 2)
+    await broker.publish("r", 6, ts=0, policy=DURABLE)
+    for _ in range(20):  # the history read that brings the dropped arrivals back
+        if len(member.offsets()) == 1:
+            break
+        await asyncio.sleep(0)
+    assert member.offsets() == [7]  # joined at the top it read (6): nothing before, no gap
