@@ -121,17 +121,18 @@ class MemoryBroker(Broker):
             # New, or idle past its TTL: the history is gone; a new epoch tells resumes.
             state = _Room(policy)
         state.touched = now
+        self._sweep(now)  # before it is back in line: the room in hand is never swept
         self._rooms[room] = state
-        self._sweep(now)
         return state
 
     def _sweep(self, now: float) -> None:
         """Look at the SWEEP_STEP oldest rooms: forget the idle ones (all unsubscribed
         ones while over MAX_ROOMS), send the others to the back of the line."""
-        for _ in range(SWEEP_STEP):
+        for _ in range(min(SWEEP_STEP, len(self._rooms))):
             name = next(iter(self._rooms))
             state = self._rooms.pop(name)
-            idle = now - state.touched > state.idle_limit() or len(self._rooms) >= MAX_ROOMS
+            full = len(self._rooms) + 1 >= MAX_ROOMS  # with the room in hand, once back
+            idle = now - state.touched > state.idle_limit() or full
             if not idle or name in self._subscribed:
                 self._rooms[name] = state
 
