@@ -175,12 +175,17 @@ class Hub:
                     break
                 # The room's history was replaced while we read it: read it again.
             announce(result)
-            # The missed events, then what arrived meanwhile, paced by the member's socket;
-            # live events keep going to `buffered` until the last await is behind us.
+            # The missed events, a page at a time, then what arrived meanwhile, paced by
+            # the member's socket; live events go to `buffered` until the last await.
             top = result.offset or 0
-            if missed:
-                with tracing.replaying(room, missed, reason="resume"):
-                    await member.replay([d.payload for d in missed])
+            page = missed
+            while page:
+                with tracing.replaying(room, page, reason="resume"):
+                    await member.replay([d.payload for d in page])
+                last = page[-1].offset or 0
+                if last >= top or buffered.overflowed:
+                    break
+                page = await self._next_page(member, room, policy, result, last)
             while not buffered.overflowed:
                 fresh = [
                     d for d in buffered.take() if d.epoch == result.epoch and (d.offset or 0) > top
@@ -273,21 +278,48 @@ class Hub:
         for member in entry.members:
             member.push(notice)
 
+    async def _next_page(
+        self, member: Member, room: str, policy: RoomPolicy, result: JoinResult, last: int
+    ) -> list[Delivery]:
+        """The replay's next page after `last`, up to the joined position.
+
+        If it cannot be read, or the history changed since the join read it (trimmed past
+        `last`, another epoch), the member is told to re-sync (unsolicited `joined`,
+        `recovered: false`, at the joined position) and the replay stops there.
+        """
+        top = result.offset or 0
+        try:
+            history = await self._broker.history(room, last, policy, limit=self._catch_up_limit)
+        except BrokerUnavailable:
+            history = None
+        entries = [] if history is None else history.entries
+        if (
+            history is None
+            or history.epoch != result.epoch
+            or not entries
+            or entries[0].offset != last + 1
+        ):
+            log.info("room %s: history changed during a replay; the joiner re-syncs", room)
+            member.push(protocol.joined(room, top, result.epoch, False, None))
+            return []
+        return [d for d in entries if (d.offset or 0) <= top]
+
     async def _recover(
         self, room: str, policy: RoomPolicy, since: Position | None
     ) -> tuple[JoinResult, list[Delivery]]:
-        """The position to announce and the events to replay for a join."""
+        """The position to announce and the first page of events to replay for a join."""
         after = since.offset if since is not None else None
-        history = await self._broker.history(room, after, policy)
+        history = await self._broker.history(room, after, policy, limit=self._catch_up_limit)
         if since is None:
             return JoinResult(history.top, history.epoch, None), []
         if since.epoch != history.epoch or since.offset > history.top:
             return JoinResult(history.top, history.epoch, False), []
         entries = history.entries
+        more = len(entries) >= self._catch_up_limit  # a full page: later ones are read later
         complete = since.offset == history.top or (
             bool(entries)
             and entries[0].offset == since.offset + 1
-            and entries[-1].offset == history.top
+            and (entries[-1].offset == history.top or more)
         )
         if not complete:
             return JoinResult(history.top, history.epoch, False), []

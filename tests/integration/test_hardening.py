@@ -468,3 +468,35 @@ async def test_a_slow_consumer_is_reset_after_the_close_grace(relay_factory) -> 
             assert (await publisher.ping())["op"] == "pong"
     finally:
         stalled.close()
+
+
+async def test_replays_from_redis_are_read_a_page_at_a_time(
+    relay_factory, redis: RedisProcess
+) -> None:
+    """Finding 3, Redis mode: 20 connections resuming a 3 MB history and not reading held
+    20 full history reads; now each holds one page (RELAY_SEND_QUEUE events)."""
+    pod = relay_factory("a", redis_urls=[redis.url], env={**FAST, "RELAY_HEARTBEAT_SECONDS": "600"})
+    epoch = await fill_history(pod, "big")
+    since = {"offset": 0, "epoch": epoch}
+    before = peak_rss(pod)
+    stalled = [await StalledClient(pod.port).open() for _ in range(20)]
+    try:
+        for client in stalled:
+            await client.send({"op": "join", "room": "big", "since": since})
+        async with RelayClient(pod.url) as probe:  # every stalled join was read by now
+            for _ in range(20):
+                assert (await probe.ping())["op"] == "pong"
+            await asyncio.sleep(1)  # their first pages go out within a loop turn or two
+        growth = peak_rss(pod) - before
+        # Per connection one page (SEND_QUEUE events) about three times over: as read
+        # from Redis, as decoded deliveries, as frames in the transport's buffer; plus
+        # 10 MiB of interpreter noise. Before pages, 20 full histories: 64 MiB here.
+        bound = 20 * 3 * SEND_QUEUE * EVENT_BYTES + 10 * 2**20
+        assert growth <= bound, f"peak RSS grew {growth / 2**20:.1f} MiB, bound {bound / 2**20:.1f}"
+    finally:
+        for client in stalled:
+            client.close()
+    async with RelayClient(pod.url) as reader:
+        assert (await reader.join("big", since=since))["recovered"] is True
+        offsets = [(await reader.receive(timeout=10))["offset"] for _ in range(HISTORY)]
+        assert offsets == list(range(1, HISTORY + 1))

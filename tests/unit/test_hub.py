@@ -180,7 +180,9 @@ async def test_an_epoch_change_tells_members_to_resync() -> None:
 
 async def test_a_join_that_fails_after_subscribing_leaves_nothing_subscribed() -> None:
     class NoHistory(CountingBroker):
-        async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+        async def history(
+            self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+        ) -> History:
             raise BrokerUnavailable("history read failed")
 
     broker = NoHistory()
@@ -212,10 +214,12 @@ async def test_a_join_whose_history_read_fails_does_not_keep_the_room() -> None:
     class FlakyHistory(CountingBroker):
         fail = False
 
-        async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+        async def history(
+            self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+        ) -> History:
             if self.fail:
                 raise BrokerUnavailable("history read failed")
-            return await super().history(room, after, policy)
+            return await super().history(room, after, policy, limit=limit)
 
     broker = FlakyHistory()
     hub = make_hub(broker, delay=0.01)
@@ -241,9 +245,11 @@ async def test_live_events_during_a_catch_up_are_bounded_and_overflow_drops_the_
     held = asyncio.Event()
     real_history = broker.history
 
-    async def slow_history(room: str, after: int | None, policy: RoomPolicy) -> History:
+    async def slow_history(
+        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
         await held.wait()
-        return await real_history(room, after, policy)
+        return await real_history(room, after, policy, limit=limit)
 
     monkeypatch.setattr(broker, "history", slow_history)
     joiner = Member()
@@ -269,11 +275,13 @@ async def test_a_stuck_catch_up_fails_the_join_instead_of_holding_it(
     real_history = broker.history
     calls = 0
 
-    async def failing_after_the_first(room: str, after: int | None, policy: RoomPolicy) -> History:
+    async def failing_after_the_first(
+        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
         nonlocal calls
         calls += 1
         if calls == 1:  # the joiner's own read sees a newer top than this server's feed
-            history = await real_history(room, after, policy)
+            history = await real_history(room, after, policy, limit=limit)
             return History(history.epoch, history.top + 5, history.entries)
         raise BrokerUnavailable("redis is down")
 
@@ -323,9 +331,11 @@ async def test_arrivals_before_a_rooms_first_history_read_are_bounded_and_not_lo
     real_history = broker.history
     sizes: list[int] = []
 
-    async def slow_history(room: str, after: int | None, policy: RoomPolicy) -> History:
+    async def slow_history(
+        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
         await held.wait()
-        return await real_history(room, after, policy)
+        return await real_history(room, after, policy, limit=limit)
 
     monkeypatch.setattr(broker, "history", slow_history)
     member = Member()
@@ -344,3 +354,42 @@ async def test_arrivals_before_a_rooms_first_history_read_are_bounded_and_not_lo
             break
         await asyncio.sleep(0)
     assert member.offsets() == [7]  # joined at the top it read (6): nothing before, no gap
+
+
+async def test_a_resume_longer_than_the_send_queue_is_read_and_replayed_in_pages() -> None:
+    broker = CountingBroker()
+    hub = Hub(broker, Metrics(), RoomPolicies([]), unsubscribe_delay=0, catch_up_limit=10)
+    for n in range(25):
+        await broker.publish("r", n, ts=0, policy=DURABLE)
+    epoch = (await broker.history("r", None, DURABLE)).epoch
+    member = Member()
+    result = await join(hub, member, "r", Position(0, epoch))
+    assert result == JoinResult(25, epoch, True)
+    assert member.offsets() == list(range(1, 26))
+
+
+async def test_a_history_trimmed_between_replay_pages_makes_the_joiner_resync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = CountingBroker()
+    hub = Hub(broker, Metrics(), RoomPolicies([]), unsubscribe_delay=0, catch_up_limit=10)
+    for n in range(25):
+        await broker.publish("r", n, ts=0, policy=DURABLE)
+    epoch = (await broker.history("r", None, DURABLE)).epoch
+    real_history = broker.history
+
+    async def trimmed_after_the_first_page(
+        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
+        history = await real_history(room, after, policy, limit=limit)
+        if after == 10:  # the second page: 11..14 were trimmed meanwhile
+            return History(history.epoch, history.top, history.entries[4:])
+        return history
+
+    monkeypatch.setattr(broker, "history", trimmed_after_the_first_page)
+    member = Member()
+    await join(hub, member, "r", Position(0, epoch))
+    await broker.publish("r", 25, ts=0, policy=DURABLE)
+    kinds = [(m["op"], m.get("offset"), m.get("recovered")) for m in member.messages()]
+    assert kinds[:10] == [("event", n, None) for n in range(1, 11)]
+    assert kinds[10:] == [("joined", 25, False), ("event", 26, None)]

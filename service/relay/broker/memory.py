@@ -99,9 +99,13 @@ class MemoryBroker(Broker):
             self._deliver(delivery)
         return result
 
-    async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+    async def history(
+        self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
         state = self._room(room, policy)
         entries = [] if after is None else [d for d in state.history if (d.offset or 0) > after]
+        if limit is not None:
+            del entries[limit:]
         return History(state.epoch, state.offset, entries)
 
     async def subscribe(self, room: str) -> None:

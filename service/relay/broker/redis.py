@@ -430,7 +430,9 @@ class RedisBroker(Broker):
             return dedupe_key(room, subject, msg_id), self._dedupe_seconds
         return f"room:{{{room}}}:retry:{secrets.token_hex(8)}", RETRY_WINDOW_SECONDS
 
-    async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+    async def history(
+        self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
         shard = self.shard_for(room)
         meta, log_key = room_keys(room)
         try:
@@ -438,7 +440,7 @@ class RedisBroker(Broker):
                 keys=[meta, log_key],
                 args=[
                     -1 if after is None else after,
-                    policy.history_size,
+                    policy.history_size if limit is None else min(limit, policy.history_size),
                     secrets.token_hex(4),
                     min(EMPTY_ROOM_SECONDS, policy.history_ttl_seconds),
                 ],
