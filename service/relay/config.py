@@ -104,12 +104,19 @@ class Settings(BaseSettings):
     """Sustained publishes per second per connection; more gets `rate_limited`."""
     publish_burst: int = Field(100, ge=1)
     """Publishes a connection may send at once before the rate applies."""
+    op_rate: float = Field(100.0, gt=0)
+    """Sustained ping, join and leave messages per second per connection (publishes have
+    RELAY_PUBLISH_RATE); more get `rate_limited`."""
+    op_burst: int = Field(200, ge=1)
+    """Ping/join/leave a connection may send at once (one frame) before RELAY_OP_RATE applies."""
     max_connections: int = Field(10_000, ge=1)
     """Connections per relay server; more are closed with 1013 (try another node)."""
     send_queue: int = Field(1000, ge=1, le=1_000_000)
     """Messages queued for one connection before it is dropped as a slow consumer (4008)."""
     drain_seconds: float = Field(10.0, ge=0, le=3600)
     """On SIGTERM, sessions are told to reconnect elsewhere, spread over this many seconds."""
+    handshake_seconds: float = Field(10.0, gt=0, le=300)
+    """A connection's HTTP request head must arrive within this; else 408 and close."""
     heartbeat_seconds: float = Field(25.0, gt=0)
     """WebSocket ping interval, announced to clients in `welcome`."""
     unsubscribe_delay: float = Field(2.0, ge=0)

@@ -52,7 +52,11 @@ class RelayNode:
         self.broker = make_broker(settings, self.metrics)
         policies = RoomPolicies(settings.rooms)
         self.hub = Hub(
-            self.broker, self.metrics, policies, unsubscribe_delay=settings.unsubscribe_delay
+            self.broker,
+            self.metrics,
+            policies,
+            unsubscribe_delay=settings.unsubscribe_delay,
+            catch_up_limit=settings.send_queue,
         )
         self.cluster: ClusterState = make_state(self.broker, settings.node_id)
         self.presence = Presence(
@@ -109,6 +113,8 @@ class RelayNode:
             return "draining"
         if not self.broker.ready:
             return "broker not connected"
+        if len(self.sessions) >= self.settings.max_connections:
+            return "connection limit reached"  # new clients would get 1013 here
         return None
 
     async def serve(self, websocket: WebSocket) -> None:

@@ -30,7 +30,7 @@ from relay import protocol
 from relay.broker import envelope, keys, lua
 from relay.broker.base import Broker, BrokerUnavailable, Delivery, History, PublishResult
 from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
-from relay.rooms import RoomPolicy
+from relay.rooms import EMPTY_ROOM_SECONDS, RoomPolicy
 
 log = logging.getLogger("relay.broker.redis")
 
@@ -397,6 +397,8 @@ class RedisBroker(Broker):
                 event_tail,
             ],
         )
+        if offset is None:  # a retry of an id a volatile-policy pod already sent
+            return PublishResult(None, None, duplicate=True)
         return PublishResult(int(offset), _text(epoch), duplicate=bool(duplicate))
 
     async def _publish_volatile(
@@ -429,16 +431,18 @@ class RedisBroker(Broker):
         retry_id = f"{self._retry_prefix}{next(self._retry_ids):x}"
         return keys.retry(room, retry_id), RETRY_WINDOW_SECONDS
 
-    async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+    async def history(
+        self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
         shard = self.shard_for(room)
         try:
             epoch, top, entries = await shard.read_history(
                 keys=[keys.meta(room), keys.log(room)],
                 args=[
                     -1 if after is None else after,
-                    policy.history_size,
+                    policy.history_size if limit is None else min(limit, policy.history_size),
                     secrets.token_hex(4),
-                    policy.history_ttl_seconds,
+                    min(EMPTY_ROOM_SECONDS, policy.history_ttl_seconds),
                 ],
             )
         except (RedisError, OSError) as exc:
