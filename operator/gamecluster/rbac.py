@@ -13,10 +13,11 @@ Three groups:
 - ``VIEW_RULES`` / ``EDIT_RULES``: for users, meant for ClusterRoles aggregated into the
   built-in ``view`` and ``edit`` roles (``rbac.authorization.k8s.io/aggregate-to-*``).
 
-Not listed on purpose: kopf peering resources (the operator runs ``--standalone``, see
-docs/operator.md), pods, leases and persistentvolumeclaims (the StatefulSet controller creates
-the claims; the operator never touches them), and list/watch on secrets (the operator reads one
-named Secret and writes one generated Secret, and never needs to see the others).
+Not listed on purpose: kopf peering resources (the operator runs ``--standalone`` and elects
+a leader with a Lease instead, see docs/operator.md), persistentvolumeclaims (the StatefulSet
+controller creates the claims; the operator never touches them), and list/watch on secrets
+(the operator reads one named Secret and writes one generated Secret, and never needs to see
+the others).
 """
 
 from dataclasses import dataclass
@@ -85,6 +86,13 @@ NAMESPACED_RULES: Final[tuple[Rule, ...]] = (
         ("poddisruptionbudgets",),
         _CHILD_VERBS,
         "PodDisruptionBudget of the relay pods",
+    ),
+    Rule(
+        "",
+        ("pods",),
+        ("list", "patch"),
+        "autoscaler: list the relay pods to read exactly their load reports (no SCAN), and "
+        "annotate controller.kubernetes.io/pod-deletion-cost before a scale-down",
     ),
     Rule(
         "",

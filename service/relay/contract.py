@@ -43,3 +43,15 @@ ENV_ALLOWED_ORIGINS: Final = "RELAY_ALLOWED_ORIGINS"
 # node id) with a short TTL, so a reader (the operator's autoscaler) sums the fresh ones.
 LOAD_REPORT_KEY_PREFIX: Final = "gamecluster:load:"
 LOAD_REPORT_TTL_SECONDS: Final = 15
+
+# Admin port (HELPERS contract): /metrics and the server API, never on the player port.
+# The operator exposes it only through a ClusterIP Service; 0 serves the admin routes on the
+# player port (tests, laptops).
+ADMIN_PORT_ENV: Final = "RELAY_ADMIN_PORT"
+DEFAULT_ADMIN_PORT: Final = 9090
+ADMIN_PORT_NAME: Final = "admin"
+
+# Shared limits: the relay's settings and the GameCluster CRD bound the same value with these
+# (tests/unit/test_crd.py checks the CRD and relay.config against them).
+MIN_MAX_MESSAGE_BYTES: Final = 256
+MAX_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024

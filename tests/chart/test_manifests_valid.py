@@ -86,11 +86,13 @@ def _defaulted(node: dict[str, Any], value: Any) -> Any:
 
 
 def _cel_failures(node: dict[str, Any], value: Any, env: celpy.Environment) -> list[str]:
-    """Messages of the x-kubernetes-validations rules the value breaks."""
+    """Messages of the x-kubernetes-validations rules the value breaks (on a create: transition
+    rules, those reading oldSelf, do not run)."""
     failures = [
         rule["message"]
         for rule in node.get("x-kubernetes-validations", [])
-        if not bool(
+        if "oldSelf" not in rule["rule"]
+        and not bool(
             env.program(env.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(value)})
         )
     ]
