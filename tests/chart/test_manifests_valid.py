@@ -117,7 +117,7 @@ def test_demo_gamecluster_passes_the_crd_rules_and_the_operators_parser(key: str
 
 
 def test_cel_check_catches_a_broken_rule() -> None:
-    bad = {"spec": {"tracing": {"enabled": True}}}
+    bad = {"metadata": {"name": "demo"}, "spec": {"tracing": {"enabled": True}}}
     failures = _cel_failures(_schema(), _defaulted(_schema(), bad), celpy.Environment())
     assert "tracing.enabled needs tracing.otlpEndpoint" in failures
 
