@@ -7,6 +7,7 @@ Three groups:
 
 - ``NAMESPACED_RULES``: what the operator needs in every namespace it watches (a ClusterRole
   bound cluster-wide, or a Role per namespace when ``GAMECLUSTER_WATCH_NAMESPACES`` is set).
+- ``LEADER_RULES``: the leader-election Lease, only in the operator's own namespace.
 - ``CLUSTER_RULES``: cluster-scoped reads kopf makes when it watches all namespaces (it notices
   new namespaces and CRD changes). Without them kopf logs a warning and falls back to the
   namespaces it was given, so they are only needed in cluster-wide mode.
@@ -99,6 +100,15 @@ NAMESPACED_RULES: Final[tuple[Rule, ...]] = (
         ("secrets",),
         ("get", "create", "patch", "delete"),
         "check that spec.auth.secretName exists; apply the generated JWT Secret",
+    ),
+)
+
+LEADER_RULES: Final[tuple[Rule, ...]] = (
+    Rule(
+        "coordination.k8s.io",
+        ("leases",),
+        ("get", "create", "update"),
+        "leader election between operator replicas (a Role in the operator's own namespace)",
     ),
 )
 

@@ -20,6 +20,13 @@ One pass for one GameCluster, in order:
 
 Passes for the same GameCluster are serialised by a per-object lock, since kopf may run a
 handler, a timer and a child event for it in different worker threads at once.
+
+Operator upgrades roll relay images one GameCluster at a time. A GameCluster without
+``spec.image`` runs the operator's own image, recorded in ``status.relayImage``. When a new
+operator brings a new image, only one such GameCluster at a time moves to it (it holds the
+"upgrade slot" until its rollout is done, or ``UPGRADE_SLOT_SECONDS`` at most, so a stuck
+one cannot block the rest); the others keep the recorded image and move in later passes.
+A ``spec.image`` is the user's explicit choice and applies at once.
 """
 
 import base64
@@ -30,7 +37,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from gamecluster import children as children_mod
 from gamecluster import status as status_mod
@@ -41,6 +48,9 @@ from gamecluster.spec import JWT_PUBLIC_KEY_KEY, JWT_SECRET_KEY, GameClusterSpec
 from gamecluster.status import Observed, Problem
 
 logger = logging.getLogger(__name__)
+
+UPGRADE_SLOT_SECONDS: Final = 600.0
+"""Longest a GameCluster holds the upgrade slot (its rollout may be stuck)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,51 @@ class Reconciler:
         self._new_secret = new_secret
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._upgrade_slot: tuple[tuple[str, str], datetime] | None = None
+
+    def _relay_image(self, spec: GameClusterSpec, owner: Owner, previous: Mapping[str, Any]) -> str:
+        """spec.image, else the operator's image, moving one GameCluster at a time to a new one."""
+        if spec.image:
+            return spec.image
+        recorded = previous.get("relayImage") or self._running_image(owner)
+        if not recorded or recorded == self.relay_image:
+            return self.relay_image
+        key, now = (owner.namespace, owner.name), self.clock()
+        with self._locks_guard:
+            slot = self._upgrade_slot
+            if (
+                slot is None
+                or slot[0] == key
+                or (now - slot[1]).total_seconds() > UPGRADE_SLOT_SECONDS
+            ):
+                if slot is None or slot[0] != key:
+                    self._upgrade_slot = (key, now)
+                    logger.info("%s/%s: relay image %s -> %s", *key, recorded, self.relay_image)
+                return self.relay_image
+        return str(recorded)
+
+    def _running_image(self, owner: Owner) -> str | None:
+        """The relay Deployment's image (status written by an operator before relayImage)."""
+        deploy = self.cluster.get(ChildRef("apps/v1", "Deployment", owner.namespace, owner.relay))
+        containers = ((deploy or {}).get("spec") or {}).get("template", {}).get("spec", {})
+        for container in containers.get("containers") or []:
+            if container.get("name") == "relay" and isinstance(container.get("image"), str):
+                return str(container["image"])
+        return None
+
+    def _release_slot(self, owner: Owner, status: Mapping[str, Any]) -> None:
+        """The slot's holder has rolled out the new image: the next GameCluster may go."""
+        reconciling: Mapping[str, Any] = next(
+            (c for c in status.get("conditions", []) if c.get("type") == "Reconciling"), {}
+        )
+        with self._locks_guard:
+            if (
+                self._upgrade_slot is not None
+                and self._upgrade_slot[0] == (owner.namespace, owner.name)
+                and status.get("relayImage") == self.relay_image
+                and reconciling.get("status") == "False"
+            ):
+                self._upgrade_slot = None
 
     def _lock(self, owner: Owner) -> threading.Lock:
         with self._locks_guard:
@@ -116,8 +171,9 @@ class Reconciler:
                 return self._report_problem(body, spec, problem, connections, load_unknown)
 
             autoscaled = (previous.get("autoscaling") or {}).get("desiredReplicas")
+            image = self._relay_image(spec, owner, previous)
             inputs = Inputs(
-                relay_image=self.relay_image,
+                relay_image=image,
                 autoscaled_replicas=autoscaled if spec.autoscaling.enabled else None,
                 jwt_secret=self._jwt_value(spec, owner),
             )
@@ -144,7 +200,10 @@ class Reconciler:
                 autoscaled_replicas=inputs.autoscaled_replicas,
                 now=self.clock(),
             )
+            if not spec.image:
+                status["relayImage"] = image
             self._write_status(owner, previous, status)
+            self._release_slot(owner, status)
             if first is None:
                 return Outcome(None, False, tuple(applied), status)
             retryable = all(is_retryable for _, is_retryable in failures)

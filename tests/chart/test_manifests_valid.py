@@ -46,7 +46,8 @@ def test_latest_kubernetes_schemas_are_used() -> None:
 
 @pytest.mark.parametrize("key", sorted(VALUE_SETS))
 def test_rendered_builtin_objects_validate_strictly(key: str) -> None:
-    builtins = [o for o in manifests(key) if o["kind"] != "GameCluster"]
+    # PodMonitor is prometheus-operator's, not built in: its shape is asserted in test_helm_render.
+    builtins = [o for o in manifests(key) if o["kind"] not in ("GameCluster", "PodMonitor")]
     assert builtins
     for obj in builtins:
         try:

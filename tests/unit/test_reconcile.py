@@ -128,3 +128,40 @@ def test_owned_children_are_reapplied() -> None:
     assert outcome.problem is None
     assert "Service/arena" in cluster.applied
     assert conditions(cluster.status)["Stalled"]["status"] == "False"
+
+
+def test_an_operator_upgrade_rolls_one_gamecluster_at_a_time() -> None:
+    cluster = MemoryCluster()
+    clock = [datetime(2026, 1, 1, tzinfo=UTC)]
+    old = Reconciler(cluster, relay_image="img:1", clock=lambda: clock[0], new_secret=lambda: "s")
+    metas = [{**META, "name": name, "uid": name} for name in ("a", "b")]
+    statuses: dict[str, dict[str, Any]] = {}
+    for meta in metas:
+        old.run({"metadata": meta, "spec": {}}, full=True)
+        statuses[meta["name"]] = dict(cluster.status)
+        assert cluster.status["relayImage"] == "img:1"
+
+    def image(name: str) -> str:
+        deploy = cluster.objects[("Deployment", f"{name}-relay")]
+        return deploy["spec"]["template"]["spec"]["containers"][0]["image"]  # type: ignore[no-any-return]
+
+    new = Reconciler(cluster, relay_image="img:2", clock=lambda: clock[0], new_secret=lambda: "s")
+    for meta in metas:
+        new.run({"metadata": meta, "spec": {}, "status": statuses[meta["name"]]}, full=True)
+        statuses[meta["name"]] = dict(cluster.status)
+    assert (image("a"), image("b")) == ("img:2", "img:1")  # b waits for a's rollout
+    # a's Deployment reports its rollout done: the slot frees, b moves on its next pass.
+    cluster.objects[("Deployment", "a-relay")]["status"] = {
+        "observedGeneration": 0,
+        "replicas": 2,
+        "readyReplicas": 2,
+        "updatedReplicas": 2,
+        "availableReplicas": 2,
+    }
+    cluster.objects[("StatefulSet", "a-redis")]["status"] = {"readyReplicas": 1}
+    new.run({"metadata": metas[0], "spec": {}, "status": statuses["a"]}, full=False)
+    new.run({"metadata": metas[1], "spec": {}, "status": statuses["b"]}, full=True)
+    assert image("b") == "img:2"
+    # An explicit spec.image is the user's choice and is applied at once.
+    new.run({"metadata": metas[1], "spec": {"image": "mine:7"}, "status": statuses["b"]}, full=True)
+    assert image("b") == "mine:7"

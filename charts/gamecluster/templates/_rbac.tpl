@@ -3,6 +3,13 @@ The operator's permissions. They mirror operator/gamecluster/rbac.py rule for ru
 "why" of each is there); tests/chart/test_rbac.py fails when the two differ.
 */}}
 
+{{/* Leader election: only in the operator's own namespace. */}}
+{{- define "gamecluster.rbac.leaderRules" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
+{{- end }}
+
 {{/* Needed in every namespace the operator watches. */}}
 {{- define "gamecluster.rbac.namespacedRules" -}}
 - apiGroups: [gamecluster.io]
