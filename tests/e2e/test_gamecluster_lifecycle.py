@@ -128,6 +128,7 @@ def children(cluster: Cluster, ns: str) -> dict[tuple[str, str], dict[str, Any]]
 DEMO_CHILDREN = {
     ("Deployment", "demo-relay"),
     ("Service", "demo"),
+    ("Service", "demo-admin"),
     ("ConfigMap", "demo-relay"),
     ("PodDisruptionBudget", "demo-relay"),
     ("StatefulSet", "demo-redis"),
@@ -238,18 +239,29 @@ def test_apply_demo_makes_children_and_a_ready_status(
     conds = conditions(gc)
     assert {t: c["status"] for t, c in conds.items()} == {
         "Ready": "True",
+        "Stalled": "False",
+        "Reconciling": "False",
         "Available": "True",
         "Progressing": "False",
         "RedisReady": "True",
     }
-    assert conds["Ready"]["reason"] == "AllReplicasReady"
+    assert conds["Ready"]["reason"] == "Serving"
     assert conds["Progressing"]["reason"] == "RolloutComplete"
     assert all(c["observedGeneration"] == 1 for c in conds.values())
 
     # `kubectl wait` agrees, and `kubectl get gc` prints the printer columns.
     cluster.kubectl("wait", "gc/demo", "-n", namespace, "--for=condition=Ready", "--timeout=10s")
     header, rows = table(cluster.kubectl("get", "gc", "-n", namespace).stdout)
-    assert header == ["NAME", "REPLICAS", "READY", "REDIS", "CONNECTIONS", "PHASE", "AGE"]
+    assert header == [
+        "NAME",
+        "REPLICAS",
+        "READY",
+        "REDIS",
+        "DESIRED",
+        "CONNECTIONS",
+        "PHASE",
+        "AGE",
+    ]
     [row] = rows
     # Connections come from the relay pods' load reports in Redis; kwok's pods run nothing,
     # so there are none to read: the count is unknown and the column stays empty.
@@ -258,6 +270,7 @@ def test_apply_demo_makes_children_and_a_ready_status(
         "REPLICAS": "2",
         "READY": "2",
         "REDIS": "1",
+        "DESIRED": "2",
         "CONNECTIONS": "",
         "PHASE": "Ready",
     }
