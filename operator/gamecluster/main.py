@@ -11,6 +11,8 @@ import logging
 import socket
 import sys
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 import kopf
 from aiohttp import web
@@ -70,17 +72,20 @@ async def run(settings: OperatorSettings, api: k8s.ApiClient) -> None:
     )
     namespaces = settings.namespaces
     stop_flag: asyncio.Event = asyncio.Event()
-    operator = kopf.operator(
-        registry=operator_registry(settings),
-        memo=kopf.Memo(ctx=context),
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=f"http://{settings.liveness_host}:{settings.liveness_port}/healthz",
-        stop_flag=stop_flag,
-    )
+
+    def operator() -> Coroutine[Any, Any, None]:
+        return kopf.operator(
+            registry=operator_registry(settings),
+            memo=kopf.Memo(ctx=context),
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=f"http://{settings.liveness_host}:{settings.liveness_port}/healthz",
+            stop_flag=stop_flag,
+        )
+
     if not settings.leader_election:
-        await operator
+        await operator()
         return
     identity = settings.pod_name or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     elector = LeaseElector(
@@ -94,7 +99,7 @@ async def run(settings: OperatorSettings, api: k8s.ApiClient) -> None:
     finally:
         await standby.cleanup()
     # 2. Run kopf and keep renewing next to it.
-    kopf_task = asyncio.create_task(operator)
+    kopf_task = asyncio.create_task(operator())
     holder = asyncio.create_task(elector.hold())
     done, _ = await asyncio.wait({kopf_task, holder}, return_when=asyncio.FIRST_COMPLETED)
     if holder in done:
