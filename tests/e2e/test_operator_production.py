@@ -270,20 +270,25 @@ def test_kubectl_wait_returns_promptly_after_an_edit_and_kstatus_tracks_the_work
     assert conditions(gc)["Ready"]["observedGeneration"] == gc["metadata"]["generation"]
     assert elapsed < 20
     # A scale-up: kstatus is InProgress until every pod is ready, then Current.
-    seen: list[str] = []
+    seen: list[tuple[str, int, int]] = []
     cluster.kubectl("scale", GC, "edited", "--replicas=3", "-n", namespace)
 
     def done() -> dict[str, Any] | None:
         obj = cluster.get_json(GC, "edited", "-n", namespace)
-        seen.append(kstatus(obj))
+        deploy = cluster.get_json("deployment", "edited-relay", "-n", namespace)
+        seen.append(
+            (kstatus(obj), obj["metadata"]["generation"], deploy["status"].get("readyReplicas", 0))
+        )
         return obj if current(obj) and obj["status"].get("readyReplicas") == 3 else None
 
     final = cluster.wait_for("scaled to 3 and Current", done, timeout=TIMEOUT)
-    deploy = cluster.get_json("deployment", "edited-relay", "-n", namespace)
-    assert deploy["status"].get("readyReplicas") == 3
     assert final["status"]["observedGeneration"] == final["metadata"]["generation"]
-    # Current is only ever seen once the Deployment's pods are all ready.
-    assert seen[-1] == "Current"
+    generation = final["metadata"]["generation"]
+    # Current for the new generation only once the Deployment's pods were all ready (the
+    # Deployment is read after the GameCluster, so it can only be further along).
+    assert all(
+        ready == 3 for state, gen, ready in seen if state == "Current" and gen == generation
+    ), seen
     print(f"kubectl wait after an edit returned in {elapsed:.2f} s; kstatus seen: {seen}")
 
 
