@@ -201,7 +201,7 @@ def tick(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         snapshot,
         full=False,
         connections=reading.total,
-        load_unknown=reading.unknown if spec is not None and spec.autoscaling.enabled else None,
+        load_unknown=reading.unknown,
     )
     if outcome.problem is not None:
         ctx.metrics.errors.labels(outcome.problem.reason).inc()

@@ -251,4 +251,6 @@ def compute(
     }
     if observed.connections is not None:
         status["connections"] = observed.connections
+    elif observed.load_unknown is not None:
+        status["connections"] = None  # merge patch: an unknown count is absent, not stale
     return status
