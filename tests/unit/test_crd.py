@@ -386,3 +386,19 @@ def test_template_scheduling_fields_are_checked_by_the_crd() -> None:
     )
     with pytest.raises(jsonschema.ValidationError):
         validate(missing_key)
+
+
+def test_every_field_path_names_a_declared_property() -> None:
+    """The API server refuses the CRD when a rule's fieldPath is not a declared property
+    (found by the e2e tests on `.metadata.name`)."""
+    checked = 0
+    for path, node in walk(schema()):
+        for rule in node.get("x-kubernetes-validations") or []:
+            if "fieldPath" not in rule:
+                continue
+            target = node
+            for part in rule["fieldPath"].lstrip(".").split("."):
+                assert part in (target.get("properties") or {}), f"{path}: {rule['fieldPath']}"
+                target = target["properties"][part]
+            checked += 1
+    assert checked >= 4
