@@ -9,7 +9,7 @@ A count is only trusted when it is complete. A ready pod without a report (it ca
 Redis, or its report expired) makes the whole reading unknown rather than low: a partial sum
 would look like a load drop and start a scale-down. The one exception is a pod that became
 ready less than a TTL ago: it may not have written its first report yet, and a new pod has
-next to no players, so it counts as 0.
+next to no players, so it counts as 0. No ready pod at all is unknown too.
 """
 
 import logging
@@ -40,6 +40,11 @@ class Reading:
     @property
     def total(self) -> int | None:
         return None if self.unknown is not None else sum(self.per_pod.values())
+
+
+NO_READY_PODS = Reading(unknown="no ready relay pod to read a load report from")
+"""Unknown, not 0: with every pod unready (Redis down fails every readiness probe) a zero
+would start a scale-down exactly when the fleet is in trouble."""
 
 
 class LoadSource(Protocol):
@@ -100,7 +105,7 @@ class RedisLoadSource:
 
     def read(self, redis_url: str | None, pods: Sequence[ReadyPod], now: datetime) -> Reading:
         if not pods:
-            return Reading()
+            return NO_READY_PODS
         if not redis_url:
             return Reading(unknown="no Redis URL to read load reports from")
         client = redis.Redis.from_url(

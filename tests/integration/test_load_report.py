@@ -52,6 +52,13 @@ async def test_operator_reads_the_connections_every_pod_reports(
         assert unknown.unknown is not None and "ghost" in unknown.unknown
 
 
+async def test_no_ready_pod_is_unknown_not_zero() -> None:
+    reading = await asyncio.to_thread(
+        RedisLoadSource().read, "redis://127.0.0.1:1", [], datetime.now(UTC)
+    )
+    assert reading.total is None and reading.unknown is not None
+
+
 async def test_an_unreachable_shard_is_unknown_not_low() -> None:
     reading = await asyncio.to_thread(
         RedisLoadSource(timeout_seconds=0.5).read,
