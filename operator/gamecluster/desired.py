@@ -71,5 +71,6 @@ def desired(spec: GameClusterSpec, meta: Mapping[str, Any], inputs: Inputs) -> l
         )
     )
     manifests.append(relay_manifests.service(spec, owner))
+    manifests.append(relay_manifests.admin_service(owner))
     manifests.append(relay_manifests.disruption_budget(owner))
     return manifests

@@ -72,3 +72,9 @@ LOAD_REPORT_TTL_SECONDS: Final = 15
 def load_report_key(node_id: str) -> str:
     """The key one relay server writes its connection count to."""
     return LOAD_REPORT_KEY_PREFIX + node_id
+
+
+# Shared limits: the relay's settings and the GameCluster CRD bound the same value with these
+# (tests/unit/test_crd.py checks the CRD and relay.config against them).
+MIN_MAX_MESSAGE_BYTES: Final = 256
+MAX_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024

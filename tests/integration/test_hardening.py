@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from gamecluster_client import Connection as RelayClient
 from relay import auth
-from relay.client import RelayClient
 from relay.transport import CLOSE_TIMEOUT
 from support.processes import LOOPBACK, RedisProcess, RelayProcess
 

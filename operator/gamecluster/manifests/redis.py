@@ -16,6 +16,7 @@ from typing import Any, Final
 from gamecluster import names
 from gamecluster.children import REDIS_PORT, Manifest, Owner
 from gamecluster.manifests.security import container_security_context, pod_security_context
+from gamecluster.manifests.template import overlay
 from gamecluster.spec import GameClusterSpec
 
 REDIS_UID: Final = 999
@@ -107,6 +108,7 @@ def statefulset(spec: GameClusterSpec, owner: Owner) -> Manifest:
         ]
     else:
         pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+    sts_spec["template"] = overlay(sts_spec["template"], redis.template)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
