@@ -14,10 +14,13 @@ WORKDIR /src
 COPY pyproject.toml README.m[d] ./
 COPY service ./service
 COPY operator ./operator
-# Every wheel (ours and the pinned dependencies) is built here, so the runtime
-# stage installs offline from /wheels and needs no compiler.
+# The Python client is its own distribution; the relay CLI (publish, tail, check)
+# depends on it, so its wheel is built from here next to ours.
+COPY clients/python ./clients/python
+# Every wheel (ours, the client's and the pinned dependencies) is built here, so the
+# runtime stage installs offline from /wheels and needs no compiler.
 # `[operator]`: the operator's extra (kopf, kubernetes), so both entrypoints work.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[operator]" \
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python ".[operator]" \
  && python -m venv --without-pip /opt/venv \
  && pip --python /opt/venv/bin/python install --no-cache-dir --no-index \
         --find-links /wheels "gamecluster[operator]==0.1.0"

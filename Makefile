@@ -1,28 +1,51 @@
 # Thin wrappers over the real commands; see README.md.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-HASH := $(shell sha1sum pyproject.toml | cut -c1-12)
+CLIENT := clients/python
+HASH := $(shell cat pyproject.toml $(CLIENT)/pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-all-$(HASH)
 RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 
-.PHONY: run test lint e2e bench system-deps venv
+.PHONY: run test lint e2e bench system-deps venv js-deps js-build js-vendor
 
 ## Everything: the relay, the operator extra and the dev extra (tests, linters, their tools).
-$(STAMP): pyproject.toml
+## The Python client is its own distribution (clients/python), installed editable next to the
+## server: the relay CLI depends on it, and the tests and lint see the working tree's client.
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[operator,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e '.[operator,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
 
-## The relay's run-time dependencies only (the base of pyproject.toml, no extras); skipped
-## when the full set above is already installed for this pyproject.toml.
-$(RUN_STAMP): pyproject.toml
+## The relay's run-time dependencies only (the base of pyproject.toml and the client, no
+## extras); skipped when the full set above is already installed for these files.
+$(RUN_STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e .
+	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e .
 	@rm -f $(VENV)/.installed-run-* && touch $@
 
 venv: $(STAMP)
+
+## The TypeScript client (clients/js): its pinned dev dependencies from package-lock.json,
+## reinstalled when the lock file changes.
+JS := clients/js
+JS_STAMP := $(JS)/node_modules/.installed-$(shell sha1sum $(JS)/package-lock.json | cut -c1-12)
+
+$(JS_STAMP): $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+js-deps: $(JS_STAMP)
+
+js-build: js-deps
+	cd $(JS) && npm run --silent build
+
+## The demo page serves the browser bundle from the relay's static files, committed so that
+## `make run` works without Node; tests/integration/test_browser_client.py fails when the
+## committed copy differs from a fresh build (run this target and commit).
+js-vendor: js-build
+	cp $(JS)/dist/browser/gamecluster-client.js service/relay/static/gamecluster-client.js
 
 ## redis-server from Debian's packages, when missing (the tests start their own on free ports);
 ## Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium, never its own).
@@ -38,14 +61,19 @@ run: $(RUN_STAMP)
 test: venv system-deps
 	$(PY) -m pytest
 
-lint: venv
+lint: venv js-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy service/relay operator/gamecluster
+	$(VENV)/bin/mypy service/relay operator/gamecluster clients/python/src/gamecluster_client
 	$(VENV)/bin/lint-imports
+	cd $(JS) && npm run --silent lint
 
 e2e: venv system-deps
 	$(PY) -m pytest -m e2e
 
+## The relay against Node socket.io, python-socketio and the frame-once floor (bench/compare.py);
+## BENCH_QUICK=1 for a short run. Installs its own extras: the `bench` extra and bench/js (npm ci).
 bench: venv system-deps
-	$(PY) bench/fanout.py
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	cd bench/js && npm ci --no-audit --no-fund --silent
+	$(PY) bench/compare.py $(BENCH_ARGS)

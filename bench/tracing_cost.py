@@ -3,7 +3,7 @@
 Not a test: it prints numbers (docs/tracing.md quotes them). One run starts a Redis, an
 OTLP/HTTP sink that counts and discards spans (its own process), and for each
 configuration two fresh relay processes, then drives the same fan-out load through them
-with relay.client:
+with gamecluster_client.Connection:
 
     ROOMS rooms; per room one publisher on pod A and SUBSCRIBERS members on each of pod
     A and pod B. Throughput phase: every publisher sends MESSAGES events as fast as acks
@@ -37,7 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from relay.client import RelayClient
+from gamecluster_client import Connection
 from support.processes import (
     LOOPBACK,
     RedisProcess,
@@ -83,18 +83,18 @@ class Result:
 
 async def drive(pod_a: RelayProcess, pod_b: RelayProcess, load: Load) -> Result:
     """Connect the clients, warm up, then the throughput phase and the latency phase."""
-    members: dict[int, list[RelayClient]] = {}
-    publishers: list[RelayClient] = []
+    members: dict[int, list[Connection]] = {}
+    publishers: list[Connection] = []
     try:
         for room in range(load.rooms):
             members[room] = []
             for pod in (pod_a, pod_b):
                 for _ in range(load.subscribers):
-                    member = RelayClient(pod.url, timeout=30)
+                    member = Connection(pod.url, timeout=30)
                     await member.connect()
                     await member.join(f"bench:{room}")
                     members[room].append(member)
-            publisher = RelayClient(pod_a.url, timeout=30)
+            publisher = Connection(pod_a.url, timeout=30)
             await publisher.connect()
             publishers.append(publisher)
 
@@ -103,12 +103,12 @@ async def drive(pod_a: RelayProcess, pod_b: RelayProcess, load: Load) -> Result:
             unacked), or `paced` events/s without acks. Returns (delivered/s, latencies)."""
             latencies: list[float] = []
 
-            async def receive(member: RelayClient) -> None:
+            async def receive(member: Connection) -> None:
                 for _ in range(count):
                     event = await member.receive(timeout=30)
                     latencies.append((time.perf_counter_ns() - event["data"]) / 1e6)
 
-            async def saturate(room: int, publisher: RelayClient) -> None:
+            async def saturate(room: int, publisher: Connection) -> None:
                 window = asyncio.Semaphore(load.window)
 
                 async def one(n: int) -> None:
@@ -117,7 +117,7 @@ async def drive(pod_a: RelayProcess, pod_b: RelayProcess, load: Load) -> Result:
 
                 await asyncio.gather(*(one(n) for n in range(count)))
 
-            async def pace(room: int, publisher: RelayClient, rate: float) -> None:
+            async def pace(room: int, publisher: Connection, rate: float) -> None:
                 due = time.perf_counter() + room / (rate * load.rooms)  # spread the rooms
                 for _ in range(count):
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))

@@ -34,6 +34,11 @@ class Owner:
         return self.name
 
     @property
+    def admin_service(self) -> str:
+        """ClusterIP Service of the relay pods' admin port (metrics, server API)."""
+        return f"{self.name}-admin"
+
+    @property
     def relay(self) -> str:
         """Deployment, ConfigMap and PodDisruptionBudget of the relay pods."""
         return f"{self.name}-relay"
@@ -126,6 +131,7 @@ def every_possible_child(owner: Owner) -> list[ChildRef]:
         ChildRef("v1", "Secret", ns, owner.jwt_secret),
         ChildRef("apps/v1", "Deployment", ns, owner.relay),
         ChildRef("v1", "Service", ns, owner.service),
+        ChildRef("v1", "Service", ns, owner.admin_service),
         ChildRef("policy/v1", "PodDisruptionBudget", ns, owner.relay),
         ChildRef("apps/v1", "StatefulSet", ns, owner.redis),
         ChildRef("v1", "Service", ns, owner.redis),

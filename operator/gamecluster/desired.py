@@ -88,5 +88,6 @@ def desired(spec: GameClusterSpec, meta: Mapping[str, Any], inputs: Inputs) -> l
     )
     manifests.append(redis_access.attach_to_relay(deployment, spec, owner, digest))
     manifests.append(relay_manifests.service(spec, owner))
+    manifests.append(relay_manifests.admin_service(owner))
     manifests.append(relay_manifests.disruption_budget(owner))
     return manifests

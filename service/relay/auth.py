@@ -96,6 +96,8 @@ class Identity:
     publish: RoomPatterns
     expires: float | None
     """The token's `exp`, seconds since the Unix epoch; None when auth is off."""
+    info: Any = None
+    """The token's `info` claim (shown to others in presence rooms); only from the token."""
 
     def may_join(self, room: str) -> bool:
         return self.join.allows(room)
@@ -237,6 +239,7 @@ def _identity(claims: Mapping[str, Any]) -> Identity:
         join=RoomPatterns(_patterns(rooms, "join")),
         publish=RoomPatterns(_patterns(rooms, "publish")),
         expires=float(claims["exp"]),
+        info=claims.get("info"),
     )
 
 
@@ -275,8 +278,10 @@ def mint(
     audience: str | None = None,
     issuer: str | None = None,
     now: float | None = None,
+    info: Any = None,
+    api: bool = False,
 ) -> str:
-    """An HS256 token for `relay token` and tests."""
+    """An HS256 token for `relay token` and tests (`api`: may call the server API)."""
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
         "sub": subject,
@@ -288,6 +293,10 @@ def mint(
         claims["aud"] = audience
     if issuer is not None:
         claims["iss"] = issuer
+    if info is not None:
+        claims["info"] = info
+    if api:
+        claims["api"] = True
     return jwt.encode(claims, secret, algorithm=HS256)
 
 

@@ -11,10 +11,10 @@ import uuid
 from collections.abc import Sequence
 
 import orjson
-from websockets.exceptions import InvalidStatus
 
+from gamecluster_client import Connection, GameClusterError, HandshakeError
 from relay import auth, contract, tracing
-from relay.client import RelayClient, RelayError
+from relay.api import commands as api_commands
 from relay.config import ConfigError, TokenSettings, load, load_settings
 
 DEFAULT_URL = f"ws://127.0.0.1:{contract.HTTP_PORT}{contract.WS_PATH}"
@@ -33,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     publish.add_argument("data", help="the event's data, as JSON")
     publish.add_argument("--url", default=DEFAULT_URL)
     publish.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
+    publish.add_argument("--id", help="publish id (exactly-once storage); default: a new UUID")
+    api_commands.add_credentials(publish, api_default=None)
 
     tail = commands.add_parser("tail", help="print a room's events as JSON lines")
     tail.add_argument("room")
@@ -46,31 +48,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--join", nargs="+", default=[], metavar="PATTERN", help="room globs")
     token.add_argument("--publish", nargs="+", default=[], metavar="PATTERN", help="room globs")
     token.add_argument("--ttl", default="1h", help="lifetime: 90, 45s, 30m, 1h30m, 7d")
+    token.add_argument(
+        "--api-claim", action="store_true", help="add `api: true`: may call the server API"
+    )
 
     check = commands.add_parser("check", help="publish to a private room and expect it back")
     check.add_argument("url")
     check.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
     check.add_argument("--timeout", type=float, default=10.0)
 
+    api_commands.add_parsers(commands)
+
     args = parser.parse_args(argv)
+    if args.command in api_commands.COMMANDS or (args.command == "publish" and args.api):
+        if args.command == "publish" and args.id is None:
+            args.id = str(uuid.uuid4())
+        return api_commands.run(args)
     if args.command == "serve":
         return _serve(args.host, args.port)
     if args.command == "token":
-        return _token(args.sub, args.join, args.publish, args.ttl)
+        return _token(args.sub, args.join, args.publish, args.ttl, args.api_claim)
     try:
         if args.command == "publish":
-            return asyncio.run(_publish(args.url, args.token, args.room, args.data))
+            return asyncio.run(_publish(args.url, args.token, args.room, args.data, args.id))
         if args.command == "tail":
             return asyncio.run(_tail(args.url, args.token, args.room))
         return asyncio.run(_check(args.url, args.token, args.timeout))
     except KeyboardInterrupt:
         return 130
-    except InvalidStatus as exc:  # the handshake was refused: say why (401, 403, 503)
-        reason = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
-        status = exc.response.status_code
-        print(f"relay {args.command}: refused with HTTP {status}: {reason}", file=sys.stderr)
+    except HandshakeError as exc:  # the handshake was refused: say why (401, 403, 503)
+        print(
+            f"relay {args.command}: refused with HTTP {exc.status}: {exc.reason}", file=sys.stderr
+        )
         return 1
-    except (OSError, TimeoutError, RelayError) as exc:
+    except (OSError, TimeoutError, GameClusterError) as exc:
         print(f"relay {args.command}: {exc!r}", file=sys.stderr)
         return 1
 
@@ -96,7 +107,7 @@ def _serve(host: str | None, port: int | None) -> int:
     return 0
 
 
-def _token(subject: str, join: list[str], publish: list[str], ttl: str) -> int:
+def _token(subject: str, join: list[str], publish: list[str], ttl: str, api: bool = False) -> int:
     """Mint with the first secret of RELAY_JWT_SECRET, the one relays verify first."""
     try:
         settings = load(TokenSettings)  # the relay's own parsing: what it refuses, we refuse
@@ -120,25 +131,26 @@ def _token(subject: str, join: list[str], publish: list[str], ttl: str) -> int:
             ttl=seconds,
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
+            api=api,
         )
     )
     return 0
 
 
-async def _publish(url: str, token: str | None, room: str, data: str) -> int:
+async def _publish(url: str, token: str | None, room: str, data: str, msg_id: str | None) -> int:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         print(f"relay publish: DATA is not JSON: {exc}", file=sys.stderr)
         return 2
-    async with RelayClient(url, token=token) as client:
-        ack = await client.publish(room, value, id=str(uuid.uuid4()))
+    async with Connection(url, token=token) as client:
+        ack = await client.publish(room, value, id=msg_id or str(uuid.uuid4()))
     print(orjson.dumps(ack).decode())
     return 0
 
 
 async def _tail(url: str, token: str | None, room: str) -> int:
-    async with RelayClient(url, token=token) as client:
+    async with Connection(url, token=token) as client:
         await client.join(room)
         async for message in client.events():
             sys.stdout.write(orjson.dumps(message).decode() + "\n")
@@ -150,7 +162,7 @@ async def _check(url: str, token: str | None, seconds: float) -> int:
     """Join a private room, publish, and expect the ack and our own event back."""
     room = f"check:{uuid.uuid4().hex}"
     msg_id = str(uuid.uuid4())
-    async with RelayClient(url, token=token, timeout=seconds) as client:
+    async with Connection(url, token=token, timeout=seconds) as client:
         await client.join(room)
         ack = await client.publish(room, {"check": msg_id}, id=msg_id)
         event = await client.receive(seconds)

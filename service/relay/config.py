@@ -35,7 +35,7 @@ MIN_SECRET_BYTES = 32
 """RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)."""
 MIN_RSA_BITS = 2048
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", re.DOTALL)
-_UNSHOWN = {"jwt_secret", "jwt_public_key", "redis_password"}
+_UNSHOWN = {"jwt_secret", "jwt_public_key", "api_keys", "redis_password"}
 """Settings whose value a config error must not print (a secret; a long PEM)."""
 
 
@@ -163,7 +163,15 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     """Address to listen on."""
     port: int = Field(8080, ge=1, le=65535)
-    """Port for WebSocket and HTTP (/healthz, /readyz, /metrics)."""
+    """Player port: /ws, /healthz, /readyz and the demo page."""
+    admin_port: int = Field(9090, ge=0, le=65535)
+    """Admin port: /metrics and the server API (/api/v1, docs/api.md), for a ClusterIP
+    Service only. 0: serve them on the player port too (one port, for a laptop or tests)."""
+    api_keys: JwtSecrets = ()
+    """Server API keys, comma-separated, 32+ bytes each; all are accepted (list two while
+    rotating). None and no JWT key: the API answers 404 (except embedded with auth off)."""
+    presence_max_members: int = Field(100, ge=0, le=100_000)
+    """A presence room with more members than this reports counts only (no member list)."""
     redis_urls: CommaList = ()
     """Comma-separated Redis shards, each `[name=]redis://host:port[/db]` (`rediss://` for
     TLS). Rooms are placed on shards by the name (default `host:port`), so a shard keeps its
@@ -194,12 +202,19 @@ class Settings(BaseSettings):
     """Sustained publishes per second per connection; more gets `rate_limited`."""
     publish_burst: int = Field(100, ge=1)
     """Publishes a connection may send at once before the rate applies."""
+    op_rate: float = Field(100.0, gt=0)
+    """Sustained ping, join and leave messages per second per connection (publishes have
+    RELAY_PUBLISH_RATE); more get `rate_limited`."""
+    op_burst: int = Field(200, ge=1)
+    """Ping/join/leave a connection may send at once (one frame) before RELAY_OP_RATE applies."""
     max_connections: int = Field(10_000, ge=1)
     """Connections per relay server; more are closed with 1013 (try another node)."""
     send_queue: int = Field(1000, ge=1, le=1_000_000)
     """Messages queued for one connection before it is dropped as a slow consumer (4008)."""
     drain_seconds: float = Field(10.0, ge=0, le=3600)
     """On SIGTERM, sessions are told to reconnect elsewhere, spread over this many seconds."""
+    handshake_seconds: float = Field(10.0, gt=0, le=300)
+    """A connection's HTTP request head must arrive within this; else 408 and close."""
     heartbeat_seconds: float = Field(25.0, gt=0)
     """WebSocket ping interval, announced to clients in `welcome`."""
     unsubscribe_delay: float = Field(2.0, ge=0)
@@ -269,6 +284,15 @@ class Settings(BaseSettings):
     def redis_endpoints(self) -> tuple[RedisEndpoint, ...]:
         """RELAY_REDIS_URLS parsed: one endpoint per shard, credentials split off."""
         return tuple(RedisEndpoint.parse(url) for url in self.redis_urls)
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> Settings:
+        if self.admin_port == self.port:
+            raise ValueError(
+                f"RELAY_ADMIN_PORT={self.admin_port} is RELAY_PORT: use 0 to serve the admin "
+                "routes on the player port, or another port"
+            )
+        return self
 
     @field_validator("jwt_public_key")
     @classmethod

@@ -13,6 +13,17 @@ HEALTH_PATH: Final = "/healthz"
 READY_PATH: Final = "/readyz"
 METRICS_PATH: Final = "/metrics"
 
+# The admin port: /metrics and the server API, for a ClusterIP Service only (never the
+# player-facing one). RELAY_ADMIN_PORT=0 serves them on the player port instead.
+ADMIN_PORT_ENV: Final = "RELAY_ADMIN_PORT"
+DEFAULT_ADMIN_PORT: Final = 9090
+ADMIN_PORT_NAME: Final = "admin"
+API_PREFIX: Final = "/api/v1"
+OPENAPI_PATH: Final = "/api/v1/openapi.json"
+API_DOCS_PATH: Final = "/api/docs"
+API_KEY_HEADER: Final = "x-api-key"
+"""Header carrying a server API key (RELAY_API_KEYS)."""
+
 ENV_PREFIX: Final = "RELAY_"
 
 # Every setting the relay reads, by environment variable (relay.config: meaning, defaults).
@@ -31,6 +42,9 @@ ENV_MAX_MESSAGE_BYTES: Final = "RELAY_MAX_MESSAGE_BYTES"
 ENV_MAX_ROOMS_PER_CONNECTION: Final = "RELAY_MAX_ROOMS_PER_CONNECTION"
 ENV_PUBLISH_RATE: Final = "RELAY_PUBLISH_RATE"
 ENV_PUBLISH_BURST: Final = "RELAY_PUBLISH_BURST"
+ENV_OP_RATE: Final = "RELAY_OP_RATE"
+ENV_OP_BURST: Final = "RELAY_OP_BURST"
+ENV_HANDSHAKE_SECONDS: Final = "RELAY_HANDSHAKE_SECONDS"
 ENV_MAX_CONNECTIONS: Final = "RELAY_MAX_CONNECTIONS"
 ENV_SEND_QUEUE: Final = "RELAY_SEND_QUEUE"
 ENV_DRAIN_SECONDS: Final = "RELAY_DRAIN_SECONDS"
@@ -48,6 +62,9 @@ ENV_JWT_PUBLIC_KEY: Final = "RELAY_JWT_PUBLIC_KEY"
 ENV_JWT_AUDIENCE: Final = "RELAY_JWT_AUDIENCE"
 ENV_JWT_ISSUER: Final = "RELAY_JWT_ISSUER"
 ENV_ALLOWED_ORIGINS: Final = "RELAY_ALLOWED_ORIGINS"
+ENV_ADMIN_PORT: Final = ADMIN_PORT_ENV
+ENV_API_KEYS: Final = "RELAY_API_KEYS"
+ENV_PRESENCE_MAX_MEMBERS: Final = "RELAY_PRESENCE_MAX_MEMBERS"
 
 # Every name the relay uses in Redis starts with one of these prefixes (relay.broker.keys
 # spells the names from them). The ACL rules below are built from the same prefixes, so a
@@ -86,7 +103,7 @@ RELAY_REDIS_COMMANDS: Final = (
     # Cluster reports and presence (node reports, member hashes, the alive set).
     "multi", "exec", "discard", "del", "mget", "scan",
     "hdel", "hlen", "hvals", "hscan", "hgetall",
-    "sadd", "srem", "smembers", "zadd", "zrangebyscore", "zrem",
+    "sadd", "srem", "smembers", "zadd", "zrange", "zrangebyscore", "zrem",
 )  # fmt: skip
 """Every command the relay sends, directly or from its scripts; all others are refused."""
 
@@ -107,8 +124,12 @@ OPERATOR_ACL_RULES: Final = (
     f"%R~{LOAD_REPORT_KEY_PATTERN}",
     "resetchannels",
     "-@all",
-    "+scan",
     "+mget",
     "+ping",
 )
 """ACL SETUSER rules of the operator's user: read the load reports, nothing else."""
+
+# Shared limits: the relay's settings and the GameCluster CRD bound the same value with these
+# (tests/unit/test_crd.py checks the CRD and relay.config against them).
+MIN_MAX_MESSAGE_BYTES: Final = 256
+MAX_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024

@@ -9,21 +9,26 @@ import logging
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
-from relay import auth, tracing
-from relay.broker import Broker
+from relay import __version__, auth, control, tracing
+from relay.broker import Broker, BrokerUnavailable
 from relay.broker.connection import Connector
 from relay.broker.memory import MemoryBroker
 from relay.broker.redis import RedisBroker
+from relay.cluster import ClusterState, NodeReport, make_state
 from relay.config import Settings
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.outbox import FlushScheduler
+from relay.presence import Presence
 from relay.protocol import CloseCode
 from relay.rooms import RoomPolicies
 from relay.session import Services, Session
 from relay.transport import SCOPE_EXTENSION, RawSocket
 
 log = logging.getLogger("relay.node")
+
+PRESENCE_DEAD_AFTER_REPORTS = 3
+"""A node silent for this many load-report intervals is dead: its presence members leave."""
 
 
 def make_broker(settings: Settings, metrics: Metrics) -> Broker:
@@ -49,10 +54,31 @@ class RelayNode:
         self.broker = make_broker(settings, self.metrics)
         policies = RoomPolicies(settings.rooms)
         self.hub = Hub(
-            self.broker, self.metrics, policies, unsubscribe_delay=settings.unsubscribe_delay
+            self.broker,
+            self.metrics,
+            policies,
+            unsubscribe_delay=settings.unsubscribe_delay,
+            catch_up_limit=settings.send_queue,
         )
+        self.cluster: ClusterState = make_state(self.broker, settings.node_id)
+        self.presence = Presence(
+            settings.node_id,
+            self.cluster,
+            self.broker,
+            policies,
+            max_members=settings.presence_max_members,
+            dead_after=PRESENCE_DEAD_AFTER_REPORTS * settings.load_report_seconds,
+        )
+        self.hub.presence = self.presence
+        self.broker.set_control_listener(self._on_control)
         self.services = Services(
-            settings, self.broker, self.hub, self.metrics, FlushScheduler(), policies
+            settings,
+            self.broker,
+            self.hub,
+            self.metrics,
+            FlushScheduler(),
+            policies,
+            self.presence,
         )
         self.sessions: set[Session] = set()
         self.draining = False
@@ -71,14 +97,15 @@ class RelayNode:
         tracing.setup(self.settings.node_id, system=system)
         self.auth.announce()
         await self.broker.start()
-        if isinstance(self.broker, RedisBroker):
-            self._load_reports = asyncio.create_task(self._report_load(self.broker))
+        self.presence.start()
+        self._load_reports = asyncio.create_task(self._report_load())
 
     async def stop(self) -> None:
         if self._load_reports is not None:
             self._load_reports.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._load_reports
+        await self.presence.stop()
         await self.hub.close()
         await self.broker.close()
         await tracing.shutdown()
@@ -89,6 +116,8 @@ class RelayNode:
             return "draining"
         if not self.broker.ready:
             return "broker not connected"
+        if len(self.sessions) >= self.settings.max_connections:
+            return "connection limit reached"  # new clients would get 1013 here
         return None
 
     async def serve(self, websocket: WebSocket) -> None:
@@ -147,7 +176,50 @@ class RelayNode:
                 await asyncio.wait_for(self._all_closed.wait(), max(1.0, seconds * 0.2))
         log.info("drain done, %d sessions still open", len(self.sessions))
 
-    async def _report_load(self, broker: RedisBroker) -> None:
+    async def disconnect(self, subject: str, reason: str) -> None:
+        """Close every connection of `subject` on every relay server (4003).
+
+        Raises BrokerUnavailable when the command could not be sent.
+        """
+        await self.broker.broadcast(control.disconnect(self.settings.node_id, subject, reason))
+
+    async def remove(self, subject: str, room: str) -> None:
+        """Remove every connection of `subject` from `room` on every relay server."""
+        await self.broker.broadcast(control.leave(self.settings.node_id, subject, room))
+
+    def _on_control(self, message: bytes) -> None:
+        try:
+            command = control.parse(message)
+        except control.ControlError as exc:
+            log.warning("dropped a control message: %s", exc)
+            return
+        if command.op == "presence":
+            self.presence.deliver(command)
+            return
+        targets = [
+            s for s in self.sessions if s.subject is not None and s.subject == command.subject
+        ]
+        for session in targets:
+            if command.op == "disconnect":
+                session.disconnect(command.reason or "disconnected")
+            elif command.room is not None:
+                session.remove_from(command.room)
+        if targets:
+            log.info("%s: %d connections of a subject", command.op, len(targets))
+
+    async def _report_load(self) -> None:
+        """Every load-report interval: connection count (operator), node report and room
+        counts (server API), presence liveness and the leaves of dead nodes."""
         while True:
-            await broker.report_load(len(self.sessions))
+            rooms = self.hub.local_rooms()
+            report = NodeReport(self.settings.node_id, len(self.sessions), len(rooms), __version__)
+            if isinstance(self.broker, RedisBroker):
+                await self.broker.report_load(len(self.sessions))
+            try:
+                await self.cluster.report(report, rooms)
+                await self.presence.tick()
+            except BrokerUnavailable as exc:
+                log.debug("node report failed: %r", exc)
+            except Exception:
+                log.exception("node report failed")
             await asyncio.sleep(self.settings.load_report_seconds)

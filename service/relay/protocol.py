@@ -10,6 +10,7 @@ raw newline, so several messages can share one frame separated by `\\n`.
 from __future__ import annotations
 
 import enum
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -19,6 +20,10 @@ import orjson
 ROOM_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-.:/]{1,128}")
 MAX_REF_CHARS: Final = 64
 MAX_ID_CHARS: Final = 64
+INT_RANGE: Final = range(-(2**63), 2**64)
+"""Integers JSON carries exactly here (orjson's range): others would turn into floats."""
+_LONG_DIGITS: Final = re.compile(r"\d{19}")
+"""A run of digits as long as the shortest integer outside INT_RANGE: check that line."""
 
 
 class ErrorCode(enum.StrEnum):
@@ -41,6 +46,8 @@ class CloseCode(enum.IntEnum):
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     TOKEN_EXPIRED = 4001
+    DISCONNECTED = 4003
+    """Disconnected by the server (API): do not reconnect with the same credentials."""
     SLOW_CONSUMER = 4008
 
 
@@ -98,7 +105,13 @@ class Ping:
     ref: str | None = None
 
 
-ClientMessage = Join | Leave | Publish | Ping
+@dataclass(frozen=True, slots=True)
+class PresenceQuery:
+    room: str
+    ref: str | None = None
+
+
+ClientMessage = Join | Leave | Publish | Ping | PresenceQuery
 
 
 def split_frame(text: str) -> list[str]:
@@ -119,6 +132,8 @@ def parse_message(line: str, max_bytes: int) -> ClientMessage:
             ErrorCode.BAD_REQUEST, f"expected a JSON object, got {type(obj).__name__}"
         )
     ref = _optional_str(obj, "ref", MAX_REF_CHARS, None)
+    if _LONG_DIGITS.search(line):
+        _check_integers(line, ref)
     op = obj.get("op")
     if not isinstance(op, str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "missing string field 'op'", ref=ref)
@@ -130,7 +145,41 @@ def parse_message(line: str, max_bytes: int) -> ClientMessage:
         return Leave(room=_room(obj, ref), ref=ref)
     if op == "ping":
         return Ping(ref=ref)
+    if op == "presence":
+        return PresenceQuery(room=_room(obj, ref), ref=ref)
     raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:32]!r}", ref=ref)
+
+
+class _InexactInteger(ValueError):
+    pass
+
+
+def _exact_int(text: str) -> int:
+    # Length first: int() of thousands of digits is slow (and limited) by itself.
+    value = int(text) if len(text) <= 21 else None
+    if value is None or value not in INT_RANGE:
+        raise _InexactInteger(text)
+    return value
+
+
+def _check_integers(line: str, ref: str | None) -> None:
+    """Refuse integers that orjson would silently turn into floats (a changed value).
+
+    Runs only for lines with a long run of digits (rare), so the common path pays one
+    regex search. The stdlib parser hands every integer literal to `_exact_int`.
+    """
+    try:
+        json.loads(line, parse_int=_exact_int)
+    except _InexactInteger as exc:
+        literal = str(exc)
+        shown = literal if len(literal) <= 24 else literal[:21] + "..."
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"integer {shown} is outside -2**63 .. 2**64-1, the range carried exactly",
+            ref=ref,
+        ) from None
+    except ValueError:
+        return  # orjson accepted it; anything else the stdlib dislikes is not our concern
 
 
 def _parse_publish(obj: dict[str, Any], ref: str | None) -> Publish:
@@ -239,6 +288,31 @@ def error(exc: ProtocolError) -> bytes:
         if value is not None:
             message[key] = value
     return encode(message)
+
+
+def disconnect(reason: str) -> bytes:
+    """Sent before close 4003: the server ended the connection; do not reconnect."""
+    return encode({"op": "disconnect", "reason": reason, "reconnect": False})
+
+
+def removed(room: str) -> bytes:
+    """Unsolicited `left`: the server API removed this connection from the room."""
+    return encode({"op": "left", "room": room, "reason": "removed"})
+
+
+def members(room: str, count: int, listed: list[dict[str, Any]] | None, ref: str | None) -> bytes:
+    """Reply to op `presence`; `members` is left out when the room reports counts only."""
+    message: dict[str, Any] = {"op": "members", "room": room, "count": count}
+    if listed is not None:
+        message["members"] = listed
+    if ref is not None:
+        message["ref"] = ref
+    return encode(message)
+
+
+def presence(room: str, joins: list[dict[str, Any]], leaves: list[dict[str, Any]]) -> bytes:
+    """Coalesced joins and leaves of a presence room, to its members."""
+    return encode({"op": "presence", "room": room, "joins": joins, "leaves": leaves})
 
 
 def reconnect(reason: str) -> bytes:

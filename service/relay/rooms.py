@@ -14,6 +14,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 CACHE_SIZE = 10_000
+EMPTY_ROOM_SECONDS = 60
+"""A durable room that never had an event is forgotten after this long without a join
+(capped by its history TTL): joins alone, to any number of names, keep little state.
+A client that resumes such a room later gets `recovered: false` (nothing was lost)."""
 
 
 class RoomPolicy(BaseModel):
@@ -29,6 +33,8 @@ class RoomPolicy(BaseModel):
     """Events kept per room (durable)."""
     history_ttl_seconds: int = Field(3600, alias="historyTTLSeconds", ge=1)
     """A durable room's history is dropped after it has been idle this long (new epoch)."""
+    presence: bool = False
+    """Members see who else is in the room (`presence` messages, op `presence`)."""
 
     @property
     def durable(self) -> bool:

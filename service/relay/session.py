@@ -8,6 +8,7 @@ so `joined` always precedes the room's events and nothing bypasses the queue bou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -21,6 +22,7 @@ from relay.config import Settings
 from relay.hub import Hub, JoinResult
 from relay.metrics import Metrics
 from relay.outbox import FlushScheduler, Outbox
+from relay.presence import Presence
 from relay.protocol import CloseCode, ErrorCode, ProtocolError
 from relay.ratelimit import TokenBucket
 from relay.rooms import RoomPolicies
@@ -31,6 +33,9 @@ log = logging.getLogger("relay.session")
 ABUSE_BURST = 50
 ABUSE_RATE = 5.0
 """Refused messages a connection may send (burst, then per second) before close 1008."""
+YIELD_EVERY = 16
+"""Messages of one frame handled between two yields to the event loop, so a frame of
+thousands of cheap ops (pings) cannot hold up every other connection of the server."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,7 @@ class Services:
     metrics: Metrics
     scheduler: FlushScheduler
     policies: RoomPolicies
+    presence: Presence | None = None
 
 
 class Session:
@@ -64,6 +70,7 @@ class Session:
         """How the connection ended: the peer's close code, or the one the server sent."""
         self._rooms: set[str] = set()
         self._publishes = TokenBucket(self._settings.publish_rate, self._settings.publish_burst)
+        self._ops = TokenBucket(self._settings.op_rate, self._settings.op_burst)
         self._refusals = TokenBucket(ABUSE_RATE, ABUSE_BURST)
         self.outbox = Outbox(
             socket,
@@ -74,6 +81,12 @@ class Session:
 
     def push(self, payload: bytes) -> None:
         self.outbox.push(payload)
+
+    async def replay(self, payloads: list[bytes]) -> None:
+        await self.outbox.replay(payloads)
+
+    def overflow(self) -> None:
+        self._slow_consumer()
 
     def reconnect(self, reason: str, code: CloseCode) -> None:
         """Tell the client to reconnect elsewhere, after what is already queued, and close."""
@@ -98,10 +111,12 @@ class Session:
                         )
                     )
                     continue
-                for line in protocol.split_frame(text):
+                for n, line in enumerate(protocol.split_frame(text), 1):
                     if self.outbox.closed:
                         break  # dropped (slow consumer, abuse): the rest goes unanswered
                     await self._handle(line)
+                    if n % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
         finally:
             self.close_code = self.outbox.close_code or self.close_code
             if expiry is not None:
@@ -113,12 +128,22 @@ class Session:
     async def _handle(self, line: str) -> None:
         try:
             message = protocol.parse_message(line, self._settings.max_message_bytes)
+            if not isinstance(message, protocol.Publish) and not self._ops.take():
+                raise ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"over {self._settings.op_rate:g} ping/join/leave per second (burst "
+                    f"{self._settings.op_burst})",
+                    ref=message.ref,
+                    room=None if isinstance(message, protocol.Ping) else message.room,
+                )
             if isinstance(message, protocol.Publish):
                 await self._publish(message)
             elif isinstance(message, protocol.Join):
                 await self._join(message)
             elif isinstance(message, protocol.Leave):
                 self._leave(message)
+            elif isinstance(message, protocol.PresenceQuery):
+                await self._presence(message)
             else:
                 self.push(protocol.pong(message.ref))
         except ProtocolError as exc:
@@ -200,6 +225,39 @@ class Session:
             self._rooms.discard(message.room)
             self._services.hub.leave(self, message.room)
         self.push(protocol.left(message.room, message.ref))
+
+    def remove_from(self, room: str) -> None:
+        """The server API removed this connection from `room` (unsolicited `left`)."""
+        if room in self._rooms:
+            self._rooms.discard(room)
+            self._services.hub.leave(self, room)
+            self.push(protocol.removed(room))
+
+    def disconnect(self, reason: str) -> None:
+        """The server API ended this connection: `disconnect`, then close 4003."""
+        self.outbox.close(protocol.disconnect(reason), CloseCode.DISCONNECTED)
+
+    async def _presence(self, message: protocol.PresenceQuery) -> None:
+        room, ref = message.room, message.ref
+        if not self.identity.may_join(room):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"the token does not allow joining {room}", ref=ref, room=room
+            )
+        presence = self._services.presence
+        if presence is None or not self._services.policies.for_room(room).presence:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"room {room} has no presence (RELAY_ROOMS)",
+                ref=ref,
+                room=room,
+            )
+        try:
+            count, listed = await presence.members(room)
+        except BrokerUnavailable as exc:
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, "the broker is unreachable; retry later", ref=ref, room=room
+            ) from exc
+        self.push(protocol.members(room, count, listed, ref))
 
     def _refuse(self, exc: ProtocolError) -> None:
         self._services.metrics.errors.labels(str(exc.code)).inc()

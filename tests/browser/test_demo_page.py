@@ -1,5 +1,8 @@
 """The demo page (service/relay/static/index.html) in headless Chromium, against a real relay.
 
+The page runs the browser bundle of the TypeScript client (@gamecluster/client, built from
+clients/js and served by the relay as /gamecluster-client.js, an ES module).
+
 Playwright drives Debian's /usr/bin/chromium (`make system-deps` installs it); it never
 downloads a browser of its own. Two browser contexts are two users of the page: both join a
 room, one publishes, both logs show the event; then the first one's network drops, the other
@@ -11,10 +14,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import jwt
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -62,10 +68,8 @@ def open_demo(browser: Browser, base_url: str) -> Page:
 def join(page: Page, room: str) -> None:
     page.fill("#room", room)
     page.click("#join")
-    # The page logs no `joined`; the client records the room's position when it arrives.
-    page.wait_for_function(
-        "room => window.relayClient.rooms.get(room)?.epoch != null", arg=room, timeout=WAIT_MS
-    )
+    expect(page.locator("#log")).to_contain_text(f"-- joined {room} at #")
+    assert page.evaluate("room => window.relayClient.room(room).state", room) == "joined"
 
 
 def publish(page: Page, text: str) -> None:
@@ -74,7 +78,9 @@ def publish(page: Page, text: str) -> None:
 
 
 def log_lines(page: Page, needle: str) -> list[str]:
-    return [line for line in page.locator("#log").inner_text().splitlines() if needle in line]
+    """The page's event lines (`#offset room data`) that contain `needle`."""
+    lines = page.locator("#log").inner_text().splitlines()
+    return [line for line in lines if line.startswith("#") and needle in line]
 
 
 def test_two_pages_share_a_room_and_a_dropped_page_gets_what_it_missed(
@@ -83,6 +89,9 @@ def test_two_pages_share_a_room_and_a_dropped_page_gets_what_it_missed(
     relay = relay_factory("web")
     room = f"chat:browser-{uuid.uuid4().hex[:8]}"
     alice, bob = open_demo(browser, relay.http), open_demo(browser, relay.http)
+    # The page runs the client as an ES module; the old hand-written relay.js is gone.
+    assert alice.evaluate("typeof window.relayClient.room") == "function"
+    assert httpx.get(relay.http + "/relay.js", timeout=5).status_code == 404
     join(alice, room)
     join(bob, room)
 
@@ -93,7 +102,7 @@ def test_two_pages_share_a_room_and_a_dropped_page_gets_what_it_missed(
 
     # Alice's network drops: her socket closes and her reconnects fail until it is back.
     alice.context.set_offline(True)
-    alice.evaluate("window.relayClient.ws.close()")
+    alice.evaluate("window.relayClient.dropConnection()")
     expect(alice.locator("#state")).to_have_text("disconnected")
     publish(bob, "while alice was away")
     expect(bob.locator("#log")).to_contain_text('{"text":"while alice was away"}')
@@ -122,3 +131,37 @@ def test_two_pages_share_a_room_and_a_dropped_page_gets_what_it_missed(
     alice.screenshot(path=str(shot), full_page=True)
     data = shot.read_bytes()
     assert len(data) > 1000 and data.startswith(PNG_SIGNATURE)
+
+
+SECRET = "browser-test-secret-of-32-bytes-long+"
+
+
+def test_the_bundle_gives_typed_errors_in_the_browser(relay_factory, browser: Browser) -> None:
+    """A forbidden join rejects with the bundle's RelayError carrying the protocol's code."""
+    relay = relay_factory("web", env={"RELAY_AUTH": "jwt", "RELAY_JWT_SECRET": SECRET})
+    claims = {
+        "sub": "alice",
+        "exp": int(time.time()) + 600,
+        "rooms": {"join": ["chat:*"], "publish": ["chat:*"]},
+    }
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    page = browser.new_context().new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{relay.http}/?token={token}")
+    expect(page.locator("#state")).to_have_text("connected")
+    outcome = page.evaluate(
+        """async () => {
+            const { RelayError } = await import("/gamecluster-client.js");
+            try {
+                await window.relayClient.room("secret:1").join();
+                return "joined";
+            } catch (error) {
+                return { relayError: error instanceof RelayError, code: error.code };
+            }
+        }"""
+    )
+    assert outcome == {"relayError": True, "code": "forbidden"}
+    join(page, "chat:ok")  # the connection stays usable
+    page.fill("#room", "secret:2")
+    page.click("#join")
+    expect(page.locator("#log")).to_contain_text("!! forbidden:")

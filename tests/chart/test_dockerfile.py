@@ -90,6 +90,8 @@ def test_wheels_are_built_first_and_only_the_venv_reaches_the_runtime() -> None:
     build, runtime = _stages()
     assert build[0][1].endswith(" AS build")
     assert any(i == "RUN" and "pip wheel" in a for i, a in build)
+    # The relay CLI's client is its own distribution: its wheel is built with ours.
+    assert any(i == "RUN" and "pip wheel" in a and "./clients/python" in a for i, a in build)
     assert runtime[0][1].endswith(" AS runtime")
     copies = [a for i, a in runtime if i == "COPY"]
     assert copies == ["--from=build /opt/venv /opt/venv"]
@@ -121,7 +123,7 @@ def test_dockerignore_admits_only_the_sources() -> None:
     ]
     assert lines[0] == "*"
     admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert admitted == {"pyproject.toml", "README.md", "service", "operator"}
+    assert admitted == {"pyproject.toml", "README.md", "service", "operator", "clients/python"}
     copied = {
         part.rstrip("/").removeprefix("./")
         for i, a in _instructions()

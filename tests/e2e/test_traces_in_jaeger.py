@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from relay.client import RelayClient
+from gamecluster_client import Connection
 from support.processes import RedisProcess, RelayProcess
 
 from .cluster import E2EError, Jaeger, wait_until
@@ -92,9 +92,9 @@ async def test_one_publish_is_one_trace_in_jaeger_with_spans_from_both_pods(
     room = f"match:{secrets.token_hex(4)}"  # this test's spans, whatever else Jaeger holds
     data = {"move": "e2e4"}
     async with (
-        RelayClient(pod_a.url) as publisher,
-        RelayClient(pod_a.url) as on_a,
-        RelayClient(pod_b.url) as on_b,
+        Connection(pod_a.url) as publisher,
+        Connection(pod_a.url) as on_a,
+        Connection(pod_b.url) as on_b,
     ):
         for client in (publisher, on_a, on_b):
             await client.join(room)

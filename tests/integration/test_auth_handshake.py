@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from gamecluster_client import Connection as RelayClient
+from gamecluster_client import ServerError as RelayError
 from relay import auth
-from relay.client import RelayClient, RelayError
 from support.metrics import metric_value
 from support.processes import RedisProcess, RelayProcess
 

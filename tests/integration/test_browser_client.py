@@ -1,45 +1,35 @@
-"""The demo page and its plain-JavaScript client, against a real relay."""
+"""The demo page and the browser bundle of the TypeScript client, served by a real relay.
+
+The relay serves a committed copy of clients/js's browser bundle (so `make run` needs no
+Node); this test fails when that copy differs from a fresh build: run `make js-vendor`.
+"""
 
 from __future__ import annotations
-
-import json
-import shutil
-import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
 
-import relay
+from support.jsclient import BUNDLE, VENDORED, built_package
 
 pytestmark = pytest.mark.integration
 
-RELAY_JS = Path(relay.__file__).parent / "static" / "relay.js"
-RESUME_CHECK = Path(__file__).parent / "js" / "resume_check.js"
 
-
-def test_demo_page_and_client_are_served(relay_factory) -> None:
+def test_demo_page_and_client_bundle_are_served(relay_factory) -> None:
     pod = relay_factory("web")
     page = httpx.get(pod.http + "/", timeout=5)
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]
-    assert '<script src="relay.js">' in page.text
-    script = httpx.get(pod.http + "/relay.js", timeout=5)
+    assert 'import { Client } from "./gamecluster-client.js"' in page.text
+    script = httpx.get(pod.http + "/gamecluster-client.js", timeout=5)
     assert script.status_code == 200
-    assert "class RelayClient" in script.text
+    assert "javascript" in script.headers["content-type"]  # module scripts need a JS type
+    assert "var Client = class" in script.text and "export {" in script.text
+    assert httpx.get(pod.http + "/relay.js", timeout=5).status_code == 404
     assert httpx.get(pod.http + "/readyz", timeout=5).status_code == 200  # routes still win
 
 
-def test_browser_client_resumes_after_its_socket_is_cut(relay_factory) -> None:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed: the browser client test runs it (Node 20+)")
-    pod = relay_factory("web", env={"RELAY_PUBLISH_RATE": "1000", "RELAY_PUBLISH_BURST": "1000"})
-    result = subprocess.run(
-        [node, "--experimental-websocket", str(RESUME_CHECK), str(RELAY_JS), pod.url],
-        capture_output=True,
-        text=True,
-        timeout=30,
+def test_committed_bundle_matches_a_fresh_build() -> None:
+    built_package()
+    assert VENDORED.read_bytes() == BUNDLE.read_bytes(), (
+        "service/relay/static/gamecluster-client.js is stale: run `make js-vendor` and commit"
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["one", "two", "three"]

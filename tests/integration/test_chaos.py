@@ -14,11 +14,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
-from relay.reliable import ReliableClient
+from gamecluster_client import Ack, Client, Event
 from support.processes import RedisProcess, RelayProcess
 
 pytestmark = pytest.mark.integration
@@ -38,41 +37,22 @@ VOLATILE_LOSS_BOUND = 0.05
 """docs/delivery.md: volatile rooms lose at most 5% of deliveries over this run's faults."""
 
 
-class JoiningClient(ReliableClient):
-    """A ReliableClient whose joins can be awaited: it notes each room's `joined` reply.
-
-    (relay.reliable's `join()` only sends the join; the run must not start publishing
-    before every member is in its rooms, and a sleep would only guess when that is.)
-    """
-
-    def __init__(self, urls: list[str]) -> None:
-        super().__init__(urls)
-        self.joined: dict[str, asyncio.Event] = {}
-
-    async def join_and_wait(self, room: str, timeout: float = 30) -> None:
-        answered = self.joined.setdefault(room, asyncio.Event())
-        await self.join(room)
-        await asyncio.wait_for(answered.wait(), timeout)
-
-    async def _on_joined(self, joined: dict[str, Any]) -> None:
-        self.joined.setdefault(joined["room"], asyncio.Event()).set()
-        await super()._on_joined(joined)
-
-
 @dataclass
 class Subscriber:
-    client: JoiningClient
+    client: Client
     rooms: list[str]
     arrived: asyncio.Event
     received: dict[str, list[int]] = field(default_factory=dict)
     offsets: dict[str, list[int]] = field(default_factory=dict)
 
     async def collect(self) -> None:
-        while True:
-            message = await self.client.receive(timeout=3600)
-            if message["op"] == "event":
-                self.received.setdefault(message["room"], []).append(message["data"]["n"])
-                self.offsets.setdefault(message["room"], []).append(message.get("offset", 0))
+        await asyncio.gather(*(self._collect(room) for room in self.rooms))
+
+    async def _collect(self, room: str) -> None:
+        async for message in self.client.room(room):
+            if isinstance(message, Event):
+                self.received.setdefault(message.room, []).append(message.data["n"])
+                self.offsets.setdefault(message.room, []).append(message.offset or 0)
                 self.arrived.set()
 
     def count(self) -> int:
@@ -84,7 +64,7 @@ class Run:
     pods: list[RelayProcess]
     shards: list[RedisProcess]
     subscribers: list[Subscriber]
-    acks: dict[str, dict[str, object]]
+    acks: dict[str, Ack]
     elapsed: float
 
 
@@ -101,18 +81,19 @@ async def chaos_run(
     for n in range(SUBSCRIBERS):
         rotated = pod_urls[n % 3 :] + pod_urls[: n % 3]
         rooms = [ROOMS[(n + k) % len(ROOMS)] for k in range(ROOMS_PER_SUBSCRIBER)]
-        subscriber = Subscriber(JoiningClient(rotated), rooms, arrived)
-        await subscriber.client.start()
+        subscriber = Subscriber(Client(rotated), rooms, arrived)
+        await subscriber.client.connect()
         for room in rooms:
-            # Every subscriber is in its rooms (`joined` came back) before the first publish.
-            await subscriber.client.join_and_wait(room)
+            # Every subscriber is in its rooms (`join()` returns on `joined`) before the
+            # first publish.
+            await subscriber.client.room(room).join()
         subscribers.append(subscriber)
     collectors = [asyncio.create_task(s.collect()) for s in subscribers]
-    publishers = [ReliableClient(pod_urls[n % 3 :] + pod_urls[: n % 3]) for n in range(len(ROOMS))]
+    publishers = [Client(pod_urls[n % 3 :] + pod_urls[: n % 3]) for n in range(len(ROOMS))]
     for publisher in publishers:
-        await publisher.start()
-    acks: dict[str, dict[str, object]] = {}
-    futures: list[tuple[str, asyncio.Future[dict[str, object]]]] = []
+        await publisher.connect()
+    acks: dict[str, Ack] = {}
+    futures: list[tuple[str, asyncio.Future[Ack]]] = []
 
     def in_a_thread(blocking: Callable[[], object]) -> Callable[[], Awaitable[object]]:
         # SIGKILL + wait, redis-cli, a restart waiting for the port: blocking calls that
@@ -145,7 +126,8 @@ async def chaos_run(
     for n in range(EVENTS_PER_ROOM):
         for room, publisher in zip(ROOMS, publishers, strict=True):
             msg_id = f"{room}#{n}"
-            futures.append((msg_id, publisher.publish(room, {"n": n}, id=msg_id)))
+            publish = publisher.room(room).publish({"n": n}, id=msg_id, timeout=None)
+            futures.append((msg_id, asyncio.ensure_future(publish)))
         if n % 25 == 24:
             # Pacing (about 1,000 events/s): the faults, triggered by acked progress, land
             # while events are flowing rather than after the last one.
@@ -189,7 +171,7 @@ async def test_durable_rooms_lose_and_duplicate_nothing_under_chaos(
     # Every publish acked exactly once, and stored exactly once: offsets 1..N per room.
     assert len(run.acks) == EVENTS_PER_ROOM * len(ROOMS)
     for room in ROOMS:
-        acked = [a["offset"] for i, a in run.acks.items() if i.startswith(room + "#")]
+        acked = [a.offset for i, a in run.acks.items() if i.startswith(room + "#")]
         offsets = sorted(int(str(o)) for o in acked)
         assert offsets == list(range(1, EVENTS_PER_ROOM + 1)), room
     print(f"\nchaos run (durable): {len(run.acks)} events, {run.elapsed:.1f}s, all delivered once")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from relay.client import RelayClient
+from gamecluster_client import Connection as RelayClient
 from support.waiting import eventually
 
 pytestmark = pytest.mark.integration

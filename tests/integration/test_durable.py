@@ -8,8 +8,8 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
+from gamecluster_client import Connection as RelayClient
 from relay.broker.redis import RedisBroker
-from relay.client import RelayClient
 from support.processes import RedisProcess
 from support.waiting import eventually
 

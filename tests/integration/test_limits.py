@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from relay.client import RelayClient
+from gamecluster_client import Connection as RelayClient
 from support.metrics import metric_value
 from support.processes import RedisProcess
 
@@ -39,6 +39,8 @@ BAD_MESSAGES = [
     ('{"op": "publish", "room": "r", "data": 1, "id": 5}', "bad_request"),
     ('{"op": "publish", "room": "r", "data": 1, "id": "' + "i" * 65 + '"}', "bad_request"),
     ('{"op": "ping", "ref": 12}', "bad_request"),
+    ('{"op": "publish", "room": "r", "data": 18446744073709551616, "id": "big"}', "bad_request"),
+    ('{"op": "publish", "room": "r", "data": [-9223372036854775809]}', "bad_request"),
     ('{"op": "publish", "room": "r", "data": "' + "x" * 2000 + '"}', "too_large"),
 ]
 

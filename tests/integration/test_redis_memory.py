@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.client import RelayClient, RelayError
+from gamecluster_client import Connection as RelayClient
+from gamecluster_client import ServerError as RelayError
 from support.metrics import metric_value
 from support.processes import RedisProcess
 

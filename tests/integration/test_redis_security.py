@@ -6,23 +6,28 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from secrets import token_urlsafe
 
+import orjson
 import pytest
 import redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from gamecluster.children import REDIS_PORT
 from gamecluster.desired import Inputs, desired
-from gamecluster.load import RedisAuth, RedisLoadSource
+from gamecluster.load import ReadyPod, RedisAuth, RedisLoadSource
 from gamecluster.manifests import secrets
 from gamecluster.manifests.secrets import RedisPasswords, acl_file
 from gamecluster.spec import parse
+from gamecluster_client import Connection as RelayClient
+from relay import auth as relay_auth
 from relay import contract
+from relay.api.client import AsyncRelayApi
 from relay.broker import keys
-from relay.client import RelayClient
 from support.processes import RedisProcess, RelayProcess, free_port, stop_process, wait_until
 from support.waiting import eventually
 
@@ -62,6 +67,13 @@ def no_secret_in_logs(tmp_path: Path) -> None:
             assert password not in text, f"a password is in {log.name}"
 
 
+def no_refusal_in_logs(tmp_path: Path) -> None:
+    """No relay log line reports a command or name the ACL refused."""
+    for log in tmp_path.glob("relay-*.log"):
+        text = log.read_text(errors="replace")
+        assert "NOPERM" not in text and "NoPermission" not in text, log.name
+
+
 async def test_the_relay_user_can_do_what_the_relay_needs_and_nothing_else(
     acl_redis: RedisProcess, relay_factory, tmp_path: Path
 ) -> None:
@@ -94,9 +106,12 @@ async def test_the_relay_user_can_do_what_the_relay_needs_and_nothing_else(
         # The operator's user reads the load reports the relay user wrote.
         auth = RedisAuth(contract.OPERATOR_REDIS_USER, OPERATOR_PASSWORD)
         source = RedisLoadSource()
-        assert source.total_connections([acl_redis.url]) is None  # anonymous: refused
+        pods = [ReadyPod("a", None), ReadyPod("b", None)]
+        now = datetime.now(UTC)
+        anonymous = source.read(acl_redis.url, pods, now)
+        assert anonymous.total is None and anonymous.unknown is not None  # refused
         await eventually(
-            lambda: source.total_connections([acl_redis.url], auth) == 2, 10, "load reports"
+            lambda: source.read(acl_redis.url, pods, now, auth).total == 2, 10, "load reports"
         )
 
     client = relay_client(acl_redis)
@@ -129,6 +144,111 @@ async def test_the_relay_user_can_do_what_the_relay_needs_and_nothing_else(
     assert acl_redis.cli("PING") == "PONG"
     for pod in (pod_a, pod_b):
         pod.stop()
+    no_secret_in_logs(tmp_path)
+
+
+JWT_SECRET = "j" * 40
+API_KEY = "k" * 40
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10) -> None:
+    """Poll an async state check (presence and node reports have no event to await)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_presence_the_server_api_and_the_control_channel_work_as_the_relay_user(
+    acl_redis: RedisProcess, relay_factory, tmp_path: Path
+) -> None:
+    """Every Redis command of presence (member hashes, the alive set, node reports, the
+    dead-node sweep), of the server API (publish, history, rooms, nodes) and of the control
+    channel between relay servers (disconnect), run under the relay's ACL user: a command or
+    name missing from RELAY_ACL_RULES fails here with NOPERM."""
+    report_seconds = 0.3
+    env = {
+        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+        contract.ENV_REDIS_PASSWORD: RELAY_PASSWORD,
+        contract.ENV_LOAD_REPORT_SECONDS: str(report_seconds),
+        contract.ENV_AUTH: "jwt",
+        contract.ENV_JWT_SECRET: JWT_SECRET,
+        contract.ENV_API_KEYS: API_KEY,
+        contract.ENV_ROOMS: orjson.dumps([{"match": "lobby:*", "presence": True}]).decode(),
+    }
+    urls = [f"shard-a=redis://127.0.0.1:{acl_redis.port}/0"]
+    pod_a = relay_factory("a", redis_urls=urls, env=env)
+    pod_b = relay_factory("b", redis_urls=urls, env=env)
+
+    def token(sub: str) -> str:
+        return relay_auth.mint(JWT_SECRET, subject=sub, join=["*"], publish=["*"], ttl=300)
+
+    async with (
+        RelayClient(pod_a.url, token=token("ann")) as ann,
+        RelayClient(pod_b.url, token=token("bob")) as bob,
+        AsyncRelayApi(pod_a.admin, api_key=API_KEY) as api,
+    ):
+        for client in (ann, bob):
+            await client.join("lobby:1")
+        # Presence: members on both pods listed by either (HSET/HVALS/HLEN on the room's
+        # hash, the joins sent between pods over the control channel).
+        everyone = {ann.welcome["session"], bob.welcome["session"]}
+
+        async def members() -> set[str]:
+            reply = await ann.request({"op": "presence", "room": "lobby:1"})
+            return {m["conn"] for m in reply["members"] or []}
+
+        async def both_listed() -> bool:
+            return await members() == everyone
+
+        await until(both_listed, "both members listed")
+        listed = await api.presence("lobby:1")
+        assert listed.count == 2
+        # The server API: publish (a Lua script) and read the history back.
+        published = await api.publish("lobby:1", {"from": "server"}, id="s1")
+        assert published.offset == 1 and not published.duplicate
+        page = await api.history("lobby:1")
+        assert [event.data for event in page.events] == [{"from": "server"}]
+
+        # GET /nodes and /rooms read the node reports and room counts (MGET, HGETALL, ZRANGE).
+        async def reported() -> bool:
+            nodes = {n.node for n in (await api.nodes()).nodes}
+            rooms = {r.room: r.members for r in (await api.rooms("lobby:*")).rooms}
+            return nodes == {"a", "b"} and rooms == {"lobby:1": 2}
+
+        await until(reported, "both nodes' reports (GET /nodes, GET /rooms)")
+        # The control channel: a disconnect asked on pod a closes bob's socket on pod b.
+        await api.disconnect("bob", "test")
+        message = await bob.receive(5)
+        while message["op"] != "disconnect":
+            message = await bob.receive(5)
+        assert message == {"op": "disconnect", "reason": "test", "reconnect": False}
+
+        # bob's leave reaches ann: his member entry was removed (HDEL) and announced.
+        async def bob_left() -> bool:
+            return await members() == {ann.welcome["session"]}
+
+        await until(bob_left, "bob's leave of the presence room")
+    # A killed pod: the survivor sweeps its node from the alive set and its members out
+    # (ZRANGEBYSCORE, ZREM, SMEMBERS, DEL): its keys are gone after a few report intervals.
+    async with RelayClient(pod_b.url, token=token("cyd")) as cyd:
+        await cyd.join("lobby:2")
+        client = relay_client(acl_redis)
+        await eventually(
+            lambda: client.hlen(keys.presence("lobby:2")) == 1, 10, "cyd's member entry"
+        )
+        pod_b.kill()
+    await eventually(
+        lambda: (
+            client.hlen(keys.presence("lobby:2")) == 0
+            and b"b" not in client.zrange(keys.ALIVE, 0, -1)
+        ),
+        15,
+        "the dead node's members swept by the survivor",
+    )
+    pod_a.stop()
+    no_refusal_in_logs(tmp_path)
     no_secret_in_logs(tmp_path)
 
 

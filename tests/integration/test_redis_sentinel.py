@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from gamecluster_client import Connection as RelayClient
+from gamecluster_client import ServerError as RelayError
 from relay import contract
-from relay.client import RelayClient, RelayError
 from support.processes import (
     LOOPBACK,
     RedisProcess,

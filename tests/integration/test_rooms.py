@@ -6,8 +6,8 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
+from gamecluster_client import Connection as RelayClient
 from relay.broker import keys
-from relay.client import RelayClient
 from support.processes import RedisProcess
 from support.waiting import eventually
 

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from gamecluster_client import Connection
 from relay.broker import keys
-from relay.client import RelayClient
 from support.otlp_sink import CONSUMER, PRODUCER, SERVER, OtlpSink, SinkSpan, running
 from support.processes import RedisProcess
 
@@ -39,7 +39,7 @@ async def wait_spans(sink: OtlpSink, counts: dict[str, int], what: str) -> list[
     return await asyncio.to_thread(sink.wait_for, enough, 15, what)
 
 
-async def next_event(client: RelayClient) -> dict[str, Any]:
+async def next_event(client: Connection) -> dict[str, Any]:
     message = await client.receive(timeout=5)
     assert message["op"] == "event", message
     return message
@@ -53,9 +53,9 @@ async def test_one_publish_is_one_trace_across_two_pods(
         pod_a = relay_factory("a", redis_urls=[redis.url], env=sink.env())
         pod_b = relay_factory("b", redis_urls=[redis.url], env=sink.env())
         async with (
-            RelayClient(pod_a.url) as publisher,
-            RelayClient(pod_a.url) as on_a,
-            RelayClient(pod_b.url) as on_b,
+            Connection(pod_a.url) as publisher,
+            Connection(pod_a.url) as on_a,
+            Connection(pod_b.url) as on_b,
         ):
             for client in (publisher, on_a, on_b):
                 await client.join("match:7")
@@ -116,7 +116,7 @@ async def test_client_traceparent_is_the_parent_of_the_producer_span(
     urls = [request.getfixturevalue("redis").url] if broker == "redis" else []
     pod = relay_factory("solo", redis_urls=urls, env=sink.env())
     trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
-    async with RelayClient(pod.url) as client:
+    async with Connection(pod.url) as client:
         await client.join("lobby")
         await client.request(
             {
@@ -171,7 +171,7 @@ async def test_tracing_off_exports_nothing_and_the_envelope_carries_no_context(
     sink: OtlpSink, redis: RedisProcess, relay_factory, off: dict[str, str]
 ) -> None:
     quiet = relay_factory("quiet", redis_urls=[redis.url], env={**sink.env(), **off})
-    async with RelayClient(quiet.url) as member:
+    async with Connection(quiet.url) as member:
         await member.join("hush")
 
         async def publish() -> None:
@@ -185,7 +185,7 @@ async def test_tracing_off_exports_nothing_and_the_envelope_carries_no_context(
     # A pod that traces, exporting to the same receiver: once its connection span is in,
     # the quiet pod (same batch delay) had its chance to export and did not.
     control = relay_factory("control", redis_urls=[redis.url], env=sink.env())
-    async with RelayClient(control.url):
+    async with Connection(control.url):
         spans = await wait_spans(sink, {"ws connect": 1}, "the control pod's ws connect")
     assert {span.instance for span in spans} == {"control"}
 
@@ -194,7 +194,7 @@ async def test_traced_envelope_carries_w3c_context_of_the_producer_span(
     sink: OtlpSink, redis: RedisProcess, relay_factory
 ) -> None:
     pod = relay_factory("a", redis_urls=[redis.url], env=sink.env())
-    async with RelayClient(pod.url) as member:
+    async with Connection(pod.url) as member:
         await member.join("loud")
 
         async def publish() -> None:
@@ -211,7 +211,7 @@ async def test_traced_envelope_carries_w3c_context_of_the_producer_span(
 
 async def test_connection_lifecycle_is_two_short_spans(sink: OtlpSink, relay_factory) -> None:
     pod = relay_factory("a", env=sink.env())
-    async with RelayClient(pod.url) as client:
+    async with Connection(pod.url) as client:
         session = client.welcome["session"]
         [connect] = named(await wait_spans(sink, {"ws connect": 1}, "ws connect"), "ws connect")
         assert connect.kind == SERVER
@@ -231,7 +231,7 @@ async def test_spans_still_buffered_are_exported_when_the_relay_stops(
     # (node.stop's, with the SDK's exit hook as a fallback).
     env = {**sink.env(), "OTEL_BSP_SCHEDULE_DELAY": "600000"}
     pod = relay_factory("a", redis_urls=[redis.url], env=env)
-    async with RelayClient(pod.url) as member:
+    async with Connection(pod.url) as member:
         await member.join("last-words")
         await member.publish("last-words", "bye", id="b1")
         assert (await next_event(member))["data"] == "bye"
@@ -247,12 +247,12 @@ async def test_a_resume_replay_is_one_receive_span_linked_to_each_producer(
 ) -> None:
     pod_a = relay_factory("a", redis_urls=[redis.url], env=sink.env())
     pod_b = relay_factory("b", redis_urls=[redis.url], env=sink.env())
-    async with RelayClient(pod_a.url) as publisher:
-        async with RelayClient(pod_a.url) as player:
+    async with Connection(pod_a.url) as publisher:
+        async with Connection(pod_a.url) as player:
             joined = await player.join("replayed")
         for n in range(2):  # missed by the player, who comes back on pod b
             await publisher.publish("replayed", n, id=f"r{n}")
-        async with RelayClient(pod_b.url) as player:
+        async with Connection(pod_b.url) as player:
             since = {"epoch": joined["epoch"], "offset": joined["offset"]}
             assert (await player.join("replayed", since=since))["recovered"] is True
             assert [(await player.receive(timeout=5))["data"] for _ in range(2)] == [0, 1]

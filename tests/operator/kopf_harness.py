@@ -23,6 +23,7 @@ import importlib.resources
 import pathlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -30,6 +31,7 @@ import kmock
 import pytest
 
 from gamecluster import names
+from gamecluster.load import Reading, ReadyPod, RedisAuth
 
 NAMESPACE = "games"
 RELAY_IMAGE = "registry.local/gamecluster:test"
@@ -54,14 +56,29 @@ class SSAEmulator(kmock.KubernetesEmulator):
 
 @dataclass
 class FakeLoad:
-    """Stands in for the relay pods' load reports (the Redis reader is tested elsewhere)."""
+    """Stands in for the relay pods' load reports (the Redis reader is tested elsewhere).
+
+    ``connections`` None: the load is unknown. ``per_pod`` when set: the per-pod counts."""
 
     connections: int | None = None
-    calls: list[tuple[str, ...]] = field(default_factory=list)
+    per_pod: dict[str, int] | None = None
+    calls: list[tuple[str | None, tuple[str, ...]]] = field(default_factory=list)
+    auths: list[RedisAuth | None] = field(default_factory=list)
 
-    def total_connections(self, redis_urls: Sequence[str], auth: object = None) -> int | None:
-        self.calls.append(tuple(redis_urls))
-        return self.connections
+    def read(
+        self,
+        redis_url: str | None,
+        pods: Sequence[ReadyPod],
+        now: datetime,
+        auth: RedisAuth | None = None,
+    ) -> Reading:
+        self.calls.append((redis_url, tuple(p.name for p in pods)))
+        self.auths.append(auth)
+        if self.per_pod is not None:
+            return Reading(dict(self.per_pod))
+        if self.connections is None:
+            return Reading(unknown="no fresh load report from ready pod fake")
+        return Reading({"fake": self.connections})
 
 
 def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
@@ -107,7 +124,13 @@ class Harness:
             assert response.status < 400, (method, path, response.status, await response.text())
             return await response.json()
 
-    async def create_gamecluster(self, name: str, spec: dict[str, Any], uid: str = "uid-1") -> None:
+    async def create_gamecluster(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        uid: str = "uid-1",
+        annotations: dict[str, str] | None = None,
+    ) -> None:
         body = {
             "apiVersion": names.API_VERSION,
             "kind": names.KIND,
@@ -118,6 +141,7 @@ class Harness:
                 "generation": 1,
                 # kmock keeps no resourceVersion; kopf guards its JSON patches with one.
                 "resourceVersion": "1",
+                "annotations": annotations or {},
             },
             "spec": spec,
         }

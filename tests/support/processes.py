@@ -52,6 +52,13 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> N
         proc.wait(10)
 
 
+def _two_free_ports() -> tuple[int, int]:
+    first, second = free_port(), free_port()
+    while second == first:
+        second = free_port()
+    return first, second
+
+
 def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.2):
         return True
@@ -139,12 +146,13 @@ class RelayProcess:
     """A `relay serve` process (a real uvicorn server) on a free port."""
 
     def __init__(self, workdir: Path, env: dict[str, str], node_id: str) -> None:
-        self.port = free_port()
+        self.port, self.admin_port = _two_free_ports()
         self.node_id = node_id
         self.env = {
             **os.environ,
             "RELAY_HOST": LOOPBACK,
             "RELAY_PORT": str(self.port),
+            "RELAY_ADMIN_PORT": str(self.admin_port),
             "RELAY_NODE_ID": node_id,
             "RELAY_LOG_LEVEL": "info",
             "RELAY_PROBE_INTERVAL": "0.5",
@@ -165,7 +173,31 @@ class RelayProcess:
     def http(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
+    @property
+    def admin(self) -> str:
+        """Base URL of the admin port (/metrics, /api/v1); the player port when it is 0."""
+        port = int(self.env.get("RELAY_ADMIN_PORT", "0")) or self.port
+        return f"http://{LOOPBACK}:{port}"
+
     def start(self, *, ready: bool = True) -> RelayProcess:
+        # A port free_port() saw free can be taken before the relay binds it (other tests
+        # on this machine, outgoing connections): then start again on fresh ports.
+        for attempt in range(3):
+            try:
+                return self._start(ready)
+            except RuntimeError:
+                if attempt == 2 or "address already in use" not in self.tail(80):
+                    raise
+                self._pick_ports()
+        raise AssertionError("unreachable")
+
+    def _pick_ports(self) -> None:
+        self.port, self.admin_port = _two_free_ports()
+        self.env["RELAY_PORT"] = str(self.port)
+        if self.env.get("RELAY_ADMIN_PORT") != "0":
+            self.env["RELAY_ADMIN_PORT"] = str(self.admin_port)
+
+    def _start(self, ready: bool) -> RelayProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "relay.cli", "serve"],
@@ -191,7 +223,7 @@ class RelayProcess:
             return None
 
     def metrics(self) -> str:
-        return httpx.get(self.http + "/metrics", timeout=2.0).text
+        return httpx.get(self.admin + "/metrics", timeout=2.0).text
 
     def tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):

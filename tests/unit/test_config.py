@@ -121,3 +121,22 @@ def test_sentinel_shards_name_a_master_and_need_the_sentinels(
     monkeypatch.setenv("RELAY_REDIS_SENTINELS", "no-port")
     with pytest.raises(ConfigError, match="not host:port"):
         load_settings()
+
+
+def test_admin_port_and_api_keys_are_checked_and_keys_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RELAY_PORT", "9000")
+    monkeypatch.setenv("RELAY_ADMIN_PORT", "9000")
+    with pytest.raises(ConfigError, match="RELAY_ADMIN_PORT=9000 is RELAY_PORT"):
+        load_settings()
+    monkeypatch.setenv("RELAY_ADMIN_PORT", "0")
+    monkeypatch.setenv("RELAY_API_KEYS", "short-secret-key, " + "k" * 40)
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert "RELAY_API_KEYS=(not shown)" in str(exc.value) and "short-secret-key" not in str(
+        exc.value
+    )
+    monkeypatch.setenv("RELAY_API_KEYS", "k" * 40 + "," + "j" * 40)
+    settings = load_settings()
+    assert (settings.admin_port, len(settings.api_keys)) == (0, 2)

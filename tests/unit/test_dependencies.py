@@ -70,6 +70,13 @@ def distribution_of(module: str) -> str:
     else:  # a namespace package (no __init__.py): whoever ships the files in it
         (folder,) = [Path(p).resolve() for p in spec.submodule_search_locations or ()]
         owner = next((o for f, o in file_owners().items() if f.parent == folder), None)
+    if owner is None:
+        # An editable install (the Python client, `-e clients/python`) lists no module
+        # files, only its top-level names.
+        owners = sorted(
+            set(importlib.metadata.packages_distributions().get(module.split(".")[0], []))
+        )
+        owner = normalised(owners[0]) if len(owners) == 1 else None
     assert owner is not None, f"no installed distribution ships {module}"
     return owner
 

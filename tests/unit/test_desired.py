@@ -9,7 +9,7 @@ import pytest
 from gamecluster import names
 from gamecluster.desired import Inputs, desired
 from gamecluster.manifests.secrets import RedisPasswords
-from gamecluster.spec import parse
+from gamecluster.spec import InvalidSpec, parse
 from relay import contract
 
 pytestmark = pytest.mark.unit
@@ -60,6 +60,7 @@ def test_managed_mode_has_every_child_in_apply_order() -> None:
         "PodDisruptionBudget/arena-redis",
         "Deployment/arena-relay",
         "Service/arena",
+        "Service/arena-admin",
         "PodDisruptionBudget/arena-relay",
     ]
 
@@ -117,6 +118,7 @@ def test_selector_matches_the_pod_labels_and_the_status_selector() -> None:
 def test_env_names_are_the_relay_contract_names() -> None:
     env = env_of(build({"tracing": {"enabled": True, "otlpEndpoint": "http://j:4317"}}))
     contract_names = {v for k, v in vars(contract).items() if k.startswith("ENV_")}
+    contract_names.add(contract.ADMIN_PORT_ENV)
     relay_env = {name for name in env if name.startswith("RELAY_")}
     assert relay_env <= contract_names
     assert {name for name in env if not name.startswith("RELAY_")} <= {
@@ -202,7 +204,8 @@ def test_generated_secret_needs_a_value() -> None:
 def test_probes_use_the_relay_paths_on_the_named_port() -> None:
     container = relay_container(build())
     assert container["ports"] == [
-        {"name": "http", "containerPort": contract.HTTP_PORT, "protocol": "TCP"}
+        {"name": "http", "containerPort": contract.HTTP_PORT, "protocol": "TCP"},
+        {"name": "admin", "containerPort": contract.DEFAULT_ADMIN_PORT, "protocol": "TCP"},
     ]
     assert container["readinessProbe"]["httpGet"] == {"path": contract.READY_PATH, "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": contract.HEALTH_PATH, "port": "http"}
@@ -316,3 +319,106 @@ def test_relay_service_follows_the_spec() -> None:
 
 def test_desired_is_deterministic() -> None:
     assert desired(parse({}), META, INPUTS) == desired(parse({}), META, INPUTS)
+
+
+def test_admin_port_is_set_on_the_pods_and_exposed_only_by_a_cluster_ip_service() -> None:
+    children = build({"service": {"type": "LoadBalancer", "port": 443}})
+    assert env_of(children)[contract.ADMIN_PORT_ENV] == str(contract.DEFAULT_ADMIN_PORT)
+    admin = children["Service/arena-admin"]
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert admin["spec"]["ports"] == [
+        {
+            "name": contract.ADMIN_PORT_NAME,
+            "port": contract.DEFAULT_ADMIN_PORT,
+            "targetPort": contract.ADMIN_PORT_NAME,
+            "protocol": "TCP",
+        }
+    ]
+    players = children["Service/arena"]
+    assert [p["targetPort"] for p in players["spec"]["ports"]] == ["http"]
+    # Probes stay on the player port.
+    container = relay_container(children)
+    assert container["readinessProbe"]["httpGet"]["port"] == "http"
+
+
+TEMPLATE = {
+    "metadata": {
+        "labels": {"team": "mp", names.LABEL_INSTANCE: "hijack"},
+        "annotations": {"a": "b", names.ANNOTATION_CONFIG_HASH: "forged"},
+    },
+    "spec": {
+        "imagePullSecrets": [{"name": "creds"}],
+        "nodeSelector": {"pool": "game"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "game"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+        ],
+        "priorityClassName": "game-critical",
+        "serviceAccountName": "relay-sa",
+        "containers": [{"name": "relay", "resources": {"requests": {"cpu": "2"}}}],
+    },
+}
+
+
+def test_template_lands_on_the_relay_pods_and_the_operators_fields_win() -> None:
+    plain = build()["Deployment/arena-relay"]["spec"]["template"]
+    children = build({"template": TEMPLATE})
+    deploy = children["Deployment/arena-relay"]
+    pod = deploy["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "mp"
+    # Identity labels and the config hash stay the operator's: the selector still matches.
+    assert pod["metadata"]["labels"][names.LABEL_INSTANCE] == "arena"
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert pod["metadata"]["annotations"]["a"] == "b"
+    assert (
+        pod["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
+        == plain["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
+    )
+    spec = pod["spec"]
+    for key in (
+        "imagePullSecrets",
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "topologySpreadConstraints",
+        "priorityClassName",
+        "serviceAccountName",
+    ):
+        assert spec[key] == TEMPLATE["spec"][key], key  # type: ignore[index]
+    assert spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    assert container["resources"] == {"requests": {"cpu": "2"}, "limits": {}}
+    (plain_container,) = plain["spec"]["containers"]
+    for kept in ("name", "image", "ports", "readinessProbe", "livenessProbe", "securityContext"):
+        assert container[kept] == plain_container[kept], kept
+    assert spec["securityContext"] == plain["spec"]["securityContext"]
+    # The Redis pods are not touched by the relay template.
+    assert "nodeSelector" not in children["StatefulSet/arena-redis"]["spec"]["template"]["spec"]
+
+
+def test_redis_template_shapes_the_redis_pods() -> None:
+    children = build(
+        {
+            "redis": {
+                "template": {
+                    "spec": {
+                        "nodeSelector": {"pool": "data"},
+                        "containers": [
+                            {"name": "redis", "resources": {"limits": {"memory": "2Gi"}}}
+                        ],
+                    }
+                }
+            }
+        }
+    )
+    pod = children["StatefulSet/arena-redis"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "data"}
+    assert pod["containers"][0]["resources"] == {"requests": {}, "limits": {"memory": "2Gi"}}
+    assert pod["containers"][0]["name"] == "redis"
+    assert "nodeSelector" not in children["Deployment/arena-relay"]["spec"]["template"]["spec"]
+
+
+def test_a_template_naming_another_container_is_an_invalid_spec() -> None:
+    with pytest.raises(InvalidSpec, match=r"no container 'redis'"):
+        parse({"template": {"spec": {"containers": [{"name": "redis"}]}}})

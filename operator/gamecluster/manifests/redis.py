@@ -21,6 +21,7 @@ from gamecluster import names
 from gamecluster.children import REDIS_PORT, Manifest, Owner
 from gamecluster.manifests import redis_access, secrets
 from gamecluster.manifests.security import container_security_context, pod_security_context
+from gamecluster.manifests.template import overlay
 from gamecluster.spec import GameClusterSpec
 from gamecluster.units import quantity_bytes
 from relay import contract
@@ -168,6 +169,7 @@ def statefulset(
         sts_spec["template"]["metadata"]["annotations"] = {
             redis_access.ANNOTATION_REDIS_CREDENTIALS: credentials_digest
         }
+    sts_spec["template"] = overlay(sts_spec["template"], redis.template)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

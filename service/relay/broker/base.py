@@ -62,6 +62,7 @@ class History:
 
 Listener = Callable[[Delivery], None]
 ResyncListener = Callable[[list[str]], None]
+ControlListener = Callable[[bytes], None]
 
 
 class Broker(abc.ABC):
@@ -74,6 +75,7 @@ class Broker(abc.ABC):
     def __init__(self) -> None:
         self._listener: Listener | None = None
         self._resync: ResyncListener | None = None
+        self._control: ControlListener | None = None
 
     def set_listener(self, listener: Listener, resync: ResyncListener | None = None) -> None:
         """`listener` gets deliveries; `resync` gets the rooms whose live feed had a gap
@@ -84,6 +86,22 @@ class Broker(abc.ABC):
     def _deliver(self, delivery: Delivery) -> None:
         if self._listener is not None:
             self._listener(delivery)
+
+    def set_control_listener(self, listener: ControlListener) -> None:
+        """`listener` gets every message of the control channel (relay.control), this
+        server's own included; it must not block."""
+        self._control = listener
+
+    def _control_received(self, message: bytes) -> None:
+        if self._control is not None:
+            self._control(message)
+
+    async def broadcast(self, message: bytes) -> None:
+        """Send `message` to every relay server's control listener, this one included.
+
+        Raises BrokerUnavailable when the broker did not take it.
+        """
+        self._control_received(message)
 
     def _gap(self, rooms: list[str]) -> None:
         if self._resync is not None and rooms:
@@ -126,8 +144,11 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
-        """The durable room's epoch and last offset, plus stored events after `after`.
+    async def history(
+        self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
+        """The durable room's epoch and last offset, plus stored events after `after`
+        (the first `limit` of them when given: a replay reads page by page).
 
         Creates the room's epoch when it has none yet, so a position can be handed out
         before the first event. Raises BrokerUnavailable.

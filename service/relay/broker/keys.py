@@ -69,3 +69,33 @@ def failover_claim(shard: str, old: str, new: str) -> str:
 def node_channel(node_id: str) -> bytes:
     """The relay server's own channel: its Pub/Sub self-probe travels through it."""
     return f"{NODE_CHANNEL_PREFIX}node:{node_id}".encode()
+
+
+CONTROL_CHANNEL = f"{NODE_CHANNEL_PREFIX}control".encode()
+"""Commands between relay servers (relay.control: disconnect, forced leave, presence), on
+the first shard."""
+
+
+def presence(room: str) -> str:
+    """A presence room's members (hash connection -> member JSON), on the room's shard."""
+    return f"{_tag(room)}:presence"
+
+
+ALIVE = f"{CLUSTER_KEY_PREFIX}alive"
+"""Sorted set node -> last liveness renewal (ms), on the first shard."""
+NODE_REPORT_PREFIX = f"{CLUSTER_KEY_PREFIX}node:"
+"""Per node: its report (connections, rooms, version) for GET /nodes, with a TTL."""
+
+
+def node_report(node_id: str) -> str:
+    return NODE_REPORT_PREFIX + node_id
+
+
+def node_rooms(node_id: str) -> str:
+    """Per node: hash room -> local member count, for GET /rooms, with a TTL."""
+    return f"{CLUSTER_KEY_PREFIX}rooms:{node_id}"
+
+
+def node_presence_rooms(node_id: str) -> str:
+    """Per node: the set of presence rooms it has members in (cleared by a survivor)."""
+    return f"{CLUSTER_KEY_PREFIX}presence:{node_id}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from relay.broker.base import Broker, BrokerUnavailable, Delivery, History, Publ
 from relay.broker.connection import Connector
 from relay.config import RedisEndpoint
 from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
-from relay.rooms import RoomPolicy
+from relay.rooms import EMPTY_ROOM_SECONDS, RoomPolicy
 
 log = logging.getLogger("relay.broker.redis")
 
@@ -69,6 +70,7 @@ class RedisShard:
         on_message: Callable[[bytes], None],
         on_reconnect: Callable[[], None],
         on_resubscribed: Callable[[list[bytes]], None],
+        on_control: Callable[[bytes], None] | None = None,
     ) -> None:
         self.name = endpoint.name
         """The shard's identity in rendezvous hashing (not its URL: see RedisEndpoint)."""
@@ -76,6 +78,7 @@ class RedisShard:
         """Without credentials: the only form of the address that goes into logs and errors."""
         self._endpoint = endpoint
         self._connector = connector
+        self._on_control = on_control
         self._node_channel = keys.node_channel(node_id)
         self._timeout = timeout
         self._probe_interval = probe_interval
@@ -91,7 +94,7 @@ class RedisShard:
         self.publish_durable = self.commands.register_script(lua.PUBLISH_DURABLE)
         self.publish_volatile_once = self.commands.register_script(lua.PUBLISH_VOLATILE_ONCE)
         self.read_history = self.commands.register_script(lua.HISTORY)
-        self._channels: set[bytes] = set()
+        self._channels: set[bytes] = {keys.CONTROL_CHANNEL} if on_control is not None else set()
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
         self._pubsub: PubSub | None = None
         self._probe: tuple[bytes, asyncio.Future[None]] | None = None
@@ -261,20 +264,40 @@ class RedisShard:
             )
 
     async def _read(self, pubsub: PubSub) -> None:
+        """Dispatch what the Pub/Sub connection reads until it fails.
+
+        A room message, the bulk of the traffic, is dispatched from the raw reply
+        `[b"message", channel, data]`: redis-py's get_message() would build a dict and await
+        its metrics recorder for each (about 4 us a message, on every pod for every event).
+        Every other reply still goes through handle_message(), which keeps redis-py's
+        subscription bookkeeping.
+        """
         while True:
-            message = await pubsub.get_message(timeout=None)
+            response = await pubsub.parse_response(block=True)
+            if response is None:
+                continue
+            if type(response) is list and len(response) == 3 and response[0] == b"message":
+                self._dispatch(response[1], response[2])
+                continue
+            message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
             if message is None:
                 continue
             kind, channel = message["type"], message["channel"]
-            if kind == "message":
-                if channel == self._node_channel:
-                    self._probe_returned(message["data"])
-                else:
-                    self._on_message(message["data"])
+            if kind == "message":  # not seen in RESP2 (the raw path above); kept for safety
+                self._dispatch(channel, message["data"])
             elif kind == "subscribe":
                 for waiter in self._confirmations.pop(channel, ()):
                     if not waiter.done():
                         waiter.set_result(None)
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        """One message of a channel: a room's event, this server's probe or a command."""
+        if channel == self._node_channel:
+            self._probe_returned(data)
+        elif channel == keys.CONTROL_CHANNEL and self._on_control is not None:
+            self._on_control(data)
+        else:
+            self._on_message(data)
 
     async def _probe_until_lost(self, reader: asyncio.Task[None]) -> None:
         """Probe every `probe_interval`; return or raise when the connection is gone."""
@@ -358,6 +381,10 @@ class RedisBroker(Broker):
         self._dedupe_seconds = dedupe_seconds
         endpoints = [RedisEndpoint.parse(u) if isinstance(u, str) else u for u in urls]
         self._connector = connector or Connector()
+        # Retry keys of id-less publishes: a random prefix per process (no two servers,
+        # nor two lives of one, share it) and a counter, not 8 random bytes per publish.
+        self._retry_prefix = secrets.token_hex(8)
+        self._retry_ids = itertools.count()
         self._shards = [
             RedisShard(
                 endpoint,
@@ -369,8 +396,9 @@ class RedisBroker(Broker):
                 on_message=self._received,
                 on_reconnect=on_reconnect,
                 on_resubscribed=self._resubscribed,
+                on_control=self._control_received if n == 0 else None,
             )
-            for endpoint in endpoints
+            for n, endpoint in enumerate(endpoints)
         ]
 
     @property
@@ -437,6 +465,8 @@ class RedisBroker(Broker):
                 event_tail,
             ],
         )
+        if offset is None:  # a retry of an id a volatile-policy pod already sent
+            return PublishResult(None, None, duplicate=True)
         return PublishResult(int(offset), _text(epoch), duplicate=bool(duplicate))
 
     async def _publish_volatile(
@@ -466,18 +496,21 @@ class RedisBroker(Broker):
         """
         if msg_id is not None:
             return keys.dedupe(room, subject, msg_id), self._dedupe_seconds
-        return keys.retry(room, secrets.token_hex(8)), RETRY_WINDOW_SECONDS
+        retry_id = f"{self._retry_prefix}{next(self._retry_ids):x}"
+        return keys.retry(room, retry_id), RETRY_WINDOW_SECONDS
 
-    async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+    async def history(
+        self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
         shard = self.shard_for(room)
         try:
             epoch, top, entries = await shard.read_history(
                 keys=[keys.meta(room), keys.log(room)],
                 args=[
                     -1 if after is None else after,
-                    policy.history_size,
+                    policy.history_size if limit is None else min(limit, policy.history_size),
                     secrets.token_hex(4),
-                    policy.history_ttl_seconds,
+                    min(EMPTY_ROOM_SECONDS, policy.history_ttl_seconds),
                 ],
             )
         except (RedisError, OSError) as exc:
@@ -489,6 +522,18 @@ class RedisBroker(Broker):
             except envelope.EnvelopeError as exc:
                 log.warning("skipped a history entry of %s that is not an envelope: %s", room, exc)
         return History(_text(epoch), int(top), deliveries)
+
+    async def broadcast(self, message: bytes) -> None:
+        shard = self._shards[0]
+        try:
+            await shard.commands.publish(keys.CONTROL_CHANNEL, message)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"control PUBLISH on {shard.url} failed: {exc!r}") from exc
+
+    @property
+    def control_shard(self) -> RedisShard:
+        """The shard holding what is not per room: control channel, node reports."""
+        return self._shards[0]
 
     async def subscribe(self, room: str) -> None:
         await self.shard_for(room).subscribe(keys.channel(room))

@@ -1,9 +1,12 @@
-"""An async Python client for the relay protocol, used by the CLI, tests and benchmarks.
+"""`Connection`: one WebSocket, raw protocol messages as dicts, no reconnect.
+
+For tools, load generators and protocol tests that need the wire as it is (send any
+frame, see every message). Applications want `Client`, which reconnects and resumes.
 
 Replies are matched to requests by `ref`; everything else the server sends (events,
-`reconnect`, errors without a ref) arrives through `receive()`. The inbox is bounded:
-when the application stops reading, the client stops reading the socket too, and the
-server's slow-consumer policy decides, as for any other client.
+`reconnect`, errors without a ref) arrives through `receive()`. The inbox is bounded
+(`INBOX_SIZE`); when it is full the reader stops reading the socket, and the server's
+slow-consumer policy decides, as for any other client.
 """
 
 from __future__ import annotations
@@ -15,36 +18,31 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
-import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from gamecluster_client import messages
+from gamecluster_client.errors import ConnectionLostError, ProtocolError, server_error
+from gamecluster_client.handshake import open_socket
+
 INBOX_SIZE = 10_000
+"""Messages buffered for `receive()`; when full, the socket is not read (back-pressure)."""
 
 
-class RelayError(Exception):
-    """The server answered with an `error` message."""
-
-    def __init__(self, message: dict[str, Any]) -> None:
-        super().__init__(f"{message.get('code')}: {message.get('message')}")
-        self.code: str = message.get("code", "")
-        self.reply = message
-
-
-class RelayClient:
+class Connection:
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 10.0) -> None:
         self.url = url
         self.token = token
         self.timeout = timeout
         self.welcome: dict[str, Any] = {}
+        self.close_code: int | None = None
         self._ws: ClientConnection | None = None
         self._refs = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(INBOX_SIZE)
         self._reader: asyncio.Task[None] | None = None
-        self.close_code: int | None = None
 
-    async def __aenter__(self) -> RelayClient:
+    async def __aenter__(self) -> Connection:
         await self.connect()
         return self
 
@@ -57,20 +55,12 @@ class RelayClient:
         await self.close()
 
     async def connect(self) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        self._ws = await connect(
-            self.url,
-            additional_headers=headers,
-            open_timeout=self.timeout,
-            max_size=None,
-            compression=None,
-        )
+        """Open the socket and return the `welcome`. Raises UnauthorizedError (401),
+        HandshakeError (other refusals), OSError/TimeoutError (network)."""
+        self._ws = await open_socket(self.url, self.token, self.timeout)
         self._reader = asyncio.create_task(self._read(self._ws))
         self.welcome = await self.receive()
-        if self.welcome.get("op") != "welcome":
-            raise RelayError(
-                {"code": "protocol", "message": f"expected welcome, got {self.welcome}"}
-            )
+        messages.Welcome.parse(self.welcome)  # raises ProtocolError when it is not one
         return self.welcome
 
     async def close(self) -> None:
@@ -81,8 +71,14 @@ class RelayClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
 
+    def abort(self) -> None:
+        """Cut the socket at once, as a network failure would (no close handshake)."""
+        if self._ws is not None:
+            self._ws.transport.abort()
+
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Send one message and wait for the reply carrying its `ref`."""
+        """Send one message and wait for the reply carrying its `ref`; an `error` reply
+        raises its ServerError subclass."""
         ref = str(next(self._refs))
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[ref] = reply
@@ -92,16 +88,16 @@ class RelayClient:
         finally:
             self._waiting.pop(ref, None)
         if answer.get("op") == "error":
-            raise RelayError(answer)
+            raise server_error(answer)
         return answer
 
     async def send(self, message: dict[str, Any]) -> None:
-        await self.send_raw(orjson.dumps(message).decode())
+        await self.send_raw(messages.encode(message))
 
     async def send_raw(self, frame: str) -> None:
         """Send a text frame as is (one or more messages; or anything, to test a server)."""
         if self._ws is None:
-            raise RuntimeError("not connected")
+            raise RuntimeError("not connected: call connect() first")
         await self._ws.send(frame)
 
     async def join(self, room: str, since: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -122,14 +118,19 @@ class RelayClient:
         message["id"] = id
         return await self.request(message)
 
+    async def presence(self, room: str) -> dict[str, Any]:
+        return await self.request({"op": "presence", "room": room})
+
     async def ping(self) -> dict[str, Any]:
         return await self.request({"op": "ping"})
 
     async def receive(self, timeout: float | None = None) -> dict[str, Any]:
-        """The next message that is not a reply (events, reconnect, unsolicited errors)."""
+        """The next message that is not a reply (events, reconnect, unsolicited errors);
+        `{"op": "closed", "code": N}` once the socket closed."""
         return await asyncio.wait_for(self._inbox.get(), timeout or self.timeout)
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Every message `receive()` would return, until the socket closes."""
         while True:
             message = await self._inbox.get()
             if message.get("op") == "closed":
@@ -139,19 +140,21 @@ class RelayClient:
     async def _read(self, ws: ClientConnection) -> None:
         try:
             async for frame in ws:
-                for line in (frame if isinstance(frame, str) else frame.decode()).split("\n"):
-                    if line:
-                        await self._dispatch(orjson.loads(line))
+                for message in messages.decode(frame):
+                    await self._dispatch(message)
         except ConnectionClosed:
             pass
+        except ProtocolError:
+            await ws.close(1002, "protocol error")
         finally:
             self.close_code = ws.close_code
-            closed = {"op": "closed", "code": ws.close_code}
             for waiter in self._waiting.values():
                 if not waiter.done():
-                    waiter.set_exception(ConnectionError(f"connection closed ({ws.close_code})"))
+                    waiter.set_exception(
+                        ConnectionLostError(f"connection closed ({ws.close_code})")
+                    )
             with contextlib.suppress(asyncio.QueueFull):
-                self._inbox.put_nowait(closed)
+                self._inbox.put_nowait({"op": "closed", "code": ws.close_code})
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         ref = message.get("ref")

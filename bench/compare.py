@@ -1,0 +1,549 @@
+"""The relay against what a user would pick instead, in one run, on one harness (`make bench`).
+
+Targets, each started fresh on loopback with its own redis-server where it has one:
+- relay, volatile rooms and durable rooms: two `relay serve` pods on one Redis;
+- Node socket.io + @socket.io/redis-adapter: two processes on one Redis (bench/js);
+- python-socketio + AsyncRedisManager: two processes on one Redis (bench/sio_server.py);
+- the frame-once floor: one process (bench/floor.py), no broker.
+
+Every server process and its Redis are pinned to CPU 1; the load generator, one Node
+process (bench/js/loadgen.js), runs alone on CPU 0 and reports its own CPU, so a figure
+limited by the generator shows as such (gen CPU near 100%). For each target, on the same
+connections (R rooms x S subscribers split over the servers, P publishers per room,
+publisher p of room r on server (r + p) mod n so half of every room's traffic crosses
+servers):
+- fixed rates (4,000 and 20,000 deliveries/s): CPU per delivery of the servers, and of
+  the servers + Redis, from /proc user + system time; p50/p99 publish-to-delivery
+  latency; loss (expected deliveries not received within 3 s of the last publish);
+- ramp: rising rates until a step loses a delivery, has p99 >= 100 ms or cannot be
+  published at its rate, twice in a row (the machine is shared: one spike of someone
+  else's work must not end it); the max sustainable fan-out is the last step that passed;
+- idle connections: RSS growth of the server processes per extra WebSocket, each joined
+  to one of 100 rooms.
+Then tracing (relay, volatile rooms): tracing disabled, then sampling ratio 0, 0.1 and
+1.0, exported over OTLP/HTTP to a local sink that counts spans (tests/support/otlp_sink.py,
+on CPU 0), at 20,000 deliveries/s: CPU per delivery against ratio 0 (and ratio 0 against
+disabled: what an unsampled event pays).
+
+Not a test: it prints numbers, and a table of ratios at the end. Compare figures within
+one run; the machine is shared. `--quick` (or BENCH_QUICK=1) shortens every step.
+
+    .venv/bin/python bench/compare.py [--quick] [--only relay-volatile,floor,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.processes import (
+    LOOPBACK,
+    RedisProcess,
+    RelayProcess,
+    free_port,
+    stop_process,
+    wait_until,
+)
+
+BENCH = Path(__file__).resolve().parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+SERVER_CPU, GENERATOR_CPU = {1}, {0}
+NODE = shutil.which("node") or "node"
+MAX_P99_MS = 100.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime (all threads)
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of a process (sched_setaffinity acts on one thread id); threads
+    started later inherit it."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def listening(port: int, proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    def check() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited {proc.returncode}")
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    return check
+
+
+@dataclass
+class Servers:
+    """What one target runs: the generator's protocol and URLs, and the pids it measures."""
+
+    proto: str
+    urls: list[str]
+    pids: list[int]
+    redis_pid: int | None
+
+
+def start_plain(args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    wait_until(listening(port, proc), 20, f"{args[:2]} on port {port}")
+    return proc
+
+
+@contextmanager
+def relay_target(workdir: Path, policy: str, extra: dict[str, str]) -> Iterator[Servers]:
+    env = {
+        "RELAY_ROOMS": f'[{{"match": "*", "policy": "{policy}"}}]',
+        "RELAY_AUTH": "none",
+        "RELAY_ADMIN_PORT": "0",
+        "RELAY_PUBLISH_RATE": "1000000",
+        "RELAY_PUBLISH_BURST": "1000000",
+        "RELAY_LOG_LEVEL": os.environ.get("BENCH_RELAY_LOG_LEVEL", "warning"),
+        # The relay's own defaults, not the short test timeouts RelayProcess sets.
+        "RELAY_REDIS_TIMEOUT": "2.0",
+        "RELAY_PROBE_INTERVAL": "3.0",
+        "RELAY_PROBE_TIMEOUT": "3.0",
+        **extra,
+    }
+    redis = RedisProcess(workdir).start()
+    pods: list[RelayProcess] = []
+    try:
+        for node in "ab":
+            pods.append(RelayProcess(workdir, {**env, "RELAY_REDIS_URLS": redis.url}, node).start())
+        assert redis.proc is not None
+        yield Servers(
+            "relay",
+            [p.url for p in pods],
+            [p.proc.pid for p in pods if p.proc is not None],
+            redis.proc.pid,
+        )
+    finally:
+        for pod in pods:
+            pod.stop()
+        redis.stop()
+
+
+@contextmanager
+def two_process_target(
+    workdir: Path, command: Callable[[int, str], list[str]]
+) -> Iterator[Servers]:
+    redis = RedisProcess(workdir).start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = [free_port(), free_port()]
+        for port in ports:
+            procs.append(start_plain(command(port, redis.url), port, workdir / f"srv-{port}.log"))
+        assert redis.proc is not None
+        yield Servers(
+            "sio",
+            [f"http://{LOOPBACK}:{port}" for port in ports],
+            [p.pid for p in procs],
+            redis.proc.pid,
+        )
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        redis.stop()
+
+
+@contextmanager
+def floor_target(workdir: Path) -> Iterator[Servers]:
+    port = free_port()
+    proc = start_plain(
+        [sys.executable, str(BENCH / "floor.py"), "--port", str(port)], port, workdir / "floor.log"
+    )
+    try:
+        yield Servers("relay", [f"ws://{LOOPBACK}:{port}/ws"], [proc.pid], None)
+    finally:
+        stop_process(proc)
+
+
+def node_sio(port: int, redis_url: str) -> list[str]:
+    return [NODE, str(BENCH / "js" / "sio_server.js"), str(port), redis_url]
+
+
+def python_sio(port: int, redis_url: str) -> list[str]:
+    return [sys.executable, str(BENCH / "sio_server.py"), "--port", str(port), "--redis", redis_url]
+
+
+class Generator:
+    """bench/js/loadgen.js on CPU 0: one JSON command per line in, one JSON answer out."""
+
+    def __init__(self, servers: Servers, load: Load) -> None:
+        self.subs = load.subs
+        config = {
+            "proto": servers.proto,
+            "urls": servers.urls,
+            "rooms": load.rooms,
+            "subs": load.subs,
+            "publishers": load.publishers,
+        }
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", ",".join(map(str, GENERATOR_CPU)), NODE,
+             str(BENCH / "js" / "loadgen.js"), json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        self.read()  # {"ready": n}
+
+    def read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the load generator exited {self.proc.wait(10)}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(RuntimeError, BrokenPipeError, ValueError):
+                self.ask({"cmd": "quit"})
+        stop_process(self.proc)  # type: ignore[arg-type]
+
+
+@dataclass
+class Load:
+    rooms: int
+    subs: int
+    publishers: int
+    seconds: float
+    rates: list[float]
+    ramp: list[float]
+    ramp_seconds: float
+    idle_conns: int
+    idle_rooms: int
+
+
+@dataclass
+class Step:
+    rate: float
+    sent: int
+    expected: int
+    delivered: int
+    p50: float
+    p99: float
+    server_us: float
+    with_redis_us: float
+    gen_cpu: float
+    published_ok: bool
+
+    @property
+    def loss(self) -> int:
+        return self.expected - self.delivered
+
+    @property
+    def passed(self) -> bool:
+        return self.loss == 0 and self.p99 < MAX_P99_MS and self.published_ok
+
+
+@dataclass
+class Result:
+    name: str
+    fixed: dict[float, Step] = field(default_factory=dict)
+    ramp: list[Step] = field(default_factory=list)
+    idle_kb: float | None = None
+
+    @property
+    def max_sustainable(self) -> float:
+        best = 0.0
+        for step in self.ramp:
+            if not step.passed:
+                break
+            best = step.rate
+        return best
+
+
+def step(gen: Generator, servers: Servers, rate: float, seconds: float) -> Step:
+    pids = servers.pids
+    before = [cpu_seconds(p) for p in pids]
+    redis_before = cpu_seconds(servers.redis_pid) if servers.redis_pid else 0.0
+    answer = gen.ask({"cmd": "run", "rate": rate, "seconds": seconds})
+    cpu = sum(cpu_seconds(p) for p in pids) - sum(before)
+    redis_cpu = (cpu_seconds(servers.redis_pid) - redis_before) if servers.redis_pid else 0.0
+    delivered = int(answer["delivered"])
+    per = 1e6 / delivered if delivered else float("nan")
+    published_ok = answer["sent"] >= 0.95 * rate / gen.subs * seconds
+    result = Step(
+        rate=rate,
+        sent=int(answer["sent"]),
+        expected=int(answer["expected"]),
+        delivered=delivered,
+        p50=float(answer["p50"] or float("nan")),
+        p99=float(answer["p99"] or float("nan")),
+        server_us=cpu * per,
+        with_redis_us=(cpu + redis_cpu) * per,
+        gen_cpu=float(answer["gen_cpu"]),
+        published_ok=published_ok,
+    )
+    print(
+        f"    {rate:>7,.0f}/s  delivered {delivered:>8,}/{result.expected:<8,} "
+        f"p50 {result.p50:7.2f} p99 {result.p99:8.2f} ms  servers {result.server_us:6.1f} us"
+        f"  +redis {result.with_redis_us:6.1f} us  gen CPU {result.gen_cpu:4.0%}"
+        + ("" if result.passed else "  (fails: loss, p99 or rate)"),
+        flush=True,
+    )
+    return result
+
+
+def measure(name: str, servers: Servers, load: Load, scenarios: set[str]) -> Result:
+    for pid in [*servers.pids, *([servers.redis_pid] if servers.redis_pid else [])]:
+        pin(pid, SERVER_CPU)
+    rss_before = sum(rss_bytes(p) for p in servers.pids)
+    result = Result(name)
+    gen = Generator(servers, load)
+    try:
+        gen.ask({"cmd": "run", "rate": 2000, "seconds": 1})  # warm-up, discarded
+        if "fixed" in scenarios:
+            print(f"  fixed rates, {load.seconds:g} s each", flush=True)
+            for rate in load.rates:
+                result.fixed[rate] = step(gen, servers, rate, load.seconds)
+        if "ramp" in scenarios:
+            print(f"  ramp, {load.ramp_seconds:g} s per step", flush=True)
+            for rate in load.ramp:
+                result.ramp.append(step(gen, servers, rate, load.ramp_seconds))
+                if not result.ramp[-1].passed:
+                    # Once more: on a shared machine one spike of someone else's work
+                    # must not end the ramp. Two failures in a row do.
+                    print("    again:", flush=True)
+                    result.ramp[-1] = step(gen, servers, rate, load.ramp_seconds)
+                if not result.ramp[-1].passed:
+                    break
+        if "idle" in scenarios:
+            time.sleep(0.5)
+            rss_loaded = sum(rss_bytes(p) for p in servers.pids)
+            gen.ask({"cmd": "idle", "conns": load.idle_conns, "rooms": load.idle_rooms})
+            time.sleep(1.0)
+            rss_idle = sum(rss_bytes(p) for p in servers.pids)
+            result.idle_kb = (rss_idle - rss_loaded) / load.idle_conns / 1024
+            print(
+                f"  idle: {load.idle_conns:,} sockets in {load.idle_rooms} rooms, RSS "
+                f"{rss_before / 2**20:.0f} -> {rss_loaded / 2**20:.0f} -> "
+                f"{rss_idle / 2**20:.0f} MiB: {result.idle_kb:.1f} KB per connection",
+                flush=True,
+            )
+    finally:
+        gen.close()
+    return result
+
+
+TARGETS: dict[str, tuple[str, Callable[[Path], Any]]] = {
+    "relay-durable": (
+        "relay, durable rooms (2 pods + Redis)",
+        lambda w: relay_target(w, "durable", {}),
+    ),
+    "relay-volatile": ("relay, volatile rooms", lambda w: relay_target(w, "volatile", {})),
+    "socketio-node": (
+        "Node socket.io + redis-adapter (2 proc)",
+        lambda w: two_process_target(w, node_sio),
+    ),
+    "socketio-python": (
+        "python-socketio + AsyncRedisManager (2 proc)",
+        lambda w: two_process_target(w, python_sio),
+    ),
+    "floor": ("frame-once floor (1 process)", floor_target),
+}
+"""Key -> (label, context manager factory taking a work directory), in table order."""
+
+SAMPLING = ["disabled", "0", "0.1", "1.0"]
+"""Tracing off (OTEL_SDK_DISABLED), then parent-based ratio sampling at each ratio."""
+
+
+def tracing(workdir: Path, load: Load, rate: float) -> dict[str, Step]:
+    """The relay (volatile) at one fixed rate with sampling 0, 0.1 and 1.0."""
+    sink_port = free_port()
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "support.otlp_sink", str(sink_port)],
+        cwd=BENCH.parent / "tests",
+        stdout=subprocess.DEVNULL,
+    )
+    out: dict[str, Step] = {}
+    try:
+        pin(sink.pid, GENERATOR_CPU)
+        wait_until(listening(sink_port, sink), 20, "the OTLP sink")
+        for sampling in SAMPLING:
+            env = {
+                "OTEL_SDK_DISABLED": "true" if sampling == "disabled" else "false",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0" if sampling == "disabled" else sampling,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{LOOPBACK}:{sink_port}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            }
+            print(f"-- tracing, sampling {sampling} (relay, volatile rooms)", flush=True)
+            with relay_target(workdir, "volatile", env) as servers:
+                for pid in [*servers.pids, servers.redis_pid]:
+                    assert pid is not None
+                    pin(pid, SERVER_CPU)
+                gen = Generator(servers, load)
+                try:
+                    gen.ask({"cmd": "run", "rate": 2000, "seconds": 1})
+                    out[sampling] = step(gen, servers, rate, load.seconds)
+                finally:
+                    gen.close()
+    finally:
+        stop_process(sink)  # type: ignore[arg-type]
+    return out
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b and b == b and a == a else "-"
+
+
+def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> None:
+    rates = load.rates
+    floor = results.get("floor")
+    node = results.get("socketio-node")
+    print("\n== results (one run; servers + Redis on CPU 1, generator on CPU 0)")
+    head = ["target"]
+    for r in rates:
+        head += [f"CPU/delivery @{r:,.0f}/s (srv+redis)", f"p50/p99 @{r:,.0f}/s", "loss"]
+    head += ["max sustainable (ramp)", f"1 core / CPU per delivery @{rates[-1]:,.0f}/s"]
+    head += ["idle KB/conn"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for key, res in results.items():
+        row = [TARGETS[key][0]]
+        for r in rates:
+            s = res.fixed.get(r)
+            if s is None:
+                row += ["-", "-", "-"]
+                continue
+            row += [
+                f"{s.server_us:.1f} ({s.with_redis_us:.1f}) us",
+                f"{s.p50:.1f} / {s.p99:.1f} ms",
+                f"{s.loss}",
+            ]
+        top = res.max_sustainable
+        capped = res.ramp and res.ramp[-1].passed
+        row.append(f"{'>=' if capped else ''}{top:,.0f}/s" if res.ramp else "-")
+        last = res.fixed.get(rates[-1])
+        row.append(f"{1e6 / last.with_redis_us:,.0f}/s" if last and last.delivered else "-")
+        row.append(f"{res.idle_kb:.1f}" if res.idle_kb is not None else "-")
+        print("| " + " | ".join(row) + " |")
+    print("\n== ratios (CPU per delivery: servers + Redis)")
+    for key, res in results.items():
+        if key == "floor":
+            continue
+        parts = []
+        for r in rates:
+            s = res.fixed.get(r)
+            if s and floor and r in floor.fixed:
+                parts.append(
+                    f"/floor @{r:,.0f}: {ratio(s.with_redis_us, floor.fixed[r].with_redis_us)}"
+                )
+        if node and res.ramp and node.ramp:
+            top = ratio(res.max_sustainable, node.max_sustainable)
+            parts.append(f"max fan-out (ramp) / Node socket.io: {top}")
+        last, node_last = res.fixed.get(rates[-1]), node.fixed.get(rates[-1]) if node else None
+        if last and node_last and key != "socketio-node":
+            capacity = ratio(node_last.with_redis_us, last.with_redis_us)
+            parts.append(f"CPU capacity @{rates[-1]:,.0f} / Node socket.io: {capacity}")
+        if res.idle_kb is not None and floor and floor.idle_kb:
+            parts.append(f"idle RSS / floor: {ratio(res.idle_kb, floor.idle_kb)}")
+        print(f"  {TARGETS[key][0]}: " + "; ".join(parts))
+    durable, volatile = results.get("relay-durable"), results.get("relay-volatile")
+    if durable and volatile:
+        for r in rates:
+            if r in durable.fixed and r in volatile.fixed:
+                d, v = durable.fixed[r], volatile.fixed[r]
+                cost = ratio(d.with_redis_us, v.with_redis_us)
+                print(f"  durable / volatile CPU @{r:,.0f}/s: {cost}")
+    if traced:
+        base = traced.get("0")
+        print("\n== tracing (relay, volatile rooms; CPU per delivery, servers + Redis)")
+        for name, s in traced.items():
+            vs = f" = {ratio(s.with_redis_us, base.with_redis_us)} of ratio 0" if base else ""
+            name = name if name == "disabled" else f"ratio {name}"
+            cpu = f"{s.with_redis_us:6.1f} us{vs}"
+            print(f"  {name:9}: {cpu}, p99 {s.p99:.1f} ms, loss {s.loss}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1"
+    )
+    parser.add_argument("--only", default=",".join(TARGETS), help=f"targets: {','.join(TARGETS)}")
+    parser.add_argument(
+        "--scenarios", default="fixed,ramp,idle,tracing", help="fixed,ramp,idle,tracing"
+    )
+    parser.add_argument("--rooms", type=int, default=10)
+    parser.add_argument("--subs", type=int, default=20, help="subscribers per room")
+    parser.add_argument("--publishers", type=int, default=2, help="publisher sockets per room")
+    args = parser.parse_args()
+    if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
+        parser.error("needs CPUs 0 and 1 (servers on 1, the load generator on 0)")
+    if not (BENCH / "js" / "node_modules").is_dir():
+        parser.error("bench/js/node_modules is missing: run `make bench` (npm ci)")
+    quick = args.quick
+    load = Load(
+        rooms=args.rooms,
+        subs=args.subs,
+        publishers=args.publishers,
+        seconds=3 if quick else 8,
+        rates=[4000, 20000],
+        ramp=[5000, 10000, 15000, 20000, 30000, 40000, 50000, 60000, 80000],
+        ramp_seconds=2 if quick else 4,
+        idle_conns=2000 if quick else 5000,
+        idle_rooms=100,
+    )
+    scenarios = set(args.scenarios.split(","))
+    # The generator holds every socket: raise its file limit (inherited) as far as allowed.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    os.sched_setaffinity(0, GENERATOR_CPU)  # this orchestrator idles; keep it off CPU 1
+    print(
+        f"{' '.join(sys.argv)}: rooms={load.rooms} subs/room={load.subs} "
+        f"publishers/room={load.publishers}, fixed {load.seconds:g} s, ramp steps "
+        f"{load.ramp_seconds:g} s, idle {load.idle_conns:,} sockets; quick={quick}",
+        flush=True,
+    )
+    results: dict[str, Result] = {}
+    traced: dict[str, Step] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for key in args.only.split(","):
+            label, factory = TARGETS[key]
+            print(f"-- {label}", flush=True)
+            workdir = Path(tmp) / key
+            workdir.mkdir()
+            with factory(workdir) as servers:
+                results[key] = measure(key, servers, load, scenarios)
+        if "tracing" in scenarios:
+            workdir = Path(tmp) / "tracing"
+            workdir.mkdir()
+            traced = tracing(workdir, load, 20000)
+    report(results, traced, load)
+
+
+if __name__ == "__main__":
+    main()

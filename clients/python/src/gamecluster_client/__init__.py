@@ -1,0 +1,95 @@
+"""Async Python client for GameCluster relay rooms (wire protocol: docs/protocol.md).
+
+`Client` reconnects across a list of relay URLs and resumes rooms without gap or
+duplicate; `Connection` is one raw socket for tools and protocol tests.
+"""
+
+from gamecluster_client.backoff import Backoff
+from gamecluster_client.client import Client, ClientState, Stats
+from gamecluster_client.connection import Connection
+from gamecluster_client.errors import (
+    BadRequestError,
+    ClientClosedError,
+    ConnectionLostError,
+    DisconnectedError,
+    ForbiddenError,
+    GameClusterError,
+    HandshakeError,
+    InternalError,
+    NotJoinedError,
+    ProtocolError,
+    PublishTimeoutError,
+    RateLimitedError,
+    ServerError,
+    TooLargeError,
+    TooManyRoomsError,
+    UnauthorizedError,
+    UnavailableError,
+    UnknownOpError,
+)
+from gamecluster_client.messages import (
+    Ack,
+    Connected,
+    Connecting,
+    Disconnected,
+    Event,
+    Joined,
+    Lost,
+    Member,
+    Members,
+    Position,
+    PresenceChange,
+    Recovered,
+    Removed,
+    RoomMessage,
+    StateChange,
+    Welcome,
+)
+from gamecluster_client.room import Room, RoomClosedError, RoomState
+from gamecluster_client.tokens import TokenSource
+
+__all__ = [
+    "Ack",
+    "Backoff",
+    "BadRequestError",
+    "Client",
+    "ClientClosedError",
+    "ClientState",
+    "Connected",
+    "Connecting",
+    "Connection",
+    "ConnectionLostError",
+    "Disconnected",
+    "DisconnectedError",
+    "Event",
+    "ForbiddenError",
+    "GameClusterError",
+    "HandshakeError",
+    "InternalError",
+    "Joined",
+    "Lost",
+    "Member",
+    "Members",
+    "NotJoinedError",
+    "Position",
+    "PresenceChange",
+    "ProtocolError",
+    "PublishTimeoutError",
+    "RateLimitedError",
+    "Recovered",
+    "Removed",
+    "Room",
+    "RoomClosedError",
+    "RoomMessage",
+    "RoomState",
+    "ServerError",
+    "StateChange",
+    "Stats",
+    "TokenSource",
+    "TooLargeError",
+    "TooManyRoomsError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "UnknownOpError",
+    "Welcome",
+]

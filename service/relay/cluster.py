@@ -1,0 +1,253 @@
+"""What the cluster knows beyond rooms' events: live nodes, room member counts, presence.
+
+Each relay server writes, every load-report interval, a node report (connections, rooms,
+version) and its rooms' local member counts; the server API reads them back (GET
+/nodes, GET /rooms). Members of presence rooms live per room, each tagged with its node,
+and every node keeps a liveness score: when a node has not renewed its score for
+`dead_after` seconds (a SIGKILLed pod), the first surviving node to claim it (ZREM
+returns 1 for exactly one caller) removes that node's members and returns their leaves,
+so they are announced once. With the memory broker all of it is this process's own.
+
+Keys (Redis): per node `gamecluster:node:{id}` (report, TTL) and `gamecluster:rooms:{id}`
+(hash room -> members, TTL) and `gamecluster:presence:{id}` (set of its presence rooms);
+`gamecluster:alive` (sorted set node -> last renewal, ms); per room `room:{R}:presence`
+(hash conn -> member JSON) on the room's shard.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import orjson
+from redis.exceptions import RedisError
+
+from relay.broker import Broker, BrokerUnavailable, keys
+from relay.broker.redis import RedisBroker
+from relay.contract import LOAD_REPORT_TTL_SECONDS
+
+T = TypeVar("T")
+
+MAX_NODES: Final = 1000
+"""Node reports read by one GET /nodes or /rooms; more are left out (a cluster this size
+is far past what one Redis for reports is meant for)."""
+
+Member = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    node: str
+    connections: int
+    rooms: int
+    version: str
+
+
+class ClusterState(abc.ABC):
+    @abc.abstractmethod
+    async def report(self, node: NodeReport, rooms: dict[str, int]) -> None:
+        """Write this node's report and its rooms' local member counts."""
+
+    @abc.abstractmethod
+    async def nodes(self) -> list[NodeReport]: ...
+
+    @abc.abstractmethod
+    async def rooms(self) -> dict[str, int]:
+        """Member counts per room, summed over live nodes."""
+
+    @abc.abstractmethod
+    async def presence_apply(
+        self, room: str, joins: list[Member], leaves: list[str], node_empty: bool
+    ) -> None:
+        """Add `joins`, remove the connections `leaves`; `node_empty`: this node has no
+        member left in the room."""
+
+    @abc.abstractmethod
+    async def presence_members(self, room: str, limit: int) -> tuple[int, list[Member] | None]:
+        """The member count, and the members unless there are more than `limit`."""
+
+    @abc.abstractmethod
+    async def alive(self, node: str) -> bool:
+        """Renew this node's liveness; False when it had been declared dead (re-add)."""
+
+    @abc.abstractmethod
+    async def reap(self, dead_after: float) -> list[tuple[str, list[Member]]]:
+        """Claim nodes silent for `dead_after` seconds, remove their members, return them."""
+
+    async def forget(self, node: str) -> None:
+        """A node stopping cleanly: no longer watched."""
+        return None
+
+
+class LocalState(ClusterState):
+    """One node (memory broker): everything is this process's own."""
+
+    def __init__(self) -> None:
+        self._node: NodeReport | None = None
+        self._rooms: dict[str, int] = {}
+        self._presence: dict[str, dict[str, Member]] = {}
+
+    async def report(self, node: NodeReport, rooms: dict[str, int]) -> None:
+        self._node, self._rooms = node, rooms
+
+    async def nodes(self) -> list[NodeReport]:
+        return [self._node] if self._node is not None else []
+
+    async def rooms(self) -> dict[str, int]:
+        return dict(self._rooms)
+
+    async def presence_apply(
+        self, room: str, joins: list[Member], leaves: list[str], node_empty: bool
+    ) -> None:
+        members = self._presence.setdefault(room, {})
+        for conn in leaves:
+            members.pop(conn, None)
+        for member in joins:
+            members[member["conn"]] = member
+        if not members:
+            del self._presence[room]
+
+    async def presence_members(self, room: str, limit: int) -> tuple[int, list[Member] | None]:
+        members = self._presence.get(room, {})
+        listed = list(members.values()) if len(members) <= limit else None
+        return len(members), listed
+
+    async def alive(self, node: str) -> bool:
+        return True
+
+    async def reap(self, dead_after: float) -> list[tuple[str, list[Member]]]:
+        return []
+
+
+class RedisState(ClusterState):
+    def __init__(self, broker: RedisBroker, node: str) -> None:
+        self._broker = broker
+        self._node = node
+        self._commands = broker.control_shard.commands
+
+    async def report(self, node: NodeReport, rooms: dict[str, int]) -> None:
+        ttl = LOAD_REPORT_TTL_SECONDS
+        body = orjson.dumps(
+            {
+                "node": node.node,
+                "connections": node.connections,
+                "rooms": node.rooms,
+                "version": node.version,
+            }
+        )
+        async with self._commands.pipeline(transaction=True) as pipe:
+            pipe.set(keys.node_report(node.node), body, ex=ttl)
+            pipe.delete(keys.node_rooms(node.node))
+            if rooms:
+                pipe.hset(keys.node_rooms(node.node), mapping=rooms)  # type: ignore[arg-type]
+                pipe.expire(keys.node_rooms(node.node), ttl)
+            await _redis(pipe.execute())
+
+    async def nodes(self) -> list[NodeReport]:
+        # Known keys, not a SCAN of the keyspace: the live nodes are the liveness set's
+        # members (a dead node's entry is removed by the survivor that claims it).
+        names = await _redis(self._commands.zrange(keys.ALIVE, 0, MAX_NODES - 1))
+        if not names:
+            return []
+        report_keys = [keys.node_report(_text(name)) for name in names]
+        reports = []
+        for raw in await _redis(self._commands.mget(report_keys)):
+            if raw is None:
+                continue  # a node alive but with no report yet, or an expired one
+            obj = orjson.loads(raw)
+            reports.append(
+                NodeReport(obj["node"], int(obj["connections"]), int(obj["rooms"]), obj["version"])
+            )
+        return sorted(reports, key=lambda r: r.node)
+
+    async def rooms(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for node in await self.nodes():
+            counts = await _redis(self._commands.hgetall(keys.node_rooms(node.node)))
+            for room, count in counts.items():
+                name = _text(room)
+                totals[name] = totals.get(name, 0) + int(count)
+        return totals
+
+    async def presence_apply(
+        self, room: str, joins: list[Member], leaves: list[str], node_empty: bool
+    ) -> None:
+        key = keys.presence(room)
+        async with self._broker.shard_for(room).commands.pipeline(transaction=True) as pipe:
+            if leaves:
+                pipe.hdel(key, *leaves)
+            if joins:
+                pipe.hset(key, mapping={m["conn"]: orjson.dumps(m) for m in joins})
+            await _redis(pipe.execute())
+        rooms = keys.node_presence_rooms(self._node)
+        if node_empty:
+            await _redis(self._commands.srem(rooms, room))
+        elif joins:
+            await _redis(self._commands.sadd(rooms, room))
+
+    async def presence_members(self, room: str, limit: int) -> tuple[int, list[Member] | None]:
+        commands = self._broker.shard_for(room).commands
+        count = int(await _redis(commands.hlen(keys.presence(room))))
+        if count > limit:
+            return count, None
+        values = await _redis(commands.hvals(keys.presence(room)))
+        members = sorted((orjson.loads(v) for v in values), key=lambda m: (m["sub"], m["conn"]))
+        return len(members), members
+
+    async def alive(self, node: str) -> bool:
+        added = await _redis(self._commands.zadd(keys.ALIVE, {node: time.time() * 1000}))
+        return not added
+
+    async def reap(self, dead_after: float) -> list[tuple[str, list[Member]]]:
+        limit = (time.time() - dead_after) * 1000
+        silent = await _redis(self._commands.zrangebyscore(keys.ALIVE, "-inf", limit, 0, 100))
+        reaped: list[tuple[str, list[Member]]] = []
+        for raw in silent:
+            dead = _text(raw)
+            if not await _redis(self._commands.zrem(keys.ALIVE, dead)):
+                continue  # another node claimed it: it announces the leaves
+            rooms_key = keys.node_presence_rooms(dead)
+            for room_raw in await _redis(self._commands.smembers(rooms_key)):
+                room = _text(room_raw)
+                reaped.append((room, await self._remove_node_members(room, dead)))
+            await _redis(self._commands.delete(rooms_key, keys.node_rooms(dead)))
+        return reaped
+
+    async def forget(self, node: str) -> None:
+        await _redis(self._commands.zrem(keys.ALIVE, node))
+
+    async def _remove_node_members(self, room: str, dead: str) -> list[Member]:
+        commands = self._broker.shard_for(room).commands
+        key = keys.presence(room)
+        gone = []
+        try:
+            async for _, value in commands.hscan_iter(key, count=500):
+                member = orjson.loads(value)
+                if member.get("node") == dead:
+                    gone.append(member)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"Redis: {exc!r}") from exc
+        if gone:
+            await _redis(commands.hdel(key, *(m["conn"] for m in gone)))
+        return gone
+
+
+def make_state(broker: Broker, node: str) -> ClusterState:
+    if isinstance(broker, RedisBroker):
+        return RedisState(broker, node)
+    return LocalState()
+
+
+async def _redis(call: Awaitable[T]) -> T:
+    """Await a redis-py call; its failures become BrokerUnavailable."""
+    try:
+        return await call
+    except (RedisError, OSError) as exc:
+        raise BrokerUnavailable(f"Redis: {exc!r}") from exc
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
