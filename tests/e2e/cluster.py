@@ -856,3 +856,67 @@ def run_jaeger(binary: Path, workdir: Path, startup_timeout: float = 60.0) -> It
         yield jaeger
     finally:
         proc.stop()
+
+
+@contextlib.contextmanager
+def volume_provisioner(cluster: Cluster, interval: float = 1.0) -> Iterator[None]:
+    """Play a cluster's dynamic volume provisioner, which the harness's control plane lacks.
+
+    A real cluster (kind's local-path, a cloud CSI driver) gives each pending claim a volume;
+    without one the managed Redis (persistence on by default) never schedules. For each
+    pending claim this makes a hostPath PersistentVolume of the claim's size, pre-bound to it
+    (kwok's pods never mount it); kube-controller-manager's PV binder then binds the pair.
+    """
+    import threading
+
+    stop = threading.Event()
+    made: set[str] = set()
+    last_error: list[str] = []
+
+    def provision_once() -> None:
+        claims = cluster.get_json("pvc", "-A")["items"]
+        for claim in claims:
+            meta, spec = claim["metadata"], claim["spec"]
+            if claim.get("status", {}).get("phase") != "Pending" or spec.get("volumeName"):
+                continue
+            if meta["uid"] in made:
+                continue
+            volume = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"e2e-{meta['uid']}"},
+                "spec": {
+                    "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+                    "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": spec.get("storageClassName") or "",
+                    "claimRef": {
+                        "namespace": meta["namespace"],
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    },
+                    "hostPath": {"path": f"/var/lib/e2e-volumes/{meta['uid']}"},
+                },
+            }
+            cluster.apply(volume)
+            made.add(meta["uid"])
+
+    def run() -> None:
+        while not stop.wait(interval):
+            try:
+                provision_once()
+            except Exception as exc:  # a transient API error: the next pass retries
+                # Said once per distinct error (on stderr, which pytest shows for a failed
+                # test): a provisioner that keeps failing otherwise surfaces only as a Redis
+                # pod that never schedules.
+                if [str(exc)] != last_error:
+                    last_error[:] = [str(exc)]
+                    print(f"e2e volume provisioner: {exc}", file=sys.stderr)
+
+    thread = threading.Thread(target=run, name="e2e volume provisioner", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)

@@ -131,6 +131,7 @@ DEMO_CHILDREN = {
     ("Service", "demo-admin"),
     ("ConfigMap", "demo-relay"),
     ("PodDisruptionBudget", "demo-relay"),
+    ("PodDisruptionBudget", "demo-redis"),
     ("StatefulSet", "demo-redis"),
     ("Service", "demo-redis"),
     ("Secret", "demo-jwt"),

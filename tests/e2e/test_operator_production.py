@@ -141,14 +141,15 @@ def test_persistence_cannot_be_toggled_in_place(
     cluster: Cluster, operator_up: Release, namespace: str
 ) -> None:
     cluster.apply(gamecluster("stateful", {"replicas": 1}), "-n", namespace)
-    edited = gamecluster("stateful", {"replicas": 1, "redis": {"persistence": {"enabled": True}}})
+    # Persistence is on by default (the stored object says so): turning it off is an edit.
+    edited = gamecluster("stateful", {"replicas": 1, "redis": {"persistence": {"enabled": False}}})
     proc = cluster.kubectl(
         "apply", "-f", "-", "-n", namespace, input=yaml.safe_dump(edited), check=False
     )
     assert proc.returncode == 1, proc
     assert "redis.persistence is immutable" in proc.stderr, proc.stderr
     stored = cluster.get_json(GC, "stateful", "-n", namespace)
-    assert stored["spec"]["redis"]["persistence"]["enabled"] is False
+    assert stored["spec"]["redis"]["persistence"]["enabled"] is True
     # Other edits still go through.
     cluster.kubectl(
         "patch", GC, "stateful", "-n", namespace, "--type=merge", "-p", '{"spec":{"replicas":2}}'
