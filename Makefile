@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint e2e bench system-deps venv
+.PHONY: run test lint e2e e2e-pods pods-deps bench system-deps venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,22 @@ lint: venv
 
 e2e: venv system-deps
 	$(PY) -m pytest -m e2e
+
+## The real-pod tier's Debian packages (tests/e2e/README.md): a container runtime, CNI plugins,
+## image builders, iptables, gcc + static libc for the pause binary.
+POD_DEPS := containerd runc containernetworking-plugins buildah mmdebstrap iptables conntrack gcc libc6-dev
+pods-deps:
+	@missing=; for p in $(POD_DEPS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+## Real pods on a real node (root; builds kubelet, kube-proxy, CoreDNS and the images on first run).
+e2e-pods: venv system-deps pods-deps
+	bash tests/e2e/tools.sh
+	bash tests/e2e/tools.sh --node
+	$(PY) -m pytest -m pods
 
 bench: venv system-deps
 	$(PY) bench/fanout.py

@@ -6,9 +6,11 @@ replica with ``strategy: Recreate``, and a restart is the failover. Reconciliati
 level-based, so nothing is lost while it restarts.
 """
 
+import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Sequence
 
 import kopf
 from kubernetes import client as k8s
@@ -60,7 +62,24 @@ async def run(settings: OperatorSettings, api: k8s.ApiClient) -> None:
     )
 
 
-def main() -> None:
+def _parse_args(argv: Sequence[str] | None) -> None:
+    """No options but --help: every setting is a GAMECLUSTER_* environment variable."""
+    lines = []
+    for name, info in OperatorSettings.model_fields.items():
+        default = "required" if info.is_required() else f"default {info.default!r}"
+        lines.append(f"  GAMECLUSTER_{name.upper()}  ({default})")
+    argparse.ArgumentParser(
+        prog="gamecluster-operator",
+        description="The GameCluster operator (kopf, standalone). Settings come from the "
+        "environment; credentials are in-cluster, else the local kubeconfig.",
+        epilog="environment:\n" + "\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    # 0. The command line: only --help (argparse exits there, and on any unknown argument).
+    _parse_args(argv)
     # 1. Settings first: a bad value stops the process with one line naming it.
     try:
         settings = OperatorSettings()  # fields come from the env
