@@ -45,6 +45,14 @@ from . import node as node_mod
 
 REPO = Path(__file__).resolve().parents[3]
 _RUN_HINT = "the real-pod tier runs only when selected: make e2e-pods (pytest -m pods)"
+CONTROL_PLANE_TOOLS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "kubectl",
+)
 SYSTEM_COMMANDS = ("containerd", "runc", "ctr", "buildah", "mmdebstrap", "iptables", "gcc")
 
 
@@ -77,7 +85,8 @@ class PodsTools:
 
 @pytest.fixture(scope="session")
 def pods_tools() -> PodsTools:
-    control = ensure_tools([], stream=False)
+    # The control plane without jaeger (no traces asserted here yet) and kwok's stages.
+    control = ensure_tools(CONTROL_PLANE_TOOLS, stream=False)
     ensure_tools(["--node"], stream=False)
     node_bin = tools_dir("--node-bin-dir")
     for name in ("kubelet", "kube-proxy", "coredns", "pause"):

@@ -208,10 +208,18 @@ def image_user(b: Buildah, image: str) -> str:
     return b.run("inspect", "--type", "image", "--format", "{{.OCIv1.Config.User}}", image)
 
 
+def cri_ref(image: str) -> str:
+    """The reference containerd's CRI resolves a pod's `image` to (docker.io/library/...)."""
+    first = image.split("/", 1)[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        return image
+    return f"docker.io/{image}" if "/" in image else f"docker.io/library/{image}"
+
+
 def export_archive(b: Buildah, image: str, path: Path) -> Path:
-    """A docker-archive tarball of `image` named as `image`, for `ctr images import`."""
+    """A docker-archive tarball of `image`, tagged as the CRI will look it up."""
     path.unlink(missing_ok=True)
-    b.run("push", image, f"docker-archive:{path}:{image}")
+    b.run("push", image, f"docker-archive:{path}:{cri_ref(image)}")
     return path
 
 

@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -56,6 +57,11 @@ SYSCTLS = (
     "net.netfilter.nf_conntrack_tcp_timeout_established",
     "net.netfilter.nf_conntrack_tcp_timeout_close_wait",
 )
+# Both backends: the kubelet and kube-proxy pick one by what they find, so both are recorded.
+IPTABLES = tuple(
+    f"{family}-{backend}" for family in ("iptables", "ip6tables") for backend in ("nft", "legacy")
+)
+IPTABLES_TABLES = ("filter", "nat", "mangle", "raw", "security")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KUBEPODS = "kubepods"
 VAR_LOG_CONTAINERS = Path("/var/log/containers")
@@ -103,8 +109,9 @@ class HostChanges:
             path = _sysctl_path(name)
             if path.exists():
                 self.sysctls[name] = path.read_text().strip()
-        for tool in ("iptables", "ip6tables"):
-            self.iptables[tool] = sh(f"{tool}-save")
+        for tool in IPTABLES:
+            if shutil.which(f"{tool}-save"):
+                self.iptables[tool] = sh(f"{tool}-save")
         self.kubepods_before = _kubepods_dirs()
         if VAR_LOG_CONTAINERS.is_dir():
             self.var_log_containers_before = {p.name for p in VAR_LOG_CONTAINERS.iterdir()}
@@ -121,7 +128,7 @@ class HostChanges:
         self._try("cgroups", self._remove_kubepods)
         self._try("bridge", lambda: sh("ip", "link", "del", BRIDGE, check=False))
         for tool, saved in self.iptables.items():
-            self._try(f"{tool}-restore", lambda t=tool, s=saved: sh(f"{t}-restore", input=s))
+            self._try(f"{tool}-restore", _iptables_restore, tool, saved)
         for name, value in self.sysctls.items():
             self._try(f"sysctl {name}", _sysctl_path(name).write_text, value + "\n")
         self._try("/var/log/containers", self._remove_log_links)
@@ -158,6 +165,21 @@ class HostChanges:
         for p in VAR_LOG_CONTAINERS.iterdir():
             if p.name not in self.var_log_containers_before:
                 p.unlink()
+
+
+def _iptables_restore(tool: str, saved: str) -> None:
+    """Put back the saved tables; a table that had no rule before is emptied (flush, delete
+    chains): `*-restore` only touches the tables its input names."""
+    sh(f"{tool}-restore", input=saved)
+    had = {line[1:].strip() for line in saved.splitlines() if line.startswith("*")}
+    now = sh(f"{tool}-save")
+    for table in IPTABLES_TABLES:
+        if table not in had and f"*{table}" in now:
+            sh(tool, "-t", table, "-F", check=False)
+            sh(tool, "-t", table, "-X", check=False)
+            if tool.endswith("-nft") and shutil.which("nft"):  # the table itself, as before
+                family = "ip6" if tool.startswith("ip6") else "ip"
+                sh("nft", "delete", "table", family, table, check=False)
 
 
 def kill_pids_in_kubepods() -> None:
@@ -334,7 +356,7 @@ class Node:
         )
 
     def import_image(self, archive: Path) -> None:
-        self.ctr("images", "import", "--no-unpack", str(archive))
+        self.ctr("images", "import", str(archive))
 
     def images(self) -> list[str]:
         return self.ctr("images", "list", "-q").split()
