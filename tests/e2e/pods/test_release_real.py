@@ -26,6 +26,7 @@ from .conftest import RealCluster
 pytestmark = pytest.mark.pods
 
 GC = "gameclusters.gamecluster.io"
+DEMO_RELAYS = "app.kubernetes.io/instance=demo,app.kubernetes.io/component=relay"
 READY_TIMEOUT = 240.0  # image already imported; Python start-up on 2 busy cores
 
 
@@ -169,6 +170,34 @@ async def test_two_clients_on_two_relay_pods_share_a_room(installed: Installed) 
         seen = [await a.receive(timeout=15) for _ in range(2)]
         datas = [e.get("data") for e in seen if e.get("op") == "event"]
         assert {"text": "hello from b"} in datas, seen
+
+
+@pytest.mark.timeout(600)
+def test_operator_pod_replaced_carries_on(installed: Installed) -> None:
+    cluster, ns = installed.cluster, installed.namespace
+    selector = f"app.kubernetes.io/instance={RELEASE},{OPERATOR_COMPONENT}"
+    [old] = pods(cluster, ns, selector)
+    cluster.kubectl("delete", "pod", "-n", ns, old["metadata"]["name"], "--wait=false")
+
+    def replacement() -> dict[str, Any] | None:
+        found = [
+            p for p in pods(cluster, ns, selector) if p["metadata"]["uid"] != old["metadata"]["uid"]
+        ]
+        return found[0] if len(found) == 1 and ready(found[0]) else None
+
+    try:
+        new = cluster.wait_for("a new operator pod Ready", replacement, timeout=READY_TIMEOUT)
+    except E2EError as err:
+        raise E2EError(f"{err}\n{diagnose(cluster, ns)}") from None
+    assert new["spec"]["nodeName"] == node_mod.NODE_NAME
+    # The replacement acts: a scale of the demo becomes a third Ready relay pod.
+    cluster.kubectl("scale", GC, "demo", "-n", ns, "--replicas=3")
+    wait_pods_ready(
+        installed,
+        "app.kubernetes.io/instance=demo,app.kubernetes.io/component=relay",
+        3,
+        "3 relays",
+    )
 
 
 @pytest.mark.timeout(300)
