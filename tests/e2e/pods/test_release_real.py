@@ -9,6 +9,7 @@ file order.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -170,6 +171,32 @@ async def test_two_clients_on_two_relay_pods_share_a_room(installed: Installed) 
         seen = [await a.receive(timeout=15) for _ in range(2)]
         datas = [e.get("data") for e in seen if e.get("op") == "event"]
         assert {"text": "hello from b"} in datas, seen
+
+
+@pytest.mark.timeout(300)
+async def test_connections_column_counts_real_clients(installed: Installed) -> None:
+    """Relay pods report their load to Redis; the in-cluster operator reads it (Redis by its
+    DNS name) into status.connections, the CONNECTIONS column of `kubectl get gc`."""
+    cluster, ns = installed.cluster, installed.namespace
+    relays = [p for p in pods(cluster, ns, DEMO_RELAYS) if ready(p)]
+    token = mint_token(installed, relays[0]["metadata"]["name"], "counter")
+    url_a, url_b = (f"ws://{p['status']['podIP']}:8080/ws" for p in relays[:2])
+    # Three: more than the previous test's two (a stale report could not pass this).
+    async with (
+        RelayClient(url_a, token=token),
+        RelayClient(url_a, token=token),
+        RelayClient(url_b, token=token),
+    ):
+
+        def counted() -> str | None:
+            out = cluster.kubectl("get", GC, "demo", "-n", ns).stdout
+            header, row = out.splitlines()[:2]
+            cell = row[header.index("CONNECTIONS") :].split()[0]
+            return cell if cell.isdigit() and int(cell) >= 3 else None
+
+        # In a thread: the clients' connections stay served by this event loop meanwhile.
+        cell = await asyncio.to_thread(cluster.wait_for, "CONNECTIONS column >= 3", counted, 120.0)
+    assert int(cell) == 3
 
 
 @pytest.mark.timeout(600)
