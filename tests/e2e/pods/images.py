@@ -191,6 +191,8 @@ def build_project(b: Buildah, context: Path, base: str) -> str:
         str(context),
         timeout=1800,
     )
+    # The previous session's build is now untagged: without this the store grows ~0.5 GB a run.
+    b.run("rmi", "--prune")
     b.timed(PROJECT_IMAGE, t0)
     return PROJECT_IMAGE
 
