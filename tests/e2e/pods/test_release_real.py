@@ -91,20 +91,44 @@ def wait_pods_ready(inst: Installed, selector: str, count: int, what: str) -> li
         raise E2EError(f"{err}\n{diagnose(inst.cluster, inst.namespace)}") from None
 
 
+OPERATOR_REPLICAS = 2
+"""The chart's default operator.replicas: one leads through a Lease, one stands by."""
+
+
+def lease_holder(inst: Installed, candidates: list[str]) -> str | None:
+    """The operator pod that holds the chart's leader Lease, if one of `candidates` does."""
+    leases = inst.cluster.get_json("leases", "-n", inst.namespace)["items"]
+    holders = [(lease.get("spec") or {}).get("holderIdentity") for lease in leases]
+    held = [h for h in holders if h in candidates]
+    return held[0] if len(held) == 1 else None
+
+
 @pytest.mark.timeout(3600)  # may be the first test of the session: images and node first
 def test_operator_pod_runs_in_cluster_on_the_real_node(installed: Installed) -> None:
-    [pod] = wait_pods_ready(
-        installed, f"app.kubernetes.io/instance={RELEASE},{OPERATOR_COMPONENT}", 1, "operator pod"
+    operators = wait_pods_ready(
+        installed,
+        f"app.kubernetes.io/instance={RELEASE},{OPERATOR_COMPONENT}",
+        OPERATOR_REPLICAS,
+        "operator pods",
     )
-    assert pod["spec"]["nodeName"] == node_mod.NODE_NAME
-    [status] = pod["status"]["containerStatuses"]
-    assert status["image"].endswith(images.PROJECT_IMAGE.rsplit("/", 1)[-1])
-    assert status["restartCount"] == 0
-    # In-cluster: the ServiceAccount token is mounted and the API is the `kubernetes` Service.
-    env = installed.cluster.kubectl(
-        "exec", "-n", installed.namespace, pod["metadata"]["name"], "--", "env"
-    ).stdout
-    assert "KUBERNETES_SERVICE_HOST=10.96.0.1" in env
+    names = [pod["metadata"]["name"] for pod in operators]
+    for pod in operators:
+        assert pod["spec"]["nodeName"] == node_mod.NODE_NAME
+        [status] = pod["status"]["containerStatuses"]
+        assert status["image"].endswith(images.PROJECT_IMAGE.rsplit("/", 1)[-1])
+        assert status["restartCount"] == 0
+        # In-cluster: the ServiceAccount token is mounted and the API is the `kubernetes`
+        # Service.
+        env = installed.cluster.kubectl(
+            "exec", "-n", installed.namespace, pod["metadata"]["name"], "--", "env"
+        ).stdout
+        assert "KUBERNETES_SERVICE_HOST=10.96.0.1" in env
+    # Exactly one of them leads: it holds the Lease (the other answers probes, standing by).
+    installed.cluster.wait_for(
+        "one operator pod holding the leader Lease",
+        lambda: lease_holder(installed, names),
+        timeout=READY_TIMEOUT,
+    )
 
 
 @pytest.mark.timeout(900)
@@ -203,20 +227,26 @@ async def test_connections_column_counts_real_clients(installed: Installed) -> N
 def test_operator_pod_replaced_carries_on(installed: Installed) -> None:
     cluster, ns = installed.cluster, installed.namespace
     selector = f"app.kubernetes.io/instance={RELEASE},{OPERATOR_COMPONENT}"
-    [old] = pods(cluster, ns, selector)
-    cluster.kubectl("delete", "pod", "-n", ns, old["metadata"]["name"], "--wait=false")
+    names = [p["metadata"]["name"] for p in pods(cluster, ns, selector)]
+    leader = cluster.wait_for("the leader", lambda: lease_holder(installed, names), 60.0)
+    # The leader's pod goes: the standby takes the Lease, and a replacement pod stands by.
+    cluster.kubectl("delete", "pod", "-n", ns, leader, "--wait=false")
 
-    def replacement() -> dict[str, Any] | None:
-        found = [
-            p for p in pods(cluster, ns, selector) if p["metadata"]["uid"] != old["metadata"]["uid"]
-        ]
-        return found[0] if len(found) == 1 and ready(found[0]) else None
+    def new_leader() -> str | None:
+        now = [p["metadata"]["name"] for p in pods(cluster, ns, selector)]
+        holder = lease_holder(installed, [n for n in now if n != leader])
+        return holder
+
+    def replaced() -> list[dict[str, Any]] | None:
+        found = [p for p in pods(cluster, ns, selector) if p["metadata"]["name"] != leader]
+        return found if len(found) == OPERATOR_REPLICAS and all(map(ready, found)) else None
 
     try:
-        new = cluster.wait_for("a new operator pod Ready", replacement, timeout=READY_TIMEOUT)
+        cluster.wait_for("another operator pod leading", new_leader, timeout=READY_TIMEOUT)
+        new = cluster.wait_for("the operator pods Ready again", replaced, timeout=READY_TIMEOUT)
     except E2EError as err:
         raise E2EError(f"{err}\n{diagnose(cluster, ns)}") from None
-    assert new["spec"]["nodeName"] == node_mod.NODE_NAME
+    assert all(p["spec"]["nodeName"] == node_mod.NODE_NAME for p in new)
     # The replacement acts: a scale of the demo becomes a third Ready relay pod.
     cluster.kubectl("scale", GC, "demo", "-n", ns, "--replicas=3")
     wait_pods_ready(
