@@ -61,7 +61,10 @@ const members = new Map(); // conn -> Member (the arena's presence)
 const chatLines = []; // { kind: "message" | "notice", offset, from, text, id }
 const presenceLog = [];
 const connNames = new Map(); // conn -> name, from moves: names the members of presence (auth off)
-const MAX_CONN_NAMES = 1000; // bound; overflow: the oldest entry is dropped
+const MAX_CONN_NAMES = 1000; // bound of connNames and mySessions; overflow: the oldest entry is dropped
+// This tab's connections: a previous one stays a member until its relay says it left (a
+// killed pod's members are removed by a survivor after ~15 s); it is not another player.
+const mySessions = new Set();
 let eventTimes = [];
 
 client.on("connecting", () => {
@@ -73,6 +76,8 @@ client.on("connected", ({ node, session }) => {
   $("banner").style.display = "none";
   status.node = node;
   status.session = session;
+  mySessions.add(session);
+  if (mySessions.size > MAX_CONN_NAMES) mySessions.delete(mySessions.values().next().value);
   members.clear(); // the arena is joined again: its presence reply and joins refill this
   // The first connection is "connected"; after a reconnect, the chat's `joined` decides
   // between "resumed" (history restored) and "connected" (history lost).
@@ -96,6 +101,10 @@ arena.on("event", (event) => {
   countEvent();
   const move = event.data;
   if (!isMove(move)) return;
+  if (typeof move.s === "string" && !connNames.has(move.s)) {
+    connNames.set(move.s, String(move.n).slice(0, 24));
+    if (connNames.size > MAX_CONN_NAMES) connNames.delete(connNames.keys().next().value);
+  }
   if (move.p === me.id) {
     // Our own move came back through the relay (and Redis): publish-to-delivery time,
     // on this tab's clock at both ends.
@@ -106,10 +115,6 @@ arena.on("event", (event) => {
   if (player === undefined) {
     player = { samples: [] };
     players.set(move.p, player);
-  }
-  if (typeof move.s === "string" && !connNames.has(move.s)) {
-    connNames.set(move.s, String(move.n).slice(0, 24));
-    if (connNames.size > MAX_CONN_NAMES) connNames.delete(connNames.keys().next().value);
   }
   Object.assign(player, { name: String(move.n).slice(0, 24), color: String(move.c), conn: move.s, heard: performance.now() });
   player.samples.push({ at: performance.now(), x: clamp(move.x, 0, WORLD.width), y: clamp(move.y, 0, WORLD.height) });
@@ -122,12 +127,13 @@ arena.on("joined", () => {
 arena.on("presence", ({ joins, leaves }) => {
   for (const member of leaves) {
     members.delete(member.conn);
-    if (member.conn !== status.session) logPresence("left", member);
+    if (!mySessions.has(member.conn)) logPresence("left", member);
     for (const [id, player] of players) if (player.conn === member.conn) players.delete(id);
   }
   for (const member of joins) {
     members.set(member.conn, member);
-    if (member.conn !== status.session) logPresence("joined", member);
+    if (!mySessions.has(member.conn)) lastMove = null; // show the newcomer where we are now
+    if (!mySessions.has(member.conn)) logPresence("joined", member);
   }
   renderPlayers();
 });
@@ -141,7 +147,7 @@ chat.on("event", (event) => {
 chat.on("joined", ({ recovered }) => {
   if (status.connections <= 1 && !recovered) return; // the first join: nothing to restore
   if (recovered) {
-    pushChat({ kind: "notice", cls: "restored", text: "history restored: every message sent while you were away is above, once" });
+    pushChat({ kind: "notice", cls: "restored", text: `back on ${status.node}, history restored: what was said while you were away follows, once` });
     setState("resumed");
   } else {
     setState("connected");
@@ -363,6 +369,7 @@ function renderPlayers() {
       rows.push({ name: me.name, color: me.color, node: status.node ?? "", self: true });
     }
     for (const member of members.values()) {
+      if (mySessions.has(member.conn) && member.conn !== status.session) continue;
       const player = [...players.values()].find((p) => p.conn === member.conn);
       const self = member.conn === status.session;
       rows.push({ name: memberName(member), color: self ? me.color : player?.color ?? "#888", node: member.node, self });
@@ -535,7 +542,9 @@ window.demo = {
           return [id, { name: p.name, x: last?.x, y: last?.y, drawnX: drawn?.x, drawnY: drawn?.y }];
         }),
       ),
-      members: [...members.values()].map((m) => ({ ...m, name: memberName(m) })),
+      members: [...members.values()]
+        .filter((m) => !mySessions.has(m.conn) || m.conn === status.session)
+        .map((m) => ({ ...m, name: memberName(m) })),
       presenceLog: presenceLines(),
       chat: chatLines.map((line) => ({ ...line })),
       chatStats: { duplicates: chat.duplicates, gaps: chat.gaps },
