@@ -182,6 +182,8 @@ def test_two_players_on_two_relays_move_chat_and_resume_after_a_sigkill(
     bob.locator("#arena").focus()
     bob.keyboard.down("ArrowRight")
     wait_for(alice, "(s, [id, x]) => s.players[id]?.x > x + 40", [bob_id, start_x])
+    # Interpolation: while he moves, alice draws him behind his last move, not on it.
+    wait_for(alice, "(s, id) => s.players[id].drawnX < s.players[id].x - 1", bob_id)
     bob.keyboard.up("ArrowRight")
     bob_stop = snapshot(bob)["me"]
     sees_at(alice, bob_id, bob_stop["x"], bob_stop["y"])
