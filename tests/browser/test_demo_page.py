@@ -90,15 +90,26 @@ def rooms() -> dict[str, str]:
     return {"arena": f"arena:{tag}", "chat": f"chat:{tag}"}
 
 
+PAGE_ERRORS: dict[Page, list[str]] = {}  # uncaught errors of every page a test opened
+
+
+@pytest.fixture(autouse=True)
+def no_page_errors() -> Iterator[None]:
+    """Every test fails on an uncaught error in one of its pages, whenever it happened."""
+    PAGE_ERRORS.clear()
+    yield
+    errors = {page.url: errors for page, errors in PAGE_ERRORS.items() if errors}
+    assert errors == {}
+
+
 def open_demo(browser: Browser, base_url: str, **query: str) -> Page:
     page = browser.new_context(viewport={"width": 1200, "height": 760}).new_page()
     page.set_default_timeout(WAIT_MS)
-    errors: list[str] = []
+    errors = PAGE_ERRORS.setdefault(page, [])
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(f"{base_url}/?{urlencode(query)}")
     expect(page.locator("#state")).to_have_text("connected")
     wait_for(page, "s => s.status.presence !== 'unknown'")
-    assert errors == [], errors
     return page
 
 
@@ -322,6 +333,12 @@ def test_with_auth_the_token_names_the_player_and_errors_are_typed(
     wait_for(page, "s => s.members.some(m => m.sub === 'carol')")
     say(page, "signed")
     wait_for(page, "(s, t) => s.chat.some(l => l.text === t && l.from === 'carol')", "signed")
+    # The name in a message is the page's to write; the relay's `from` (the token's sub) wins.
+    page.evaluate("window.demo.chat.publish({ n: 'mallory', text: 'spoofed' })")
+    wait_for(page, "(s, t) => s.chat.some(l => l.text === t)", "spoofed")
+    assert [line["from"] for line in snapshot(page)["chat"] if line["text"] == "spoofed"] == [
+        "carol"
+    ]
     outcome = page.evaluate(
         """async () => {
             const { RelayError } = await import("/gamecluster-client.js");

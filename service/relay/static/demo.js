@@ -101,8 +101,11 @@ arena.on("event", (event) => {
   countEvent();
   const move = event.data;
   if (!isMove(move)) return;
+  // With auth on, `from` is the publisher's token subject, checked by the relay: it wins
+  // over the name a page puts in its moves (any page can write any name there).
+  const name = String(event.from ?? move.n).slice(0, 24);
   if (typeof move.s === "string" && !connNames.has(move.s)) {
-    connNames.set(move.s, String(move.n).slice(0, 24));
+    connNames.set(move.s, name);
     if (connNames.size > MAX_CONN_NAMES) connNames.delete(connNames.keys().next().value);
   }
   if (move.p === me.id) {
@@ -116,7 +119,7 @@ arena.on("event", (event) => {
     player = { samples: [] };
     players.set(move.p, player);
   }
-  Object.assign(player, { name: String(move.n).slice(0, 24), color: String(move.c), conn: move.s, heard: performance.now() });
+  Object.assign(player, { name, color: String(move.c), conn: move.s, heard: performance.now() });
   player.samples.push({ at: performance.now(), x: clamp(move.x, 0, WORLD.width), y: clamp(move.y, 0, WORLD.height) });
   if (player.samples.length > MAX_SAMPLES) player.samples.splice(0, player.samples.length - MAX_SAMPLES);
 });
@@ -142,7 +145,7 @@ chat.on("event", (event) => {
   countEvent();
   const message = event.data;
   if (typeof message !== "object" || message === null || typeof message.text !== "string") return;
-  pushChat({ kind: "message", offset: event.offset, from: String(message.n ?? event.from ?? "?"), color: String(message.c ?? "#ccc"), text: message.text, id: message.id });
+  pushChat({ kind: "message", offset: event.offset, from: String(event.from ?? message.n ?? "?").slice(0, 24), color: String(message.c ?? "#ccc"), text: message.text, id: message.id });
 });
 chat.on("joined", ({ recovered }) => {
   if (status.connections <= 1 && !recovered) return; // the first join: nothing to restore
