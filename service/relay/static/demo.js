@@ -216,7 +216,7 @@ const KEY_DIRECTIONS = {
   ArrowUp: [0, -1], KeyW: [0, -1], ArrowDown: [0, 1], KeyS: [0, 1],
 };
 let target = null; // where the pointer says to go
-const canvas = $("arena");
+const canvas = /** @type {HTMLCanvasElement} */ ($("arena"));
 canvas.addEventListener("keydown", (e) => {
   if (e.code in KEY_DIRECTIONS) {
     keys.add(e.code);
@@ -285,7 +285,7 @@ function publishMove(now) {
 
 $("chat-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  const input = $("chat-input");
+  const input = /** @type {HTMLInputElement} */ ($("chat-input"));
   const text = input.value.trim();
   if (!text) return;
   input.value = "";
@@ -524,7 +524,7 @@ function readClaims(jwt) {
 
 // -- for tests and the curious: the page's state, as data ---------------------------------
 
-window.demo = {
+/** @type {any} */ (window).demo = {
   client,
   arena,
   chat,
