@@ -53,9 +53,12 @@ system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-## Run the relay: single node, embedded broker, auth off (a laptop default).
+## Run the relay: single node, embedded broker, auth off (a laptop default), with the room
+## policies the demo page at / needs: `arena:*` volatile with presence (positions, who is
+## there); `chat:*` matches no rule, so it is durable (the default). Both overridable.
+DEMO_ROOMS := [{"match":"arena:*","policy":"volatile","presence":true}]
 run: $(RUN_STAMP)
-	RELAY_AUTH=$${RELAY_AUTH:-none} $(VENV)/bin/relay serve
+	RELAY_AUTH=$${RELAY_AUTH:-none} RELAY_ROOMS=$${RELAY_ROOMS:-'$(DEMO_ROOMS)'} $(VENV)/bin/relay serve
 
 ## The whole test suite, as CI runs it.
 test: venv system-deps
