@@ -5,13 +5,14 @@ the Lease (``leader``: why a Lease and not kopf's peering). Reconciliation is le
 a failover loses nothing: the new leader's resume handlers re-apply every GameCluster.
 """
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import socket
 import sys
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import kopf
@@ -131,7 +132,25 @@ async def _standby_health(settings: OperatorSettings) -> web.AppRunner:
     return runner
 
 
-def main() -> None:
+def _parse_args(argv: Sequence[str] | None) -> None:
+    """No options but --help: every setting is a GAMECLUSTER_* environment variable."""
+    lines = []
+    for name, info in OperatorSettings.model_fields.items():
+        default = "required" if info.is_required() else f"default {info.default!r}"
+        lines.append(f"  GAMECLUSTER_{name.upper()}  ({default})")
+    argparse.ArgumentParser(
+        prog="gamecluster-operator",
+        description="The GameCluster operator (kopf; with GAMECLUSTER_LEADER_ELECTION, a Lease "
+        "elects the leader). Settings come from the "
+        "environment; credentials are in-cluster, else the local kubeconfig.",
+        epilog="environment:\n" + "\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    # 0. The command line: only --help (argparse exits there, and on any unknown argument).
+    _parse_args(argv)
     # 1. Settings first: a bad value stops the process with one line naming it.
     try:
         settings = OperatorSettings()  # fields come from the env

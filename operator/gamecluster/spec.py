@@ -199,6 +199,7 @@ class Room(_Model):
     policy: Literal["durable", "volatile"] = "durable"
     history_size: int = Field(default=1000, ge=1, le=1_000_000)
     history_ttl_seconds: int = Field(default=3600, ge=1, le=2_592_000, alias="historyTTLSeconds")
+    presence: bool = False
 
 
 class Delivery(_Model):

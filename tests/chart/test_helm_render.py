@@ -163,6 +163,9 @@ def test_demo_and_its_helm_test() -> None:
     assert demo["spec"]["tracing"]["enabled"] is False
     assert "auth" not in demo["spec"]  # auth is always on, with the generated Secret
     assert "otlpEndpoint" not in demo["spec"]["tracing"]
+    # The demo game's room policies, as `make run` sets them (Makefile DEMO_ROOMS).
+    rooms = demo["spec"]["delivery"]["rooms"]
+    assert rooms == [{"match": "arena:*", "policy": "volatile", "presence": True}]
     test_pod = one(objects, "Pod")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert test_pod["spec"]["restartPolicy"] == "Never"

@@ -136,7 +136,12 @@ def test_env_values_come_from_the_spec() -> None:
     spec = {
         "limits": {"maxMessageBytes": 1024, "publishPerSecond": 7, "maxConnectionsPerReplica": 99},
         "drainSeconds": 45,
-        "delivery": {"rooms": [{"match": "chat:*"}, {"match": "pos:*", "policy": "volatile"}]},
+        "delivery": {
+            "rooms": [
+                {"match": "chat:*"},
+                {"match": "pos:*", "policy": "volatile", "presence": True},
+            ]
+        },
         "tracing": {"enabled": True, "otlpEndpoint": "http://jaeger:4317", "samplingRatio": 0.25},
     }
     env = env_of(build(spec))
@@ -147,8 +152,20 @@ def test_env_values_come_from_the_spec() -> None:
     assert env[contract.ENV_PORT] == str(contract.HTTP_PORT)
     assert env[contract.ENV_AUTH] == "jwt"
     assert json.loads(env[contract.ENV_ROOMS]) == [
-        {"match": "chat:*", "policy": "durable", "historySize": 1000, "historyTTLSeconds": 3600},
-        {"match": "pos:*", "policy": "volatile", "historySize": 1000, "historyTTLSeconds": 3600},
+        {
+            "match": "chat:*",
+            "policy": "durable",
+            "historySize": 1000,
+            "historyTTLSeconds": 3600,
+            "presence": False,
+        },
+        {
+            "match": "pos:*",
+            "policy": "volatile",
+            "historySize": 1000,
+            "historyTTLSeconds": 3600,
+            "presence": True,
+        },
     ]
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
     assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"

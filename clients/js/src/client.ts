@@ -144,6 +144,20 @@ interface PendingRequest {
 
 const OPEN = 1;
 
+/**
+ * Most ping() calls waiting for their pong. Overflow policy: a ping beyond the bound is
+ * rejected at once with QueueFullError (a caller pinging faster than the relay answers
+ * learns nothing more from more pings).
+ */
+export const MAX_PENDING_PINGS = 16;
+
+interface PendingPing {
+  sentAt: number;
+  resolve: (rttMs: number) => void;
+  reject: (error: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
 export class Client extends Emitter<ClientEvents> {
   readonly urls: readonly string[];
   #options: Required<Omit<ClientOptions, "token" | "getToken">> & {
@@ -160,6 +174,7 @@ export class Client extends Emitter<ClientEvents> {
   /** Unacked publishes by id, in publish order (the order they are re-sent in). */
   #outbox = new Map<string, PendingPublish>();
   #requests = new Map<string, PendingRequest>();
+  #pings = new Map<string, PendingPing>();
   #refs = new Map<string, Room>();
   #refSeq = 0;
   #readyWaiters: { resolve: (c: ConnectedContext) => void; reject: (e: Error) => void }[] = [];
@@ -271,6 +286,29 @@ export class Client extends Emitter<ClientEvents> {
       this.#rooms.set(name, room);
     }
     return room;
+  }
+
+  /**
+   * The round-trip time to the relay of the current connection, in ms: sends `ping` and
+   * resolves on its `pong`. Rejects with ClosedError when not connected or when the
+   * connection ends first (a pong never crosses connections), TimeoutError when no pong
+   * came in time, QueueFullError beyond MAX_PENDING_PINGS pending pings.
+   */
+  ping(timeoutMs = this.#options.requestTimeoutMs): Promise<number> {
+    if (this.#pings.size >= MAX_PENDING_PINGS) {
+      return Promise.reject(new QueueFullError(`${this.#pings.size} pings are waiting for their pong`));
+    }
+    this.#refSeq += 1;
+    const ref = `ping${this.#refSeq}`;
+    const sentAt = performanceNow();
+    if (!this.#send({ op: "ping", ref })) return Promise.reject(new ClosedError("not connected"));
+    return new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pings.delete(ref);
+        reject(new TimeoutError(`no pong within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#pings.set(ref, { sentAt, resolve, reject, timer });
+    });
   }
 
   /** Cut the current connection as a network failure would (tests, "reconnect now"). */
@@ -455,8 +493,15 @@ export class Client extends Emitter<ClientEvents> {
         // The server closes next (1012/4001/4008, or 4003 for disconnect).
         this.#serverReason = { op: message.op, reason: message.reason };
         break;
-      case "pong":
-        break;
+      case "pong": {
+        const ping = this.#pings.get(message.ref ?? "");
+        if (ping !== undefined) {
+          this.#pings.delete(message.ref ?? "");
+          clearTimeout(ping.timer);
+          ping.resolve(performanceNow() - ping.sentAt);
+        }
+        break; // a heartbeat's pong (no ref) only proves liveness, counted in onmessage
+      }
     }
   }
 
@@ -644,6 +689,11 @@ export class Client extends Emitter<ClientEvents> {
     this.#ws = null;
     this.#connected = null;
     this.#refs.clear();
+    for (const ping of this.#pings.values()) {
+      clearTimeout(ping.timer);
+      ping.reject(new ClosedError("the connection ended before the pong"));
+    }
+    this.#pings.clear();
     for (const room of this.#rooms.values()) room._onDisconnect();
     if (ws === null) return;
     ws.onopen = ws.onmessage = ws.onclose = null;
@@ -654,6 +704,11 @@ export class Client extends Emitter<ClientEvents> {
       // closing a socket that is still connecting throws in some implementations
     }
   }
+}
+
+/** A monotonic clock in ms where there is one (browsers, Node), else the wall clock. */
+function performanceNow(): number {
+  return typeof performance === "undefined" ? Date.now() : performance.now();
 }
 
 /** The HTTP status of a refused handshake, when the WebSocket error tells it (`ws` does). */

@@ -6,6 +6,7 @@ import { WebSocket } from "ws";
 import {
   Client,
   CloseCode,
+  MAX_PENDING_PINGS,
   ClosedError,
   DisconnectedByServerError,
   QueueFullError,
@@ -487,6 +488,41 @@ describe("presence", () => {
     const bob = { sub: "bob", conn: "c2", node: "pod-b" };
     conn.send({ op: "presence", room: "lobby", joins: [bob], leaves: [alice] });
     assert.deepEqual(await change, { room: "lobby", joins: [bob], leaves: [alice] });
+  });
+});
+
+describe("ping", () => {
+  it("resolves with the round-trip time on its pong; rejects when the connection ends first", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    const c = client(urls);
+    await assert.rejects(c.ping(), ClosedError); // not connected
+    c.connect();
+    await c.ready();
+    const conn = await a!.nextConnection();
+    const rtt = c.ping();
+    const ping = await conn.messages.next("ping");
+    assert.equal(ping.op, "ping");
+    assert.equal(typeof ping.ref, "string");
+    conn.send({ op: "pong" }, { op: "pong", ref: "unknown" }); // neither settles it
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    conn.send({ op: "pong", ref: ping.ref });
+    const ms = await rtt;
+    assert.ok(ms >= 20 && ms < 5000, `rtt ${ms}`);
+
+    const lost = c.ping();
+    await conn.messages.next("ping");
+    c.dropConnection();
+    await assert.rejects(lost, ClosedError);
+  });
+
+  it("rejects a ping beyond MAX_PENDING_PINGS with QueueFullError, and times out", async () => {
+    const { urls } = await relays("pod-a");
+    const c = client(urls);
+    c.connect();
+    await c.ready();
+    const pending = Array.from({ length: MAX_PENDING_PINGS }, () => c.ping(50));
+    await assert.rejects(c.ping(), QueueFullError);
+    for (const p of pending) await assert.rejects(p, TimeoutError);
   });
 });
 

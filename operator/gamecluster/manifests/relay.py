@@ -52,6 +52,7 @@ def config_data(spec: GameClusterSpec, owner: Owner, redis_urls: list[str]) -> d
                 "policy": room.policy,
                 "historySize": room.history_size,
                 "historyTTLSeconds": room.history_ttl_seconds,
+                "presence": room.presence,
             }
             for room in spec.delivery.rooms
         ]

@@ -332,6 +332,7 @@ var CloseCode = {
   handshakeRefused: 4902
 };
 var OPEN = 1;
+var MAX_PENDING_PINGS = 16;
 var Client = class extends Emitter {
   urls;
   #options;
@@ -345,6 +346,7 @@ var Client = class extends Emitter {
   /** Unacked publishes by id, in publish order (the order they are re-sent in). */
   #outbox = /* @__PURE__ */ new Map();
   #requests = /* @__PURE__ */ new Map();
+  #pings = /* @__PURE__ */ new Map();
   #refs = /* @__PURE__ */ new Map();
   #refSeq = 0;
   #readyWaiters = [];
@@ -448,6 +450,28 @@ var Client = class extends Emitter {
       this.#rooms.set(name, room);
     }
     return room;
+  }
+  /**
+   * The round-trip time to the relay of the current connection, in ms: sends `ping` and
+   * resolves on its `pong`. Rejects with ClosedError when not connected or when the
+   * connection ends first (a pong never crosses connections), TimeoutError when no pong
+   * came in time, QueueFullError beyond MAX_PENDING_PINGS pending pings.
+   */
+  ping(timeoutMs = this.#options.requestTimeoutMs) {
+    if (this.#pings.size >= MAX_PENDING_PINGS) {
+      return Promise.reject(new QueueFullError(`${this.#pings.size} pings are waiting for their pong`));
+    }
+    this.#refSeq += 1;
+    const ref = `ping${this.#refSeq}`;
+    const sentAt = performanceNow();
+    if (!this.#send({ op: "ping", ref })) return Promise.reject(new ClosedError("not connected"));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pings.delete(ref);
+        reject(new TimeoutError(`no pong within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#pings.set(ref, { sentAt, resolve, reject, timer });
+    });
   }
   /** Cut the current connection as a network failure would (tests, "reconnect now"). */
   dropConnection() {
@@ -614,8 +638,15 @@ var Client = class extends Emitter {
       case "disconnect":
         this.#serverReason = { op: message.op, reason: message.reason };
         break;
-      case "pong":
+      case "pong": {
+        const ping = this.#pings.get(message.ref ?? "");
+        if (ping !== void 0) {
+          this.#pings.delete(message.ref ?? "");
+          clearTimeout(ping.timer);
+          ping.resolve(performanceNow() - ping.sentAt);
+        }
         break;
+      }
     }
   }
   #welcome(ws, url, node, session, heartbeat) {
@@ -786,6 +817,11 @@ var Client = class extends Emitter {
     this.#ws = null;
     this.#connected = null;
     this.#refs.clear();
+    for (const ping of this.#pings.values()) {
+      clearTimeout(ping.timer);
+      ping.reject(new ClosedError("the connection ended before the pong"));
+    }
+    this.#pings.clear();
     for (const room of this.#rooms.values()) room._onDisconnect();
     if (ws === null) return;
     ws.onopen = ws.onmessage = ws.onclose = null;
@@ -796,6 +832,9 @@ var Client = class extends Emitter {
     }
   }
 };
+function performanceNow() {
+  return typeof performance === "undefined" ? Date.now() : performance.now();
+}
 function refusedStatus(event) {
   const texts = [event.message, event.error instanceof Error ? event.error.message : void 0];
   for (const text of texts) {
@@ -810,6 +849,7 @@ export {
   ClosedError,
   DisconnectedByServerError,
   GameClusterError,
+  MAX_PENDING_PINGS,
   MalformedMessage,
   QueueFullError,
   RelayError,
