@@ -888,13 +888,17 @@ def run_jaeger(binary: Path, workdir: Path, startup_timeout: float = 60.0) -> It
 
 
 @contextlib.contextmanager
-def volume_provisioner(cluster: Cluster, interval: float = 1.0) -> Iterator[None]:
+def volume_provisioner(
+    cluster: Cluster, host_root: Path | None = None, interval: float = 1.0
+) -> Iterator[None]:
     """Play a cluster's dynamic volume provisioner, which the harness's control plane lacks.
 
     A real cluster (kind's local-path, a cloud CSI driver) gives each pending claim a volume;
     without one the managed Redis (persistence on by default) never schedules. For each
-    pending claim this makes a hostPath PersistentVolume of the claim's size, pre-bound to it
-    (kwok's pods never mount it); kube-controller-manager's PV binder then binds the pair.
+    pending claim this makes a hostPath PersistentVolume of the claim's size, pre-bound to it;
+    kube-controller-manager's PV binder then binds the pair. kwok's pods never mount it; on a
+    real node (``host_root``, the real-pod tier) the directory is made under ``host_root``
+    first, writable by any user (hostPath ignores fsGroup, and Redis runs as a non-root UID).
     """
     import threading
 
@@ -910,6 +914,10 @@ def volume_provisioner(cluster: Cluster, interval: float = 1.0) -> Iterator[None
                 continue
             if meta["uid"] in made:
                 continue
+            directory = (host_root or Path("/var/lib/e2e-volumes")) / meta["uid"]
+            if host_root is not None:
+                directory.mkdir(parents=True, exist_ok=True)
+                directory.chmod(0o777)  # (mkdir's mode is masked by the umask)
             volume = {
                 "apiVersion": "v1",
                 "kind": "PersistentVolume",
@@ -924,7 +932,7 @@ def volume_provisioner(cluster: Cluster, interval: float = 1.0) -> Iterator[None
                         "name": meta["name"],
                         "uid": meta["uid"],
                     },
-                    "hostPath": {"path": f"/var/lib/e2e-volumes/{meta['uid']}"},
+                    "hostPath": {"path": str(directory), "type": "Directory"},
                 },
             }
             cluster.apply(volume)

@@ -38,6 +38,7 @@ from ..cluster import (
     http_get,
     local_control_plane,
     tools_dir,
+    volume_provisioner,
     wait_until,
 )
 from . import images
@@ -183,7 +184,10 @@ def real_cluster(
                         lambda: node_ready(cluster.get_or_none("node", real.name)) or None,
                         timeout=120,
                     )
-                    yield RealCluster(cluster, real)
+                    # The managed Redis keeps its data on a claim (persistence on by default);
+                    # this node has no provisioner, so volumes are directories of the workdir.
+                    with volume_provisioner(cluster, workdir / "volumes"):
+                        yield RealCluster(cluster, real)
                 finally:
                     kubelet.stop(grace=20)
     finally:
