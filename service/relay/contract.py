@@ -95,17 +95,23 @@ RELAY_REDIS_USER: Final = "relay"
 OPERATOR_REDIS_USER: Final = "gamecluster-operator"
 
 RELAY_REDIS_COMMANDS: Final = (
-    # Lua scripts (relay.broker.lua) and what they call; redis-py loads a script on NOSCRIPT.
-    "evalsha", "eval", "script|load",
+    # Lua scripts (relay.broker.lua) and what they call. redis-py sends EVALSHA and, when
+    # Redis answers NOSCRIPT (a restarted or new server), SCRIPT LOAD; never EVAL.
+    "evalsha", "script|load",
     "get", "set", "hget", "hset", "hsetnx", "hincrby", "xadd", "xrange", "expire",
-    # Live fan-out and the Pub/Sub self-probe.
-    "publish", "subscribe", "unsubscribe", "ping",
-    # Cluster reports and presence (node reports, member hashes, the alive set).
-    "multi", "exec", "discard", "del", "mget", "scan",
+    # Live fan-out and the Pub/Sub self-probe (a PUBLISH on the node channel, not PING).
+    "publish", "subscribe", "unsubscribe",
+    # Cluster reports and presence (node reports, member hashes, the alive set); MULTI/EXEC
+    # are redis-py's transactional pipelines (never WATCHed, so never DISCARD).
+    "multi", "exec", "del", "mget",
     "hdel", "hlen", "hvals", "hscan", "hgetall",
     "sadd", "srem", "smembers", "zadd", "zrange", "zrangebyscore", "zrem",
+    # After a Sentinel failover: every room's meta hash gets a new epoch (SCAN MATCH, HSET).
+    "scan",
 )  # fmt: skip
-"""Every command the relay sends, directly or from its scripts; all others are refused."""
+"""Every command the relay sends, directly or from its scripts; all others are refused.
+AUTH and HELLO (logging in) need no grant. tests/integration/test_redis_security.py runs
+every path as this user and fails on a command missing here or listed here unused."""
 
 RELAY_ACL_RULES: Final = (
     "resetkeys",

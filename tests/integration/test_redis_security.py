@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from secrets import token_urlsafe
@@ -26,27 +25,21 @@ from gamecluster.spec import parse
 from gamecluster_client import Connection as RelayClient
 from relay import auth as relay_auth
 from relay import contract
+from relay.api import models
 from relay.api.client import AsyncRelayApi
 from relay.broker import keys
+from support import redis_acl
 from support.processes import RedisProcess, RelayProcess, free_port, stop_process, wait_until
+from support.redis_acl import OPERATOR_PASSWORD, RELAY_PASSWORD, no_secret_in_logs
 from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-RELAY_PASSWORD = "relay-" + token_urlsafe(24)
-OPERATOR_PASSWORD = "operator-" + token_urlsafe(24)
 
 
 @pytest.fixture
 def acl_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     """A redis-server with the operator's ACL file: default user off, protected mode on."""
-    acl = tmp_path / "users.acl"
-    acl.write_text(acl_file(RedisPasswords(RELAY_PASSWORD, OPERATOR_PASSWORD)))
-    server = RedisProcess(
-        tmp_path,
-        extra_args=["--aclfile", str(acl), "--protected-mode", "yes"],
-        cli_auth=(contract.OPERATOR_REDIS_USER, OPERATOR_PASSWORD),
-    ).start()
+    server = redis_acl.acl_redis(tmp_path)
     yield server
     server.stop()
 
@@ -55,16 +48,6 @@ def relay_client(server: RedisProcess) -> redis.Redis:
     return redis.Redis(
         port=server.port, username=contract.RELAY_REDIS_USER, password=RELAY_PASSWORD
     )
-
-
-def no_secret_in_logs(tmp_path: Path) -> None:
-    """Every log line of the run (relays, redis-server), searched for every password."""
-    logs = list(tmp_path.glob("*.log"))
-    assert logs
-    for log in logs:
-        text = log.read_text(errors="replace")
-        for password in (RELAY_PASSWORD, OPERATOR_PASSWORD):
-            assert password not in text, f"a password is in {log.name}"
 
 
 def no_refusal_in_logs(tmp_path: Path) -> None:
@@ -90,7 +73,7 @@ async def test_the_relay_user_can_do_what_the_relay_needs_and_nothing_else(
     pod_b = relay_factory(
         "b", redis_urls=urls, env={**user, **fast, contract.ENV_REDIS_PASSWORD: RELAY_PASSWORD}
     )
-    # Durable and volatile publishes, history, dedupe, the probe: every script and command.
+    # Publishes, history, dedupe, the probe, as two relays: one reads its password file.
     async with RelayClient(pod_a.url) as on_a, RelayClient(pod_b.url) as on_b:
         position = await on_a.join("match:1")
         await on_b.join("match:1")
@@ -150,23 +133,28 @@ async def test_the_relay_user_can_do_what_the_relay_needs_and_nothing_else(
 JWT_SECRET = "j" * 40
 API_KEY = "k" * 40
 
+NOT_ACL_CHECKED = frozenset({"auth", "hello"})
+"""Sent on connecting (redis-py logs in with HELLO 3 AUTH): Redis runs them for any user."""
+ADMIN_COMMANDS = frozenset({"info", "acl|log"})
+"""What the test itself runs as the admin user to read the server's counters."""
+NOT_SENT_HERE = {
+    "scan": "the failover fence (test_redis_sentinel.py runs it as the relay user)",
+}
+"""Allowed commands this test's paths do not send, each with where it is proven instead."""
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10) -> None:
-    """Poll an async state check (presence and node reports have no event to await)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
-
-async def test_presence_the_server_api_and_the_control_channel_work_as_the_relay_user(
+async def test_every_relay_path_works_as_the_relay_user_and_needs_exactly_its_commands(
     acl_redis: RedisProcess, relay_factory, tmp_path: Path
 ) -> None:
-    """Every Redis command of presence (member hashes, the alive set, node reports, the
-    dead-node sweep), of the server API (publish, history, rooms, nodes) and of the control
-    channel between relay servers (disconnect), run under the relay's ACL user: a command or
-    name missing from RELAY_ACL_RULES fails here with NOPERM."""
+    """Every path that talks to Redis, run by two relay servers logged in as the relay's ACL
+    user: client publishes (durable, volatile, deduplicated), joins and resumes, presence
+    (member hashes, the alive set, node reports, the dead-node sweep), the server API
+    (publish, batch, history, presence, disconnect, remove, rooms, nodes), the control
+    channel between relay servers and the load reports. Then Redis's own counters: no
+    command, key or channel was refused (`ACL LOG`, which also sees refusals a client library
+    swallows), and the commands the relay ran are exactly RELAY_REDIS_COMMANDS (but for
+    NOT_SENT_HERE): a command the relay starts to use fails here, and so does one the
+    allowlist keeps after the relay stopped using it."""
     report_seconds = 0.3
     env = {
         contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
@@ -175,7 +163,9 @@ async def test_presence_the_server_api_and_the_control_channel_work_as_the_relay
         contract.ENV_AUTH: "jwt",
         contract.ENV_JWT_SECRET: JWT_SECRET,
         contract.ENV_API_KEYS: API_KEY,
-        contract.ENV_ROOMS: orjson.dumps([{"match": "lobby:*", "presence": True}]).decode(),
+        contract.ENV_ROOMS: orjson.dumps(
+            [{"match": "lobby:*", "presence": True}, {"match": "fast:*", "policy": "volatile"}]
+        ).decode(),
     }
     urls = [f"shard-a=redis://127.0.0.1:{acl_redis.port}/0"]
     pod_a = relay_factory("a", redis_urls=urls, env=env)
@@ -184,15 +174,21 @@ async def test_presence_the_server_api_and_the_control_channel_work_as_the_relay
     def token(sub: str) -> str:
         return relay_auth.mint(JWT_SECRET, subject=sub, join=["*"], publish=["*"], ttl=300)
 
+    async def next_op(client: RelayClient, op: str) -> dict:
+        message = await client.receive(5)
+        while message["op"] != op:
+            message = await client.receive(5)
+        return message
+
     async with (
         RelayClient(pod_a.url, token=token("ann")) as ann,
         RelayClient(pod_b.url, token=token("bob")) as bob,
         AsyncRelayApi(pod_a.admin, api_key=API_KEY) as api,
     ):
-        for client in (ann, bob):
-            await client.join("lobby:1")
-        # Presence: members on both pods listed by either (HSET/HVALS/HLEN on the room's
-        # hash, the joins sent between pods over the control channel).
+        # Joins (the history script: a new room's epoch), presence across both pods (member
+        # hashes written by each pod, joins announced over the control channel).
+        position = await ann.join("lobby:1")
+        await bob.join("lobby:1")
         everyone = {ann.welcome["session"], bob.welcome["session"]}
 
         async def members() -> set[str]:
@@ -202,52 +198,91 @@ async def test_presence_the_server_api_and_the_control_channel_work_as_the_relay
         async def both_listed() -> bool:
             return await members() == everyone
 
-        await until(both_listed, "both members listed")
-        listed = await api.presence("lobby:1")
-        assert listed.count == 2
-        # The server API: publish (a Lua script) and read the history back.
-        published = await api.publish("lobby:1", {"from": "server"}, id="s1")
-        assert published.offset == 1 and not published.duplicate
-        page = await api.history("lobby:1")
-        assert [event.data for event in page.events] == [{"from": "server"}]
+        await eventually(both_listed, 10, "both members listed")
+        assert (await api.presence("lobby:1")).count == 2
+        assert (await api.presence_stats("lobby:1")).count == 2
 
-        # GET /nodes and /rooms read the node reports and room counts (MGET, HGETALL, ZRANGE).
+        # Client publishes: durable with an id, its retry deduplicated; volatile, sent once.
+        ack = await bob.publish("lobby:1", "hello", id="m1")
+        assert ack is not None and ack["offset"] == 1
+        assert (await next_op(ann, "event"))["data"] == "hello"
+        again = await bob.publish("lobby:1", "hello", id="m1")
+        assert again is not None and again["offset"] == 1
+        await ann.join("fast:1")
+        await bob.publish("fast:1", "zoom", id="v1")
+        assert (await bob.publish("fast:1", "zoom", id="v1")) is not None  # its retry: acked
+        assert (await next_op(ann, "event"))["data"] == "zoom"
+        # A resume replays from the stored history.
+        async with RelayClient(pod_b.url, token=token("dan")) as late:
+            joined = await late.join("lobby:1", since={"epoch": position["epoch"], "offset": 0})
+            assert joined["recovered"] is True
+            assert (await next_op(late, "event"))["data"] == "hello"
+
+        # The server API: publish (one and a batch), history forwards and backwards.
+        published = await api.publish("lobby:1", {"from": "server"}, id="s1")
+        assert published.offset == 2 and not published.duplicate
+        batch = await api.publish_batch(
+            [
+                models.BatchItem(room="lobby:1", data=3, id="s2"),
+                models.BatchItem(room="fast:2", data=4),
+            ]
+        )
+        assert all(item.error is None for item in batch.results)
+        page = await api.history("lobby:1")
+        assert [event.data for event in page.events] == ["hello", {"from": "server"}, 3]
+        newest = await api.history("lobby:1", reverse=True, limit=1)
+        assert [event.data for event in newest.events] == [3]
+
+        # GET /nodes and /rooms read the node reports and room counts of both pods.
         async def reported() -> bool:
             nodes = {n.node for n in (await api.nodes()).nodes}
             rooms = {r.room: r.members for r in (await api.rooms("lobby:*")).rooms}
             return nodes == {"a", "b"} and rooms == {"lobby:1": 2}
 
-        await until(reported, "both nodes' reports (GET /nodes, GET /rooms)")
-        # The control channel: a disconnect asked on pod a closes bob's socket on pod b.
+        await eventually(reported, 10, "both nodes' reports (GET /nodes, GET /rooms)")
+        # The control channel: a forced leave and a disconnect asked on pod a reach bob on b.
+        await api.remove("bob", "lobby:1")
+        assert (await next_op(bob, "left"))["room"] == "lobby:1"
         await api.disconnect("bob", "test")
-        message = await bob.receive(5)
-        while message["op"] != "disconnect":
-            message = await bob.receive(5)
-        assert message == {"op": "disconnect", "reason": "test", "reconnect": False}
+        assert await next_op(bob, "disconnect") == {
+            "op": "disconnect",
+            "reason": "test",
+            "reconnect": False,
+        }
 
-        # bob's leave reaches ann: his member entry was removed (HDEL) and announced.
+        # bob's leave reaches ann: his member entry was removed and announced.
         async def bob_left() -> bool:
             return await members() == {ann.welcome["session"]}
 
-        await until(bob_left, "bob's leave of the presence room")
-    # A killed pod: the survivor sweeps its node from the alive set and its members out
-    # (ZRANGEBYSCORE, ZREM, SMEMBERS, DEL): its keys are gone after a few report intervals.
-    async with RelayClient(pod_b.url, token=token("cyd")) as cyd:
-        await cyd.join("lobby:2")
-        client = relay_client(acl_redis)
-        await eventually(
-            lambda: client.hlen(keys.presence("lobby:2")) == 1, 10, "cyd's member entry"
-        )
-        pod_b.kill()
-    await eventually(
-        lambda: (
-            client.hlen(keys.presence("lobby:2")) == 0
-            and b"b" not in client.zrange(keys.ALIVE, 0, -1)
-        ),
-        15,
-        "the dead node's members swept by the survivor",
-    )
-    pod_a.stop()
+        await eventually(bob_left, 10, "bob's leave of the presence room")
+
+        # A killed pod: the survivor sweeps its node out of the alive set and its members
+        # out of their rooms (seen through pod a's server API only).
+        async with RelayClient(pod_b.url, token=token("cyd")) as cyd:
+            await cyd.join("lobby:2")
+
+            async def cyd_listed() -> bool:
+                return (await api.presence("lobby:2")).count == 1
+
+            await eventually(cyd_listed, 10, "cyd's member entry")
+            pod_b.kill()
+
+        async def swept() -> bool:
+            nodes = {n.node for n in (await api.nodes()).nodes}
+            return nodes == {"a"} and (await api.presence("lobby:2")).count == 0
+
+        await eventually(swept, 15, "the dead node's members swept by the survivor")
+    pod_a.stop()  # a graceful stop: the pod takes itself out of the alive set
+
+    # Redis's counters, read before the test sends anything else (every command counts).
+    # The relays also wrote their load reports all along (test above: the operator reads them).
+    assert redis_acl.acl_denials(acl_redis) == []
+    ran, refused = redis_acl.commands_run(acl_redis)
+    assert refused == {}
+    relay_ran = ran - NOT_ACL_CHECKED - ADMIN_COMMANDS
+    allowed = set(contract.RELAY_REDIS_COMMANDS)
+    assert relay_ran - allowed == set(), "the relay ran commands its ACL user may not"
+    assert allowed - relay_ran == set(NOT_SENT_HERE), "allowed commands no path sends"
     no_refusal_in_logs(tmp_path)
     no_secret_in_logs(tmp_path)
 
