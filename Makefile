@@ -47,10 +47,12 @@ js-build: js-deps
 js-vendor: js-build
 	cp $(JS)/dist/browser/gamecluster-client.js service/relay/static/gamecluster-client.js
 
-## redis-server from Debian's packages, when missing (the tests start their own on free ports);
+## redis-server and redis-sentinel from Debian's packages, when missing (the tests start their
+## own on free ports; redis-sentinel is a package of its own, which the Sentinel tests run);
 ## Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium, never its own).
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@command -v redis-sentinel >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-sentinel; }
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 ## Run the relay: single node, embedded broker, auth off (a laptop default), with the room

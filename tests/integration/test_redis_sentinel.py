@@ -1,14 +1,18 @@
 """Sentinel: the relay finds the master through Sentinel and follows a failover; a promoted
 replica that missed acked writes is never served as the same history (a new epoch).
 
-Real processes: a master and a replica (redis-server) and a Sentinel (`redis-server
---sentinel`, the same binary Debian's redis-sentinel package runs).
+Real processes: a master and a replica (redis-server, with the ACL file the operator renders)
+and a Sentinel (Debian's redis-sentinel package; `make system-deps` installs it). The relay
+logs in as the relay's ACL user, so the failover fence's commands are proven allowed too;
+the replica and the Sentinel log in as the tests' admin user (support.redis_acl), standing in
+for the replication and Sentinel users an operator-run Sentinel would need.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -20,6 +24,7 @@ import pytest
 from gamecluster_client import Connection as RelayClient
 from gamecluster_client import ServerError as RelayError
 from relay import contract
+from support import redis_acl
 from support.processes import (
     LOOPBACK,
     RedisProcess,
@@ -43,9 +48,18 @@ class SentinelProcess:
         self.port = free_port()
         self.config = workdir / f"sentinel-{self.port}.conf"
         self.log = workdir / f"sentinel-{self.port}.log"
+        binary = shutil.which("redis-sentinel")
+        if binary is None:
+            raise RuntimeError(
+                "redis-sentinel is not installed (Debian package redis-sentinel): "
+                "run `make system-deps`"
+            )
+        self.binary = binary
         self.config.write_text(
             f"port {self.port}\nbind {LOOPBACK}\ndir {workdir}\nlogfile {self.log}\n"
             f"sentinel monitor {MASTER} {LOOPBACK} {master_port} 1\n"
+            f"sentinel auth-user {MASTER} {redis_acl.ADMIN_USER}\n"
+            f"sentinel auth-pass {MASTER} {redis_acl.ADMIN_PASSWORD}\n"
             f"sentinel down-after-milliseconds {MASTER} 1000\n"
             f"sentinel failover-timeout {MASTER} 3000\n"
             f"sentinel parallel-syncs {MASTER} 1\n"
@@ -54,7 +68,7 @@ class SentinelProcess:
 
     def start(self) -> SentinelProcess:
         self.proc = subprocess.Popen(
-            ["redis-server", str(self.config), "--sentinel"],
+            [self.binary, str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
@@ -73,8 +87,11 @@ class SentinelProcess:
 
 @pytest.fixture
 def sentinel_set(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess, SentinelProcess]]:
-    master = RedisProcess(tmp_path).start()
-    replica = RedisProcess(tmp_path, extra_args=["--replicaof", LOOPBACK, str(master.port)]).start()
+    replication = ["--masteruser", redis_acl.ADMIN_USER, "--masterauth", redis_acl.ADMIN_PASSWORD]
+    master = redis_acl.acl_redis(tmp_path, replication)
+    replica = redis_acl.acl_redis(
+        tmp_path, [*replication, "--replicaof", LOOPBACK, str(master.port)]
+    )
     wait_until(
         lambda: "master_link_status:up" in replica.cli("INFO", "replication"),
         10,
@@ -103,14 +120,20 @@ async def publish_until_acked(client: RelayClient, room: str, data: str, id: str
 
 
 async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epoch(
-    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess], relay_factory
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess],
+    relay_factory,
+    tmp_path: Path,
 ) -> None:
     master, replica, sentinel = sentinel_set
     assert replica.proc is not None
     pod = relay_factory(
         "a",
         redis_urls=[f"sentinel://{MASTER}"],
-        env={contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}"},
+        env={
+            contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
+            contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+            contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
+        },
     )
     async with RelayClient(pod.url) as publisher:
         epoch = (await publisher.join("match"))["epoch"]
@@ -134,3 +157,9 @@ async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epo
         assert joined["offset"] >= ack["offset"]
     assert pod.status() == 200
     assert "failed over from" in pod.log.read_text()
+    # The fence (SET NX claim, SCAN of the meta hashes, HSET of their epochs) ran as the
+    # relay's ACL user on the promoted replica, and nothing was refused there.
+    ran, refused = redis_acl.commands_run(replica)
+    assert {"scan", "hset"} <= ran and refused == {}
+    assert redis_acl.acl_denials(replica) == []
+    redis_acl.no_secret_in_logs(tmp_path)
