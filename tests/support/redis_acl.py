@@ -34,11 +34,14 @@ def write_acl_file(path: Path) -> Path:
     return path
 
 
-def acl_redis(workdir: Path, extra_args: Sequence[str] = ()) -> RedisProcess:
+def acl_redis(
+    workdir: Path, extra_args: Sequence[str] = (), *, port: int | None = None
+) -> RedisProcess:
     """A started redis-server with that ACL file and protected mode on; `cli()` is the admin."""
     acl = write_acl_file(workdir / f"users-{token_urlsafe(4)}.acl")
     return RedisProcess(
         workdir,
+        port=port,
         extra_args=["--aclfile", str(acl), "--protected-mode", "yes", *extra_args],
         cli_auth=(ADMIN_USER, ADMIN_PASSWORD),
     ).start()
