@@ -16,6 +16,9 @@ the chart's ServiceAccount, see release.py); every test works in a namespace of 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -291,6 +294,96 @@ def test_kubectl_wait_returns_promptly_after_an_edit_and_kstatus_tracks_the_work
         ready == 3 for state, gen, ready in seen if state == "Current" and gen == generation
     ), seen
     print(f"kubectl wait after an edit returned in {elapsed:.2f} s; kstatus seen: {seen}")
+
+
+def secret_text(secret: dict[str, Any], key: str) -> str:
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def credentials_digest(obj: dict[str, Any]) -> str | None:
+    annotations = obj["spec"]["template"]["metadata"].get("annotations") or {}
+    return annotations.get("gamecluster.io/redis-credentials")  # type: ignore[no-any-return]
+
+
+def test_the_managed_redis_is_secured_bounded_and_persistent(
+    cluster: Cluster, operator_up: Release, namespace: str
+) -> None:
+    """Issue 14's children as a real API server stores them (schemas, SSA, the chart's RBAC):
+    a generated password Secret and the ACL Secret built from it, a NetworkPolicy and a PDB for
+    Redis, the relay's password by secretKeyRef only, maxmemory with noeviction, a claim per
+    shard bound to a volume; then a password rotation rolls Redis and the relays."""
+    spec = {"replicas": 1, "redis": {"maxMemory": "100Mi"}}
+    cluster.apply(gamecluster("vault", spec), "-n", namespace)
+    wait_gc(cluster, operator_up, namespace, "vault", "Current and Ready", current)
+
+    passwords = cluster.get_json("secret", "vault-redis", "-n", namespace)
+    relay_password = secret_text(passwords, "password")
+    operator_password = secret_text(passwords, "operatorPassword")
+    assert len(relay_password) >= 32 and len(operator_password) >= 32
+    acl = secret_text(cluster.get_json("secret", "vault-redis-acl", "-n", namespace), "users.acl")
+    lines = acl.splitlines()
+    assert lines[0] == "user default reset off"
+    assert lines[1].startswith("user relay reset on #") and "-@all" in lines[1]
+    assert lines[2].startswith("user gamecluster-operator reset on #")
+    assert relay_password not in acl and operator_password not in acl
+    assert "#" + hashlib.sha256(relay_password.encode()).hexdigest() in lines[1]
+
+    # The relay gets the password from the Secret, never from its ConfigMap.
+    config = cluster.get_json("configmap", "vault-relay", "-n", namespace)
+    assert all(
+        relay_password not in value and operator_password not in value
+        for value in config["data"].values()
+    )
+    deploy = cluster.get_json("deployment", "vault-relay", "-n", namespace)
+    env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RELAY_REDIS_USERNAME"]["value"] == "relay"
+    assert env["RELAY_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "vault-redis",
+        "key": "password",
+    }
+
+    sts = cluster.get_json("statefulset", "vault-redis", "-n", namespace)
+    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--protected-mode") + 1] == "yes"
+    assert args[args.index("--maxmemory") + 1] == str(100 * 1024 * 1024)
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert args[args.index("--aclfile") + 1] == "/etc/redis/acl/users.acl"
+    assert [c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]] == ["data"]
+    claim = cluster.get_json("pvc", "data-vault-redis-0", "-n", namespace)
+    assert claim["status"]["phase"] == "Bound"
+
+    policy = cluster.get_json("networkpolicy", "vault-redis", "-n", namespace)
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 6379}]
+    peers = ingress["from"]
+    assert peers[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "relay"
+    operator_namespace = {"kubernetes.io/metadata.name": operator_up.namespace}
+    assert peers[1:] == [{"namespaceSelector": {"matchLabels": operator_namespace}}]
+    pdb = cluster.get_json("pdb", "vault-redis", "-n", namespace)
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+    # Rotation as docs/operations.md tells a user: the ACL accepts both passwords while the
+    # pods roll, and the Redis and relay pod templates move to the same new digest.
+    before = credentials_digest(sts)
+    assert before is not None and credentials_digest(deploy) == before
+    rotated = {"stringData": {"previousPassword": relay_password, "password": "n" * 40}}
+    cluster.kubectl(
+        "patch", "secret", "vault-redis", "-n", namespace, "--type=merge", "-p", json.dumps(rotated)
+    )
+
+    def rolled() -> str | None:
+        new = credentials_digest(cluster.get_json("statefulset", "vault-redis", "-n", namespace))
+        relays = cluster.get_json("deployment", "vault-relay", "-n", namespace)
+        return new if new not in (None, before) and credentials_digest(relays) == new else None
+
+    cluster.wait_for("Redis and the relays rolled onto the new ACL", rolled, timeout=TIMEOUT)
+    acl = secret_text(cluster.get_json("secret", "vault-redis-acl", "-n", namespace), "users.acl")
+    assert acl.splitlines()[1].count(" #") == 2
+    # The operator never writes the user's Secret back.
+    after = cluster.get_json("secret", "vault-redis", "-n", namespace)
+    assert secret_text(after, "password") == "n" * 40
+    wait_gc(cluster, operator_up, namespace, "vault", "Current and Ready again", current)
 
 
 def test_a_standby_operator_takes_over_when_the_leader_dies(
