@@ -309,13 +309,31 @@ def test_without_presence_the_list_shows_who_moves(relay_factory, browser: Brows
     expect(alice.locator("#players")).to_contain_text("alice (you)")
 
 
-def token_for(sub: str, rooms: list[str]) -> str:
+def token_for(sub: str, rooms: list[str], ttl: int = 600) -> str:
     claims = {
         "sub": sub,
-        "exp": int(time.time()) + 600,
+        "exp": int(time.time()) + ttl,
         "rooms": {"join": rooms, "publish": rooms},
     }
     return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def test_an_expired_token_stops_the_page_with_its_reason(relay_factory, browser: Browser) -> None:
+    """The relay refuses an expired token with 401, which a browser never shows the page
+    (the handshake fails like a network error): the client reads the token's own `exp`,
+    stops, and the page says the token expired, instead of reconnecting forever."""
+    relay = relay_factory(
+        "web", env={"RELAY_AUTH": "jwt", "RELAY_JWT_SECRET": SECRET, "RELAY_ROOMS": DEMO_ROOMS}
+    )
+    expired = token_for("dave", ["arena:*", "chat:*"], ttl=-60)
+    page = browser.new_context().new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors = PAGE_ERRORS.setdefault(page, [])
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{relay.http}/?{urlencode({'token': expired, **rooms()})}")
+    expect(page.locator("#state")).to_have_text("stopped")
+    expect(page.locator("#banner")).to_contain_text("the token expired at")
+    expect(page.locator("#banner")).to_contain_text("relay token --sub")
 
 
 def test_with_auth_the_token_names_the_player_and_errors_are_typed(

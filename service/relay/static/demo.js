@@ -403,11 +403,17 @@ function showBanner(error) {
   const banner = $("banner");
   banner.style.display = "block";
   if (error?.name === "UnauthorizedError" || error?.name === "NoConnection" || error?.code === "forbidden") {
-    banner.innerHTML =
-      (error.name === "NoConnection" ? "Cannot connect to the relay (still trying). If it has auth on, as the chart's demo does, it " : "This relay ") +
-      "needs a token that may join and publish to the arena and chat rooms: open " +
-      "<code>/?token=&lt;JWT&gt;</code>, with a token from " +
-      "<code>relay token --sub YOUR_NAME --join 'arena:*' 'chat:*' --publish 'arena:*' 'chat:*'</code> (see README).";
+    const code = (text) => Object.assign(document.createElement("code"), { textContent: text });
+    banner.replaceChildren(
+      // The client's own words first (e.g. "... the token expired at ..."): text, not HTML.
+      error.name === "UnauthorizedError" ? `${error.message}. ` : "",
+      error.name === "NoConnection" ? "Cannot connect to the relay (still trying). If it has auth on, as the chart's demo does, it " : "This relay ",
+      "needs a token that may join and publish to the arena and chat rooms: open ",
+      code("/?token=<JWT>"),
+      ", with a token from ",
+      code("relay token --sub YOUR_NAME --join 'arena:*' 'chat:*' --publish 'arena:*' 'chat:*'"),
+      " (see README).",
+    );
   } else {
     banner.textContent = `${error?.name ?? "Error"}: ${error?.message ?? error}`;
   }
