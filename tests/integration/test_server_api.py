@@ -181,6 +181,7 @@ async def test_batch_with_one_bad_item_delivers_the_others(
         assert_error_body(await http.post("/api/v1/publish", json=too_many), 400, "bad_request")
         big = {"items": [{"room": "b:1", "data": "x" * models.MAX_BODY_BYTES}]}
         assert_error_body(await http.post("/api/v1/publish", json=big), 413, "too_large")
+        assert_error_body(await http.get("/api/v1/publish"), 405, "bad_request")
 
 
 async def test_history_pages_return_offsets_1_to_n_and_a_foreign_epoch_is_409(
