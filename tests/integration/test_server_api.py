@@ -121,8 +121,8 @@ def check_keys(api: httpx.Client, url: str, player: str, backend: str) -> None:
     )
     assert api.post(url, json={"data": 1}, headers={"x-api-key": KEY}).status_code == 200
 
-    bearer = {"Authorization": f"Bearer {player}"}
-    assert_error_body(api.post(url, json={"data": 1}, headers=bearer), 401, "unauthorized")
+    bearer = {"Authorization": f"Bearer {player}"}  # valid, but a player's: no api claim
+    assert_error_body(api.post(url, json={"data": 1}, headers=bearer), 403, "forbidden")
     bearer = {"Authorization": f"Bearer {backend}"}
     assert api.post(url, json={"data": 1}, headers=bearer).status_code == 200
 
