@@ -58,9 +58,12 @@ system-deps:
 ## Run the relay: single node, embedded broker, auth off (a laptop default), with the room
 ## policies the demo page at / needs: `arena:*` volatile with presence (positions, who is
 ## there); `chat:*` matches no rule, so it is durable (the default). Both overridable.
+## `exec`: the relay replaces the recipe's shell, so the SIGTERM that make passes on to its
+## child on `kill <make>` reaches the relay (it drains and exits) instead of a shell that
+## dies and leaves the relay running (tests/integration/test_make_run.py).
 DEMO_ROOMS := [{"match":"arena:*","policy":"volatile","presence":true}]
 run: $(RUN_STAMP)
-	RELAY_AUTH=$${RELAY_AUTH:-none} RELAY_ROOMS=$${RELAY_ROOMS:-'$(DEMO_ROOMS)'} $(VENV)/bin/relay serve
+	RELAY_AUTH=$${RELAY_AUTH:-none} RELAY_ROOMS=$${RELAY_ROOMS:-'$(DEMO_ROOMS)'} exec $(VENV)/bin/relay serve
 
 ## The whole test suite, as CI runs it.
 test: venv system-deps

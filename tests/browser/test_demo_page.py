@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,10 @@ import httpx
 import jwt
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from websockets.sync.server import ServerConnection
+from websockets.sync.server import serve as websockets_serve
+
+from support.processes import LOOPBACK
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -296,6 +301,66 @@ def test_history_lost_is_said_when_the_room_cannot_resume(
     assert not any("history restored" in n for n in notices(alice))
 
 
+class CrossingRelay:
+    """A scripted relay (a real WebSocket server on loopback) for one demo page, whose
+    `presence` reply crosses a leave, as the relay's may: it answers the page's `presence`
+    op with the leave of a member first, then a reply read before that leave was stored,
+    which still lists the member. Everything else gets the minimal correct answer."""
+
+    def __init__(self) -> None:
+        self.ghost = {"sub": "", "conn": "ghost-conn", "node": "fake"}
+        self.server = websockets_serve(self.handle, LOOPBACK, 0)
+        self.url = f"ws://{LOOPBACK}:{self.server.socket.getsockname()[1]}/ws"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def handle(self, ws: ServerConnection) -> None:
+        me = {"sub": "", "conn": "s-me", "node": "fake"}
+
+        def send(message: dict[str, Any]) -> None:
+            ws.send(json.dumps(message))
+
+        send({"op": "welcome", "session": me["conn"], "node": "fake", "heartbeat": 30})
+        for frame in ws:
+            for message in map(json.loads, str(frame).split("\n")):
+                op, room, ref = message.get("op"), message.get("room"), message.get("ref")
+                if op == "join" and room.startswith("arena:"):
+                    send({"op": "joined", "room": room, "offset": None, "epoch": None, "ref": ref})
+                    send({"op": "presence", "room": room, "joins": [self.ghost], "leaves": []})
+                elif op == "join":
+                    send({"op": "joined", "room": room, "offset": 0, "epoch": "e", "ref": ref})
+                elif op == "presence":
+                    send({"op": "presence", "room": room, "joins": [me], "leaves": [self.ghost]})
+                    stale = [me, self.ghost]  # read before the ghost's leave was stored
+                    send({"op": "members", "room": room, "count": 2, "members": stale, "ref": ref})
+                elif op == "publish" and "id" in message:
+                    send({"op": "ack", "id": message["id"], "room": room, "offset": None})
+                elif op == "ping":
+                    send({"op": "pong", **({"ref": ref} if ref else {})})
+
+    def __enter__(self) -> CrossingRelay:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+
+
+def test_a_presence_reply_older_than_a_leave_does_not_bring_the_member_back(
+    relay_factory, browser: Browser
+) -> None:
+    """docs/protocol.md (Presence): a `members` reply and `presence` messages are not
+    ordered; a connection id is never reused, so a member whose leave the page has seen
+    stays gone whatever a reply read earlier says."""
+    relay = relay_factory("web", env={"RELAY_ROOMS": DEMO_ROOMS})  # serves the page only
+    with CrossingRelay() as fake:
+        page = open_demo(browser, relay.http, relays=fake.url, name="alice", **rooms())
+        wait_for(page, "s => s.presenceLog.some(l => l.endsWith('left'))")
+        assert snapshot(page)["status"]["presence"] == "on"  # the reply was handled
+        assert [m["conn"] for m in snapshot(page)["members"]] == ["s-me"]
+        page.context.close()  # the page's socket goes before the fake server stops
+
+
 def test_without_presence_the_list_shows_who_moves(relay_factory, browser: Browser) -> None:
     """A relay whose arena rooms have no presence (RELAY_ROOMS without it): the page still
     lists the players, from their moves, and says why."""
@@ -309,13 +374,31 @@ def test_without_presence_the_list_shows_who_moves(relay_factory, browser: Brows
     expect(alice.locator("#players")).to_contain_text("alice (you)")
 
 
-def token_for(sub: str, rooms: list[str]) -> str:
+def token_for(sub: str, rooms: list[str], ttl: int = 600) -> str:
     claims = {
         "sub": sub,
-        "exp": int(time.time()) + 600,
+        "exp": int(time.time()) + ttl,
         "rooms": {"join": rooms, "publish": rooms},
     }
     return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def test_an_expired_token_stops_the_page_with_its_reason(relay_factory, browser: Browser) -> None:
+    """The relay refuses an expired token with 401, which a browser never shows the page
+    (the handshake fails like a network error): the client reads the token's own `exp`,
+    stops, and the page says the token expired, instead of reconnecting forever."""
+    relay = relay_factory(
+        "web", env={"RELAY_AUTH": "jwt", "RELAY_JWT_SECRET": SECRET, "RELAY_ROOMS": DEMO_ROOMS}
+    )
+    expired = token_for("dave", ["arena:*", "chat:*"], ttl=-60)
+    page = browser.new_context().new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors = PAGE_ERRORS.setdefault(page, [])
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{relay.http}/?{urlencode({'token': expired, **rooms()})}")
+    expect(page.locator("#state")).to_have_text("stopped")
+    expect(page.locator("#banner")).to_contain_text("the token expired at")
+    expect(page.locator("#banner")).to_contain_text("relay token --sub")
 
 
 def test_with_auth_the_token_names_the_player_and_errors_are_typed(

@@ -29,9 +29,12 @@ from typing import Any
 import attrs
 import kmock
 import pytest
+from prometheus_client import generate_latest
 
 from gamecluster import names
 from gamecluster.load import Reading, ReadyPod, RedisAuth
+from gamecluster.metrics import OperatorMetrics
+from support.metrics import metric_value
 
 NAMESPACE = "games"
 RELAY_IMAGE = "registry.local/gamecluster:test"
@@ -102,6 +105,19 @@ class Harness:
 
     emulator: kmock.KubernetesEmulator
     load: FakeLoad
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    """The running operator's own metrics (handlers.Context.metrics)."""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the operator's /metrics exposition, parsed as Prometheus would;
+        0 for a labelled counter not incremented yet (absent until its first inc())."""
+        text = generate_latest(self.metrics.registry).decode()
+        try:
+            return metric_value(text, name, labels)
+        except KeyError:
+            if not labels:
+                raise
+            return 0.0
 
     def objects(self, resource: str, name: str) -> dict[str, Any] | None:
         *group, version, plural = resource.split("/")

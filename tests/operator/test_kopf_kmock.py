@@ -342,8 +342,18 @@ async def test_autoscaler_follows_the_load_reports(harness: Harness) -> None:
     assert status["autoscaling"]["desiredReplicas"] == 3
     scaled = await harness.eventually(lambda: events(harness, "ScaledUp", "Normal"), what="Event")
     assert "1 -> 3" in scaled[0]["message"]
+    assert harness.metric("gamecluster_scale_decisions_total", direction="up") == 1
     harness.load.connections = 100
     await harness.eventually(lambda: deployment(harness)["spec"]["replicas"] == 1, what="down to 1")
+    # (A drift pass may apply the new count from status before the tick that decided it
+    # has counted its decision.)
+    await harness.eventually(
+        lambda: harness.metric("gamecluster_scale_decisions_total", direction="down") >= 1,
+        what="the scale-down counted",
+    )
+    assert harness.metric("gamecluster_reconciles_total", kind="full") >= 1
+    assert harness.metric("gamecluster_reconciles_total", kind="drift") >= 2  # a tick each
+    assert harness.metric("gamecluster_load_unknown_total") == 0  # every tick read a load
     # Shard 0 only, for the ready relay pods (the emulator runs no pods: none).
     assert harness.load.calls[-1] == ("redis://arena-redis-0.arena-redis.games.svc:6379", ())
 
@@ -385,6 +395,10 @@ async def test_a_same_named_service_is_left_alone_and_reported(harness: Harness)
         and r.name == "arena"
     ]
     await harness.eventually(lambda: warning_events(harness, "NameConflict"), what="an Event")
+    await harness.eventually(
+        lambda: harness.metric("gamecluster_reconcile_errors_total", reason="NameConflict") >= 1,
+        what="the error counted in the operator's metrics",
+    )
 
 
 async def test_paused_gamecluster_is_left_alone_until_unpaused(harness: Harness) -> None:
@@ -398,6 +412,8 @@ async def test_paused_gamecluster_is_left_alone_until_unpaused(harness: Harness)
     )
     assert deployment(harness) is None
     assert "status" not in (harness.gamecluster("arena") or {})
+    # The lobby's ticks read no load (no report: FakeLoad's default) and decided nothing.
+    assert harness.metric("gamecluster_load_unknown_total") >= 2
     await harness.patch(
         gc_path("arena"), {"metadata": {"annotations": {names.ANNOTATION_PAUSED: None}}}
     )

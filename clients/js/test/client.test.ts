@@ -19,6 +19,7 @@ import {
   type JoinedContext,
   type LostContext,
   type PresenceChange,
+  type WebSocketLike,
 } from "../src/index.js";
 import { backoffDelay } from "../src/backoff.js";
 import { tokenExpiry } from "../src/token.js";
@@ -39,6 +40,38 @@ function client(urls: string[], options: ClientOptions = {}): Client {
   const c = new Client(urls, { WebSocket, minReconnectDelayMs: 10, maxReconnectDelayMs: 50, ...options });
   cleanup.push(() => { c.close(); });
   return c;
+}
+
+/**
+ * What a browser's WebSocket shows of a refused handshake: an `error` event with no detail,
+ * then `close` with 1006; never the HTTP status (Node's `ws`, wrapped here, would tell it).
+ */
+class BrowserLikeWebSocket implements WebSocketLike {
+  onopen: ((event: never) => void) | null = null;
+  onmessage: ((event: never) => void) | null = null;
+  onclose: ((event: never) => void) | null = null;
+  onerror: ((event: never) => void) | null = null;
+  #ws: WebSocket;
+
+  constructor(url: string) {
+    this.#ws = new WebSocket(url);
+    this.#ws.onopen = () => this.onopen?.({} as never);
+    this.#ws.onmessage = (event) => this.onmessage?.({ data: event.data } as never); // text frames: strings
+    this.#ws.onerror = () => this.onerror?.({} as never);
+    this.#ws.onclose = (event) => this.onclose?.({ code: event.code, reason: event.reason } as never);
+  }
+
+  get readyState(): number {
+    return this.#ws.readyState;
+  }
+
+  send(data: string): void {
+    this.#ws.send(data);
+  }
+
+  close(code?: number, reason?: string): void {
+    this.#ws.close(code, reason);
+  }
 }
 
 const joined = (room: string, offset: number | null, epoch: string | null, extra: object = {}): object => ({
@@ -446,6 +479,52 @@ describe("tokens", () => {
     await assert.rejects(c.ready(), UnauthorizedError);
     assert.equal(a!.handshakes, 1);
     assert.equal(a!.tokens[0], "fixed");
+  });
+
+  it("in a browser (no HTTP status), a fixed token past its exp stops with UnauthorizedError", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    a!.refusals = [401, 401, 401, 401, 401, 401];
+    const c = client(urls, { token: fakeToken("old", -60), WebSocket: BrowserLikeWebSocket });
+    const disconnected: DisconnectedContext[] = [];
+    c.on("disconnected", (d) => disconnected.push(d));
+    c.connect();
+    const error = await c.ready(3000).then(
+      () => assert.fail("connected"),
+      (e: unknown) => e,
+    );
+    assert.ok(error instanceof UnauthorizedError, String(error));
+    assert.equal(error.status, undefined); // the browser did not say; the token's exp did
+    assert.match(error.message, /the token expired at/);
+    assert.equal(a!.handshakes, 1);
+    assert.deepEqual(disconnected.map((d) => d.willReconnect), [false]);
+  });
+
+  it("in a browser, an expired token from getToken whose handshake failed is replaced once", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    a!.refusals = [401];
+    const issued: string[] = [];
+    const c = client(urls, {
+      getToken: () => {
+        issued.push(issued.length === 0 ? fakeToken("stale", -60) : fakeToken("fresh", 3600));
+        return issued[issued.length - 1]!;
+      },
+      WebSocket: BrowserLikeWebSocket,
+      minReconnectDelayMs: 60_000, // a backoff would time the test out: the retry is at once
+      maxReconnectDelayMs: 60_000,
+    });
+    c.connect();
+    await c.ready(3000);
+    assert.equal(issued.length, 2);
+    assert.deepEqual(a!.tokens, issued);
+  });
+
+  it("in a browser, a failed handshake with a token still valid is a network error: retried", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    a!.refusals = [503, 503];
+    const c = client(urls, { token: fakeToken("valid", 3600), WebSocket: BrowserLikeWebSocket });
+    c.connect();
+    await c.ready(3000);
+    assert.equal(a!.handshakes, 3);
   });
 
   it("reads exp from a JWT and nothing from a non-JWT", () => {

@@ -61,10 +61,16 @@ const members = new Map(); // conn -> Member (the arena's presence)
 const chatLines = []; // { kind: "message" | "notice", offset, from, text, id }
 const presenceLog = [];
 const connNames = new Map(); // conn -> name, from moves: names the members of presence (auth off)
-const MAX_CONN_NAMES = 1000; // bound of connNames and mySessions; overflow: the oldest entry is dropped
+const MAX_CONN_NAMES = 1000; // bound of connNames, mySessions and departed; overflow: the oldest entry is dropped
 // This tab's connections: a previous one stays a member until its relay says it left (a
 // killed pod's members are removed by a survivor after ~15 s); it is not another player.
 const mySessions = new Set();
+// Connections seen leaving. A `presence()` reply is not ordered with the `presence` messages
+// (docs/protocol.md, Presence): one read before a leave was stored can arrive after that
+// leave, and must not bring the member back; a connection id is never reused, so a left
+// one stays gone. Bounded by MAX_CONN_NAMES, the oldest dropped (a reply is at most one
+// request old: far fewer leaves than that can cross it).
+const departed = new Set();
 let eventTimes = [];
 
 client.on("connecting", () => {
@@ -130,6 +136,8 @@ arena.on("joined", () => {
 arena.on("presence", ({ joins, leaves }) => {
   for (const member of leaves) {
     members.delete(member.conn);
+    departed.add(member.conn);
+    if (departed.size > MAX_CONN_NAMES) departed.delete(departed.values().next().value);
     if (!mySessions.has(member.conn)) logPresence("left", member);
     for (const [id, player] of players) if (player.conn === member.conn) players.delete(id);
   }
@@ -172,8 +180,11 @@ async function refreshPresence() {
   try {
     const result = await arena.presence({ timeoutMs: 5000 });
     status.presence = "on";
-    // Merged, not replaced: a join announced before this reply may be missing from it.
-    for (const member of result.members ?? []) members.set(member.conn, member);
+    // Merged, not replaced: a join announced before this reply may be missing from it;
+    // and a member whose leave was announced before it may still be in it.
+    for (const member of result.members ?? []) {
+      if (!departed.has(member.conn)) members.set(member.conn, member);
+    }
   } catch (error) {
     // `bad_request`: the room's policy has no presence; the list shows who moved lately.
     if (error?.code === "bad_request") status.presence = "off";
@@ -403,11 +414,17 @@ function showBanner(error) {
   const banner = $("banner");
   banner.style.display = "block";
   if (error?.name === "UnauthorizedError" || error?.name === "NoConnection" || error?.code === "forbidden") {
-    banner.innerHTML =
-      (error.name === "NoConnection" ? "Cannot connect to the relay (still trying). If it has auth on, as the chart's demo does, it " : "This relay ") +
-      "needs a token that may join and publish to the arena and chat rooms: open " +
-      "<code>/?token=&lt;JWT&gt;</code>, with a token from " +
-      "<code>relay token --sub YOUR_NAME --join 'arena:*' 'chat:*' --publish 'arena:*' 'chat:*'</code> (see README).";
+    const code = (text) => Object.assign(document.createElement("code"), { textContent: text });
+    banner.replaceChildren(
+      // The client's own words first (e.g. "... the token expired at ..."): text, not HTML.
+      error.name === "UnauthorizedError" ? `${error.message}. ` : "",
+      error.name === "NoConnection" ? "Cannot connect to the relay (still trying). If it has auth on, as the chart's demo does, it " : "This relay ",
+      "needs a token that may join and publish to the arena and chat rooms: open ",
+      code("/?token=<JWT>"),
+      ", with a token from ",
+      code("relay token --sub YOUR_NAME --join 'arena:*' 'chat:*' --publish 'arena:*' 'chat:*'"),
+      " (see README).",
+    );
   } else {
     banner.textContent = `${error?.name ?? "Error"}: ${error?.message ?? error}`;
   }

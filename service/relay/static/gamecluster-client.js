@@ -572,10 +572,11 @@ var Client = class extends Emitter {
       this.#closed(ws, CloseCode.openTimeout, "no welcome in time", void 0);
     }, this.#options.openTimeoutMs);
     ws.onerror = (event) => {
-      handshakeStatus ??= refusedStatus(event);
+      const status = refusedStatus(event);
+      if (status !== void 0) handshakeStatus ??= { status, why: `HTTP ${status}` };
     };
     ws.onclose = (event) => {
-      this.#closed(ws, event.code, event.reason, handshakeStatus);
+      this.#closed(ws, event.code, event.reason, handshakeStatus ?? this.#expiredAtHandshake(ws));
     };
     ws.onmessage = (event) => {
       if (this.#ws !== ws) return;
@@ -586,6 +587,19 @@ var Client = class extends Emitter {
         else this.#handle(ws, url, message);
       }
     };
+  }
+  /**
+   * A browser never learns why a WebSocket handshake failed: a 401 closes the socket like
+   * a network error (1006, no status). When the handshake of `ws` failed and the token it
+   * carried is past its own `exp` (this machine's clock), that is taken as the 401 it
+   * almost surely was: a fresh token from getToken(), or a stop with UnauthorizedError,
+   * instead of reconnecting forever with a token that cannot work.
+   */
+  #expiredAtHandshake(ws) {
+    if (this.#ws !== ws || this.#connected !== null || this.#tokenInUse === void 0) return void 0;
+    const expiry = tokenExpiry(this.#tokenInUse);
+    if (expiry === void 0 || expiry > Date.now()) return void 0;
+    return { status: void 0, why: `expired at ${new Date(expiry).toISOString()}` };
   }
   async #nextToken() {
     const { getToken, token } = this.#options;
@@ -732,9 +746,9 @@ var Client = class extends Emitter {
   }
   /**
    * The socket `ws` closed (or is given up): decide whether and when to reconnect.
-   * `status` is the HTTP status of a refused handshake, when the WebSocket tells it.
+   * `refusal`: the handshake was refused (its HTTP status when the WebSocket tells it).
    */
-  #closed(ws, code, reason, status) {
+  #closed(ws, code, reason, refusal) {
     if (this.#ws !== ws) return;
     this.#detach();
     const server = this.#serverReason;
@@ -743,18 +757,19 @@ var Client = class extends Emitter {
       this.#stop(new DisconnectedByServerError(why), code, why, true);
       return;
     }
-    if (status === 403) {
+    if (refusal?.status === 403) {
       this.#stop(new UnauthorizedError("the relay refused this origin (HTTP 403)", 403), code, "HTTP 403", true);
       return;
     }
-    if (status === 401) {
+    if (refusal !== void 0 && (refusal.status === 401 || refusal.status === void 0)) {
       if (this.#options.getToken === void 0 || this.#refusedOnce) {
         const what = this.#options.getToken === void 0 ? "the token" : "a fresh token from getToken()";
-        this.#stop(new UnauthorizedError(`the relay refused ${what} (HTTP 401)`, 401), code, "HTTP 401", true);
+        const message = refusal.status === 401 ? `the relay refused ${what} (HTTP 401)` : `the handshake failed and ${what} ${refusal.why}`;
+        this.#stop(new UnauthorizedError(message, refusal.status), code, refusal.why, true);
         return;
       }
       this.#refusedOnce = true;
-      this.#retry(code, "HTTP 401: fetching a fresh token", 0);
+      this.#retry(code, `${refusal.why}: fetching a fresh token`, 0);
       return;
     }
     if (code === CloseCode.tokenExpired || server?.reason === "token_expired") {
