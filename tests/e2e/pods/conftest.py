@@ -112,8 +112,13 @@ def base_image(buildah: Buildah, tmp_path_factory: pytest.TempPathFactory) -> st
 
 
 @pytest.fixture(scope="session")
-def project_image(buildah: Buildah, base_image: str) -> str:
-    return images.build_project(buildah, REPO, base_image)
+def node_base_image(buildah: Buildah, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return images.ensure_base_node(buildah, tmp_path_factory.mktemp("rootfs-node"))
+
+
+@pytest.fixture(scope="session")
+def project_image(buildah: Buildah, base_image: str, node_base_image: str) -> str:
+    return images.build_project(buildah, REPO, base_image, node_base_image)
 
 
 @pytest.fixture(scope="session")
