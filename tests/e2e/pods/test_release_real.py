@@ -10,12 +10,22 @@ file order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import helm_python as helm
 import pytest
 
+from gamecluster_client import (
+    Backoff,
+    Client,
+    Event,
+    Lost,
+    Recovered,
+    Room,
+    RoomMessage,
+)
 from gamecluster_client import Connection as RelayClient
 
 from ..cluster import Cluster, E2EError
@@ -80,15 +90,20 @@ def ready(pod: dict[str, Any]) -> bool:
     return pod.get("status", {}).get("phase") == "Running" and conds.get("Ready") == "True"
 
 
-def wait_pods_ready(inst: Installed, selector: str, count: int, what: str) -> list[dict[str, Any]]:
+def wait_pods_ready(
+    inst: Installed, selector: str, count: int, what: str, ns: str | None = None
+) -> list[dict[str, Any]]:
+    """Exactly `count` pods of `selector`, all Running and Ready (in `ns`, else the release's)."""
+    ns = ns or inst.namespace
+
     def probe() -> list[dict[str, Any]] | None:
-        found = pods(inst.cluster, inst.namespace, selector)
+        found = pods(inst.cluster, ns, selector)
         return found if len(found) == count and all(ready(p) for p in found) else None
 
     try:
         return inst.cluster.wait_for(what, probe, timeout=READY_TIMEOUT)
     except E2EError as err:
-        raise E2EError(f"{err}\n{diagnose(inst.cluster, inst.namespace)}") from None
+        raise E2EError(f"{err}\n{diagnose(inst.cluster, ns)}") from None
 
 
 OPERATOR_REPLICAS = 2
@@ -162,11 +177,11 @@ def test_helm_test_passes(installed: Installed) -> None:
     assert "relay check: ok" in str(result.get("logs")), result
 
 
-def mint_token(inst: Installed, pod: str, sub: str) -> str:
+def mint_token(inst: Installed, pod: str, sub: str, ns: str | None = None) -> str:
     """A token from the generated Secret, minted by the relay's own CLI inside a relay pod
     (RELAY_JWT_SECRET, audience and issuer are that pod's environment)."""
     token = inst.cluster.kubectl(
-        "exec", "-n", inst.namespace, pod, "--", "relay", "token", "--sub", sub,
+        "exec", "-n", ns or inst.namespace, pod, "--", "relay", "token", "--sub", sub,
         "--join", "chat:*", "--publish", "chat:*", "--ttl", "5m",
     ).stdout.strip()  # fmt: skip
     assert token.count(".") == 2, token[:40]
@@ -221,6 +236,89 @@ async def test_connections_column_counts_real_clients(installed: Installed) -> N
         # In a thread: the clients' connections stay served by this event loop meanwhile.
         cell = await asyncio.to_thread(cluster.wait_for, "CONNECTIONS column >= 3", counted, 120.0)
     assert int(cell) == 3
+
+
+PUBLISH_EVERY = 0.05
+"""Seconds between the publisher's events: 20 a second, under the demo's 50 per connection."""
+
+
+async def read_until(
+    room: Room, seen: list[RoomMessage], done: Callable[[list[Event]], bool], timeout: float
+) -> list[Event]:
+    """Read `room` into `seen` until `done(events so far)`; the events read."""
+    async with asyncio.timeout(timeout):
+        while True:
+            events = [m for m in seen if isinstance(m, Event)]
+            if done(events):
+                return events
+            seen.append(await room.receive())
+
+
+@pytest.mark.timeout(600)
+async def test_deleting_the_clients_relay_pod_resumes_it_on_the_other_exactly_once(
+    installed: Installed,
+) -> None:
+    """`kubectl delete pod` of the relay a client is on: the kubelet stops it (preStop, SIGTERM,
+    the relay's drain says `reconnect`), the client moves to the other pod and resumes its
+    durable room from its last position while events keep coming: each once, in order."""
+    cluster, ns = installed.cluster, installed.namespace
+    relays = wait_pods_ready(installed, DEMO_RELAYS, 2, "the demo's 2 relays")
+    (name_a, url_a), (name_b, url_b) = (
+        (p["metadata"]["name"], f"ws://{p['status']['podIP']}:8080/ws") for p in relays
+    )
+    fast = Backoff(min_delay=0.05, max_delay=0.5)
+    player = Client([url_a, url_b], token=mint_token(installed, name_a, "player"), backoff=fast)
+    publisher = Client([url_b], token=mint_token(installed, name_b, "publisher"), backoff=fast)
+    room_name = f"chat:resume-{secrets.token_hex(4)}"  # chat:* is durable in the demo
+    stop = asyncio.Event()
+    sent: list[int] = []
+
+    async def publish_until_stopped() -> None:
+        room = publisher.room(room_name)
+        while not stop.is_set():
+            n = len(sent)
+            await room.publish(n, id=f"n-{n}")
+            sent.append(n)
+            await asyncio.sleep(PUBLISH_EVERY)  # pacing (the rate limit), not a wait for state
+
+    async with player, publisher:
+        assert player.node == name_a  # the welcome's node is the pod's name
+        room = player.room(room_name)
+        joined = await room.join()
+        assert joined.epoch is not None and joined.recovered is None
+        seen: list[RoomMessage] = []
+        publishing = asyncio.create_task(publish_until_stopped())
+        try:
+            await read_until(room, seen, lambda events: len(events) >= 20, 60)
+            await asyncio.to_thread(
+                cluster.kubectl, "delete", "pod", "-n", ns, name_a, "--wait=false"
+            )
+            # Moved, and reading live events published after the move.
+            before_move = len([m for m in seen if isinstance(m, Event)])
+            await read_until(
+                room,
+                seen,
+                lambda events: player.node == name_b and len(events) >= before_move + 40,
+                120,
+            )
+        finally:
+            stop.set()
+            await publishing
+        events = await read_until(room, seen, lambda events: len(events) >= len(sent), 60)
+    assert [e.data for e in events] == sent == list(range(len(sent)))  # each once, in order
+    assert [e.offset for e in events] == list(range(1, len(sent) + 1))
+    recovered = [m for m in seen if isinstance(m, Recovered)]
+    assert len(recovered) == 1 and recovered[0].epoch == joined.epoch, recovered
+    assert not [m for m in seen if isinstance(m, Lost)]
+    assert player.stats.duplicates == player.stats.gaps == player.stats.not_recovered == 0
+    assert player.stats.connects == 2, player.stats
+    # The pod really went: the kubelet stopped it and the Deployment replaced it.
+    cluster.wait_for(
+        f"pod {name_a} gone",
+        lambda: cluster.get_or_none("pod", name_a, "-n", ns) is None or None,
+        timeout=120,
+    )
+    wait_pods_ready(installed, DEMO_RELAYS, 2, "2 relays again")
 
 
 @pytest.mark.timeout(600)
