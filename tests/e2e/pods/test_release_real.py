@@ -10,6 +10,7 @@ file order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -228,9 +229,7 @@ async def test_connections_column_counts_real_clients(installed: Installed) -> N
     ):
 
         def counted() -> str | None:
-            out = cluster.kubectl("get", GC, "demo", "-n", ns).stdout
-            header, row = out.splitlines()[:2]
-            cell = row[header.index("CONNECTIONS") :].split()[0]
+            cell = column(cluster, ns, "demo", "CONNECTIONS")
             return cell if cell.isdigit() and int(cell) >= 3 else None
 
         # In a thread: the clients' connections stay served by this event loop meanwhile.
@@ -319,6 +318,87 @@ async def test_deleting_the_clients_relay_pod_resumes_it_on_the_other_exactly_on
         timeout=120,
     )
     wait_pods_ready(installed, DEMO_RELAYS, 2, "2 relays again")
+
+
+def gamecluster(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "gamecluster.io/v1alpha1",
+        "kind": "GameCluster",
+        "metadata": {"name": name},
+        "spec": {"imagePullPolicy": "Never", **spec},
+    }
+
+
+def relays_of(name: str) -> str:
+    return f"app.kubernetes.io/instance={name},app.kubernetes.io/component=relay"
+
+
+def column(cluster: Cluster, ns: str, name: str, header: str) -> str:
+    """One cell of `kubectl get gc NAME` (the printer columns a user sees); "" when empty."""
+    out = cluster.kubectl("get", GC, name, "-n", ns).stdout
+    head, row = out.splitlines()[:2]
+    start = head.index(header)
+    # Cells start under their header; an empty cell is blanks up to the next header.
+    nxt = [head.index(h, start) for h in head[start:].split()[1:2]]
+    return row[start : nxt[0] if nxt else None].strip()
+
+
+AUTOSCALING = {
+    "enabled": True,
+    "minReplicas": 1,
+    "maxReplicas": 3,
+    "targetConnectionsPerReplica": 2,
+}
+"""Small on purpose: five connections recommend ceil(5 / 2) = 3 pods, the maximum."""
+
+
+@pytest.mark.timeout(900)
+async def test_autoscaler_scales_relays_on_real_load_reports(installed: Installed) -> None:
+    """The relay pods' load reports (in the GameCluster's own Redis pod) are what the in-cluster
+    operator reads: the CONNECTIONS column fills, and five connections on one pod scale the
+    relay Deployment from 1 to 3 (docs/operator.md, Scaling)."""
+    cluster = installed.cluster
+    with cluster.namespace("gc-autoscale") as ns:
+        cluster.apply(gamecluster("loaded", autoscaling=AUTOSCALING), "-n", ns)
+        [relay] = wait_pods_ready(installed, relays_of("loaded"), 1, "1 relay (minReplicas)", ns)
+
+        def status() -> dict[str, Any]:
+            return dict(cluster.get_json(GC, "loaded", "-n", ns).get("status") or {})
+
+        # Before any client: the load is known (every ready pod reported) and it is 0.
+        cluster.wait_for(
+            "load known: connections 0", lambda: status().get("connections") == 0 or None, 180
+        )
+        assert column(cluster, ns, "loaded", "CONNECTIONS") == "0"
+        name = relay["metadata"]["name"]
+        url = f"ws://{relay['status']['podIP']}:8080/ws"
+        token = mint_token(installed, name, "load", ns)
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(5):
+                await stack.enter_async_context(RelayClient(url, token=token))
+
+            def scaled() -> dict[str, Any] | None:
+                s = status()
+                auto = s.get("autoscaling") or {}
+                return s if s.get("connections") == 5 and auto.get("desiredReplicas") == 3 else None
+
+            # In a thread: the clients' connections stay served by this event loop meanwhile.
+            now = await asyncio.to_thread(
+                cluster.wait_for, "5 connections read, 3 pods decided", scaled, 180.0
+            )
+            assert now["desiredReplicas"] == 3
+            assert column(cluster, ns, "loaded", "CONNECTIONS") == "5"
+            assert column(cluster, ns, "loaded", "DESIRED") == "3"
+            deployment = cluster.get_json("deployment", "loaded-relay", "-n", ns)
+            assert deployment["spec"]["replicas"] == 3
+            await asyncio.to_thread(
+                wait_pods_ready, installed, relays_of("loaded"), 3, "3 relays (scaled up)", ns
+            )
+        events = cluster.get_json(
+            "events", "-n", ns, "--field-selector", "involvedObject.name=loaded,reason=ScaledUp"
+        )["items"]
+        # One decision, 1 -> 3 at once (the default policy allows +4 per 15 s).
+        assert [e["message"].split(":")[0] for e in events] == ["relay pods 1 -> 3"], events
 
 
 @pytest.mark.timeout(600)
