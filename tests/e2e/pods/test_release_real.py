@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,8 +30,9 @@ from gamecluster_client import (
 )
 from gamecluster_client import Connection as RelayClient
 
-from ..cluster import Cluster, E2EError
+from ..cluster import Cluster, E2EError, Jaeger, wait_until
 from ..release import CHART_DIR, OPERATOR_COMPONENT, RELEASE
+from ..traces import PROCESS, PUBLISH, room_spans
 from . import images
 from . import node as node_mod
 from .conftest import RealCluster
@@ -399,6 +401,81 @@ async def test_autoscaler_scales_relays_on_real_load_reports(installed: Installe
         )["items"]
         # One decision, 1 -> 3 at once (the default policy allows +4 per 15 s).
         assert [e["message"].split(":")[0] for e in events] == ["relay pods 1 -> 3"], events
+
+
+TRACED_SERVICE = "traced-relay"
+"""The operator's OTEL_SERVICE_NAME for GameCluster `traced`'s relay pods."""
+
+
+@pytest.mark.timeout(900)
+async def test_relay_pods_export_one_trace_with_spans_from_two_pods(
+    installed: Installed, pod_jaeger: Jaeger
+) -> None:
+    """A GameCluster with tracing on: its relay pods send OTLP (gRPC) to the Jaeger process on
+    the host; one publish is one trace with its `publish room` span from the publisher's pod
+    and a `process room` span from each pod that delivered it, under the service name and
+    resource attributes the operator gives them (OTEL_SERVICE_NAME `traced-relay`)."""
+    cluster = installed.cluster
+    tracing = {
+        "enabled": True,
+        "otlpEndpoint": f"http://{pod_jaeger.otlp_grpc_endpoint}",
+        "protocol": "grpc",
+        "samplingRatio": 1.0,
+    }
+    with cluster.namespace("gc-traced") as ns:
+        cluster.apply(gamecluster("traced", replicas=2, tracing=tracing), "-n", ns)
+        relays = wait_pods_ready(installed, relays_of("traced"), 2, "2 traced relays", ns)
+        (name_a, url_a), (name_b, url_b) = (
+            (p["metadata"]["name"], f"ws://{p['status']['podIP']}:8080/ws") for p in relays
+        )
+        token = mint_token(installed, name_a, "tracer", ns)
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+        room = f"chat:trace-{secrets.token_hex(4)}"  # this test's spans, whatever else is there
+        data = {"move": "e2e4"}
+        async with (
+            RelayClient(url_a, token=token) as publisher,
+            RelayClient(url_a, token=token) as on_a,
+            RelayClient(url_b, token=token) as on_b,
+        ):
+            assert (on_a.welcome.get("node"), on_b.welcome.get("node")) == (name_a, name_b)
+            for client in (publisher, on_a, on_b):
+                await client.join(room)
+            await publisher.publish(room, data, id="move-1")
+            for client in (publisher, on_a, on_b):
+                event = await client.receive(timeout=15)
+                assert (event["op"], event["data"]) == ("event", data), event
+
+        def one_trace() -> list[dict[str, Any]] | None:
+            spans = room_spans(pod_jaeger, since, room, service=TRACED_SERVICE)
+            producers = [s for s in spans if s["name"] == PUBLISH]
+            consumers = [s for s in spans if s["name"] == PROCESS]
+            return spans if len(producers) == 1 and len(consumers) == 2 else None
+
+        def why() -> str:
+            return (
+                f"services in Jaeger: {pod_jaeger.services()}\n{pod_jaeger.process.tail()}\n"
+                + diagnose(cluster, ns)
+            )
+
+        # The SDK's batch processor sends within its schedule delay (5 s by default).
+        spans = await asyncio.to_thread(
+            wait_until,
+            f"the trace of one publish to {room} in Jaeger",
+            one_trace,
+            timeout=60.0,
+            interval=0.5,
+            on_timeout=why,
+        )
+    assert len({s["traceId"] for s in spans}) == 1, spans
+    [producer] = [s for s in spans if s["name"] == PUBLISH]
+    consumers = {s["resource"]["service.instance.id"]: s for s in spans if s["name"] == PROCESS}
+    assert producer["resource"]["service.instance.id"] == name_a  # RELAY_NODE_ID: the pod name
+    assert sorted(consumers) == sorted([name_a, name_b])  # the event crossed Redis to pod b
+    for consumer in consumers.values():
+        assert consumer["parentSpanId"] == producer["spanId"]
+    for span in spans:
+        assert span["resource"]["service.name"] == TRACED_SERVICE
+        assert span["resource"]["k8s.namespace.name"] == ns
 
 
 @pytest.mark.timeout(600)
