@@ -803,9 +803,9 @@ class Jaeger:
         )
 
 
-def jaeger_config(ports: dict[str, int]) -> dict[str, Any]:
+def jaeger_config(ports: dict[str, int], host: str = HOST) -> dict[str, Any]:
     """The all-in-one config of cmd/jaeger (internal/all-in-one.yaml) cut to what the tests use:
-    OTLP receivers, memory storage, query, health check; every endpoint on 127.0.0.1."""
+    OTLP receivers, memory storage, query, health check; every endpoint on `host`."""
     return {
         "service": {
             "extensions": ["jaeger_storage", "jaeger_query", "healthcheckv2"],
@@ -828,20 +828,20 @@ def jaeger_config(ports: dict[str, int]) -> dict[str, Any]:
                 # On by default in v2: Jaeger would export its own spans to localhost:4317,
                 # i.e. to whatever else listens there, and wait for it at shutdown.
                 "enable_tracing": False,
-                "http": {"endpoint": f"{HOST}:{ports['query_http']}"},
-                "grpc": {"endpoint": f"{HOST}:{ports['query_grpc']}"},
+                "http": {"endpoint": f"{host}:{ports['query_http']}"},
+                "grpc": {"endpoint": f"{host}:{ports['query_grpc']}"},
             },
             "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": 100000}}}},
             "healthcheckv2": {
                 "use_v2": True,
-                "http": {"endpoint": f"{HOST}:{ports['health']}"},
+                "http": {"endpoint": f"{host}:{ports['health']}"},
             },
         },
         "receivers": {
             "otlp": {
                 "protocols": {
-                    "grpc": {"endpoint": f"{HOST}:{ports['otlp_grpc']}"},
-                    "http": {"endpoint": f"{HOST}:{ports['otlp_http']}"},
+                    "grpc": {"endpoint": f"{host}:{ports['otlp_grpc']}"},
+                    "http": {"endpoint": f"{host}:{ports['otlp_http']}"},
                 }
             }
         },
@@ -851,22 +851,26 @@ def jaeger_config(ports: dict[str, int]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def run_jaeger(binary: Path, workdir: Path, startup_timeout: float = 60.0) -> Iterator[Jaeger]:
+def run_jaeger(
+    binary: Path, workdir: Path, startup_timeout: float = 60.0, host: str = HOST
+) -> Iterator[Jaeger]:
+    """Jaeger with every endpoint on `host`: 127.0.0.1, or for the real-pod tier the host's
+    address on the pod bridge, which relay pods reach (and nothing off this machine)."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports = {
         k: free_port() for k in ("otlp_grpc", "otlp_http", "query_http", "query_grpc", "health")
     }
     config = workdir / "jaeger.yaml"
-    config.write_text(yaml.safe_dump(jaeger_config(ports)))
-    env = {**os.environ, "JAEGER_LISTEN_HOST": HOST}
+    config.write_text(yaml.safe_dump(jaeger_config(ports, host)))
+    env = {**os.environ, "JAEGER_LISTEN_HOST": host}
     proc = ManagedProcess(
         "jaeger", [str(binary), f"--config={config}"], workdir / "jaeger.log", env=env
     ).start()
     jaeger = Jaeger(
-        otlp_http_endpoint=f"http://{HOST}:{ports['otlp_http']}",
-        otlp_grpc_endpoint=f"{HOST}:{ports['otlp_grpc']}",
-        query_url=f"http://{HOST}:{ports['query_http']}",
-        health_url=f"http://{HOST}:{ports['health']}/status",
+        otlp_http_endpoint=f"http://{host}:{ports['otlp_http']}",
+        otlp_grpc_endpoint=f"{host}:{ports['otlp_grpc']}",
+        query_url=f"http://{host}:{ports['query_http']}",
+        health_url=f"http://{host}:{ports['health']}/status",
         process=proc,
     )
     try:

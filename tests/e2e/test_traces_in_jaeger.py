@@ -8,7 +8,6 @@ import asyncio
 import datetime as dt
 import json
 import secrets
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -17,59 +16,10 @@ import pytest
 from gamecluster_client import Connection
 from support.processes import RedisProcess, RelayProcess
 
-from .cluster import E2EError, Jaeger, wait_until
+from .cluster import Jaeger, wait_until
+from .traces import PROCESS, PUBLISH, flat_spans, room_spans
 
 pytestmark = pytest.mark.e2e
-
-PUBLISH, PROCESS = "publish room", "process room"
-
-
-def _rfc3339(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _value(v: dict[str, Any]) -> Any:
-    """An OTLP AnyValue in JSON (stringValue, intValue as a string, ...) as a Python value."""
-    for key in ("stringValue", "boolValue", "doubleValue"):
-        if key in v:
-            return v[key]
-    if "intValue" in v:
-        return int(v["intValue"])
-    return v
-
-
-def _attrs(items: list[dict[str, Any]] | None) -> dict[str, Any]:
-    return {a["key"]: _value(a.get("value") or {}) for a in items or []}
-
-
-def flat_spans(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Jaeger's /api/v3/traces answer ({"result": {"resourceSpans": [...]}}, OTLP JSON) as one
-    list of spans, each with its resource attributes under "resource"."""
-    out = []
-    for rs in (payload.get("result") or {}).get("resourceSpans") or []:
-        resource = _attrs((rs.get("resource") or {}).get("attributes"))
-        for ss in rs.get("scopeSpans") or []:
-            for span in ss.get("spans") or []:
-                out.append({**span, "resource": resource, "attrs": _attrs(span.get("attributes"))})
-    return out
-
-
-def query_traces(jaeger: Jaeger, since: dt.datetime, **params: str) -> list[dict[str, Any]]:
-    """GET /api/v3/traces for service relay since `since`; spans of every trace found."""
-    until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
-    query = {
-        "query.service_name": "relay",
-        "query.start_time_min": _rfc3339(since),
-        "query.start_time_max": _rfc3339(until),
-        "query.num_traces": "100",  # Jaeger refuses a search without a depth
-        **params,
-    }
-    try:
-        return flat_spans(jaeger.get(f"/api/v3/traces?{urllib.parse.urlencode(query)}"))
-    except E2EError as err:
-        if "HTTP 404" in str(err):  # "trace not found": nothing stored yet
-            return []
-        raise
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
@@ -104,11 +54,7 @@ async def test_one_publish_is_one_trace_in_jaeger_with_spans_from_both_pods(
             assert (event["op"], event["data"]) == ("event", data), event
 
     def one_trace() -> list[dict[str, Any]] | None:
-        spans = [
-            s
-            for s in query_traces(jaeger, since)
-            if s["attrs"].get("messaging.destination.name") == room
-        ]
+        spans = room_spans(jaeger, since, room)
         producers = [s for s in spans if s["name"] == PUBLISH]
         consumers = [s for s in spans if s["name"] == PROCESS]
         return spans if len(producers) == 1 and len(consumers) == 2 else None

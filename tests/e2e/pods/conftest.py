@@ -13,6 +13,8 @@ Fixtures:
   redis_image, pause_image  session  the local stand-ins (cached)
   real_cluster session  RealCluster: `cluster` (the tier's own control plane, API server on the
                         pod bridge, kwok node tainted) and `node` (containerd + kubelet, Ready)
+  pod_jaeger   session  Jaeger with every endpoint on the host's bridge address, which pods
+                        reach (OTLP from relay pods) and the tests query
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..cluster import (
     FAKE_NODE_LABEL,
     Cluster,
     E2EError,
+    Jaeger,
     ManagedProcess,
     ProcessGroup,
     Tools,
@@ -37,6 +40,7 @@ from ..cluster import (
     free_port,
     http_get,
     local_control_plane,
+    run_jaeger,
     tools_dir,
     volume_provisioner,
     wait_until,
@@ -53,6 +57,7 @@ CONTROL_PLANE_TOOLS = (
     "kube-scheduler",
     "kwok",
     "kubectl",
+    "jaeger",  # the relay pods' traces go to it (test_release_real.py)
 )
 SYSTEM_COMMANDS = ("containerd", "runc", "ctr", "buildah", "mmdebstrap", "iptables", "gcc")
 
@@ -86,7 +91,6 @@ class PodsTools:
 
 @pytest.fixture(scope="session")
 def pods_tools() -> PodsTools:
-    # The control plane without jaeger (no traces asserted here yet) and kwok's stages.
     control = ensure_tools(CONTROL_PLANE_TOOLS, stream=False)
     ensure_tools(["--node"], stream=False)
     node_bin = tools_dir("--node-bin-dir")
@@ -113,8 +117,13 @@ def base_image(buildah: Buildah, tmp_path_factory: pytest.TempPathFactory) -> st
 
 
 @pytest.fixture(scope="session")
-def project_image(buildah: Buildah, base_image: str) -> str:
-    return images.build_project(buildah, REPO, base_image)
+def node_base_image(buildah: Buildah, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return images.ensure_base_node(buildah, tmp_path_factory.mktemp("rootfs-node"))
+
+
+@pytest.fixture(scope="session")
+def project_image(buildah: Buildah, base_image: str, node_base_image: str) -> str:
+    return images.build_project(buildah, REPO, base_image, node_base_image)
 
 
 @pytest.fixture(scope="session")
@@ -195,6 +204,20 @@ def real_cluster(
             group.stop_all()
         finally:
             host.restore()
+
+
+@pytest.fixture(scope="session")
+def pod_jaeger(
+    real_cluster: RealCluster, pods_tools: PodsTools, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Jaeger]:
+    """Jaeger on the host's bridge address (the bridge exists while `real_cluster` does):
+    relay pods export to it, the tests query it; stopped before the node goes."""
+    with run_jaeger(
+        pods_tools.control_plane.path("jaeger"),
+        tmp_path_factory.mktemp("jaeger"),
+        host=node_mod.BRIDGE_IP,
+    ) as jaeger:
+        yield jaeger
 
 
 def node_ready(node: Any) -> bool:

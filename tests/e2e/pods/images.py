@@ -5,13 +5,16 @@ built locally with buildah (vfs storage in the e2e cache, `--isolation chroot`, 
 
 - a Python base image from Debian packages (mmdebstrap: python3.11, venv, pip, `python` on PATH),
   a local stand-in for `python:3.11-slim-bookworm`, passed as the Dockerfile's PYTHON_IMAGE;
+- a Node base image the same way, from Debian trixie (nodejs 20, the Dockerfile's major; bookworm
+  has only 18, below clients/js's `engines`), a local stand-in for `node:20-bookworm-slim`, passed
+  as NODE_IMAGE (the stage that builds clients/js's bundle; its npm reaches the npm registry);
 - the project image from the real Dockerfile (its pip reaches PyPI);
 - a Redis image from Debian's redis-server, under the name the operator deploys
   (`gamecluster.spec.Redis().image`): a local stand-in for the official image;
 - the pause image, from the pause binary tools.sh builds (k8s.io/kubernetes build/pause).
 
 Images are exported as docker archives and imported into the node's containerd (node.py).
-The base, Redis and pause images are cached in the buildah store across sessions (their names
+The two bases, Redis and pause images are cached in the buildah store across sessions (their names
 carry the recipe's version); the project image is built every session: that build is a test.
 """
 
@@ -29,13 +32,17 @@ from ..cluster import E2EError
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SUITE = "bookworm"
+# Node 20 is in trixie only. The js stage's one output is a JavaScript file, so the suite of
+# that stage's rootfs does not reach the runtime image.
+NODE_SUITE = "trixie"
 # A recipe change must change the name: cached images are found by name.
 BASE_PYTHON_IMAGE = "localhost/gamecluster-e2e-python:3.11-bookworm-r1"
+BASE_NODE_IMAGE = "localhost/gamecluster-e2e-node:20-trixie-r1"
 PROJECT_IMAGE = "docker.io/library/gamecluster:0.1.0"  # chart: repository gamecluster, appVersion
 REDIS_IMAGE = Redis().image  # what the operator puts in the Redis StatefulSet
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"  # tools.sh PAUSE_VERSION; containerd sandbox_image
-# The machine's extra CAs (a TLS-inspecting egress on some machines): trusted in the base image
-# too, so that pip inside the build reaches PyPI exactly as it does on the host.
+# The machine's extra CAs (a TLS-inspecting egress on some machines): trusted in the base images
+# too, so that pip and npm inside the build reach PyPI and npm's registry as they do on the host.
 HOST_EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
 
 BASE_PACKAGES = (
@@ -45,6 +52,10 @@ BASE_PACKAGES = (
     "python-is-python3",
     "ca-certificates",
 )
+NODE_PACKAGES = ("nodejs", "npm", "ca-certificates")
+# Node's TLS trusts its own bundled CAs, not /etc/ssl/certs: point it at the system bundle
+# (with the machine's extra CAs in it) so that npm ci reaches the registry through the egress.
+NODE_ENV = ("NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt",)
 REDIS_PACKAGES = ("redis-server", "redis-tools")
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -83,6 +94,8 @@ class Buildah:
 
     def timed(self, what: str, t0: float) -> None:
         self.timings[what] = round(time.monotonic() - t0, 1)
+        with self.log.open("a") as out:
+            out.write(f"# built {what} in {self.timings[what]} s\n")
 
 
 def _run(argv: list[str], log: Path, *, timeout: float, cwd: Path | None = None) -> str:
@@ -104,7 +117,13 @@ def _missing_commands(*names: str) -> list[str]:
 
 
 def _rootfs_image(
-    b: Buildah, name: str, packages: tuple[str, ...], workdir: Path, cmd: str
+    b: Buildah,
+    name: str,
+    packages: tuple[str, ...],
+    workdir: Path,
+    cmd: str,
+    env: tuple[str, ...] = (),
+    suite: str = DEBIAN_SUITE,
 ) -> None:
     """mmdebstrap a minbase rootfs with `packages`, commit it as image `name` (from scratch)."""
     t0 = time.monotonic()
@@ -125,7 +144,7 @@ def _rootfs_image(
             "--variant=minbase",
             f"--include={','.join(packages)}",
             *hooks,
-            DEBIAN_SUITE,
+            suite,
             str(tarball),
             DEBIAN_MIRROR,
         ],
@@ -135,7 +154,8 @@ def _rootfs_image(
     ctr = b.run("from", "--pull-never", "scratch")
     try:
         b.run("add", ctr, str(tarball), "/")
-        b.run("config", "--env", PATH_ENV, "--env", "LANG=C.UTF-8", "--cmd", cmd, ctr)
+        env_args = [arg for e in (PATH_ENV, "LANG=C.UTF-8", *env) for arg in ("--env", e)]
+        b.run("config", *env_args, "--cmd", cmd, ctr)
         b.run("commit", "--rm", ctr, name)
     except BaseException:
         subprocess.run(b.argv("rm", ctr), capture_output=True, check=False)
@@ -149,6 +169,14 @@ def ensure_base_python(b: Buildah, workdir: Path) -> str:
     if not b.exists(BASE_PYTHON_IMAGE):
         _rootfs_image(b, BASE_PYTHON_IMAGE, BASE_PACKAGES, workdir, "python3")
     return BASE_PYTHON_IMAGE
+
+
+def ensure_base_node(b: Buildah, workdir: Path) -> str:
+    if not b.exists(BASE_NODE_IMAGE):
+        _rootfs_image(
+            b, BASE_NODE_IMAGE, NODE_PACKAGES, workdir, "node", NODE_ENV, suite=NODE_SUITE
+        )
+    return BASE_NODE_IMAGE
 
 
 def ensure_redis(b: Buildah, workdir: Path) -> str:
@@ -173,8 +201,8 @@ def ensure_pause(b: Buildah, pause_binary: Path) -> str:
     return PAUSE_IMAGE
 
 
-def build_project(b: Buildah, context: Path, base: str) -> str:
-    """`buildah bud` of the repository's Dockerfile on the local base image."""
+def build_project(b: Buildah, context: Path, base: str, node_base: str) -> str:
+    """`buildah bud` of the repository's Dockerfile on the local base images."""
     t0 = time.monotonic()
     b.run(
         "bud",
@@ -184,6 +212,8 @@ def build_project(b: Buildah, context: Path, base: str) -> str:
         "--layers=false",
         "--build-arg",
         f"PYTHON_IMAGE={base}",
+        "--build-arg",
+        f"NODE_IMAGE={node_base}",
         "-t",
         PROJECT_IMAGE,
         "-f",

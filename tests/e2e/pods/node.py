@@ -12,7 +12,8 @@ puts them back afterwards, also when a test fails:
 - iptables (v4 and v6): `iptables-save` before, `iptables-restore` of that snapshot after;
 - mounts: every mount point that appeared under the work folder is unmounted (lazily);
 - cgroups: the kubelet's `kubepods` trees are removed when they were not there before;
-- the bridge link is deleted; /var/log/containers symlinks the kubelet made are removed.
+- the pods' veths (ports of the bridge) and the bridge link are deleted; /var/log/containers
+  symlinks the kubelet made are removed.
 Pod traffic is confined: pods reach each other and the host's bridge address, nothing else
 (a FORWARD rule drops anything leaving the bridge for another interface, no masquerading).
 """
@@ -126,6 +127,7 @@ class HostChanges:
     def restore(self) -> None:
         self._try("mounts", self._unmount_under_workdir)
         self._try("cgroups", self._remove_kubepods)
+        self._try("veths", _delete_bridge_ports)
         self._try("bridge", lambda: sh("ip", "link", "del", BRIDGE, check=False))
         for tool, saved in self.iptables.items():
             self._try(f"{tool}-restore", _iptables_restore, tool, saved)
@@ -165,6 +167,20 @@ class HostChanges:
         for p in VAR_LOG_CONTAINERS.iterdir():
             if p.name not in self.var_log_containers_before:
                 p.unlink()
+
+
+def _delete_bridge_ports() -> None:
+    """Delete the host ends of the pods' veth pairs (deleting one end deletes both). Stopped
+    without CNI DEL, a pod's network namespace outlives its unmounted file for as long as a
+    socket in it lingers (an orphaned TCP connection retransmitting its FIN), and its veth
+    with it: seen as `veth...@if2` links left on the host after the bridge was gone."""
+    out = sh("ip", "-o", "link", "show", "master", BRIDGE, check=False)
+    for line in out.splitlines():
+        name = line.split(":", 2)[1].strip().split("@", 1)[0]
+        sh("ip", "link", "del", name, check=False)
+    left = sh("ip", "-o", "link", "show", "master", BRIDGE, check=False).strip()
+    if left:
+        raise E2EError(f"veths still on {BRIDGE}: {left}")
 
 
 def _iptables_restore(tool: str, saved: str) -> None:

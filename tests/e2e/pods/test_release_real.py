@@ -10,16 +10,29 @@ file order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import datetime as dt
+import secrets
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import helm_python as helm
 import pytest
 
+from gamecluster_client import (
+    Backoff,
+    Client,
+    Event,
+    Lost,
+    Recovered,
+    Room,
+    RoomMessage,
+)
 from gamecluster_client import Connection as RelayClient
 
-from ..cluster import Cluster, E2EError
+from ..cluster import Cluster, E2EError, Jaeger, wait_until
 from ..release import CHART_DIR, OPERATOR_COMPONENT, RELEASE
+from ..traces import PROCESS, PUBLISH, room_spans
 from . import images
 from . import node as node_mod
 from .conftest import RealCluster
@@ -80,15 +93,20 @@ def ready(pod: dict[str, Any]) -> bool:
     return pod.get("status", {}).get("phase") == "Running" and conds.get("Ready") == "True"
 
 
-def wait_pods_ready(inst: Installed, selector: str, count: int, what: str) -> list[dict[str, Any]]:
+def wait_pods_ready(
+    inst: Installed, selector: str, count: int, what: str, ns: str | None = None
+) -> list[dict[str, Any]]:
+    """Exactly `count` pods of `selector`, all Running and Ready (in `ns`, else the release's)."""
+    ns = ns or inst.namespace
+
     def probe() -> list[dict[str, Any]] | None:
-        found = pods(inst.cluster, inst.namespace, selector)
+        found = pods(inst.cluster, ns, selector)
         return found if len(found) == count and all(ready(p) for p in found) else None
 
     try:
         return inst.cluster.wait_for(what, probe, timeout=READY_TIMEOUT)
     except E2EError as err:
-        raise E2EError(f"{err}\n{diagnose(inst.cluster, inst.namespace)}") from None
+        raise E2EError(f"{err}\n{diagnose(inst.cluster, ns)}") from None
 
 
 OPERATOR_REPLICAS = 2
@@ -162,11 +180,11 @@ def test_helm_test_passes(installed: Installed) -> None:
     assert "relay check: ok" in str(result.get("logs")), result
 
 
-def mint_token(inst: Installed, pod: str, sub: str) -> str:
+def mint_token(inst: Installed, pod: str, sub: str, ns: str | None = None) -> str:
     """A token from the generated Secret, minted by the relay's own CLI inside a relay pod
     (RELAY_JWT_SECRET, audience and issuer are that pod's environment)."""
     token = inst.cluster.kubectl(
-        "exec", "-n", inst.namespace, pod, "--", "relay", "token", "--sub", sub,
+        "exec", "-n", ns or inst.namespace, pod, "--", "relay", "token", "--sub", sub,
         "--join", "chat:*", "--publish", "chat:*", "--ttl", "5m",
     ).stdout.strip()  # fmt: skip
     assert token.count(".") == 2, token[:40]
@@ -213,14 +231,251 @@ async def test_connections_column_counts_real_clients(installed: Installed) -> N
     ):
 
         def counted() -> str | None:
-            out = cluster.kubectl("get", GC, "demo", "-n", ns).stdout
-            header, row = out.splitlines()[:2]
-            cell = row[header.index("CONNECTIONS") :].split()[0]
+            cell = column(cluster, ns, "demo", "CONNECTIONS")
             return cell if cell.isdigit() and int(cell) >= 3 else None
 
         # In a thread: the clients' connections stay served by this event loop meanwhile.
         cell = await asyncio.to_thread(cluster.wait_for, "CONNECTIONS column >= 3", counted, 120.0)
     assert int(cell) == 3
+
+
+PUBLISH_EVERY = 0.05
+"""Seconds between the publisher's events: 20 a second, under the demo's 50 per connection."""
+
+
+async def read_until(
+    room: Room, seen: list[RoomMessage], done: Callable[[list[Event]], bool], timeout: float
+) -> list[Event]:
+    """Read `room` into `seen` until `done(events so far)`; the events read."""
+    async with asyncio.timeout(timeout):
+        while True:
+            events = [m for m in seen if isinstance(m, Event)]
+            if done(events):
+                return events
+            seen.append(await room.receive())
+
+
+@pytest.mark.timeout(600)
+async def test_deleting_the_clients_relay_pod_resumes_it_on_the_other_exactly_once(
+    installed: Installed,
+) -> None:
+    """`kubectl delete pod` of the relay a client is on: the kubelet stops it (preStop, SIGTERM,
+    the relay's drain says `reconnect`), the client moves to the other pod and resumes its
+    durable room from its last position while events keep coming: each once, in order."""
+    cluster, ns = installed.cluster, installed.namespace
+    relays = wait_pods_ready(installed, DEMO_RELAYS, 2, "the demo's 2 relays")
+    (name_a, url_a), (name_b, url_b) = (
+        (p["metadata"]["name"], f"ws://{p['status']['podIP']}:8080/ws") for p in relays
+    )
+    fast = Backoff(min_delay=0.05, max_delay=0.5)
+    player = Client([url_a, url_b], token=mint_token(installed, name_a, "player"), backoff=fast)
+    publisher = Client([url_b], token=mint_token(installed, name_b, "publisher"), backoff=fast)
+    room_name = f"chat:resume-{secrets.token_hex(4)}"  # chat:* is durable in the demo
+    stop = asyncio.Event()
+    sent: list[int] = []
+
+    async def publish_until_stopped() -> None:
+        room = publisher.room(room_name)
+        while not stop.is_set():
+            n = len(sent)
+            await room.publish(n, id=f"n-{n}")
+            sent.append(n)
+            await asyncio.sleep(PUBLISH_EVERY)  # pacing (the rate limit), not a wait for state
+
+    async with player, publisher:
+        assert player.node == name_a  # the welcome's node is the pod's name
+        room = player.room(room_name)
+        joined = await room.join()
+        assert joined.epoch is not None and joined.recovered is None
+        seen: list[RoomMessage] = []
+        publishing = asyncio.create_task(publish_until_stopped())
+        try:
+            await read_until(room, seen, lambda events: len(events) >= 20, 60)
+            await asyncio.to_thread(
+                cluster.kubectl, "delete", "pod", "-n", ns, name_a, "--wait=false"
+            )
+            # Moved, and reading live events published after the move.
+            before_move = len([m for m in seen if isinstance(m, Event)])
+            await read_until(
+                room,
+                seen,
+                lambda events: player.node == name_b and len(events) >= before_move + 40,
+                120,
+            )
+        finally:
+            stop.set()
+            await publishing
+        events = await read_until(room, seen, lambda events: len(events) >= len(sent), 60)
+    assert [e.data for e in events] == sent == list(range(len(sent)))  # each once, in order
+    assert [e.offset for e in events] == list(range(1, len(sent) + 1))
+    recovered = [m for m in seen if isinstance(m, Recovered)]
+    assert len(recovered) == 1 and recovered[0].epoch == joined.epoch, recovered
+    assert not [m for m in seen if isinstance(m, Lost)]
+    assert player.stats.duplicates == player.stats.gaps == player.stats.not_recovered == 0
+    assert player.stats.connects == 2, player.stats
+    # The pod really went: the kubelet stopped it and the Deployment replaced it.
+    cluster.wait_for(
+        f"pod {name_a} gone",
+        lambda: cluster.get_or_none("pod", name_a, "-n", ns) is None or None,
+        timeout=120,
+    )
+    wait_pods_ready(installed, DEMO_RELAYS, 2, "2 relays again")
+
+
+def gamecluster(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "gamecluster.io/v1alpha1",
+        "kind": "GameCluster",
+        "metadata": {"name": name},
+        "spec": {"imagePullPolicy": "Never", **spec},
+    }
+
+
+def relays_of(name: str) -> str:
+    return f"app.kubernetes.io/instance={name},app.kubernetes.io/component=relay"
+
+
+def column(cluster: Cluster, ns: str, name: str, header: str) -> str:
+    """One cell of `kubectl get gc NAME` (the printer columns a user sees); "" when empty."""
+    out = cluster.kubectl("get", GC, name, "-n", ns).stdout
+    head, row = out.splitlines()[:2]
+    start = head.index(header)
+    # Cells start under their header; an empty cell is blanks up to the next header.
+    nxt = [head.index(h, start) for h in head[start:].split()[1:2]]
+    return row[start : nxt[0] if nxt else None].strip()
+
+
+AUTOSCALING = {
+    "enabled": True,
+    "minReplicas": 1,
+    "maxReplicas": 3,
+    "targetConnectionsPerReplica": 2,
+}
+"""Small on purpose: five connections recommend ceil(5 / 2) = 3 pods, the maximum."""
+
+
+@pytest.mark.timeout(900)
+async def test_autoscaler_scales_relays_on_real_load_reports(installed: Installed) -> None:
+    """The relay pods' load reports (in the GameCluster's own Redis pod) are what the in-cluster
+    operator reads: the CONNECTIONS column fills, and five connections on one pod scale the
+    relay Deployment from 1 to 3 (docs/operator.md, Scaling)."""
+    cluster = installed.cluster
+    with cluster.namespace("gc-autoscale") as ns:
+        cluster.apply(gamecluster("loaded", autoscaling=AUTOSCALING), "-n", ns)
+        [relay] = wait_pods_ready(installed, relays_of("loaded"), 1, "1 relay (minReplicas)", ns)
+
+        def status() -> dict[str, Any]:
+            return dict(cluster.get_json(GC, "loaded", "-n", ns).get("status") or {})
+
+        # Before any client: the load is known (every ready pod reported) and it is 0.
+        cluster.wait_for(
+            "load known: connections 0", lambda: status().get("connections") == 0 or None, 180
+        )
+        assert column(cluster, ns, "loaded", "CONNECTIONS") == "0"
+        name = relay["metadata"]["name"]
+        url = f"ws://{relay['status']['podIP']}:8080/ws"
+        token = mint_token(installed, name, "load", ns)
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(5):
+                await stack.enter_async_context(RelayClient(url, token=token))
+
+            def scaled() -> dict[str, Any] | None:
+                s = status()
+                auto = s.get("autoscaling") or {}
+                return s if s.get("connections") == 5 and auto.get("desiredReplicas") == 3 else None
+
+            # In a thread: the clients' connections stay served by this event loop meanwhile.
+            now = await asyncio.to_thread(
+                cluster.wait_for, "5 connections read, 3 pods decided", scaled, 180.0
+            )
+            assert now["desiredReplicas"] == 3
+            assert column(cluster, ns, "loaded", "CONNECTIONS") == "5"
+            assert column(cluster, ns, "loaded", "DESIRED") == "3"
+            deployment = cluster.get_json("deployment", "loaded-relay", "-n", ns)
+            assert deployment["spec"]["replicas"] == 3
+            await asyncio.to_thread(
+                wait_pods_ready, installed, relays_of("loaded"), 3, "3 relays (scaled up)", ns
+            )
+        events = cluster.get_json(
+            "events", "-n", ns, "--field-selector", "involvedObject.name=loaded,reason=ScaledUp"
+        )["items"]
+        # One decision, 1 -> 3 at once (the default policy allows +4 per 15 s).
+        assert [e["message"].split(":")[0] for e in events] == ["relay pods 1 -> 3"], events
+
+
+TRACED_SERVICE = "traced-relay"
+"""The operator's OTEL_SERVICE_NAME for GameCluster `traced`'s relay pods."""
+
+
+@pytest.mark.timeout(900)
+async def test_relay_pods_export_one_trace_with_spans_from_two_pods(
+    installed: Installed, pod_jaeger: Jaeger
+) -> None:
+    """A GameCluster with tracing on: its relay pods send OTLP (gRPC) to the Jaeger process on
+    the host; one publish is one trace with its `publish room` span from the publisher's pod
+    and a `process room` span from each pod that delivered it, under the service name and
+    resource attributes the operator gives them (OTEL_SERVICE_NAME `traced-relay`)."""
+    cluster = installed.cluster
+    tracing = {
+        "enabled": True,
+        "otlpEndpoint": f"http://{pod_jaeger.otlp_grpc_endpoint}",
+        "protocol": "grpc",
+        "samplingRatio": 1.0,
+    }
+    with cluster.namespace("gc-traced") as ns:
+        cluster.apply(gamecluster("traced", replicas=2, tracing=tracing), "-n", ns)
+        relays = wait_pods_ready(installed, relays_of("traced"), 2, "2 traced relays", ns)
+        (name_a, url_a), (name_b, url_b) = (
+            (p["metadata"]["name"], f"ws://{p['status']['podIP']}:8080/ws") for p in relays
+        )
+        token = mint_token(installed, name_a, "tracer", ns)
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+        room = f"chat:trace-{secrets.token_hex(4)}"  # this test's spans, whatever else is there
+        data = {"move": "e2e4"}
+        async with (
+            RelayClient(url_a, token=token) as publisher,
+            RelayClient(url_a, token=token) as on_a,
+            RelayClient(url_b, token=token) as on_b,
+        ):
+            assert (on_a.welcome.get("node"), on_b.welcome.get("node")) == (name_a, name_b)
+            for client in (publisher, on_a, on_b):
+                await client.join(room)
+            await publisher.publish(room, data, id="move-1")
+            for client in (publisher, on_a, on_b):
+                event = await client.receive(timeout=15)
+                assert (event["op"], event["data"]) == ("event", data), event
+
+        def one_trace() -> list[dict[str, Any]] | None:
+            spans = room_spans(pod_jaeger, since, room, service=TRACED_SERVICE)
+            producers = [s for s in spans if s["name"] == PUBLISH]
+            consumers = [s for s in spans if s["name"] == PROCESS]
+            return spans if len(producers) == 1 and len(consumers) == 2 else None
+
+        def why() -> str:
+            return (
+                f"services in Jaeger: {pod_jaeger.services()}\n{pod_jaeger.process.tail()}\n"
+                + diagnose(cluster, ns)
+            )
+
+        # The SDK's batch processor sends within its schedule delay (5 s by default).
+        spans = await asyncio.to_thread(
+            wait_until,
+            f"the trace of one publish to {room} in Jaeger",
+            one_trace,
+            timeout=60.0,
+            interval=0.5,
+            on_timeout=why,
+        )
+    assert len({s["traceId"] for s in spans}) == 1, spans
+    [producer] = [s for s in spans if s["name"] == PUBLISH]
+    consumers = {s["resource"]["service.instance.id"]: s for s in spans if s["name"] == PROCESS}
+    assert producer["resource"]["service.instance.id"] == name_a  # RELAY_NODE_ID: the pod name
+    assert sorted(consumers) == sorted([name_a, name_b])  # the event crossed Redis to pod b
+    for consumer in consumers.values():
+        assert consumer["parentSpanId"] == producer["spanId"]
+    for span in spans:
+        assert span["resource"]["service.name"] == TRACED_SERVICE
+        assert span["resource"]["k8s.namespace.name"] == ns
 
 
 @pytest.mark.timeout(600)
