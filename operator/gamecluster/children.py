@@ -11,6 +11,13 @@ from typing import Any, Final
 from gamecluster import names
 
 REDIS_PORT: Final = 6379
+SENTINEL_PORT: Final = 26379
+SENTINELS: Final = 3
+"""Sentinel pods per GameCluster (with ``redis.replicas`` > 0)."""
+SENTINEL_QUORUM: Final = 2
+"""Of SENTINELS: a master is failed over when 2 agree it is down (and a majority, 2,
+authorises the failover), so one Sentinel down or partitioned changes nothing."""
+MAX_SHARDS: Final = 64
 
 Manifest = dict[str, Any]
 
@@ -47,6 +54,32 @@ class Owner:
     def redis(self) -> str:
         """Redis StatefulSet and its headless Service."""
         return f"{self.name}-redis"
+
+    def redis_shard(self, shard: int) -> str:
+        """StatefulSet of one shard with replicas: short, so that ``<name>-rs63`` (50) fits
+        the controller-revision-hash label (63) for every GameCluster name (46)."""
+        return f"{self.name}-rs{shard}"
+
+    @property
+    def sentinel(self) -> str:
+        """Sentinel StatefulSet, its headless Service, NetworkPolicy and PDB (51: fits)."""
+        return f"{self.name}-sent"
+
+    @staticmethod
+    def shard_master(shard: int) -> str:
+        """A shard's Sentinel master name, which is also its shard name for room placement."""
+        return f"shard-{shard}"
+
+    def redis_host(self, shard: int, ordinal: int) -> str:
+        """DNS name of one pod of a shard's StatefulSet (the headless Service's record)."""
+        return f"{self.redis_shard(shard)}-{ordinal}.{self.redis}.{self.namespace}.svc"
+
+    def sentinel_addresses(self) -> list[str]:
+        """``host:port`` of every Sentinel pod, as the relay's RELAY_REDIS_SENTINELS."""
+        return [
+            f"{self.sentinel}-{index}.{self.sentinel}.{self.namespace}.svc:{SENTINEL_PORT}"
+            for index in range(SENTINELS)
+        ]
 
     @property
     def redis_secret(self) -> str:
@@ -104,6 +137,13 @@ class Owner:
             for index in range(shards)
         ]
 
+    def sentinel_shard_urls(self, shards: int) -> list[str]:
+        """Managed mode with replicas: ``<shard>=sentinel://<shard>``, the master's name."""
+        return [
+            f"{self.shard_master(index)}=sentinel://{self.shard_master(index)}"
+            for index in range(shards)
+        ]
+
     def endpoint(self, port: int, path: str) -> str:
         return f"ws://{self.service}.{self.namespace}.svc:{port}{path}"
 
@@ -123,8 +163,12 @@ class ChildRef:
         return cls(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
 
 
-def every_possible_child(owner: Owner) -> list[ChildRef]:
-    """All children any spec could produce, so the reconciler can prune the unwanted ones."""
+def every_possible_child(owner: Owner, shard_sets: int = MAX_SHARDS) -> list[ChildRef]:
+    """All children any spec could produce, so the reconciler can prune the unwanted ones.
+
+    ``shard_sets``: how many per-shard StatefulSets (``redis.replicas`` > 0) to look for. Only
+    a spec change (a full pass) can make one unwanted, so drift passes look for none and
+    spare the API server 64 GETs each."""
     ns = owner.namespace
     return [
         ChildRef("v1", "ConfigMap", ns, owner.relay),
@@ -140,4 +184,10 @@ def every_possible_child(owner: Owner) -> list[ChildRef]:
         ChildRef("v1", "Secret", ns, owner.redis_acl),
         ChildRef("policy/v1", "PodDisruptionBudget", ns, owner.redis),
         ChildRef("networking.k8s.io/v1", "NetworkPolicy", ns, owner.redis),
+        # Redis with replicas: a StatefulSet per shard, the Sentinels.
+        *(ChildRef("apps/v1", "StatefulSet", ns, owner.redis_shard(i)) for i in range(shard_sets)),
+        ChildRef("apps/v1", "StatefulSet", ns, owner.sentinel),
+        ChildRef("v1", "Service", ns, owner.sentinel),
+        ChildRef("policy/v1", "PodDisruptionBudget", ns, owner.sentinel),
+        ChildRef("networking.k8s.io/v1", "NetworkPolicy", ns, owner.sentinel),
     ]

@@ -43,7 +43,7 @@ def max_memory_bytes(spec: GameClusterSpec) -> int | None:
     return None if sized is None else int(quantity_bytes(sized) * MAX_MEMORY_SHARE)
 
 
-def _memory_args(spec: GameClusterSpec) -> list[str]:
+def memory_args(spec: GameClusterSpec) -> list[str]:
     limit = max_memory_bytes(spec)
     bound = [] if limit is None else ["--maxmemory", str(limit)]
     return [*bound, "--maxmemory-policy", spec.redis.max_memory_policy]
@@ -89,7 +89,7 @@ def statefulset(
             f"{ACL_DIR}/{secrets.ACL_FILE_KEY}",
             "--protected-mode",
             "yes",
-            *_memory_args(spec),
+            *memory_args(spec),
         ],
         "env": [
             {
