@@ -148,6 +148,12 @@ class Owner:
         return f"ws://{self.service}.{self.namespace}.svc:{port}{path}"
 
 
+def is_shard_set(owner: Owner, name: str) -> bool:
+    """Whether a StatefulSet name is one of ``owner``'s per-shard sets."""
+    prefix = f"{owner.name}-rs"
+    return name.startswith(prefix) and name[len(prefix) :].isdigit()
+
+
 @dataclass(frozen=True)
 class ChildRef:
     """Enough to GET, apply or DELETE one child."""
@@ -163,12 +169,10 @@ class ChildRef:
         return cls(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
 
 
-def every_possible_child(owner: Owner, shard_sets: int = MAX_SHARDS) -> list[ChildRef]:
-    """All children any spec could produce, so the reconciler can prune the unwanted ones.
-
-    ``shard_sets``: how many per-shard StatefulSets (``redis.replicas`` > 0) to look for. Only
-    a spec change (a full pass) can make one unwanted, so drift passes look for none and
-    spare the API server 64 GETs each."""
+def every_possible_child(owner: Owner) -> list[ChildRef]:
+    """All children any spec could produce, so the reconciler can prune the unwanted ones;
+    except the per-shard StatefulSets (``<name>-rs<N>``, up to 64): the reconciler lists those
+    by label, one call instead of 64 GETs (``is_shard_set``)."""
     ns = owner.namespace
     return [
         ChildRef("v1", "ConfigMap", ns, owner.relay),
@@ -184,8 +188,7 @@ def every_possible_child(owner: Owner, shard_sets: int = MAX_SHARDS) -> list[Chi
         ChildRef("v1", "Secret", ns, owner.redis_acl),
         ChildRef("policy/v1", "PodDisruptionBudget", ns, owner.redis),
         ChildRef("networking.k8s.io/v1", "NetworkPolicy", ns, owner.redis),
-        # Redis with replicas: a StatefulSet per shard, the Sentinels.
-        *(ChildRef("apps/v1", "StatefulSet", ns, owner.redis_shard(i)) for i in range(shard_sets)),
+        # Redis with replicas: the Sentinels (the shard sets are listed, see above).
         ChildRef("apps/v1", "StatefulSet", ns, owner.sentinel),
         ChildRef("v1", "Service", ns, owner.sentinel),
         ChildRef("policy/v1", "PodDisruptionBudget", ns, owner.sentinel),

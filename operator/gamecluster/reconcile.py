@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from gamecluster import children as children_mod
-from gamecluster import redis_auth
+from gamecluster import names, redis_auth
 from gamecluster import status as status_mod
 from gamecluster.children import ChildRef, Manifest, Owner
 from gamecluster.cluster import Cluster, ClusterError
@@ -307,8 +307,20 @@ class Reconciler:
         return live, applied, failures
 
     def _prune(self, owner: Owner, wanted: set[ChildRef], *, full: bool) -> None:
-        shard_sets = children_mod.MAX_SHARDS if full else 0
-        for ref in children_mod.every_possible_child(owner, shard_sets):
+        candidates = children_mod.every_possible_child(owner)
+        if full:  # only a spec change (a full pass) can make a shard set unwanted
+            listed = self.cluster.list_objects(
+                "apps/v1",
+                "StatefulSet",
+                owner.namespace,
+                owner.selector_string(names.COMPONENT_REDIS),
+            )
+            candidates += [
+                ChildRef("apps/v1", "StatefulSet", owner.namespace, item["metadata"]["name"])
+                for item in listed
+                if children_mod.is_shard_set(owner, item["metadata"]["name"])
+            ]
+        for ref in candidates:
             if ref in wanted:
                 continue
             obj = self.cluster.get(ref)

@@ -262,12 +262,15 @@ def test_replicas_are_bounded(replicas: int) -> None:
         parse({"redis": {"replicas": replicas}})
 
 
-def test_pruning_looks_for_shard_sets_only_when_asked() -> None:
+def test_shard_sets_are_found_by_name_for_pruning() -> None:
     owner = Owner("arena", "games", "u")
-    every = {ref.name for ref in children_mod.every_possible_child(owner)}
-    assert {"arena-rs0", "arena-rs63", "arena-sent"} <= every
-    drift = {ref.name for ref in children_mod.every_possible_child(owner, 0)}
-    assert "arena-rs0" not in drift and "arena-sent" in drift
+    assert children_mod.is_shard_set(owner, "arena-rs0")
+    assert children_mod.is_shard_set(owner, "arena-rs63")
+    assert not children_mod.is_shard_set(owner, "arena-redis")
+    assert not children_mod.is_shard_set(owner, "arena-rsx")
+    assert not children_mod.is_shard_set(Owner("are", "games", "u"), "arena-rs0")
+    static = {ref.name for ref in children_mod.every_possible_child(owner)}
+    assert "arena-sent" in static and "arena-rs0" not in static
 
 
 class Secrets:

@@ -1,6 +1,7 @@
 """Managed Redis: one StatefulSet pod per shard, addressed through a headless Service.
 
-Shards are independent (no replication, no Redis Cluster): the relay spreads rooms over the
+Without ``redis.replicas`` (with them: manifests.redis_ha, whose shard sets reuse this pod).
+Shards are independent (no Redis Cluster): the relay spreads rooms over the
 shard list by rendezvous hashing, so the pods start in parallel. AOF is on so a restarted pod
 keeps its room streams; persistence is on by default (a PVC per shard), since with it off
 the AOF lives in an emptyDir and survives container restarts but not pod rescheduling.
