@@ -11,6 +11,13 @@ from typing import Any, Final
 from gamecluster import names
 
 REDIS_PORT: Final = 6379
+SENTINEL_PORT: Final = 26379
+SENTINELS: Final = 3
+"""Sentinel pods per GameCluster (with ``redis.replicas`` > 0)."""
+SENTINEL_QUORUM: Final = 2
+"""Of SENTINELS: a master is failed over when 2 agree it is down (and a majority, 2,
+authorises the failover), so one Sentinel down or partitioned changes nothing."""
+MAX_SHARDS: Final = 64
 
 Manifest = dict[str, Any]
 
@@ -47,6 +54,32 @@ class Owner:
     def redis(self) -> str:
         """Redis StatefulSet and its headless Service."""
         return f"{self.name}-redis"
+
+    def redis_shard(self, shard: int) -> str:
+        """StatefulSet of one shard with replicas: short, so that ``<name>-rs63`` (50) fits
+        the controller-revision-hash label (63) for every GameCluster name (46)."""
+        return f"{self.name}-rs{shard}"
+
+    @property
+    def sentinel(self) -> str:
+        """Sentinel StatefulSet, its headless Service, NetworkPolicy and PDB (51: fits)."""
+        return f"{self.name}-sent"
+
+    @staticmethod
+    def shard_master(shard: int) -> str:
+        """A shard's Sentinel master name, which is also its shard name for room placement."""
+        return f"shard-{shard}"
+
+    def redis_host(self, shard: int, ordinal: int) -> str:
+        """DNS name of one pod of a shard's StatefulSet (the headless Service's record)."""
+        return f"{self.redis_shard(shard)}-{ordinal}.{self.redis}.{self.namespace}.svc"
+
+    def sentinel_addresses(self) -> list[str]:
+        """``host:port`` of every Sentinel pod, as the relay's RELAY_REDIS_SENTINELS."""
+        return [
+            f"{self.sentinel}-{index}.{self.sentinel}.{self.namespace}.svc:{SENTINEL_PORT}"
+            for index in range(SENTINELS)
+        ]
 
     @property
     def redis_secret(self) -> str:
@@ -104,8 +137,21 @@ class Owner:
             for index in range(shards)
         ]
 
+    def sentinel_shard_urls(self, shards: int) -> list[str]:
+        """Managed mode with replicas: ``<shard>=sentinel://<shard>``, the master's name."""
+        return [
+            f"{self.shard_master(index)}=sentinel://{self.shard_master(index)}"
+            for index in range(shards)
+        ]
+
     def endpoint(self, port: int, path: str) -> str:
         return f"ws://{self.service}.{self.namespace}.svc:{port}{path}"
+
+
+def is_shard_set(owner: Owner, name: str) -> bool:
+    """Whether a StatefulSet name is one of ``owner``'s per-shard sets."""
+    prefix = f"{owner.name}-rs"
+    return name.startswith(prefix) and name[len(prefix) :].isdigit()
 
 
 @dataclass(frozen=True)
@@ -124,7 +170,9 @@ class ChildRef:
 
 
 def every_possible_child(owner: Owner) -> list[ChildRef]:
-    """All children any spec could produce, so the reconciler can prune the unwanted ones."""
+    """All children any spec could produce, so the reconciler can prune the unwanted ones;
+    except the per-shard StatefulSets (``<name>-rs<N>``, up to 64): the reconciler lists those
+    by label, one call instead of 64 GETs (``is_shard_set``)."""
     ns = owner.namespace
     return [
         ChildRef("v1", "ConfigMap", ns, owner.relay),
@@ -140,4 +188,9 @@ def every_possible_child(owner: Owner) -> list[ChildRef]:
         ChildRef("v1", "Secret", ns, owner.redis_acl),
         ChildRef("policy/v1", "PodDisruptionBudget", ns, owner.redis),
         ChildRef("networking.k8s.io/v1", "NetworkPolicy", ns, owner.redis),
+        # Redis with replicas: the Sentinels (the shard sets are listed, see above).
+        ChildRef("apps/v1", "StatefulSet", ns, owner.sentinel),
+        ChildRef("v1", "Service", ns, owner.sentinel),
+        ChildRef("policy/v1", "PodDisruptionBudget", ns, owner.sentinel),
+        ChildRef("networking.k8s.io/v1", "NetworkPolicy", ns, owner.sentinel),
     ]

@@ -74,6 +74,12 @@ class Cluster(Protocol):
         """Pods matching a label selector (``k=v,k=v``)."""
         ...
 
+    def list_objects(
+        self, api_version: str, kind: str, namespace: str, selector: str
+    ) -> list[Manifest]:
+        """Objects of a kind matching a label selector (``k=v,k=v``), at most MAX_PODS_LISTED."""
+        ...
+
     def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
         """JSON merge patch of one pod's annotations; a missing pod is not an error."""
         ...
@@ -121,9 +127,14 @@ class KubeCluster:
         )
 
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
+        return self.list_objects("v1", "Pod", namespace, selector)
+
+    def list_objects(
+        self, api_version: str, kind: str, namespace: str, selector: str
+    ) -> list[Manifest]:
         result = self._call(
             "GET",
-            path_of("v1", "Pod", namespace),
+            path_of(api_version, kind, namespace),
             query=[("labelSelector", selector), ("limit", str(MAX_PODS_LISTED))],
         )
         items = (result or {}).get("items") or []

@@ -12,7 +12,7 @@ from typing import Any
 
 from gamecluster.children import Manifest, Owner
 from gamecluster.manifests import redis as redis_manifests
-from gamecluster.manifests import redis_access, secrets
+from gamecluster.manifests import redis_access, redis_ha, secrets
 from gamecluster.manifests import relay as relay_manifests
 from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import GameClusterSpec
@@ -46,7 +46,16 @@ def relay_replicas(spec: GameClusterSpec, autoscaled: int | None) -> int:
 def redis_urls(spec: GameClusterSpec, owner: Owner) -> list[str]:
     if spec.redis.mode == "external":
         return list(spec.redis.external.urls) if spec.redis.external else []
+    if spec.redis.replicas > 0:
+        return owner.sentinel_shard_urls(spec.redis.shards)
     return owner.shard_urls(spec.redis.shards)
+
+
+def sentinel_addresses(spec: GameClusterSpec, owner: Owner) -> list[str]:
+    """RELAY_REDIS_SENTINELS: the operator's Sentinels when the managed Redis has replicas."""
+    if spec.redis.mode == "managed" and spec.redis.replicas > 0:
+        return owner.sentinel_addresses()
+    return []
 
 
 def generates_jwt_secret(spec: GameClusterSpec) -> bool:
@@ -60,7 +69,9 @@ def desired(spec: GameClusterSpec, meta: Mapping[str, Any], inputs: Inputs) -> l
     the caller must read or generate it first.
     """
     owner = Owner.from_meta(meta)
-    data = relay_manifests.config_data(spec, owner, redis_urls(spec, owner))
+    data = relay_manifests.config_data(
+        spec, owner, redis_urls(spec, owner), sentinel_addresses(spec, owner)
+    )
     manifests: list[Manifest] = [relay_manifests.configmap(owner, data)]
     if generates_jwt_secret(spec):
         if inputs.jwt_secret is None:
@@ -76,9 +87,23 @@ def desired(spec: GameClusterSpec, meta: Mapping[str, Any], inputs: Inputs) -> l
             manifests.append(secrets.password_secret(owner, passwords))
         manifests.append(secrets.acl_secret(owner, passwords))
         manifests.append(redis_manifests.headless_service(spec, owner))
-        manifests.append(redis_manifests.statefulset(spec, owner, digest))
-        manifests.append(redis_access.network_policy(owner, inputs.operator_namespace))
+        replicas = spec.redis.replicas > 0
+        if replicas:
+            manifests.append(redis_ha.sentinel_service(owner))
+            manifests.extend(
+                redis_ha.shard_statefulset(spec, owner, shard, digest)
+                for shard in range(spec.redis.shards)
+            )
+            manifests.append(redis_ha.sentinel_statefulset(spec, owner, digest))
+        else:
+            manifests.append(redis_manifests.statefulset(spec, owner, digest))
+        manifests.append(
+            redis_access.network_policy(owner, inputs.operator_namespace, replicas=replicas)
+        )
         manifests.append(redis_access.disruption_budget(owner))
+        if replicas:
+            manifests.append(redis_ha.sentinel_network_policy(owner, inputs.operator_namespace))
+            manifests.append(redis_ha.sentinel_disruption_budget(owner))
     deployment = relay_manifests.deployment(
         spec,
         owner,

@@ -10,6 +10,10 @@ Redis, or its report expired) makes the whole reading unknown rather than low: a
 would look like a load drop and start a scale-down. The one exception is a pod that became
 ready less than a TTL ago: it may not have written its first report yet, and a new pod has
 next to no players, so it counts as 0. No ready pod at all is unknown too.
+
+A managed Redis with replicas names shard 0 ``shard-0=sentinel://shard-0``: the reader then
+asks the GameCluster's Sentinels (``RedisAuth.sentinels``) for that master, with redis-py's
+Sentinel client, as the relays do, so it follows a failover at the next tick.
 """
 
 import logging
@@ -19,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import redis
+from redis.sentinel import Sentinel
 
 from relay import contract
 
@@ -34,6 +39,8 @@ class RedisAuth:
     password: str | None = field(default=None, repr=False)
     ca_pem: str | None = field(default=None, repr=False)
     """PEM CA bundle for ``rediss://`` URLs (external mode's ``secretRef.caKey``)."""
+    sentinels: tuple[tuple[str, int], ...] = ()
+    """Where ``sentinel://<master>`` URLs find their master (a managed Redis with replicas)."""
 
 
 @dataclass(frozen=True)
@@ -137,17 +144,21 @@ class RedisLoadSource:
         if not redis_url:
             return Reading(unknown="no Redis URL to read load reports from")
         auth = auth or RedisAuth()
-        tls: dict[str, str] = {}
-        if auth.ca_pem is not None and redis_url.startswith("rediss://"):
-            tls["ssl_ca_data"] = auth.ca_pem
-        client = redis.Redis.from_url(
-            redis_url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            username=auth.username,
-            password=auth.password,
-            **tls,
-        )
+        timeouts = {"socket_timeout": self._timeout, "socket_connect_timeout": self._timeout}
+        master = sentinel_master(redis_url)
+        sentinel: Sentinel | None = None
+        if master is not None:
+            sentinel = Sentinel(list(auth.sentinels), **timeouts)  # type: ignore[no-untyped-call]
+            client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+                master, username=auth.username, password=auth.password, **timeouts
+            )
+        else:
+            tls: dict[str, str] = {}
+            if auth.ca_pem is not None and redis_url.startswith("rediss://"):
+                tls["ssl_ca_data"] = auth.ca_pem
+            client = redis.Redis.from_url(
+                redis_url, username=auth.username, password=auth.password, **timeouts, **tls
+            )
         try:
             values = client.mget([contract.load_report_key(pod.name) for pod in pods])
         except (redis.RedisError, OSError) as exc:
@@ -155,7 +166,21 @@ class RedisLoadSource:
             return Reading(unknown=f"Redis shard 0 unreachable: {exc}")
         finally:
             client.close()
+            if sentinel is not None:
+                for one in sentinel.sentinels:
+                    one.close()
         return combine(pods, values, now)
+
+
+def sentinel_master(url: str) -> str | None:
+    """The master's name of a ``[name=]sentinel://<master>[/db]`` URL; None for others."""
+    name, sep, rest = url.partition("=")
+    if not sep or "://" in name:  # no "name=" prefix (the relay's rule, relay.config)
+        rest = url
+    scheme, sep, where = rest.partition("://")
+    if scheme != "sentinel" or not sep:
+        return None
+    return where.partition("/")[0] or None
 
 
 def _redact(url: str) -> str:

@@ -21,6 +21,9 @@ MANAGED_BY: Final = "gamecluster-operator"
 PART_OF: Final = "gamecluster"
 COMPONENT_RELAY: Final = "relay"
 COMPONENT_REDIS: Final = "redis"
+COMPONENT_SENTINEL: Final = "redis-sentinel"
+LABEL_SHARD: Final = f"{GROUP}/shard"
+"""On the pods of a shard's own StatefulSet (``redis.replicas`` > 0): its selector."""
 
 MAX_NAME_LENGTH: Final = 46
 """A GameCluster's name, at most: the Redis StatefulSet ``<name>-redis`` (52) still fits the

@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from gamecluster import children as children_mod
-from gamecluster import redis_auth
+from gamecluster import names, redis_auth
 from gamecluster import status as status_mod
 from gamecluster.children import ChildRef, Manifest, Owner
 from gamecluster.cluster import Cluster, ClusterError
@@ -176,7 +176,9 @@ class Reconciler:
             )
             redis_passwords: tuple[RedisPasswords, bool] | None = None
             if problem is None and spec.redis.mode == "managed":
-                found = redis_auth.managed_passwords(self.cluster, owner, self._new_secret)
+                found = redis_auth.managed_passwords(
+                    self.cluster, owner, self._new_secret, replicas=spec.redis.replicas > 0
+                )
                 if isinstance(found, Problem):
                     problem = found
                 else:
@@ -196,7 +198,7 @@ class Reconciler:
             )
             manifests = desired(spec, meta, inputs)
             live, applied, failures = self._apply(owner, manifests, full=full)
-            self._prune(owner, {ChildRef.of(m) for m in manifests})
+            self._prune(owner, {ChildRef.of(m) for m in manifests}, full=full)
 
             first = failures[0] if failures else None
             # Stalled only for what a retry cannot fix; a conflict or a timeout is in flight.
@@ -208,6 +210,11 @@ class Reconciler:
                 problem=stuck,
                 load_unknown=load_unknown,
                 retrying=first[0] if first and stuck is None else None,
+                shard_sets=tuple(
+                    live.get(f"StatefulSet/{owner.redis_shard(shard)}")
+                    for shard in range(spec.redis.shards)
+                ),
+                sentinels=live.get(f"StatefulSet/{owner.sentinel}"),
             )
             status = status_mod.compute(
                 spec,
@@ -284,10 +291,13 @@ class Reconciler:
                     continue
                 if not full and current is not None and contains(current, manifest):
                     live.setdefault(ref.kind, current)
+                    live[f"{ref.kind}/{ref.name}"] = current
                     continue
                 if not full:
                     logger.info("%s drifted or missing; re-applying", where)
-                live.setdefault(ref.kind, self.cluster.apply(manifest))
+                stored = self.cluster.apply(manifest)
+                live.setdefault(ref.kind, stored)
+                live[f"{ref.kind}/{ref.name}"] = stored
                 applied.append(ref)
             except ClusterError as exc:
                 logger.warning("apply of %s failed: %s", where, exc)
@@ -296,8 +306,21 @@ class Reconciler:
                     live.setdefault(ref.kind, current)
         return live, applied, failures
 
-    def _prune(self, owner: Owner, wanted: set[ChildRef]) -> None:
-        for ref in children_mod.every_possible_child(owner):
+    def _prune(self, owner: Owner, wanted: set[ChildRef], *, full: bool) -> None:
+        candidates = children_mod.every_possible_child(owner)
+        if full:  # only a spec change (a full pass) can make a shard set unwanted
+            listed = self.cluster.list_objects(
+                "apps/v1",
+                "StatefulSet",
+                owner.namespace,
+                owner.selector_string(names.COMPONENT_REDIS),
+            )
+            candidates += [
+                ChildRef("apps/v1", "StatefulSet", owner.namespace, item["metadata"]["name"])
+                for item in listed
+                if children_mod.is_shard_set(owner, item["metadata"]["name"])
+            ]
+        for ref in candidates:
             if ref in wanted:
                 continue
             obj = self.cluster.get(ref)
@@ -324,10 +347,30 @@ class Reconciler:
         statefulset = self.cluster.get(
             ChildRef("apps/v1", "StatefulSet", owner.namespace, owner.redis)
         )
+        shard_sets: tuple[Manifest | None, ...] = ()
+        sentinels = None
+        if spec is not None and spec.redis.mode == "managed" and spec.redis.replicas > 0:
+            shard_sets = tuple(
+                self.cluster.get(
+                    ChildRef("apps/v1", "StatefulSet", owner.namespace, owner.redis_shard(shard))
+                )
+                for shard in range(spec.redis.shards)
+            )
+            sentinels = self.cluster.get(
+                ChildRef("apps/v1", "StatefulSet", owner.namespace, owner.sentinel)
+            )
         status = status_mod.compute(
             spec or GameClusterSpec(),
             meta,
-            Observed(deployment, statefulset, connections, problem, load_unknown),
+            Observed(
+                deployment,
+                statefulset,
+                connections,
+                problem,
+                load_unknown,
+                shard_sets=shard_sets,
+                sentinels=sentinels,
+            ),
             previous=previous,
             autoscaled_replicas=None,
             now=self.clock(),

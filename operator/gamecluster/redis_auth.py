@@ -40,14 +40,22 @@ def _value(secret: Mapping[str, Any], key: str) -> str | None:
 
 
 def managed_passwords(
-    cluster: Cluster, owner: Owner, new_password: Callable[[], str]
+    cluster: Cluster, owner: Owner, new_password: Callable[[], str], *, replicas: bool = False
 ) -> tuple[RedisPasswords, bool] | Problem:
-    """The stored passwords and True, or fresh ones and False when the Secret does not exist."""
+    """The stored passwords and True, or fresh ones and False when the Secret does not exist.
+
+    ``replicas``: the replication and Sentinel users' passwords are needed (and generated)."""
     stored = cluster.get(ChildRef("v1", "Secret", owner.namespace, owner.redis_secret))
     if stored is None:
+        if replicas:
+            fresh = [new_password() for _ in range(4)]
+            return RedisPasswords(fresh[0], fresh[1], None, fresh[2], fresh[3]), False
         return RedisPasswords(new_password(), new_password()), False
+    keys = [secrets.PASSWORD_KEY, secrets.OPERATOR_PASSWORD_KEY]
+    if replicas:
+        keys += [secrets.REPLICATION_PASSWORD_KEY, secrets.SENTINEL_PASSWORD_KEY]
     values = {}
-    for key in (secrets.PASSWORD_KEY, secrets.OPERATOR_PASSWORD_KEY):
+    for key in keys:
         value = _value(stored, key)
         if not value or not value.strip():
             return Problem(
@@ -61,6 +69,8 @@ def managed_passwords(
             values[secrets.PASSWORD_KEY],
             values[secrets.OPERATOR_PASSWORD_KEY],
             previous.strip() if previous and previous.strip() else None,
+            values.get(secrets.REPLICATION_PASSWORD_KEY),
+            values.get(secrets.SENTINEL_PASSWORD_KEY),
         ),
         True,
     )
@@ -82,6 +92,14 @@ def check_external(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Pro
     return None
 
 
+def _sentinels(spec: GameClusterSpec, owner: Owner) -> tuple[tuple[str, int], ...]:
+    """The operator's Sentinels as (host, port), when the managed Redis has replicas."""
+    if spec.redis.replicas == 0:
+        return ()
+    pairs = (address.rpartition(":") for address in owner.sentinel_addresses())
+    return tuple((host, int(port)) for host, _, port in pairs)
+
+
 def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> RedisAuth | None:
     """How the load reader logs in to this GameCluster's Redis; None when it cannot yet."""
     if spec.redis.mode == "managed":
@@ -89,7 +107,9 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
         password = _value(stored, secrets.OPERATOR_PASSWORD_KEY) if stored else None
         if password is None:
             return None
-        return RedisAuth(contract.OPERATOR_REDIS_USER, password.strip())
+        return RedisAuth(
+            contract.OPERATOR_REDIS_USER, password.strip(), sentinels=_sentinels(spec, owner)
+        )
     ref = spec.redis.external.secret_ref if spec.redis.external else None
     if ref is None:
         return RedisAuth()

@@ -179,9 +179,15 @@ MaxMemoryPolicy = Literal[
 ]
 
 
+MAX_REDIS_REPLICAS: Final = 5
+
+
 class Redis(_Model):
     mode: Literal["managed", "external"] = "managed"
     shards: int = Field(default=1, ge=1, le=64)
+    replicas: int = Field(default=0, ge=0, le=MAX_REDIS_REPLICAS)
+    """Managed: replicas per shard, with an operator-run Sentinel (0: one pod per shard, no
+    Sentinel). Switching between 0 and more is refused (a CEL transition rule)."""
     image: str = "redis:7.4.2-alpine"
     resources: Resources = Resources(
         requests={"cpu": "50m", "memory": "64Mi"}, limits={"memory": "256Mi"}

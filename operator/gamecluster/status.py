@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from gamecluster import names
-from gamecluster.children import Owner
+from gamecluster.children import SENTINEL_QUORUM, SENTINELS, Owner
 from gamecluster.desired import relay_replicas
 from gamecluster.spec import GameClusterSpec
 from relay import contract
@@ -53,6 +53,10 @@ class Observed:
     """Why the load could not be read this tick (autoscaling only); None when it was."""
     retrying: Problem | None = None
     """A child failed in a way a retry may fix (a conflict, a timeout): Reconciling."""
+    shard_sets: tuple[Mapping[str, Any] | None, ...] = ()
+    """``redis.replicas`` > 0: each shard's StatefulSet, in shard order (None: not read)."""
+    sentinels: Mapping[str, Any] | None = None
+    """``redis.replicas`` > 0: the Sentinel StatefulSet."""
 
 
 def _timestamp(now: datetime) -> str:
@@ -126,7 +130,17 @@ def compute(
         and available >= desired
     )
 
-    if spec.redis.mode == "managed":
+    if spec.redis.mode == "managed" and spec.redis.replicas > 0:
+        # A shard serves while one of its pods is ready (Sentinel promotes a ready replica
+        # if the master is gone); failovers need a Sentinel quorum.
+        shards = spec.redis.shards
+        sets = (*observed.shard_sets, *([None] * shards))[:shards]
+        ready_shards = sum(1 for one in sets if _int(one, "status", "readyReplicas") >= 1)
+        sentinels = _int(observed.sentinels, "status", "readyReplicas")
+        redis_ok = ready_shards >= shards and sentinels >= SENTINEL_QUORUM
+        redis_cond = ("True", "AllShardsReady") if redis_ok else ("False", "ShardsNotReady")
+        redis_msg = f"{ready_shards}/{shards} Redis shards ready, {sentinels}/{SENTINELS} Sentinels"
+    elif spec.redis.mode == "managed":
         shards = spec.redis.shards
         ready_shards = min(_int(sts, "status", "readyReplicas"), shards)
         redis_ok = ready_shards >= shards

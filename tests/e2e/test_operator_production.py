@@ -431,3 +431,85 @@ def test_a_standby_operator_takes_over_when_the_leader_dies(
     finally:
         if release.operator is not standby:
             standby.process.stop()
+
+
+def test_a_managed_redis_with_replicas_runs_a_set_per_shard_and_three_sentinels(
+    cluster: Cluster, operator_up: Release, namespace: str
+) -> None:
+    """``redis.replicas`` as a real API server stores it: a StatefulSet per shard (1 + replicas
+    pods, its own selector), three Sentinels, the replication and Sentinel ACL users, network
+    policies and budgets for both, relays pointed at the Sentinels; switching to 0 is refused
+    by CEL, a replica count change applies, and a removed shard's set is pruned."""
+    spec = {"replicas": 1, "redis": {"shards": 2, "replicas": 1}}
+    cluster.apply(gamecluster("ha", spec), "-n", namespace)
+    ready = wait_gc(cluster, operator_up, namespace, "ha", "Current and Ready", current)
+    assert ready["status"]["redis"] == {"shards": 2, "readyShards": 2}
+    assert "Sentinels" in conditions(ready)["RedisReady"]["message"]
+
+    for shard in (0, 1):
+        sts = cluster.get_json("statefulset", f"ha-rs{shard}", "-n", namespace)
+        assert sts["spec"]["replicas"] == 2
+        assert sts["spec"]["serviceName"] == "ha-redis"
+        assert sts["spec"]["selector"]["matchLabels"]["gamecluster.io/shard"] == str(shard)
+        (redis,) = sts["spec"]["template"]["spec"]["containers"]
+        assert redis["command"][:2] == ["sh", "-c"]
+        env = {e["name"]: e for e in redis["env"]}
+        assert env["REDIS_SHARD"]["value"] == f"shard-{shard}"
+        assert env["REDIS_REPLICATION_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "ha-redis",
+            "key": "replicationPassword",
+        }
+    # No standalone set beside the shard sets.
+    assert cluster.get_or_none("statefulset", "ha-redis", "-n", namespace) is None
+    sentinels = cluster.get_json("statefulset", "ha-sent", "-n", namespace)
+    assert sentinels["spec"]["replicas"] == 3
+    assert sentinels["status"].get("readyReplicas", 0) >= 2
+    service = cluster.get_json("service", "ha-sent", "-n", namespace)
+    assert service["spec"]["clusterIP"] == "None"
+
+    passwords = cluster.get_json("secret", "ha-redis", "-n", namespace)
+    replication = secret_text(passwords, "replicationPassword")
+    sentinel = secret_text(passwords, "sentinelPassword")
+    assert len(replication) >= 32 and len(sentinel) >= 32
+    acl = secret_text(cluster.get_json("secret", "ha-redis-acl", "-n", namespace), "users.acl")
+    users = {line.split()[1]: line for line in acl.splitlines()}
+    assert "#" + hashlib.sha256(replication.encode()).hexdigest() in users["replication"]
+    assert "+psync" in users["replication"] and "+slaveof" in users["sentinel"]
+    assert replication not in acl and sentinel not in acl
+
+    config = cluster.get_json("configmap", "ha-relay", "-n", namespace)["data"]
+    assert config["RELAY_REDIS_URLS"] == "shard-0=sentinel://shard-0,shard-1=sentinel://shard-1"
+    assert config["RELAY_REDIS_SENTINELS"].split(",") == [
+        f"ha-sent-{i}.ha-sent.{namespace}.svc:26379" for i in range(3)
+    ]
+    assert all(replication not in v and sentinel not in v for v in config.values())
+    for name in ("ha-redis", "ha-sent"):
+        policy = cluster.get_json("networkpolicy", name, "-n", namespace)
+        (ingress,) = policy["spec"]["ingress"]
+        components = [
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+            for peer in ingress["from"]
+            if "podSelector" in peer
+        ]
+        assert components == ["relay", "redis", "redis-sentinel"]
+        assert cluster.get_json("pdb", name, "-n", namespace)["spec"]["maxUnavailable"] == 1
+
+    # To 0 is refused by CEL (another StatefulSet: every room's history would be lost).
+    proc = cluster.kubectl(
+        "patch", GC, "ha", "-n", namespace, "--type=merge",
+        "-p", '{"spec":{"redis":{"replicas":0}}}', check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "redis.replicas cannot change to or from 0" in proc.stderr
+    # Between 1 and 5 it applies; a removed shard's set is pruned.
+    cluster.kubectl(
+        "patch", GC, "ha", "-n", namespace, "--type=merge",
+        "-p", '{"spec":{"redis":{"replicas":2,"shards":1}}}',
+    )  # fmt: skip
+
+    def edited() -> bool | None:
+        sts = cluster.get_json("statefulset", "ha-rs0", "-n", namespace)
+        gone = cluster.get_or_none("statefulset", "ha-rs1", "-n", namespace) is None
+        return True if sts["spec"]["replicas"] == 3 and gone else None
+
+    cluster.wait_for("shard 0 with 3 pods, shard 1's set pruned", edited, timeout=TIMEOUT)
+    wait_gc(cluster, operator_up, namespace, "ha", "Current and Ready again", current)

@@ -214,6 +214,7 @@ def test_empty_spec_is_fully_defaulted() -> None:
     assert spec["redis"] == {
         "mode": "managed",
         "shards": 1,
+        "replicas": 0,
         "image": "redis:7.4.2-alpine",
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "persistence": {"enabled": True, "size": "1Gi"},
@@ -394,6 +395,26 @@ def test_persistence_cannot_change_in_place(change: dict[str, Any]) -> None:
     # Unchanged persistence, other edits: accepted; a create is not a transition.
     validate(gamecluster({"replicas": 5, "redis": {"persistence": {"enabled": False}}}), old)
     validate(new)
+
+
+@pytest.mark.parametrize(("before", "after"), [(0, 1), (2, 0), (None, 3)])
+def test_redis_replicas_cannot_switch_to_or_from_zero(before: int | None, after: int) -> None:
+    old_redis = {} if before is None else {"replicas": before}
+    old = validate(gamecluster({"redis": old_redis}))
+    if before is None:  # stored before the field existed: no default in it yet
+        del old["spec"]["redis"]["replicas"]
+    with pytest.raises(ValueError, match=r"redis\.replicas cannot change to or from 0"):
+        validate(gamecluster({"redis": {"replicas": after}}), old)
+    validate(gamecluster({"redis": {"replicas": after}}))  # a create is not a transition
+
+
+def test_redis_replicas_change_between_one_and_five_and_are_bounded() -> None:
+    old = validate(gamecluster({"redis": {"replicas": 1}}))
+    assert validate(gamecluster({"redis": {"replicas": 5}}), old)["spec"]["redis"]["replicas"] == 5
+    for bad in (-1, 6):
+        with pytest.raises(jsonschema.ValidationError):
+            validate(gamecluster({"redis": {"replicas": bad}}))
+    assert parse({"redis": {"replicas": 5}}).redis.replicas == 5
 
 
 def test_template_scheduling_fields_are_checked_by_the_crd() -> None:

@@ -45,6 +45,16 @@ class MemoryCluster:
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
         return []
 
+    def list_objects(
+        self, api_version: str, kind: str, namespace: str, selector: str
+    ) -> list[Manifest]:
+        wanted = dict(pair.split("=") for pair in selector.split(","))
+        return [
+            obj
+            for (found, _), obj in self.objects.items()
+            if found == kind and wanted.items() <= obj["metadata"].get("labels", {}).items()
+        ]
+
     def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
         pass
 
@@ -165,3 +175,18 @@ def test_an_operator_upgrade_rolls_one_gamecluster_at_a_time() -> None:
     # An explicit spec.image is the user's choice and is applied at once.
     new.run({"metadata": metas[1], "spec": {"image": "mine:7"}, "status": statuses["b"]}, full=True)
     assert image("b") == "mine:7"
+
+
+def test_shard_sets_are_pruned_when_shards_shrink_or_redis_turns_external() -> None:
+    cluster = MemoryCluster()
+    run(cluster, {"redis": {"shards": 3, "replicas": 1}})
+    sets = {name for kind, name in cluster.objects if kind == "StatefulSet"}
+    assert sets == {"arena-rs0", "arena-rs1", "arena-rs2", "arena-sent"}
+    run(cluster, {"redis": {"shards": 1, "replicas": 1}})
+    sets = {name for kind, name in cluster.objects if kind == "StatefulSet"}
+    assert sets == {"arena-rs0", "arena-sent"}
+    external = {"mode": "external", "external": {"urls": ["redis://r:6379"]}, "replicas": 1}
+    run(cluster, {"redis": external})
+    left = {(kind, name) for kind, name in cluster.objects}
+    assert not {name for kind, name in left if kind == "StatefulSet"}
+    assert not {name for _, name in left if name == "arena-sent"}

@@ -1,6 +1,7 @@
 """Managed Redis: one StatefulSet pod per shard, addressed through a headless Service.
 
-Shards are independent (no replication, no Redis Cluster): the relay spreads rooms over the
+Without ``redis.replicas`` (with them: manifests.redis_ha, whose shard sets reuse this pod).
+Shards are independent (no Redis Cluster): the relay spreads rooms over the
 shard list by rendezvous hashing, so the pods start in parallel. AOF is on so a restarted pod
 keeps its room streams; persistence is on by default (a PVC per shard), since with it off
 the AOF lives in an emptyDir and survives container restarts but not pod rescheduling.
@@ -43,7 +44,7 @@ def max_memory_bytes(spec: GameClusterSpec) -> int | None:
     return None if sized is None else int(quantity_bytes(sized) * MAX_MEMORY_SHARE)
 
 
-def _memory_args(spec: GameClusterSpec) -> list[str]:
+def memory_args(spec: GameClusterSpec) -> list[str]:
     limit = max_memory_bytes(spec)
     bound = [] if limit is None else ["--maxmemory", str(limit)]
     return [*bound, "--maxmemory-policy", spec.redis.max_memory_policy]
@@ -89,7 +90,7 @@ def statefulset(
             f"{ACL_DIR}/{secrets.ACL_FILE_KEY}",
             "--protected-mode",
             "yes",
-            *_memory_args(spec),
+            *memory_args(spec),
         ],
         "env": [
             {

@@ -80,11 +80,17 @@ def attach_to_relay(
     return deployment
 
 
-def network_policy(owner: Owner, operator_namespace: str | None) -> Manifest:
+def network_policy(
+    owner: Owner, operator_namespace: str | None, *, replicas: bool = False
+) -> Manifest:
     """Only this GameCluster's relay pods, and the operator's namespace (load reports), may
-    connect to its Redis; everything else in the cluster is refused at the network."""
+    connect to its Redis; everything else in the cluster is refused at the network.
+    With replicas, also its Redis pods (replication) and its Sentinels (monitoring)."""
+    components = [names.COMPONENT_RELAY]
+    if replicas:
+        components += [names.COMPONENT_REDIS, names.COMPONENT_SENTINEL]
     peers: list[dict[str, Any]] = [
-        {"podSelector": {"matchLabels": owner.selector(names.COMPONENT_RELAY)}}
+        {"podSelector": {"matchLabels": owner.selector(component)}} for component in components
     ]
     if operator_namespace:  # unknown (an operator run outside the cluster): no pod peer
         peers.append({"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: operator_namespace}}})

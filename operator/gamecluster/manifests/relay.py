@@ -25,8 +25,13 @@ GRACE_MARGIN_SECONDS: Final = 10
 """After the drain: time to close sockets and flush telemetry before SIGKILL."""
 
 
-def config_data(spec: GameClusterSpec, owner: Owner, redis_urls: list[str]) -> dict[str, str]:
-    """Environment of the relay pods, except secrets and per-pod values."""
+def config_data(
+    spec: GameClusterSpec, owner: Owner, redis_urls: list[str], sentinels: list[str] | None = None
+) -> dict[str, str]:
+    """Environment of the relay pods, except secrets and per-pod values.
+
+    ``sentinels``: with them, the URLs are ``<shard>=sentinel://<master>`` (no address and
+    no secret: only the Sentinels' own addresses land in the ConfigMap)."""
     data = {
         contract.ENV_HOST: "0.0.0.0",
         contract.ENV_PORT: str(contract.HTTP_PORT),
@@ -45,6 +50,8 @@ def config_data(spec: GameClusterSpec, owner: Owner, redis_urls: list[str]) -> d
         "OTEL_RESOURCE_ATTRIBUTES": f"k8s.namespace.name={owner.namespace},"
         f"service.namespace={owner.namespace}",
     }
+    if sentinels:
+        data[contract.ENV_REDIS_SENTINELS] = ",".join(sentinels)
     if spec.delivery.rooms:
         rooms = [
             {

@@ -6,10 +6,14 @@ Two Secrets, two owners of their content:
   it: a user rotates a password by editing it (docs/operations.md, "Rotating the Redis
   password"). Keys: ``password`` (the relay user), ``operatorPassword`` (the operator's
   user, which only reads load reports), optionally ``previousPassword`` (still accepted
-  while the relays roll onto a new ``password``).
+  while the relays roll onto a new ``password``); with ``redis.replicas`` > 0 also
+  ``replicationPassword`` (replicas log in to their master) and ``sentinelPassword`` (the
+  Sentinels log in to every Redis pod).
 - ``<name>-redis-acl`` holds Redis's ACL file, rendered by the operator from the first on
   every pass. It carries SHA-256 digests of the passwords, never the passwords, and the
   rules from ``relay.contract`` (the relay and the operator's user); the default user is off.
+  With replicas, two more users: ``REPLICATION_USER`` and ``SENTINEL_USER``, each allowed only
+  what Redis's replication and Sentinel send (no key, no channel but Sentinel's hello).
 """
 
 import base64
@@ -25,6 +29,32 @@ from relay import contract
 PASSWORD_KEY: Final = "password"
 OPERATOR_PASSWORD_KEY: Final = "operatorPassword"
 PREVIOUS_PASSWORD_KEY: Final = "previousPassword"
+REPLICATION_PASSWORD_KEY: Final = "replicationPassword"
+SENTINEL_PASSWORD_KEY: Final = "sentinelPassword"
+REPLICATION_USER: Final = "replication"
+REPLICATION_ACL_RULES: Final = (
+    "resetkeys",
+    "resetchannels",
+    "-@all",
+    "+psync",
+    "+replconf",
+    "+ping",
+)
+"""What a replica sends its master (Redis's documented minimum): no key, no channel."""
+SENTINEL_USER: Final = "sentinel"
+SENTINEL_HELLO_CHANNEL: Final = "__sentinel__:hello"
+SENTINEL_ACL_RULES: Final = (
+    "resetkeys",
+    "resetchannels",
+    f"&{SENTINEL_HELLO_CHANNEL}",
+    "-@all",
+    # Monitoring (INFO, ROLE, PING, the hello channel) and a failover: promote or repoint a
+    # server in a transaction, persist it, drop its clients so they reconnect to the master.
+    *(f"+{command}" for command in ("ping", "info", "role", "subscribe", "publish")),
+    *(f"+{command}" for command in ("multi", "exec", "slaveof", "config|rewrite")),
+    *(f"+{command}" for command in ("client|setname", "client|kill", "script|kill")),
+)
+"""What Sentinel sends a monitored Redis (Redis's Sentinel documentation, "ACL")."""
 ACL_FILE_KEY: Final = "users.acl"
 ACL_FORBIDDEN_IN_PASSWORD: Final = frozenset(" \t\r\n")
 """The ACL file is split on whitespace; the digest is what goes into it, so any other
@@ -38,6 +68,9 @@ class RedisPasswords:
     relay: str
     operator: str
     previous: str | None = None
+    replication: str | None = None
+    """With replicas only (``redis.replicas`` > 0), as ``sentinel``."""
+    sentinel: str | None = None
 
     def digest(self) -> str:
         """Changes exactly when a password changes: rolls the pods that read them.
@@ -61,16 +94,17 @@ def acl_file(passwords: RedisPasswords) -> str:
     relay_passwords = [passwords.relay]
     if passwords.previous:
         relay_passwords.append(passwords.previous)
-    return "\n".join(
-        (
-            "user default reset off",
-            acl_line(contract.RELAY_REDIS_USER, relay_passwords, contract.RELAY_ACL_RULES),
-            acl_line(
-                contract.OPERATOR_REDIS_USER, [passwords.operator], contract.OPERATOR_ACL_RULES
-            ),
-            "",
-        )
-    )
+    lines = [
+        "user default reset off",
+        acl_line(contract.RELAY_REDIS_USER, relay_passwords, contract.RELAY_ACL_RULES),
+        acl_line(contract.OPERATOR_REDIS_USER, [passwords.operator], contract.OPERATOR_ACL_RULES),
+    ]
+    # Only with replicas: a cluster without them keeps its ACL file (and digest) unchanged.
+    if passwords.replication is not None:
+        lines.append(acl_line(REPLICATION_USER, [passwords.replication], REPLICATION_ACL_RULES))
+    if passwords.sentinel is not None:
+        lines.append(acl_line(SENTINEL_USER, [passwords.sentinel], SENTINEL_ACL_RULES))
+    return "\n".join((*lines, ""))
 
 
 def _b64(value: str) -> str:
@@ -80,6 +114,10 @@ def _b64(value: str) -> str:
 def password_secret(owner: Owner, passwords: RedisPasswords) -> Manifest:
     """The generated password Secret; applied only while it does not exist yet."""
     data = {PASSWORD_KEY: _b64(passwords.relay), OPERATOR_PASSWORD_KEY: _b64(passwords.operator)}
+    if passwords.replication is not None:
+        data[REPLICATION_PASSWORD_KEY] = _b64(passwords.replication)
+    if passwords.sentinel is not None:
+        data[SENTINEL_PASSWORD_KEY] = _b64(passwords.sentinel)
     return {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -1,0 +1,362 @@
+"""The operator's managed Redis with replicas, run for real: the rendered ACL file, start
+scripts and Sentinel configuration with real redis-server and redis-sentinel processes.
+
+Everything comes from ``desired()`` for ``spec.redis.replicas: 1``: the ACL file from the ACL
+Secret, each container's command (the start scripts), its redis-server options and its
+environment, secrets resolved from the generated password Secret by their ``secretKeyRef``.
+Only what Kubernetes would provide differently on loopback is replaced: addresses (pod DNS
+names -> 127.0.0.1 and a port per process), paths (``/data``, the mounted ACL file), a log
+file, and Sentinel's down-after/failover timeouts (1 s / 3 s instead of 5 s / 60 s) so the
+test is quick. A relay is configured as the operator's ConfigMap says (``sentinel://`` shard
+URLs, the relay user), and the operator's load reader follows the Sentinels too.
+
+The scenario: pod 0 starts as master (no Sentinel yet), pod 1 as its replica, three
+Sentinels; durable events are published; pod 0 is SIGKILLed; Sentinel promotes pod 1 (with
+the rendered sentinel ACL user); the relay follows and publishes resume; pod 0, started again
+by the same script, asks the Sentinels and comes back as a replica of pod 1 from its very
+first reply, never as a second master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from secrets import token_urlsafe
+from typing import Any
+
+import pytest
+import redis
+
+from gamecluster.desired import Inputs, desired
+from gamecluster.load import ReadyPod, RedisAuth, RedisLoadSource
+from gamecluster.manifests import secrets
+from gamecluster.manifests.redis import ACL_DIR
+from gamecluster.manifests.redis_ha import SENTINEL_DIR
+from gamecluster.manifests.secrets import RedisPasswords
+from gamecluster.spec import parse
+from gamecluster_client import Connection as RelayClient
+from gamecluster_client import ServerError as RelayError
+from relay import contract
+from support.processes import LOOPBACK, _port_open, free_port, stop_process, wait_until
+from support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+PASSWORDS = RedisPasswords(
+    relay="relay-" + token_urlsafe(24),
+    operator="operator-" + token_urlsafe(24),
+    replication="replication-" + token_urlsafe(24),
+    sentinel="sentinel-" + token_urlsafe(24),
+)
+META = {"name": "gc", "namespace": "games", "uid": "u1"}
+FAILOVER_SECONDS = 30
+"""Bound on the Sentinels agreeing pod 0 is down (1 s here) and promoting pod 1."""
+TIMINGS = {"SENTINEL_DOWN_AFTER_MS": "1000", "SENTINEL_FAILOVER_TIMEOUT_MS": "3000"}
+
+
+def rendered() -> dict[str, Any]:
+    inputs = Inputs(relay_image="img", jwt_secret="j" * 40, redis_passwords=PASSWORDS)
+    children = desired(parse({"redis": {"replicas": 1}}), META, inputs)
+    return {f"{m['kind']}/{m['metadata']['name']}": m for m in children}
+
+
+CHILDREN = rendered()
+
+
+def secret_value(key: str) -> str:
+    return base64.b64decode(CHILDREN["Secret/gc-redis"]["data"][key]).decode()
+
+
+def container(key: str) -> dict[str, Any]:
+    (found,) = CHILDREN[key]["spec"]["template"]["spec"]["containers"]
+    return found  # type: ignore[no-any-return]
+
+
+def environment(spec: dict[str, Any], pod_name: str, overrides: dict[str, str]) -> dict[str, str]:
+    """The container's env as Kubernetes would give it: values, the pod name, the
+    generated Secret's keys; then the loopback addresses."""
+    env = {"PATH": os.environ["PATH"]}
+    for item in spec["env"]:
+        source = item.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            assert ref["name"] == "gc-redis"
+            env[item["name"]] = secret_value(ref["key"])
+        elif "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == "metadata.name"
+            env[item["name"]] = pod_name
+        else:
+            env[item["name"]] = item["value"]
+    return {**env, **overrides}
+
+
+@dataclass
+class Pod:
+    """One container of the rendered manifests, run as a process: ``sh -c <script>``."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None)
+
+    def start(self) -> Pod:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log)
+        wait_until(lambda: _port_open(self.port), 30, f"{self.name} on port {self.port}")
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)  # the script exec'd: this is the server
+        self.proc.wait(10)
+
+
+class Shard:
+    """The rendered shard 0 (pod 0 and pod 1) and the three rendered Sentinels, on loopback."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        acl = workdir / "users.acl"
+        acl_b64 = CHILDREN["Secret/gc-redis-acl"]["data"][secrets.ACL_FILE_KEY]
+        acl.write_text(base64.b64decode(acl_b64).decode())
+        self.redis_ports = [free_port(), free_port()]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        sentinels = " ".join(f"{LOOPBACK}:{port}" for port in self.sentinel_ports)
+        redis_spec = container("StatefulSet/gc-rs0")
+        self.shard_name = environment(redis_spec, "gc-rs0-0", {})["REDIS_SHARD"]
+        self.pods = []
+        for ordinal, port in enumerate(self.redis_ports):
+            data = workdir / f"pod{ordinal}"
+            data.mkdir()
+            args = [
+                str(data) if arg == "/data" else arg.replace(ACL_DIR, str(workdir))
+                for arg in redis_spec["args"]
+            ]
+            log = workdir / f"redis-pod{ordinal}.log"
+            env = environment(
+                redis_spec,
+                f"gc-rs0-{ordinal}",
+                {
+                    "REDIS_HOST": LOOPBACK,
+                    "REDIS_PORT": str(port),
+                    "REDIS_MASTER0": f"{LOOPBACK} {self.redis_ports[0]}",
+                    "REDIS_SENTINELS": sentinels,
+                },
+            )
+            command = [
+                *redis_spec["command"],
+                *args,
+                "--bind", LOOPBACK,
+                "--logfile", str(workdir / f"redis-server-pod{ordinal}.log"),
+            ]  # fmt: skip
+            self.pods.append(Pod(f"pod{ordinal}", command, env, port, log))
+        sentinel_spec = container("StatefulSet/gc-sent")
+        self.sentinels = []
+        for index, port in enumerate(self.sentinel_ports):
+            directory = workdir / f"sentinel{index}"
+            directory.mkdir()
+            env = environment(
+                sentinel_spec,
+                f"gc-sent-{index}",
+                {
+                    "SENTINEL_HOST": LOOPBACK,
+                    "SENTINEL_PORT": str(port),
+                    "SENTINEL_PEERS": sentinels,
+                    "SENTINEL_SHARDS": f"{self.shard_name}={LOOPBACK}:{self.redis_ports[0]}",
+                    "SENTINEL_DIR": str(directory),
+                    **TIMINGS,
+                },
+            )
+            assert env["SENTINEL_DIR"] != SENTINEL_DIR
+            command = [
+                *sentinel_spec["command"],
+                "--bind", LOOPBACK,
+                "--logfile", str(workdir / f"sentinel-server-{index}.log"),
+            ]  # fmt: skip
+            log = workdir / f"sentinel-script-{index}.log"
+            self.sentinels.append(Pod(f"sentinel{index}", command, env, port, log))
+
+    def client(self, pod: int) -> redis.Redis:
+        """As the rendered sentinel ACL user (it may read INFO and ROLE)."""
+        return redis.Redis(
+            port=self.redis_ports[pod],
+            username=secrets.SENTINEL_USER,
+            password=PASSWORDS.sentinel,
+            socket_timeout=2,
+        )
+
+    def sentinel(self, index: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.sentinel_ports[index], socket_timeout=2)
+
+    def master_port(self, index: int = 0) -> int | None:
+        try:
+            found = self.sentinel(index).sentinel_get_master_addr_by_name(self.shard_name)
+        except redis.RedisError:
+            return None
+        return int(found[1]) if found else None
+
+    def synced(self, master: int, replica: int) -> bool:
+        try:
+            up = self.client(replica).info("replication")
+            down = self.client(master).info("replication")
+        except redis.RedisError:
+            return False
+        return (
+            up.get("master_link_status") == "up"
+            and up.get("master_port") == self.redis_ports[master]
+            and up["master_repl_offset"] == down["master_repl_offset"]
+        )
+
+    def stop(self) -> None:
+        for pod in (*self.sentinels, *self.pods):
+            stop_process(pod.proc)
+
+
+@pytest.fixture
+def shard(tmp_path: Path) -> Iterator[Shard]:
+    found = Shard(tmp_path)
+    yield found
+    found.stop()
+
+
+def role(client: redis.Redis) -> tuple[str, int | None]:
+    reply = client.execute_command("ROLE")
+    name = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+    return name, (int(reply[2]) if name == "slave" else None)
+
+
+async def publish_until_acked(client: RelayClient, room: str, data: str, id: str) -> dict:
+    """Retry one publish (same id: stored at most once) while the shard fails over."""
+    deadline = time.monotonic() + FAILOVER_SECONDS
+    while True:
+        try:
+            ack = await client.publish(room, data, id=id)
+            assert ack is not None
+            return ack
+        except RelayError as error:
+            if error.code != "unavailable" or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)  # a client's retry pause, not a synchronisation
+
+
+async def test_a_shard_fails_over_and_its_old_master_returns_as_a_replica(
+    shard: Shard, relay_factory, tmp_path: Path
+) -> None:
+    pod0, pod1 = shard.pods
+    # A new shard: no Sentinel answers yet, so pod 0 starts as master, pod 1 replicates it.
+    pod0.start()
+    pod1.start()
+    assert "pod 0 starts as master" in pod0.log.read_text()
+    assert "replicating pod 0" in pod1.log.read_text()
+    assert role(shard.client(0)) == ("master", None)
+    wait_until(lambda: shard.synced(0, 1), 15, "pod 1 to replicate pod 0 as the replication user")
+    for sentinel in shard.sentinels:
+        sentinel.start()
+    # Each Sentinel knows the replica and its two peers: a failover can be authorised.
+    wait_until(
+        lambda: all(
+            len(shard.sentinel(i).sentinel_slaves(shard.shard_name)) == 1
+            and shard.sentinel(i).sentinel_master(shard.shard_name)["num-other-sentinels"] == 2
+            for i in range(3)
+        ),
+        30,
+        "every Sentinel to see the replica and the other Sentinels",
+    )
+    assert {shard.master_port(i) for i in range(3)} == {pod0.port}
+
+    config = CHILDREN["ConfigMap/gc-relay"]["data"]
+    sentinels = ",".join(f"{LOOPBACK}:{port}" for port in shard.sentinel_ports)
+    pod = relay_factory(
+        "a",
+        redis_urls=config[contract.ENV_REDIS_URLS].split(","),
+        env={
+            contract.ENV_REDIS_SENTINELS: sentinels,
+            contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+            contract.ENV_REDIS_PASSWORD: PASSWORDS.relay,
+            contract.ENV_LOAD_REPORT_SECONDS: "0.2",
+        },
+    )
+    # The operator's load reader finds shard 0's master through the Sentinels too.
+    auth = RedisAuth(
+        contract.OPERATOR_REDIS_USER,
+        PASSWORDS.operator,
+        sentinels=tuple((LOOPBACK, port) for port in shard.sentinel_ports),
+    )
+    shard0 = config[contract.ENV_REDIS_URLS].split(",")[0]
+    reader = RedisLoadSource()
+    ready = [ReadyPod("a", None)]
+    await eventually(
+        lambda: reader.read(shard0, ready, datetime.now(UTC), auth).total == 0,
+        10,
+        "the load report read through the Sentinels",
+    )
+
+    async with RelayClient(pod.url) as publisher:
+        epoch = (await publisher.join("match"))["epoch"]
+        for n in range(1, 4):
+            ack = await publisher.publish("match", n, id=f"e{n}")
+            assert ack is not None and ack["offset"] == n
+        wait_until(lambda: shard.synced(0, 1), 10, "events 1-3 on the replica")
+        pod0.kill()
+        ack = await publish_until_acked(publisher, "match", "after", "after-failover")
+        assert {shard.master_port(i) for i in range(3)} == {pod1.port}  # promoted
+        assert role(shard.client(1)) == ("master", None)
+    # The relay fences a new master: resuming clients learn history may have broken, and
+    # events published after the failover are there.
+    async with RelayClient(pod.url) as resuming:
+        joined = await resuming.join("match", since={"epoch": epoch, "offset": 3})
+        assert joined["recovered"] is False and joined["epoch"] != epoch
+        assert joined["offset"] >= ack["offset"]
+    assert "failed over from" in pod.log.read_text()
+
+    # Pod 0 restarts with the same script, options and data directory (its AOF says it was
+    # the master). It asks the Sentinels first, and its very first reply is a replica's.
+    pod0.start()
+    assert role(shard.client(0)) == ("slave", pod1.port)
+    script = pod0.log.read_text()
+    assert f"Sentinel names {LOOPBACK} {pod1.port} as the master of {shard.shard_name}" in script
+    wait_until(lambda: shard.synced(1, 0), 15, "pod 0 to replicate the promoted pod 1")
+    assert role(shard.client(1)) == ("master", None)
+    assert shard.client(1).info("replication")["connected_slaves"] == 1
+    # The Sentinels never had to turn a second master into a replica.
+    for index in range(3):
+        text = (tmp_path / f"sentinel-server-{index}.log").read_text()
+        assert "+convert-to-slave" not in text, text
+    assert {shard.master_port(i) for i in range(3)} == {pod1.port}
+
+    # Publishes go on and reach the returned pod 0 through replication.
+    async with RelayClient(pod.url) as publisher:
+        await publisher.join("match")
+        late = await publisher.publish("match", "late", id="late")
+        assert late is not None and late["offset"] == ack["offset"] + 1
+    wait_until(lambda: shard.synced(1, 0), 10, "the late event on pod 0")
+    await eventually(
+        lambda: reader.read(shard0, ready, datetime.now(UTC), auth).total == 0,
+        10,
+        "the load reader to follow the failover",
+    )
+
+    pod.stop()
+    no_password_in_logs(tmp_path)
+
+
+def no_password_in_logs(directory: Path) -> None:
+    """Every log of the run (start scripts, redis-server, Sentinels, the relay)."""
+    logs = list(directory.glob("*.log"))
+    assert len(logs) >= 8
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for password in (PASSWORDS.relay, PASSWORDS.operator):
+            assert password not in text, log.name
+        for password in (PASSWORDS.replication, PASSWORDS.sentinel):
+            assert password is not None and password not in text, log.name

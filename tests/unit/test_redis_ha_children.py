@@ -1,0 +1,342 @@
+"""Managed Redis with replicas: a StatefulSet per shard, three Sentinels, relays that follow.
+
+The scripts' behaviour (who starts as master, who replicates whom) runs for real in
+tests/integration/test_redis_ha.py; here, the shape of every child and field.
+"""
+
+import base64
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from gamecluster import children as children_mod
+from gamecluster import names
+from gamecluster.children import Owner
+from gamecluster.desired import Inputs, desired
+from gamecluster.load import sentinel_master
+from gamecluster.manifests import redis_ha, secrets
+from gamecluster.manifests.secrets import RedisPasswords
+from gamecluster.redis_auth import managed_passwords, operator_auth
+from gamecluster.spec import InvalidSpec, parse
+from gamecluster.status import Observed, compute
+from relay import contract
+
+pytestmark = pytest.mark.unit
+
+META = {"name": "arena", "namespace": "games", "uid": "uid-1", "generation": 3}
+PASSWORDS = RedisPasswords(
+    relay="relay-pw-0123456789",
+    operator="operator-pw-0123456789",
+    replication="replication-pw-0123456789",
+    sentinel="sentinel-pw-0123456789",
+)
+HA = {"redis": {"shards": 2, "replicas": 2}}
+
+
+def build(
+    spec: dict[str, Any] | None = None,
+    passwords: RedisPasswords = PASSWORDS,
+    meta: dict[str, Any] = META,
+) -> dict[str, Any]:
+    inputs = Inputs(
+        relay_image="img",
+        jwt_secret="s3cret",
+        redis_passwords=passwords,
+        operator_namespace="gamecluster-system",
+    )
+    return {
+        f"{m['kind']}/{m['metadata']['name']}": m
+        for m in desired(parse(spec if spec is not None else HA), meta, inputs)
+    }
+
+
+def container(children: dict[str, Any], key: str) -> dict[str, Any]:
+    (found,) = children[key]["spec"]["template"]["spec"]["containers"]
+    return found  # type: ignore[no-any-return]
+
+
+def env(found: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in found["env"]}
+
+
+def decoded(secret: dict[str, Any], key: str) -> str:
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def test_no_replicas_changes_nothing_for_existing_clusters() -> None:
+    two_users = RedisPasswords(PASSWORDS.relay, PASSWORDS.operator)
+    before = build({}, two_users)
+    assert build({"redis": {"replicas": 0}}, two_users) == before
+    assert "StatefulSet/arena-redis" in before
+    assert not [key for key in before if "arena-rs" in key or "arena-sent" in key]
+    config = before["ConfigMap/arena-relay"]["data"]
+    assert contract.ENV_REDIS_SENTINELS not in config
+    assert "sentinel://" not in config[contract.ENV_REDIS_URLS]
+    acl = decoded(before["Secret/arena-redis-acl"], secrets.ACL_FILE_KEY)
+    assert secrets.REPLICATION_USER not in acl and secrets.SENTINEL_USER not in acl
+
+
+def test_replicas_make_a_statefulset_per_shard_and_three_sentinels_in_apply_order() -> None:
+    children = build()
+    keys = list(children)
+    expected = [
+        "Secret/arena-redis",
+        "Secret/arena-redis-acl",
+        "Service/arena-redis",
+        "Service/arena-sent",
+        "StatefulSet/arena-rs0",
+        "StatefulSet/arena-rs1",
+        "StatefulSet/arena-sent",
+        "NetworkPolicy/arena-redis",
+        "PodDisruptionBudget/arena-redis",
+        "NetworkPolicy/arena-sent",
+        "PodDisruptionBudget/arena-sent",
+    ]
+    assert [key for key in keys if key in expected] == expected
+    assert "StatefulSet/arena-redis" not in children  # no standalone set beside them
+    assert keys.index("StatefulSet/arena-sent") < keys.index("Deployment/arena-relay")
+    for key in expected:
+        meta = children[key]["metadata"]
+        assert meta["ownerReferences"][0]["uid"] == "uid-1"
+        assert meta["labels"][names.LABEL_INSTANCE] == "arena"
+
+
+def test_each_shard_set_has_its_own_selector_and_one_plus_replicas_pods() -> None:
+    children = build()
+    selectors = []
+    for shard in (0, 1):
+        sts = children[f"StatefulSet/arena-rs{shard}"]["spec"]
+        assert sts["replicas"] == 3
+        assert sts["serviceName"] == "arena-redis"  # the shared headless Service's DNS
+        assert sts["podManagementPolicy"] == "Parallel"
+        selector = sts["selector"]["matchLabels"]
+        assert selector[names.LABEL_SHARD] == str(shard)
+        labels = sts["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items()
+        assert sts["volumeClaimTemplates"][0]["metadata"]["labels"][names.LABEL_SHARD] == str(shard)
+        selectors.append(selector)
+        anti = sts["template"]["spec"]["affinity"]["podAntiAffinity"]
+        term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+        assert term["labelSelector"]["matchLabels"] == selector
+    assert selectors[0] != selectors[1]  # no StatefulSet adopts another shard's pods
+    service = children["Service/arena-redis"]["spec"]["selector"]
+    assert all(service.items() <= selector.items() for selector in selectors)
+
+
+def test_a_shard_pod_decides_its_role_by_the_start_script_with_addresses_from_env() -> None:
+    redis = container(build(), "StatefulSet/arena-rs1")
+    assert redis["command"] == ["sh", "-c", redis_ha.REDIS_START, "redis-start"]
+    assert "--aclfile" in redis["args"] and "--port" not in redis["args"]
+    assert redis["args"][redis["args"].index("--protected-mode") + 1] == "yes"
+    assert "--maxmemory-policy" in redis["args"]
+    values = env(redis)
+    assert values["REDIS_HOST"] == "$(POD_NAME).arena-redis.games.svc"
+    assert values["REDIS_SHARD"] == "shard-1"
+    assert values["REDIS_MASTER0"] == "arena-rs1-0.arena-redis.games.svc 6379"
+    assert values["REDIS_SENTINELS"] == " ".join(
+        f"arena-sent-{i}.arena-sent.games.svc:26379" for i in range(3)
+    )
+    assert values["REDIS_REPLICATION_PASSWORD"] == {
+        "secretKeyRef": {"name": "arena-redis", "key": secrets.REPLICATION_PASSWORD_KEY}
+    }
+    assert values["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # The script never puts a password on a command line: it goes to redis-server's stdin.
+    assert "redis-server - " in redis_ha.REDIS_START
+    assert "masterauth $REDIS_REPLICATION_PASSWORD" in redis_ha.REDIS_START
+    assert f"masteruser {secrets.REPLICATION_USER}" in redis_ha.REDIS_START
+
+
+def test_sentinels_monitor_every_shard_with_quorum_two() -> None:
+    children = build()
+    sts = children["StatefulSet/arena-sent"]["spec"]
+    assert sts["replicas"] == 3 and sts["serviceName"] == "arena-sent"
+    sentinel = container(children, "StatefulSet/arena-sent")
+    assert sentinel["command"] == ["sh", "-c", redis_ha.SENTINEL_START, "sentinel-start"]
+    values = env(sentinel)
+    assert values["SENTINEL_SHARDS"] == (
+        "shard-0=arena-rs0-0.arena-redis.games.svc:6379 "
+        "shard-1=arena-rs1-0.arena-redis.games.svc:6379"
+    )
+    assert values["SENTINEL_QUORUM"] == "2"
+    assert values["SENTINEL_HOST"] == "$(POD_NAME).arena-sent.games.svc"
+    assert values["SENTINEL_PASSWORD"] == {
+        "secretKeyRef": {"name": "arena-redis", "key": secrets.SENTINEL_PASSWORD_KEY}
+    }
+    assert sentinel["securityContext"]["readOnlyRootFilesystem"] is True
+    assert sentinel["volumeMounts"] == [{"name": "data", "mountPath": redis_ha.SENTINEL_DIR}]
+    assert sts["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert sts["template"]["spec"]["automountServiceAccountToken"] is False
+    for line in ("resolve-hostnames yes", "announce-hostnames yes"):
+        assert f"sentinel {line}" in redis_ha.SENTINEL_START
+    assert f"auth-user $name {secrets.SENTINEL_USER}" in redis_ha.SENTINEL_START
+    service = children["Service/arena-sent"]["spec"]
+    assert service["clusterIP"] == "None" and service["ports"][0]["port"] == 26379
+    assert service["selector"] == sts["selector"]["matchLabels"]
+
+
+def test_relays_find_each_master_through_the_sentinels_and_secrets_stay_in_secrets() -> None:
+    children = build()
+    config = children["ConfigMap/arena-relay"]["data"]
+    assert config[contract.ENV_REDIS_URLS] == (
+        "shard-0=sentinel://shard-0,shard-1=sentinel://shard-1"
+    )
+    assert config[contract.ENV_REDIS_SENTINELS] == ",".join(
+        f"arena-sent-{i}.arena-sent.games.svc:26379" for i in range(3)
+    )
+    relay = env(container(children, "Deployment/arena-relay"))
+    assert relay[contract.ENV_REDIS_PASSWORD] == {
+        "secretKeyRef": {"name": "arena-redis", "key": secrets.PASSWORD_KEY}
+    }
+    text = str({k: v for k, v in children.items() if k != "Secret/arena-redis"})
+    for password in (PASSWORDS.relay, PASSWORDS.operator, PASSWORDS.replication):
+        assert password is not None and password not in text
+    assert PASSWORDS.sentinel is not None and PASSWORDS.sentinel not in text
+
+
+def test_the_acl_file_adds_a_replication_and_a_sentinel_user_with_only_their_commands() -> None:
+    children = build()
+    secret = children["Secret/arena-redis"]
+    assert decoded(secret, secrets.REPLICATION_PASSWORD_KEY) == PASSWORDS.replication
+    assert decoded(secret, secrets.SENTINEL_PASSWORD_KEY) == PASSWORDS.sentinel
+    lines = decoded(children["Secret/arena-redis-acl"], secrets.ACL_FILE_KEY).splitlines()
+    users = {line.split()[1]: line.split() for line in lines}
+    replication = users[secrets.REPLICATION_USER]
+    assert replication[-len(secrets.REPLICATION_ACL_RULES) :] == list(secrets.REPLICATION_ACL_RULES)
+    assert {"+psync", "+replconf", "+ping", "-@all"} <= set(replication)
+    sentinel = users[secrets.SENTINEL_USER]
+    assert {"+slaveof", "+role", "+info", "+client|kill", "&__sentinel__:hello"} <= set(sentinel)
+    for rules in (replication, sentinel):
+        assert "resetkeys" in rules and not any(word.startswith("~") for word in rules)
+        assert not {"+@all", "allkeys", "allchannels"} & set(rules)
+    assert sum(word.startswith("#") for word in sentinel) == 1  # a digest, not the password
+
+
+def test_network_policies_admit_replication_sentinels_relays_and_the_operator() -> None:
+    children = build()
+
+    def components(key: str) -> list[str]:
+        (rule,) = children[key]["spec"]["ingress"]
+        found = []
+        for peer in rule["from"]:
+            if "podSelector" in peer:
+                found.append(peer["podSelector"]["matchLabels"][names.LABEL_COMPONENT])
+            else:
+                found.append(
+                    peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                )
+        return found
+
+    expected = ["relay", "redis", names.COMPONENT_SENTINEL, "gamecluster-system"]
+    assert components("NetworkPolicy/arena-redis") == expected
+    assert components("NetworkPolicy/arena-sent") == expected
+    (rule,) = children["NetworkPolicy/arena-sent"]["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 26379}]
+    pdb = children["PodDisruptionBudget/arena-sent"]["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["selector"]["matchLabels"][names.LABEL_COMPONENT] == names.COMPONENT_SENTINEL
+
+
+def test_every_name_fits_for_the_longest_gamecluster_name() -> None:
+    longest = "a" * names.MAX_NAME_LENGTH
+    children = build({"redis": {"shards": 64, "replicas": 5}}, meta={**META, "name": longest})
+    for key, child in children.items():
+        if child["kind"] == "StatefulSet":
+            name = child["metadata"]["name"]
+            assert len(f"{name}-0123456789") <= 63, key  # controller-revision-hash label
+            assert len(f"{name}-{child['spec']['replicas'] - 1}") <= 63  # pod name label
+
+
+def test_the_redis_template_schedules_the_sentinels_too() -> None:
+    spec = copy.deepcopy(HA)
+    spec["redis"]["template"] = {"spec": {"nodeSelector": {"pool": "redis"}}}
+    children = build(spec)
+    for key in ("StatefulSet/arena-rs0", "StatefulSet/arena-sent"):
+        assert children[key]["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "redis"}
+
+
+@pytest.mark.parametrize("replicas", [-1, 6])
+def test_replicas_are_bounded(replicas: int) -> None:
+    with pytest.raises(InvalidSpec, match="replicas"):
+        parse({"redis": {"replicas": replicas}})
+
+
+def test_shard_sets_are_found_by_name_for_pruning() -> None:
+    owner = Owner("arena", "games", "u")
+    assert children_mod.is_shard_set(owner, "arena-rs0")
+    assert children_mod.is_shard_set(owner, "arena-rs63")
+    assert not children_mod.is_shard_set(owner, "arena-redis")
+    assert not children_mod.is_shard_set(owner, "arena-rsx")
+    assert not children_mod.is_shard_set(Owner("are", "games", "u"), "arena-rs0")
+    static = {ref.name for ref in children_mod.every_possible_child(owner)}
+    assert "arena-sent" in static and "arena-rs0" not in static
+
+
+class Secrets:
+    def __init__(self, stored: dict[str, Any] | None) -> None:
+        self.stored = stored
+
+    def get(self, ref: Any) -> dict[str, Any] | None:
+        return self.stored
+
+
+def test_passwords_for_replication_and_sentinel_are_generated_and_required() -> None:
+    owner = Owner("arena", "games", "u")
+    counter = iter(range(100))
+    fresh = managed_passwords(Secrets(None), owner, lambda: f"pw{next(counter)}", replicas=True)  # type: ignore[arg-type]
+    assert not isinstance(fresh, Exception) and not hasattr(fresh, "reason")
+    passwords, exists = fresh  # type: ignore[misc]
+    assert exists is False and passwords.replication and passwords.sentinel
+    assert (
+        len({passwords.relay, passwords.operator, passwords.replication, passwords.sentinel}) == 4
+    )
+    two_keys = {"data": {"password": "cA==", "operatorPassword": "bw=="}}
+    problem = managed_passwords(Secrets(two_keys), owner, lambda: "x", replicas=True)  # type: ignore[arg-type]
+    assert getattr(problem, "reason", None) == "RedisSecretInvalid"
+    assert secrets.REPLICATION_PASSWORD_KEY in getattr(problem, "message", "")
+
+
+def test_the_load_reader_follows_the_sentinels() -> None:
+    assert sentinel_master("shard-0=sentinel://shard-0") == "shard-0"
+    assert sentinel_master("sentinel://gc/2") == "gc"
+    assert sentinel_master("redis://arena-redis-0.arena-redis.games.svc:6379") is None
+    owner = Owner("arena", "games", "u")
+    stored = {"data": {"operatorPassword": base64.b64encode(b"op").decode()}}
+    auth = operator_auth(Secrets(stored), parse(HA), owner)  # type: ignore[arg-type]
+    assert auth is not None and auth.username == contract.OPERATOR_REDIS_USER
+    assert auth.sentinels == tuple(
+        (f"arena-sent-{i}.arena-sent.games.svc", 26379) for i in range(3)
+    )
+    plain = operator_auth(Secrets(stored), parse({}), owner)  # type: ignore[arg-type]
+    assert plain is not None and plain.sentinels == ()
+
+
+def sts(ready: int) -> dict[str, Any]:
+    return {"metadata": {"generation": 1}, "status": {"readyReplicas": ready}}
+
+
+@pytest.mark.parametrize(
+    ("shard_sets", "sentinels", "ready_shards", "ready"),
+    [
+        ((sts(3), sts(1)), sts(2), 2, "True"),  # a replica down: still serving
+        ((sts(3), sts(0)), sts(3), 1, "False"),  # a shard with no ready pod
+        ((sts(3), sts(3)), sts(1), 2, "False"),  # no Sentinel quorum: no failover possible
+        ((sts(3), None), sts(3), 1, "False"),  # not read
+    ],
+)
+def test_redis_ready_needs_a_ready_pod_per_shard_and_a_sentinel_quorum(
+    shard_sets: tuple[Any, ...], sentinels: dict[str, Any], ready_shards: int, ready: str
+) -> None:
+    status = compute(
+        parse(HA),
+        META,
+        Observed(None, None, shard_sets=shard_sets, sentinels=sentinels),
+        previous={},
+        autoscaled_replicas=None,
+        now=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+    assert status["redis"] == {"shards": 2, "readyShards": ready_shards}
+    (condition,) = [c for c in status["conditions"] if c["type"] == "RedisReady"]
+    assert condition["status"] == ready
+    assert "Sentinels" in condition["message"]
