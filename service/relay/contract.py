@@ -65,6 +65,9 @@ ENV_ALLOWED_ORIGINS: Final = "RELAY_ALLOWED_ORIGINS"
 ENV_ADMIN_PORT: Final = ADMIN_PORT_ENV
 ENV_API_KEYS: Final = "RELAY_API_KEYS"
 ENV_PRESENCE_MAX_MEMBERS: Final = "RELAY_PRESENCE_MAX_MEMBERS"
+# The Downward API names tracing reads (k8s.pod.name / k8s.namespace.name on every span).
+ENV_POD_NAME: Final = "POD_NAME"
+ENV_POD_NAMESPACE: Final = "POD_NAMESPACE"
 
 # Every name the relay uses in Redis starts with one of these prefixes (relay.broker.keys
 # spells the names from them). The ACL rules below are built from the same prefixes, so a

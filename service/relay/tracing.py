@@ -61,6 +61,8 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from relay import contract
+
 log = logging.getLogger("relay.tracing")
 
 tracer: Tracer | None = None
@@ -87,9 +89,6 @@ CLOSE_CODE: Final = "relay.close.code"
 SESSION_SECONDS: Final = "relay.session.duration_s"
 REPLAY_REASON: Final = "relay.replay.reason"
 
-POD_NAME_ENV: Final = "POD_NAME"
-POD_NAMESPACE_ENV: Final = "POD_NAMESPACE"
-"""Filled by the Kubernetes Downward API in our chart; become k8s.pod.name / k8s.namespace.name."""
 
 SAMPLERS: Final = frozenset(
     {
@@ -192,9 +191,9 @@ def make_resource(node_id: str) -> Resource:
         service_attributes.SERVICE_NAME: DEFAULT_SERVICE_NAME,
         service_attributes.SERVICE_INSTANCE_ID: node_id,
     }
-    if pod := os.environ.get(POD_NAME_ENV):
+    if pod := os.environ.get(contract.ENV_POD_NAME):
         defaults[k8s_attributes.K8S_POD_NAME] = pod
-    if namespace := os.environ.get(POD_NAMESPACE_ENV):
+    if namespace := os.environ.get(contract.ENV_POD_NAMESPACE):
         defaults[k8s_attributes.K8S_NAMESPACE_NAME] = namespace
     from_env = OTELResourceDetector().detect().attributes
     return Resource.create({**defaults, **from_env})

@@ -129,6 +129,8 @@ def test_env_names_are_the_relay_contract_names() -> None:
         "OTEL_RESOURCE_ATTRIBUTES",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
+        contract.ENV_POD_NAME,
+        contract.ENV_POD_NAMESPACE,
     }
 
 
@@ -186,6 +188,17 @@ def test_managed_shard_urls_are_the_statefulset_pods_dns_names() -> None:
     assert env[contract.ENV_REDIS_URLS].split(",") == [
         f"redis://arena-redis-{i}.arena-redis.games.svc:6379" for i in range(3)
     ]
+
+
+def test_pod_identity_comes_from_the_downward_api() -> None:
+    """The node id and the k8s.pod.name / k8s.namespace.name of every span are the pod's."""
+    env = {e["name"]: e.get("valueFrom") for e in relay_container(build())["env"]}
+    for name, field in (
+        (contract.ENV_NODE_ID, "metadata.name"),
+        (contract.ENV_POD_NAME, "metadata.name"),
+        (contract.ENV_POD_NAMESPACE, "metadata.namespace"),
+    ):
+        assert env[name] == {"fieldRef": {"fieldPath": field}}, name
 
 
 def test_jwt_secret_comes_from_the_generated_secret() -> None:

@@ -110,12 +110,20 @@ def jwt_secret(owner: Owner, value: str) -> Manifest:
     }
 
 
+def _from_pod_field(name: str, field_path: str) -> dict[str, Any]:
+    """An environment variable the Downward API fills from the pod's own metadata."""
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+
+
 def deployment(
     spec: GameClusterSpec, owner: Owner, *, image: str, replicas: int, data: dict[str, str]
 ) -> Manifest:
     secret_env = jwt_env(spec, owner)
     env: list[dict[str, Any]] = [
-        {"name": contract.ENV_NODE_ID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        _from_pod_field(contract.ENV_NODE_ID, "metadata.name"),
+        # The names tracing gives spans as k8s.pod.name / k8s.namespace.name (relay.tracing).
+        _from_pod_field(contract.ENV_POD_NAME, "metadata.name"),
+        _from_pod_field(contract.ENV_POD_NAMESPACE, "metadata.namespace"),
         *secret_env,
     ]
     probe_port = "http"
