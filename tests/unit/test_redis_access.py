@@ -114,6 +114,17 @@ def test_managed_redis_runs_with_acl_protected_mode_and_a_bounded_noeviction_mem
     ]
 
 
+def test_the_acl_file_is_readable_by_redis_whatever_the_kubelet_does_with_fs_group() -> None:
+    """Found on a real kubelet: a 0440 Secret file left Redis's uid unable to read its ACL
+    file (a crash loop). Other-readable, it needs no group ownership; it holds only digests."""
+    children = build()
+    pod = children["StatefulSet/arena-redis"]["spec"]["template"]["spec"]
+    (acl,) = [v for v in pod["volumes"] if v["name"] == "acl"]
+    assert acl["secret"]["defaultMode"] & 0o004
+    acl_file = base64.b64decode(children["Secret/arena-redis-acl"]["data"]["users.acl"]).decode()
+    assert PASSWORDS.relay not in acl_file and PASSWORDS.operator not in acl_file
+
+
 @pytest.mark.parametrize(
     ("redis", "expected"),
     [
