@@ -113,7 +113,9 @@ def build_server(settings: Settings) -> RelayServer:
     app = create_app(settings)
     refusals = app.state.node.metrics.handshake_refusals
     http_protocol, ws_protocol = transport.protocols(
-        lambda status: refusals.labels(str(status)).inc(), settings.handshake_seconds
+        app.state.node,
+        lambda status: refusals.labels(str(status)).inc(),
+        settings.handshake_seconds,
     )
     config = uvicorn.Config(
         app,
