@@ -45,6 +45,7 @@ from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from relay import contract
@@ -175,12 +176,17 @@ class RawSocket:
 class Handshake:
     """A `/ws` upgrade request, for the endpoint to accept or refuse, once."""
 
-    __slots__ = ("_protocol", "_request", "_response")
+    __slots__ = ("_conn", "_protocol", "_request", "_response")
 
     def __init__(
-        self, protocol: RelayWebSocketProtocol, request: Request, response: Response
+        self,
+        protocol: RelayWebSocketProtocol,
+        conn: ServerProtocol,
+        request: Request,
+        response: Response,
     ) -> None:
         self._protocol = protocol
+        self._conn = conn
         self._request = request
         self._response = response
 
@@ -203,7 +209,7 @@ class Handshake:
 
     def accept(self) -> RawSocket:
         """Answer 101: the WebSocket is open; returns its write side."""
-        return self._protocol.accept(self._request, self._response)
+        return self._protocol.accept(self._conn, self._request, self._response)
 
     def refuse(self, response: StarletteResponse) -> None:
         """Answer with `response` (401, 403, 503...) and close the connection."""
@@ -211,7 +217,8 @@ class Handshake:
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in response.raw_headers
         )
-        self._protocol.refuse(self._request, response.status_code, headers, bytes(response.body))
+        body = bytes(response.body)
+        self._protocol.refuse(self._conn, self._request, response.status_code, headers, body)
 
 
 class _State(enum.Enum):
@@ -255,21 +262,14 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     endpoint: ClassVar[Endpoint]
     on_refusal: ClassVar[Refusal | None] = None
 
+    conn: ServerProtocol
+    """websockets' state of the open connection (frames); set when the upgrade is accepted."""
+
     def __init__(
         self, config: Config, server_state: ServerState, app_state: dict[str, Any]
     ) -> None:
         # uvicorn's HTTP protocol builds this on an upgrade, with its (shared) config
         # and server state; the app state is the ASGI app's, not used here.
-        extensions = []
-        if config.ws_per_message_deflate:
-            extensions = [
-                ServerPerMessageDeflateFactory(
-                    server_max_window_bits=12,
-                    client_max_window_bits=12,
-                    compress_settings={"memLevel": 5},
-                )
-            ]
-        self.conn = ServerProtocol(extensions=extensions, max_size=config.ws_max_size, logger=log)
         self._config = config
         self._server_state = server_state
         self._state = _State.HANDSHAKE
@@ -304,24 +304,16 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._wake_writer()  # nothing will drain now: whoever waits for it must stop
 
     def data_received(self, data: bytes) -> None:
+        if self._state is _State.HANDSHAKE:
+            self._handshake(data)
+            return
         conn = self.conn
         conn.receive_data(data)
         for event in conn.events_received():
-            if isinstance(event, Request):
-                self._handshake(event)
-            elif isinstance(event, Frame) and self._state is _State.OPEN:
+            if isinstance(event, Frame) and self._state is _State.OPEN:
                 self._frame(event)
         if conn.parser_exc is not None and self._state is _State.OPEN:
             self._failed()
-            return
-        if self._state is _State.HANDSHAKE and conn.handshake_exc is not None:
-            # websockets refused the request itself (414: request line, 431: a header
-            # line over 8 KiB, too many headers) and prepared the reply.
-            reply = b"".join(conn.data_to_send())
-            status = int(reply[9:12]) if reply[9:12].isdigit() else 400
-            self._close_transport(reply)
-            if self.on_refusal is not None:
-                self.on_refusal(status)
             return
         self.flush()  # pongs to the peer's pings, the echo of its close frame
         if conn.close_expected() and self._state is not _State.CLOSED:
@@ -349,28 +341,64 @@ class RelayWebSocketProtocol(asyncio.Protocol):
 
     # -- the handshake --
 
-    def _handshake(self, request: Request) -> None:
-        response = self.conn.accept(request)  # checks the upgrade headers: 101 or 4xx
+    def _handshake(self, data: bytes) -> None:
+        """Answer the upgrade request in `data`: uvicorn's HTTP protocol, which parsed it,
+        hands it over whole, in one call, as soon as the protocol is built.
+
+        The request is parsed by a websockets ServerProtocol of its own, which goes with
+        the handshake: its parser would hold the request (all its headers) for as long as
+        the connection lives. The open connection gets a fresh one (`accept`).
+        """
+        conn = ServerProtocol(
+            extensions=self._extension_factories(), max_size=self._config.ws_max_size, logger=log
+        )
+        conn.receive_data(data)
+        request = next((e for e in conn.events_received() if isinstance(e, Request)), None)
+        if conn.handshake_exc is not None:
+            # websockets refused the request itself (414: request line, 431: a header
+            # line over 8 KiB, too many headers) and prepared the reply.
+            reply = b"".join(conn.data_to_send())
+            status = int(reply[9:12]) if reply[9:12].isdigit() else 400
+            self._close_transport(reply)
+            if self.on_refusal is not None:
+                self.on_refusal(status)
+            return
+        if request is None:
+            log.error("an upgrade was handed over without a complete request head")
+            self._close_transport(b"")
+            return
+        response = conn.accept(request)  # checks the upgrade headers: 101 or 4xx
         path = unquote(request.path.partition("?")[0])
         if response.status_code == 101 and path != contract.WS_PATH:
-            response = self.conn.reject(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+            response = conn.reject(http.HTTPStatus.NOT_FOUND, "Not Found\n")
         if response.status_code != 101:
-            self._reject(request, response)
+            self._reject(conn, request, response)
             return
         try:
-            self._receiver = self.endpoint.open(Handshake(self, request, response))
+            self._receiver = self.endpoint.open(Handshake(self, conn, request, response))
         except Exception:
             log.exception("error opening a WebSocket")
             if self._state is _State.HANDSHAKE:
-                self._reject(request, self.conn.reject(500, "Internal Server Error\n"))
+                self._reject(conn, request, conn.reject(500, "Internal Server Error\n"))
             else:
                 self.close(1011)
             return
         if self._state is _State.HANDSHAKE:
             log.error("the endpoint neither accepted nor refused an upgrade")
-            self._reject(request, self.conn.reject(500, "Internal Server Error\n"))
+            self._reject(conn, request, conn.reject(500, "Internal Server Error\n"))
 
-    def accept(self, request: Request, response: Response) -> RawSocket:
+    def _extension_factories(self) -> list[ServerPerMessageDeflateFactory] | None:
+        if not self._config.ws_per_message_deflate:
+            return None
+        return [
+            ServerPerMessageDeflateFactory(
+                server_max_window_bits=12,
+                client_max_window_bits=12,
+                compress_settings={"memLevel": 5},
+            )
+        ]
+
+    def accept(self, handshake: ServerProtocol, request: Request, response: Response) -> RawSocket:
         self._check_unanswered()
         log.info('%s - "WebSocket %s" [accepted]', self._peer(), _target(request))
         del response.headers["Date"]
@@ -378,30 +406,39 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in self._server_state.default_headers
         )
-        self.conn.send_response(response)
-        self.flush()
+        handshake.send_response(response)
+        self.transport.write(b"".join(handshake.data_to_send()))
+        self.conn = ServerProtocol(state=State.OPEN, max_size=self._config.ws_max_size, logger=log)
+        self.conn.extensions = handshake.extensions  # as negotiated (permessage-deflate)
         self._state = _State.OPEN
         self.socket = RawSocket(self)
         self._schedule_ping()
         return self.socket
 
-    def refuse(self, request: Request, status: int, headers: Headers, body: bytes) -> None:
+    def refuse(
+        self,
+        handshake: ServerProtocol,
+        request: Request,
+        status: int,
+        headers: Headers,
+        body: bytes,
+    ) -> None:
         self._check_unanswered()
         headers.setdefault("Date", email.utils.formatdate(usegmt=True))
         headers.setdefault("Connection", "close")
         headers.setdefault("Content-Type", "text/plain; charset=utf-8")
         headers.setdefault("Content-Length", str(len(body)))
         phrase = http.HTTPStatus(status).phrase if status in _STATUSES else ""
-        self._reject(request, Response(status, phrase, headers, body))
+        self._reject(handshake, request, Response(status, phrase, headers, body))
 
     def _check_unanswered(self) -> None:
         if self._state is not _State.HANDSHAKE:
             raise RuntimeError(f"a handshake is answered once, and this one is {self._state}")
 
-    def _reject(self, request: Request, response: Response) -> None:
+    def _reject(self, handshake: ServerProtocol, request: Request, response: Response) -> None:
         log.info('%s - "WebSocket %s" %d', self._peer(), _target(request), response.status_code)
-        self.conn.send_response(response)
-        self._close_transport(b"".join(self.conn.data_to_send()))
+        handshake.send_response(response)
+        self._close_transport(b"".join(handshake.data_to_send()))
 
     # -- frames --
 

@@ -20,9 +20,9 @@ from support.processes import LOOPBACK, RelayProcess
 pytestmark = pytest.mark.integration
 
 IDLE = 1000
-IDLE_BOUND = 16 * 1024
-"""Bytes of relay RSS per idle joined connection (8.5 KB measured with bench/compare.py;
-33 KB when every connection held an ASGI task and its queue)."""
+IDLE_BOUND = 12 * 1024
+"""Bytes of relay RSS per idle joined connection: about 6 KB measured with
+bench/compare.py, 33 KB when every connection held an ASGI task and its queue."""
 
 
 def rss(relay: RelayProcess) -> int:
