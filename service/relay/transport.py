@@ -45,7 +45,7 @@ from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
 
 from relay import contract
@@ -316,8 +316,6 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self._failed()
             return
         self.flush()  # pongs to the peer's pings, the echo of its close frame
-        if conn.close_expected() and self._state is not _State.CLOSED:
-            self._close_transport(b"")
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: a WebSocket has no half-open state
@@ -475,14 +473,17 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         try:
             text = bytes(data).decode()
         except UnicodeDecodeError:
-            self.close(1007, "invalid UTF-8 in a text message")
+            self.conn.fail(1007, "invalid UTF-8 in a text message")
+            self._failed()
             return
         self._receiver.receive(text)
 
     def _failed(self) -> None:
-        """websockets closed the connection for a protocol error (1002, 1007, 1009...)."""
+        """The connection failed for a protocol error (1002, 1007, 1009...): websockets
+        queued the close frame; the transport closes without waiting for an echo."""
         sent = self.conn.close_sent
-        self._close_transport(b"".join(self.conn.data_to_send()))
+        self.flush()
+        self._close_transport(b"")
         self._end(sent.code if sent is not None else ABNORMAL_CLOSURE)
 
     # -- heartbeat --
@@ -535,7 +536,6 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._state = _State.CLOSING
         self.conn.send_close(code, reason)
         self.flush()
-        self._cancel_timer()
         self._set_timer(CLOSE_TIMEOUT, self._abort)
         if self.read_paused:  # read the peer's close frame
             self.resume_reading()
@@ -551,9 +551,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._state = _State.CLOSING
         if last:
             self.transport.write(last)
-        self.transport.close()
-        self._cancel_timer()
-        self._set_timer(CLOSE_TIMEOUT, self._abort)
+        if not self.transport.is_closing():
+            self.transport.close()
+            self._set_timer(CLOSE_TIMEOUT, self._abort)
 
     def _abort(self) -> None:
         self._timer = None
@@ -569,10 +569,14 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     # -- helpers --
 
     def flush(self) -> None:
-        """Write what websockets has queued (handshake replies, control frames)."""
-        data = b"".join(self.conn.data_to_send())
-        if data and self._state is not _State.CLOSED:
-            self.transport.write(data)
+        """Write what websockets has queued (control frames, compressed messages); close
+        the transport when it ends the stream (SEND_EOF: the closing handshake is done)."""
+        chunks = self.conn.data_to_send()
+        if not chunks or self._state is _State.CLOSED:
+            return
+        self.transport.write(b"".join(chunks))
+        if chunks[-1] == SEND_EOF:
+            self._close_transport(b"")
 
     def pause_reading(self) -> None:
         if not self.read_paused and self._state is _State.OPEN:
