@@ -11,12 +11,12 @@ the heartbeat, the close and the direct writes of the fan-out.
 Why not uvicorn's WebSocket protocol and the ASGI app: memory and CPU per connection.
 An ASGI WebSocket holds one task per connection for its whole life, with the coroutine
 frames of every middleware and router it passed through, an asyncio.Queue and an Event:
-about 32 KB of an idle connection's 33 (docs/benchmarks.md). Here an open connection is
-websockets' parser state, this protocol's slots and one timer; its session runs a task
-only while it handles a message. And writes: an event to N local members is encoded
-once and framed once; the same frame bytes are written to each member's transport
-(RawSocket.send) without an await. Server-to-client frames are unmasked, so one frame
-serves every socket.
+an idle connection cost 33 KB of RSS that way, about 6 KB this way (docs/benchmarks.md).
+Here an open connection is websockets' parser state, this protocol's slots and one
+timer; its session runs a task only while it handles a message. And writes: an event to
+N local members is encoded once and framed once; the same frame bytes are written to
+each member's transport (RawSocket.send) without an await. Server-to-client frames are
+unmasked, so one frame serves every socket.
 
 Only `/ws` is a WebSocket: an upgrade to any other path is answered 404.
 """
@@ -251,7 +251,6 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_server_state",
         "_state",
         "_timer",
-        "client",
         "conn",
         "read_paused",
         "socket",
@@ -281,7 +280,6 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         """The frames so far of a fragmented message being received."""
         self._fragment_opcode = Opcode.TEXT
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
-        self.client: tuple[str, int] | None = None
         self.socket: RawSocket | None = None
         self.read_paused = False
         self.write_paused = False
@@ -290,9 +288,6 @@ class RelayWebSocketProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.client = (str(peer[0]), int(peer[1]))
         # uvicorn's shutdown calls `shutdown()` on every connection in this set.
         self._server_state.connections.add(cast(Any, self))
 
@@ -601,8 +596,17 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    @property
+    def client(self) -> tuple[str, int] | None:
+        """The peer's address (read during the handshake only: not kept per connection)."""
+        peer = self.transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return (str(peer[0]), int(peer[1]))
+        return None
+
     def _peer(self) -> str:
-        return f"{self.client[0]}:{self.client[1]}" if self.client else ""
+        client = self.client
+        return f"{client[0]}:{client[1]}" if client else ""
 
 
 _STATUSES = frozenset(status.value for status in http.HTTPStatus)
