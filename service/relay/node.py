@@ -98,7 +98,8 @@ class RelayNode:
         self._load_reports = asyncio.create_task(self._report_load())
 
     async def stop(self) -> None:
-        # Messages still being handled (uvicorn waited for the connections to close).
+        # uvicorn has waited for the connections to close: cancel what a session may
+        # still be handling (a publish, a join's replay), as uvicorn cancelled ASGI tasks.
         await asyncio.gather(*(session.stop() for session in list(self.sessions)))
         if self._load_reports is not None:
             self._load_reports.cancel()

@@ -58,6 +58,7 @@ class Services:
 
 class Session:
     __slots__ = (
+        "_expiry",
         "_handler",
         "_inbox",
         "_ops",
@@ -70,7 +71,6 @@ class Session:
         "_socket",
         "_traced",
         "close_code",
-        "expiry",
         "id",
         "identity",
         "outbox",
@@ -104,7 +104,7 @@ class Session:
         handler is busy, so at most one read of the transport's frames waits here."""
         self._over = False
         """The connection is gone: no message is handled any more."""
-        self.expiry: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self._traced: tracing.Connection | None = None
 
     def start(self, peer: tuple[str, int] | None) -> None:
@@ -112,7 +112,7 @@ class Session:
         s = self._settings
         self._traced = tracing.ws_connect(self.id, peer)
         self.push(protocol.welcome(self.id, s.node_id, s.heartbeat_seconds))
-        self.expiry = self.identity.on_expiry(self._token_expired)
+        self._expiry = self.identity.on_expiry(self._token_expired)
 
     def push(self, payload: bytes) -> None:
         self.outbox.push(payload)
@@ -155,6 +155,8 @@ class Session:
             while self._inbox:
                 batch, self._inbox = self._inbox, []  # what arrives meanwhile: next round
                 for text in batch:
+                    if self._over or self.outbox.closed:
+                        return  # dropped (slow consumer, abuse, gone): rest unanswered
                     if text is None:
                         self._refuse(
                             ProtocolError(
@@ -176,9 +178,9 @@ class Session:
                 self._socket.resume_reading()
 
     def _finish(self) -> None:
-        if self.expiry is not None:
-            self.expiry.cancel()
-            self.expiry = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for room in self._rooms:
             self._services.hub.leave(self, room)
         self._rooms.clear()
