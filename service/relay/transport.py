@@ -276,8 +276,10 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         """The one pending timer: next ping, pong deadline, or abort after a close."""
         self._ping_payload: bytes | None = None
-        self._fragments: list[bytes] | None = None
-        """The frames so far of a fragmented message being received."""
+        self._fragments: bytearray | None = None
+        """The payload so far of a fragmented message being received: one buffer, so
+        its size is what websockets bounds (ws_max_size), whatever the frame count (a
+        list of frames would grow by a slot per empty continuation frame, unbounded)."""
         self._fragment_opcode = Opcode.TEXT
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.socket: RawSocket | None = None
@@ -441,13 +443,13 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             if frame.fin:
                 self._message(opcode, frame.data)
             else:
-                self._fragment_opcode, self._fragments = opcode, [bytes(frame.data)]
+                self._fragment_opcode, self._fragments = opcode, bytearray(frame.data)
         elif opcode is Opcode.CONT:
             # websockets checks the sequence (and the message's total size, ws_max_size).
             if self._fragments is not None:
-                self._fragments.append(bytes(frame.data))
+                self._fragments += frame.data
                 if frame.fin:
-                    data, self._fragments = b"".join(self._fragments), None
+                    data, self._fragments = self._fragments, None
                     self._message(self._fragment_opcode, data)
         elif opcode is Opcode.PONG:
             if self._ping_payload is not None and bytes(frame.data) == self._ping_payload:
