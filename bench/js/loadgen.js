@@ -2,7 +2,7 @@
 // event loop drives every subscriber and publisher socket, and reports its own CPU.
 //
 //   node loadgen.js '{"proto": "relay"|"sio", "urls": [...], "rooms": 10, "subs": 20,
-//                     "publishers": 2}'
+//                     "publishers": 2, "localAddress": "127.0.0.2" (optional, relay only)}'
 //
 // It opens rooms x subs subscriber sockets (subscriber s of a room on urls[s % n]) and
 // rooms x publishers publisher sockets (publisher p of room r on urls[(r + p) % n], so that
@@ -15,6 +15,10 @@
 //       process's clock) to receipt; an event counts only in the step that sent it.
 //   {"cmd": "idle", "conns": N, "rooms": K}  open N more sockets, each joined to one of K
 //       rooms, and answer {"open": N} when every join is confirmed. They stay open.
+//   {"cmd": "probe", "rooms": K}  publish one probe event to each of the K idle rooms (from
+//       the first idle socket); answer {"sent": K}.
+//   {"cmd": "status"}  answer {"open": sockets still open, "closed": sockets closed since
+//       they opened, "probes": probe events received}.
 //   {"cmd": "quit"}  close everything and exit.
 // "relay" speaks docs/protocol.md (the relay and bench/floor.py); "sio" is socket.io
 // (Node socket.io and python-socketio). Loopback only.
@@ -29,7 +33,14 @@ let step = 0;
 let stepDelivered = 0;
 let latencies = [];
 
+let probes = 0;
+let closedSockets = 0;
+
 function onEvent(data) {
+  if (data.probe === true) {
+    probes += 1;
+    return;
+  }
   if (data.k !== step) return;
   stepDelivered += 1;
   latencies.push(performance.now() - data.t);
@@ -38,10 +49,15 @@ function onEvent(data) {
 // -- the relay's protocol: JSON text frames, several messages per frame joined by "\n" --
 function relayConnect(url, room) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false });
+    // A local address of its own per generator process: loopback has ~28,000 ephemeral
+    // ports per source address, fewer than a 50,000-connection run needs.
+    const ws = new WebSocket(url, { perMessageDeflate: false, localAddress: config.localAddress });
     let joined = room === null;
     let tries = 0;
     ws.on("error", reject);
+    ws.on("close", () => {
+      if (joined) closedSockets += 1;
+    });
     ws.on("message", (raw) => {
       const text = raw.toString();
       for (const line of text.split("\n")) {
@@ -163,12 +179,27 @@ async function run(rate, seconds) {
   };
 }
 
+const idleSockets = [];
+
 async function idle(conns, rooms) {
   const n = config.urls.length;
   const thunks = [];
   for (let i = 0; i < conns; i++) thunks.push(() => connect(config.urls[i % n], `idle:${i % rooms}`));
-  sockets.push(...(await inBatches(thunks, 100)));
+  const opened = await inBatches(thunks, 100);
+  sockets.push(...opened);
+  idleSockets.push(...opened);
   return { open: conns };
+}
+
+function probe(rooms) {
+  const send = publisherOf(idleSockets[0]);
+  for (let r = 0; r < rooms; r++) send(`idle:${r}`, { probe: true });
+  return { sent: rooms };
+}
+
+function status() {
+  const open = sockets.filter((s) => (s.readyState === undefined ? s.connected : s.readyState === WebSocket.OPEN)).length;
+  return { open, closed: closedSockets, probes };
 }
 
 async function main() {
@@ -180,6 +211,8 @@ async function main() {
     let answer;
     if (cmd.cmd === "run") answer = await run(cmd.rate, cmd.seconds);
     else if (cmd.cmd === "idle") answer = await idle(cmd.conns, cmd.rooms);
+    else if (cmd.cmd === "probe") answer = probe(cmd.rooms);
+    else if (cmd.cmd === "status") answer = status();
     else break;
     process.stdout.write(`${JSON.stringify(answer)}\n`);
   }

@@ -1,10 +1,10 @@
 """The FastAPI applications: the player port and the admin port.
 
-Player port: `/ws`, `/healthz`, `/readyz` and the demo page (static files, nothing from
-a CDN). Admin port (RELAY_ADMIN_PORT): `/metrics`, the server API under `/api/v1`, its
-OpenAPI schema and `/api/docs` (relay.api.routes). FastAPI's own `/docs`, `/redoc` and
-`/openapi.json` are off everywhere. With RELAY_ADMIN_PORT=0 the player app carries the
-admin routes too.
+Player port: `/healthz`, `/readyz` and the demo page (static files, nothing from a CDN).
+`/ws` upgrades never reach these apps: relay.transport hands them to the node. Admin
+port (RELAY_ADMIN_PORT): `/metrics`, the server API under `/api/v1`, its OpenAPI schema
+and `/api/docs` (relay.api.routes). FastAPI's own `/docs`, `/redoc` and `/openapi.json`
+are off everywhere. With RELAY_ADMIN_PORT=0 the player app carries the admin routes too.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -51,10 +51,6 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.node = node
-
-    @app.websocket(contract.WS_PATH)
-    async def websocket_endpoint(websocket: WebSocket) -> None:
-        await node.serve(websocket)
 
     @app.get(contract.HEALTH_PATH, include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -7,7 +7,6 @@ import contextlib
 import logging
 
 from starlette.responses import PlainTextResponse
-from starlette.websockets import WebSocket
 
 from relay import __version__, auth, control, tracing
 from relay.broker import Broker, BrokerUnavailable
@@ -23,7 +22,7 @@ from relay.presence import Presence
 from relay.protocol import CloseCode
 from relay.rooms import RoomPolicies
 from relay.session import Services, Session
-from relay.transport import SCOPE_EXTENSION, RawSocket
+from relay.transport import Handshake
 
 log = logging.getLogger("relay.node")
 
@@ -78,6 +77,7 @@ class RelayNode:
             self.metrics,
             FlushScheduler(),
             policies,
+            self._ended,
             self.presence,
         )
         self.sessions: set[Session] = set()
@@ -101,6 +101,9 @@ class RelayNode:
         self._load_reports = asyncio.create_task(self._report_load())
 
     async def stop(self) -> None:
+        # uvicorn has waited for the connections to close: cancel what a session may
+        # still be handling (a publish, a join's replay), as uvicorn cancelled ASGI tasks.
+        await asyncio.gather(*(session.stop() for session in list(self.sessions)))
         if self._load_reports is not None:
             self._load_reports.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -120,41 +123,33 @@ class RelayNode:
             return "connection limit reached"  # new clients would get 1013 here
         return None
 
-    async def serve(self, websocket: WebSocket) -> None:
-        """The `/ws` endpoint: admit the connection, then run its session to the end."""
+    def open(self, handshake: Handshake) -> Session | None:
+        """The `/ws` endpoint: admit an upgrade and start its session, or refuse it."""
         if self.draining:
-            await websocket.send_denial_response(PlainTextResponse("draining", status_code=503))
-            return
+            handshake.refuse(PlainTextResponse("draining", status_code=503))
+            return None
         try:
-            identity = self.auth.admit(websocket.headers, websocket.query_params)
+            identity = self.auth.admit(handshake.headers, handshake.query)
         except auth.HandshakeRefused as refused:
             log.debug("refused an upgrade: %s", refused)
             self.metrics.handshake_refusals.labels(str(refused.status)).inc()
-            await websocket.send_denial_response(refused.response())
-            return
-        socket = websocket.scope.get("extensions", {}).get(SCOPE_EXTENSION)
-        if not isinstance(socket, RawSocket):
-            log.error(
-                "no %s in the ASGI scope: serve the relay with `relay serve`", SCOPE_EXTENSION
-            )
-            await websocket.close(CloseCode.INTERNAL_ERROR)
-            return
-        await websocket.accept()
+            handshake.refuse(refused.response())
+            return None
+        socket = handshake.accept()
         if len(self.sessions) >= self.settings.max_connections:
-            await websocket.close(CloseCode.TRY_AGAIN_LATER, "connection limit reached")
-            return
-        session = Session(self.services, websocket, socket, identity)
+            socket.close(CloseCode.TRY_AGAIN_LATER, "connection limit reached")
+            return None
+        session = Session(self.services, socket, identity)
         self.sessions.add(session)
         self.metrics.connections.inc()
-        traced = tracing.ws_connect(session.id, websocket.client)
-        try:
-            await session.run()
-        finally:
-            tracing.ws_close(traced, session.id, session.close_code)
-            self.sessions.discard(session)
-            self.metrics.connections.dec()
-            if not self.sessions:
-                self._all_closed.set()
+        session.start(handshake.client)
+        return session
+
+    def _ended(self, session: Session) -> None:
+        self.sessions.discard(session)
+        self.metrics.connections.dec()
+        if not self.sessions:
+            self._all_closed.set()
 
     async def drain(self, seconds: float) -> None:
         """Hand every session over to other relay servers before this one stops."""

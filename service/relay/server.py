@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import resource
 import signal
 import socket
 from collections.abc import Iterator
@@ -20,6 +21,11 @@ from relay.node import RelayNode
 
 HARD_FRAME_FACTOR = 4
 """Frames over this many times RELAY_MAX_MESSAGE_BYTES are closed with 1009, unread."""
+FILE_RESERVE = 256
+"""File descriptors kept for what is not a player's connection: the listening sockets,
+Redis connections, admin port clients, the interpreter's own files."""
+
+log = logging.getLogger("relay.server")
 
 
 _CREDENTIAL = re.compile(
@@ -113,7 +119,9 @@ def build_server(settings: Settings) -> RelayServer:
     app = create_app(settings)
     refusals = app.state.node.metrics.handshake_refusals
     http_protocol, ws_protocol = transport.protocols(
-        lambda status: refusals.labels(str(status)).inc(), settings.handshake_seconds
+        app.state.node,
+        lambda status: refusals.labels(str(status)).inc(),
+        settings.handshake_seconds,
     )
     config = uvicorn.Config(
         app,
@@ -147,8 +155,43 @@ def build_server(settings: Settings) -> RelayServer:
     return RelayServer(config, app.state.node, admin)
 
 
+def raise_file_limit(max_connections: int) -> int:
+    """Lift the open-file limit (RLIMIT_NOFILE) from its soft value to its hard one, and
+    warn when even that cannot hold `max_connections`; returns the limit now in force.
+
+    Every WebSocket is a file descriptor. Container runtimes start a process with a soft
+    limit (often 1,024) far below the hard one (often 524,288 or more) and leave servers
+    to raise it themselves, as nginx and Go programs do; an unprivileged process may go
+    up to the hard limit, not past it. Past the limit a connection fails at accept()
+    (EMFILE) instead of getting the clean 1013 of RELAY_MAX_CONNECTIONS.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + FILE_RESERVE
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    if soft < wanted:
+        log.warning(
+            "open-file limit %d is below RELAY_MAX_CONNECTIONS=%d + %d in reserve: "
+            "connections past about %d fail at accept(); raise the container's nofile "
+            "limit or lower RELAY_MAX_CONNECTIONS (docs/operations.md)",
+            soft,
+            max_connections,
+            FILE_RESERVE,
+            max(0, soft - FILE_RESERVE),
+        )
+    else:
+        log.info("open-file limit %d (RELAY_MAX_CONNECTIONS=%d)", soft, max_connections)
+    return soft
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; returns after the drain, so the process exits 0."""
+    raise_file_limit(settings.max_connections)
     server = build_server(settings)
     # uvicorn re-raises the captured signal once its shutdown is done; with the default
     # handler that would end a fully drained relay with "killed by SIGTERM". The handler

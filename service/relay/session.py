@@ -1,9 +1,13 @@
-"""One WebSocket session: reads client messages in order, answers through its outbox.
+"""One WebSocket session: handles client messages in order, answers through its outbox.
 
 Client messages are handled one after another (a publish is acked before the next
-message is read), which keeps each connection's publishes in order. Everything the
-server sends, replies and events alike, goes through the connection's bounded outbox,
-so `joined` always precedes the room's events and nothing bypasses the queue bound.
+message is handled), which keeps each connection's publishes in order. They are handled
+by a task that exists only while there are messages: an idle connection holds no task,
+no coroutine frames and no queue, only this object and its outbox. While the task is
+busy, reading from the connection is paused, so what waits for it is bounded by one
+read of the transport. Everything the server sends, replies and events alike, goes
+through the connection's bounded outbox, so `joined` always precedes the room's events
+and nothing bypasses the queue bound.
 """
 
 from __future__ import annotations
@@ -12,9 +16,8 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from starlette.websockets import WebSocket
 
 from relay import auth, protocol, tracing
 from relay.broker import Broker, BrokerUnavailable
@@ -48,24 +51,40 @@ class Services:
     metrics: Metrics
     scheduler: FlushScheduler
     policies: RoomPolicies
+    ended: Callable[[Session], None]
+    """Told once when a session is over: its connection closed and it left its rooms."""
     presence: Presence | None = None
 
 
 class Session:
-    def __init__(
-        self,
-        services: Services,
-        websocket: WebSocket,
-        socket: RawSocket,
-        identity: auth.Identity,
-    ) -> None:
+    __slots__ = (
+        "_expiry",
+        "_handler",
+        "_inbox",
+        "_ops",
+        "_over",
+        "_publishes",
+        "_refusals",
+        "_rooms",
+        "_services",
+        "_settings",
+        "_socket",
+        "_traced",
+        "close_code",
+        "id",
+        "identity",
+        "outbox",
+        "subject",
+    )
+
+    def __init__(self, services: Services, socket: RawSocket, identity: auth.Identity) -> None:
         self.id = secrets.token_urlsafe(9)
         self.identity = identity
         self.subject: str | None = identity.subject
         """Who publishes (the token's `sub`; None with auth off): dedupe key, event `from`."""
         self._services = services
         self._settings = services.settings
-        self._websocket = websocket
+        self._socket = socket
         self.close_code: int | None = None
         """How the connection ended: the peer's close code, or the one the server sent."""
         self._rooms: set[str] = set()
@@ -78,6 +97,22 @@ class Session:
             limit=self._settings.send_queue,
             on_overflow=self._slow_consumer,
         )
+        self._handler: asyncio.Task[None] | None = None
+        """Handles the messages in `_inbox`; None while there are none (idle)."""
+        self._inbox: list[str | None] | None = None
+        """Messages not handled yet, None while idle. Bound: reading is paused while the
+        handler is busy, so at most one read of the transport's frames waits here."""
+        self._over = False
+        """The connection is gone: no message is handled any more."""
+        self._expiry: asyncio.TimerHandle | None = None
+        self._traced: tracing.Connection | None = None
+
+    def start(self, peer: tuple[str, int] | None) -> None:
+        """The connection is open: welcome it, and watch its token's expiry."""
+        s = self._settings
+        self._traced = tracing.ws_connect(self.id, peer)
+        self.push(protocol.welcome(self.id, s.node_id, s.heartbeat_seconds))
+        self._expiry = self.identity.on_expiry(self._token_expired)
 
     def push(self, payload: bytes) -> None:
         self.outbox.push(payload)
@@ -92,38 +127,72 @@ class Session:
         """Tell the client to reconnect elsewhere, after what is already queued, and close."""
         self.outbox.close(protocol.reconnect(reason), code)
 
-    async def run(self) -> None:
-        """Serve the connection until it closes; always leaves every room on the way out."""
-        s = self._settings
-        self.push(protocol.welcome(self.id, s.node_id, s.heartbeat_seconds))
-        expiry = self.identity.on_expiry(self._token_expired)
+    def receive(self, text: str | None) -> None:
+        """One client message (None: a binary one), from the connection, in order."""
+        if self._over or self.outbox.closed:
+            return  # dropped (slow consumer, abuse, closing): the rest goes unanswered
+        inbox = self._inbox
+        if inbox is None:
+            self._inbox = [text]
+            self._handler = asyncio.create_task(self._handle_inbox())
+        else:
+            inbox.append(text)
+            self._socket.pause_reading()  # one message at a time: the rest waits unread
+
+    def ended(self, code: int) -> None:
+        """The connection is over: leave every room now, or once the message being
+        handled is done (its replies go nowhere)."""
+        if self._over:
+            return
+        self._over = True
+        self.close_code = self.outbox.close_code or code
+        if self._handler is None:
+            self._finish()
+
+    async def _handle_inbox(self) -> None:
+        """Handle received messages until there are none; then the task ends."""
         try:
-            while not self.outbox.closed:
-                message = await self._websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    self.close_code = message.get("code")
-                    break
-                text = message.get("text")
-                if text is None:
-                    self._refuse(
-                        ProtocolError(
-                            ErrorCode.BAD_REQUEST, "binary frames are not part of the protocol"
+            while self._inbox:
+                batch, self._inbox = self._inbox, []  # what arrives meanwhile: next round
+                for text in batch:
+                    if self._over or self.outbox.closed:
+                        return  # dropped (slow consumer, abuse, gone): rest unanswered
+                    if text is None:
+                        self._refuse(
+                            ProtocolError(
+                                ErrorCode.BAD_REQUEST, "binary frames are not part of the protocol"
+                            )
                         )
-                    )
-                    continue
-                for n, line in enumerate(protocol.split_frame(text), 1):
-                    if self.outbox.closed:
-                        break  # dropped (slow consumer, abuse): the rest goes unanswered
-                    await self._handle(line)
-                    if n % YIELD_EVERY == 0:
-                        await asyncio.sleep(0)
+                        continue
+                    for n, line in enumerate(protocol.split_frame(text), 1):
+                        if self._over or self.outbox.closed:
+                            return  # dropped (slow consumer, abuse, gone): rest unanswered
+                        await self._handle(line)
+                        if n % YIELD_EVERY == 0:
+                            await asyncio.sleep(0)
         finally:
-            self.close_code = self.outbox.close_code or self.close_code
-            if expiry is not None:
-                expiry.cancel()
-            for room in self._rooms:
-                self._services.hub.leave(self, room)
-            self._rooms.clear()
+            self._handler = self._inbox = None
+            if self._over:
+                self._finish()
+            else:
+                self._socket.resume_reading()
+
+    def _finish(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        for room in self._rooms:
+            self._services.hub.leave(self, room)
+        self._rooms.clear()
+        tracing.ws_close(self._traced, self.id, self.close_code)
+        self._services.ended(self)
+
+    async def stop(self) -> None:
+        """Cancel the message being handled, if any (the server stops)."""
+        handler = self._handler
+        if handler is not None:
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
 
     async def _handle(self, line: str) -> None:
         try:

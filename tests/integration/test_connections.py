@@ -1,0 +1,100 @@
+"""The `/ws` connection itself (relay.transport): paths, fragments, bad text, idle cost."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import resource
+import struct
+from pathlib import Path
+
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from gamecluster_client import Connection as RelayClient
+from support.processes import LOOPBACK, RelayProcess
+
+pytestmark = pytest.mark.integration
+
+IDLE = 1000
+IDLE_BOUND = 12 * 1024
+"""Bytes of relay RSS per idle joined connection: about 6 KB measured with
+bench/compare.py, 33 KB when every connection held an ASGI task and its queue."""
+
+
+def rss(relay: RelayProcess) -> int:
+    assert relay.proc is not None
+    pages = int(Path(f"/proc/{relay.proc.pid}/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+async def test_an_upgrade_to_another_path_is_refused_with_404(relay_factory) -> None:
+    pod = relay_factory("a")
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"ws://{LOOPBACK}:{pod.port}/elsewhere", open_timeout=5):
+            pass
+    assert refused.value.response.status_code == 404
+    async with RelayClient(pod.url) as client:  # /ws is served as ever
+        assert (await client.ping())["op"] == "pong"
+
+
+async def test_a_fragmented_message_is_handled_as_one(relay_factory) -> None:
+    pod = relay_factory("a")
+    async with connect(pod.url) as ws:
+        await ws.recv()  # welcome
+        await ws.send(['{"op": "join", ', '"room": "frag", ', '"ref": "f"}'])
+        assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["ref"] == "f"
+
+
+async def test_a_text_frame_that_is_not_utf8_closes_with_1007(relay_factory) -> None:
+    pod = relay_factory("a")
+    reader, writer = await asyncio.open_connection(LOOPBACK, pod.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    payload, mask = b"\xff\xfe", b"\x00\x00\x00\x00"  # a zero mask: the payload as sent
+    writer.write(struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + payload)
+    try:
+        received = await asyncio.wait_for(reader.read(), 10)  # to the server's close
+    finally:
+        writer.close()
+    close_frame = struct.pack("!BBH", 0x88, 2 + len(b"invalid UTF-8 in a text message"), 1007)
+    assert close_frame in received, received[-80:]
+
+
+async def test_idle_connections_hold_a_few_kilobytes_each(relay_factory) -> None:
+    """An idle connection holds its parser state, the relay's session and a timer: no
+    task, no queue, no coroutine frames (relay.transport, relay.session)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this process holds them all
+    if hard < 2 * IDLE:
+        pytest.skip(f"the file limit ({hard}) cannot hold {IDLE} connections on both ends")
+    pod = relay_factory("a")
+
+    async def idle(n: int) -> ClientConnection:
+        ws = await connect(pod.url, open_timeout=30)
+        await ws.recv()  # welcome
+        await ws.send(orjson.dumps({"op": "join", "room": f"idle:{n % 100}", "ref": "j"}).decode())
+        assert orjson.loads(await ws.recv())["op"] == "joined"
+        return ws
+
+    clients = [await idle(n) for n in range(100)]  # warm-up: rooms, caches, free lists
+    try:
+        await asyncio.sleep(0.5)
+        before = rss(pod)
+        for start in range(0, IDLE, 100):
+            clients += await asyncio.gather(*(idle(n) for n in range(start, start + 100)))
+        await asyncio.sleep(0.5)
+        per_connection = (rss(pod) - before) / IDLE
+        assert per_connection <= IDLE_BOUND, f"{per_connection / 1024:.1f} KB per connection"
+        await clients[-1].send('{"op": "ping", "ref": "still"}')
+        assert orjson.loads(await asyncio.wait_for(clients[-1].recv(), 5))["ref"] == "still"
+    finally:
+        await asyncio.gather(*(ws.close() for ws in clients), return_exceptions=True)
