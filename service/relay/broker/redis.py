@@ -27,7 +27,7 @@ from redis.backoff import FullJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
 
 from relay import protocol
-from relay.broker import envelope, keys, lua
+from relay.broker import commands, envelope, keys, lua
 from relay.broker.base import Broker, BrokerUnavailable, Delivery, History, PublishResult
 from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
 from relay.rooms import RoomPolicy
@@ -43,6 +43,10 @@ RECONNECT_BACKOFF = FullJitterBackoff(cap=2.0, base=0.05)
 MAX_BACKOFF_EXPONENT = 16
 """Failures counted into the backoff (0.05 * 2**16 is far past the cap); an outage of any
 length must not grow 2**failures past what a float holds."""
+
+
+_PUBLISH_DURABLE = commands.Script(lua.PUBLISH_DURABLE)
+_PUBLISH_VOLATILE_ONCE = commands.Script(lua.PUBLISH_VOLATILE_ONCE)
 
 
 class ProbeLost(Exception):
@@ -82,8 +86,9 @@ class RedisShard:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),
         )
-        self.publish_durable = self.commands.register_script(lua.PUBLISH_DURABLE)
-        self.publish_volatile_once = self.commands.register_script(lua.PUBLISH_VOLATILE_ONCE)
+        # The publish path, once per event: a lean pipelined connection built from the same
+        # client settings (relay.broker.commands); redis-py serves everything else.
+        self.publishes = commands.CommandConnection(self.commands, timeout=timeout)
         self.read_history = self.commands.register_script(lua.HISTORY)
         self._channels: set[bytes] = {keys.CONTROL_CHANNEL} if on_control is not None else set()
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
@@ -106,6 +111,7 @@ class RedisShard:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=2.0)
+        self.publishes.close()
         await asyncio.wait({asyncio.create_task(self.commands.aclose())}, timeout=self._timeout)
 
     async def subscribe(self, channel: bytes) -> None:
@@ -383,9 +389,10 @@ class RedisBroker(Broker):
         event_head, event_tail = protocol.event_parts(room, data, ts, subject)
         header_head, header_tail = envelope.header_parts(self._node_id, room, ts, trace)
         dedupe, window = self._dedupe(room, subject, msg_id)
-        duplicate, offset, epoch = await shard.publish_durable(
-            keys=[keys.meta(room), keys.log(room), dedupe],
-            args=[
+        duplicate, offset, epoch = await shard.publishes.evalsha(
+            _PUBLISH_DURABLE,
+            [keys.meta(room), keys.log(room), dedupe],
+            [
                 keys.channel(room),
                 secrets.token_hex(4),
                 policy.history_size,
@@ -412,8 +419,8 @@ class RedisBroker(Broker):
         payload = protocol.event(room, None, data, ts, subject)
         message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
         dedupe, window = self._dedupe(room, subject, msg_id)
-        duplicate = await shard.publish_volatile_once(
-            keys=[dedupe], args=[keys.channel(room), message, window]
+        duplicate = await shard.publishes.evalsha(
+            _PUBLISH_VOLATILE_ONCE, [dedupe], [keys.channel(room), message, window]
         )
         return PublishResult(None, None, duplicate=bool(duplicate))
 
@@ -421,8 +428,9 @@ class RedisBroker(Broker):
         """The key and window that make a publish run once.
 
         With the client's id: the dedupe window. Without one, a key of our own for a
-        short window: the command client retries once on a timeout or dropped
-        connection, and a script that ran but whose reply was lost must not run twice.
+        short window, so that a script that ran but whose reply was lost never runs
+        twice. (The publish connection, relay.broker.commands, resends a command only
+        after NOSCRIPT, i.e. when it did not run; the key guards any resend to come.)
         """
         if msg_id is not None:
             return keys.dedupe(room, subject, msg_id), self._dedupe_seconds
