@@ -37,8 +37,8 @@ def script_args(n: int) -> tuple[list[str], list[str | int | bytes]]:
     head = b'{"v":1,"node":"bench","room":"' + room.encode() + b'","ts":1,"offset":'
     event = b'{"op":"event","room":"' + room.encode() + b'","offset":'
     return (
-        [keys.meta(room), keys.log(room), keys.retry(room, f"b{n}")],
-        [keys.channel(room), "e0", 1000, 3600, 30, head, b"}", event, b',"data":{"x":1}}'],
+        [keys.meta(room), keys.log(room), keys.dedupe(room, None, f"b{n}")],
+        [keys.channel(room), "e0", 1000, 3600, 300, head, b"}", event, b',"data":{"x":1}}'],
     )
 
 

@@ -16,8 +16,9 @@ Failure behaviour:
 - Every command has a deadline `timeout` after it was sent. When the oldest unanswered
   command passes it, the connection is aborted: every command in flight fails with
   BrokerUnavailable (the client gets `unavailable` and retries with its id; the dedupe
-  key, or the retry key of an id-less publish, makes a script that did run not run
-  twice). The next command opens a new connection.
+  key makes a script that did run not run twice). The next command opens a new
+  connection. Nothing is ever sent again once it may have run: an id-less publish whose
+  reply was lost is reported as failed, never repeated.
 - A lost connection (Redis restarted, reset) fails what is in flight the same way.
 - NOSCRIPT (the script cache is empty after a restart): the command is sent again as
   EVAL with the script's source, which runs it and loads it for the next EVALSHA.

@@ -49,11 +49,6 @@ def dedupe(room: str, subject: str | None, msg_id: str) -> str:
     return f"{_tag(room)}:id:{len(who)}:{who}:{msg_id}"
 
 
-def retry(room: str, token: str) -> str:
-    """A publish without a client id, remembered briefly so a lost reply is not run twice."""
-    return f"{_tag(room)}:retry:{token}"
-
-
 def node_channel(node_id: str) -> bytes:
     """The relay server's own channel: its Pub/Sub self-probe travels through it."""
     return f"relay:node:{node_id}".encode()

@@ -1,6 +1,7 @@
 """The Redis broker: live fan-out through Pub/Sub, rooms spread over shards.
 
-Each relay server keeps, per shard, a pool for commands (PUBLISH) and exactly one
+Each relay server keeps, per shard, a lean pipelined connection for the publishes
+(relay.broker.commands), a redis-py pool for every other command, and exactly one
 Pub/Sub connection carrying every room channel it subscribes. The Pub/Sub connection is
 the part that fails silently in the systems we compete with (a subscriber goes deaf
 while health checks stay green), so each shard probes it: a token published on this
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
@@ -34,8 +35,6 @@ from relay.rooms import RoomPolicy
 
 log = logging.getLogger("relay.broker.redis")
 
-RETRY_WINDOW_SECONDS = 30
-"""How long a publish without a client id is remembered, to absorb the client's retry."""
 SUBSCRIBE_CHUNK = 500
 """Channels per SUBSCRIBE command when resubscribing after a reconnect."""
 RECONNECT_BACKOFF = FullJitterBackoff(cap=2.0, base=0.05)
@@ -321,10 +320,6 @@ class RedisBroker(Broker):
             raise ValueError("RedisBroker needs at least one URL")
         self._node_id = node_id
         self._dedupe_seconds = dedupe_seconds
-        # Retry keys of id-less publishes: a random prefix per process (no two servers,
-        # nor two lives of one, share it) and a counter, not 8 random bytes per publish.
-        self._retry_prefix = secrets.token_hex(8)
-        self._retry_ids = itertools.count()
         self._shards = [
             RedisShard(
                 url,
@@ -418,6 +413,11 @@ class RedisBroker(Broker):
     ) -> PublishResult:
         payload = protocol.event(room, None, data, ts, subject)
         message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
+        if msg_id is None:  # nothing to deduplicate: a plain PUBLISH, no script
+            reply = await shard.publishes.execute("PUBLISH", keys.channel(room), message)
+            if isinstance(reply, hiredis.ReplyError):
+                raise BrokerUnavailable(f"PUBLISH on {shard.url} refused: {reply}")
+            return PublishResult(None, None, duplicate=False)
         dedupe, window = self._dedupe(room, subject, msg_id)
         duplicate = await shard.publishes.evalsha(
             _PUBLISH_VOLATILE_ONCE, [dedupe], [keys.channel(room), message, window]
@@ -425,17 +425,18 @@ class RedisBroker(Broker):
         return PublishResult(None, None, duplicate=bool(duplicate))
 
     def _dedupe(self, room: str, subject: str | None, msg_id: str | None) -> tuple[str, int]:
-        """The key and window that make a publish run once.
+        """The key and window that make a publish with the client's id run once.
 
-        With the client's id: the dedupe window. Without one, a key of our own for a
-        short window, so that a script that ran but whose reply was lost never runs
-        twice. (The publish connection, relay.broker.commands, resends a command only
-        after NOSCRIPT, i.e. when it did not run; the key guards any resend to come.)
+        Without an id the window is 0: nothing to remember. The publish connection
+        (relay.broker.commands) never sends a command again once it may have run (it
+        resends only after NOSCRIPT, when the script did not run), so an id-less publish
+        whose reply is lost fails with BrokerUnavailable and is not run twice. The key
+        is then the room's meta key, unused by the script, named only because a script's
+        keys must be in the room's slot.
         """
         if msg_id is not None:
             return keys.dedupe(room, subject, msg_id), self._dedupe_seconds
-        retry_id = f"{self._retry_prefix}{next(self._retry_ids):x}"
-        return keys.retry(room, retry_id), RETRY_WINDOW_SECONDS
+        return keys.meta(room), 0
 
     async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
         shard = self.shard_for(room)
