@@ -1,9 +1,20 @@
 # syntax=docker/dockerfile:1
 # One image, two entrypoints: `relay` (the WebSocket relay, the default) and
 # `gamecluster-operator` (the kopf operator, which deploys relay pods with this
-# same image). Stage 1 builds every wheel; stage 2 holds only Python and the venv.
+# same image). Stage 1 builds the TypeScript client's browser bundle (the demo page at /
+# serves it), stage 2 every wheel; stage 3 holds only Python and the venv.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:20.20.2-bookworm-slim
+
+# The bundle from clients/js's sources and lock file, not the committed copy in
+# service/relay/static (a test keeps that copy equal to a fresh build for `make run`).
+FROM ${NODE_IMAGE} AS js
+WORKDIR /js
+COPY clients/js/package.json clients/js/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY clients/js ./
+RUN npm run build
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -13,6 +24,7 @@ WORKDIR /src
 # glob keeps the build working in a tree that has none yet.
 COPY pyproject.toml README.m[d] ./
 COPY service ./service
+COPY --from=js /js/dist/browser/gamecluster-client.js ./service/relay/static/gamecluster-client.js
 COPY operator ./operator
 # The Python client is its own distribution; the relay CLI (publish, tail, check)
 # depends on it, so its wheel is built from here next to ours.

@@ -6,7 +6,7 @@ HASH := $(shell cat pyproject.toml $(CLIENT)/pyproject.toml | sha1sum | cut -c1-
 STAMP := $(VENV)/.installed-all-$(HASH)
 RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 
-.PHONY: run test lint e2e bench system-deps venv js-deps js-build js-vendor
+.PHONY: run test lint e2e e2e-pods pods-deps bench system-deps venv js-deps js-build js-vendor
 
 ## Everything: the relay, the operator extra and the dev extra (tests, linters, their tools).
 ## The Python client is its own distribution (clients/python), installed editable next to the
@@ -47,15 +47,23 @@ js-build: js-deps
 js-vendor: js-build
 	cp $(JS)/dist/browser/gamecluster-client.js service/relay/static/gamecluster-client.js
 
-## redis-server from Debian's packages, when missing (the tests start their own on free ports);
+## redis-server and redis-sentinel from Debian's packages, when missing (the tests start their
+## own on free ports; redis-sentinel is a package of its own, which the Sentinel tests run);
 ## Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium, never its own).
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@command -v redis-sentinel >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-sentinel; }
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-## Run the relay: single node, embedded broker, auth off (a laptop default).
+## Run the relay: single node, embedded broker, auth off (a laptop default), with the room
+## policies the demo page at / needs: `arena:*` volatile with presence (positions, who is
+## there); `chat:*` matches no rule, so it is durable (the default). Both overridable.
+## `exec`: the relay replaces the recipe's shell, so the SIGTERM that make passes on to its
+## child on `kill <make>` reaches the relay (it drains and exits) instead of a shell that
+## dies and leaves the relay running (tests/integration/test_make_run.py).
+DEMO_ROOMS := [{"match":"arena:*","policy":"volatile","presence":true}]
 run: $(RUN_STAMP)
-	RELAY_AUTH=$${RELAY_AUTH:-none} $(VENV)/bin/relay serve
+	RELAY_AUTH=$${RELAY_AUTH:-none} RELAY_ROOMS=$${RELAY_ROOMS:-'$(DEMO_ROOMS)'} exec $(VENV)/bin/relay serve
 
 ## The whole test suite, as CI runs it.
 test: venv system-deps
@@ -70,6 +78,22 @@ lint: venv js-deps
 
 e2e: venv system-deps
 	$(PY) -m pytest -m e2e
+
+## The real-pod tier's Debian packages (tests/e2e/README.md): a container runtime, CNI plugins,
+## image builders, iptables, gcc + static libc for the pause binary.
+POD_DEPS := containerd runc containernetworking-plugins buildah mmdebstrap iptables conntrack gcc libc6-dev
+pods-deps:
+	@missing=; for p in $(POD_DEPS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+## Real pods on a real node (root; builds kubelet, kube-proxy, CoreDNS and the images on first run).
+e2e-pods: venv system-deps pods-deps
+	bash tests/e2e/tools.sh
+	bash tests/e2e/tools.sh --node
+	$(PY) -m pytest -m pods
 
 ## The relay against Node socket.io, python-socketio and the frame-once floor (bench/compare.py);
 ## BENCH_QUICK=1 for a short run. Installs its own extras: the `bench` extra and bench/js (npm ci).

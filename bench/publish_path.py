@@ -60,7 +60,7 @@ async def cpu_per_call(publish: Publish, n: int, concurrency: int) -> float:
 async def main(url: str, n: int, concurrency: int, repeat: int) -> None:
     client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
     script = client.register_script(lua.PUBLISH_DURABLE)
-    lean = commands.CommandConnection(client, timeout=2.0)
+    lean = commands.CommandConnection(client, url=url, timeout=2.0)
     lean_script = commands.Script(lua.PUBLISH_DURABLE)
     broker = RedisBroker((url,), "bench", timeout=2.0, probe_interval=1.0, probe_timeout=1.0)
     policy = RoomPolicy()

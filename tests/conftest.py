@@ -14,8 +14,15 @@ RedisFactory = Callable[..., RedisProcess]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slowest, most environment-dependent tier last: e2e (a stable sort keeps order)."""
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+    """The slowest, most environment-dependent tiers last: e2e, then the real-pod tier
+    (a stable sort keeps the order within each)."""
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("e2e") is not None
+            or item.get_closest_marker("pods") is not None,
+            item.get_closest_marker("pods") is not None,
+        )
+    )
 
 
 @pytest.fixture

@@ -34,6 +34,11 @@ class Owner:
         return self.name
 
     @property
+    def admin_service(self) -> str:
+        """ClusterIP Service of the relay pods' admin port (metrics, server API)."""
+        return f"{self.name}-admin"
+
+    @property
     def relay(self) -> str:
         """Deployment, ConfigMap and PodDisruptionBudget of the relay pods."""
         return f"{self.name}-relay"
@@ -42,6 +47,16 @@ class Owner:
     def redis(self) -> str:
         """Redis StatefulSet and its headless Service."""
         return f"{self.name}-redis"
+
+    @property
+    def redis_secret(self) -> str:
+        """Managed Redis passwords: generated once, then edited only by a user (rotation)."""
+        return f"{self.name}-redis"
+
+    @property
+    def redis_acl(self) -> str:
+        """Managed Redis's ACL file, rendered from the password Secret on every pass."""
+        return f"{self.name}-redis-acl"
 
     @property
     def jwt_secret(self) -> str:
@@ -116,7 +131,13 @@ def every_possible_child(owner: Owner) -> list[ChildRef]:
         ChildRef("v1", "Secret", ns, owner.jwt_secret),
         ChildRef("apps/v1", "Deployment", ns, owner.relay),
         ChildRef("v1", "Service", ns, owner.service),
+        ChildRef("v1", "Service", ns, owner.admin_service),
         ChildRef("policy/v1", "PodDisruptionBudget", ns, owner.relay),
         ChildRef("apps/v1", "StatefulSet", ns, owner.redis),
         ChildRef("v1", "Service", ns, owner.redis),
+        # Managed Redis access; the password Secret (owner.redis_secret) is left out on
+        # purpose: it is never deleted while its GameCluster exists (garbage-collected with it).
+        ChildRef("v1", "Secret", ns, owner.redis_acl),
+        ChildRef("policy/v1", "PodDisruptionBudget", ns, owner.redis),
+        ChildRef("networking.k8s.io/v1", "NetworkPolicy", ns, owner.redis),
     ]

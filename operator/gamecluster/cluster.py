@@ -28,8 +28,16 @@ _PLURALS: Final = {
     "Deployment": "deployments",
     "StatefulSet": "statefulsets",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "NetworkPolicy": "networkpolicies",
+    "Pod": "pods",
+    "Lease": "leases",
     names.KIND: names.PLURAL,
 }
+
+
+MAX_PODS_LISTED: Final = 2000
+"""One page of relay pods; maxReplicas is at most 1000, so one page holds them all (surge
+included). A longer list is cut, and the load reading then lacks pods and is incomplete."""
 
 
 class ClusterError(Exception):
@@ -60,6 +68,14 @@ class Cluster(Protocol):
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """JSON merge patch of the GameCluster's status subresource."""
+        ...
+
+    def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
+        """Pods matching a label selector (``k=v,k=v``)."""
+        ...
+
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """JSON merge patch of one pod's annotations; a missing pod is not an error."""
         ...
 
 
@@ -102,6 +118,23 @@ class KubeCluster:
         path = path_of(names.API_VERSION, names.KIND, namespace, name) + "/status"
         self._call(
             "PATCH", path, content_type="application/merge-patch+json", body={"status": status}
+        )
+
+    def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
+        result = self._call(
+            "GET",
+            path_of("v1", "Pod", namespace),
+            query=[("labelSelector", selector), ("limit", str(MAX_PODS_LISTED))],
+        )
+        items = (result or {}).get("items") or []
+        return [item for item in items if isinstance(item, dict)]
+
+    def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        self._call(
+            "PATCH",
+            path_of("v1", "Pod", namespace, name),
+            content_type="application/merge-patch+json",
+            body={"metadata": {"annotations": dict(annotations)}},
         )
 
     def _call(

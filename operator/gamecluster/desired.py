@@ -12,7 +12,9 @@ from typing import Any
 
 from gamecluster.children import Manifest, Owner
 from gamecluster.manifests import redis as redis_manifests
+from gamecluster.manifests import redis_access, secrets
 from gamecluster.manifests import relay as relay_manifests
+from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import GameClusterSpec
 
 
@@ -24,6 +26,12 @@ class Inputs:
     """The autoscaler's last decision; used instead of spec.replicas while autoscaling is on."""
     jwt_secret: str | None = None
     """Value for the generated JWT Secret: the stored one if it exists, else a fresh one."""
+    redis_passwords: RedisPasswords | None = None
+    """Managed Redis: the stored passwords (``<name>-redis``), else fresh ones."""
+    redis_secret_exists: bool = False
+    """Whether ``<name>-redis`` exists: then it is never applied (a user may have rotated it)."""
+    operator_namespace: str | None = None
+    """Where the operator runs: the Redis NetworkPolicy admits its load-report reads."""
 
 
 def relay_replicas(spec: GameClusterSpec, autoscaled: int | None) -> int:
@@ -58,18 +66,28 @@ def desired(spec: GameClusterSpec, meta: Mapping[str, Any], inputs: Inputs) -> l
         if inputs.jwt_secret is None:
             raise ValueError("desired() needs inputs.jwt_secret when the JWT secret is generated")
         manifests.append(relay_manifests.jwt_secret(owner, inputs.jwt_secret))
+    digest = None
     if spec.redis.mode == "managed":
+        passwords = inputs.redis_passwords
+        if passwords is None:
+            raise ValueError("desired() needs inputs.redis_passwords for a managed Redis")
+        digest = passwords.digest()
+        if not inputs.redis_secret_exists:
+            manifests.append(secrets.password_secret(owner, passwords))
+        manifests.append(secrets.acl_secret(owner, passwords))
         manifests.append(redis_manifests.headless_service(spec, owner))
-        manifests.append(redis_manifests.statefulset(spec, owner))
-    manifests.append(
-        relay_manifests.deployment(
-            spec,
-            owner,
-            image=spec.image or inputs.relay_image,
-            replicas=relay_replicas(spec, inputs.autoscaled_replicas),
-            data=data,
-        )
+        manifests.append(redis_manifests.statefulset(spec, owner, digest))
+        manifests.append(redis_access.network_policy(owner, inputs.operator_namespace))
+        manifests.append(redis_access.disruption_budget(owner))
+    deployment = relay_manifests.deployment(
+        spec,
+        owner,
+        image=spec.image or inputs.relay_image,
+        replicas=relay_replicas(spec, inputs.autoscaled_replicas),
+        data=data,
     )
+    manifests.append(redis_access.attach_to_relay(deployment, spec, owner, digest))
     manifests.append(relay_manifests.service(spec, owner))
+    manifests.append(relay_manifests.admin_service(owner))
     manifests.append(relay_manifests.disruption_budget(owner))
     return manifests

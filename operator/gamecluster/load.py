@@ -1,16 +1,22 @@
 """Where the connection count comes from: the relay pods' load reports in Redis.
 
-Each relay pod writes its live connection count to ``load_report_key(node id)`` with
-a TTL of ``LOAD_REPORT_TTL_SECONDS``, so a pod that died stops counting within that time. The
-reader scans every shard (a pod may report to any of them) and keeps one count per node id.
+Each relay pod writes its live connection count to ``load_report_key(node id)`` on
+shard 0 with a TTL of ``LOAD_REPORT_TTL_SECONDS``; the node id is the pod's name (the
+operator sets RELAY_NODE_ID from metadata.name). So the reader needs no SCAN: it asks shard 0
+for exactly the keys of the ready relay pods, one MGET, O(pods).
 
-A shard that cannot be reached makes the whole reading unknown (None) rather than low: a
-partial sum would look like a load drop and start a scale-down.
+A count is only trusted when it is complete. A ready pod without a report (it cannot reach
+Redis, or its report expired) makes the whole reading unknown rather than low: a partial sum
+would look like a load drop and start a scale-down. The one exception is a pod that became
+ready less than a TTL ago: it may not have written its first report yet, and a new pod has
+next to no players, so it counts as 0. No ready pod at all is unknown too.
 """
 
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import redis
 
@@ -19,50 +25,137 @@ from relay import contract
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RedisAuth:
+    """How the operator logs in to one GameCluster's Redis (per GameCluster, read from its
+    Secret on every reading, so a rotated password is used at the next tick)."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_pem: str | None = field(default=None, repr=False)
+    """PEM CA bundle for ``rediss://`` URLs (external mode's ``secretRef.caKey``)."""
+
+
+@dataclass(frozen=True)
+class ReadyPod:
+    name: str
+    ready_since: datetime | None
+
+
+@dataclass(frozen=True)
+class Reading:
+    per_pod: dict[str, int] = field(default_factory=dict)
+    unknown: str | None = None
+    """Why the load is unknown (no decision then); None when every ready pod is counted."""
+
+    @property
+    def total(self) -> int | None:
+        return None if self.unknown is not None else sum(self.per_pod.values())
+
+
+NO_READY_PODS = Reading(unknown="no ready relay pod to read a load report from")
+"""Unknown, not 0: with every pod unready (Redis down fails every readiness probe) a zero
+would start a scale-down exactly when the fleet is in trouble."""
+
+
 class LoadSource(Protocol):
-    def total_connections(self, redis_urls: Sequence[str]) -> int | None:
-        """Connections summed over the fresh load reports, or None when unknown."""
+    def read(
+        self,
+        redis_url: str | None,
+        pods: Sequence[ReadyPod],
+        now: datetime,
+        auth: RedisAuth | None = None,
+    ) -> Reading:
+        """The ready pods' fresh load reports from shard 0 (``redis_url``), logged in as
+        ``auth`` (a managed Redis refuses anonymous clients)."""
         ...
 
 
+def ready_pods(pods: Sequence[Mapping[str, Any]]) -> list[ReadyPod]:
+    """The pods whose Ready condition is True and that are not terminating."""
+    ready = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if condition.get("type") == "Ready" and condition.get("status") == "True":
+                ready.append(
+                    ReadyPod(meta["name"], _parse_time(condition.get("lastTransitionTime")))
+                )
+                break
+    return ready
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def combine(
+    pods: Sequence[ReadyPod], values: Sequence[bytes | str | None], now: datetime
+) -> Reading:
+    """The reading from one MGET's values, in the order of ``pods`` (pure)."""
+    grace = timedelta(seconds=contract.LOAD_REPORT_TTL_SECONDS)
+    per_pod: dict[str, int] = {}
+    for pod, value in zip(pods, values, strict=True):
+        if value is None:
+            if pod.ready_since is not None and now - pod.ready_since < grace:
+                per_pod[pod.name] = 0
+                continue
+            return Reading(per_pod, f"no fresh load report from ready pod {pod.name}")
+        try:
+            per_pod[pod.name] = max(int(value), 0)
+        except ValueError:
+            return Reading(per_pod, f"malformed load report from pod {pod.name}: {value!r}")
+    return Reading(per_pod)
+
+
 class RedisLoadSource:
-    """Reads the reports with SCAN + MGET; bounded by ``timeout_seconds`` per shard."""
+    """One MGET on shard 0; bounded by ``timeout_seconds``.
+
+    A managed Redis refuses anonymous clients: ``auth`` is the operator's ACL user there
+    (``relay.contract.OPERATOR_ACL_RULES``: it may read load reports, nothing else).
+    """
 
     def __init__(self, timeout_seconds: float = 2.0) -> None:
         self._timeout = timeout_seconds
 
-    def total_connections(self, redis_urls: Sequence[str]) -> int | None:
-        if not redis_urls:
-            return None
-        per_node: dict[str, int] = {}
-        for url in redis_urls:
-            try:
-                per_node.update(self._read_shard(url))
-            except (redis.RedisError, OSError) as exc:
-                logger.info("load reports unavailable from %s: %s", _redact(url), exc)
-                return None
-        return sum(per_node.values())
-
-    def _read_shard(self, url: str) -> dict[str, int]:
+    def read(
+        self,
+        redis_url: str | None,
+        pods: Sequence[ReadyPod],
+        now: datetime,
+        auth: RedisAuth | None = None,
+    ) -> Reading:
+        if not pods:
+            return NO_READY_PODS
+        if not redis_url:
+            return Reading(unknown="no Redis URL to read load reports from")
+        auth = auth or RedisAuth()
+        tls: dict[str, str] = {}
+        if auth.ca_pem is not None and redis_url.startswith("rediss://"):
+            tls["ssl_ca_data"] = auth.ca_pem
         client = redis.Redis.from_url(
-            url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+            redis_url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            username=auth.username,
+            password=auth.password,
+            **tls,
         )
         try:
-            keys = list(client.scan_iter(match=contract.LOAD_REPORT_KEY_PATTERN, count=500))
-            if not keys:
-                return {}
-            values = client.mget(keys)
+            values = client.mget([contract.load_report_key(pod.name) for pod in pods])
+        except (redis.RedisError, OSError) as exc:
+            logger.info("load reports unavailable from %s: %s", _redact(redis_url), exc)
+            return Reading(unknown=f"Redis shard 0 unreachable: {exc}")
         finally:
             client.close()
-        counts: dict[str, int] = {}
-        for key, value in zip(keys, values, strict=True):
-            if value is None:  # expired between SCAN and MGET
-                continue
-            try:
-                counts[key.decode()] = max(int(value), 0)
-            except ValueError:
-                logger.warning("ignoring malformed load report %r=%r", key, value)
-        return counts
+        return combine(pods, values, now)
 
 
 def _redact(url: str) -> str:

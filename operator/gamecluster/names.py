@@ -22,6 +22,17 @@ PART_OF: Final = "gamecluster"
 COMPONENT_RELAY: Final = "relay"
 COMPONENT_REDIS: Final = "redis"
 
+MAX_NAME_LENGTH: Final = 46
+"""A GameCluster's name, at most: the Redis StatefulSet ``<name>-redis`` (52) still fits the
+controller-revision-hash label ``<sts>-<hash>`` (63), and every child is a DNS-1035 label."""
+NAME_PATTERN: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""DNS-1035 label: Services need it, and the relay Service carries the GameCluster's name."""
+
+ANNOTATION_PAUSED: Final = f"{GROUP}/paused"
+"""``"true"`` on a GameCluster: the operator leaves it and its children alone."""
+ANNOTATION_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
+"""On relay pods before a scale-down: the ReplicaSet removes the lowest-cost pods first."""
+
 ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
 """On the relay pod template: changes exactly when the relay's configuration changes."""
 

@@ -7,16 +7,18 @@ Three groups:
 
 - ``NAMESPACED_RULES``: what the operator needs in every namespace it watches (a ClusterRole
   bound cluster-wide, or a Role per namespace when ``GAMECLUSTER_WATCH_NAMESPACES`` is set).
+- ``LEADER_RULES``: the leader-election Lease, only in the operator's own namespace.
 - ``CLUSTER_RULES``: cluster-scoped reads kopf makes when it watches all namespaces (it notices
   new namespaces and CRD changes). Without them kopf logs a warning and falls back to the
   namespaces it was given, so they are only needed in cluster-wide mode.
 - ``VIEW_RULES`` / ``EDIT_RULES``: for users, meant for ClusterRoles aggregated into the
   built-in ``view`` and ``edit`` roles (``rbac.authorization.k8s.io/aggregate-to-*``).
 
-Not listed on purpose: kopf peering resources (the operator runs ``--standalone``, see
-docs/operator.md), pods, leases and persistentvolumeclaims (the StatefulSet controller creates
-the claims; the operator never touches them), and list/watch on secrets (the operator reads one
-named Secret and writes one generated Secret, and never needs to see the others).
+Not listed on purpose: kopf peering resources (the operator runs ``--standalone`` and elects
+a leader with a Lease instead, see docs/operator.md), persistentvolumeclaims (the StatefulSet
+controller creates the claims; the operator never touches them), and list/watch on secrets
+(the operator reads one named Secret and writes one generated Secret, and never needs to see
+the others).
 """
 
 from dataclasses import dataclass
@@ -84,13 +86,36 @@ NAMESPACED_RULES: Final[tuple[Rule, ...]] = (
         "policy",
         ("poddisruptionbudgets",),
         _CHILD_VERBS,
-        "PodDisruptionBudget of the relay pods",
+        "PodDisruptionBudgets of the relay pods and of the managed Redis",
+    ),
+    Rule(
+        "networking.k8s.io",
+        ("networkpolicies",),
+        _CHILD_VERBS,
+        "the managed Redis's NetworkPolicy (only its relay pods and the operator get in)",
+    ),
+    Rule(
+        "",
+        ("pods",),
+        ("list", "patch"),
+        "autoscaler: list the relay pods to read exactly their load reports (no SCAN), and "
+        "annotate controller.kubernetes.io/pod-deletion-cost before a scale-down",
     ),
     Rule(
         "",
         ("secrets",),
         ("get", "create", "patch", "delete"),
-        "check that spec.auth.secretName exists; apply the generated JWT Secret",
+        "check that spec.auth.secretName and redis.external.secretRef exist; apply the "
+        "generated JWT Secret, the Redis password Secret (once) and the Redis ACL Secret",
+    ),
+)
+
+LEADER_RULES: Final[tuple[Rule, ...]] = (
+    Rule(
+        "coordination.k8s.io",
+        ("leases",),
+        ("get", "create", "update"),
+        "leader election between operator replicas (a Role in the operator's own namespace)",
     ),
 )
 

@@ -8,12 +8,25 @@ One pass for one GameCluster, in order:
    (or a fresh one), the autoscaler's last decision from status.
 3. Apply every desired child with server-side apply: all of them (``full``, on create,
    update and resume), or only those missing or drifted from what is desired (on child
-   events and timer ticks; this keeps a no-op from writing anything).
+   events and timer ticks; this keeps a no-op from writing anything). Each child is read
+   first: one that exists but is not owned by this GameCluster is left alone (reason
+   ``NameConflict``), since a forced apply would take it over and the garbage collector
+   would later delete it with the GameCluster. A child the API server refuses (a 422 on a
+   field it cannot change, an admission webhook) does not stop the pass: the other children
+   are still applied, so the Deployment keeps scaling, and the first failure is reported as
+   ``Stalled`` with the child and the API error.
 4. Delete owned children no spec produces any more (managed -> external, a named secret).
 5. Compute status from the children and patch it when it changed.
 
 Passes for the same GameCluster are serialised by a per-object lock, since kopf may run a
 handler, a timer and a child event for it in different worker threads at once.
+
+Operator upgrades roll relay images one GameCluster at a time. A GameCluster without
+``spec.image`` runs the operator's own image, recorded in ``status.relayImage``. When a new
+operator brings a new image, only one such GameCluster at a time moves to it (it holds the
+"upgrade slot" until its rollout is done, or ``UPGRADE_SLOT_SECONDS`` at most, so a stuck
+one cannot block the rest); the others keep the recorded image and move in later passes.
+A ``spec.image`` is the user's explicit choice and applies at once.
 """
 
 import base64
@@ -24,17 +37,22 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from gamecluster import children as children_mod
+from gamecluster import redis_auth
 from gamecluster import status as status_mod
 from gamecluster.children import ChildRef, Manifest, Owner
-from gamecluster.cluster import Cluster
+from gamecluster.cluster import Cluster, ClusterError
 from gamecluster.desired import Inputs, desired, generates_jwt_secret
+from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import JWT_PUBLIC_KEY_KEY, JWT_SECRET_KEY, GameClusterSpec, InvalidSpec, parse
 from gamecluster.status import Observed, Problem
 
 logger = logging.getLogger(__name__)
+
+UPGRADE_SLOT_SECONDS: Final = 600.0
+"""Longest a GameCluster holds the upgrade slot (its rollout may be stuck)."""
 
 
 @dataclass(frozen=True)
@@ -74,20 +92,73 @@ class Reconciler:
         relay_image: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(48),
+        operator_namespace: str | None = None,
     ) -> None:
         self.cluster = cluster
+        self.operator_namespace = operator_namespace
+        """Where the operator runs (GAMECLUSTER_NAMESPACE): admitted to Redis for load reads."""
         self.relay_image = relay_image
         self.clock = clock
         self._new_secret = new_secret
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._upgrade_slot: tuple[tuple[str, str], datetime] | None = None
+
+    def _relay_image(self, spec: GameClusterSpec, owner: Owner, previous: Mapping[str, Any]) -> str:
+        """spec.image, else the operator's image, moving one GameCluster at a time to a new one."""
+        if spec.image:
+            return spec.image
+        recorded = previous.get("relayImage") or self._running_image(owner)
+        if not recorded or recorded == self.relay_image:
+            return self.relay_image
+        key, now = (owner.namespace, owner.name), self.clock()
+        with self._locks_guard:
+            slot = self._upgrade_slot
+            if (
+                slot is None
+                or slot[0] == key
+                or (now - slot[1]).total_seconds() > UPGRADE_SLOT_SECONDS
+            ):
+                if slot is None or slot[0] != key:
+                    self._upgrade_slot = (key, now)
+                    logger.info("%s/%s: relay image %s -> %s", *key, recorded, self.relay_image)
+                return self.relay_image
+        return str(recorded)
+
+    def _running_image(self, owner: Owner) -> str | None:
+        """The relay Deployment's image (status written by an operator before relayImage)."""
+        deploy = self.cluster.get(ChildRef("apps/v1", "Deployment", owner.namespace, owner.relay))
+        containers = ((deploy or {}).get("spec") or {}).get("template", {}).get("spec", {})
+        for container in containers.get("containers") or []:
+            if container.get("name") == "relay" and isinstance(container.get("image"), str):
+                return str(container["image"])
+        return None
+
+    def _release_slot(self, owner: Owner, status: Mapping[str, Any]) -> None:
+        """The slot's holder has rolled out the new image: the next GameCluster may go."""
+        reconciling: Mapping[str, Any] = next(
+            (c for c in status.get("conditions", []) if c.get("type") == "Reconciling"), {}
+        )
+        with self._locks_guard:
+            if (
+                self._upgrade_slot is not None
+                and self._upgrade_slot[0] == (owner.namespace, owner.name)
+                and status.get("relayImage") == self.relay_image
+                and reconciling.get("status") == "False"
+            ):
+                self._upgrade_slot = None
 
     def _lock(self, owner: Owner) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault((owner.namespace, owner.name), threading.Lock())
 
     def run(
-        self, body: Mapping[str, Any], *, full: bool, connections: int | None = None
+        self,
+        body: Mapping[str, Any],
+        *,
+        full: bool,
+        connections: int | None = None,
+        load_unknown: str | None = None,
     ) -> Outcome:
         """One pass (see the module docstring). Raises ClusterError when the API fails."""
         meta = body["metadata"]
@@ -98,26 +169,45 @@ class Reconciler:
                 spec = parse(body.get("spec") or {})
             except InvalidSpec as exc:
                 return self._report_problem(
-                    body, None, Problem(exc.reason, exc.message), connections
+                    body, None, Problem(exc.reason, exc.message), connections, load_unknown
                 )
-            problem = self._check_references(spec, owner)
+            problem = self._check_references(spec, owner) or redis_auth.check_external(
+                self.cluster, spec, owner
+            )
+            redis_passwords: tuple[RedisPasswords, bool] | None = None
+            if problem is None and spec.redis.mode == "managed":
+                found = redis_auth.managed_passwords(self.cluster, owner, self._new_secret)
+                if isinstance(found, Problem):
+                    problem = found
+                else:
+                    redis_passwords = found
             if problem is not None:
-                return self._report_problem(body, spec, problem, connections)
+                return self._report_problem(body, spec, problem, connections, load_unknown)
 
             autoscaled = (previous.get("autoscaling") or {}).get("desiredReplicas")
+            image = self._relay_image(spec, owner, previous)
             inputs = Inputs(
-                relay_image=self.relay_image,
+                relay_image=image,
                 autoscaled_replicas=autoscaled if spec.autoscaling.enabled else None,
                 jwt_secret=self._jwt_value(spec, owner),
+                redis_passwords=redis_passwords[0] if redis_passwords else None,
+                redis_secret_exists=redis_passwords[1] if redis_passwords else False,
+                operator_namespace=self.operator_namespace,
             )
             manifests = desired(spec, meta, inputs)
-            live, applied = self._apply(manifests, full=full)
+            live, applied, failures = self._apply(owner, manifests, full=full)
             self._prune(owner, {ChildRef.of(m) for m in manifests})
 
+            first = failures[0] if failures else None
+            # Stalled only for what a retry cannot fix; a conflict or a timeout is in flight.
+            stuck = next((problem for problem, retryable in failures if not retryable), None)
             observed = Observed(
                 deployment=live.get("Deployment"),
                 statefulset=live.get("StatefulSet"),
                 connections=connections,
+                problem=stuck,
+                load_unknown=load_unknown,
+                retrying=first[0] if first and stuck is None else None,
             )
             status = status_mod.compute(
                 spec,
@@ -127,10 +217,14 @@ class Reconciler:
                 autoscaled_replicas=inputs.autoscaled_replicas,
                 now=self.clock(),
             )
-            if full:
-                status["observedGeneration"] = int(meta.get("generation") or 0)
+            if not spec.image:
+                status["relayImage"] = image
             self._write_status(owner, previous, status)
-            return Outcome(None, False, tuple(applied), status)
+            self._release_slot(owner, status)
+            if first is None:
+                return Outcome(None, False, tuple(applied), status)
+            retryable = all(is_retryable for _, is_retryable in failures)
+            return Outcome(first[0], retryable, tuple(applied), status)
 
     def _check_references(self, spec: GameClusterSpec, owner: Owner) -> Problem | None:
         """A named Secret must exist and hold the key the relay will read."""
@@ -150,6 +244,8 @@ class Reconciler:
         if not generates_jwt_secret(spec):
             return None
         stored = self.cluster.get(ChildRef("v1", "Secret", owner.namespace, owner.jwt_secret))
+        if stored is not None and not owned_by(stored, owner):
+            stored = None  # someone else's Secret: never read it (the apply reports NameConflict)
         encoded = ((stored or {}).get("data") or {}).get(JWT_SECRET_KEY)
         if encoded:
             try:
@@ -159,23 +255,46 @@ class Reconciler:
         return self._new_secret()
 
     def _apply(
-        self, manifests: list[Manifest], *, full: bool
-    ) -> tuple[dict[str, Manifest], list[ChildRef]]:
+        self, owner: Owner, manifests: list[Manifest], *, full: bool
+    ) -> tuple[dict[str, Manifest], list[ChildRef], list[tuple[Problem, bool]]]:
+        """Apply what is missing or drifted; returns live objects, applied refs, failures.
+
+        Failures are (problem, retryable) per child; the pass goes on past each one.
+        """
         live: dict[str, Manifest] = {}
         applied: list[ChildRef] = []
+        failures: list[tuple[Problem, bool]] = []
         for manifest in manifests:
             ref = ChildRef.of(manifest)
-            current = None if full else self.cluster.get(ref)
-            if current is not None and contains(current, manifest):
-                live.setdefault(ref.kind, current)
-                continue
-            if not full:
-                logger.info(
-                    "%s %s/%s drifted or missing; re-applying", ref.kind, ref.namespace, ref.name
-                )
-            live.setdefault(ref.kind, self.cluster.apply(manifest))
-            applied.append(ref)
-        return live, applied
+            where = f"{ref.kind} {ref.namespace}/{ref.name}"
+            current = None
+            try:
+                current = self.cluster.get(ref)
+                if current is not None and not owned_by(current, owner):
+                    failures.append(
+                        (
+                            Problem(
+                                "NameConflict",
+                                f"{where} exists and is not owned by this GameCluster; "
+                                "left alone (rename or delete it)",
+                            ),
+                            False,
+                        )
+                    )
+                    continue
+                if not full and current is not None and contains(current, manifest):
+                    live.setdefault(ref.kind, current)
+                    continue
+                if not full:
+                    logger.info("%s drifted or missing; re-applying", where)
+                live.setdefault(ref.kind, self.cluster.apply(manifest))
+                applied.append(ref)
+            except ClusterError as exc:
+                logger.warning("apply of %s failed: %s", where, exc)
+                failures.append((Problem("ApplyFailed", f"{where}: {exc}"), exc.retryable))
+                if current is not None:
+                    live.setdefault(ref.kind, current)
+        return live, applied, failures
 
     def _prune(self, owner: Owner, wanted: set[ChildRef]) -> None:
         for ref in children_mod.every_possible_child(owner):
@@ -194,6 +313,7 @@ class Reconciler:
         spec: GameClusterSpec | None,
         problem: Problem,
         connections: int | None,
+        load_unknown: str | None = None,
     ) -> Outcome:
         meta = body["metadata"]
         owner = Owner.from_meta(meta)
@@ -207,16 +327,14 @@ class Reconciler:
         status = status_mod.compute(
             spec or GameClusterSpec(),
             meta,
-            Observed(deployment, statefulset, connections, problem),
+            Observed(deployment, statefulset, connections, problem, load_unknown),
             previous=previous,
             autoscaled_replicas=None,
             now=self.clock(),
         )
-        status["observedGeneration"] = int(meta.get("generation") or 0)
         self._write_status(owner, previous, status)
-        return Outcome(
-            problem, problem.reason in {"SecretNotFound", "SecretKeyMissing"}, (), status
-        )
+        retryable = {"SecretNotFound", "SecretKeyMissing", *redis_auth.RETRYABLE_REASONS}
+        return Outcome(problem, problem.reason in retryable, (), status)
 
     def _write_status(
         self, owner: Owner, previous: Mapping[str, Any], status: dict[str, Any]

@@ -28,6 +28,29 @@ class OperatorSettings(BaseSettings):
     api_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """GAMECLUSTER_API_TIMEOUT_SECONDS: bound on each Kubernetes API call of the reconciler."""
 
+    namespace: str = ""
+    """GAMECLUSTER_NAMESPACE: the operator's own namespace (the chart: the pod's, from the
+    downward API). Each managed Redis's NetworkPolicy admits it, for the load reports; empty
+    (an operator outside the cluster): no namespace is admitted besides the relay pods."""
+
+    leader_election: bool = False
+    """GAMECLUSTER_LEADER_ELECTION: hold a coordination.k8s.io Lease before acting, so several
+    replicas can run (one leads, the others stand by). The chart turns it on."""
+
+    lease_name: str = Field(default="gamecluster-operator", min_length=1, max_length=253)
+    """GAMECLUSTER_LEASE_NAME: the Lease's name (one per operator installation)."""
+
+    lease_namespace: str = "default"
+    """GAMECLUSTER_LEASE_NAMESPACE: where the Lease lives (the chart: the release namespace)."""
+
+    pod_name: str = ""
+    """GAMECLUSTER_POD_NAME: this replica's identity in the Lease (the chart: metadata.name);
+    empty: the host name plus a random suffix."""
+
+    metrics_port: int = Field(default=8081, ge=0, le=65535)
+    """GAMECLUSTER_METRICS_PORT: the operator's Prometheus metrics, http://HOST:PORT/metrics,
+    on the liveness host. 0 turns the endpoint off."""
+
     log_level: str = "INFO"
     """GAMECLUSTER_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
 

@@ -6,11 +6,21 @@ emulator, an older object read back), and reports a spec that slipped past valid
 reason string instead of a crash. tests/unit/test_spec.py proves the defaults equal the CRD's.
 """
 
+import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from relay import contract
 
 # The same patterns as the CRD's.
 _QUANTITY = (
@@ -18,6 +28,7 @@ _QUANTITY = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 Quantity = int | Annotated[str, StringConstraints(pattern=_QUANTITY)]
+_CREDENTIALS_IN_URL = re.compile(r"^rediss?://[^/]*@")
 RedisURL = Annotated[str, StringConstraints(pattern=r"^rediss?://", max_length=2048)]
 ObjectName = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
@@ -35,22 +46,137 @@ class Resources(_Model):
     limits: dict[str, Quantity] = Field(default_factory=dict)
 
 
+class ScalingPolicy(_Model):
+    """At most ``value`` pods (type Pods) or percent of pods (type Percent) per period."""
+
+    type: Literal["Pods", "Percent"]
+    value: int = Field(ge=1, le=1000)
+    period_seconds: int = Field(ge=1, le=1800)
+
+
+class ScalingRules(_Model):
+    policies: tuple[ScalingPolicy, ...] = Field(default=(), max_length=10)
+    select_policy: Literal["Max", "Min", "Disabled"] = "Max"
+    """Max: the policy allowing the biggest change wins; Min: the smallest; Disabled: none."""
+
+
+# The defaults: up as fast as the HPA's (double or +4 pods per 15 s), down gently, so one low
+# sample after a busy hour removes a few pods per minute, not most of them at once.
+DEFAULT_SCALE_UP: Final = ScalingRules(
+    policies=(
+        ScalingPolicy(type="Percent", value=100, period_seconds=15),
+        ScalingPolicy(type="Pods", value=4, period_seconds=15),
+    )
+)
+DEFAULT_SCALE_DOWN: Final = ScalingRules(
+    policies=(
+        ScalingPolicy(type="Percent", value=20, period_seconds=60),
+        ScalingPolicy(type="Pods", value=1, period_seconds=60),
+    )
+)
+
+
+class Behavior(_Model):
+    scale_up: ScalingRules = DEFAULT_SCALE_UP
+    scale_down: ScalingRules = DEFAULT_SCALE_DOWN
+
+    @model_validator(mode="after")
+    def _default_policies(self) -> "Behavior":
+        """A direction given without policies (only a selectPolicy) keeps the default ones."""
+        up, down = self.scale_up, self.scale_down
+        if not up.policies:
+            up = ScalingRules(policies=DEFAULT_SCALE_UP.policies, select_policy=up.select_policy)
+        if not down.policies:
+            down = ScalingRules(
+                policies=DEFAULT_SCALE_DOWN.policies, select_policy=down.select_policy
+            )
+        if (up, down) == (self.scale_up, self.scale_down):
+            return self
+        return Behavior(scale_up=up, scale_down=down)
+
+
 class Autoscaling(_Model):
     enabled: bool = False
     min_replicas: int = Field(default=1, ge=1, le=1000)
     max_replicas: int = Field(default=10, ge=1, le=1000)
     target_connections_per_replica: int = Field(default=5000, ge=1, le=1_000_000)
     scale_down_delay_seconds: int = Field(default=300, ge=0, le=86400)
+    """The scale-down stabilisation window: the highest recommendation in it is used."""
+    behavior: Behavior = Behavior()
+
+
+ContainerName = Literal["relay", "redis"]
+
+
+class ContainerOverlay(_Model):
+    name: ContainerName
+    resources: Resources | None = None
+
+
+class TemplateMetadata(_Model):
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class TemplatePodSpec(_Model):
+    """The pod spec fields a user may set; everything else stays the operator's.
+
+    Scheduling structures (tolerations, affinity, spread constraints) are kept as the API's
+    own JSON: the CRD checks their shape loosely and the API server checks them exactly when
+    the Deployment is applied (a rejection shows as Stalled naming the child).
+    """
+
+    image_pull_secrets: tuple[dict[str, str], ...] = Field(default=(), max_length=16)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = Field(default=(), max_length=64)
+    affinity: dict[str, Any] | None = None
+    topology_spread_constraints: tuple[dict[str, Any], ...] = Field(default=(), max_length=16)
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+    containers: tuple[ContainerOverlay, ...] = Field(default=(), max_length=4)
+
+
+class PodTemplate(_Model):
+    """``spec.template`` / ``spec.redis.template``: an overlay on the generated pod template."""
+
+    metadata: TemplateMetadata = TemplateMetadata()
+    spec: TemplatePodSpec = TemplatePodSpec()
 
 
 class Persistence(_Model):
-    enabled: bool = False
+    enabled: bool = True
+    """On by default: rooms are durable by default, so their history survives a Redis pod
+    replacement (an edit, a node drain), not only a container restart."""
     size: Quantity = "1Gi"
     storage_class_name: str | None = None
 
 
+class ExternalRedisSecret(_Model):
+    """A Secret holding the external Redis's credentials and CA (any key may be absent)."""
+
+    name: ObjectName
+    username_key: str | None = Field(default=None, max_length=253)
+    """Key of the ACL user name (absent: the `default` user)."""
+    password_key: str | None = Field(default="password", max_length=253)
+    ca_key: str | None = Field(default=None, max_length=253)
+    """Key of a PEM CA bundle verifying `rediss://` servers (cert-manager: ``ca.crt``)."""
+
+
 class ExternalRedis(_Model):
     urls: tuple[RedisURL, ...] = Field(default=(), max_length=64)
+    secret_ref: ExternalRedisSecret | None = None
+
+
+MaxMemoryPolicy = Literal[
+    "noeviction",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-ttl",
+    "volatile-random",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+]
 
 
 class Redis(_Model):
@@ -62,6 +188,10 @@ class Redis(_Model):
     )
     persistence: Persistence = Persistence()
     external: ExternalRedis | None = None
+    max_memory: Quantity | None = None
+    """Redis ``maxmemory``; absent: MAX_MEMORY_SHARE of the container's memory limit."""
+    max_memory_policy: MaxMemoryPolicy = "noeviction"
+    template: PodTemplate = PodTemplate()
 
 
 class Room(_Model):
@@ -69,6 +199,7 @@ class Room(_Model):
     policy: Literal["durable", "volatile"] = "durable"
     history_size: int = Field(default=1000, ge=1, le=1_000_000)
     history_ttl_seconds: int = Field(default=3600, ge=1, le=2_592_000, alias="historyTTLSeconds")
+    presence: bool = False
 
 
 class Delivery(_Model):
@@ -76,7 +207,9 @@ class Delivery(_Model):
 
 
 class Limits(_Model):
-    max_message_bytes: int = Field(default=65536, ge=64, le=16_777_216)
+    max_message_bytes: int = Field(
+        default=65536, ge=contract.MIN_MAX_MESSAGE_BYTES, le=contract.MAX_MAX_MESSAGE_BYTES
+    )
     publish_per_second: int = Field(default=50, ge=1, le=100_000)
     max_connections_per_replica: int = Field(default=20000, ge=1, le=1_000_000)
 
@@ -119,6 +252,7 @@ class GameClusterSpec(_Model):
     tracing: Tracing = Tracing()
     service: Service = Service()
     drain_seconds: int = Field(default=30, ge=0, le=3600)
+    template: PodTemplate = PodTemplate()
 
 
 # Secret keys the relay's JWT settings are read from (see docs/operator.md).
@@ -156,10 +290,34 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
         raise InvalidSpec(
             "ExternalRedisWithoutURLs", "spec.redis.mode external needs redis.external.urls"
         )
+    external = spec.redis.external
+    if external and any(_CREDENTIALS_IN_URL.match(url) for url in external.urls):
+        raise InvalidSpec(
+            "CredentialsInURL",
+            "spec.redis.external.urls: credentials inside a URL would be copied into a "
+            "ConfigMap; put them in a Secret named by spec.redis.external.secretRef",
+        )
+    ref = external.secret_ref if external else None
+    if external and ref and ref.ca_key and not any(u.startswith("rediss:") for u in external.urls):
+        raise InvalidSpec(
+            "CAWithoutTLS",
+            "spec.redis.external.secretRef.caKey is set but no URL uses rediss:// (TLS)",
+        )
     if spec.auth.algorithm == "RS256" and not spec.auth.secret_name:
         raise InvalidSpec(
             "PublicKeySecretMissing", "spec.auth.algorithm RS256 needs spec.auth.secretName"
         )
+    for where, template, container in (
+        ("spec.template", spec.template, "relay"),
+        ("spec.redis.template", spec.redis.template, "redis"),
+    ):
+        for overlay in template.spec.containers:
+            if overlay.name != container:
+                raise InvalidSpec(
+                    "InvalidTemplate",
+                    f"{where}.spec.containers: no container {overlay.name!r} "
+                    f"(the pod has one container, {container!r})",
+                )
     if spec.tracing.enabled and not spec.tracing.otlp_endpoint:
         raise InvalidSpec(
             "TracingWithoutEndpoint", "spec.tracing.enabled needs tracing.otlpEndpoint"

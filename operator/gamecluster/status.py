@@ -1,8 +1,23 @@
 """GameCluster status from its children: a pure function, unit-tested.
 
 Conditions follow metav1.Condition: ``lastTransitionTime`` moves only when a condition's
-status flips, so ``kubectl wait --for=condition=Ready`` and Helm 4's kstatus see stable
-timestamps. ``Ready`` is the summary; ``Available``, ``Progressing`` and ``RedisReady`` say why.
+status flips, and every condition carries the generation this pass read, so
+``kubectl wait --for=condition=Ready`` after an edit returns as soon as the edit is handled.
+
+What tools read (kstatus, used by Helm 4's ``--wait``, Flux, Argo CD):
+
+- ``Stalled`` True: the operator cannot make progress without a change (a spec it cannot
+  honour, a child the API server refuses, a name taken by someone else's object, a
+  Deployment past its progress deadline). The reason says which, the message names the child
+  and the API error. kstatus: Failed.
+- ``Reconciling`` True: work in flight (children being created, a rollout, a scale change,
+  Redis shards starting). kstatus: InProgress. Both False and observedGeneration current:
+  Current.
+- ``Ready``: serving. True while at least the floor of relay pods is ready (``minReplicas``
+  while autoscaling, else ``replicas``) and every Redis shard is; a scale-up or a surge
+  rollout keeps it True, ``Progressing`` says that pods are moving.
+- ``Available``, ``Progressing``, ``RedisReady`` as before; ``ScalingActive`` (autoscaling
+  only) False with reason ``LoadUnknown`` while the load cannot be read (no decision then).
 """
 
 from collections.abc import Mapping, Sequence
@@ -33,6 +48,11 @@ class Observed:
     statefulset: Mapping[str, Any] | None
     connections: int | None = None
     problem: Problem | None = None
+    """Why the operator is stuck (spec, a refused or conflicting child): Stalled."""
+    load_unknown: str | None = None
+    """Why the load could not be read this tick (autoscaling only); None when it was."""
+    retrying: Problem | None = None
+    """A child failed in a way a retry may fix (a conflict, a timeout): Reconciling."""
 
 
 def _timestamp(now: datetime) -> str:
@@ -87,7 +107,7 @@ def compute(
 ) -> dict[str, Any]:
     """The status fields the operator owns (observedGeneration and autoscaling excluded)."""
     owner = Owner.from_meta(meta)
-    generation = int(previous.get("observedGeneration") or meta.get("generation") or 0)
+    generation = int(meta.get("generation") or 0)
     prev_conditions = previous.get("conditions") or []
     deploy = observed.deployment
     sts = observed.statefulset
@@ -151,41 +171,86 @@ def compute(
         "RolloutComplete" if rolled_out else "RollingOut",
         f"{updated}/{desired} relay pods updated, {replicas} exist",
     )
-    redis_condition = cond(
-        "RedisReady",
-        redis_cond[0],
-        redis_cond[1],
-        redis_msg,
-    )
-    all_ready = rolled_out and ready >= desired and redis_ok
-    if problem is not None:
-        ready_cond = cond("Ready", "False", problem.reason, problem.message)
-        phase = "Degraded"
-    elif all_ready:
+    redis_condition = cond("RedisReady", redis_cond[0], redis_cond[1], redis_msg)
+
+    floor = spec.autoscaling.min_replicas if spec.autoscaling.enabled else spec.replicas
+    floor = min(floor, desired)
+    serving = deploy is not None and ready >= floor and redis_ok
+    if floor == 0:
+        ready_cond = cond("Ready", "False", "ScaledToZero", "replicas is 0: no relay pod runs")
+    elif serving:
         ready_cond = cond(
-            "Ready", "True", "AllReplicasReady", f"{ready}/{desired} relay pods ready"
+            "Ready", "True", "Serving", f"{ready}/{desired} relay pods ready (at least {floor})"
         )
-        phase = "Ready"
     else:
         reason = "RedisNotReady" if not redis_ok else "ReplicasNotReady"
         ready_cond = cond(
-            "Ready",
-            "False",
-            reason,
-            f"{ready}/{desired} relay pods ready; {redis_msg}",
+            "Ready", "False", reason, f"{ready}/{desired} relay pods ready; {redis_msg}"
         )
-        phase = "Pending" if deploy is None else "Progressing"
+
+    if problem is not None:
+        stalled_cond = cond("Stalled", "True", problem.reason, problem.message)
+        reconciling_cond = cond("Reconciling", "False", problem.reason, "stalled: see Stalled")
+        phase = "Degraded"
+    else:
+        stalled_cond = cond("Stalled", "False", "NoProblem", "")
+        if observed.retrying is not None:
+            work = (observed.retrying.reason, observed.retrying.message)
+        elif deploy is None:
+            work = ("Creating", "the relay Deployment does not exist yet")
+        elif not rolled_out:
+            work = ("RollingOut", progressing_cond["message"])
+        elif not redis_ok:
+            work = ("RedisNotReady", redis_msg)
+        else:
+            work = None
+        if work is None:
+            reconciling_cond = cond("Reconciling", "False", "Reconciled", "all work done")
+            phase = "Ready" if serving or floor == 0 else "Progressing"
+        else:
+            reconciling_cond = cond("Reconciling", "True", work[0], work[1])
+            phase = "Pending" if deploy is None else "Progressing"
+
+    conditions = [
+        ready_cond,
+        stalled_cond,
+        reconciling_cond,
+        available_cond,
+        progressing_cond,
+        redis_condition,
+    ]
+    if spec.autoscaling.enabled:
+        if observed.load_unknown is not None:
+            conditions.append(cond("ScalingActive", "False", "LoadUnknown", observed.load_unknown))
+        elif observed.connections is not None:
+            conditions.append(
+                cond("ScalingActive", "True", "ValidLoadReports", "every ready pod reported")
+            )
+        else:  # a pass that read no load (an edit, a child event) keeps what the timer saw
+            before = next((c for c in prev_conditions if c.get("type") == "ScalingActive"), None)
+            conditions.append(
+                cond(
+                    "ScalingActive",
+                    before.get("status", "Unknown") if before else "Unknown",
+                    before.get("reason", "NotYetRead") if before else "NotYetRead",
+                    before.get("message", "") if before else "the load is read every resync",
+                )
+            )
 
     status: dict[str, Any] = {
         "phase": phase,
+        "observedGeneration": generation,
+        "desiredReplicas": desired,
         "replicas": replicas,
         "readyReplicas": ready,
         "updatedReplicas": updated,
         "selector": owner.selector_string(names.COMPONENT_RELAY),
         "endpoint": owner.endpoint(spec.service.port, contract.WS_PATH),
         "redis": {"shards": shards, "readyShards": ready_shards},
-        "conditions": [ready_cond, available_cond, progressing_cond, redis_condition],
+        "conditions": conditions,
     }
     if observed.connections is not None:
         status["connections"] = observed.connections
+    elif observed.load_unknown is not None:
+        status["connections"] = None  # merge patch: an unknown count is absent, not stale
     return status

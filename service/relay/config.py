@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -32,7 +35,7 @@ MIN_SECRET_BYTES = 32
 """RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)."""
 MIN_RSA_BITS = 2048
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", re.DOTALL)
-_UNSHOWN = {"jwt_secret", "jwt_public_key", "api_keys"}
+_UNSHOWN = {"jwt_secret", "jwt_public_key", "api_keys", "redis_password"}
 """Settings whose value a config error must not print (a secret; a long PEM)."""
 
 
@@ -57,6 +60,87 @@ def _check_secrets(secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
         if len(secret.get_secret_value().encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"secret #{n} is shorter than {MIN_SECRET_BYTES} bytes")
     return secrets
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z]+://)[^/@\s'\",]*@")
+_QUERY_PASSWORD = re.compile(r"(?P<key>password=)[^&\s'\",]*", re.IGNORECASE)
+_SHARD_NAME = re.compile(r"[A-Za-z0-9/][A-Za-z0-9._:/-]{0,127}")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by `***` (for logs, errors)."""
+    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    return _QUERY_PASSWORD.sub(r"\g<key>***", text)
+
+
+@dataclass(frozen=True)
+class RedisEndpoint:
+    """One shard of RELAY_REDIS_URLS: `[name=]redis[s]://[user:password@]host[:port][/db]`."""
+
+    name: str
+    """The shard's identity in rendezvous hashing: rooms are placed by it, so it must not
+    change when a password, TLS or an address does. Default: `host:port` (`/db` if not 0)."""
+    url: str
+    """The URL without credentials: safe to connect with and to log."""
+    username: str | None = None
+    """A user inside the URL (deprecated: use RELAY_REDIS_USERNAME)."""
+    password: SecretStr | None = None
+    """A password inside the URL (deprecated: use RELAY_REDIS_PASSWORD or _FILE)."""
+    master: str | None = None
+    """`sentinel://<master>/<db>`: the master's name at RELAY_REDIS_SENTINELS."""
+
+    @classmethod
+    def parse(cls, entry: str) -> RedisEndpoint:
+        """Parse one entry, or raise ValueError that names it without its credentials."""
+        name, sep, url = entry.partition("=")
+        if not sep or "://" in name:
+            name, url = "", entry
+        shown = redact(entry)
+        parts = urlsplit(url)
+        if parts.scheme == "sentinel":
+            return cls._sentinel(name, parts.hostname or "", parts.path, shown)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"{shown!r} is not a redis://, rediss://, unix:// or sentinel:// URL")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{shown!r} has no valid port") from exc
+        if parts.scheme == "unix":
+            default_name, address = parts.path, parts.path
+        else:
+            if not parts.hostname:
+                raise ValueError(f"{shown!r} names no host")
+            db = parts.path.strip("/") or "0"
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            address = f"{host}:{port or 6379}"
+            default_name = address if db == "0" else f"{address}/{db}"
+            address += parts.path
+        name = name.strip() or default_name
+        if not _SHARD_NAME.fullmatch(name):
+            raise ValueError(
+                f"shard name {name!r} in {shown!r}: expected [A-Za-z0-9._:/-]{{1,128}}"
+            )
+        clean = f"{parts.scheme}://{address}"
+        if parts.query:
+            if "password" in parse_qs(parts.query):
+                raise ValueError(
+                    f"{redact(parts.netloc + parts.path)!r}: a password in the query is "
+                    "not accepted, set RELAY_REDIS_PASSWORD or _FILE"
+                )
+            clean += f"?{parts.query}"
+        username = unquote(parts.username) if parts.username else None
+        password = SecretStr(unquote(parts.password)) if parts.password else None
+        return cls(name, clean, username, password)
+
+    @classmethod
+    def _sentinel(cls, name: str, master: str, path: str, shown: str) -> RedisEndpoint:
+        if "@" in shown or not _SHARD_NAME.fullmatch(master):
+            raise ValueError(f"{shown!r}: expected sentinel://<master name>[/<db>]")
+        db = path.strip("/") or "0"
+        if not db.isdigit():
+            raise ValueError(f"{shown!r}: the database {db!r} is not a number")
+        default = master if db == "0" else f"{master}/{db}"
+        return cls(name.strip() or default, f"sentinel://{master}/{db}", master=master)
 
 
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)]
@@ -89,7 +173,21 @@ class Settings(BaseSettings):
     presence_max_members: int = Field(100, ge=0, le=100_000)
     """A presence room with more members than this reports counts only (no member list)."""
     redis_urls: CommaList = ()
-    """Comma-separated Redis URLs (one per shard). Empty: embedded single-node broker."""
+    """Comma-separated Redis shards, each `[name=]redis://host:port[/db]` (`rediss://` for
+    TLS). Rooms are placed on shards by the name (default `host:port`), so a shard keeps its
+    rooms when its password or address changes. Empty: embedded single-node broker."""
+    redis_sentinels: CommaList = ()
+    """Comma-separated Sentinels (`host:port`); with them, RELAY_REDIS_URLS entries are
+    `[name=]sentinel://<master name>[/<db>]` and each shard follows its master's failovers."""
+    redis_username: OptionalText = None
+    """Redis ACL user (unset: `default`). Credentials inside URLs still work, deprecated."""
+    redis_password: Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)] = None
+    """Password of the Redis user; or use RELAY_REDIS_PASSWORD_FILE (not both)."""
+    redis_password_file: OptionalText = None
+    """A file holding the password (a mounted Kubernetes Secret); read on every new Redis
+    connection, so a rotated Secret is used without a restart."""
+    redis_ca_file: OptionalText = None
+    """PEM CA bundle verifying the servers of `rediss://` shards (unset: the system CAs)."""
     node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     """Name of this relay server, sent in `welcome` and on every envelope."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -104,12 +202,19 @@ class Settings(BaseSettings):
     """Sustained publishes per second per connection; more gets `rate_limited`."""
     publish_burst: int = Field(100, ge=1)
     """Publishes a connection may send at once before the rate applies."""
+    op_rate: float = Field(100.0, gt=0)
+    """Sustained ping, join and leave messages per second per connection (publishes have
+    RELAY_PUBLISH_RATE); more get `rate_limited`."""
+    op_burst: int = Field(200, ge=1)
+    """Ping/join/leave a connection may send at once (one frame) before RELAY_OP_RATE applies."""
     max_connections: int = Field(10_000, ge=1)
     """Connections per relay server; more are closed with 1013 (try another node)."""
     send_queue: int = Field(1000, ge=1, le=1_000_000)
     """Messages queued for one connection before it is dropped as a slow consumer (4008)."""
     drain_seconds: float = Field(10.0, ge=0, le=3600)
     """On SIGTERM, sessions are told to reconnect elsewhere, spread over this many seconds."""
+    handshake_seconds: float = Field(10.0, gt=0, le=300)
+    """A connection's HTTP request head must arrive within this; else 408 and close."""
     heartbeat_seconds: float = Field(25.0, gt=0)
     """WebSocket ping interval, announced to clients in `welcome`."""
     unsubscribe_delay: float = Field(2.0, ge=0)
@@ -147,12 +252,38 @@ class Settings(BaseSettings):
     @field_validator("redis_urls")
     @classmethod
     def _check_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
-        for url in urls:
-            if not url.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
-        if len(set(urls)) != len(urls):
-            raise ValueError("the same URL is listed twice")
+        names = [RedisEndpoint.parse(url).name for url in urls]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"shard {twice[0]!r} is listed twice (give each shard its own name)")
         return urls
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, sentinels: tuple[str, ...]) -> tuple[str, ...]:
+        for sentinel in sentinels:
+            host, _, port = sentinel.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{sentinel!r} is not host:port")
+        return sentinels
+
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """RELAY_REDIS_SENTINELS as (host, port) pairs."""
+        pairs = (sentinel.rpartition(":") for sentinel in self.redis_sentinels)
+        return tuple((host.strip("[]"), int(port)) for host, _, port in pairs)
+
+    @field_validator("redis_password_file", "redis_ca_file")
+    @classmethod
+    def _check_readable(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"{path!r} is not a readable file")
+        return path
+
+    @property
+    def redis_endpoints(self) -> tuple[RedisEndpoint, ...]:
+        """RELAY_REDIS_URLS parsed: one endpoint per shard, credentials split off."""
+        return tuple(RedisEndpoint.parse(url) for url in self.redis_urls)
 
     @model_validator(mode="after")
     def _check_ports(self) -> Settings:
@@ -178,6 +309,26 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise ValueError(f"{origin!r} is not an origin like https://game.example")
         return origins
+
+    @model_validator(mode="after")
+    def _check_redis_credentials(self) -> Settings:
+        if self.redis_password is not None and self.redis_password_file is not None:
+            raise ValueError(
+                "RELAY_REDIS_PASSWORD and RELAY_REDIS_PASSWORD_FILE are both set: set one"
+            )
+        masters = [e.name for e in self.redis_endpoints if e.master is not None]
+        if masters and not self.redis_sentinels:
+            raise ValueError(
+                f"RELAY_REDIS_URLS names Sentinel master {masters[0]!r} but "
+                "RELAY_REDIS_SENTINELS is empty: list the Sentinels (host:port)"
+            )
+        if self.redis_ca_file and not any(
+            u.url.startswith("rediss:") for u in self.redis_endpoints
+        ):
+            raise ValueError(
+                "RELAY_REDIS_CA_FILE is set but no shard in RELAY_REDIS_URLS uses rediss:// (TLS)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_auth(self) -> Settings:
@@ -258,7 +409,7 @@ def load(kind: type[AnySettings]) -> AnySettings:
                 continue
             field, *inside = [str(part) for part in error["loc"]]
             where = f" at {'.'.join(inside)}" if inside else ""
-            shown = "(not shown)" if field in _UNSHOWN else repr(error.get("input"))
+            shown = "(not shown)" if field in _UNSHOWN else redact(repr(error.get("input")))
             problems.append(f"RELAY_{field.upper()}={shown}{where}: {message}")
         line = " ".join(("invalid setting " + "; ".join(problems)).split())  # one line
         raise ConfigError(line) from exc

@@ -30,6 +30,11 @@ ENV_PREFIX: Final = "RELAY_"
 ENV_HOST: Final = "RELAY_HOST"
 ENV_PORT: Final = "RELAY_PORT"
 ENV_REDIS_URLS: Final = "RELAY_REDIS_URLS"
+ENV_REDIS_SENTINELS: Final = "RELAY_REDIS_SENTINELS"
+ENV_REDIS_USERNAME: Final = "RELAY_REDIS_USERNAME"
+ENV_REDIS_PASSWORD: Final = "RELAY_REDIS_PASSWORD"
+ENV_REDIS_PASSWORD_FILE: Final = "RELAY_REDIS_PASSWORD_FILE"
+ENV_REDIS_CA_FILE: Final = "RELAY_REDIS_CA_FILE"
 ENV_NODE_ID: Final = "RELAY_NODE_ID"
 ENV_LOG_LEVEL: Final = "RELAY_LOG_LEVEL"
 ENV_COMPRESSION: Final = "RELAY_COMPRESSION"
@@ -37,6 +42,9 @@ ENV_MAX_MESSAGE_BYTES: Final = "RELAY_MAX_MESSAGE_BYTES"
 ENV_MAX_ROOMS_PER_CONNECTION: Final = "RELAY_MAX_ROOMS_PER_CONNECTION"
 ENV_PUBLISH_RATE: Final = "RELAY_PUBLISH_RATE"
 ENV_PUBLISH_BURST: Final = "RELAY_PUBLISH_BURST"
+ENV_OP_RATE: Final = "RELAY_OP_RATE"
+ENV_OP_BURST: Final = "RELAY_OP_BURST"
+ENV_HANDSHAKE_SECONDS: Final = "RELAY_HANDSHAKE_SECONDS"
 ENV_MAX_CONNECTIONS: Final = "RELAY_MAX_CONNECTIONS"
 ENV_SEND_QUEUE: Final = "RELAY_SEND_QUEUE"
 ENV_DRAIN_SECONDS: Final = "RELAY_DRAIN_SECONDS"
@@ -58,9 +66,19 @@ ENV_ADMIN_PORT: Final = ADMIN_PORT_ENV
 ENV_API_KEYS: Final = "RELAY_API_KEYS"
 ENV_PRESENCE_MAX_MEMBERS: Final = "RELAY_PRESENCE_MAX_MEMBERS"
 
+# Every name the relay uses in Redis starts with one of these prefixes (relay.broker.keys
+# spells the names from them). The ACL rules below are built from the same prefixes, so a
+# new key or channel outside them is refused by a managed Redis: add its prefix here.
+ROOM_PREFIX: Final = "room:{"
+"""A room's channel and keys: `room:{<room>}...` (the braces are a Redis hash tag)."""
+NODE_CHANNEL_PREFIX: Final = "relay:"
+"""Channels between relay servers: `relay:node:<id>` (the Pub/Sub self-probe), `relay:...`."""
+CLUSTER_KEY_PREFIX: Final = "gamecluster:"
+"""Keys about the cluster rather than a room: load reports, node reports."""
+
 # Load report: each relay pod writes its live connection count to this key (one per
 # node id) with a short TTL, so a reader (the operator's autoscaler) sums the fresh ones.
-LOAD_REPORT_KEY_PREFIX: Final = "gamecluster:load:"
+LOAD_REPORT_KEY_PREFIX: Final = CLUSTER_KEY_PREFIX + "load:"
 LOAD_REPORT_KEY_PATTERN: Final = LOAD_REPORT_KEY_PREFIX + "*"
 """Matches every pod's report (SCAN MATCH)."""
 LOAD_REPORT_TTL_SECONDS: Final = 15
@@ -69,3 +87,56 @@ LOAD_REPORT_TTL_SECONDS: Final = 15
 def load_report_key(node_id: str) -> str:
     """The key one relay server writes its connection count to."""
     return LOAD_REPORT_KEY_PREFIX + node_id
+
+
+# Redis ACL users. A managed Redis runs with the default user off and exactly these two
+# users; an external Redis should grant the same (docs/operations.md shows the commands).
+RELAY_REDIS_USER: Final = "relay"
+OPERATOR_REDIS_USER: Final = "gamecluster-operator"
+
+RELAY_REDIS_COMMANDS: Final = (
+    # Lua scripts (relay.broker.lua) and what they call. The publish connection
+    # (relay.broker.commands) and redis-py (history) send EVALSHA and, when Redis answers
+    # NOSCRIPT (a restarted or new server), SCRIPT LOAD; never EVAL.
+    "evalsha", "script|load",
+    "get", "set", "hget", "hset", "hsetnx", "hincrby", "xadd", "xrange", "expire",
+    # Live fan-out and the Pub/Sub self-probe (a PUBLISH on the node channel, not PING).
+    "publish", "subscribe", "unsubscribe",
+    # Cluster reports and presence (node reports, member hashes, the alive set); MULTI/EXEC
+    # are redis-py's transactional pipelines (never WATCHed, so never DISCARD).
+    "multi", "exec", "del", "mget",
+    "hdel", "hlen", "hvals", "hscan", "hgetall",
+    "sadd", "srem", "smembers", "zadd", "zrange", "zrangebyscore", "zrem",
+    # After a Sentinel failover: every room's meta hash gets a new epoch (SCAN MATCH, HSET).
+    "scan",
+)  # fmt: skip
+"""Every command the relay sends, directly or from its scripts; all others are refused.
+AUTH and HELLO (logging in) need no grant. tests/integration/test_redis_security.py runs
+every path as this user and fails on a command missing here or listed here unused."""
+
+RELAY_ACL_RULES: Final = (
+    "resetkeys",
+    f"~{ROOM_PREFIX}*",
+    f"~{CLUSTER_KEY_PREFIX}*",
+    "resetchannels",
+    f"&{ROOM_PREFIX}*",
+    f"&{NODE_CHANNEL_PREFIX}*",
+    "-@all",
+    *(f"+{command}" for command in RELAY_REDIS_COMMANDS),
+)
+"""ACL SETUSER rules of the relay user, password excepted: its keys, channels and commands."""
+
+OPERATOR_ACL_RULES: Final = (
+    "resetkeys",
+    f"%R~{LOAD_REPORT_KEY_PATTERN}",
+    "resetchannels",
+    "-@all",
+    "+mget",
+    "+ping",
+)
+"""ACL SETUSER rules of the operator's user: read the load reports, nothing else."""
+
+# Shared limits: the relay's settings and the GameCluster CRD bound the same value with these
+# (tests/unit/test_crd.py checks the CRD and relay.config against them).
+MIN_MAX_MESSAGE_BYTES: Final = 256
+MAX_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024

@@ -7,10 +7,12 @@ SUBSCRIBE/UNSUBSCRIBE. An arriving event is handed, as the same bytes, to every 
 member's outbox; nothing in the fan-out loop awaits or encodes.
 
 Durable rooms add ordering (relay.sequence) and resume: a joining member is first
-"catching up": live events for it are buffered while its missed events are read from
-history; then, without an await in between, it gets `joined`, the missed events and
-the buffered live ones newer than those, and becomes a live member. Subscribe first,
-read history second, merge by offset: no gap and no duplicate across the switch.
+"catching up": live events for it are buffered (bounded: see _CatchUp) while its missed
+events are read from history; then it gets `joined`, the missed events and the buffered
+live ones newer than those, paced by its socket's write readiness so a replay never
+sits in memory beyond the send queue; after the last buffered event, with no await in
+between, it becomes a live member. Subscribe first, read history second, merge by
+offset: no gap and no duplicate across the switch.
 """
 
 from __future__ import annotations
@@ -27,15 +29,29 @@ from relay.broker import Broker, BrokerUnavailable, Delivery, History
 from relay.metrics import Metrics
 from relay.protocol import Position
 from relay.rooms import RoomPolicies, RoomPolicy
-from relay.sequence import RoomSequence
+from relay.sequence import PENDING_LIMIT, RoomSequence
 
 log = logging.getLogger("relay.hub")
 
 T = TypeVar("T")
 
 
+CATCH_UP_SECONDS = 10.0
+"""Longest a join waits for this server's feed of a durable room to reach the position
+it read (a history read that keeps failing): then the join fails with `unavailable`, so
+a stuck catch-up never holds the session's reader."""
+
+
 class Member(Protocol):
-    def push(self, payload: bytes) -> None: ...
+    def push(self, payload: bytes) -> None:
+        """Queue one message (no await); the member applies its own send-queue bound."""
+
+    async def replay(self, payloads: list[bytes]) -> None:
+        """Send these in order, paced by the socket's write readiness; returns early when
+        the member is closed (nothing more can reach it)."""
+
+    def overflow(self) -> None:
+        """Its catch-up buffer is full: drop it as a slow consumer (it resumes with since)."""
 
 
 class PresenceObserver(Protocol):
@@ -53,17 +69,59 @@ class JoinResult:
     """None when the join asked for no recovery."""
 
 
+class _CatchUp:
+    """Live events of a room for a member still catching up (reading or replaying history).
+
+    Bound and overflow policy: at most `limit` events (the member's send queue). One more
+    and the member is dropped as a slow consumer (close 4008; it resumes with `since`,
+    losing nothing), and this buffer stops taking events.
+    """
+
+    __slots__ = ("events", "limit", "member", "overflowed")
+
+    def __init__(self, member: Member, limit: int) -> None:
+        self.member = member
+        self.limit = limit
+        self.events: list[Delivery] = []
+        self.overflowed = False
+
+    def add(self, delivery: Delivery) -> None:
+        if self.overflowed:
+            return
+        if len(self.events) >= self.limit:
+            self.overflowed = True
+            self.events = []
+            self.member.overflow()
+            return
+        self.events.append(delivery)
+
+    def take(self) -> list[Delivery]:
+        events, self.events = self.events, []
+        return events
+
+
 class _Room:
-    __slots__ = ("catching_up", "early", "members", "sequence", "subscribed", "unsubscribe_timer")
+    __slots__ = (
+        "catching_up",
+        "early",
+        "early_dropped",
+        "members",
+        "sequence",
+        "subscribed",
+        "unsubscribe_timer",
+    )
 
     def __init__(self, subscribed: asyncio.Future[None]) -> None:
         self.members: set[Member] = set()
-        self.catching_up: dict[Member, list[Delivery]] = {}
+        self.catching_up: dict[Member, _CatchUp] = {}
         self.subscribed = subscribed
         self.unsubscribe_timer: asyncio.TimerHandle | None = None
         self.sequence: RoomSequence | None = None
         self.early: list[Delivery] | None = None
-        """Durable rooms: arrivals between SUBSCRIBE and the first history read."""
+        """Durable rooms: arrivals between SUBSCRIBE and the first history read. Bound
+        and overflow policy: PENDING_LIMIT (relay.sequence); past it arrivals are dropped
+        and the sequence reads history once it starts (the history has them)."""
+        self.early_dropped = False
 
 
 class Hub:
@@ -74,7 +132,10 @@ class Hub:
         policies: RoomPolicies,
         *,
         unsubscribe_delay: float,
+        catch_up_limit: int = 1000,
     ) -> None:
+        self._catch_up_limit = catch_up_limit
+        """Live events buffered per joining member (RELAY_SEND_QUEUE); see _CatchUp."""
         self._broker = broker
         self._metrics = metrics
         self._policies = policies
@@ -118,36 +179,56 @@ class Hub:
             if self.presence is not None:
                 self.presence.joined(room, member)
             return
-        buffered: list[Delivery] = []
-        entry.catching_up[member] = buffered
+        buffered = entry.catching_up[member] = _CatchUp(member, self._catch_up_limit)
         sequence = entry.sequence
         try:
             for _ in range(2):
                 result, missed = await self._recover(room, policy, since)
-                await _shared(sequence.catch_up(result.offset or 0, result.epoch or ""))
+                await self._caught_up(sequence, result)
                 if sequence.epoch == result.epoch:
                     break
                 # The room's history was replaced while we read it: read it again.
+            announce(result)
+            # The missed events, a page at a time, then what arrived meanwhile, paced by
+            # the member's socket; live events go to `buffered` until the last await.
+            top = result.offset or 0
+            page = missed
+            while page:
+                with tracing.replaying(room, page, reason="resume"):
+                    await member.replay([d.payload for d in page])
+                last = page[-1].offset or 0
+                if last >= top or buffered.overflowed:
+                    break
+                page = await self._next_page(member, room, policy, result, last)
+            while not buffered.overflowed:
+                fresh = [
+                    d for d in buffered.take() if d.epoch == result.epoch and (d.offset or 0) > top
+                ]
+                if not fresh:
+                    break
+                top = fresh[-1].offset or top
+                await member.replay([d.payload for d in fresh])
         except BaseException:
             del entry.catching_up[member]
             self.leave(member, room)  # not a member: an emptied room is released as usual
             raise
         del entry.catching_up[member]
-        announce(result)
-        if missed:
-            with tracing.replaying(room, missed, reason="resume"):
-                for delivery in missed:
-                    member.push(delivery.payload)
-        top = result.offset or 0
-        for delivery in buffered:
-            if delivery.epoch == result.epoch and (delivery.offset or 0) > top:
-                member.push(delivery.payload)
         entry.members.add(member)
         if self.presence is not None:
             self.presence.joined(room, member)
         if entry.unsubscribe_timer is not None:  # a leave elsewhere emptied it meanwhile
             entry.unsubscribe_timer.cancel()
             entry.unsubscribe_timer = None
+
+    async def _caught_up(self, sequence: RoomSequence, result: JoinResult) -> None:
+        """Wait, within CATCH_UP_SECONDS, until this server's feed reached `result`."""
+        try:
+            async with asyncio.timeout(CATCH_UP_SECONDS):
+                await _shared(sequence.catch_up(result.offset or 0, result.epoch or ""))
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"the room's feed did not catch up within {CATCH_UP_SECONDS:g}s"
+            ) from None
 
     def leave(self, member: Member, room: str) -> None:
         entry = self._rooms.get(room)
@@ -175,7 +256,10 @@ class Hub:
         if entry.sequence is not None:
             entry.sequence.accept(delivery)
         elif entry.early is not None:
-            entry.early.append(delivery)
+            if len(entry.early) < PENDING_LIMIT:
+                entry.early.append(delivery)
+            else:
+                entry.early_dropped = True  # read from history once the sequence starts
         else:
             self._fan_out(entry, delivery)
 
@@ -201,7 +285,7 @@ class Hub:
         for member in entry.members:
             member.push(payload)
         for buffer in entry.catching_up.values():
-            buffer.append(delivery)
+            buffer.add(delivery)
         self._metrics.delivered.inc(len(entry.members))
         self._metrics.delivery_latency.observe(max(0.0, time.time() - delivery.ts / 1000))
         if span is not None:
@@ -212,21 +296,48 @@ class Hub:
         for member in entry.members:
             member.push(notice)
 
+    async def _next_page(
+        self, member: Member, room: str, policy: RoomPolicy, result: JoinResult, last: int
+    ) -> list[Delivery]:
+        """The replay's next page after `last`, up to the joined position.
+
+        If it cannot be read, or the history changed since the join read it (trimmed past
+        `last`, another epoch), the member is told to re-sync (unsolicited `joined`,
+        `recovered: false`, at the joined position) and the replay stops there.
+        """
+        top = result.offset or 0
+        try:
+            history = await self._broker.history(room, last, policy, limit=self._catch_up_limit)
+        except BrokerUnavailable:
+            history = None
+        entries = [] if history is None else history.entries
+        if (
+            history is None
+            or history.epoch != result.epoch
+            or not entries
+            or entries[0].offset != last + 1
+        ):
+            log.info("room %s: history changed during a replay; the joiner re-syncs", room)
+            member.push(protocol.joined(room, top, result.epoch, False, None))
+            return []
+        return [d for d in entries if (d.offset or 0) <= top]
+
     async def _recover(
         self, room: str, policy: RoomPolicy, since: Position | None
     ) -> tuple[JoinResult, list[Delivery]]:
-        """The position to announce and the events to replay for a join."""
+        """The position to announce and the first page of events to replay for a join."""
         after = since.offset if since is not None else None
-        history = await self._broker.history(room, after, policy)
+        history = await self._broker.history(room, after, policy, limit=self._catch_up_limit)
         if since is None:
             return JoinResult(history.top, history.epoch, None), []
         if since.epoch != history.epoch or since.offset > history.top:
             return JoinResult(history.top, history.epoch, False), []
         entries = history.entries
+        more = len(entries) >= self._catch_up_limit  # a full page: later ones are read later
         complete = since.offset == history.top or (
             bool(entries)
             and entries[0].offset == since.offset + 1
-            and entries[-1].offset == history.top
+            and (entries[-1].offset == history.top or more)
         )
         if not complete:
             return JoinResult(history.top, history.epoch, False), []
@@ -285,6 +396,8 @@ class Hub:
         early, entry.early = entry.early or [], None
         for delivery in early:
             entry.sequence.accept(delivery)
+        if entry.early_dropped:
+            entry.sequence.fill()
 
     def _release(self, room: str, entry: _Room) -> None:
         entry.unsubscribe_timer = None

@@ -38,7 +38,8 @@ class Metrics:
         )
         self.handshake_refusals = Counter(
             "relay_handshake_refusals",
-            "Upgrades refused by authentication (401) or origin check (403).",
+            "Connections refused before the upgrade: authentication (401), origin check "
+            "(403), request head too slow (408), target too long (414), head too large (431).",
             ["status"],
             registry=r,
         )

@@ -11,6 +11,7 @@ from starlette.websockets import WebSocket
 
 from relay import __version__, auth, control, tracing
 from relay.broker import Broker, BrokerUnavailable
+from relay.broker.connection import Connector
 from relay.broker.memory import MemoryBroker
 from relay.broker.redis import RedisBroker
 from relay.cluster import ClusterState, NodeReport, make_state
@@ -34,8 +35,9 @@ def make_broker(settings: Settings, metrics: Metrics) -> Broker:
     if not settings.redis_urls:
         return MemoryBroker(settings.node_id, dedupe_seconds=settings.dedupe_seconds)
     return RedisBroker(
-        settings.redis_urls,
+        settings.redis_endpoints,
         settings.node_id,
+        connector=Connector.from_settings(settings),
         timeout=settings.redis_timeout,
         probe_interval=settings.probe_interval,
         probe_timeout=settings.probe_timeout,
@@ -52,7 +54,11 @@ class RelayNode:
         self.broker = make_broker(settings, self.metrics)
         policies = RoomPolicies(settings.rooms)
         self.hub = Hub(
-            self.broker, self.metrics, policies, unsubscribe_delay=settings.unsubscribe_delay
+            self.broker,
+            self.metrics,
+            policies,
+            unsubscribe_delay=settings.unsubscribe_delay,
+            catch_up_limit=settings.send_queue,
         )
         self.cluster: ClusterState = make_state(self.broker, settings.node_id)
         self.presence = Presence(
@@ -80,8 +86,9 @@ class RelayNode:
         self._load_reports: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # Shard names and clean URLs only: credentials never reach a log line.
         mode = (
-            "redis " + ",".join(self.settings.redis_urls)
+            "redis " + ", ".join(f"{e.name}={e.url}" for e in self.settings.redis_endpoints)
             if self.settings.redis_urls
             else "embedded"
         )
@@ -109,6 +116,8 @@ class RelayNode:
             return "draining"
         if not self.broker.ready:
             return "broker not connected"
+        if len(self.sessions) >= self.settings.max_connections:
+            return "connection limit reached"  # new clients would get 1013 here
         return None
 
     async def serve(self, websocket: WebSocket) -> None:

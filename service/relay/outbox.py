@@ -10,7 +10,11 @@ Bound and overflow policy: while the transport is paused (its buffer is over the
 high-water mark because the client is not reading), an outbox holds at most `limit`
 messages. Past the limit the connection is a slow consumer: its queue is dropped, it
 gets `reconnect` (slow_consumer) and close 4008, and nobody else waits. Unpaused, what
-one loop turn pushes (bounded by the room histories a replay reads) is written at once.
+one loop turn pushes is written at once. Replays (a `join` with `since`) do not push:
+`replay` hands over at most `limit` messages (and about BATCH_BYTES) at a time and waits
+for the socket to take them first, so a resume of any length holds at most one send
+queue's worth in memory, and a client that stops reading stalls only its own replay
+(until the heartbeat ends its connection).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Outbox:
         "_pending",
         "_scheduler",
         "_socket",
+        "_waiter",
         "close_code",
         "closed",
     )
@@ -71,6 +76,7 @@ class Outbox:
         self._pending: list[bytes] = []
         self.closed = False
         self.close_code: int | None = None
+        self._waiter: asyncio.Future[None] | None = None
         socket.on_resume = self._resumed
 
     def push(self, payload: bytes) -> None:
@@ -86,6 +92,36 @@ class Outbox:
         pending.append(payload)
         if len(pending) == 1 and not self._socket.paused:
             self._scheduler.mark(self)
+
+    async def replay(self, payloads: list[bytes]) -> None:
+        """Send `payloads` in order, a send queue's worth at a time, as the socket drains.
+
+        Returns early once the outbox or the connection is closed. Messages pushed
+        meanwhile (other rooms, replies) go out between two chunks, in push order.
+        """
+        start = 0
+        while start < len(payloads):
+            await self._drained()
+            if self.closed or self._socket.closed:
+                return
+            end, size = start, 0
+            while end < len(payloads) and end - start < self._limit and size < BATCH_BYTES:
+                size += len(payloads[end])
+                end += 1
+            self._pending.extend(payloads[start:end])
+            self._scheduler.mark(self)
+            start = end
+
+    async def _drained(self) -> None:
+        """Wait until nothing is pending and the socket takes writes (or it closed)."""
+        while (self._pending or self._socket.paused) and not (self.closed or self._socket.closed):
+            if self._waiter is None or self._waiter.done():
+                self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def flush(self, frames: dict[bytes, bytes] | None = None) -> None:
         if self.closed or self._socket.paused or not self._pending:
@@ -104,11 +140,13 @@ class Outbox:
         self.closed = True
         self.close_code = code
         self._socket.close(code)
+        self._wake()
 
     def _write_all(self, frames: dict[bytes, bytes] | None) -> None:
         pending, self._pending = self._pending, []
         if len(pending) == 1:
             self._socket.send(pending[0], frames)
+            self._wake()
             return
         batch: list[bytes] = []
         size = 0
@@ -120,7 +158,10 @@ class Outbox:
             size += len(payload) + 1
         if batch:
             self._socket.send(b"\n".join(batch))
+        self._wake()
 
     def _resumed(self) -> None:
+        """The socket drained below its low-water mark, or the connection is gone."""
         if self._pending and not self.closed:
             self._scheduler.mark(self)
+        self._wake()

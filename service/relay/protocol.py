@@ -10,6 +10,7 @@ raw newline, so several messages can share one frame separated by `\\n`.
 from __future__ import annotations
 
 import enum
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -19,6 +20,10 @@ import orjson
 ROOM_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-.:/]{1,128}")
 MAX_REF_CHARS: Final = 64
 MAX_ID_CHARS: Final = 64
+INT_RANGE: Final = range(-(2**63), 2**64)
+"""Integers JSON carries exactly here (orjson's range): others would turn into floats."""
+_LONG_DIGITS: Final = re.compile(r"\d{19}")
+"""A run of digits as long as the shortest integer outside INT_RANGE: check that line."""
 
 
 class ErrorCode(enum.StrEnum):
@@ -127,6 +132,8 @@ def parse_message(line: str, max_bytes: int) -> ClientMessage:
             ErrorCode.BAD_REQUEST, f"expected a JSON object, got {type(obj).__name__}"
         )
     ref = _optional_str(obj, "ref", MAX_REF_CHARS, None)
+    if _LONG_DIGITS.search(line):
+        _check_integers(line, ref)
     op = obj.get("op")
     if not isinstance(op, str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "missing string field 'op'", ref=ref)
@@ -141,6 +148,38 @@ def parse_message(line: str, max_bytes: int) -> ClientMessage:
     if op == "presence":
         return PresenceQuery(room=_room(obj, ref), ref=ref)
     raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:32]!r}", ref=ref)
+
+
+class _InexactInteger(ValueError):
+    pass
+
+
+def _exact_int(text: str) -> int:
+    # Length first: int() of thousands of digits is slow (and limited) by itself.
+    value = int(text) if len(text) <= 21 else None
+    if value is None or value not in INT_RANGE:
+        raise _InexactInteger(text)
+    return value
+
+
+def _check_integers(line: str, ref: str | None) -> None:
+    """Refuse integers that orjson would silently turn into floats (a changed value).
+
+    Runs only for lines with a long run of digits (rare), so the common path pays one
+    regex search. The stdlib parser hands every integer literal to `_exact_int`.
+    """
+    try:
+        json.loads(line, parse_int=_exact_int)
+    except _InexactInteger as exc:
+        literal = str(exc)
+        shown = literal if len(literal) <= 24 else literal[:21] + "..."
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"integer {shown} is outside -2**63 .. 2**64-1, the range carried exactly",
+            ref=ref,
+        ) from None
+    except ValueError:
+        return  # orjson accepted it; anything else the stdlib dislikes is not our concern
 
 
 def _parse_publish(obj: dict[str, Any], ref: str | None) -> Publish:

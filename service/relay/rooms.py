@@ -14,6 +14,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 CACHE_SIZE = 10_000
+EMPTY_ROOM_SECONDS = 60
+"""A durable room that never had an event is forgotten after this long without a join
+(capped by its history TTL): joins alone, to any number of names, keep little state.
+A client that resumes such a room later gets `recovered: false` (nothing was lost)."""
 
 
 class RoomPolicy(BaseModel):

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+
+from redis.backoff import FullJitterBackoff
 
 from relay import tracing
 from relay.broker import BrokerUnavailable, Delivery, History
@@ -26,7 +29,11 @@ log = logging.getLogger("relay.sequence")
 
 PENDING_LIMIT = 10_000
 """Arrivals buffered during a history read; past it they are dropped (and re-read)."""
-RETRY_SECONDS = 0.5
+READ_BACKOFF = FullJitterBackoff(cap=2.0, base=0.05)
+"""Pause between failed history reads: random up to 0.05 s * 2**n, at most 2 s."""
+READ_GIVE_UP_SECONDS = 30.0
+"""A history read failing this long is abandoned: the gap is skipped and members are
+told to re-sync (unsolicited `joined`, `recovered: false`), as for a trimmed history."""
 
 Fetch = Callable[[int], Awaitable[History]]
 
@@ -109,15 +116,20 @@ class RoomSequence:
             self._filling.cancel()
 
     async def _fill(self) -> None:
+        unreadable = False
         try:
-            history = await self._read()
-            if history.epoch != self.epoch:
-                # The room's history was lost (Redis restarted without it, or the room
-                # moved shard): what came before is gone; continue from the new top.
-                self.epoch, self.last = history.epoch, history.top
-                self._resync(self.last, self.epoch)
+            try:
+                history = await self._read()
+            except BrokerUnavailable:
+                unreadable = True
             else:
-                self._replay(history)
+                if history.epoch != self.epoch:
+                    # The room's history was lost (Redis restarted without it, or the room
+                    # moved shard): what came before is gone; continue from the new top.
+                    self.epoch, self.last = history.epoch, history.top
+                    self._resync(self.last, self.epoch)
+                else:
+                    self._replay(history)
         finally:
             self._filling = None
         # Arrivals of another epoch than the one now current are stale; the rest go in
@@ -126,6 +138,8 @@ class RoomSequence:
         if len(pending) < len(self._pending):
             self._refill = True  # another epoch showed up meanwhile: read which is current
         self._pending = []
+        if unreadable:
+            self._give_up(pending)
         for delivery in pending:
             self.accept(delivery)
         if self._refill and self._filling is None:
@@ -133,12 +147,35 @@ class RoomSequence:
             self.fill()
 
     async def _read(self) -> History:
+        """The history after `last`; retried with backoff, BrokerUnavailable after the bound."""
+        deadline = time.monotonic() + READ_GIVE_UP_SECONDS
+        failures = 0
         while True:
             try:
                 return await self._fetch(self.last)
             except BrokerUnavailable as exc:
+                failures += 1
+                delay = READ_BACKOFF.compute(failures)
+                if time.monotonic() + delay > deadline:
+                    raise
                 log.info("room %s: history read failed (%s), retrying", self.room, exc)
-                await asyncio.sleep(RETRY_SECONDS)
+                await asyncio.sleep(delay)
+
+    def _give_up(self, pending: list[Delivery]) -> None:
+        """The history stayed unreadable: continue after the gap; members re-sync.
+
+        Nothing newer arrived (`pending` empty): nothing to skip; the next arrival past
+        the gap starts a read of its own.
+        """
+        self._refill = False
+        log.warning(
+            "room %s: history unreadable for %.0fs; continuing after the gap",
+            self.room,
+            READ_GIVE_UP_SECONDS,
+        )
+        if pending and _offset(pending[0]) > self.last + 1:
+            self.last = _offset(pending[0]) - 1
+            self._resync(self.last, self.epoch)
 
     def _replay(self, history: History) -> None:
         entries = [d for d in history.entries if (d.offset or 0) > self.last]

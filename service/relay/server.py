@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import signal
 import socket
 from collections.abc import Iterator
@@ -11,13 +13,62 @@ from types import FrameType
 
 import uvicorn
 
+from relay import transport
 from relay.app import create_admin_app, create_app
 from relay.config import Settings
 from relay.node import RelayNode
-from relay.transport import RelayWebSocketProtocol
 
 HARD_FRAME_FACTOR = 4
 """Frames over this many times RELAY_MAX_MESSAGE_BYTES are closed with 1009, unread."""
+
+
+_CREDENTIAL = re.compile(
+    r"(?i)((?:authorization:\s*)?(?:bearer|basic)\s+|\b(?:token|secret|password)=)[^\s&\"',;]+"
+)
+_JWT = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*")
+"""A JWT anywhere (its header always starts with `{"` = `eyJ` in base64url)."""
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@")
+"""The `user:password@` of a URL (a Redis URL with its password)."""
+_QUERY = re.compile(r"(/[^\s\"'?]*)\?[^\s\"']+")
+"""The query string of a path or URL (`/ws?token=...`): browsers send their token there."""
+
+
+def redact(text: str) -> str:
+    """`text` without credentials: bearer/`token=` values, JWTs, URL passwords, queries."""
+    text = _CREDENTIAL.sub(r"\1[redacted]", text)
+    text = _JWT.sub("[redacted]", text)
+    text = _USERINFO.sub(r"\1[redacted]@", text)
+    return _QUERY.sub(r"\1?[query redacted]", text)
+
+
+class CredentialFilter(logging.Filter):
+    """Keeps credentials out of every log line, whoever writes it.
+
+    uvicorn logs each WebSocket handshake as `"WebSocket /ws?token=<JWT>" [accepted]`
+    (at INFO, whatever `access_log` says), and websockets logs request lines and headers
+    at DEBUG: the browser client's token would land in the log. Installed on the
+    handlers, so records propagated from any logger pass through it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {
+                k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()
+            }
+        return True
+
+
+def install_credential_filter() -> None:
+    """On every handler of the root logger and of uvicorn's own (non-propagating) ones."""
+    credential_filter = CredentialFilter()
+    for name in (None, "uvicorn", "uvicorn.error", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, CredentialFilter) for f in handler.filters):
+                handler.addFilter(credential_filter)
 
 
 class RelayServer(uvicorn.Server):
@@ -60,11 +111,16 @@ class AdminServer(uvicorn.Server):
 
 def build_server(settings: Settings) -> RelayServer:
     app = create_app(settings)
+    refusals = app.state.node.metrics.handshake_refusals
+    http_protocol, ws_protocol = transport.protocols(
+        lambda status: refusals.labels(str(status)).inc(), settings.handshake_seconds
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        ws=RelayWebSocketProtocol,
+        http=http_protocol,
+        ws=ws_protocol,
         ws_max_size=settings.max_message_bytes * HARD_FRAME_FACTOR,
         ws_ping_interval=settings.heartbeat_seconds,
         ws_ping_timeout=settings.heartbeat_seconds,
@@ -87,6 +143,7 @@ def build_server(settings: Settings) -> RelayServer:
             access_log=False,
         )
         admin = AdminServer(admin_config)
+    install_credential_filter()  # after uvicorn.Config, which configures its loggers
     return RelayServer(config, app.state.node, admin)
 
 

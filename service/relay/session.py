@@ -8,6 +8,7 @@ so `joined` always precedes the room's events and nothing bypasses the queue bou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -32,6 +33,9 @@ log = logging.getLogger("relay.session")
 ABUSE_BURST = 50
 ABUSE_RATE = 5.0
 """Refused messages a connection may send (burst, then per second) before close 1008."""
+YIELD_EVERY = 16
+"""Messages of one frame handled between two yields to the event loop, so a frame of
+thousands of cheap ops (pings) cannot hold up every other connection of the server."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,7 @@ class Session:
         """How the connection ended: the peer's close code, or the one the server sent."""
         self._rooms: set[str] = set()
         self._publishes = TokenBucket(self._settings.publish_rate, self._settings.publish_burst)
+        self._ops = TokenBucket(self._settings.op_rate, self._settings.op_burst)
         self._refusals = TokenBucket(ABUSE_RATE, ABUSE_BURST)
         self.outbox = Outbox(
             socket,
@@ -76,6 +81,12 @@ class Session:
 
     def push(self, payload: bytes) -> None:
         self.outbox.push(payload)
+
+    async def replay(self, payloads: list[bytes]) -> None:
+        await self.outbox.replay(payloads)
+
+    def overflow(self) -> None:
+        self._slow_consumer()
 
     def reconnect(self, reason: str, code: CloseCode) -> None:
         """Tell the client to reconnect elsewhere, after what is already queued, and close."""
@@ -100,10 +111,12 @@ class Session:
                         )
                     )
                     continue
-                for line in protocol.split_frame(text):
+                for n, line in enumerate(protocol.split_frame(text), 1):
                     if self.outbox.closed:
                         break  # dropped (slow consumer, abuse): the rest goes unanswered
                     await self._handle(line)
+                    if n % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
         finally:
             self.close_code = self.outbox.close_code or self.close_code
             if expiry is not None:
@@ -115,6 +128,14 @@ class Session:
     async def _handle(self, line: str) -> None:
         try:
             message = protocol.parse_message(line, self._settings.max_message_bytes)
+            if not isinstance(message, protocol.Publish) and not self._ops.take():
+                raise ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"over {self._settings.op_rate:g} ping/join/leave per second (burst "
+                    f"{self._settings.op_burst})",
+                    ref=message.ref,
+                    room=None if isinstance(message, protocol.Ping) else message.room,
+                )
             if isinstance(message, protocol.Publish):
                 await self._publish(message)
             elif isinstance(message, protocol.Join):

@@ -29,6 +29,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "demo": {"demo": {"enabled": True}},
     "demo-jaeger": {"demo": {"enabled": True}, "jaeger": {"enabled": True}},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "monitoring": {"monitoring": {"podMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
     "custom-image": {
         "image": {"repository": "registry.example.com/games/gamecluster", "tag": "1.2.3"},
         "imagePullSecrets": [{"name": "regcred"}],

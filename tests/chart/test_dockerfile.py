@@ -87,7 +87,7 @@ def test_base_image_is_a_pinned_slim_python() -> None:
 
 
 def test_wheels_are_built_first_and_only_the_venv_reaches_the_runtime() -> None:
-    build, runtime = _stages()
+    _, build, runtime = _stages()
     assert build[0][1].endswith(" AS build")
     assert any(i == "RUN" and "pip wheel" in a for i, a in build)
     # The relay CLI's client is its own distribution: its wheel is built with ours.
@@ -96,6 +96,21 @@ def test_wheels_are_built_first_and_only_the_venv_reaches_the_runtime() -> None:
     copies = [a for i, a in runtime if i == "COPY"]
     assert copies == ["--from=build /opt/venv /opt/venv"]
     assert not any(i == "RUN" and "pip" in a for i, a in runtime)
+
+
+def test_the_browser_bundle_is_built_from_the_client_sources_in_a_node_stage() -> None:
+    js, build, _ = _stages()
+    assert js[0][1] == "${NODE_IMAGE} AS js"
+    (arg,) = [a for i, a in _instructions() if i == "ARG" and a.startswith("NODE_IMAGE=")]
+    assert re.fullmatch(r"node:\d+\.\d+\.\d+-[a-z]+-slim", arg.split("=", 1)[1]), arg
+    runs = [a for i, a in js if i == "RUN"]
+    assert runs[0].startswith("npm ci ")  # the lock file's versions, nothing resolved anew
+    assert runs[-1] == "npm run build"
+    # The wheel's static files get the fresh bundle over the committed copy.
+    static = "./service/relay/static/gamecluster-client.js"
+    copy = f"--from=js /js/dist/browser/gamecluster-client.js {static}"
+    copies = [a for i, a in build if i == "COPY"]
+    assert copies.index(copy) == copies.index("service ./service") + 1
 
 
 def test_runtime_runs_as_a_fixed_non_root_uid_with_relay_serve_by_default() -> None:
@@ -123,11 +138,22 @@ def test_dockerignore_admits_only_the_sources() -> None:
     ]
     assert lines[0] == "*"
     admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert admitted == {"pyproject.toml", "README.md", "service", "operator", "clients/python"}
+    assert admitted == {
+        "pyproject.toml",
+        "README.md",
+        "service",
+        "operator",
+        "clients/python",
+        "clients/js",
+    }
+    # Only the client's sources and lock file: what npm ci and the build make stays out.
+    assert {"clients/js/node_modules", "clients/js/dist", "clients/js/build"} <= set(lines)
     copied = {
         part.rstrip("/").removeprefix("./")
         for i, a in _instructions()
         if i == "COPY" and "--from" not in a
         for part in a.split()[:-1]
     }
-    assert copied <= admitted | {"README.m[d]"}
+    allowed = admitted | {"README.m[d]"}
+    outside = {p for p in copied if not any(p == a or p.startswith(a + "/") for a in allowed)}
+    assert outside == set()

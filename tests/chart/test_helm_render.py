@@ -86,10 +86,13 @@ def test_defaults_render_the_operator_and_nothing_optional() -> None:
         "ClusterRoleBinding",
         "Deployment",
         "NetworkPolicy",
+        "Role",  # the leader-election Lease, in the release namespace
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
     assert find(objects, "GameCluster") == []
+    assert find(objects, "PodMonitor") == []
     assert find(objects, "Pod") == []  # the helm test needs the demo
     (policy,) = find(objects, "NetworkPolicy")
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
@@ -98,8 +101,9 @@ def test_defaults_render_the_operator_and_nothing_optional() -> None:
 def test_operator_deployment_shape() -> None:
     deployment = _operator(manifests("defaults"))
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, one leading through a Lease; rolling updates never overlap two leaders.
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["gamecluster-operator"]
@@ -159,6 +163,9 @@ def test_demo_and_its_helm_test() -> None:
     assert demo["spec"]["tracing"]["enabled"] is False
     assert "auth" not in demo["spec"]  # auth is always on, with the generated Secret
     assert "otlpEndpoint" not in demo["spec"]["tracing"]
+    # The demo game's room policies, as `make run` sets them (Makefile DEMO_ROOMS).
+    rooms = demo["spec"]["delivery"]["rooms"]
+    assert rooms == [{"match": "arena:*", "policy": "volatile", "presence": True}]
     test_pod = one(objects, "Pod")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert test_pod["spec"]["restartPolicy"] == "Never"
@@ -231,3 +238,14 @@ def test_helm_test_targets_the_service_the_operator_creates_for_the_demo() -> No
     owner = Owner.from_meta(demo["metadata"])
     endpoint = owner.endpoint(demo["spec"]["service"]["port"], contract.WS_PATH)
     assert helm_test_target(one(objects, "Pod")) == endpoint
+
+
+def test_pod_monitors_render_only_when_asked_and_scrape_the_admin_port() -> None:
+    monitors = find(manifests("monitoring"), "PodMonitor")
+    by_name = {o["metadata"]["name"].rsplit("-", 1)[1]: o for o in monitors}
+    assert sorted(by_name) == ["operator", "relays"]
+    assert all(m["metadata"]["labels"]["release"] == "prom" for m in monitors)
+    relay_endpoint = by_name["relays"]["spec"]["podMetricsEndpoints"][0]
+    assert (relay_endpoint["port"], relay_endpoint["path"]) == ("admin", "/metrics")
+    assert by_name["relays"]["spec"]["namespaceSelector"] == {"any": True}
+    assert by_name["operator"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"

@@ -80,7 +80,8 @@ def test_cluster_wide_mode_grants_exactly_the_operators_rules() -> None:
     objects = manifests("defaults")
     (role,) = _bound_roles(objects, "ClusterRoleBinding")
     assert _triples(role["rules"]) == _expected(rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES)
-    assert _bound_roles(objects, "RoleBinding") == []
+    (leader,) = _bound_roles(objects, "RoleBinding")
+    assert _triples(leader["rules"]) == _expected(rbac.LEADER_RULES)
 
 
 @pytest.mark.parametrize("key", ["namespaced", "everything"])
@@ -88,8 +89,16 @@ def test_namespaced_mode_grants_a_role_per_namespace_and_nothing_cluster_wide(ke
     objects = manifests(key)
     watched = VALUE_SETS[key]["watchNamespaces"]
     assert _bound_roles(objects, "ClusterRoleBinding") == []
-    roles = _bound_roles(objects, "RoleBinding")
+    roles = [
+        r
+        for r in _bound_roles(objects, "RoleBinding")
+        if not r["metadata"]["name"].endswith("-leader")
+    ]
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(watched)
+    (leader,) = [
+        r for r in _bound_roles(objects, "RoleBinding") if r["metadata"]["name"].endswith("-leader")
+    ]
+    assert _triples(leader["rules"]) == _expected(rbac.LEADER_RULES)
     for role in roles:
         assert _triples(role["rules"]) == _expected(rbac.NAMESPACED_RULES)
 
@@ -108,7 +117,7 @@ def test_every_cluster_role_is_the_operators_or_aggregated_for_people(key: str) 
     for kind in ("ClusterRoleBinding", "RoleBinding"):
         for role in _bound_roles(objects, kind):
             granted |= _triples(role["rules"])
-    assert granted <= _expected(rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES)
+    assert granted <= _expected(rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES + rbac.LEADER_RULES)
     assert granted >= _expected(rbac.NAMESPACED_RULES)
 
 

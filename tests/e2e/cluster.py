@@ -419,6 +419,8 @@ class Cluster:
     versions: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     processes: ProcessGroup | None = None
+    pki: Pki | None = None  # the local control plane's CA (a real node's kubelet needs it)
+    server: str = ""  # the local API server's URL
 
     @property
     def env(self) -> dict[str, str]:
@@ -525,10 +527,23 @@ def _node_ready(node: dict[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def local_control_plane(
-    tools: Tools, workdir: Path, *, fake_nodes: int = 1, startup_timeout: float = 120.0
+    tools: Tools,
+    workdir: Path,
+    *,
+    fake_nodes: int = 1,
+    startup_timeout: float = 120.0,
+    api_host: str = HOST,
+    apiserver_args: Sequence[str] = (),
+    kubelet_client: bool = False,
 ) -> Iterator[Cluster]:
     """Start etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok; yield a
-    Cluster; stop them all (also on errors). Logs stay in workdir/logs."""
+    Cluster; stop them all (also on errors). Logs stay in workdir/logs.
+
+    api_host: the one address the API server binds and advertises (127.0.0.1 by default; the
+    real-pod tier passes the host's address on its pod bridge, so pods reach it through the
+    `kubernetes` Service, whose endpoint the API server then maintains). apiserver_args: extra
+    flags. kubelet_client: the API server gets a client certificate to show real kubelets
+    (logs, exec, port-forward) and prefers their InternalIP."""
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pki = Pki(workdir / "pki")
@@ -536,7 +551,7 @@ def local_control_plane(
     kubectl = find_kubectl(tools)
 
     ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok")}
-    server = f"https://{HOST}:{ports['apiserver']}"
+    server = f"https://{api_host}:{ports['apiserver']}"
     service_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
 
     def proc(name: str, *argv: str, env: dict[str, str] | None = None) -> ManagedProcess:
@@ -590,15 +605,25 @@ def local_control_plane(
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            server_ips=[HOST, service_ip],
+            server_ips=sorted({HOST, api_host, service_ip}),
             client=False,
         )
         admin_crt, admin_key = pki.issue("admin", "gamecluster-e2e-admin", org="system:masters")
+        if kubelet_client:
+            kc_crt, kc_key = pki.issue(
+                "apiserver-kubelet-client", "kube-apiserver-kubelet-client", org="system:masters"
+            )
+            apiserver_args = [
+                f"--kubelet-client-certificate={kc_crt}",
+                f"--kubelet-client-key={kc_key}",
+                "--kubelet-preferred-address-types=InternalIP",
+                *apiserver_args,
+            ]
         proc(
             "kube-apiserver",
             f"--etcd-servers={etcd_url}",
-            f"--bind-address={HOST}",
-            f"--advertise-address={HOST}",
+            f"--bind-address={api_host}",
+            f"--advertise-address={api_host}",
             f"--secure-port={ports['apiserver']}",
             f"--cert-dir={workdir / 'apiserver-certs'}",
             f"--tls-cert-file={apiserver_crt}",
@@ -611,10 +636,12 @@ def local_control_plane(
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             # The apiserver would publish 127.0.0.1 as the endpoint of Service `kubernetes`,
             # which Endpoints validation refuses; nothing in the tests dials that Service.
-            "--endpoint-reconciler-type=none",
+            # (An api_host of a real interface is a valid endpoint: the default reconciler.)
+            "--endpoint-reconciler-type=" + ("none" if api_host == HOST else "lease"),
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
+            *apiserver_args,
         )
         api_ctx = ssl.create_default_context(cafile=str(pki.ca_path))
         api_ctx.load_cert_chain(str(admin_crt), str(admin_key))
@@ -710,6 +737,8 @@ def local_control_plane(
             versions=tools.versions,
             log_dir=logs,
             processes=group,
+            pki=pki,
+            server=server,
         )
         # The service-account controller must have made `default` before pods can be admitted.
         ready(
@@ -856,3 +885,75 @@ def run_jaeger(binary: Path, workdir: Path, startup_timeout: float = 60.0) -> It
         yield jaeger
     finally:
         proc.stop()
+
+
+@contextlib.contextmanager
+def volume_provisioner(
+    cluster: Cluster, host_root: Path | None = None, interval: float = 1.0
+) -> Iterator[None]:
+    """Play a cluster's dynamic volume provisioner, which the harness's control plane lacks.
+
+    A real cluster (kind's local-path, a cloud CSI driver) gives each pending claim a volume;
+    without one the managed Redis (persistence on by default) never schedules. For each
+    pending claim this makes a hostPath PersistentVolume of the claim's size, pre-bound to it;
+    kube-controller-manager's PV binder then binds the pair. kwok's pods never mount it; on a
+    real node (``host_root``, the real-pod tier) the directory is made under ``host_root``
+    first, writable by any user (hostPath ignores fsGroup, and Redis runs as a non-root UID).
+    """
+    import threading
+
+    stop = threading.Event()
+    made: set[str] = set()
+    last_error: list[str] = []
+
+    def provision_once() -> None:
+        claims = cluster.get_json("pvc", "-A")["items"]
+        for claim in claims:
+            meta, spec = claim["metadata"], claim["spec"]
+            if claim.get("status", {}).get("phase") != "Pending" or spec.get("volumeName"):
+                continue
+            if meta["uid"] in made:
+                continue
+            directory = (host_root or Path("/var/lib/e2e-volumes")) / meta["uid"]
+            if host_root is not None:
+                directory.mkdir(parents=True, exist_ok=True)
+                directory.chmod(0o777)  # (mkdir's mode is masked by the umask)
+            volume = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"e2e-{meta['uid']}"},
+                "spec": {
+                    "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+                    "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": spec.get("storageClassName") or "",
+                    "claimRef": {
+                        "namespace": meta["namespace"],
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    },
+                    "hostPath": {"path": str(directory), "type": "Directory"},
+                },
+            }
+            cluster.apply(volume)
+            made.add(meta["uid"])
+
+    def run() -> None:
+        while not stop.wait(interval):
+            try:
+                provision_once()
+            except Exception as exc:  # a transient API error: the next pass retries
+                # Said once per distinct error (on stderr, which pytest shows for a failed
+                # test): a provisioner that keeps failing otherwise surfaces only as a Redis
+                # pod that never schedules.
+                if [str(exc)] != last_error:
+                    last_error[:] = [str(exc)]
+                    print(f"e2e volume provisioner: {exc}", file=sys.stderr)
+
+    thread = threading.Thread(target=run, name="e2e volume provisioner", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)

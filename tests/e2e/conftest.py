@@ -30,6 +30,7 @@ from .cluster import (
     external_cluster,
     local_control_plane,
     run_jaeger,
+    volume_provisioner,
 )
 
 _TOOLS_KEY = pytest.StashKey[Tools | E2EError]()
@@ -73,7 +74,10 @@ def cluster(e2e_tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Itera
     if external is not None:
         yield external_cluster(external, e2e_tools)
         return
-    with local_control_plane(e2e_tools, tmp_path_factory.mktemp("control-plane")) as c:
+    with (
+        local_control_plane(e2e_tools, tmp_path_factory.mktemp("control-plane")) as c,
+        volume_provisioner(c),
+    ):
         yield c
 
 

@@ -40,6 +40,7 @@ class OperatorRun:
     service_account: str
     namespace: str  # the release's
     liveness_url: str
+    metrics_url: str = ""
 
     def healthy(self) -> bool:
         self.process.check_alive()
@@ -73,15 +74,21 @@ def install(cluster: Cluster, config: helm.Config, namespace: str) -> dict[str, 
             raise E2EError(f"helm install failed: {err}\n{tails}") from err
 
 
-def operator_env(deployment: dict[str, Any]) -> dict[str, str]:
-    """The GAMECLUSTER_* settings of the chart's operator container (plain values only)."""
+def operator_env(deployment: dict[str, Any], *, namespace: str, pod_name: str) -> dict[str, str]:
+    """The GAMECLUSTER_* settings of the chart's operator container. Of the downward API, the
+    pod's namespace and name are reproduced (the local process plays a pod of that name)."""
     [container] = [
         c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator"
     ]
+    fields = {"metadata.namespace": namespace, "metadata.name": pod_name}
     env = {}
     for var in container.get("env") or []:
         if "valueFrom" in var:
-            raise E2EError(f"operator env {var['name']} uses valueFrom: not reproducible locally")
+            path = (var["valueFrom"].get("fieldRef") or {}).get("fieldPath")
+            if path not in fields:
+                raise E2EError(f"operator env {var['name']}: {var['valueFrom']} not reproducible")
+            env[var["name"]] = fields[path]
+            continue
         env[var["name"]] = var.get("value", "")
     return env
 
@@ -111,7 +118,14 @@ def token_kubeconfig(cluster: Cluster, path: Path, service_account: str, namespa
     return path
 
 
-def start_operator(cluster: Cluster, release: Release, workdir: Path) -> OperatorRun:
+def start_operator(
+    cluster: Cluster,
+    release: Release,
+    workdir: Path,
+    *,
+    pod_name: str = "operator-0",
+    wait_healthy: bool = True,
+) -> OperatorRun:
     [deployment] = cluster.get_json(
         "deployments", "-n", release.namespace, "-l", f"{release.selector},{OPERATOR_COMPONENT}"
     )["items"]
@@ -121,18 +135,20 @@ def start_operator(cluster: Cluster, release: Release, workdir: Path) -> Operato
         cluster, workdir / "operator.kubeconfig", service_account, release.namespace
     )
     port = free_port()
+    metrics_port = free_port()
     env = {
         k: v
         for k, v in os.environ.items()
         # Never the in-cluster config or another kubeconfig: only the token above.
         if not k.startswith(("KUBERNETES_", "GAMECLUSTER_")) and k != "KUBECONFIG"
     }
-    env.update(operator_env(deployment))
+    env.update(operator_env(deployment, namespace=release.namespace, pod_name=pod_name))
     env.update(
         {
             "KUBECONFIG": str(kubeconfig),
             "GAMECLUSTER_LIVENESS_HOST": HOST,
             "GAMECLUSTER_LIVENESS_PORT": str(port),
+            "GAMECLUSTER_METRICS_PORT": str(metrics_port),
             "PYTHONPATH": os.pathsep.join(
                 [str(LOOPBACK_ONLY), *filter(None, [os.environ.get("PYTHONPATH")])]
             ),
@@ -142,7 +158,7 @@ def start_operator(cluster: Cluster, release: Release, workdir: Path) -> Operato
     process = ManagedProcess(
         "gamecluster-operator",
         [sys.executable, "-m", "gamecluster.main"],
-        workdir / "operator.log",
+        workdir / f"{pod_name}.log",
         env=env,
     ).start()
     run = OperatorRun(
@@ -151,7 +167,10 @@ def start_operator(cluster: Cluster, release: Release, workdir: Path) -> Operato
         service_account=service_account,
         namespace=release.namespace,
         liveness_url=f"http://{HOST}:{port}/healthz",
+        metrics_url=f"http://{HOST}:{metrics_port}/metrics",
     )
+    if not wait_healthy:
+        return run
     try:
         wait_until("the operator's /healthz", run.healthy, timeout=60, on_timeout=process.tail)
     except BaseException:

@@ -128,8 +128,10 @@ def children(cluster: Cluster, ns: str) -> dict[tuple[str, str], dict[str, Any]]
 DEMO_CHILDREN = {
     ("Deployment", "demo-relay"),
     ("Service", "demo"),
+    ("Service", "demo-admin"),
     ("ConfigMap", "demo-relay"),
     ("PodDisruptionBudget", "demo-relay"),
+    ("PodDisruptionBudget", "demo-redis"),
     ("StatefulSet", "demo-redis"),
     ("Service", "demo-redis"),
     ("Secret", "demo-jwt"),
@@ -156,7 +158,8 @@ def test_helm_install_creates_the_operator_and_its_rbac(cluster: Cluster, releas
         c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"]
     )
     [deployment] = cluster.get_json("deployments", "-n", ns, "-l", sel)["items"]
-    assert deployment["status"].get("availableReplicas") == 1  # helm waited for it
+    # Two replicas, one leading through a Lease (docs/operator.md); helm waited for both.
+    assert deployment["status"].get("availableReplicas") == 2
     [sa] = cluster.get_json("serviceaccounts", "-n", ns, "-l", sel)["items"]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     roles = {r["metadata"]["name"] for r in cluster.get_json("clusterroles", "-l", sel)["items"]}
@@ -169,10 +172,12 @@ def test_helm_install_creates_the_operator_and_its_rbac(cluster: Cluster, releas
 
     # The chart's operator pod is a kwok fake: bound to a fake node, no container runs, so the
     # local process is the only operator acting.
-    [pod] = cluster.get_json("pods", "-n", ns, "-l", f"{sel},{OPERATOR_COMPONENT}")["items"]
-    if cluster.local:  # (on a KUBECONFIG_E2E cluster the pod is real, if its image is there)
-        node = cluster.get_json("node", pod["spec"]["nodeName"])
-        assert node["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"
+    pods = cluster.get_json("pods", "-n", ns, "-l", f"{sel},{OPERATOR_COMPONENT}")["items"]
+    assert len(pods) == 2
+    if cluster.local:  # (on a KUBECONFIG_E2E cluster the pods are real, if the image is there)
+        for pod in pods:
+            node = cluster.get_json("node", pod["spec"]["nodeName"])
+            assert node["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"
 
     # The local operator runs with a token of that ServiceAccount, i.e. under the chart's RBAC.
     op = release.operator
@@ -190,6 +195,9 @@ def test_helm_install_creates_the_operator_and_its_rbac(cluster: Cluster, releas
     assert can("list", "secrets", "-n", "anywhere") == "no"  # least privilege, as the chart says
     assert can("delete", GC, "-n", "anywhere") == "no"
     assert can("create", "pods", "-n", "anywhere") == "no"
+    assert can("patch", "pods", "-n", "anywhere") == "yes"  # pod-deletion-cost
+    assert can("update", "leases.coordination.k8s.io", "-n", ns) == "yes"  # leader election
+    assert can("update", "leases.coordination.k8s.io", "-n", "anywhere") == "no"
 
 
 # --------------------------------------------------------------------------- 2. kubectl apply
@@ -238,26 +246,38 @@ def test_apply_demo_makes_children_and_a_ready_status(
     conds = conditions(gc)
     assert {t: c["status"] for t, c in conds.items()} == {
         "Ready": "True",
+        "Stalled": "False",
+        "Reconciling": "False",
         "Available": "True",
         "Progressing": "False",
         "RedisReady": "True",
     }
-    assert conds["Ready"]["reason"] == "AllReplicasReady"
+    assert conds["Ready"]["reason"] == "Serving"
     assert conds["Progressing"]["reason"] == "RolloutComplete"
     assert all(c["observedGeneration"] == 1 for c in conds.values())
 
     # `kubectl wait` agrees, and `kubectl get gc` prints the printer columns.
     cluster.kubectl("wait", "gc/demo", "-n", namespace, "--for=condition=Ready", "--timeout=10s")
     header, rows = table(cluster.kubectl("get", "gc", "-n", namespace).stdout)
-    assert header == ["NAME", "REPLICAS", "READY", "REDIS", "CONNECTIONS", "PHASE", "AGE"]
+    assert header == [
+        "NAME",
+        "REPLICAS",
+        "READY",
+        "REDIS",
+        "DESIRED",
+        "CONNECTIONS",
+        "PHASE",
+        "AGE",
+    ]
     [row] = rows
-    # Connections come from the relay pods' load reports in Redis; kwok's pods run nothing,
-    # so there are none to read: the count is unknown and the column stays empty.
+    # Connections come from the ready relay pods' load reports in Redis; kwok's pods run
+    # nothing, so there are none to read: the count is unknown and the column stays empty.
     assert {k: v for k, v in row.items() if k != "AGE"} == {
         "NAME": "demo",
         "REPLICAS": "2",
         "READY": "2",
         "REDIS": "1",
+        "DESIRED": "2",
         "CONNECTIONS": "",
         "PHASE": "Ready",
     }

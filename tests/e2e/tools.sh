@@ -14,6 +14,15 @@
 #        tests/e2e/tools.sh --versions      print the pinned versions, build nothing
 #        tests/e2e/tools.sh --check         exit 0 when every tool is present, 1 otherwise
 #
+# The real-pod tier (marker `pods`, issue 11) needs a second, separate set: the node tools
+#   kubelet, kube-proxy (k8s.io/kubernetes, same version), coredns (github.com/coredns/coredns),
+#   pause (the pause container's pause.c from the k8s.io/kubernetes module, gcc -static),
+# into ${GAMECLUSTER_E2E_CACHE:-...}/<node-tag>/bin. The control-plane tier never needs them.
+#        tests/e2e/tools.sh --node          build what is missing of the node tools
+#        tests/e2e/tools.sh --node-bin-dir  print their bin folder, build nothing
+#        tests/e2e/tools.sh --check-node    exit 0 when every node tool is present, 1 otherwise
+# (node tools also need gcc and a static libc for pause: Debian's gcc + libc6-dev.)
+#
 # Needs: go (the toolchain on this machine; GOTOOLCHAIN=local, nothing else is downloaded but modules
 # from the Go module proxy), python3 (reads `go mod edit -json`), kubectl (checked; installed from
 # Debian's packages when missing, else built from k8s.io/kubernetes/cmd/kubectl).
@@ -31,21 +40,33 @@ BIN="$CACHE_ROOT/$TAG/bin"
 SHARE="$CACHE_ROOT/$TAG/share"   # kwok-stages.yaml: kwok's own "fast" stages, read from its module
 ALL_TOOLS=(etcd kwok kube-apiserver kube-controller-manager kube-scheduler jaeger)
 
+# Node tools of the real-pod tier: a folder of their own, so adding them changes nothing above.
+COREDNS_VERSION=v1.15.0      # github.com/coredns/coredns (go 1.26)
+PAUSE_VERSION=3.10.2         # build/pause/Makefile TAG in k8s.io/kubernetes@$K8S_VERSION
+NODE_TAG="node-k8s-${K8S_VERSION}_coredns-${COREDNS_VERSION}_pause-${PAUSE_VERSION}"
+NODE_BIN="$CACHE_ROOT/$NODE_TAG/bin"
+NODE_TOOLS=(kubelet kube-proxy coredns pause)
+
 log() { printf '[e2e-tools] %s\n' "$*" >&2; }
 die() { printf '[e2e-tools] FAILED: %s\n' "$*" >&2; exit 1; }
 
 case "${1:-}" in
   --bin-dir) echo "$BIN"; exit 0 ;;
+  --node-bin-dir) echo "$NODE_BIN"; exit 0 ;;
+  --check-node)
+    for t in "${NODE_TOOLS[@]}"; do [[ -x "$NODE_BIN/$t" ]] || exit 1; done
+    exit 0 ;;
   --share-dir) echo "$SHARE"; exit 0 ;;
   --versions)
     printf 'kubernetes=%s\netcd=%s\nkwok=%s\njaeger=%s\njaeger-module=%s\ntag=%s\n' \
       "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$JAEGER_V2_VERSION" "$JAEGER_VERSION" "$TAG"
+    printf 'coredns=%s\npause=%s\nnode-tag=%s\n' "$COREDNS_VERSION" "$PAUSE_VERSION" "$NODE_TAG"
     exit 0 ;;
   --check)
     for t in "${ALL_TOOLS[@]}"; do [[ -x "$BIN/$t" ]] || exit 1; done
     [[ -s "$SHARE/kwok-stages.yaml" ]] || exit 1
     exit 0 ;;
-  -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
 esac
 
 # Go environment: the local toolchain only, static binaries, no VCS stamping.
@@ -105,10 +126,11 @@ PY
   sed -i '/^go /d' "$dir/go.mod" && cat "$dir/go.mod.extra" >>"$dir/go.mod" && rm "$dir/go.mod.extra"
 }
 
-# build TOOL DIR PKG VERSION LDFLAGS: go get PKG@VERSION (download step; without @VERSION go get
-# would upgrade to the newest release) + go build into $BIN/TOOL atomically.
+# build TOOL DIR PKG VERSION LDFLAGS [OUT]: go get PKG@VERSION (download step; without @VERSION go
+# get would upgrade to the newest release) + go build into OUT/TOOL (default $BIN) atomically.
 build_pkg() {
   local tool=$1 dir=$2 pkg=$3 version=$4 ldflags=$5 t0
+  local BIN=${6:-$BIN}
   t0=$(date +%s)
   log "$tool: downloading modules for $pkg"
   (cd "$dir" && step "$tool" download go get "$pkg@$version")
@@ -119,7 +141,7 @@ build_pkg() {
   log "$tool: built in $(( $(date +%s) - t0 ))s -> $BIN/$tool"
 }
 
-build_k8s() {  # TOOLS... from k8s.io/kubernetes/cmd/
+build_k8s() {  # TOOLS... from k8s.io/kubernetes/cmd/ (into $K8S_OUT, default $BIN)
   local dir="$WORK/k8s" date ver minor ld=""
   [[ -f "$dir/go.mod" ]] || make_module k8s "$dir" k8s.io/kubernetes "$K8S_VERSION" k8s
   ver=${K8S_VERSION#v}; minor=$(cut -d. -f2 <<<"$ver")
@@ -131,7 +153,56 @@ build_k8s() {  # TOOLS... from k8s.io/kubernetes/cmd/
     ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
     ld+=" -X $p.gitTreeState=clean -X $p.buildDate=$date"
   done
-  for t in "$@"; do build_pkg "$t" "$dir" "k8s.io/kubernetes/cmd/$t" "$K8S_VERSION" "$ld"; done
+  for t in "$@"; do
+    build_pkg "$t" "$dir" "k8s.io/kubernetes/cmd/$t" "$K8S_VERSION" "$ld" "${K8S_OUT:-$BIN}"
+  done
+}
+
+build_coredns() {
+  local dir="$WORK/coredns"
+  make_module coredns "$dir" github.com/coredns/coredns "$COREDNS_VERSION" "$COREDNS_VERSION"
+  build_pkg coredns "$dir" github.com/coredns/coredns "$COREDNS_VERSION" \
+    "-X github.com/coredns/coredns/coremain.GitCommit=module-$COREDNS_VERSION" "$NODE_BIN"
+}
+
+# The pause container's binary, as build/pause/Makefile builds it (CFLAGS there), from the
+# k8s.io/kubernetes module zip: a static C program, so the image needs nothing else.
+build_pause() {
+  local src t0
+  t0=$(date +%s)
+  command -v gcc >/dev/null || die "pause: step=check: no gcc (Debian: apt-get install gcc libc6-dev)"
+  src=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')/build/pause/linux/pause.c \
+    || die "pause: step=download: cannot get k8s.io/kubernetes@$K8S_VERSION"
+  [[ -f "$src" ]] || die "pause: step=source: no $src"
+  step pause build gcc -Os -Wall -Werror -static "-DVERSION=v$PAUSE_VERSION-module-$K8S_VERSION" \
+    -o "$NODE_BIN/.pause.partial" "$src"
+  mv -f "$NODE_BIN/.pause.partial" "$NODE_BIN/pause"
+  log "pause: built in $(( $(date +%s) - t0 ))s -> $NODE_BIN/pause"
+}
+
+# The node tools (--node): kubelet, kube-proxy, coredns, pause; only what is missing.
+build_node_tools() {
+  local t todo=() k8s=()
+  mkdir -p "$NODE_BIN"
+  log "node tools: $NODE_TAG"
+  log "node bin: $NODE_BIN"
+  for t in "${NODE_TOOLS[@]}"; do
+    if [[ -x "$NODE_BIN/$t" ]]; then log "$t: present, skipped"; else todo+=("$t"); fi
+  done
+  [[ ${#todo[@]} -gt 0 ]] || return 0
+  require_go
+  log "go: $(go version)"
+  for t in "${todo[@]}"; do
+    case "$t" in kubelet|kube-proxy) k8s+=("$t") ;; esac
+  done
+  [[ ${#k8s[@]} -eq 0 ]] || K8S_OUT="$NODE_BIN" build_k8s "${k8s[@]}"
+  for t in "${todo[@]}"; do
+    case "$t" in
+      coredns) build_coredns ;;
+      pause) build_pause ;;
+    esac
+  done
 }
 
 build_etcd() {
@@ -195,6 +266,14 @@ ensure_kubectl() {
 
 main() {
   local want=("$@") t todo=() t0
+  if [[ "${1:-}" == --node ]]; then
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/gamecluster-e2e-tools.XXXXXX")
+    trap 'rm -rf "$WORK"' EXIT
+    t0=$(date +%s)
+    build_node_tools
+    log "done in $(( $(date +%s) - t0 ))s"
+    return
+  fi
   [[ ${#want[@]} -gt 0 ]] || want=("${ALL_TOOLS[@]}" kubectl)
   mkdir -p "$BIN"
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/gamecluster-e2e-tools.XXXXXX")

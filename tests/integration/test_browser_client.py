@@ -19,7 +19,11 @@ def test_demo_page_and_client_bundle_are_served(relay_factory) -> None:
     page = httpx.get(pod.http + "/", timeout=5)
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]
-    assert 'import { Client } from "./gamecluster-client.js"' in page.text
+    assert '<script type="module" src="./demo.js">' in page.text
+    game = httpx.get(pod.http + "/demo.js", timeout=5)
+    assert game.status_code == 200
+    assert "javascript" in game.headers["content-type"]
+    assert 'import { Client } from "./gamecluster-client.js"' in game.text
     script = httpx.get(pod.http + "/gamecluster-client.js", timeout=5)
     assert script.status_code == 200
     assert "javascript" in script.headers["content-type"]  # module scripts need a JS type

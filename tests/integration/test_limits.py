@@ -39,6 +39,8 @@ BAD_MESSAGES = [
     ('{"op": "publish", "room": "r", "data": 1, "id": 5}', "bad_request"),
     ('{"op": "publish", "room": "r", "data": 1, "id": "' + "i" * 65 + '"}', "bad_request"),
     ('{"op": "ping", "ref": 12}', "bad_request"),
+    ('{"op": "publish", "room": "r", "data": 18446744073709551616, "id": "big"}', "bad_request"),
+    ('{"op": "publish", "room": "r", "data": [-9223372036854775809]}', "bad_request"),
     ('{"op": "publish", "room": "r", "data": "' + "x" * 2000 + '"}', "too_large"),
 ]
 

@@ -121,8 +121,8 @@ def check_keys(api: httpx.Client, url: str, player: str, backend: str) -> None:
     )
     assert api.post(url, json={"data": 1}, headers={"x-api-key": KEY}).status_code == 200
 
-    bearer = {"Authorization": f"Bearer {player}"}
-    assert_error_body(api.post(url, json={"data": 1}, headers=bearer), 401, "unauthorized")
+    bearer = {"Authorization": f"Bearer {player}"}  # valid, but a player's: no api claim
+    assert_error_body(api.post(url, json={"data": 1}, headers=bearer), 403, "forbidden")
     bearer = {"Authorization": f"Bearer {backend}"}
     assert api.post(url, json={"data": 1}, headers=bearer).status_code == 200
 
@@ -181,6 +181,7 @@ async def test_batch_with_one_bad_item_delivers_the_others(
         assert_error_body(await http.post("/api/v1/publish", json=too_many), 400, "bad_request")
         big = {"items": [{"room": "b:1", "data": "x" * models.MAX_BODY_BYTES}]}
         assert_error_body(await http.post("/api/v1/publish", json=big), 413, "too_large")
+        assert_error_body(await http.get("/api/v1/publish"), 405, "bad_request")
 
 
 async def test_history_pages_return_offsets_1_to_n_and_a_foreign_epoch_is_409(

@@ -63,7 +63,7 @@ async def harness(kmock: kmock.KubernetesEmulator, load: FakeLoad) -> AsyncItera
     thread.start()
     assert await asyncio.to_thread(ready.wait, 10), "kopf did not start"
     try:
-        yield Harness(kmock, load)
+        yield Harness(kmock, load, context.metrics)
     finally:
         stop.set()
         try:

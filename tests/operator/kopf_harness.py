@@ -23,13 +23,18 @@ import importlib.resources
 import pathlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import attrs
 import kmock
 import pytest
+from prometheus_client import generate_latest
 
 from gamecluster import names
+from gamecluster.load import Reading, ReadyPod, RedisAuth
+from gamecluster.metrics import OperatorMetrics
+from support.metrics import metric_value
 
 NAMESPACE = "games"
 RELAY_IMAGE = "registry.local/gamecluster:test"
@@ -54,14 +59,29 @@ class SSAEmulator(kmock.KubernetesEmulator):
 
 @dataclass
 class FakeLoad:
-    """Stands in for the relay pods' load reports (the Redis reader is tested elsewhere)."""
+    """Stands in for the relay pods' load reports (the Redis reader is tested elsewhere).
+
+    ``connections`` None: the load is unknown. ``per_pod`` when set: the per-pod counts."""
 
     connections: int | None = None
-    calls: list[tuple[str, ...]] = field(default_factory=list)
+    per_pod: dict[str, int] | None = None
+    calls: list[tuple[str | None, tuple[str, ...]]] = field(default_factory=list)
+    auths: list[RedisAuth | None] = field(default_factory=list)
 
-    def total_connections(self, redis_urls: Sequence[str]) -> int | None:
-        self.calls.append(tuple(redis_urls))
-        return self.connections
+    def read(
+        self,
+        redis_url: str | None,
+        pods: Sequence[ReadyPod],
+        now: datetime,
+        auth: RedisAuth | None = None,
+    ) -> Reading:
+        self.calls.append((redis_url, tuple(p.name for p in pods)))
+        self.auths.append(auth)
+        if self.per_pod is not None:
+            return Reading(dict(self.per_pod))
+        if self.connections is None:
+            return Reading(unknown="no fresh load report from ready pod fake")
+        return Reading({"fake": self.connections})
 
 
 def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
@@ -85,6 +105,19 @@ class Harness:
 
     emulator: kmock.KubernetesEmulator
     load: FakeLoad
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    """The running operator's own metrics (handlers.Context.metrics)."""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the operator's /metrics exposition, parsed as Prometheus would;
+        0 for a labelled counter not incremented yet (absent until its first inc())."""
+        text = generate_latest(self.metrics.registry).decode()
+        try:
+            return metric_value(text, name, labels)
+        except KeyError:
+            if not labels:
+                raise
+            return 0.0
 
     def objects(self, resource: str, name: str) -> dict[str, Any] | None:
         *group, version, plural = resource.split("/")
@@ -107,7 +140,13 @@ class Harness:
             assert response.status < 400, (method, path, response.status, await response.text())
             return await response.json()
 
-    async def create_gamecluster(self, name: str, spec: dict[str, Any], uid: str = "uid-1") -> None:
+    async def create_gamecluster(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        uid: str = "uid-1",
+        annotations: dict[str, str] | None = None,
+    ) -> None:
         body = {
             "apiVersion": names.API_VERSION,
             "kind": names.KIND,
@@ -118,6 +157,7 @@ class Harness:
                 "generation": 1,
                 # kmock keeps no resourceVersion; kopf guards its JSON patches with one.
                 "resourceVersion": "1",
+                "annotations": annotations or {},
             },
             "spec": spec,
         }

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -68,7 +68,15 @@ def _port_open(port: int) -> bool:
 class RedisProcess:
     """A redis-server on a free port, optionally with an append-only file."""
 
-    def __init__(self, workdir: Path, *, aof: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        aof: bool = False,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        cli_auth: tuple[str, str] | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make system-deps`")
@@ -76,6 +84,10 @@ class RedisProcess:
         self.port = port or free_port()
         self.workdir = workdir
         self.aof = aof
+        self.extra_args = list(extra_args)
+        """More redis-server options (`--aclfile`, `--maxmemory`, ...), appended as given."""
+        self.cli_auth = cli_auth
+        """(user, password) for `cli()` when the default user is off."""
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / f"redis-{self.port}.log"
 
@@ -96,6 +108,7 @@ class RedisProcess:
             "--appenddirname", f"aof-{self.port}",
             "--appendfsync", "always",
             "--logfile", str(self.log),
+            *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_until(lambda: _port_open(self.port), 10, f"redis-server on port {self.port}")
@@ -114,8 +127,17 @@ class RedisProcess:
         return self.start()
 
     def cli(self, *args: str) -> str:
+        env = dict(os.environ)
+        auth: list[str] = []
+        if self.cli_auth is not None:
+            auth = ["--user", self.cli_auth[0]]
+            env["REDISCLI_AUTH"] = self.cli_auth[1]  # not on the command line (ps)
         out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10
+            ["redis-cli", "-p", str(self.port), *auth, *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env=env,
         )
         return out.stdout.strip()
 

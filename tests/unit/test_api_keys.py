@@ -46,7 +46,7 @@ def test_a_jwt_needs_the_api_claim_and_a_valid_signature() -> None:
     backend = auth.mint(SECRET, subject="matchmaker", ttl=60, api=True)
     api.check({"authorization": f"Bearer {backend}"})
     player = auth.mint(SECRET, subject="p1", join=["*"], ttl=60)
-    assert refused(api, {"authorization": f"Bearer {player}"}) == 401
+    assert refused(api, {"authorization": f"Bearer {player}"}) == 403  # valid, no api claim
     forged = auth.mint("f" * 40, subject="matchmaker", ttl=60, api=True)
     assert refused(api, {"authorization": f"Bearer {forged}"}) == 401
     expired = jwt.encode({"sub": "m", "exp": int(time.time()) - 10, "api": True}, SECRET)

@@ -1,22 +1,33 @@
-"""The autoscaling decision: up at once, down only after the delay, always within bounds."""
+"""The autoscaler: HPA-style stabilisation and rate policies, with the review's traces."""
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gamecluster.autoscaling import decide, next_status, recommend
-from gamecluster.spec import Autoscaling
+from gamecluster.autoscaling import (
+    MAX_RECOMMENDATIONS,
+    Decision,
+    Sample,
+    State,
+    decide,
+    next_status,
+    recommend,
+    state_from,
+)
+from gamecluster.spec import Autoscaling, parse
 
 pytestmark = pytest.mark.unit
 
 POLICY = Autoscaling(
     enabled=True,
     min_replicas=2,
-    max_replicas=10,
+    max_replicas=20,
     target_connections_per_replica=1000,
     scale_down_delay_seconds=300,
 )
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+TICK = 10
 
 
 @pytest.mark.parametrize(
@@ -28,8 +39,8 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
         (2001, 3),
         (5000, 5),
         (5001, 6),
-        (10_000, 10),
-        (10**9, 10),
+        (20_000, 20),
+        (10**9, 20),
         (-5, 2),
     ],
 )
@@ -39,84 +50,151 @@ def test_recommendation_is_ceil_of_load_over_target_clamped(
     assert recommend(connections, POLICY) == replicas
 
 
-def test_scale_up_is_immediate() -> None:
-    decision = decide(
-        current=2, total_connections=7500, policy=POLICY, now=T0, scale_down_pending_since=None
-    )
-    assert decision.replicas == 8
-    assert decision.scale_down_pending_since is None
+def run(
+    trace: list[tuple[int, int]], *, current: int, policy: Autoscaling = POLICY
+) -> list[tuple[int, Decision]]:
+    """Feed (seconds, connections) samples in order; returns (seconds, decision) per tick."""
+    state = State()
+    out = []
+    for seconds, connections in trace:
+        decision = decide(
+            current=current,
+            total_connections=connections,
+            policy=policy,
+            now=T0 + timedelta(seconds=seconds),
+            state=state,
+        )
+        out.append((seconds, decision))
+        current, state = decision.replicas, decision.state
+    return out
 
 
-def test_scale_down_waits_for_the_delay_then_happens() -> None:
-    first = decide(
-        current=8, total_connections=1000, policy=POLICY, now=T0, scale_down_pending_since=None
-    )
-    assert (first.replicas, first.scale_down_pending_since, first.recommended) == (8, T0, 2)
-    almost = decide(
-        current=8,
-        total_connections=1000,
-        policy=POLICY,
-        now=T0 + timedelta(seconds=299),
-        scale_down_pending_since=first.scale_down_pending_since,
-    )
-    assert (almost.replicas, almost.scale_down_pending_since) == (8, T0)
-    done = decide(
-        current=8,
-        total_connections=1000,
-        policy=POLICY,
-        now=T0 + timedelta(seconds=300),
-        scale_down_pending_since=almost.scale_down_pending_since,
-    )
-    assert (done.replicas, done.scale_down_pending_since) == (2, None)
+def test_review_trace_one_low_sample_after_a_busy_stretch_changes_nothing() -> None:
+    """20 pods at 19k connections for 290 s, one 2.5k sample at 300 s: the old autoscaler went
+    to 3 pods at once. Now the window's highest recommendation (19) holds."""
+    trace = [(t, 19_000) for t in range(0, 300, TICK)] + [(300, 2_500)]
+    decisions = run(trace, current=20)
+    assert [d.replicas for _, d in decisions[:-1]] == [19] * 30
+    last = decisions[-1][1]
+    assert (last.replicas, last.recommended, last.reason) == (19, 3, "ScaleDownStabilized")
+    # And the load coming back changes nothing either.
+    back = run([*trace, (310, 19_000)], current=20)
+    assert back[-1][1].replicas == 19
 
 
-def test_load_coming_back_cancels_a_pending_scale_down() -> None:
-    waiting = decide(
-        current=8, total_connections=1000, policy=POLICY, now=T0, scale_down_pending_since=None
-    )
-    back = decide(
-        current=8,
-        total_connections=8000,
-        policy=POLICY,
-        now=T0 + timedelta(seconds=200),
-        scale_down_pending_since=waiting.scale_down_pending_since,
-    )
-    assert (back.replicas, back.scale_down_pending_since) == (8, None)
-    # the clock starts over: 200 s later is not enough
-    again = decide(
-        current=8,
-        total_connections=1000,
-        policy=POLICY,
-        now=T0 + timedelta(seconds=400),
-        scale_down_pending_since=back.scale_down_pending_since,
-    )
-    assert again.replicas == 8
+def test_review_trace_19k_to_2500_steps_down_gradually() -> None:
+    """The load really drops and stays low: nothing for the window, then at most 20% (or one
+    pod) per minute, down to what 2.5k needs."""
+    trace = [(t, 19_000) for t in range(0, 300, TICK)]
+    trace += [(t, 2_500) for t in range(300, 1800, TICK)]
+    decisions = run(trace, current=19)
+    counts = {t: d.replicas for t, d in decisions}
+    assert all(count == 19 for t, count in counts.items() if t < 590)
+    assert counts[1790] == 3
+    # Never more than the policies allow within any 60 s period.
+    for t, count in counts.items():
+        start = counts.get(t - 60, 19) if t >= 60 else 19
+        # Max: the policy allowing the bigger change (20% from 19 is 4 pods, more than 1).
+        allowed = min(int(start * 0.8), start - 1)
+        assert count >= allowed, (t, start, count)
+    steps = sorted({count for count in counts.values()}, reverse=True)
+    assert len(steps) >= 5, steps  # gradual: many intermediate counts, not 19 -> 3
+    reasons = {d.reason for _, d in decisions}
+    assert "ScaleDownLimitedByPolicy" in reasons
 
 
-def test_zero_delay_scales_down_at_once() -> None:
-    policy = POLICY.model_copy(update={"scale_down_delay_seconds": 0})
-    decision = decide(
-        current=8, total_connections=0, policy=policy, now=T0, scale_down_pending_since=None
+def test_scale_up_is_immediate_but_limited_per_period() -> None:
+    decisions = run([(0, 19_000), (5, 19_000), (15, 19_000), (30, 19_000)], current=2)
+    counts = [d.replicas for _, d in decisions]
+    # +100% or +4 pods per 15 s, whichever is more: 2 -> 6 -> (same period) 6 -> 12 -> 19.
+    assert counts == [6, 6, 12, 19]
+    assert decisions[0][1].reason == "ScaleUpLimitedByPolicy"
+    assert decisions[-1][1].reason == "ScaleUp"
+
+
+def test_scale_up_policies_can_be_disabled_or_minimal() -> None:
+    disabled = parse(
+        {"autoscaling": {**_raw(), "behavior": {"scaleUp": {"selectPolicy": "Disabled"}}}}
+    ).autoscaling
+    assert run([(0, 19_000)], current=2, policy=disabled)[0][1].replicas == 2
+    minimal = parse(
+        {"autoscaling": {**_raw(), "behavior": {"scaleUp": {"selectPolicy": "Min"}}}}
+    ).autoscaling
+    # Min of (+100% = 4, +4 = 6): 4.
+    assert run([(0, 19_000)], current=2, policy=minimal)[0][1].replicas == 4
+
+
+def test_scale_down_policy_in_pods() -> None:
+    one_per_minute = parse(
+        {
+            "autoscaling": {
+                **_raw(),
+                "scaleDownDelaySeconds": 0,
+                "behavior": {
+                    "scaleDown": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}
+                },
+            }
+        }
+    ).autoscaling
+    decisions = run([(t, 0) for t in range(0, 181, TICK)], current=10, policy=one_per_minute)
+    counts = {t: d.replicas for t, d in decisions}
+    assert (counts[0], counts[50], counts[60], counts[120], counts[180]) == (9, 9, 8, 7, 6)
+
+
+def test_a_dip_inside_the_window_keeps_the_pods() -> None:
+    trace = [(0, 10_000), (10, 1_000), (20, 10_000), (30, 1_000), (40, 1_000)]
+    assert [d.replicas for _, d in run(trace, current=10)] == [10] * 5
+
+
+def test_bounds_edited_below_current_apply_at_once() -> None:
+    policy = Autoscaling(
+        enabled=True, min_replicas=2, max_replicas=5, target_connections_per_replica=1000
     )
-    assert decision.replicas == 2
+    decision = run([(0, 19_000)], current=12, policy=policy)[0][1]
+    assert (decision.replicas, decision.reason) == (5, "BoundsChanged")
 
 
-def test_current_outside_new_bounds_is_brought_inside_at_once() -> None:
-    above = decide(
-        current=50, total_connections=50_000, policy=POLICY, now=T0, scale_down_pending_since=None
+def test_the_window_is_bounded_and_overflow_holds_pods_longer() -> None:
+    """A load falling one step per tick for longer than the bound: the oldest two merge."""
+    policy = Autoscaling(
+        enabled=True,
+        min_replicas=1,
+        max_replicas=1000,
+        target_connections_per_replica=1,
+        scale_down_delay_seconds=86_400,
     )
-    assert above.replicas == 10
-    below = decide(
-        current=0, total_connections=0, policy=POLICY, now=T0, scale_down_pending_since=None
+    trace = [(t, 1000 - t) for t in range(0, MAX_RECOMMENDATIONS + 10)]
+    decisions = run(trace, current=1000, policy=policy)
+    window = decisions[-1][1].state.recommendations
+    assert len(window) == MAX_RECOMMENDATIONS
+    assert window[0].replicas == 1000  # the highest is never lost
+    assert all(a.replicas > b.replicas for a, b in itertools.pairwise(window))
+    assert decisions[-1][1].replicas == 1000
+
+
+def test_state_round_trips_through_status_and_bad_entries_are_skipped() -> None:
+    status: dict[str, object] = {"replicas": 4}
+    after, decision = next_status(POLICY, status, 19_000, T0)
+    assert after["desiredReplicas"] == decision.replicas == 8  # +4 pods per 15 s from 4
+    assert after["currentReplicas"] == 4
+    assert after["lastScaleTime"] == "2026-01-01T00:00:00Z"
+    state = state_from(after)
+    assert state.recommendations == (Sample(T0, 19),)
+    assert [e.change for e in state.events] == [4]
+    later, _ = next_status(POLICY, {"autoscaling": after}, 19_000, T0 + timedelta(seconds=5))
+    assert later["desiredReplicas"] == 8  # same 15 s period: the policy allows no more yet
+    assert later["reason"] == "ScaleUpLimitedByPolicy"
+    assert later["lastScaleTime"] == "2026-01-01T00:00:00Z"
+    broken = state_from(
+        {"recommendations": [{"time": "x", "replicas": 3}, "junk"], "scaleEvents": [{}]}
     )
-    assert below.replicas == 2
+    assert broken == State()
 
 
-def test_next_status_records_the_decision_and_the_clock() -> None:
-    status = {"replicas": 8}
-    waiting = next_status(POLICY, status, 0, T0)
-    assert waiting == {"desiredReplicas": 8, "scaleDownPendingSince": "2026-01-01T00:00:00Z"}
-    later = next_status(POLICY, {"autoscaling": waiting}, 0, T0 + timedelta(seconds=301))
-    assert later == {"desiredReplicas": 2, "lastScaleTime": "2026-01-01T00:05:01Z"}
-    steady = next_status(POLICY, {"autoscaling": later}, 0, T0 + timedelta(seconds=400))
-    assert steady == later
+def _raw() -> dict[str, object]:
+    return {
+        "enabled": True,
+        "minReplicas": 2,
+        "maxReplicas": 20,
+        "targetConnectionsPerReplica": 1000,
+    }

@@ -41,6 +41,88 @@ def test_bad_values_name_the_variable(
     assert "\n" not in str(bad.value)
 
 
+def test_a_shard_is_named_by_host_and_port_or_its_own_name_never_by_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "RELAY_REDIS_URLS",
+        "redis://u:s3cret@a:6380/0, rediss://b, redis://c:6379/2, main=redis://d:1/0, unix:///r.sock",
+    )
+    monkeypatch.setenv("RELAY_AUTH", "none")
+    endpoints = load_settings().redis_endpoints
+    assert [e.name for e in endpoints] == ["a:6380", "b:6379", "c:6379/2", "main", "/r.sock"]
+    assert [e.url for e in endpoints] == [
+        "redis://a:6380/0",
+        "rediss://b:6379",
+        "redis://c:6379/2",
+        "redis://d:1/0",
+        "unix:///r.sock",
+    ]
+    first = endpoints[0]
+    assert first.username == "u" and first.password is not None
+    assert first.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(first)
+
+
+def test_rooms_stay_on_their_shard_when_its_password_or_scheme_changes() -> None:
+    from relay.broker.redis import RedisBroker
+
+    def placement(*urls: str) -> list[str]:
+        broker = RedisBroker(urls, "n", timeout=1, probe_interval=1, probe_timeout=1)
+        return [broker.shard_for(f"room-{n}").name for n in range(200)]
+
+    before = placement("redis://:old@a:6379/0", "redis://b:6379/0")
+    assert before == placement("rediss://:new@a:6379/0", "redis://b:6379/0")
+    assert len(set(before)) == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"RELAY_REDIS_URLS": "redis://u:s3cret@a:1/0,redis://a:1/0"}, "listed twice"),
+        ({"RELAY_REDIS_URLS": "x=http://u:s3cret@a"}, "not a redis://"),
+        ({"RELAY_REDIS_URLS": "redis://a/0?password=s3cret"}, "RELAY_REDIS_PASSWORD"),
+        (
+            {"RELAY_REDIS_PASSWORD": "s3cret", "RELAY_REDIS_PASSWORD_FILE": __file__},
+            "both set",
+        ),
+        ({"RELAY_REDIS_PASSWORD_FILE": "/no/such/file-s3cret"}, "not a readable file"),
+        ({"RELAY_REDIS_CA_FILE": __file__}, "no shard in RELAY_REDIS_URLS uses rediss://"),
+    ],
+)
+def test_redis_credential_errors_are_clear_and_never_print_the_secret(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], words: str
+) -> None:
+    monkeypatch.setenv("RELAY_AUTH", "none")
+    monkeypatch.setenv("RELAY_REDIS_URLS", "redis://a:1/0")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    message = str(error.value)
+    assert words in message
+    if "RELAY_REDIS_PASSWORD_FILE" not in env or "no/such" not in env["RELAY_REDIS_PASSWORD_FILE"]:
+        assert "s3cret" not in message
+
+
+def test_sentinel_shards_name_a_master_and_need_the_sentinels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RELAY_AUTH", "none")
+    monkeypatch.setenv("RELAY_REDIS_URLS", "sentinel://gc, b=sentinel://other/2")
+    with pytest.raises(ConfigError, match="RELAY_REDIS_SENTINELS is empty"):
+        load_settings()
+    monkeypatch.setenv("RELAY_REDIS_SENTINELS", "10.0.0.1:26379, s2:26380")
+    settings = load_settings()
+    assert settings.sentinel_addresses == (("10.0.0.1", 26379), ("s2", 26380))
+    first, second = settings.redis_endpoints
+    assert (first.name, first.master, first.url) == ("gc", "gc", "sentinel://gc/0")
+    assert (second.name, second.master, second.url) == ("b", "other", "sentinel://other/2")
+    monkeypatch.setenv("RELAY_REDIS_SENTINELS", "no-port")
+    with pytest.raises(ConfigError, match="not host:port"):
+        load_settings()
+
+
 def test_admin_port_and_api_keys_are_checked_and_keys_never_shown(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

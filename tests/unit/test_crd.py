@@ -18,39 +18,53 @@ from crd_schema import CRD_PATH, EXAMPLES, apply_defaults, crd, prune, schema, w
 
 from gamecluster import names
 from gamecluster.desired import Inputs, desired
+from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import InvalidSpec, parse
 from relay import contract
 
 pytestmark = pytest.mark.unit
 
 
-def cel_failures(obj: dict[str, Any]) -> list[str]:
-    """Evaluate every x-kubernetes-validations rule where its node has a value."""
+def cel_failures(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """Evaluate every x-kubernetes-validations rule where its node has a value.
+
+    Transition rules (those reading ``oldSelf``) run only on an update (``old`` given) where
+    the old object has a value at the same place, as the API server does."""
     failures: list[str] = []
     env = celpy.Environment()
 
-    def visit(node: dict[str, Any], value: Any) -> None:
+    def visit(node: dict[str, Any], value: Any, before: Any) -> None:
         for rule in node.get("x-kubernetes-validations") or []:
+            activation = {"self": celpy.json_to_cel(value)}
+            if "oldSelf" in rule["rule"]:
+                if before is None:
+                    continue
+                activation["oldSelf"] = celpy.json_to_cel(before)
             program = env.program(env.compile(rule["rule"]))
-            if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
+            if not bool(program.evaluate(activation)):
                 failures.append(rule["message"])
         if isinstance(value, dict):
             for name, sub in (node.get("properties") or {}).items():
                 if name in value:
-                    visit(sub, value[name])
+                    old_value = before.get(name) if isinstance(before, dict) else None
+                    visit(sub, value[name], old_value)
         if isinstance(value, list) and isinstance(node.get("items"), dict):
             for item in value:
-                visit(node["items"], item)
+                visit(node["items"], item, None)
 
-    visit(schema(), obj)
+    visit(schema(), obj, old)
     return failures
 
 
-def validate(obj: dict[str, Any]) -> dict[str, Any]:
-    """Default like the API server, then validate (schema and CEL); return the stored object."""
+INPUTS = Inputs(relay_image="img", jwt_secret="s", redis_passwords=RedisPasswords("r", "o"))
+
+
+def validate(obj: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Default like the API server, then validate (schema and CEL); return the stored object.
+    ``old``: the stored object this one updates (transition rules run then)."""
     stored = apply_defaults(schema(), obj)
     jsonschema.Draft7Validator(schema()).validate(stored)
-    failures = cel_failures(stored)
+    failures = cel_failures(stored, old)
     if failures:
         raise ValueError("; ".join(failures))
     return stored
@@ -92,6 +106,7 @@ def test_printer_columns() -> None:
         "Replicas",
         "Ready",
         "Redis",
+        "Desired",
         "Connections",
         "Phase",
         "Age",
@@ -165,6 +180,8 @@ def test_every_cel_rule_holds_on_the_literal_default_of_its_object() -> None:
         if "default" not in node:
             continue
         for rule in node.get("x-kubernetes-validations") or []:
+            if "oldSelf" in rule["rule"]:
+                continue  # transition rules: no old object when the default is checked
             program = env.program(env.compile(rule["rule"]))
             try:
                 result = program.evaluate({"self": celpy.json_to_cel(node["default"])})
@@ -199,7 +216,8 @@ def test_empty_spec_is_fully_defaulted() -> None:
         "shards": 1,
         "image": "redis:7.4.2-alpine",
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-        "persistence": {"enabled": False, "size": "1Gi"},
+        "persistence": {"enabled": True, "size": "1Gi"},
+        "maxMemoryPolicy": "noeviction",
     }
     assert spec["autoscaling"]["enabled"] is False
 
@@ -234,6 +252,19 @@ INVALID = [
     ({"autoscaling": {"targetConnectionsPerReplica": 0}}, "minimum"),
     ({"tracing": {"samplingRatio": 1.5}}, "maximum"),
     ({"limits": {"maxMessageBytes": 1}}, "minimum"),
+    ({"limits": {"maxMessageBytes": 255}}, "minimum"),
+    ({"template": {"spec": {"containers": [{"name": "redis"}]}}}, "enum"),
+    ({"redis": {"template": {"spec": {"containers": [{"name": "relay"}]}}}}, "enum"),
+    (
+        {
+            "autoscaling": {
+                "behavior": {
+                    "scaleDown": {"policies": [{"type": "Pods", "value": 0, "periodSeconds": 60}]}
+                }
+            }
+        },
+        "minimum",
+    ),
     ({"resources": {"requests": {"cpu": "lots"}}}, "pattern"),
     ({"auth": {"secretName": "Not_A_Name"}}, "pattern"),
     ({"delivery": {"rooms": [{"policy": "durable"}]}}, "required"),
@@ -279,9 +310,7 @@ def test_auth_cannot_be_turned_off() -> None:
     assert stored["spec"]["auth"] == {"algorithm": "HS256"}
     meta = {"name": "x", "namespace": "ns", "uid": "u", "generation": 1}
     (config,) = [
-        m
-        for m in desired(parse(stored["spec"]), meta, Inputs(relay_image="img", jwt_secret="s"))
-        if m["kind"] == "ConfigMap"
+        m for m in desired(parse(stored["spec"]), meta, INPUTS) if m["kind"] == "ConfigMap"
     ]
     assert config["data"][contract.ENV_AUTH] == "jwt"
 
@@ -289,3 +318,107 @@ def test_auth_cannot_be_turned_off() -> None:
 def test_crd_file_is_plain_yaml_without_anchors() -> None:
     text = CRD_PATH.read_text()
     assert not re.search(r"(^|\s)[&*][A-Za-z]|<<:", text)
+
+
+@pytest.mark.parametrize("url", ["redis://:pw@a:6379/0", "rediss://user:pw@b:6380", "redis://u@c"])
+def test_external_urls_with_credentials_are_refused(url: str) -> None:
+    spec = {"redis": {"mode": "external", "external": {"urls": [url]}}}
+    with pytest.raises(ValueError, match="secretRef"):
+        validate(gamecluster(spec))
+    with pytest.raises(InvalidSpec, match="secretRef"):
+        parse(spec)
+
+
+def test_external_secret_ref_defaults_the_password_key() -> None:
+    external = {"urls": ["rediss://a:6380/0"], "secretRef": {"name": "cloud-redis"}}
+    stored = validate(gamecluster({"redis": {"mode": "external", "external": external}}))
+    ref = stored["spec"]["redis"]["external"]["secretRef"]
+    assert ref == {"name": "cloud-redis", "passwordKey": "password"}
+    assert parse(stored["spec"]).redis.external.secret_ref.password_key == "password"  # type: ignore[union-attr]
+
+
+def test_max_message_bytes_bounds_are_the_relays() -> None:
+    """One source of truth: relay.contract; the CRD, the operator and the relay's settings."""
+    from relay.config import Settings
+
+    node = schema()["properties"]["spec"]["properties"]["limits"]["properties"]["maxMessageBytes"]
+    assert node["minimum"] == contract.MIN_MAX_MESSAGE_BYTES
+    assert node["maximum"] == contract.MAX_MAX_MESSAGE_BYTES
+    field = Settings.model_fields["max_message_bytes"]
+    bounds = {type(m).__name__: m for m in field.metadata}
+    assert bounds["Ge"].ge == contract.MIN_MAX_MESSAGE_BYTES
+    assert bounds["Le"].le == contract.MAX_MAX_MESSAGE_BYTES
+    validate(gamecluster({"limits": {"maxMessageBytes": contract.MIN_MAX_MESSAGE_BYTES}}))
+    assert parse({"limits": {"maxMessageBytes": 256}}).limits.max_message_bytes == 256
+
+
+@pytest.mark.parametrize("name", ["a", "arena", "game-1", "a" * names.MAX_NAME_LENGTH])
+def test_names_that_fit_every_child_are_accepted(name: str) -> None:
+    validate({**gamecluster({}), "metadata": {"name": name}})
+
+
+@pytest.mark.parametrize(
+    "name", ["Arena", "1arena", "arena.eu", "arena-", "a" * (names.MAX_NAME_LENGTH + 1)]
+)
+def test_names_children_cannot_carry_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="DNS-1035"):
+        validate({**gamecluster({}), "metadata": {"name": name}})
+
+
+def test_the_longest_name_gives_children_that_fit() -> None:
+    """<name>-redis is a StatefulSet: its revision label <sts>-<10 chars> must fit 63."""
+    name = "a" * names.MAX_NAME_LENGTH
+    meta = {"name": name, "namespace": "ns", "uid": "u", "generation": 1}
+    for manifest in desired(parse({}), meta, INPUTS):
+        child = manifest["metadata"]["name"]
+        assert re.fullmatch(names.NAME_PATTERN, child) and len(child) <= 63, child
+        if manifest["kind"] == "StatefulSet":
+            assert len(f"{child}-{'x' * 10}") <= 63
+    rule = schema()["x-kubernetes-validations"][0]["rule"]
+    assert f"<= {names.MAX_NAME_LENGTH}" in rule and names.NAME_PATTERN in rule
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"enabled": True},
+        {"enabled": False, "size": "5Gi"},
+        {"enabled": False, "storageClassName": "fast"},
+    ],
+)
+def test_persistence_cannot_change_in_place(change: dict[str, Any]) -> None:
+    old = validate(gamecluster({"redis": {"persistence": {"enabled": False}}}))
+    new = gamecluster({"redis": {"persistence": change}})
+    with pytest.raises(ValueError, match=r"redis\.persistence is immutable"):
+        validate(new, old)
+    # Unchanged persistence, other edits: accepted; a create is not a transition.
+    validate(gamecluster({"replicas": 5, "redis": {"persistence": {"enabled": False}}}), old)
+    validate(new)
+
+
+def test_template_scheduling_fields_are_checked_by_the_crd() -> None:
+    """The operator passes them through as JSON; the CRD (and the API server) check them."""
+    bad = gamecluster({"template": {"spec": {"tolerations": [{"operator": "Maybe"}]}}})
+    with pytest.raises(jsonschema.ValidationError):
+        validate(bad)
+    missing_key = gamecluster(
+        {"template": {"spec": {"topologySpreadConstraints": [{"maxSkew": 1}]}}}
+    )
+    with pytest.raises(jsonschema.ValidationError):
+        validate(missing_key)
+
+
+def test_every_field_path_names_a_declared_property() -> None:
+    """The API server refuses the CRD when a rule's fieldPath is not a declared property
+    (found by the e2e tests on `.metadata.name`)."""
+    checked = 0
+    for path, node in walk(schema()):
+        for rule in node.get("x-kubernetes-validations") or []:
+            if "fieldPath" not in rule:
+                continue
+            target = node
+            for part in rule["fieldPath"].lstrip(".").split("."):
+                assert part in (target.get("properties") or {}), f"{path}: {rule['fieldPath']}"
+                target = target["properties"][part]
+            checked += 1
+    assert checked >= 4

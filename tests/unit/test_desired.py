@@ -8,13 +8,17 @@ import pytest
 
 from gamecluster import names
 from gamecluster.desired import Inputs, desired
-from gamecluster.spec import parse
+from gamecluster.manifests.secrets import RedisPasswords
+from gamecluster.spec import InvalidSpec, parse
 from relay import contract
 
 pytestmark = pytest.mark.unit
 
 META = {"name": "arena", "namespace": "games", "uid": "uid-1", "generation": 3}
-INPUTS = Inputs(relay_image="registry.local/gamecluster:1.2.3", jwt_secret="s3cret")
+PASSWORDS = RedisPasswords(relay="relay-pw", operator="operator-pw")
+INPUTS = Inputs(
+    relay_image="registry.local/gamecluster:1.2.3", jwt_secret="s3cret", redis_passwords=PASSWORDS
+)
 
 
 def build(spec: dict[str, Any] | None = None, inputs: Inputs = INPUTS) -> dict[str, Any]:
@@ -48,10 +52,15 @@ def test_managed_mode_has_every_child_in_apply_order() -> None:
     assert kinds == [
         "ConfigMap/arena-relay",
         "Secret/arena-jwt",
+        "Secret/arena-redis",
+        "Secret/arena-redis-acl",
         "Service/arena-redis",
         "StatefulSet/arena-redis",
+        "NetworkPolicy/arena-redis",
+        "PodDisruptionBudget/arena-redis",
         "Deployment/arena-relay",
         "Service/arena",
+        "Service/arena-admin",
         "PodDisruptionBudget/arena-relay",
     ]
 
@@ -91,7 +100,7 @@ def test_replicas_follow_the_spec_when_not_autoscaling(spec: dict[str, Any], rep
 def test_autoscaled_replicas_win_over_spec_replicas_within_the_bounds() -> None:
     scaling = {"enabled": True, "minReplicas": 2, "maxReplicas": 6}
     spec = {"replicas": 10, "autoscaling": scaling}
-    pick = lambda n: build(spec, Inputs("img", n, "s"))["Deployment/arena-relay"]["spec"]  # noqa: E731
+    pick = lambda n: build(spec, Inputs("img", n, "s", PASSWORDS))["Deployment/arena-relay"]["spec"]  # noqa: E731
     assert pick(None)["replicas"] == 2  # no decision yet: the minimum
     assert pick(4)["replicas"] == 4
     assert pick(50)["replicas"] == 6  # bounds edited below an old decision
@@ -109,6 +118,7 @@ def test_selector_matches_the_pod_labels_and_the_status_selector() -> None:
 def test_env_names_are_the_relay_contract_names() -> None:
     env = env_of(build({"tracing": {"enabled": True, "otlpEndpoint": "http://j:4317"}}))
     contract_names = {v for k, v in vars(contract).items() if k.startswith("ENV_")}
+    contract_names.add(contract.ADMIN_PORT_ENV)
     relay_env = {name for name in env if name.startswith("RELAY_")}
     assert relay_env <= contract_names
     assert {name for name in env if not name.startswith("RELAY_")} <= {
@@ -126,7 +136,12 @@ def test_env_values_come_from_the_spec() -> None:
     spec = {
         "limits": {"maxMessageBytes": 1024, "publishPerSecond": 7, "maxConnectionsPerReplica": 99},
         "drainSeconds": 45,
-        "delivery": {"rooms": [{"match": "chat:*"}, {"match": "pos:*", "policy": "volatile"}]},
+        "delivery": {
+            "rooms": [
+                {"match": "chat:*"},
+                {"match": "pos:*", "policy": "volatile", "presence": True},
+            ]
+        },
         "tracing": {"enabled": True, "otlpEndpoint": "http://jaeger:4317", "samplingRatio": 0.25},
     }
     env = env_of(build(spec))
@@ -137,8 +152,20 @@ def test_env_values_come_from_the_spec() -> None:
     assert env[contract.ENV_PORT] == str(contract.HTTP_PORT)
     assert env[contract.ENV_AUTH] == "jwt"
     assert json.loads(env[contract.ENV_ROOMS]) == [
-        {"match": "chat:*", "policy": "durable", "historySize": 1000, "historyTTLSeconds": 3600},
-        {"match": "pos:*", "policy": "volatile", "historySize": 1000, "historyTTLSeconds": 3600},
+        {
+            "match": "chat:*",
+            "policy": "durable",
+            "historySize": 1000,
+            "historyTTLSeconds": 3600,
+            "presence": False,
+        },
+        {
+            "match": "pos:*",
+            "policy": "volatile",
+            "historySize": 1000,
+            "historyTTLSeconds": 3600,
+            "presence": True,
+        },
     ]
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
     assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
@@ -194,7 +221,8 @@ def test_generated_secret_needs_a_value() -> None:
 def test_probes_use_the_relay_paths_on_the_named_port() -> None:
     container = relay_container(build())
     assert container["ports"] == [
-        {"name": "http", "containerPort": contract.HTTP_PORT, "protocol": "TCP"}
+        {"name": "http", "containerPort": contract.HTTP_PORT, "protocol": "TCP"},
+        {"name": "admin", "containerPort": contract.DEFAULT_ADMIN_PORT, "protocol": "TCP"},
     ]
     assert container["readinessProbe"]["httpGet"] == {"path": contract.READY_PATH, "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": contract.HEALTH_PATH, "port": "http"}
@@ -256,12 +284,15 @@ def test_config_hash_stays_when_only_scale_or_unrelated_fields_change() -> None:
         {"redis": {"persistence": {"enabled": True}}},
     ):
         assert config_hash(build(change)) == base, change
-    other_secret_value = Inputs(relay_image="other:9", jwt_secret="rotated")
+    other_secret_value = Inputs(
+        relay_image="other:9", jwt_secret="rotated", redis_passwords=PASSWORDS
+    )
     assert config_hash(build({}, other_secret_value)) == base
 
 
 def test_redis_statefulset_one_pod_per_shard_with_aof() -> None:
-    sts = build({"redis": {"shards": 4}})["StatefulSet/arena-redis"]["spec"]
+    spec = {"redis": {"shards": 4, "persistence": {"enabled": False}}}
+    sts = build(spec)["StatefulSet/arena-redis"]["spec"]
     assert sts["replicas"] == 4
     assert sts["serviceName"] == "arena-redis"
     (container,) = sts["template"]["spec"]["containers"]
@@ -270,7 +301,7 @@ def test_redis_statefulset_one_pod_per_shard_with_aof() -> None:
     args = container["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
     assert "volumeClaimTemplates" not in sts
-    assert sts["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert sts["template"]["spec"]["volumes"][0] == {"name": "data", "emptyDir": {}}
 
 
 def test_redis_persistence_uses_claim_templates() -> None:
@@ -280,7 +311,8 @@ def test_redis_persistence_uses_claim_templates() -> None:
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"]["resources"] == {"requests": {"storage": "5Gi"}}
     assert claim["spec"]["storageClassName"] == "ssd"
-    assert "volumes" not in sts["template"]["spec"]
+    volumes = [volume["name"] for volume in sts["template"]["spec"]["volumes"]]
+    assert volumes == ["acl"]  # data comes from the claim
 
 
 def test_redis_headless_service_selects_the_shards() -> None:
@@ -304,3 +336,106 @@ def test_relay_service_follows_the_spec() -> None:
 
 def test_desired_is_deterministic() -> None:
     assert desired(parse({}), META, INPUTS) == desired(parse({}), META, INPUTS)
+
+
+def test_admin_port_is_set_on_the_pods_and_exposed_only_by_a_cluster_ip_service() -> None:
+    children = build({"service": {"type": "LoadBalancer", "port": 443}})
+    assert env_of(children)[contract.ADMIN_PORT_ENV] == str(contract.DEFAULT_ADMIN_PORT)
+    admin = children["Service/arena-admin"]
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert admin["spec"]["ports"] == [
+        {
+            "name": contract.ADMIN_PORT_NAME,
+            "port": contract.DEFAULT_ADMIN_PORT,
+            "targetPort": contract.ADMIN_PORT_NAME,
+            "protocol": "TCP",
+        }
+    ]
+    players = children["Service/arena"]
+    assert [p["targetPort"] for p in players["spec"]["ports"]] == ["http"]
+    # Probes stay on the player port.
+    container = relay_container(children)
+    assert container["readinessProbe"]["httpGet"]["port"] == "http"
+
+
+TEMPLATE = {
+    "metadata": {
+        "labels": {"team": "mp", names.LABEL_INSTANCE: "hijack"},
+        "annotations": {"a": "b", names.ANNOTATION_CONFIG_HASH: "forged"},
+    },
+    "spec": {
+        "imagePullSecrets": [{"name": "creds"}],
+        "nodeSelector": {"pool": "game"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "game"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+        ],
+        "priorityClassName": "game-critical",
+        "serviceAccountName": "relay-sa",
+        "containers": [{"name": "relay", "resources": {"requests": {"cpu": "2"}}}],
+    },
+}
+
+
+def test_template_lands_on_the_relay_pods_and_the_operators_fields_win() -> None:
+    plain = build()["Deployment/arena-relay"]["spec"]["template"]
+    children = build({"template": TEMPLATE})
+    deploy = children["Deployment/arena-relay"]
+    pod = deploy["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "mp"
+    # Identity labels and the config hash stay the operator's: the selector still matches.
+    assert pod["metadata"]["labels"][names.LABEL_INSTANCE] == "arena"
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert pod["metadata"]["annotations"]["a"] == "b"
+    assert (
+        pod["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
+        == plain["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
+    )
+    spec = pod["spec"]
+    for key in (
+        "imagePullSecrets",
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "topologySpreadConstraints",
+        "priorityClassName",
+        "serviceAccountName",
+    ):
+        assert spec[key] == TEMPLATE["spec"][key], key  # type: ignore[index]
+    assert spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    assert container["resources"] == {"requests": {"cpu": "2"}, "limits": {}}
+    (plain_container,) = plain["spec"]["containers"]
+    for kept in ("name", "image", "ports", "readinessProbe", "livenessProbe", "securityContext"):
+        assert container[kept] == plain_container[kept], kept
+    assert spec["securityContext"] == plain["spec"]["securityContext"]
+    # The Redis pods are not touched by the relay template.
+    assert "nodeSelector" not in children["StatefulSet/arena-redis"]["spec"]["template"]["spec"]
+
+
+def test_redis_template_shapes_the_redis_pods() -> None:
+    children = build(
+        {
+            "redis": {
+                "template": {
+                    "spec": {
+                        "nodeSelector": {"pool": "data"},
+                        "containers": [
+                            {"name": "redis", "resources": {"limits": {"memory": "2Gi"}}}
+                        ],
+                    }
+                }
+            }
+        }
+    )
+    pod = children["StatefulSet/arena-redis"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "data"}
+    assert pod["containers"][0]["resources"] == {"requests": {}, "limits": {"memory": "2Gi"}}
+    assert pod["containers"][0]["name"] == "redis"
+    assert "nodeSelector" not in children["Deployment/arena-relay"]["spec"]["template"]["spec"]
+
+
+def test_a_template_naming_another_container_is_an_invalid_spec() -> None:
+    with pytest.raises(InvalidSpec, match=r"no container 'redis'"):
+        parse({"template": {"spec": {"containers": [{"name": "redis"}]}}})

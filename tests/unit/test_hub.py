@@ -3,7 +3,9 @@ import asyncio
 import orjson
 import pytest
 
+from relay import hub as hub_module
 from relay.broker import BrokerUnavailable, Delivery, History
+from relay.broker import memory as memory_broker
 from relay.broker.memory import MemoryBroker
 from relay.hub import Hub, JoinResult
 from relay.metrics import Metrics
@@ -20,8 +22,16 @@ class Member:
     def __init__(self) -> None:
         self.received: list[bytes] = []
 
+        self.overflowed = False
+
     def push(self, payload: bytes) -> None:
         self.received.append(payload)
+
+    async def replay(self, payloads: list[bytes]) -> None:
+        self.received.extend(payloads)
+
+    def overflow(self) -> None:
+        self.overflowed = True
 
     def messages(self) -> list[dict[str, object]]:
         return [orjson.loads(p) for p in self.received]
@@ -170,7 +180,9 @@ async def test_an_epoch_change_tells_members_to_resync() -> None:
 
 async def test_a_join_that_fails_after_subscribing_leaves_nothing_subscribed() -> None:
     class NoHistory(CountingBroker):
-        async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+        async def history(
+            self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+        ) -> History:
             raise BrokerUnavailable("history read failed")
 
     broker = NoHistory()
@@ -188,7 +200,9 @@ async def test_a_history_lost_while_idle_is_noticed_at_the_next_join_and_resynce
     present = Member()
     await join(hub, present, "r")
     await broker.publish("r", "old", ts=0, policy=DURABLE)
-    broker._epoch = "after-loss"  # as if Redis came back empty
+    lost = memory_broker._Room(DURABLE)  # as if Redis came back empty
+    lost.epoch = "after-loss"
+    broker._rooms["r"] = lost
     result = await join(hub, Member(), "r")
     assert result.epoch == "after-loss"
     await broker.publish("r", "new", ts=0, policy=DURABLE)
@@ -200,10 +214,12 @@ async def test_a_join_whose_history_read_fails_does_not_keep_the_room() -> None:
     class FlakyHistory(CountingBroker):
         fail = False
 
-        async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+        async def history(
+            self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+        ) -> History:
             if self.fail:
                 raise BrokerUnavailable("history read failed")
-            return await super().history(room, after, policy)
+            return await super().history(room, after, policy, limit=limit)
 
     broker = FlakyHistory()
     hub = make_hub(broker, delay=0.01)
@@ -215,3 +231,165 @@ async def test_a_join_whose_history_read_fails_does_not_keep_the_room() -> None:
         await join(hub, Member(), "r")
     await asyncio.wait_for(broker.unsubscribed.wait(), 2)
     assert not hub.is_subscribed("r")
+
+
+async def test_live_events_during_a_catch_up_are_bounded_and_overflow_drops_the_member(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: `catching_up` grew without limit while a joiner waited."""
+    broker = CountingBroker()
+    hub = Hub(broker, Metrics(), RoomPolicies([]), unsubscribe_delay=0, catch_up_limit=3)
+    watcher = Member()
+    await join(hub, watcher, "r")
+    epoch = (await broker.history("r", None, DURABLE)).epoch
+    held = asyncio.Event()
+    real_history = broker.history
+
+    async def slow_history(
+        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
+        await held.wait()
+        return await real_history(room, after, policy, limit=limit)
+
+    monkeypatch.setattr(broker, "history", slow_history)
+    joiner = Member()
+    joining = asyncio.create_task(join(hub, joiner, "r", Position(0, epoch)))
+    await asyncio.sleep(0)
+    for n in range(10):  # live events while the joiner's history read is held
+        await broker.publish("r", n, ts=0, policy=DURABLE)
+    assert joiner.overflowed  # past 3 buffered: dropped as a slow consumer
+    held.set()
+    await asyncio.wait_for(joining, 2)
+    assert len(watcher.offsets()) == 10  # the others were not held up
+
+
+async def test_a_stuck_catch_up_fails_the_join_instead_of_holding_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: a join waited through `catch_up` for as long as history failed."""
+    monkeypatch.setattr(hub_module, "CATCH_UP_SECONDS", 0.3)
+    broker = CountingBroker()
+    hub = make_hub(broker)
+    await join(hub, Member(), "r")
+    await broker.publish("r", 1, ts=0, policy=DURABLE)
+    real_history = broker.history
+    calls = 0
+
+    async def failing_after_the_first(
+        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the joiner's own read sees a newer top than this server's feed
+            history = await real_history(room, after, policy, limit=limit)
+            return History(history.epoch, history.top + 5, history.entries)
+        raise BrokerUnavailable("redis is down")
+
+    monkeypatch.setattr(broker, "history", failing_after_the_first)
+    with pytest.raises(BrokerUnavailable, match="did not catch up"):
+        await asyncio.wait_for(join(hub, Member(), "r"), 5)
+
+
+async def test_the_embedded_broker_forgets_rooms_that_were_only_joined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finding 4: ~919 B per distinct room name ever joined, kept forever."""
+    monkeypatch.setattr(memory_broker, "EMPTY_ROOM_SECONDS", 0)
+    broker = CountingBroker()
+    hub = make_hub(broker)
+    member = Member()
+    await join(hub, member, "kept")
+    await broker.publish("kept", 1, ts=0, policy=DURABLE)
+    for n in range(2000):  # join and leave 2,000 names nobody publishes to
+        await join(hub, member, f"r{n}")
+        hub.leave(member, f"r{n}")
+        await broker.unsubscribe(f"r{n}")  # what the hub's release does after its delay
+    assert len(broker._rooms) <= 1 + memory_broker.SWEEP_STEP
+    assert (await broker.history("kept", 0, DURABLE)).top == 1  # in use: kept
+
+
+async def test_the_embedded_broker_keeps_at_most_max_rooms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory_broker, "MAX_ROOMS", 50)
+    broker = CountingBroker()
+    epochs = {}
+    for n in range(500):  # published to: each has history, within its TTL
+        epochs[f"p{n}"] = (await broker.publish(f"p{n}", n, ts=0, policy=DURABLE)).epoch
+    assert len(broker._rooms) <= 50
+    forgotten = next(name for name in epochs if name not in broker._rooms)
+    again = await broker.history(forgotten, None, DURABLE)
+    assert again.top == 0 and again.epoch != epochs[forgotten]  # a new epoch: no offset reused
+
+
+async def test_arrivals_before_a_rooms_first_history_read_are_bounded_and_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: `_Room.early` grew without limit while the first read was held."""
+    monkeypatch.setattr(hub_module, "PENDING_LIMIT", 2)
+    broker = CountingBroker()
+    hub = make_hub(broker)
+    held = asyncio.Event()
+    real_history = broker.history
+    sizes: list[int] = []
+
+    async def slow_history(
+        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
+        await held.wait()
+        return await real_history(room, after, policy, limit=limit)
+
+    monkeypatch.setattr(broker, "history", slow_history)
+    member = Member()
+    joining = asyncio.create_task(join(hub, member, "r"))
+    await asyncio.sleep(0)  # subscribed; its first history read is held
+    for n in range(6):
+        await broker.publish("r", n, ts=0, policy=DURABLE)
+        early = hub._rooms["r"].early
+        sizes.append(len(early) if early is not None else -1)
+    assert max(sizes) <= 2
+    held.set()
+    await asyncio.wait_for(joining, 2)
+    await broker.publish("r", 6, ts=0, policy=DURABLE)
+    for _ in range(20):  # the history read that brings the dropped arrivals back
+        if len(member.offsets()) == 1:
+            break
+        await asyncio.sleep(0)
+    assert member.offsets() == [7]  # joined at the top it read (6): nothing before, no gap
+
+
+async def test_a_resume_longer_than_the_send_queue_is_read_and_replayed_in_pages() -> None:
+    broker = CountingBroker()
+    hub = Hub(broker, Metrics(), RoomPolicies([]), unsubscribe_delay=0, catch_up_limit=10)
+    for n in range(25):
+        await broker.publish("r", n, ts=0, policy=DURABLE)
+    epoch = (await broker.history("r", None, DURABLE)).epoch
+    member = Member()
+    result = await join(hub, member, "r", Position(0, epoch))
+    assert result == JoinResult(25, epoch, True)
+    assert member.offsets() == list(range(1, 26))
+
+
+async def test_a_history_trimmed_between_replay_pages_makes_the_joiner_resync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = CountingBroker()
+    hub = Hub(broker, Metrics(), RoomPolicies([]), unsubscribe_delay=0, catch_up_limit=10)
+    for n in range(25):
+        await broker.publish("r", n, ts=0, policy=DURABLE)
+    epoch = (await broker.history("r", None, DURABLE)).epoch
+    real_history = broker.history
+
+    async def trimmed_after_the_first_page(
+        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
+        history = await real_history(room, after, policy, limit=limit)
+        if after == 10:  # the second page: 11..14 were trimmed meanwhile
+            return History(history.epoch, history.top, history.entries[4:])
+        return history
+
+    monkeypatch.setattr(broker, "history", trimmed_after_the_first_page)
+    member = Member()
+    await join(hub, member, "r", Position(0, epoch))
+    await broker.publish("r", 25, ts=0, policy=DURABLE)
+    kinds = [(m["op"], m.get("offset"), m.get("recovered")) for m in member.messages()]
+    assert kinds[:10] == [("event", n, None) for n in range(1, 11)]
+    assert kinds[10:] == [("joined", 25, False), ("event", 26, None)]

@@ -6,7 +6,7 @@ import kopf
 import pytest
 from kopf._core.intents.causes import Activity  # no public name for it
 
-from gamecluster.main import operator_registry
+from gamecluster.main import main, operator_registry
 from gamecluster.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
@@ -25,3 +25,24 @@ def test_liveness_endpoint_listens_on_all_addresses_unless_told_otherwise(
     assert OperatorSettings(relay_image="x").liveness_host == "0.0.0.0"
     monkeypatch.setenv("GAMECLUSTER_LIVENESS_HOST", "127.0.0.1")
     assert OperatorSettings(relay_image="x").liveness_host == "127.0.0.1"
+
+
+def test_help_names_every_setting_and_exits_before_connecting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The image test (tests/e2e/pods) runs `gamecluster-operator --help` in the built image:
+    # it must print and exit 0 without settings or credentials, not start the operator.
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: gamecluster-operator")
+    assert "GAMECLUSTER_RELAY_IMAGE  (required)" in out
+    assert "GAMECLUSTER_LIVENESS_PORT  (default 8080)" in out
+
+
+def test_unknown_argument_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--bogus"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -1,3 +1,4 @@
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -16,13 +17,23 @@ class FakeSocket:
         self.frames_shared: list[bool] = []
         self.closed_with: int | None = None
         self.on_resume: Callable[[], None] | None = None
+        self.closed = False
+        self.pause_on_send = False
+        """Play a client that reads slowly: every write fills the transport's buffer."""
 
     def send(self, payload: bytes, frames: dict[bytes, bytes] | None = None) -> None:
         self.sent.append(payload)
         self.frames_shared.append(frames is not None)
+        self.paused = self.paused or self.pause_on_send
 
     def close(self, code: int, reason: str = "") -> None:
         self.closed_with = code
+        self.closed = True
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.on_resume is not None:
+            self.on_resume()
 
 
 def make(limit: int = 10) -> tuple[Outbox, FakeSocket, list[str]]:
@@ -92,3 +103,36 @@ async def test_a_burst_within_one_turn_is_not_a_slow_consumer() -> None:
     outbox.flush({})
     assert overflows == []
     assert socket.sent == [b"\n".join(b"%d" % n for n in range(10))]
+
+
+async def loop_turns(n: int = 5) -> None:
+    """Let the event loop run the scheduled flushes and the replay task (no timing)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_replay_goes_out_a_send_queue_at_a_time_as_the_socket_drains() -> None:
+    outbox, socket, overflows = make(limit=3)
+    socket.pause_on_send = True
+    replay = asyncio.create_task(outbox.replay([b"%d" % n for n in range(10)]))
+    frames: list[bytes] = []
+    for _ in range(4):  # 3 + 3 + 3 + 1
+        await loop_turns()
+        assert len(socket.sent) == len(frames) + 1, "one chunk per drained socket"
+        frames.append(socket.sent[-1])
+        assert frames[-1].count(b"\n") < 3  # never more than the limit at once
+        socket.resume()
+    await asyncio.wait_for(replay, 1)
+    assert b"\n".join(frames).split(b"\n") == [b"%d" % n for n in range(10)]
+    assert overflows == []
+
+
+async def test_a_replay_to_a_socket_that_never_drains_ends_when_it_closes() -> None:
+    outbox, socket, _ = make(limit=3)
+    socket.pause_on_send = True
+    replay = asyncio.create_task(outbox.replay([b"%d" % n for n in range(10)]))
+    await loop_turns()
+    assert not replay.done() and len(socket.sent) == 1
+    outbox.close(None, 4008, drop_pending=True)
+    await asyncio.wait_for(replay, 1)
+    assert len(socket.sent) == 1

@@ -11,7 +11,7 @@ from relay import auth, control
 from relay.broker import BrokerUnavailable
 from relay.broker.memory import MemoryBroker
 from relay.cluster import LocalState, Member
-from relay.presence import Presence
+from relay.presence import MAX_INFO_BYTES, Presence, member_of
 from relay.rooms import RoomPolicies, RoomPolicy
 
 pytestmark = pytest.mark.unit
@@ -102,3 +102,15 @@ async def test_changes_a_failed_write_missed_are_written_by_the_next_flush() -> 
     state.down = False
     assert await presence.flush()
     assert (await presence.members("lobby"))[0] == 2
+
+
+def test_an_info_claim_over_the_bound_is_left_out_of_the_member_entry() -> None:
+    """A token's `info` is copied into every presence message and reply: at most
+    MAX_INFO_BYTES encoded (docs/protocol.md, Tokens); a larger one is left out."""
+    fits = {"name": "x" * (MAX_INFO_BYTES - 32)}
+    too_big = {"name": "x" * MAX_INFO_BYTES}
+    for info, expected in ((fits, fits), (too_big, None), (None, None)):
+        identity = auth.Identity("ann", auth.ANY_ROOM, auth.ANY_ROOM, None, info=info)
+        member = member_of("n1", Conn("c1", identity))
+        assert member.get("info") == expected, len(orjson.dumps(info))
+        assert (member["sub"], member["conn"], member["node"]) == ("ann", "c1", "n1")

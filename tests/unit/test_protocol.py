@@ -90,3 +90,30 @@ def test_split_frame_ignores_blank_lines() -> None:
         '{"op":"ping"}',
         ' {"op":"ping"}',
     ]
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "18446744073709551616",
+        "-9223372036854775809",
+        "1" + "0" * 40,
+        '[1, {"x": 99999999999999999999}]',
+    ],
+)
+def test_integers_json_cannot_carry_exactly_are_refused(number: str) -> None:
+    """orjson would turn them into floats: the event would carry another value than sent."""
+    line = '{"op": "publish", "room": "r", "ref": "q", "data": ' + number + "}"
+    with pytest.raises(ProtocolError) as refused:
+        protocol.parse_message(line, 65536)
+    assert refused.value.code == ErrorCode.BAD_REQUEST
+    assert "outside -2**63 .. 2**64-1" in refused.value.message
+    assert refused.value.ref == "q"
+
+
+@pytest.mark.parametrize(
+    "data", [2**64 - 1, -(2**63), "12345678901234567890123456", 1.5e300, [9223372036854775807]]
+)
+def test_integers_at_the_range_edges_and_long_digit_strings_pass(data: object) -> None:
+    message = parse({"op": "publish", "room": "r", "data": data})
+    assert isinstance(message, protocol.Publish) and message.data == data

@@ -3,7 +3,7 @@ import asyncio
 import pytest
 
 from relay import sequence as sequence_module
-from relay.broker import Delivery, History
+from relay.broker import BrokerUnavailable, Delivery, History
 from relay.sequence import RoomSequence
 
 pytestmark = pytest.mark.unit
@@ -75,3 +75,34 @@ async def test_deliveries_without_a_position_are_ignored_in_a_durable_room() -> 
     seq.accept(event(1))
     assert emitted == [1]
     assert seq.epoch == "e"
+
+
+async def test_a_history_that_stays_unreadable_is_given_up_with_backoff_and_a_resync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: the read retried every 0.5 s forever; now it backs off and stops."""
+    monkeypatch.setattr(sequence_module, "READ_GIVE_UP_SECONDS", 0.5)
+    reads: list[float] = []
+
+    async def broken(after: int) -> History:
+        reads.append(asyncio.get_running_loop().time())
+        raise BrokerUnavailable("redis is down")
+
+    emitted: list[int] = []
+    resyncs: list[tuple[int, str]] = []
+    seq = RoomSequence(
+        "r",
+        History("e", 1),
+        fetch=broken,
+        emit=lambda d: emitted.append(d.offset or 0),
+        resync=lambda offset, epoch: resyncs.append((offset, epoch)),
+    )
+    seq.accept(event(4))  # 2 and 3 are missing, and the history cannot be read
+    seq.accept(event(5))
+    await asyncio.wait_for(settle(seq), 5)
+    assert seq._filling is None
+    assert resyncs == [(3, "e")]  # members re-sync: the feed continues after the gap
+    assert emitted == [4, 5]
+    assert 2 <= len(reads) <= 20  # retried, with pauses between the tries
+    seq.accept(event(6))
+    assert emitted == [4, 5, 6]

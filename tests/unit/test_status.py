@@ -57,6 +57,8 @@ def test_all_ready() -> None:
     conds = conditions(status)
     assert {t: c["status"] for t, c in conds.items()} == {
         "Ready": "True",
+        "Stalled": "False",
+        "Reconciling": "False",
         "Available": "True",
         "Progressing": "False",
         "RedisReady": "True",
@@ -87,6 +89,9 @@ def test_rolling_out_is_progressing() -> None:
     )
     assert status["phase"] == "Progressing"
     assert conditions(status)["Progressing"]["status"] == "True"
+    assert conditions(status)["Reconciling"]["status"] == "True"
+    assert conditions(status)["Reconciling"]["reason"] == "RollingOut"
+    assert conditions(status)["Ready"]["status"] == "True"  # 3 of 3 ready while surging
 
 
 def test_redis_not_ready_keeps_ready_false() -> None:
@@ -115,12 +120,15 @@ def test_problem_is_degraded_with_its_reason() -> None:
         now=T0,
     )
     assert status["phase"] == "Degraded"
-    ready = conditions(status)["Ready"]
-    assert (ready["status"], ready["reason"], ready["message"]) == (
-        "False",
+    stalled = conditions(status)["Stalled"]
+    assert (stalled["status"], stalled["reason"], stalled["message"]) == (
+        "True",
         "SecretNotFound",
         "Secret x not found",
     )
+    assert conditions(status)["Reconciling"]["status"] == "False"
+    # The pods that exist still serve: Ready says so, Stalled says the operator is stuck.
+    assert conditions(status)["Ready"]["status"] == "True"
 
 
 def test_transition_time_moves_only_when_status_flips() -> None:
@@ -184,7 +192,7 @@ def test_stalled_rollout_is_degraded() -> None:
         now=T0,
     )
     assert status["phase"] == "Degraded"
-    assert conditions(status)["Ready"]["reason"] == "ProgressDeadlineExceeded"
+    assert conditions(status)["Stalled"]["reason"] == "ProgressDeadlineExceeded"
 
 
 def test_status_validates_against_the_crd_status_schema() -> None:
@@ -200,9 +208,111 @@ def test_status_validates_against_the_crd_status_schema() -> None:
         autoscaled_replicas=None,
         now=T0,
     )
-    status["observedGeneration"] = 2
-    status["autoscaling"] = {"desiredReplicas": 3, "lastScaleTime": "2026-01-01T00:00:00Z"}
+    status["autoscaling"] = {
+        "desiredReplicas": 3,
+        "currentReplicas": 4,
+        "recommendedReplicas": 2,
+        "reason": "ScaleDownLimitedByPolicy",
+        "lastScaleTime": "2026-01-01T00:00:00Z",
+        "recommendations": [{"time": "2026-01-01T00:00:00Z", "replicas": 3}],
+        "scaleEvents": [{"time": "2026-01-01T00:00:00Z", "change": -1}],
+    }
     status_schema = schema()["properties"]["status"]
     jsonschema.validate(status, status_schema)
     declared = set(status_schema["properties"])
     assert set(status) <= declared  # nothing a strict schema would prune
+
+
+def test_every_condition_carries_the_current_generation() -> None:
+    """kubectl wait ignores a condition whose observedGeneration lags metadata.generation."""
+    spec = parse({"replicas": 2})
+    before = compute(
+        spec,
+        META,
+        Observed(deployment(2, 2), statefulset(1)),
+        previous={},
+        autoscaled_replicas=None,
+        now=T0,
+    )
+    edited = {**META, "generation": 3}
+    after = compute(
+        spec,
+        edited,
+        Observed(deployment(2, 2), statefulset(1)),
+        previous=before,
+        autoscaled_replicas=None,
+        now=T0 + timedelta(seconds=1),
+    )
+    assert after["observedGeneration"] == 3
+    assert {c["observedGeneration"] for c in after["conditions"]} == {3}
+    assert conditions(after)["Ready"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+
+
+def test_ready_holds_through_an_autoscaled_scale_up() -> None:
+    spec = parse({"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 20}})
+    status = compute(
+        spec,
+        META,
+        Observed(deployment(8, 3), statefulset(1), 30000),
+        previous={},
+        autoscaled_replicas=8,
+        now=T0,
+    )
+    conds = conditions(status)
+    assert status["desiredReplicas"] == 8
+    assert conds["Ready"]["status"] == "True"
+    assert conds["Progressing"]["status"] == "True"
+    assert conds["Reconciling"]["status"] == "True"
+    assert conds["ScalingActive"]["status"] == "True"
+    below = compute(
+        spec,
+        META,
+        Observed(deployment(8, 1), statefulset(1), 30000),
+        previous=status,
+        autoscaled_replicas=8,
+        now=T0,
+    )
+    assert conditions(below)["Ready"]["status"] == "False"
+
+
+def test_unknown_load_is_scaling_inactive_and_kept_by_passes_that_read_none() -> None:
+    spec = parse({"autoscaling": {"enabled": True}})
+    unknown = compute(
+        spec,
+        META,
+        Observed(deployment(1, 1), statefulset(1), load_unknown="no report from p"),
+        previous={},
+        autoscaled_replicas=1,
+        now=T0,
+    )
+    active = conditions(unknown)["ScalingActive"]
+    assert (active["status"], active["reason"]) == ("False", "LoadUnknown")
+    assert unknown["connections"] is None  # deletes a stale count from the stored status
+    kept = compute(
+        spec,
+        META,
+        Observed(deployment(1, 1), statefulset(1)),
+        previous=unknown,
+        autoscaled_replicas=1,
+        now=T0,
+    )
+    assert conditions(kept)["ScalingActive"]["reason"] == "LoadUnknown"
+
+
+def test_a_retryable_child_failure_is_reconciling_not_stalled() -> None:
+    status = compute(
+        parse({}),
+        META,
+        Observed(
+            deployment(2, 2), statefulset(1), retrying=Problem("ApplyFailed", "Service x: 409")
+        ),
+        previous={},
+        autoscaled_replicas=None,
+        now=T0,
+    )
+    conds = conditions(status)
+    assert conds["Stalled"]["status"] == "False"
+    assert (conds["Reconciling"]["status"], conds["Reconciling"]["reason"]) == (
+        "True",
+        "ApplyFailed",
+    )

@@ -3,6 +3,13 @@ The operator's permissions. They mirror operator/gamecluster/rbac.py rule for ru
 "why" of each is there); tests/chart/test_rbac.py fails when the two differ.
 */}}
 
+{{/* Leader election: only in the operator's own namespace. */}}
+{{- define "gamecluster.rbac.leaderRules" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
+{{- end }}
+
 {{/* Needed in every namespace the operator watches. */}}
 {{- define "gamecluster.rbac.namespacedRules" -}}
 - apiGroups: [gamecluster.io]
@@ -23,6 +30,14 @@ The operator's permissions. They mirror operator/gamecluster/rbac.py rule for ru
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
+# The autoscaler lists relay pods (their load reports are keyed by pod name) and sets
+# pod-deletion-cost on them before a scale-down, so the least-loaded pods go first.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, patch]
 # No list/watch: the operator reads the one Secret a GameCluster names and applies the
 # one it generates, and never needs to see the others.
 - apiGroups: [""]

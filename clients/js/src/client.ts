@@ -5,7 +5,8 @@
  * pod sees every event once, in order (docs/protocol.md, "Recovery").
  *
  * Stops (no more reconnects) on: `close()`; close code 4003 (the server disconnected this
- * client); credentials refused at the handshake that a fresh token does not fix.
+ * client); credentials refused at the handshake that a fresh token does not fix (in a
+ * browser, which hides the handshake's status: a failed handshake with an expired token).
  */
 import { backoffDelay } from "./backoff.js";
 import {
@@ -57,6 +58,7 @@ export interface ClientOptions {
    * Called for every connection and shortly before the current token expires; a token
    * refused at the handshake (HTTP 401) is replaced once by a fresh one, and a fresh token
    * refused again stops the client with UnauthorizedError. Throw UnauthorizedError to stop.
+   * Browsers hide the 401: there a failed handshake with a token past its `exp` counts as one.
    */
   getToken?: TokenSource;
   /** The WebSocket constructor; default `globalThis.WebSocket` (browsers, Node >= 22). */
@@ -144,6 +146,26 @@ interface PendingRequest {
 
 const OPEN = 1;
 
+/** Why a handshake failed: its HTTP status when the WebSocket says (Node's `ws` does). */
+interface Refusal {
+  status: number | undefined;
+  why: string;
+}
+
+/**
+ * Most ping() calls waiting for their pong. Overflow policy: a ping beyond the bound is
+ * rejected at once with QueueFullError (a caller pinging faster than the relay answers
+ * learns nothing more from more pings).
+ */
+export const MAX_PENDING_PINGS = 16;
+
+interface PendingPing {
+  sentAt: number;
+  resolve: (rttMs: number) => void;
+  reject: (error: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
 export class Client extends Emitter<ClientEvents> {
   readonly urls: readonly string[];
   #options: Required<Omit<ClientOptions, "token" | "getToken">> & {
@@ -160,6 +182,7 @@ export class Client extends Emitter<ClientEvents> {
   /** Unacked publishes by id, in publish order (the order they are re-sent in). */
   #outbox = new Map<string, PendingPublish>();
   #requests = new Map<string, PendingRequest>();
+  #pings = new Map<string, PendingPing>();
   #refs = new Map<string, Room>();
   #refSeq = 0;
   #readyWaiters: { resolve: (c: ConnectedContext) => void; reject: (e: Error) => void }[] = [];
@@ -273,6 +296,29 @@ export class Client extends Emitter<ClientEvents> {
     return room;
   }
 
+  /**
+   * The round-trip time to the relay of the current connection, in ms: sends `ping` and
+   * resolves on its `pong`. Rejects with ClosedError when not connected or when the
+   * connection ends first (a pong never crosses connections), TimeoutError when no pong
+   * came in time, QueueFullError beyond MAX_PENDING_PINGS pending pings.
+   */
+  ping(timeoutMs = this.#options.requestTimeoutMs): Promise<number> {
+    if (this.#pings.size >= MAX_PENDING_PINGS) {
+      return Promise.reject(new QueueFullError(`${this.#pings.size} pings are waiting for their pong`));
+    }
+    this.#refSeq += 1;
+    const ref = `ping${this.#refSeq}`;
+    const sentAt = performanceNow();
+    if (!this.#send({ op: "ping", ref })) return Promise.reject(new ClosedError("not connected"));
+    return new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pings.delete(ref);
+        reject(new TimeoutError(`no pong within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#pings.set(ref, { sentAt, resolve, reject, timer });
+    });
+  }
+
   /** Cut the current connection as a network failure would (tests, "reconnect now"). */
   dropConnection(): void {
     if (this.#ws !== null) this.#closed(this.#ws, CloseCode.abnormal, "connection dropped by the client", undefined);
@@ -380,15 +426,16 @@ export class Client extends Emitter<ClientEvents> {
     }
     this.#ws = ws;
     this.#serverReason = null;
-    let handshakeStatus: number | undefined;
+    let handshakeStatus: Refusal | undefined;
     this.#openTimer = setTimeout(() => {
       this.#closed(ws, CloseCode.openTimeout, "no welcome in time", undefined);
     }, this.#options.openTimeoutMs);
     ws.onerror = (event: { message?: unknown; error?: unknown }) => {
-      handshakeStatus ??= refusedStatus(event);
+      const status = refusedStatus(event);
+      if (status !== undefined) handshakeStatus ??= { status, why: `HTTP ${status}` };
     };
     ws.onclose = (event: { code: number; reason: string }) => {
-      this.#closed(ws, event.code, event.reason, handshakeStatus);
+      this.#closed(ws, event.code, event.reason, handshakeStatus ?? this.#expiredAtHandshake(ws));
     };
     ws.onmessage = (event: { data: unknown }) => {
       if (this.#ws !== ws) return;
@@ -399,6 +446,20 @@ export class Client extends Emitter<ClientEvents> {
         else this.#handle(ws, url, message);
       }
     };
+  }
+
+  /**
+   * A browser never learns why a WebSocket handshake failed: a 401 closes the socket like
+   * a network error (1006, no status). When the handshake of `ws` failed and the token it
+   * carried is past its own `exp` (this machine's clock), that is taken as the 401 it
+   * almost surely was: a fresh token from getToken(), or a stop with UnauthorizedError,
+   * instead of reconnecting forever with a token that cannot work.
+   */
+  #expiredAtHandshake(ws: WebSocketLike): Refusal | undefined {
+    if (this.#ws !== ws || this.#connected !== null || this.#tokenInUse === undefined) return undefined;
+    const expiry = tokenExpiry(this.#tokenInUse);
+    if (expiry === undefined || expiry > Date.now()) return undefined;
+    return { status: undefined, why: `expired at ${new Date(expiry).toISOString()}` };
   }
 
   async #nextToken(): Promise<string | undefined> {
@@ -455,8 +516,15 @@ export class Client extends Emitter<ClientEvents> {
         // The server closes next (1012/4001/4008, or 4003 for disconnect).
         this.#serverReason = { op: message.op, reason: message.reason };
         break;
-      case "pong":
-        break;
+      case "pong": {
+        const ping = this.#pings.get(message.ref ?? "");
+        if (ping !== undefined) {
+          this.#pings.delete(message.ref ?? "");
+          clearTimeout(ping.timer);
+          ping.resolve(performanceNow() - ping.sentAt);
+        }
+        break; // a heartbeat's pong (no ref) only proves liveness, counted in onmessage
+      }
     }
   }
 
@@ -553,9 +621,9 @@ export class Client extends Emitter<ClientEvents> {
 
   /**
    * The socket `ws` closed (or is given up): decide whether and when to reconnect.
-   * `status` is the HTTP status of a refused handshake, when the WebSocket tells it.
+   * `refusal`: the handshake was refused (its HTTP status when the WebSocket tells it).
    */
-  #closed(ws: WebSocketLike, code: number, reason: string, status: number | undefined): void {
+  #closed(ws: WebSocketLike, code: number, reason: string, refusal: Refusal | undefined): void {
     if (this.#ws !== ws) return;
     // 1. Forget the socket: detach it so nothing it says later reaches the client.
     this.#detach();
@@ -566,18 +634,22 @@ export class Client extends Emitter<ClientEvents> {
       this.#stop(new DisconnectedByServerError(why), code, why, true);
       return;
     }
-    if (status === 403) {
+    if (refusal?.status === 403) {
       this.#stop(new UnauthorizedError("the relay refused this origin (HTTP 403)", 403), code, "HTTP 403", true);
       return;
     }
-    if (status === 401) {
+    if (refusal !== undefined && (refusal.status === 401 || refusal.status === undefined)) {
       if (this.#options.getToken === undefined || this.#refusedOnce) {
         const what = this.#options.getToken === undefined ? "the token" : "a fresh token from getToken()";
-        this.#stop(new UnauthorizedError(`the relay refused ${what} (HTTP 401)`, 401), code, "HTTP 401", true);
+        const message =
+          refusal.status === 401
+            ? `the relay refused ${what} (HTTP 401)`
+            : `the handshake failed and ${what} ${refusal.why}`;
+        this.#stop(new UnauthorizedError(message, refusal.status), code, refusal.why, true);
         return;
       }
       this.#refusedOnce = true; // the next attempt gets a fresh token; refused again: stop
-      this.#retry(code, "HTTP 401: fetching a fresh token", 0);
+      this.#retry(code, `${refusal.why}: fetching a fresh token`, 0);
       return;
     }
     if (code === CloseCode.tokenExpired || server?.reason === "token_expired") {
@@ -644,6 +716,11 @@ export class Client extends Emitter<ClientEvents> {
     this.#ws = null;
     this.#connected = null;
     this.#refs.clear();
+    for (const ping of this.#pings.values()) {
+      clearTimeout(ping.timer);
+      ping.reject(new ClosedError("the connection ended before the pong"));
+    }
+    this.#pings.clear();
     for (const room of this.#rooms.values()) room._onDisconnect();
     if (ws === null) return;
     ws.onopen = ws.onmessage = ws.onclose = null;
@@ -654,6 +731,11 @@ export class Client extends Emitter<ClientEvents> {
       // closing a socket that is still connecting throws in some implementations
     }
   }
+}
+
+/** A monotonic clock in ms where there is one (browsers, Node), else the wall clock. */
+function performanceNow(): number {
+  return typeof performance === "undefined" ? Date.now() : performance.now();
 }
 
 /** The HTTP status of a refused handshake, when the WebSocket error tells it (`ws` does). */

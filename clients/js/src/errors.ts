@@ -35,6 +35,8 @@ export const RETRYABLE_CODES: ReadonlySet<string> = new Set(["unavailable", "rat
 /**
  * The server refused the credentials at the handshake (HTTP 401 or 403), and a fresh token
  * from `getToken()` did not help (or there is no `getToken`). The client has stopped.
+ * `status` is undefined where the WebSocket hides it (browsers): the handshake failed with
+ * a token already past its `exp`, which is what a 401 there almost always is.
  */
 export class UnauthorizedError extends GameClusterError {
   constructor(

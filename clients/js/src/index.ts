@@ -1,4 +1,4 @@
-export { Client, CloseCode } from "./client.js";
+export { Client, CloseCode, MAX_PENDING_PINGS } from "./client.js";
 export type {
   ClientEvents,
   ClientOptions,

@@ -147,7 +147,7 @@ export type ClientMessage =
   | { op: "leave"; room: string; ref: string }
   | { op: "publish"; room: string; data: Json; id: string }
   | { op: "presence"; room: string; ref: string }
-  | { op: "ping" };
+  | { op: "ping"; ref?: string };
 
 /** Limits the protocol sets on what a client sends. */
 export const MAX_ID_LENGTH = 64;

@@ -6,6 +6,7 @@ import { WebSocket } from "ws";
 import {
   Client,
   CloseCode,
+  MAX_PENDING_PINGS,
   ClosedError,
   DisconnectedByServerError,
   QueueFullError,
@@ -18,6 +19,7 @@ import {
   type JoinedContext,
   type LostContext,
   type PresenceChange,
+  type WebSocketLike,
 } from "../src/index.js";
 import { backoffDelay } from "../src/backoff.js";
 import { tokenExpiry } from "../src/token.js";
@@ -38,6 +40,38 @@ function client(urls: string[], options: ClientOptions = {}): Client {
   const c = new Client(urls, { WebSocket, minReconnectDelayMs: 10, maxReconnectDelayMs: 50, ...options });
   cleanup.push(() => { c.close(); });
   return c;
+}
+
+/**
+ * What a browser's WebSocket shows of a refused handshake: an `error` event with no detail,
+ * then `close` with 1006; never the HTTP status (Node's `ws`, wrapped here, would tell it).
+ */
+class BrowserLikeWebSocket implements WebSocketLike {
+  onopen: ((event: never) => void) | null = null;
+  onmessage: ((event: never) => void) | null = null;
+  onclose: ((event: never) => void) | null = null;
+  onerror: ((event: never) => void) | null = null;
+  #ws: WebSocket;
+
+  constructor(url: string) {
+    this.#ws = new WebSocket(url);
+    this.#ws.onopen = () => this.onopen?.({} as never);
+    this.#ws.onmessage = (event) => this.onmessage?.({ data: event.data } as never); // text frames: strings
+    this.#ws.onerror = () => this.onerror?.({} as never);
+    this.#ws.onclose = (event) => this.onclose?.({ code: event.code, reason: event.reason } as never);
+  }
+
+  get readyState(): number {
+    return this.#ws.readyState;
+  }
+
+  send(data: string): void {
+    this.#ws.send(data);
+  }
+
+  close(code?: number, reason?: string): void {
+    this.#ws.close(code, reason);
+  }
 }
 
 const joined = (room: string, offset: number | null, epoch: string | null, extra: object = {}): object => ({
@@ -447,6 +481,52 @@ describe("tokens", () => {
     assert.equal(a!.tokens[0], "fixed");
   });
 
+  it("in a browser (no HTTP status), a fixed token past its exp stops with UnauthorizedError", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    a!.refusals = [401, 401, 401, 401, 401, 401];
+    const c = client(urls, { token: fakeToken("old", -60), WebSocket: BrowserLikeWebSocket });
+    const disconnected: DisconnectedContext[] = [];
+    c.on("disconnected", (d) => disconnected.push(d));
+    c.connect();
+    const error = await c.ready(3000).then(
+      () => assert.fail("connected"),
+      (e: unknown) => e,
+    );
+    assert.ok(error instanceof UnauthorizedError, String(error));
+    assert.equal(error.status, undefined); // the browser did not say; the token's exp did
+    assert.match(error.message, /the token expired at/);
+    assert.equal(a!.handshakes, 1);
+    assert.deepEqual(disconnected.map((d) => d.willReconnect), [false]);
+  });
+
+  it("in a browser, an expired token from getToken whose handshake failed is replaced once", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    a!.refusals = [401];
+    const issued: string[] = [];
+    const c = client(urls, {
+      getToken: () => {
+        issued.push(issued.length === 0 ? fakeToken("stale", -60) : fakeToken("fresh", 3600));
+        return issued[issued.length - 1]!;
+      },
+      WebSocket: BrowserLikeWebSocket,
+      minReconnectDelayMs: 60_000, // a backoff would time the test out: the retry is at once
+      maxReconnectDelayMs: 60_000,
+    });
+    c.connect();
+    await c.ready(3000);
+    assert.equal(issued.length, 2);
+    assert.deepEqual(a!.tokens, issued);
+  });
+
+  it("in a browser, a failed handshake with a token still valid is a network error: retried", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    a!.refusals = [503, 503];
+    const c = client(urls, { token: fakeToken("valid", 3600), WebSocket: BrowserLikeWebSocket });
+    c.connect();
+    await c.ready(3000);
+    assert.equal(a!.handshakes, 3);
+  });
+
   it("reads exp from a JWT and nothing from a non-JWT", () => {
     const token = fakeToken("x", 60);
     const exp = tokenExpiry(token)!;
@@ -487,6 +567,41 @@ describe("presence", () => {
     const bob = { sub: "bob", conn: "c2", node: "pod-b" };
     conn.send({ op: "presence", room: "lobby", joins: [bob], leaves: [alice] });
     assert.deepEqual(await change, { room: "lobby", joins: [bob], leaves: [alice] });
+  });
+});
+
+describe("ping", () => {
+  it("resolves with the round-trip time on its pong; rejects when the connection ends first", async () => {
+    const { relays: [a], urls } = await relays("pod-a");
+    const c = client(urls);
+    await assert.rejects(c.ping(), ClosedError); // not connected
+    c.connect();
+    await c.ready();
+    const conn = await a!.nextConnection();
+    const rtt = c.ping();
+    const ping = await conn.messages.next("ping");
+    assert.equal(ping.op, "ping");
+    assert.equal(typeof ping.ref, "string");
+    conn.send({ op: "pong" }, { op: "pong", ref: "unknown" }); // neither settles it
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    conn.send({ op: "pong", ref: ping.ref });
+    const ms = await rtt;
+    assert.ok(ms >= 20 && ms < 5000, `rtt ${ms}`);
+
+    const lost = c.ping();
+    await conn.messages.next("ping");
+    c.dropConnection();
+    await assert.rejects(lost, ClosedError);
+  });
+
+  it("rejects a ping beyond MAX_PENDING_PINGS with QueueFullError, and times out", async () => {
+    const { urls } = await relays("pod-a");
+    const c = client(urls);
+    c.connect();
+    await c.ready();
+    const pending = Array.from({ length: MAX_PENDING_PINGS }, () => c.ping(50));
+    await assert.rejects(c.ping(), QueueFullError);
+    for (const p of pending) await assert.rejects(p, TimeoutError);
   });
 });
 

@@ -2,8 +2,12 @@
 
 Shards are independent (no replication, no Redis Cluster): the relay spreads rooms over the
 shard list by rendezvous hashing, so the pods start in parallel. AOF is on so a restarted pod
-keeps its room streams; with persistence off the AOF lives in an emptyDir and survives
-container restarts but not pod rescheduling.
+keeps its room streams; persistence is on by default (a PVC per shard), since with it off
+the AOF lives in an emptyDir and survives container restarts but not pod rescheduling.
+
+Access: ``--aclfile`` from the ACL Secret (manifests.secrets: default user off, the relay's
+and the operator's users), protected mode on, ``maxmemory`` bounded with ``noeviction`` by
+default (docs/operations.md says why). The readiness probe logs in as the operator's user.
 
 Shrinking the shard count deletes the highest-numbered pods and (whenScaled: Delete) their
 claims: rooms that hashed to them move to other shards and start a new epoch, and clients are
@@ -15,11 +19,34 @@ from typing import Any, Final
 
 from gamecluster import names
 from gamecluster.children import REDIS_PORT, Manifest, Owner
+from gamecluster.manifests import redis_access, secrets
 from gamecluster.manifests.security import container_security_context, pod_security_context
+from gamecluster.manifests.template import overlay
 from gamecluster.spec import GameClusterSpec
+from gamecluster.units import quantity_bytes
+from relay import contract
 
 REDIS_UID: Final = 999
 """The redis user of the official image (Debian and Alpine variants)."""
+ACL_DIR: Final = "/etc/redis/acl"
+MAX_MEMORY_SHARE: Final = 0.75
+"""Default maxmemory as a share of the container's memory limit: the rest is for client
+output buffers (Pub/Sub), the allocator's overhead and the AOF rewrite's copy-on-write."""
+
+
+def max_memory_bytes(spec: GameClusterSpec) -> int | None:
+    """spec.redis.maxMemory, else MAX_MEMORY_SHARE of the memory limit (or request)."""
+    redis = spec.redis
+    if redis.max_memory is not None:
+        return quantity_bytes(redis.max_memory)
+    sized = redis.resources.limits.get("memory") or redis.resources.requests.get("memory")
+    return None if sized is None else int(quantity_bytes(sized) * MAX_MEMORY_SHARE)
+
+
+def _memory_args(spec: GameClusterSpec) -> list[str]:
+    limit = max_memory_bytes(spec)
+    bound = [] if limit is None else ["--maxmemory", str(limit)]
+    return [*bound, "--maxmemory-policy", spec.redis.max_memory_policy]
 
 
 def headless_service(spec: GameClusterSpec, owner: Owner) -> Manifest:
@@ -37,7 +64,9 @@ def headless_service(spec: GameClusterSpec, owner: Owner) -> Manifest:
     }
 
 
-def statefulset(spec: GameClusterSpec, owner: Owner) -> Manifest:
+def statefulset(
+    spec: GameClusterSpec, owner: Owner, credentials_digest: str | None = None
+) -> Manifest:
     redis = spec.redis
     container: dict[str, Any] = {
         "name": "redis",
@@ -55,12 +84,36 @@ def statefulset(spec: GameClusterSpec, owner: Owner) -> Manifest:
             "everysec",
             "--save",
             "",
+            # Default user off, the relay's and the operator's users (manifests.secrets).
+            "--aclfile",
+            f"{ACL_DIR}/{secrets.ACL_FILE_KEY}",
             "--protected-mode",
-            "no",
+            "yes",
+            *_memory_args(spec),
+        ],
+        "env": [
+            {
+                # redis-cli reads the password from here, not from its command line.
+                "name": "REDISCLI_AUTH",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": owner.redis_secret,
+                        "key": secrets.OPERATOR_PASSWORD_KEY,
+                    }
+                },
+            }
         ],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
         "readinessProbe": {
-            "exec": {"command": ["redis-cli", "-p", str(REDIS_PORT), "ping"]},
+            # redis-cli exits 0 on an error reply (NOAUTH, LOADING): look for the PONG.
+            "exec": {
+                "command": [
+                    "sh",
+                    "-c",
+                    f"redis-cli -p {REDIS_PORT} --user {contract.OPERATOR_REDIS_USER} ping"
+                    " | grep -q PONG",
+                ]
+            },
             "periodSeconds": 5,
             "timeoutSeconds": 2,
         },
@@ -71,7 +124,10 @@ def statefulset(spec: GameClusterSpec, owner: Owner) -> Manifest:
         },
         "resources": redis.resources.model_dump(),
         "securityContext": container_security_context(REDIS_UID),
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/data"},
+            {"name": "acl", "mountPath": ACL_DIR, "readOnly": True},
+        ],
     }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
@@ -107,6 +163,13 @@ def statefulset(spec: GameClusterSpec, owner: Owner) -> Manifest:
         ]
     else:
         pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+    acl_volume = {"secretName": owner.redis_acl, "defaultMode": 0o440}
+    pod_spec["volumes"] = [*pod_spec.get("volumes", []), {"name": "acl", "secret": acl_volume}]
+    if credentials_digest is not None:
+        sts_spec["template"]["metadata"]["annotations"] = {
+            redis_access.ANNOTATION_REDIS_CREDENTIALS: credentials_digest
+        }
+    sts_spec["template"] = overlay(sts_spec["template"], redis.template)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

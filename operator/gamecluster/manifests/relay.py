@@ -14,6 +14,7 @@ from typing import Any, Final
 from gamecluster import names
 from gamecluster.children import Manifest, Owner
 from gamecluster.manifests.security import container_security_context, pod_security_context
+from gamecluster.manifests.template import overlay
 from gamecluster.spec import JWT_PUBLIC_KEY_KEY, JWT_SECRET_KEY, GameClusterSpec
 from relay import contract
 
@@ -29,6 +30,7 @@ def config_data(spec: GameClusterSpec, owner: Owner, redis_urls: list[str]) -> d
     data = {
         contract.ENV_HOST: "0.0.0.0",
         contract.ENV_PORT: str(contract.HTTP_PORT),
+        contract.ADMIN_PORT_ENV: str(contract.DEFAULT_ADMIN_PORT),
         contract.ENV_LOG_LEVEL: spec.log_level,
         contract.ENV_REDIS_URLS: ",".join(redis_urls),
         contract.ENV_MAX_MESSAGE_BYTES: str(spec.limits.max_message_bytes),
@@ -50,6 +52,7 @@ def config_data(spec: GameClusterSpec, owner: Owner, redis_urls: list[str]) -> d
                 "policy": room.policy,
                 "historySize": room.history_size,
                 "historyTTLSeconds": room.history_ttl_seconds,
+                "presence": room.presence,
             }
             for room in spec.delivery.rooms
         ]
@@ -114,7 +117,14 @@ def deployment(
         "image": image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["relay", "serve"],
-        "ports": [{"name": "http", "containerPort": contract.HTTP_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": contract.HTTP_PORT, "protocol": "TCP"},
+            {
+                "name": contract.ADMIN_PORT_NAME,
+                "containerPort": contract.DEFAULT_ADMIN_PORT,
+                "protocol": "TCP",
+            },
+        ],
         "envFrom": [{"configMapRef": {"name": owner.relay}}],
         "env": env,
         "readinessProbe": {
@@ -163,7 +173,7 @@ def deployment(
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
             },
-            "template": template,
+            "template": overlay(template, spec.template),
         },
     }
 
@@ -181,6 +191,27 @@ def service(spec: GameClusterSpec, owner: Owner) -> Manifest:
             "selector": owner.selector(names.COMPONENT_RELAY),
             "ports": [
                 {"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def admin_service(owner: Owner) -> Manifest:
+    """``<name>-admin``: /metrics and the server API, reachable only inside the cluster."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": owner.metadata(owner.admin_service, names.COMPONENT_RELAY),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": owner.selector(names.COMPONENT_RELAY),
+            "ports": [
+                {
+                    "name": contract.ADMIN_PORT_NAME,
+                    "port": contract.DEFAULT_ADMIN_PORT,
+                    "targetPort": contract.ADMIN_PORT_NAME,
+                    "protocol": "TCP",
+                }
             ],
         },
     }

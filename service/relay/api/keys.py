@@ -23,7 +23,8 @@ API_CLAIM: Final = "api"
 
 
 class ApiRefused(Exception):
-    """The request may not use the API: `status` 401 (credentials) or 404 (API off)."""
+    """The request may not use the API: `status` 401 (credentials), 403 (a valid token
+    without the api claim) or 404 (API off)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -126,6 +127,6 @@ class ApiAuth:
             except jwt.InvalidTokenError as exc:
                 raise ApiRefused(401, f"invalid token: {type(exc).__name__}") from exc
             if claims.get(API_CLAIM) is not True:
-                raise ApiRefused(401, f"the token has no '{API_CLAIM}: true' claim")
+                raise ApiRefused(403, f"the token has no '{API_CLAIM}: true' claim")
             return
         raise ApiRefused(401, "invalid token: signature verification failed")

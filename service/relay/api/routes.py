@@ -54,6 +54,7 @@ ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     for status, code in (
         (400, "bad_request, not_durable"),
         (401, "unauthorized"),
+        (403, "forbidden"),
         (404, "not_found (also: the API is off)"),
         (413, "too_large"),
         (503, "unavailable"),
@@ -107,9 +108,7 @@ def _router(node: RelayNode, api_auth: ApiAuth) -> APIRouter:
             api_auth.check(request.headers)
         except ApiRefused as refused:
             raise ApiProblem(
-                refused.status,
-                "not_found" if refused.status == 404 else "unauthorized",
-                refused.message,
+                refused.status, _STATUS_CODES[refused.status], refused.message
             ) from None
 
     router = APIRouter(dependencies=[Depends(authorized)], responses=ERRORS)

@@ -144,8 +144,11 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
-        """The durable room's epoch and last offset, plus stored events after `after`.
+    async def history(
+        self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
+        """The durable room's epoch and last offset, plus stored events after `after`
+        (the first `limit` of them when given: a replay reads page by page).
 
         Creates the room's epoch when it has none yet, so a position can be handed out
         before the first event. Raises BrokerUnavailable.

@@ -1,6 +1,6 @@
 """A lean, pipelined command connection for the publish path (EVALSHA), one per shard.
 
-Through redis-py one EVALSHA costs the client about 100 us of CPU (Script, command
+Through redis-py one EVALSHA costs the client about 60-100 us of CPU (Script, command
 packing, pool checkout, retry wrapper, a task per socket write, response callbacks);
 every event pays it once. This connection does only what a publish needs: the command is
 packed by hiredis, appended to a write buffer flushed once per event-loop turn (the
@@ -8,9 +8,19 @@ publishes of every session of this pod that were handled in the same turn share 
 write and, usually, one read), and its reply is parsed by hiredis.Reader in
 `data_received` and handed to the caller's future in order (Redis answers in order).
 
-The socket is opened by redis-py itself (the command client's connection class and
-arguments, so its host, port, credentials, TLS, database and handshake apply here too);
-once the handshake is done the transport is handed to this module's protocol.
+Opening: redis-py opens the socket and runs the handshake, with the command client's own
+connection class and arguments, so everything the client is configured with applies here
+too: the credential provider (a password file is read again for each new connection), TLS
+and its CA (`rediss://`), the database, the timeouts, and for a Sentinel shard the
+Sentinel-managed master address with the shard's failover fence (relay.broker.connection
+FencedPool: no connection to a new master before its rooms have new epochs). Only the
+RESP version is ours: RESP2, so that Redis never sends this connection a reply nobody
+asked for (RESP3 push messages, such as redis-py's maintenance notifications, would put
+the replies out of step with the waiting futures). Once the handshake is done the
+transport is handed to this module's protocol (`_detach`); that step relies on redis-py's
+private `_reader`/`_writer` streams, checked at every connect and by
+tests/integration/test_broker_commands.py against the pinned redis-py, plain and TLS, on
+asyncio's loop and on uvloop.
 
 Failure behaviour:
 - Every command has a deadline `timeout` after it was sent. When the oldest unanswered
@@ -20,8 +30,13 @@ Failure behaviour:
   connection. Nothing is ever sent again once it may have run: an id-less publish whose
   reply was lost is reported as failed, never repeated.
 - A lost connection (Redis restarted, reset) fails what is in flight the same way.
-- NOSCRIPT (the script cache is empty after a restart): the command is sent again as
-  EVAL with the script's source, which runs it and loads it for the next EVALSHA.
+- NOSCRIPT (the script cache is empty after a restart): the script is loaded with
+  SCRIPT LOAD and the EVALSHA sent again (it did not run). Never EVAL: the relay's ACL
+  user has exactly EVALSHA and SCRIPT LOAD (relay.contract.RELAY_REDIS_COMMANDS).
+- An error reply fails that command alone with BrokerUnavailable saying what Redis meant:
+  OOM (a full Redis with `noeviction`: nothing of the publish was stored), READONLY (the
+  server was demoted by a failover: the connection is dropped, the next command asks
+  Sentinel for the master again), NOPERM (the ACL refused it), anything else as is.
 - A caller cancelled while waiting leaves its command in the pipeline; its reply is read
   and dropped, so the replies of the others stay in step.
 """
@@ -29,6 +44,7 @@ Failure behaviour:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections import deque
@@ -36,6 +52,7 @@ from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from relay.broker.base import BrokerUnavailable
@@ -49,11 +66,17 @@ command over the bound is refused at once with BrokerUnavailable (the client get
 default per-connection publish rate this is far more than a pod produces within one
 Redis round trip; reaching it means Redis has stopped answering."""
 
+FULL_LOG_SECONDS = 10.0
+"""At most one log line per this interval about a full Redis refusing publishes."""
+
+RESP_VERSION = 2
+"""The protocol of the publish connection: RESP2 has no push messages (see above)."""
+
 Arg = str | bytes | int | float
 
 
 class Script:
-    """A Lua script known by its SHA1, sent as EVALSHA and as EVAL when Redis lost it."""
+    """A Lua script known by its SHA1: EVALSHA, and SCRIPT LOAD when Redis lost it."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -70,7 +93,7 @@ class _Pipe(asyncio.Protocol):
         self._timeout = timeout
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
-        self.stream: object = None
+        self.stream: asyncio.StreamWriter | None = None
         """redis-py's StreamWriter, kept alive: its __del__ would close the transport."""
         self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._buffer: list[bytes] = []
@@ -153,26 +176,39 @@ class _Pipe(asyncio.Protocol):
 
 
 class CommandConnection:
-    """One pipelined connection to one Redis server, opened on first use and after a loss."""
+    """One pipelined connection to one Redis shard, opened on first use and after a loss.
 
-    def __init__(self, client: Redis, *, timeout: float) -> None:
-        pool = client.connection_pool
-        self._pool = pool
-        kwargs = pool.connection_kwargs
-        self.url = f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+    `client` is the shard's redis-py client: its pool's connection class and arguments open
+    every connection (see the module's docstring). `url` names the shard in errors and
+    logs, so it must carry no credentials (RedisEndpoint.url)."""
+
+    def __init__(self, client: Redis, *, url: str, timeout: float) -> None:
+        self._pool = client.connection_pool
+        self.url = url
         self._timeout = timeout
         self._pipe: _Pipe | None = None
         self._connecting: asyncio.Task[_Pipe] | None = None
         self._closed = False
+        self._refused_full = 0
+        """Writes Redis refused as full (OOM) since the last log line about it."""
+        self._full_logged_at = float("-inf")
 
     async def evalsha(self, script: Script, keys: list[str], args: list[Arg]) -> Any:
-        """Run `script`; its reply as hiredis gives it (bytes, ints, lists)."""
+        """Run `script`; its reply as hiredis gives it (bytes, ints, lists).
+
+        Raises BrokerUnavailable, on an error reply too (`_refused` says what it meant)."""
         reply = await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            reply = await self.execute("EVAL", script.source, len(keys), *keys, *args)
-        if isinstance(reply, hiredis.ReplyError):
-            raise BrokerUnavailable(f"Redis {self.url} refused the script: {reply}")
-        return reply
+            # It did not run: load it (idempotent; several callers may) and send it again.
+            loaded = await self.call("SCRIPT", "LOAD", script.source)
+            if loaded != script.sha.encode():
+                raise BrokerUnavailable(f"Redis {self.url} loaded the script as {loaded!r}")
+            reply = await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        return self._checked(reply, "EVALSHA")
+
+    async def call(self, *command: Arg) -> Any:
+        """`execute`, with an error reply raised as BrokerUnavailable."""
+        return self._checked(await self.execute(*command), str(command[0]))
 
     async def execute(self, *command: Arg) -> Any:
         """Send one command and wait for its reply (an error reply is returned, not raised).
@@ -192,6 +228,44 @@ class CommandConnection:
             self._connecting.cancel()
         if self._pipe is not None:
             self._pipe.abort(BrokerUnavailable("closed"))
+
+    def _checked(self, reply: Any, what: str) -> Any:
+        if isinstance(reply, hiredis.ReplyError):
+            raise self._refused(str(reply), what)
+        return reply
+
+    def _refused(self, error: str, what: str) -> BrokerUnavailable:
+        """The BrokerUnavailable for an error reply, worded for whoever reads the log."""
+        kind = error.partition(" ")[0]
+        if kind == "OOM":
+            # maxmemory reached under noeviction: Redis refuses a script's first write, so
+            # the publish stored nothing and a retry with the same id is safe. Every publish
+            # of the pod may get this until memory is freed: one log line per interval.
+            self._refused_full += 1
+            now = asyncio.get_running_loop().time()
+            if now - self._full_logged_at >= FULL_LOG_SECONDS:
+                log.warning(
+                    "Redis %s is full (maxmemory reached, policy noeviction): %d publishes "
+                    "refused since the last line; free memory or raise maxmemory",
+                    self.url,
+                    self._refused_full,
+                )
+                self._full_logged_at, self._refused_full = now, 0
+            return BrokerUnavailable(
+                f"Redis {self.url} is full (maxmemory reached, noeviction): {what} refused, "
+                f"nothing stored: {error}"
+            )
+        if kind == "READONLY":
+            # A demoted master (Sentinel failover): reconnect, which asks Sentinel again.
+            if self._pipe is not None:
+                self._pipe.abort(RuntimeError("the server is a read-only replica now"))
+            return BrokerUnavailable(
+                f"Redis {self.url} is a read-only replica now (failed over): {what} refused; "
+                "the next command reconnects to the master"
+            )
+        if kind == "NOPERM":
+            return BrokerUnavailable(f"Redis {self.url}: the ACL refused {what}: {error}")
+        return BrokerUnavailable(f"Redis {self.url} refused {what}: {error}")
 
     async def _connect(self) -> _Pipe:
         if self._closed:
@@ -214,25 +288,53 @@ class CommandConnection:
 
     async def _open(self) -> _Pipe:
         """Connect through redis-py (its timeouts bound it), then take over the transport."""
-        # 1. redis-py opens the socket and runs the handshake (TLS, AUTH, HELLO, SELECT),
-        #    bounded by socket_connect_timeout / socket_timeout of the command client.
-        connection = self._pool.connection_class(**self._pool.connection_kwargs)
+        # redis-py opens the socket and runs the handshake (TLS, AUTH, SELECT; a Sentinel
+        # shard's connection asks for the master and passes its fence first), bounded by the
+        # command client's socket_connect_timeout and socket_timeout.
+        kwargs = {**self._pool.connection_kwargs, "protocol": RESP_VERSION}
+        connection: AbstractConnection = self._pool.connection_class(**kwargs)
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
+            return _detach(connection, _Pipe(self.url, self._timeout))
         except (RedisError, OSError) as exc:
-            await connection.disconnect()
-            raise BrokerUnavailable(f"connecting to {self.url} failed: {exc!r}") from exc
-        # 2. Take the transport from redis-py's stream: from now on its bytes come to us.
-        #    Nothing is buffered in the stream: the handshake read every reply it sent for.
-        writer = connection._writer
-        if writer is None:  # pragma: no cover - connect() returned without a socket
-            raise BrokerUnavailable(f"connecting to {self.url} gave no socket")
-        transport = writer.transport
-        connection._reader = connection._writer = None  # detached: redis-py will not close it
-        pipe = _Pipe(self.url, self._timeout)
-        pipe.transport = transport  # type: ignore[assignment]
-        pipe.stream = writer
-        transport.set_protocol(pipe)
-        if transport.is_closing():
-            pipe.fail(BrokerUnavailable(f"connection to {self.url} closed during the handshake"))
-        return pipe
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+            # Not repr(): redis-py 8's exceptions leave their message out of it.
+            raise BrokerUnavailable(
+                f"connecting to {self.url} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def _detach(connection: AbstractConnection, pipe: _Pipe) -> _Pipe:
+    """Take the transport from a connected redis-py connection: its bytes come to `pipe`.
+
+    redis-py keeps the socket as an asyncio StreamReader/StreamWriter pair in the private
+    `_reader` and `_writer` (redis==8.1.0 in pyproject.toml). What this relies on is checked
+    here, every time, so that a redis-py that changed fails the connect with a clear error
+    rather than losing or misreading bytes: the writer's transport (plain or TLS: asyncio's
+    and uvloop's SSL transports both implement set_protocol) takes the new protocol, and
+    nothing is left unread in the stream (the handshake read a reply to each of its
+    commands, so any byte there would be out of step with our replies).
+    """
+    reader, writer = connection._reader, connection._writer
+    if not isinstance(reader, asyncio.StreamReader) or not isinstance(writer, asyncio.StreamWriter):
+        raise ConnectionError(
+            f"redis-py's connection has no stream pair (_reader={type(reader).__name__}, "
+            f"_writer={type(writer).__name__}): relay.broker.commands needs updating"
+        )
+    transport = writer.transport
+    unread = len(getattr(reader, "_buffer", b""))
+    if unread or reader.at_eof() or reader.exception() is not None or transport.is_closing():
+        writer.close()
+        connection._reader = connection._writer = None
+        raise ConnectionError(
+            f"the connection closed or left {unread} unread bytes after the handshake"
+        )
+    connection._reader = connection._writer = None  # detached: redis-py will not close it
+    pipe.transport = transport  # type: ignore[assignment]
+    pipe.stream = writer
+    transport.set_protocol(pipe)
+    if transport.get_protocol() is not pipe:
+        transport.abort()
+        raise ConnectionError(f"{type(transport).__name__} did not take the new protocol")
+    return pipe

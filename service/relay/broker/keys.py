@@ -5,11 +5,14 @@ tag, so a room's channel and keys stay on one slot should a shard ever be a Redi
 node (the Lua scripts touch several of them at once). `room_of` is the one inverse.
 
 The memory broker uses `dedupe` too, so a publish id means the same in both brokers.
+The prefixes come from relay.contract, where the Redis ACL rules are built from them too.
 """
 
 from __future__ import annotations
 
-_OPEN = "room:{"
+from relay.contract import CLUSTER_KEY_PREFIX, NODE_CHANNEL_PREFIX, ROOM_PREFIX
+
+_OPEN = ROOM_PREFIX
 _CLOSE = "}"
 
 
@@ -49,12 +52,21 @@ def dedupe(room: str, subject: str | None, msg_id: str) -> str:
     return f"{_tag(room)}:id:{len(who)}:{who}:{msg_id}"
 
 
+META_PATTERN = f"{_OPEN}*{_CLOSE}:meta"
+"""Matches every room's meta hash (SCAN MATCH): the failover fence rewrites their epochs."""
+
+
+def failover_claim(shard: str, old: str, new: str) -> str:
+    """Claimed (SET NX) by the one relay server that starts new epochs after a failover."""
+    return f"{CLUSTER_KEY_PREFIX}failover:{shard}:{old}->{new}"
+
+
 def node_channel(node_id: str) -> bytes:
     """The relay server's own channel: its Pub/Sub self-probe travels through it."""
-    return f"relay:node:{node_id}".encode()
+    return f"{NODE_CHANNEL_PREFIX}node:{node_id}".encode()
 
 
-CONTROL_CHANNEL = b"relay:control"
+CONTROL_CHANNEL = f"{NODE_CHANNEL_PREFIX}control".encode()
 """Commands between relay servers (relay.control: disconnect, forced leave, presence), on
 the first shard."""
 
@@ -64,9 +76,9 @@ def presence(room: str) -> str:
     return f"{_tag(room)}:presence"
 
 
-ALIVE = "gamecluster:alive"
+ALIVE = f"{CLUSTER_KEY_PREFIX}alive"
 """Sorted set node -> last liveness renewal (ms), on the first shard."""
-NODE_REPORT_PREFIX = "gamecluster:node:"
+NODE_REPORT_PREFIX = f"{CLUSTER_KEY_PREFIX}node:"
 """Per node: its report (connections, rooms, version) for GET /nodes, with a TTL."""
 
 
@@ -76,9 +88,9 @@ def node_report(node_id: str) -> str:
 
 def node_rooms(node_id: str) -> str:
     """Per node: hash room -> local member count, for GET /rooms, with a TTL."""
-    return f"gamecluster:rooms:{node_id}"
+    return f"{CLUSTER_KEY_PREFIX}rooms:{node_id}"
 
 
 def node_presence_rooms(node_id: str) -> str:
     """Per node: the set of presence rooms it has members in (cleared by a survivor)."""
-    return f"gamecluster:presence:{node_id}"
+    return f"{CLUSTER_KEY_PREFIX}presence:{node_id}"

@@ -15,6 +15,11 @@ if dedupe_ttl > 0 then
   local seen = redis.call('GET', KEYS[3])
   if seen then
     local sep = string.find(seen, ':', 1, true)
+    if not sep then
+      -- Stored by PUBLISH_VOLATILE_ONCE ('-'): a pod that held the room volatile sent
+      -- it (rolling update of RELAY_ROOMS). It went out once; it has no offset.
+      return {1, false, false}
+    end
     return {1, tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1)}
   end
 end
@@ -47,12 +52,22 @@ return 1
 
 HISTORY: Final = """
 -- KEYS: 1 meta hash, 2 stream. ARGV: 1 after offset (-1: none), 2 max entries,
---       3 epoch if the room has none, 4 history TTL (s)
-if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3]) == 1 then
+--       3 epoch if the room has none, 4 TTL (s) of a room that never had an event
+-- Read before writing: a full Redis (maxmemory, noeviction) refuses a script's first
+-- write of new data (HSETNX), and joining a room that exists must keep working then.
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3])
+  epoch = ARGV[3]
+end
+local stored = redis.call('HGET', KEYS[1], 'offset')
+if not stored then
+  -- Joined, never published to: kept only briefly (the publish script sets the
+  -- history TTL), so joins to many names leave no lasting keys. EXPIRE is no
+  -- new data, so a full Redis runs it.
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local top = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+local top = tonumber(stored or '0')
 local after = tonumber(ARGV[1])
 local entries = {}
 if after >= 0 and after < top then

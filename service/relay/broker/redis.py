@@ -17,21 +17,22 @@ import asyncio
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import FullJitterBackoff, NoBackoff
+from redis.backoff import FullJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from relay import protocol
 from relay.broker import commands, envelope, keys, lua
 from relay.broker.base import Broker, BrokerUnavailable, Delivery, History, PublishResult
+from relay.broker.connection import Connector
+from relay.config import RedisEndpoint
 from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
-from relay.rooms import RoomPolicy
+from relay.rooms import EMPTY_ROOM_SECONDS, RoomPolicy
 
 log = logging.getLogger("relay.broker.redis")
 
@@ -43,6 +44,9 @@ MAX_BACKOFF_EXPONENT = 16
 """Failures counted into the backoff (0.05 * 2**16 is far past the cap); an outage of any
 length must not grow 2**failures past what a float holds."""
 
+
+FAILOVER_CLAIM_SECONDS = 300
+"""How long a failover's claim keeps other relay servers from starting epochs a second time."""
 
 _PUBLISH_DURABLE = commands.Script(lua.PUBLISH_DURABLE)
 _PUBLISH_VOLATILE_ONCE = commands.Script(lua.PUBLISH_VOLATILE_ONCE)
@@ -57,9 +61,10 @@ class RedisShard:
 
     def __init__(
         self,
-        url: str,
+        endpoint: RedisEndpoint,
         node_id: str,
         *,
+        connector: Connector,
         timeout: float,
         probe_interval: float,
         probe_timeout: float,
@@ -68,7 +73,12 @@ class RedisShard:
         on_resubscribed: Callable[[list[bytes]], None],
         on_control: Callable[[bytes], None] | None = None,
     ) -> None:
-        self.url = url
+        self.name = endpoint.name
+        """The shard's identity in rendezvous hashing (not its URL: see RedisEndpoint)."""
+        self.url = endpoint.url
+        """Without credentials: the only form of the address that goes into logs and errors."""
+        self._endpoint = endpoint
+        self._connector = connector
         self._on_control = on_control
         self._node_channel = keys.node_channel(node_id)
         self._timeout = timeout
@@ -79,15 +89,13 @@ class RedisShard:
         self._on_resubscribed = on_resubscribed
         # One quick retry lets a pooled connection that died with a restarted Redis
         # reconnect, without stretching an outage into long waits for the publisher.
-        self.commands: Redis = Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
+        self.commands: Redis = connector.client(
+            endpoint, timeout=timeout, retries=1, check_master=self._check_master
         )
-        # The publish path, once per event: a lean pipelined connection built from the same
-        # client settings (relay.broker.commands); redis-py serves everything else.
-        self.publishes = commands.CommandConnection(self.commands, timeout=timeout)
+        # The publish path, once per event: a lean pipelined connection opened by this
+        # client's connection class and arguments (credentials, TLS, a Sentinel master
+        # behind _check_master's fence; relay.broker.commands); redis-py serves the rest.
+        self.publishes = commands.CommandConnection(self.commands, url=self.url, timeout=timeout)
         self.read_history = self.commands.register_script(lua.HISTORY)
         self._channels: set[bytes] = {keys.CONTROL_CHANNEL} if on_control is not None else set()
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
@@ -98,6 +106,8 @@ class RedisShard:
         self._failures = 0
         """Connection attempts since the last live one: the reconnect backoff's exponent."""
         self._task: asyncio.Task[None] | None = None
+        self._master: tuple[str, int] | None = None
+        """Sentinel mode: the master this server last used; a different one is a failover."""
 
     @property
     def ready(self) -> bool:
@@ -172,15 +182,15 @@ class RedisShard:
         """One Pub/Sub connection's life: subscribe everything, read and probe until it fails."""
         # socket_timeout bounds the handshake and SUBSCRIBE writes; the blocking reads of
         # messages are exempt from it (redis-py reads them without a timeout).
-        client = Redis.from_url(
-            self.url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            retry=Retry(NoBackoff(), 0),
+        client = self._connector.client(
+            self._endpoint, timeout=self._timeout, retries=0, check_master=self._check_master
         )
         pubsub = client.pubsub()
         reader: asyncio.Task[None] | None = None
         try:
+            # 0. Sentinel: after a failover, start new epochs before this server reads or
+            #    delivers anything from the new master (see _after_failover).
+            await self._after_failover()
             # 1. Connect and subscribe every room this server holds; the node channel goes
             #    last, so the first probe coming back proves all earlier SUBSCRIBEs took.
             channels = sorted(self._channels)
@@ -205,6 +215,57 @@ class RedisShard:
                 elif not reader.cancelled():
                     reader.exception()  # already reported through the probe loop
             await asyncio.wait({asyncio.create_task(client.aclose())}, timeout=1.0)
+
+    async def _after_failover(self) -> None:
+        """Start a new epoch in every room of this shard when its master has changed.
+
+        Replication is asynchronous: a promoted replica may lack the last events acked by
+        the old master, and its offsets would then go backwards and be reused for new
+        events, a gap no client could see. So the first relay server to see the new master
+        (a SET NX claim) gives every room on it a new epoch: members and resuming clients
+        get `recovered: false`. Raises (and the session is retried) until it is done.
+        """
+        master = await self._connector.master_address(self._endpoint, timeout=self._timeout)
+        if master is None or master == self._master:
+            return
+        previous = self._master
+        if previous is not None:
+            old, new = (f"{host}:{port}" for host, port in (previous, master))
+            # Until self._master moves, _check_master keeps every other connection of this
+            # shard off the new master: the fence goes there directly.
+            fence = self._connector.direct(self._endpoint, master, timeout=self._timeout)
+            try:
+                claimed = await fence.set(
+                    keys.failover_claim(self.name, old, new),
+                    self._node_channel,
+                    nx=True,
+                    ex=FAILOVER_CLAIM_SECONDS,
+                )
+                epoch, rooms = secrets.token_hex(4), 0
+                if claimed:
+                    async for key in fence.scan_iter(match=keys.META_PATTERN, count=500):
+                        await fence.hset(key, "epoch", epoch)
+                        rooms += 1
+            finally:
+                await asyncio.wait({asyncio.create_task(fence.aclose())}, timeout=1.0)
+            if claimed:
+                log.warning(
+                    "shard %s failed over from %s to %s: %d rooms start epoch %s",
+                    self.name, old, new, rooms, epoch,
+                )  # fmt: skip
+            else:
+                log.warning("shard %s failed over from %s to %s", self.name, old, new)
+        self._master = master
+
+    def _check_master(self, address: tuple[str, int]) -> None:
+        """Refuse a connection to a new master until _after_failover has dealt with it."""
+        if self._master is None:
+            self._master = address  # the first master this server sees: nothing to fence
+        elif address != self._master:
+            raise RedisConnectionError(
+                f"shard {self.name}: master moved to {address[0]}:{address[1]}; "
+                "waiting for its rooms' new epochs"
+            )
 
     async def _read(self, pubsub: PubSub) -> None:
         """Dispatch what the Pub/Sub connection reads until it fails.
@@ -298,17 +359,19 @@ def _abort(pubsub: PubSub) -> None:
 
 
 class RedisBroker(Broker):
-    """Rooms mapped to shards by rendezvous hashing over the shard URLs.
+    """Rooms mapped to shards by rendezvous hashing over the shard names.
 
     Rendezvous hashing moves only the rooms whose best shard is a new one (about 1/N of
-    them) when a shard is added, and needs no shared state between relay servers.
+    them) when a shard is added, and needs no shared state between relay servers. It hashes
+    the shard's name, never its URL: a rotated password or a new address moves no room.
     """
 
     def __init__(
         self,
-        urls: tuple[str, ...],
+        urls: Sequence[str | RedisEndpoint],
         node_id: str,
         *,
+        connector: Connector | None = None,
         timeout: float,
         probe_interval: float,
         probe_timeout: float,
@@ -320,10 +383,13 @@ class RedisBroker(Broker):
             raise ValueError("RedisBroker needs at least one URL")
         self._node_id = node_id
         self._dedupe_seconds = dedupe_seconds
+        endpoints = [RedisEndpoint.parse(u) if isinstance(u, str) else u for u in urls]
+        self._connector = connector or Connector()
         self._shards = [
             RedisShard(
-                url,
+                endpoint,
                 node_id,
+                connector=self._connector,
                 timeout=timeout,
                 probe_interval=probe_interval,
                 probe_timeout=probe_timeout,
@@ -332,7 +398,7 @@ class RedisBroker(Broker):
                 on_resubscribed=self._resubscribed,
                 on_control=self._control_received if n == 0 else None,
             )
-            for n, url in enumerate(urls)
+            for n, endpoint in enumerate(endpoints)
         ]
 
     @property
@@ -340,7 +406,7 @@ class RedisBroker(Broker):
         return all(shard.ready for shard in self._shards)
 
     def shard_for(self, room: str) -> RedisShard:
-        return max(self._shards, key=lambda shard: _rendezvous_score(shard.url, room))
+        return max(self._shards, key=lambda shard: _rendezvous_score(shard.name, room))
 
     async def start(self) -> None:
         for shard in self._shards:
@@ -348,6 +414,7 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         await asyncio.gather(*(shard.close() for shard in self._shards), return_exceptions=True)
+        await self._connector.aclose()
 
     async def publish(
         self,
@@ -399,6 +466,8 @@ class RedisBroker(Broker):
                 event_tail,
             ],
         )
+        if offset is None:  # a retry of an id a volatile-policy pod already sent
+            return PublishResult(None, None, duplicate=True)
         return PublishResult(int(offset), _text(epoch), duplicate=bool(duplicate))
 
     async def _publish_volatile(
@@ -414,9 +483,7 @@ class RedisBroker(Broker):
         payload = protocol.event(room, None, data, ts, subject)
         message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
         if msg_id is None:  # nothing to deduplicate: a plain PUBLISH, no script
-            reply = await shard.publishes.execute("PUBLISH", keys.channel(room), message)
-            if isinstance(reply, hiredis.ReplyError):
-                raise BrokerUnavailable(f"PUBLISH on {shard.url} refused: {reply}")
+            await shard.publishes.call("PUBLISH", keys.channel(room), message)
             return PublishResult(None, None, duplicate=False)
         dedupe, window = self._dedupe(room, subject, msg_id)
         duplicate = await shard.publishes.evalsha(
@@ -438,16 +505,18 @@ class RedisBroker(Broker):
             return keys.dedupe(room, subject, msg_id), self._dedupe_seconds
         return keys.meta(room), 0
 
-    async def history(self, room: str, after: int | None, policy: RoomPolicy) -> History:
+    async def history(
+        self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
         shard = self.shard_for(room)
         try:
             epoch, top, entries = await shard.read_history(
                 keys=[keys.meta(room), keys.log(room)],
                 args=[
                     -1 if after is None else after,
-                    policy.history_size,
+                    policy.history_size if limit is None else min(limit, policy.history_size),
                     secrets.token_hex(4),
-                    policy.history_ttl_seconds,
+                    min(EMPTY_ROOM_SECONDS, policy.history_ttl_seconds),
                 ],
             )
         except (RedisError, OSError) as exc:

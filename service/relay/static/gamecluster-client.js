@@ -332,6 +332,7 @@ var CloseCode = {
   handshakeRefused: 4902
 };
 var OPEN = 1;
+var MAX_PENDING_PINGS = 16;
 var Client = class extends Emitter {
   urls;
   #options;
@@ -345,6 +346,7 @@ var Client = class extends Emitter {
   /** Unacked publishes by id, in publish order (the order they are re-sent in). */
   #outbox = /* @__PURE__ */ new Map();
   #requests = /* @__PURE__ */ new Map();
+  #pings = /* @__PURE__ */ new Map();
   #refs = /* @__PURE__ */ new Map();
   #refSeq = 0;
   #readyWaiters = [];
@@ -449,6 +451,28 @@ var Client = class extends Emitter {
     }
     return room;
   }
+  /**
+   * The round-trip time to the relay of the current connection, in ms: sends `ping` and
+   * resolves on its `pong`. Rejects with ClosedError when not connected or when the
+   * connection ends first (a pong never crosses connections), TimeoutError when no pong
+   * came in time, QueueFullError beyond MAX_PENDING_PINGS pending pings.
+   */
+  ping(timeoutMs = this.#options.requestTimeoutMs) {
+    if (this.#pings.size >= MAX_PENDING_PINGS) {
+      return Promise.reject(new QueueFullError(`${this.#pings.size} pings are waiting for their pong`));
+    }
+    this.#refSeq += 1;
+    const ref = `ping${this.#refSeq}`;
+    const sentAt = performanceNow();
+    if (!this.#send({ op: "ping", ref })) return Promise.reject(new ClosedError("not connected"));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pings.delete(ref);
+        reject(new TimeoutError(`no pong within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#pings.set(ref, { sentAt, resolve, reject, timer });
+    });
+  }
   /** Cut the current connection as a network failure would (tests, "reconnect now"). */
   dropConnection() {
     if (this.#ws !== null) this.#closed(this.#ws, CloseCode.abnormal, "connection dropped by the client", void 0);
@@ -548,10 +572,11 @@ var Client = class extends Emitter {
       this.#closed(ws, CloseCode.openTimeout, "no welcome in time", void 0);
     }, this.#options.openTimeoutMs);
     ws.onerror = (event) => {
-      handshakeStatus ??= refusedStatus(event);
+      const status = refusedStatus(event);
+      if (status !== void 0) handshakeStatus ??= { status, why: `HTTP ${status}` };
     };
     ws.onclose = (event) => {
-      this.#closed(ws, event.code, event.reason, handshakeStatus);
+      this.#closed(ws, event.code, event.reason, handshakeStatus ?? this.#expiredAtHandshake(ws));
     };
     ws.onmessage = (event) => {
       if (this.#ws !== ws) return;
@@ -562,6 +587,19 @@ var Client = class extends Emitter {
         else this.#handle(ws, url, message);
       }
     };
+  }
+  /**
+   * A browser never learns why a WebSocket handshake failed: a 401 closes the socket like
+   * a network error (1006, no status). When the handshake of `ws` failed and the token it
+   * carried is past its own `exp` (this machine's clock), that is taken as the 401 it
+   * almost surely was: a fresh token from getToken(), or a stop with UnauthorizedError,
+   * instead of reconnecting forever with a token that cannot work.
+   */
+  #expiredAtHandshake(ws) {
+    if (this.#ws !== ws || this.#connected !== null || this.#tokenInUse === void 0) return void 0;
+    const expiry = tokenExpiry(this.#tokenInUse);
+    if (expiry === void 0 || expiry > Date.now()) return void 0;
+    return { status: void 0, why: `expired at ${new Date(expiry).toISOString()}` };
   }
   async #nextToken() {
     const { getToken, token } = this.#options;
@@ -614,8 +652,15 @@ var Client = class extends Emitter {
       case "disconnect":
         this.#serverReason = { op: message.op, reason: message.reason };
         break;
-      case "pong":
+      case "pong": {
+        const ping = this.#pings.get(message.ref ?? "");
+        if (ping !== void 0) {
+          this.#pings.delete(message.ref ?? "");
+          clearTimeout(ping.timer);
+          ping.resolve(performanceNow() - ping.sentAt);
+        }
         break;
+      }
     }
   }
   #welcome(ws, url, node, session, heartbeat) {
@@ -701,9 +746,9 @@ var Client = class extends Emitter {
   }
   /**
    * The socket `ws` closed (or is given up): decide whether and when to reconnect.
-   * `status` is the HTTP status of a refused handshake, when the WebSocket tells it.
+   * `refusal`: the handshake was refused (its HTTP status when the WebSocket tells it).
    */
-  #closed(ws, code, reason, status) {
+  #closed(ws, code, reason, refusal) {
     if (this.#ws !== ws) return;
     this.#detach();
     const server = this.#serverReason;
@@ -712,18 +757,19 @@ var Client = class extends Emitter {
       this.#stop(new DisconnectedByServerError(why), code, why, true);
       return;
     }
-    if (status === 403) {
+    if (refusal?.status === 403) {
       this.#stop(new UnauthorizedError("the relay refused this origin (HTTP 403)", 403), code, "HTTP 403", true);
       return;
     }
-    if (status === 401) {
+    if (refusal !== void 0 && (refusal.status === 401 || refusal.status === void 0)) {
       if (this.#options.getToken === void 0 || this.#refusedOnce) {
         const what = this.#options.getToken === void 0 ? "the token" : "a fresh token from getToken()";
-        this.#stop(new UnauthorizedError(`the relay refused ${what} (HTTP 401)`, 401), code, "HTTP 401", true);
+        const message = refusal.status === 401 ? `the relay refused ${what} (HTTP 401)` : `the handshake failed and ${what} ${refusal.why}`;
+        this.#stop(new UnauthorizedError(message, refusal.status), code, refusal.why, true);
         return;
       }
       this.#refusedOnce = true;
-      this.#retry(code, "HTTP 401: fetching a fresh token", 0);
+      this.#retry(code, `${refusal.why}: fetching a fresh token`, 0);
       return;
     }
     if (code === CloseCode.tokenExpired || server?.reason === "token_expired") {
@@ -786,6 +832,11 @@ var Client = class extends Emitter {
     this.#ws = null;
     this.#connected = null;
     this.#refs.clear();
+    for (const ping of this.#pings.values()) {
+      clearTimeout(ping.timer);
+      ping.reject(new ClosedError("the connection ended before the pong"));
+    }
+    this.#pings.clear();
     for (const room of this.#rooms.values()) room._onDisconnect();
     if (ws === null) return;
     ws.onopen = ws.onmessage = ws.onclose = null;
@@ -796,6 +847,9 @@ var Client = class extends Emitter {
     }
   }
 };
+function performanceNow() {
+  return typeof performance === "undefined" ? Date.now() : performance.now();
+}
 function refusedStatus(event) {
   const texts = [event.message, event.error instanceof Error ? event.error.message : void 0];
   for (const text of texts) {
@@ -810,6 +864,7 @@ export {
   ClosedError,
   DisconnectedByServerError,
   GameClusterError,
+  MAX_PENDING_PINGS,
   MalformedMessage,
   QueueFullError,
   RelayError,

@@ -1,0 +1,120 @@
+"""Who may reach a GameCluster's Redis, and with what: relay credentials, NetworkPolicy, PDB.
+
+Relays get Redis credentials only from Secrets: the password by ``secretKeyRef`` (never via
+the ConfigMap, which the namespace ``view`` role can read), a CA bundle as a mounted file.
+Managed mode: the relay ACL user and the generated ``<name>-redis`` Secret. External mode:
+whatever ``spec.redis.external.secretRef`` names.
+
+The additions are attached to the relay Deployment built by ``manifests.relay`` (rather than
+built into it), so the relay's own manifest code stays about the relay.
+"""
+
+from typing import Any, Final
+
+from gamecluster import names
+from gamecluster.children import REDIS_PORT, Manifest, Owner
+from gamecluster.manifests import secrets
+from gamecluster.spec import GameClusterSpec
+from relay import contract
+
+CA_VOLUME: Final = "redis-ca"
+CA_DIR: Final = "/etc/gamecluster/redis-ca"
+CA_FILE: Final = "ca.crt"
+NAMESPACE_LABEL: Final = "kubernetes.io/metadata.name"
+"""Set by the API server on every namespace (Kubernetes 1.22+)."""
+ANNOTATION_REDIS_CREDENTIALS: Final = f"{names.GROUP}/redis-credentials"
+"""On the relay and Redis pod templates: changes when a managed Redis password changes
+(a digest of the ACL file, which holds only digests of the passwords), rolling both."""
+
+
+def _secret_env(env: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def relay_env(spec: GameClusterSpec, owner: Owner) -> list[dict[str, Any]]:
+    """RELAY_REDIS_USERNAME / _PASSWORD / _CA_FILE for the relay container."""
+    if spec.redis.mode == "managed":
+        return [
+            {"name": contract.ENV_REDIS_USERNAME, "value": contract.RELAY_REDIS_USER},
+            _secret_env(contract.ENV_REDIS_PASSWORD, owner.redis_secret, secrets.PASSWORD_KEY),
+        ]
+    ref = spec.redis.external.secret_ref if spec.redis.external else None
+    if ref is None:
+        return []
+    env = []
+    if ref.username_key:
+        env.append(_secret_env(contract.ENV_REDIS_USERNAME, ref.name, ref.username_key))
+    if ref.password_key:
+        env.append(_secret_env(contract.ENV_REDIS_PASSWORD, ref.name, ref.password_key))
+    if ref.ca_key:
+        env.append({"name": contract.ENV_REDIS_CA_FILE, "value": f"{CA_DIR}/{CA_FILE}"})
+    return env
+
+
+def attach_to_relay(
+    deployment: Manifest, spec: GameClusterSpec, owner: Owner, credentials_digest: str | None
+) -> Manifest:
+    """The relay Deployment with Redis credentials (env), CA (volume) and the digest."""
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    container["env"] = [*container.get("env", []), *relay_env(spec, owner)]
+    ref = spec.redis.external.secret_ref if spec.redis.external else None
+    if spec.redis.mode == "external" and ref is not None and ref.ca_key:
+        template["spec"]["volumes"] = [
+            *template["spec"].get("volumes", []),
+            {
+                "name": CA_VOLUME,
+                "secret": {
+                    "secretName": ref.name,
+                    "items": [{"key": ref.ca_key, "path": CA_FILE}],
+                },
+            },
+        ]
+        container["volumeMounts"] = [
+            *container.get("volumeMounts", []),
+            {"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True},
+        ]
+    if credentials_digest is not None:
+        annotations = template.setdefault("metadata", {}).setdefault("annotations", {})
+        annotations[ANNOTATION_REDIS_CREDENTIALS] = credentials_digest
+    return deployment
+
+
+def network_policy(owner: Owner, operator_namespace: str | None) -> Manifest:
+    """Only this GameCluster's relay pods, and the operator's namespace (load reports), may
+    connect to its Redis; everything else in the cluster is refused at the network."""
+    peers: list[dict[str, Any]] = [
+        {"podSelector": {"matchLabels": owner.selector(names.COMPONENT_RELAY)}}
+    ]
+    if operator_namespace:  # unknown (an operator run outside the cluster): no pod peer
+        peers.append({"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: operator_namespace}}})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": owner.metadata(owner.redis, names.COMPONENT_REDIS),
+        "spec": {
+            "podSelector": {"matchLabels": owner.selector(names.COMPONENT_REDIS)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": peers,
+                    "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
+                }
+            ],
+        },
+    }
+
+
+def disruption_budget(owner: Owner) -> Manifest:
+    """One Redis pod down at a time for voluntary disruptions (a node drain): with one pod
+    per shard, a drain takes at most one shard's rooms away (``unavailable``) while its pod
+    moves, and with persistence on it comes back with its history."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": owner.metadata(owner.redis, names.COMPONENT_REDIS),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": owner.selector(names.COMPONENT_REDIS)},
+        },
+    }

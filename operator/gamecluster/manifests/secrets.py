@@ -1,0 +1,99 @@
+"""Managed Redis credentials: the generated password Secret and the ACL Secret built from it.
+
+Two Secrets, two owners of their content:
+
+- ``<name>-redis`` holds the passwords. The operator generates it once and never overwrites
+  it: a user rotates a password by editing it (docs/operations.md, "Rotating the Redis
+  password"). Keys: ``password`` (the relay user), ``operatorPassword`` (the operator's
+  user, which only reads load reports), optionally ``previousPassword`` (still accepted
+  while the relays roll onto a new ``password``).
+- ``<name>-redis-acl`` holds Redis's ACL file, rendered by the operator from the first on
+  every pass. It carries SHA-256 digests of the passwords, never the passwords, and the
+  rules from ``relay.contract`` (the relay and the operator's user); the default user is off.
+"""
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from gamecluster import names
+from gamecluster.children import Manifest, Owner
+from relay import contract
+
+PASSWORD_KEY: Final = "password"
+OPERATOR_PASSWORD_KEY: Final = "operatorPassword"
+PREVIOUS_PASSWORD_KEY: Final = "previousPassword"
+ACL_FILE_KEY: Final = "users.acl"
+ACL_FORBIDDEN_IN_PASSWORD: Final = frozenset(" \t\r\n")
+"""The ACL file is split on whitespace; the digest is what goes into it, so any other
+character is fine, but a password typed into the Secret with a stray newline is trimmed."""
+
+
+@dataclass(frozen=True)
+class RedisPasswords:
+    """The values stored in ``<name>-redis`` (read back every pass, generated once)."""
+
+    relay: str
+    operator: str
+    previous: str | None = None
+
+    def digest(self) -> str:
+        """Changes exactly when a password changes: rolls the pods that read them.
+
+        A digest of the ACL file (itself only digests of the passwords, one of them the
+        operator's random one), so the annotation is no dictionary oracle for a password."""
+        return hashlib.sha256(acl_file(self).encode()).hexdigest()[:16]
+
+
+def _sha(password: str) -> str:
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+def acl_line(user: str, passwords: Sequence[str], rules: Sequence[str]) -> str:
+    """One ``user`` line of an ACL file: on, the passwords' digests, the rules."""
+    return " ".join(("user", user, "reset", "on", *map(_sha, passwords), *rules))
+
+
+def acl_file(passwords: RedisPasswords) -> str:
+    """Redis's ACL file: default user off, the relay user, the operator's user."""
+    relay_passwords = [passwords.relay]
+    if passwords.previous:
+        relay_passwords.append(passwords.previous)
+    return "\n".join(
+        (
+            "user default reset off",
+            acl_line(contract.RELAY_REDIS_USER, relay_passwords, contract.RELAY_ACL_RULES),
+            acl_line(
+                contract.OPERATOR_REDIS_USER, [passwords.operator], contract.OPERATOR_ACL_RULES
+            ),
+            "",
+        )
+    )
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def password_secret(owner: Owner, passwords: RedisPasswords) -> Manifest:
+    """The generated password Secret; applied only while it does not exist yet."""
+    data = {PASSWORD_KEY: _b64(passwords.relay), OPERATOR_PASSWORD_KEY: _b64(passwords.operator)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": owner.metadata(owner.redis_secret, names.COMPONENT_REDIS),
+        "type": "Opaque",
+        "data": data,
+    }
+
+
+def acl_secret(owner: Owner, passwords: RedisPasswords) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": owner.metadata(owner.redis_acl, names.COMPONENT_REDIS),
+        "type": "Opaque",
+        "data": {ACL_FILE_KEY: _b64(acl_file(passwords))},
+    }

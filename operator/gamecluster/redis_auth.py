@@ -1,0 +1,103 @@
+"""Redis credentials as the reconciler and the load reader find them in Secrets.
+
+Managed mode: ``<name>-redis`` (manifests.secrets) is read on every pass. Missing, fresh
+passwords are generated and the Secret is created; present, it is never written again, so
+a user's edit (a rotation) is what the next pass renders into the ACL file. External mode:
+the Secret ``spec.redis.external.secretRef`` names must exist with the keys it names.
+Values are never logged; a problem names the Secret and the key only.
+"""
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gamecluster.children import ChildRef, Owner
+from gamecluster.cluster import Cluster
+from gamecluster.load import RedisAuth
+from gamecluster.manifests import secrets
+from gamecluster.manifests.secrets import RedisPasswords
+from gamecluster.spec import GameClusterSpec
+from gamecluster.status import Problem
+from relay import contract
+
+RETRYABLE_REASONS = frozenset(
+    {"RedisSecretNotFound", "RedisSecretKeyMissing", "RedisSecretInvalid"}
+)
+"""Problems a Secret edit fixes without a spec change: the reconciler retries them."""
+
+
+def _value(secret: Mapping[str, Any], key: str) -> str | None:
+    """A Secret key's text (``data`` base64, or ``stringData``), None when absent or bad."""
+    encoded = (secret.get("data") or {}).get(key)
+    if encoded is None:
+        plain = (secret.get("stringData") or {}).get(key)
+        return plain if isinstance(plain, str) else None
+    try:
+        return base64.b64decode(encoded, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def managed_passwords(
+    cluster: Cluster, owner: Owner, new_password: Callable[[], str]
+) -> tuple[RedisPasswords, bool] | Problem:
+    """The stored passwords and True, or fresh ones and False when the Secret does not exist."""
+    stored = cluster.get(ChildRef("v1", "Secret", owner.namespace, owner.redis_secret))
+    if stored is None:
+        return RedisPasswords(new_password(), new_password()), False
+    values = {}
+    for key in (secrets.PASSWORD_KEY, secrets.OPERATOR_PASSWORD_KEY):
+        value = _value(stored, key)
+        if not value or not value.strip():
+            return Problem(
+                "RedisSecretInvalid",
+                f"Secret {owner.redis_secret} needs a non-empty, base64 text key {key!r}",
+            )
+        values[key] = value.strip()
+    previous = _value(stored, secrets.PREVIOUS_PASSWORD_KEY)
+    return (
+        RedisPasswords(
+            values[secrets.PASSWORD_KEY],
+            values[secrets.OPERATOR_PASSWORD_KEY],
+            previous.strip() if previous and previous.strip() else None,
+        ),
+        True,
+    )
+
+
+def check_external(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Problem | None:
+    """The external Secret exists and holds every key the spec names."""
+    ref = spec.redis.external.secret_ref if spec.redis.external else None
+    if spec.redis.mode != "external" or ref is None:
+        return None
+    secret = cluster.get(ChildRef("v1", "Secret", owner.namespace, ref.name))
+    if secret is None:
+        return Problem(
+            "RedisSecretNotFound", f"Secret {ref.name} (spec.redis.external.secretRef) not found"
+        )
+    for key in (ref.username_key, ref.password_key, ref.ca_key):
+        if key is not None and _value(secret, key) is None:
+            return Problem("RedisSecretKeyMissing", f"Secret {ref.name} has no key {key!r}")
+    return None
+
+
+def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> RedisAuth | None:
+    """How the load reader logs in to this GameCluster's Redis; None when it cannot yet."""
+    if spec.redis.mode == "managed":
+        stored = cluster.get(ChildRef("v1", "Secret", owner.namespace, owner.redis_secret))
+        password = _value(stored, secrets.OPERATOR_PASSWORD_KEY) if stored else None
+        if password is None:
+            return None
+        return RedisAuth(contract.OPERATOR_REDIS_USER, password.strip())
+    ref = spec.redis.external.secret_ref if spec.redis.external else None
+    if ref is None:
+        return RedisAuth()
+    secret = cluster.get(ChildRef("v1", "Secret", owner.namespace, ref.name))
+    if secret is None:
+        return None
+
+    def key(name: str | None) -> str | None:
+        return None if name is None else _value(secret, name)
+
+    return RedisAuth(key(ref.username_key), key(ref.password_key), key(ref.ca_key))

@@ -1,0 +1,165 @@
+"""Sentinel: the relay finds the master through Sentinel and follows a failover; a promoted
+replica that missed acked writes is never served as the same history (a new epoch).
+
+Real processes: a master and a replica (redis-server, with the ACL file the operator renders)
+and a Sentinel (Debian's redis-sentinel package; `make system-deps` installs it). The relay
+logs in as the relay's ACL user, so the failover fence's commands are proven allowed too;
+the replica and the Sentinel log in as the tests' admin user (support.redis_acl), standing in
+for the replication and Sentinel users an operator-run Sentinel would need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gamecluster_client import Connection as RelayClient
+from gamecluster_client import ServerError as RelayError
+from relay import contract
+from support import redis_acl
+from support.processes import (
+    LOOPBACK,
+    RedisProcess,
+    free_port,
+    stop_process,
+    wait_until,
+)
+from support.processes import _port_open as port_open
+
+pytestmark = pytest.mark.integration
+
+MASTER = "gc"
+FAILOVER_SECONDS = 30
+"""Bound on Sentinel noticing the master is gone (1 s) and promoting the replica."""
+
+
+class SentinelProcess:
+    """One Sentinel watching `MASTER`, quorum 1, quick to act (1 s down-after)."""
+
+    def __init__(self, workdir: Path, master_port: int) -> None:
+        self.port = free_port()
+        self.config = workdir / f"sentinel-{self.port}.conf"
+        self.log = workdir / f"sentinel-{self.port}.log"
+        binary = shutil.which("redis-sentinel")
+        if binary is None:
+            raise RuntimeError(
+                "redis-sentinel is not installed (Debian package redis-sentinel): "
+                "run `make system-deps`"
+            )
+        self.binary = binary
+        self.config.write_text(
+            f"port {self.port}\nbind {LOOPBACK}\ndir {workdir}\nlogfile {self.log}\n"
+            f"sentinel monitor {MASTER} {LOOPBACK} {master_port} 1\n"
+            f"sentinel auth-user {MASTER} {redis_acl.ADMIN_USER}\n"
+            f"sentinel auth-pass {MASTER} {redis_acl.ADMIN_PASSWORD}\n"
+            f"sentinel down-after-milliseconds {MASTER} 1000\n"
+            f"sentinel failover-timeout {MASTER} 3000\n"
+            f"sentinel parallel-syncs {MASTER} 1\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SentinelProcess:
+        self.proc = subprocess.Popen(
+            [self.binary, str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: port_open(self.port), 10, f"redis sentinel on port {self.port}")
+        return self
+
+    def master_port(self) -> int | None:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), "SENTINEL", "get-master-addr-by-name", MASTER],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split()
+        return int(out[1]) if len(out) == 2 else None
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess, SentinelProcess]]:
+    replication = ["--masteruser", redis_acl.ADMIN_USER, "--masterauth", redis_acl.ADMIN_PASSWORD]
+    master = redis_acl.acl_redis(tmp_path, replication)
+    replica = redis_acl.acl_redis(
+        tmp_path, [*replication, "--replicaof", LOOPBACK, str(master.port)]
+    )
+    wait_until(
+        lambda: "master_link_status:up" in replica.cli("INFO", "replication"),
+        10,
+        "the replica to sync",
+    )
+    sentinel = SentinelProcess(tmp_path, master.port).start()
+    yield master, replica, sentinel
+    if replica.proc is not None and replica.proc.poll() is None:
+        os.kill(replica.proc.pid, signal.SIGCONT)
+    for process in (sentinel.proc, replica.proc, master.proc):
+        stop_process(process)
+
+
+async def publish_until_acked(client: RelayClient, room: str, data: str, id: str) -> dict:
+    """Retry one publish (same id: stored at most once) while the shard fails over."""
+    deadline = time.monotonic() + FAILOVER_SECONDS
+    while True:
+        try:
+            ack = await client.publish(room, data, id=id)
+            assert ack is not None
+            return ack
+        except RelayError as error:
+            if error.code != "unavailable" or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)  # a client's retry pause, not a synchronisation
+
+
+async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epoch(
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess],
+    relay_factory,
+    tmp_path: Path,
+) -> None:
+    master, replica, sentinel = sentinel_set
+    assert replica.proc is not None
+    pod = relay_factory(
+        "a",
+        redis_urls=[f"sentinel://{MASTER}"],
+        env={
+            contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
+            contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+            contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
+        },
+    )
+    async with RelayClient(pod.url) as publisher:
+        epoch = (await publisher.join("match"))["epoch"]
+        for n in range(1, 4):
+            await publisher.publish("match", n, id=f"e{n}")
+        assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
+        # The replica stops; events 4 and 5 are acked by the master alone.
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        acks = [await publisher.publish("match", n, id=f"e{n}") for n in (4, 5)]
+        assert [ack["offset"] for ack in acks if ack] == [4, 5]
+        master.kill()
+        os.kill(replica.proc.pid, signal.SIGCONT)
+        ack = await publish_until_acked(publisher, "match", "after", "after-failover")
+        assert sentinel.master_port() == replica.port  # promoted
+    # The promoted replica had only offsets 1-3: the same epoch there would reuse 4 and 5
+    # for other events. A client resuming from what it was acked learns history broke.
+    async with RelayClient(pod.url) as resuming:
+        joined = await resuming.join("match", since={"epoch": epoch, "offset": 5})
+        assert joined["recovered"] is False
+        assert joined["epoch"] != epoch
+        assert joined["offset"] >= ack["offset"]
+    assert pod.status() == 200
+    assert "failed over from" in pod.log.read_text()
+    # The fence (SET NX claim, SCAN of the meta hashes, HSET of their epochs) ran as the
+    # relay's ACL user on the promoted replica, and nothing was refused there.
+    ran, refused = redis_acl.commands_run(replica)
+    assert {"scan", "hset"} <= ran and refused == {}
+    assert redis_acl.acl_denials(replica) == []
+    redis_acl.no_secret_in_logs(tmp_path)
