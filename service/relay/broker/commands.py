@@ -197,18 +197,20 @@ class CommandConnection:
         """Run `script`; its reply as hiredis gives it (bytes, ints, lists).
 
         Raises BrokerUnavailable, on an error reply too (`_refused` says what it meant)."""
-        reply = await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        pipe, reply = await self._round_trip(command)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # It did not run: load it (idempotent; several callers may) and send it again.
             loaded = await self.call("SCRIPT", "LOAD", script.source)
             if loaded != script.sha.encode():
                 raise BrokerUnavailable(f"Redis {self.url} loaded the script as {loaded!r}")
-            reply = await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-        return self._checked(reply, "EVALSHA")
+            pipe, reply = await self._round_trip(command)
+        return self._checked(pipe, reply, "EVALSHA")
 
     async def call(self, *command: Arg) -> Any:
         """`execute`, with an error reply raised as BrokerUnavailable."""
-        return self._checked(await self.execute(*command), str(command[0]))
+        pipe, reply = await self._round_trip(command)
+        return self._checked(pipe, reply, str(command[0]))
 
     async def execute(self, *command: Arg) -> Any:
         """Send one command and wait for its reply (an error reply is returned, not raised).
@@ -216,10 +218,14 @@ class CommandConnection:
         Fails with BrokerUnavailable when the connection cannot be opened, is lost, or no
         reply comes within the timeout. Cancelling the caller leaves the command in flight.
         """
+        return (await self._round_trip(command))[1]
+
+    async def _round_trip(self, command: tuple[Arg, ...]) -> tuple[_Pipe, Any]:
+        """The reply, and the connection that carried it."""
         pipe = self._pipe
         if pipe is None or pipe.lost:
             pipe = await self._connect()
-        return await pipe.send(command)
+        return pipe, await pipe.send(command)
 
     def close(self) -> None:
         """Drop the connection; what is in flight fails with BrokerUnavailable."""
@@ -229,12 +235,12 @@ class CommandConnection:
         if self._pipe is not None:
             self._pipe.abort(BrokerUnavailable("closed"))
 
-    def _checked(self, reply: Any, what: str) -> Any:
+    def _checked(self, pipe: _Pipe, reply: Any, what: str) -> Any:
         if isinstance(reply, hiredis.ReplyError):
-            raise self._refused(str(reply), what)
+            raise self._refused(pipe, str(reply), what)
         return reply
 
-    def _refused(self, error: str, what: str) -> BrokerUnavailable:
+    def _refused(self, pipe: _Pipe, error: str, what: str) -> BrokerUnavailable:
         """The BrokerUnavailable for an error reply, worded for whoever reads the log."""
         kind = error.partition(" ")[0]
         if kind == "OOM":
@@ -256,9 +262,9 @@ class CommandConnection:
                 f"nothing stored: {error}"
             )
         if kind == "READONLY":
-            # A demoted master (Sentinel failover): reconnect, which asks Sentinel again.
-            if self._pipe is not None:
-                self._pipe.abort(RuntimeError("the server is a read-only replica now"))
+            # A demoted master (Sentinel failover): drop the connection that reached it (not
+            # a newer one), so the next command reconnects, which asks Sentinel again.
+            pipe.abort(RuntimeError("the server is a read-only replica now"))
             return BrokerUnavailable(
                 f"Redis {self.url} is a read-only replica now (failed over): {what} refused; "
                 "the next command reconnects to the master"
