@@ -112,6 +112,19 @@ async def test_a_script_lost_by_redis_is_loaded_again_with_only_what_the_acl_all
         server.stop()
 
 
+async def test_a_command_the_acl_refuses_is_named_as_such(tmp_path: Path) -> None:
+    server = redis_acl.acl_redis(tmp_path)
+    client, connection = relay_user(server)
+    try:
+        with pytest.raises(BrokerUnavailable, match="the ACL refused PUBLISH: NOPERM"):
+            await connection.call("PUBLISH", "outside-channel", "x")
+        assert await connection.call("PUBLISH", "room:{r}", "x") == 0  # the connection goes on
+    finally:
+        connection.close()
+        await client.aclose()
+        server.stop()
+
+
 async def test_an_error_reply_of_a_script_is_broker_unavailable_and_the_next_runs(
     connection: commands.CommandConnection, client: Redis
 ) -> None:
