@@ -98,8 +98,9 @@ RELAY_REDIS_USER: Final = "relay"
 OPERATOR_REDIS_USER: Final = "gamecluster-operator"
 
 RELAY_REDIS_COMMANDS: Final = (
-    # Lua scripts (relay.broker.lua) and what they call. redis-py sends EVALSHA and, when
-    # Redis answers NOSCRIPT (a restarted or new server), SCRIPT LOAD; never EVAL.
+    # Lua scripts (relay.broker.lua) and what they call. The publish connection
+    # (relay.broker.commands) and redis-py (history) send EVALSHA and, when Redis answers
+    # NOSCRIPT (a restarted or new server), SCRIPT LOAD; never EVAL.
     "evalsha", "script|load",
     "get", "set", "hget", "hset", "hsetnx", "hincrby", "xadd", "xrange", "expire",
     # Live fan-out and the Pub/Sub self-probe (a PUBLISH on the node channel, not PING).

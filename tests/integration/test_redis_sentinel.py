@@ -20,10 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from gamecluster_client import Connection as RelayClient
 from gamecluster_client import ServerError as RelayError
 from relay import contract
+from relay.broker.base import BrokerUnavailable
+from relay.broker.connection import Connector
+from relay.broker.redis import RedisBroker
+from relay.config import RedisEndpoint
+from relay.rooms import RoomPolicy
 from support import redis_acl
 from support.processes import (
     LOOPBACK,
@@ -33,6 +39,7 @@ from support.processes import (
     wait_until,
 )
 from support.processes import _port_open as port_open
+from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -162,4 +169,60 @@ async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epo
     ran, refused = redis_acl.commands_run(replica)
     assert {"scan", "hset"} <= ran and refused == {}
     assert redis_acl.acl_denials(replica) == []
+    redis_acl.no_secret_in_logs(tmp_path)
+
+
+async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess], tmp_path: Path
+) -> None:
+    """The publish connection (relay.broker.commands) asks Sentinel for the master on every
+    connect and passes the shard's fence: after a failover it reaches the new master only
+    once that master's rooms have new epochs, so no publish reuses an offset the old master
+    acked. The fence is run by the shard's Pub/Sub session: held back here (the broker is
+    not started), every publish is refused, deterministically; started, publishes land
+    on the new master in a new epoch."""
+    master, replica, sentinel = sentinel_set
+    connector = Connector(
+        username=contract.RELAY_REDIS_USER,
+        password=SecretStr(redis_acl.RELAY_PASSWORD),
+        sentinels=((LOOPBACK, sentinel.port),),
+    )
+    broker = RedisBroker(
+        [RedisEndpoint.parse(f"sentinel://{MASTER}")],
+        "fenced",
+        connector=connector,
+        timeout=1.0,
+        probe_interval=0.5,
+        probe_timeout=2.0,
+    )
+    policy = RoomPolicy()
+    try:
+        first = await broker.publish("match", 1, ts=1, policy=policy, msg_id="e1")
+        assert first.offset == 1
+        assert master.cli("WAIT", "1", "5000") == "1"
+        master.kill()
+        await eventually(
+            lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the promotion"
+        )
+
+        async def fenced() -> bool:
+            """A publish now: refused (Sentinel may still call the master down for a moment,
+            then the fence refuses it); never stored."""
+            try:
+                await broker.publish("match", 2, ts=1, policy=policy, msg_id="e2")
+            except BrokerUnavailable as exc:
+                return "waiting for its rooms' new epochs" in str(exc)
+            raise AssertionError("a publish reached the new master before its fence")
+
+        await eventually(fenced, 15, "a publish refused by the fence")
+        assert await fenced() and await fenced()  # and it stays refused
+        await broker.start()  # the Pub/Sub session fences the new master, then is ready
+        await eventually(lambda: broker.ready, 15, "the shard to be ready on the new master")
+        second = await broker.publish("match", 2, ts=1, policy=policy, msg_id="e2")
+        assert second.epoch != first.epoch and second.offset == 2
+        ran, refused = redis_acl.commands_run(replica)
+        assert {"evalsha", "scan"} <= ran and refused == {}  # the publish ran there
+        assert redis_acl.acl_denials(replica) == []
+    finally:
+        await broker.close()
     redis_acl.no_secret_in_logs(tmp_path)

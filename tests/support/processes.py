@@ -209,6 +209,7 @@ class RelayProcess:
         try:
             wait_until(lambda: self.status(path) == 200, 15, f"relay {self.node_id} {path}")
         except TimeoutError:
+            self.kill()  # not left running: its Popen would fail a later test (ResourceWarning)
             raise TimeoutError(f"relay {self.node_id} did not start; log:\n{self.tail()}") from None
         return self
 

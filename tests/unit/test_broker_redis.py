@@ -41,7 +41,6 @@ def test_every_name_of_a_room_shares_its_hash_tag_and_the_channel_maps_back() ->
         keys.meta("match:1"),
         keys.log("match:1"),
         keys.dedupe("match:1", "alice", "id-1"),
-        keys.retry("match:1", "ab12"),
     ]
     assert all(name.startswith("room:{match:1}") for name in names), names
     assert len(set(names)) == len(names)

@@ -52,11 +52,6 @@ def dedupe(room: str, subject: str | None, msg_id: str) -> str:
     return f"{_tag(room)}:id:{len(who)}:{who}:{msg_id}"
 
 
-def retry(room: str, token: str) -> str:
-    """A publish without a client id, remembered briefly so a lost reply is not run twice."""
-    return f"{_tag(room)}:retry:{token}"
-
-
 META_PATTERN = f"{_OPEN}*{_CLOSE}:meta"
 """Matches every room's meta hash (SCAN MATCH): the failover fence rewrites their epochs."""
 

@@ -1,6 +1,7 @@
 """The Redis broker: live fan-out through Pub/Sub, rooms spread over shards.
 
-Each relay server keeps, per shard, a pool for commands (PUBLISH) and exactly one
+Each relay server keeps, per shard, a lean pipelined connection for the publishes
+(relay.broker.commands), a redis-py pool for every other command, and exactly one
 Pub/Sub connection carrying every room channel it subscribes. The Pub/Sub connection is
 the part that fails silently in the systems we compete with (a subscriber goes deaf
 while health checks stay green), so each shard probes it: a token published on this
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -27,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from relay import protocol
-from relay.broker import envelope, keys, lua
+from relay.broker import commands, envelope, keys, lua
 from relay.broker.base import Broker, BrokerUnavailable, Delivery, History, PublishResult
 from relay.broker.connection import Connector
 from relay.config import RedisEndpoint
@@ -36,8 +36,6 @@ from relay.rooms import EMPTY_ROOM_SECONDS, RoomPolicy
 
 log = logging.getLogger("relay.broker.redis")
 
-RETRY_WINDOW_SECONDS = 30
-"""How long a publish without a client id is remembered, to absorb the client's retry."""
 SUBSCRIBE_CHUNK = 500
 """Channels per SUBSCRIBE command when resubscribing after a reconnect."""
 RECONNECT_BACKOFF = FullJitterBackoff(cap=2.0, base=0.05)
@@ -49,6 +47,9 @@ length must not grow 2**failures past what a float holds."""
 
 FAILOVER_CLAIM_SECONDS = 300
 """How long a failover's claim keeps other relay servers from starting epochs a second time."""
+
+_PUBLISH_DURABLE = commands.Script(lua.PUBLISH_DURABLE)
+_PUBLISH_VOLATILE_ONCE = commands.Script(lua.PUBLISH_VOLATILE_ONCE)
 
 
 class ProbeLost(Exception):
@@ -91,8 +92,10 @@ class RedisShard:
         self.commands: Redis = connector.client(
             endpoint, timeout=timeout, retries=1, check_master=self._check_master
         )
-        self.publish_durable = self.commands.register_script(lua.PUBLISH_DURABLE)
-        self.publish_volatile_once = self.commands.register_script(lua.PUBLISH_VOLATILE_ONCE)
+        # The publish path, once per event: a lean pipelined connection opened by this
+        # client's connection class and arguments (credentials, TLS, a Sentinel master
+        # behind _check_master's fence; relay.broker.commands); redis-py serves the rest.
+        self.publishes = commands.CommandConnection(self.commands, url=self.url, timeout=timeout)
         self.read_history = self.commands.register_script(lua.HISTORY)
         self._channels: set[bytes] = {keys.CONTROL_CHANNEL} if on_control is not None else set()
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
@@ -117,6 +120,7 @@ class RedisShard:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=2.0)
+        self.publishes.close()
         await asyncio.wait({asyncio.create_task(self.commands.aclose())}, timeout=self._timeout)
 
     async def subscribe(self, channel: bytes) -> None:
@@ -381,10 +385,6 @@ class RedisBroker(Broker):
         self._dedupe_seconds = dedupe_seconds
         endpoints = [RedisEndpoint.parse(u) if isinstance(u, str) else u for u in urls]
         self._connector = connector or Connector()
-        # Retry keys of id-less publishes: a random prefix per process (no two servers,
-        # nor two lives of one, share it) and a counter, not 8 random bytes per publish.
-        self._retry_prefix = secrets.token_hex(8)
-        self._retry_ids = itertools.count()
         self._shards = [
             RedisShard(
                 endpoint,
@@ -451,9 +451,10 @@ class RedisBroker(Broker):
         event_head, event_tail = protocol.event_parts(room, data, ts, subject)
         header_head, header_tail = envelope.header_parts(self._node_id, room, ts, trace)
         dedupe, window = self._dedupe(room, subject, msg_id)
-        duplicate, offset, epoch = await shard.publish_durable(
-            keys=[keys.meta(room), keys.log(room), dedupe],
-            args=[
+        duplicate, offset, epoch = await shard.publishes.evalsha(
+            _PUBLISH_DURABLE,
+            [keys.meta(room), keys.log(room), dedupe],
+            [
                 keys.channel(room),
                 secrets.token_hex(4),
                 policy.history_size,
@@ -481,23 +482,28 @@ class RedisBroker(Broker):
     ) -> PublishResult:
         payload = protocol.event(room, None, data, ts, subject)
         message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
+        if msg_id is None:  # nothing to deduplicate: a plain PUBLISH, no script
+            await shard.publishes.call("PUBLISH", keys.channel(room), message)
+            return PublishResult(None, None, duplicate=False)
         dedupe, window = self._dedupe(room, subject, msg_id)
-        duplicate = await shard.publish_volatile_once(
-            keys=[dedupe], args=[keys.channel(room), message, window]
+        duplicate = await shard.publishes.evalsha(
+            _PUBLISH_VOLATILE_ONCE, [dedupe], [keys.channel(room), message, window]
         )
         return PublishResult(None, None, duplicate=bool(duplicate))
 
     def _dedupe(self, room: str, subject: str | None, msg_id: str | None) -> tuple[str, int]:
-        """The key and window that make a publish run once.
+        """The key and window that make a publish with the client's id run once.
 
-        With the client's id: the dedupe window. Without one, a key of our own for a
-        short window: the command client retries once on a timeout or dropped
-        connection, and a script that ran but whose reply was lost must not run twice.
+        Without an id the window is 0: nothing to remember. The publish connection
+        (relay.broker.commands) never sends a command again once it may have run (it
+        resends only after NOSCRIPT, when the script did not run), so an id-less publish
+        whose reply is lost fails with BrokerUnavailable and is not run twice. The key
+        is then the room's meta key, unused by the script, named only because a script's
+        keys must be in the room's slot.
         """
         if msg_id is not None:
             return keys.dedupe(room, subject, msg_id), self._dedupe_seconds
-        retry_id = f"{self._retry_prefix}{next(self._retry_ids):x}"
-        return keys.retry(room, retry_id), RETRY_WINDOW_SECONDS
+        return keys.meta(room), 0
 
     async def history(
         self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
