@@ -347,7 +347,7 @@ def test_the_managed_redis_is_secured_bounded_and_persistent(
     assert args[args.index("--protected-mode") + 1] == "yes"
     assert args[args.index("--maxmemory") + 1] == str(100 * 1024 * 1024)
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
-    assert args[args.index("--aclfile") + 1] == "/etc/redis/acl/users.acl"
+    assert args[args.index("--aclfile") + 1] == "/etc/gamecluster/redis-acl/users.acl"
     assert [c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]] == ["data"]
     claim = cluster.get_json("pvc", "data-vault-redis-0", "-n", namespace)
     assert claim["status"]["phase"] == "Bound"

@@ -20,6 +20,7 @@ from gamecluster.children import REDIS_PORT
 from gamecluster.desired import Inputs, desired
 from gamecluster.load import ReadyPod, RedisAuth, RedisLoadSource
 from gamecluster.manifests import secrets
+from gamecluster.manifests.redis import ACL_DIR
 from gamecluster.manifests.secrets import RedisPasswords, acl_file
 from gamecluster.spec import parse
 from gamecluster_client import Connection as RelayClient
@@ -341,7 +342,7 @@ def test_redis_starts_with_the_operators_arguments_and_its_probe_tells_ready(
     (tmp_path / "acl").mkdir()
     (tmp_path / "acl" / secrets.ACL_FILE_KEY).write_text(acl_file(passwords))
     args = [
-        a.replace("/etc/redis/acl", str(tmp_path / "acl")).replace("/data", str(tmp_path))
+        a.replace(ACL_DIR, str(tmp_path / "acl")).replace("/data", str(tmp_path))
         for a in container["args"]
     ]
     args[args.index("--port") + 1] = str(port)

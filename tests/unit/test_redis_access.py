@@ -101,7 +101,7 @@ def test_managed_redis_runs_with_acl_protected_mode_and_a_bounded_noeviction_mem
     container = redis_container(build())
     args = container["args"]
     assert args[args.index("--protected-mode") + 1] == "yes"
-    assert args[args.index("--aclfile") + 1] == "/etc/redis/acl/users.acl"
+    assert args[args.index("--aclfile") + 1] == "/etc/gamecluster/redis-acl/users.acl"
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
     assert int(args[args.index("--maxmemory") + 1]) == int(256 * 2**20 * 0.75)  # of 256Mi
     probe = " ".join(container["readinessProbe"]["exec"]["command"])
@@ -109,18 +109,20 @@ def test_managed_redis_runs_with_acl_protected_mode_and_a_bounded_noeviction_mem
     (auth,) = container["env"]
     assert auth["name"] == "REDISCLI_AUTH"
     assert auth["valueFrom"]["secretKeyRef"] == {"name": "arena-redis", "key": "operatorPassword"}
-    assert {"name": "acl", "mountPath": "/etc/redis/acl", "readOnly": True} in container[
-        "volumeMounts"
-    ]
+    acl_mount = {"name": "acl", "mountPath": "/etc/gamecluster/redis-acl", "readOnly": True}
+    assert acl_mount in container["volumeMounts"]
 
 
-def test_the_acl_file_is_readable_by_redis_whatever_the_kubelet_does_with_fs_group() -> None:
-    """Found on a real kubelet: a 0440 Secret file left Redis's uid unable to read its ACL
-    file (a crash loop). Other-readable, it needs no group ownership; it holds only digests."""
+def test_the_acl_file_is_mounted_where_no_redis_image_owns_the_directory() -> None:
+    """Found on a real kubelet with an image of Debian's redis-server: /etc/redis is mode 2770
+    for the package's redis user, so the pod's uid could not open /etc/redis/acl/users.acl.
+    The file is group-readable for the pod's fsGroup and holds only password digests."""
     children = build()
     pod = children["StatefulSet/arena-redis"]["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "acl"]
+    assert not mount["mountPath"].startswith("/etc/redis")
     (acl,) = [v for v in pod["volumes"] if v["name"] == "acl"]
-    assert acl["secret"]["defaultMode"] & 0o004
+    assert acl["secret"]["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == 999
     acl_file = base64.b64decode(children["Secret/arena-redis-acl"]["data"]["users.acl"]).decode()
     assert PASSWORDS.relay not in acl_file and PASSWORDS.operator not in acl_file
 

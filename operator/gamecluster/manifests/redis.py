@@ -29,8 +29,10 @@ from relay import contract
 
 REDIS_UID: Final = 999
 """The redis user of the official image (Debian and Alpine variants)."""
-ACL_DIR: Final = "/etc/redis/acl"
-ACL_FILE_MODE: Final = 0o444
+ACL_DIR: Final = "/etc/gamecluster/redis-acl"
+"""A directory no Redis image owns: Debian's redis-server package makes /etc/redis mode 2770
+for its own redis user, so a pod running as REDIS_UID could not reach a file mounted under it
+(found on the real-pod tier: "Error loading ACLs ... Permission denied", a crash loop)."""
 MAX_MEMORY_SHARE: Final = 0.75
 """Default maxmemory as a share of the container's memory limit: the rest is for client
 output buffers (Pub/Sub), the allocator's overhead and the AOF rewrite's copy-on-write."""
@@ -165,11 +167,7 @@ def statefulset(
         ]
     else:
         pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
-    # World-readable inside the pod: the real-pod tier's kubelet left a 0440 file unreadable to
-    # Redis's uid ("Error loading ACLs ... Permission denied", a crash loop), and fsGroup
-    # handling varies by kubelet and volume type. The pod runs Redis alone, and the file holds
-    # SHA-256 hashes of the passwords, never the passwords.
-    acl_volume = {"secretName": owner.redis_acl, "defaultMode": ACL_FILE_MODE}
+    acl_volume = {"secretName": owner.redis_acl, "defaultMode": 0o440}
     pod_spec["volumes"] = [*pod_spec.get("volumes", []), {"name": "acl", "secret": acl_volume}]
     if credentials_digest is not None:
         sts_spec["template"]["metadata"]["annotations"] = {
