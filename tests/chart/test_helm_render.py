@@ -179,6 +179,32 @@ def test_demo_and_its_helm_test() -> None:
     assert "relay token" in script and "--join 'check:*' --publish 'check:*'" in script
 
 
+def test_uninstall_deletes_the_demo_first_with_a_pre_delete_hook() -> None:
+    """Helm deletes the operator with the release; the demo's kopf finalizer needs it alive."""
+    assert not find(manifests("defaults"), "Job")
+    objects = manifests("demo")
+    job = one(objects, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:5] == ["python", "-m", "gamecluster.cleanup", NAMESPACE, "demo"]
+    role = one(objects, "Role", job["metadata"]["name"])
+    assert role["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    assert role["rules"] == [
+        {"apiGroups": ["gamecluster.io"], "resources": ["gameclusters"], "verbs": ["get", "delete"]}
+    ]
+    binding = one(objects, "RoleBinding", job["metadata"]["name"])
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": NAMESPACE}
+    ]
+    # Hooks are created in weight order: its ServiceAccount and rights before the Job.
+    for kind in ("ServiceAccount", "Role", "RoleBinding"):
+        hook = one(objects, kind, job["metadata"]["name"])["metadata"]["annotations"]
+        assert int(hook["helm.sh/hook-weight"]) < int(
+            job["metadata"]["annotations"]["helm.sh/hook-weight"]
+        )
+
+
 def helm_test_target(pod: dict[str, Any]) -> str:
     """The URL the helm test pod checks: the argument of its sh -c script (auth is always on)."""
     command = pod["spec"]["containers"][0]["command"]
