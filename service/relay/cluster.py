@@ -25,7 +25,7 @@ from typing import Any, Final, TypeVar
 import orjson
 from redis.exceptions import RedisError
 
-from relay.broker import Broker, BrokerUnavailable, keys
+from relay.broker import Broker, BrokerUnavailable, describe, keys
 from relay.broker.redis import RedisBroker
 from relay.contract import LOAD_REPORT_TTL_SECONDS
 
@@ -229,7 +229,7 @@ class RedisState(ClusterState):
                 if member.get("node") == dead:
                     gone.append(member)
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"Redis: {exc!r}") from exc
+            raise BrokerUnavailable(f"Redis: {describe(exc)}") from exc
         if gone:
             await _redis(commands.hdel(key, *(m["conn"] for m in gone)))
         return gone
@@ -246,7 +246,7 @@ async def _redis(call: Awaitable[T]) -> T:
     try:
         return await call
     except (RedisError, OSError) as exc:
-        raise BrokerUnavailable(f"Redis: {exc!r}") from exc
+        raise BrokerUnavailable(f"Redis: {describe(exc)}") from exc
 
 
 def _text(value: Any) -> str:

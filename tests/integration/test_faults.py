@@ -8,8 +8,11 @@ import pytest
 
 from gamecluster_client import Connection as RelayClient
 from gamecluster_client import ServerError as RelayError
+from relay.broker import BrokerUnavailable
+from relay.broker.redis import RedisBroker
+from relay.rooms import RoomPolicy
 from support.metrics import metric_value
-from support.processes import RedisProcess
+from support.processes import RedisProcess, free_port
 from support.proxy import StallingProxy
 from support.waiting import eventually
 
@@ -76,3 +79,26 @@ async def test_silent_partition_is_detected_and_healed(redis: RedisProcess, rela
         assert metric_value(pod_b.metrics(), "relay_redis_reconnects_total") == 0
     finally:
         proxy.close()
+
+
+async def test_an_unreachable_redis_is_reported_with_what_happened() -> None:
+    """A BrokerUnavailable reason (logged, and sent to clients as `unavailable`) names what
+    failed: redis-py 8's repr of its errors is only `network:ConnectionError`."""
+    port = free_port()  # nothing listens there
+    broker = RedisBroker(
+        (f"redis://127.0.0.1:{port}",),
+        "node-a",
+        timeout=1.0,
+        probe_interval=0.5,
+        probe_timeout=1.0,
+    )
+    try:
+        with pytest.raises(BrokerUnavailable) as history:
+            await broker.history("room", None, RoomPolicy())
+        with pytest.raises(BrokerUnavailable) as publish:
+            await broker.publish("room", {"n": 1}, ts=1, policy=RoomPolicy())
+    finally:
+        await broker.close()
+    for refused in (history.value, publish.value):
+        reason = str(refused)
+        assert "ConnectionError" in reason and f"connecting to 127.0.0.1:{port}" in reason, reason

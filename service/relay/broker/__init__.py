@@ -1,5 +1,12 @@
 """The cross-node bus behind one interface: `memory` (single node) and `redis` (shared)."""
 
-from relay.broker.base import Broker, BrokerUnavailable, Delivery, History, PublishResult
+from relay.broker.base import (
+    Broker,
+    BrokerUnavailable,
+    Delivery,
+    History,
+    PublishResult,
+    describe,
+)
 
-__all__ = ["Broker", "BrokerUnavailable", "Delivery", "History", "PublishResult"]
+__all__ = ["Broker", "BrokerUnavailable", "Delivery", "History", "PublishResult", "describe"]

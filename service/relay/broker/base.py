@@ -24,6 +24,15 @@ class BrokerUnavailable(Exception):
     """The broker cannot take the request now (Redis down or unreachable); retry later."""
 
 
+def describe(exc: BaseException) -> str:
+    """An error's class and message for a log line or a BrokerUnavailable reason.
+
+    Not ``repr``: redis-py 8's exceptions print as ``network:ConnectionError`` there, without
+    the message that says what happened ("Error 111 connecting to ... Connection refused").
+    """
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One event arriving for a room, ready to fan out."""

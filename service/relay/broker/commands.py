@@ -55,7 +55,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from relay.broker.base import BrokerUnavailable
+from relay.broker.base import BrokerUnavailable, describe
 
 log = logging.getLogger("relay.broker.commands")
 
@@ -156,7 +156,8 @@ class _Pipe(asyncio.Protocol):
         return False  # close the transport: connection_lost fails what is in flight
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail(BrokerUnavailable(f"connection to {self._url} lost: {exc!r}"))
+        why = "closed by the server" if exc is None else describe(exc)
+        self.fail(BrokerUnavailable(f"connection to {self._url} lost: {why}"))
 
     def abort(self, reason: Exception) -> None:
         self.fail(BrokerUnavailable(f"connection to {self._url} aborted: {reason}"))

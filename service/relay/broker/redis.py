@@ -28,7 +28,14 @@ from redis.exceptions import RedisError
 
 from relay import protocol
 from relay.broker import commands, envelope, keys, lua
-from relay.broker.base import Broker, BrokerUnavailable, Delivery, History, PublishResult
+from relay.broker.base import (
+    Broker,
+    BrokerUnavailable,
+    Delivery,
+    History,
+    PublishResult,
+    describe,
+)
 from relay.broker.connection import Connector
 from relay.config import RedisEndpoint
 from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
@@ -138,7 +145,7 @@ class RedisShard:
             confirmed.result()
         except (TimeoutError, RedisError, OSError, BrokerUnavailable) as exc:
             self._channels.discard(channel)
-            raise BrokerUnavailable(f"SUBSCRIBE on {self.url} failed: {exc!r}") from exc
+            raise BrokerUnavailable(f"SUBSCRIBE on {self.url} failed: {describe(exc)}") from exc
 
     async def unsubscribe(self, channel: bytes) -> None:
         self._channels.discard(channel)
@@ -313,7 +320,7 @@ class RedisShard:
             try:
                 await self.commands.publish(self._node_channel, token)
             except (RedisError, OSError) as exc:
-                raise ProbeLost(f"probe PUBLISH failed: {exc!r}") from exc
+                raise ProbeLost(f"probe PUBLISH failed: {describe(exc)}") from exc
             done, _ = await asyncio.wait(
                 {returned, reader}, timeout=self._probe_timeout, return_when=asyncio.FIRST_COMPLETED
             )
@@ -435,7 +442,7 @@ class RedisBroker(Broker):
                 )
             return await self._publish_volatile(shard, room, data, ts, msg_id, subject, trace)
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"publish on {shard.url} failed: {exc!r}") from exc
+            raise BrokerUnavailable(f"publish on {shard.url} failed: {describe(exc)}") from exc
 
     async def _publish_durable(
         self,
@@ -520,7 +527,7 @@ class RedisBroker(Broker):
                 ],
             )
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"history read on {shard.url} failed: {exc!r}") from exc
+            raise BrokerUnavailable(f"history read on {shard.url} failed: {describe(exc)}") from exc
         deliveries = []
         for _, fields in entries:
             try:
@@ -534,7 +541,8 @@ class RedisBroker(Broker):
         try:
             await shard.commands.publish(keys.CONTROL_CHANNEL, message)
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"control PUBLISH on {shard.url} failed: {exc!r}") from exc
+            reason = f"control PUBLISH on {shard.url} failed: {describe(exc)}"
+            raise BrokerUnavailable(reason) from exc
 
     @property
     def control_shard(self) -> RedisShard:
