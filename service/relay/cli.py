@@ -1,4 +1,4 @@
-"""`relay`: serve, publish, tail, token, check."""
+"""`relay`: serve, publish, tail, token, check, shards."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ import uuid
 from collections.abc import Sequence
 
 import orjson
+from redis.exceptions import RedisError
 
 from gamecluster_client import Connection, GameClusterError, HandshakeError
 from relay import auth, contract, tracing
 from relay.api import commands as api_commands
+from relay.broker import describe, shardmap
+from relay.broker.connection import Connector
 from relay.config import ConfigError, TokenSettings, load, load_settings
 
 DEFAULT_URL = f"ws://127.0.0.1:{contract.HTTP_PORT}{contract.WS_PATH}"
@@ -57,6 +60,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--token", default=os.environ.get("RELAY_TOKEN"))
     check.add_argument("--timeout", type=float, default=10.0)
 
+    shards = commands.add_parser(
+        "shards",
+        help="show or switch the active shard map (Redis settings from RELAY_* env, as `serve`)",
+    )
+    shards_verbs = shards.add_subparsers(dest="verb", required=True)
+    shards_verbs.add_parser("show", help="print the map's version, shards and switch phase")
+    switch = shards_verbs.add_parser(
+        "switch", help="switch every relay server to these shards (names from RELAY_REDIS_URLS)"
+    )
+    switch.add_argument("names", help="comma-separated shard names; the control shard first")
+    switch.add_argument(
+        "--timeout",
+        type=float,
+        default=shardmap.SWITCH_TIMEOUT_SECONDS,
+        help="a prepare phase not done by then aborts; a move phase is reported stalled",
+    )
+    switch.add_argument("--wait", action="store_true", help="return when the switch has ended")
+
     api_commands.add_parsers(commands)
 
     args = parser.parse_args(argv)
@@ -68,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args.host, args.port)
     if args.command == "token":
         return _token(args.sub, args.join, args.publish, args.ttl, args.api_claim)
+    if args.command == "shards":
+        return asyncio.run(_shards(args))
     try:
         if args.command == "publish":
             return asyncio.run(_publish(args.url, args.token, args.room, args.data, args.id))
@@ -105,6 +128,50 @@ def _serve(host: str | None, port: int | None) -> int:
 
     serve(settings)
     return 0
+
+
+async def _shards(args: argparse.Namespace) -> int:
+    """`relay shards show|switch`: read or start a switch on the control shard; the relay
+    servers carry the switch out (relay.broker.shardmap). Exit 0 when done (or started,
+    without --wait), 1 when refused, aborted or unreachable, 2 for bad settings."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"relay shards: {exc}", file=sys.stderr)
+        return 2
+    if not settings.redis_endpoints:
+        print("relay shards: RELAY_REDIS_URLS is empty: no shards to map", file=sys.stderr)
+        return 2
+    control = settings.redis_endpoints[0]
+    connector = Connector.from_settings(settings)
+    client = connector.client(control, timeout=settings.redis_timeout, retries=1)
+    try:
+        if args.verb == "show":
+            state = await shardmap.read(client)
+            shown = state.describe() if state is not None else {"version": None}
+            print(orjson.dumps(shown).decode())
+            return 0
+        names = [n.strip() for n in args.names.split(",") if n.strip()]
+        known = [e.name for e in settings.redis_endpoints]
+        shardmap.validate(names, control.name, known)
+        state = await shardmap.begin(client, names, control_name=control.name, timeout=args.timeout)
+        print(orjson.dumps(state.describe()).decode())
+        if not args.wait:
+            return 0
+        while state.switching:
+            await asyncio.sleep(shardmap.SWITCH_POLL_SECONDS)
+            state = await shardmap.read(client) or state
+        print(orjson.dumps(state.describe()).decode())
+        return 0 if state.active.names == tuple(names) else 1
+    except shardmap.ShardMapError as exc:
+        print(f"relay shards: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, RedisError) as exc:
+        print(f"relay shards: Redis {control.url}: {describe(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+        await connector.aclose()
 
 
 def _token(subject: str, join: list[str], publish: list[str], ttl: str, api: bool = False) -> int:

@@ -36,6 +36,19 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
+        self.shard_map_version = Gauge(
+            "relay_shard_map_version", "Version of the shard map in force here.", registry=r
+        )
+        self.shard_switch_phase = Gauge(
+            "relay_shard_switch_phase",
+            "Shard map switch: 0 none, 1 prepare (moving rooms refuse publishes), 2 move.",
+            registry=r,
+        )
+        self.shard_switch_stalled = Gauge(
+            "relay_shard_switch_stalled",
+            "1 while a shard map switch is past its deadline (docs/operations.md).",
+            registry=r,
+        )
         self.handshake_refusals = Counter(
             "relay_handshake_refusals",
             "Connections refused before the upgrade: authentication (401), origin check "

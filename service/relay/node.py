@@ -13,6 +13,7 @@ from relay.broker import Broker, BrokerUnavailable
 from relay.broker.connection import Connector
 from relay.broker.memory import MemoryBroker
 from relay.broker.redis import RedisBroker
+from relay.broker.shardmap import PHASES, now_ms
 from relay.cluster import ClusterState, NodeReport, make_state
 from relay.config import Settings
 from relay.hub import Hub
@@ -42,6 +43,7 @@ def make_broker(settings: Settings, metrics: Metrics) -> Broker:
         probe_timeout=settings.probe_timeout,
         dedupe_seconds=settings.dedupe_seconds,
         on_reconnect=metrics.redis_reconnects.inc,
+        dead_after=PRESENCE_DEAD_AFTER_REPORTS * settings.load_report_seconds,
     )
 
 
@@ -69,6 +71,8 @@ class RelayNode:
             dead_after=PRESENCE_DEAD_AFTER_REPORTS * settings.load_report_seconds,
         )
         self.hub.presence = self.presence
+        if isinstance(self.broker, RedisBroker):
+            self.broker.set_move_listener(self.presence.moved)
         self.broker.set_control_listener(self._on_control)
         self.services = Services(
             settings,
@@ -117,11 +121,24 @@ class RelayNode:
         """None when ready to take connections, else why not."""
         if self.draining:
             return "draining"
+        if isinstance(self.broker, RedisBroker) and self.broker.shard_map.unknown:
+            return "the shard map names shards RELAY_REDIS_URLS lacks: " + ",".join(
+                self.broker.shard_map.unknown
+            )
         if not self.broker.ready:
             return "broker not connected"
         if len(self.sessions) >= self.settings.max_connections:
             return "connection limit reached"  # new clients would get 1013 here
         return None
+
+    def update_gauges(self) -> None:
+        """Gauges read at scrape time: rooms, and the shard map's version and switch."""
+        self.metrics.rooms.set(self.hub.room_count)
+        if isinstance(self.broker, RedisBroker) and self.broker.shard_map.state is not None:
+            state = self.broker.shard_map.state
+            self.metrics.shard_map_version.set(state.active.version)
+            self.metrics.shard_switch_phase.set(PHASES.index(state.phase))
+            self.metrics.shard_switch_stalled.set(int(state.stalled(now_ms())))
 
     def open(self, handshake: Handshake) -> Session | None:
         """The `/ws` endpoint: admit an upgrade and start its session, or refuse it."""

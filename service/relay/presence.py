@@ -147,6 +147,16 @@ class Presence:
         with contextlib.suppress(BrokerUnavailable, TimeoutError):
             await asyncio.wait_for(self._state.forget(self._node), 2.0)
 
+    async def moved(self, rooms: list[str]) -> None:
+        """A shard switch moved these rooms: write this node's members of them on their
+        new shard (the old shard's copy is deleted by the switch). Raises
+        BrokerUnavailable; the switch waits and calls again."""
+        for room in rooms:
+            local = self._local.get(room)
+            if local:
+                joins = [member_of(self._node, p) for p in local.values()]
+                await self._state.presence_apply(room, joins, [], False)
+
     async def tick(self) -> None:
         """Each load-report interval: renew liveness; announce the leaves of dead nodes."""
         known = await self._state.alive(self._node)

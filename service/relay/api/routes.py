@@ -88,7 +88,7 @@ def add_admin_routes(app: FastAPI, node: RelayNode) -> None:
 
     @app.get(contract.METRICS_PATH, include_in_schema=False)
     async def metrics() -> Response:
-        node.metrics.rooms.set(node.hub.room_count)
+        node.update_gauges()
         return Response(generate_latest(node.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(contract.API_DOCS_PATH, include_in_schema=False)

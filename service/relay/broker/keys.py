@@ -94,3 +94,15 @@ def node_rooms(node_id: str) -> str:
 def node_presence_rooms(node_id: str) -> str:
     """Per node: the set of presence rooms it has members in (cleared by a survivor)."""
     return f"{CLUSTER_KEY_PREFIX}presence:{node_id}"
+
+
+PRESENCE_PATTERN = f"{_OPEN}*{_CLOSE}:presence"
+"""Matches every room's presence hash (SCAN MATCH): a shard switch cleans moved rooms'."""
+
+
+def room_of_key(key: str) -> str | None:
+    """The room whose key (meta, log, presence, ...) `key` is, or None."""
+    if not key.startswith(_OPEN):
+        return None
+    end = key.rfind(_CLOSE + ":")
+    return key[len(_OPEN) : end] if end > len(_OPEN) else None

@@ -14,10 +14,9 @@ shard reports unready until a probe has made the round trip on the new connectio
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -27,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from relay import protocol
-from relay.broker import commands, envelope, keys, lua
+from relay.broker import commands, envelope, keys, lua, shardmap
 from relay.broker.base import (
     Broker,
     BrokerUnavailable,
@@ -119,6 +118,11 @@ class RedisShard:
     @property
     def ready(self) -> bool:
         return self._ready
+
+    @property
+    def channels(self) -> frozenset[bytes]:
+        """The channels this server wants subscribed here (room channels and control)."""
+        return frozenset(self._channels)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"pubsub {self.url}")
@@ -366,11 +370,13 @@ def _abort(pubsub: PubSub) -> None:
 
 
 class RedisBroker(Broker):
-    """Rooms mapped to shards by rendezvous hashing over the shard names.
+    """Rooms mapped to shards by rendezvous hashing over the active shard map's names.
 
     Rendezvous hashing moves only the rooms whose best shard is a new one (about 1/N of
-    them) when a shard is added, and needs no shared state between relay servers. It hashes
-    the shard's name, never its URL: a rotated password or a new address moves no room.
+    them) when a shard is added. It hashes the shard's name, never its URL: a rotated
+    password or a new address moves no room. The map (which names) is shared by every
+    relay server through the control shard and switched without split-brain: see
+    relay.broker.shardmap.
     """
 
     def __init__(
@@ -384,6 +390,7 @@ class RedisBroker(Broker):
         probe_timeout: float,
         dedupe_seconds: int = 300,
         on_reconnect: Callable[[], None] = lambda: None,
+        dead_after: float = 15.0,
     ) -> None:
         super().__init__()
         if not urls:
@@ -403,23 +410,62 @@ class RedisBroker(Broker):
                 on_message=self._received,
                 on_reconnect=on_reconnect,
                 on_resubscribed=self._resubscribed,
-                on_control=self._control_received if n == 0 else None,
+                on_control=self._control_message if n == 0 else None,
             )
             for n, endpoint in enumerate(endpoints)
         ]
+        self._by_name = {shard.name: shard for shard in self._shards}
+        self._map: shardmap.MapState | None = None
+        """The shard map in force here; None until read from the control shard: publishes
+        and subscriptions are refused until then (readiness says so)."""
+        self._configured = shardmap.ShardMap(0, tuple(shard.name for shard in self._shards))
+        self._inflight = shardmap.InFlight()
+        self._timeout = timeout
+        self._on_moved: Callable[[list[str]], Awaitable[None]] | None = None
+        self._moved_pending: set[str] = set()
+        self.shard_map = shardmap.Watcher(
+            node_id,
+            self._shards[0].commands,
+            [shard.name for shard in self._shards],
+            dead_after=dead_after,
+            drain=lambda: self._inflight.drain(2 * timeout),
+            apply=self._apply_map,
+            cleanup=self._clean_moved,
+        )
+        self._map_task: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
-        return all(shard.ready for shard in self._shards)
+        return (
+            all(shard.ready for shard in self._shards)
+            and self._map is not None
+            and not self.shard_map.unknown
+        )
 
     def shard_for(self, room: str) -> RedisShard:
-        return max(self._shards, key=lambda shard: _rendezvous_score(shard.name, room))
+        """The room's shard in the active map (the configured names until it is read);
+        BrokerUnavailable when this server has no endpoint for it (its configuration
+        lags the map)."""
+        name = (self._configured if self._map is None else self._map.active).place(room)
+        shard = self._by_name.get(name)
+        if shard is None:
+            raise BrokerUnavailable(f"shard {name} of the shard map is not in RELAY_REDIS_URLS")
+        return shard
 
     async def start(self) -> None:
         for shard in self._shards:
             shard.start()
+        self._map_task = asyncio.create_task(self.shard_map.run(), name="shard map")
+
+    def set_move_listener(self, listener: Callable[[list[str]], Awaitable[None]]) -> None:
+        """`listener` gets the local rooms a shard switch moved, once they are subscribed
+        on their new shard (presence writes its members there); a switch waits for it."""
+        self._on_moved = listener
 
     async def close(self) -> None:
+        if self._map_task is not None:
+            self._map_task.cancel()
+            await asyncio.wait({self._map_task}, timeout=1.0)
         await asyncio.gather(*(shard.close() for shard in self._shards), return_exceptions=True)
         await self._connector.aclose()
 
@@ -434,15 +480,26 @@ class RedisBroker(Broker):
         subject: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> PublishResult:
-        shard = self.shard_for(room)
+        # Counted in flight before the check, with no await between: a switch's prepare
+        # waits for every publish that passed the check before it (shardmap.InFlight).
+        generation = self._inflight.enter()
         try:
-            if policy.durable:
-                return await self._publish_durable(
-                    shard, room, data, ts, policy, msg_id, subject, trace
-                )
-            return await self._publish_volatile(shard, room, data, ts, msg_id, subject, trace)
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"publish on {shard.url} failed: {describe(exc)}") from exc
+            state = self._map
+            if state is None:
+                raise BrokerUnavailable("the shard map has not been read from Redis yet")
+            if state.switching and state.moving(room):
+                raise BrokerUnavailable(f"room {room} is moving to another shard; retry")
+            shard = self.shard_for(room)
+            try:
+                if policy.durable:
+                    return await self._publish_durable(
+                        shard, room, data, ts, policy, msg_id, subject, trace
+                    )
+                return await self._publish_volatile(shard, room, data, ts, msg_id, subject, trace)
+            except (RedisError, OSError) as exc:
+                raise BrokerUnavailable(f"publish on {shard.url} failed: {describe(exc)}") from exc
+        finally:
+            self._inflight.exit(generation)
 
     async def _publish_durable(
         self,
@@ -550,10 +607,63 @@ class RedisBroker(Broker):
         return self._shards[0]
 
     async def subscribe(self, room: str) -> None:
+        if self._map is None:
+            raise BrokerUnavailable("the shard map has not been read from Redis yet")
         await self.shard_for(room).subscribe(keys.channel(room))
 
     async def unsubscribe(self, room: str) -> None:
-        await self.shard_for(room).unsubscribe(keys.channel(room))
+        # Every shard that has it: during a switch a room may be on its old and new one.
+        channel = keys.channel(room)
+        for shard in self._shards:
+            if channel in shard.channels:
+                await shard.unsubscribe(channel)
+
+    async def _apply_map(self, state: shardmap.MapState) -> None:
+        """Put a shard map state in force: placement and refusals at once, then move
+        this server's subscriptions whose shard changed (raises if one cannot be moved:
+        the watcher applies the state again and does not ack until it has)."""
+        self._map = state
+        moved = []
+        for source in self._shards:
+            for channel in sorted(source.channels):
+                room = keys.room_of(channel)
+                if room is None:
+                    continue
+                target = self._by_name.get(state.active.place(room))
+                if target is None or target is source:
+                    continue
+                await target.subscribe(channel)
+                if channel in source.channels:
+                    await source.unsubscribe(channel)
+                else:  # left while we subscribed it: not wanted on either
+                    await target.unsubscribe(channel)
+                    continue
+                moved.append(room)
+        if moved:
+            log.info("shard map version %d: moved %d rooms", state.active.version, len(moved))
+            # Durable rooms: read the new shard's history (a new epoch: members re-sync).
+            self._gap(moved)
+            self._moved_pending.update(moved)
+        if self._moved_pending and self._on_moved is not None:
+            await self._on_moved(sorted(self._moved_pending))
+        self._moved_pending.clear()
+
+    async def _clean_moved(self, state: shardmap.MapState) -> None:
+        for name in state.old.names:
+            shard = self._by_name.get(name)
+            if shard is None:
+                continue
+            try:
+                rooms = await shardmap.clean_shard(shard.commands, name, state)
+            except (RedisError, OSError) as exc:
+                raise BrokerUnavailable(f"cleanup on {shard.url} failed: {describe(exc)}") from exc
+            log.info("shard %s: removed what %d moved rooms left behind", name, rooms)
+
+    def _control_message(self, message: bytes) -> None:
+        if message == shardmap.ANNOUNCE:
+            self.shard_map.wake()
+        else:
+            self._control_received(message)
 
     async def report_load(self, connections: int) -> None:
         """Write this server's connection count where the operator's autoscaler reads it."""
@@ -581,8 +691,3 @@ class RedisBroker(Broker):
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _rendezvous_score(shard: str, room: str) -> int:
-    digest = hashlib.blake2b(f"{shard}\x00{room}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")

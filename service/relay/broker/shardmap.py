@@ -1,0 +1,553 @@
+"""The active shard map: which Redis shards rooms are placed on, switched without split-brain.
+
+RELAY_REDIS_URLS names the shards a relay server *can* reach; the shards rooms are
+*placed* on are the active map, kept on the control shard (the first of
+RELAY_REDIS_URLS) in the hash `gamecluster:shardmap`: a version and a list of shard
+names. Placement is rendezvous hashing over the map's names. With no map in Redis, the
+first relay server writes its configured names as version 1 (HSETNX, in a script), so a
+deployment that never switches behaves as before the map existed.
+
+A switch to a new list of names (`relay shards switch`) is a barrier over the live relay
+servers (the `gamecluster:alive` set, members renewed within `dead_after`), driven by the
+relays themselves: whoever's ack completes a phase advances it, in one script, so no
+coordinator is needed and a relay that starts or reconnects mid-switch reads the phase
+from the hash. A room *moves* when its place differs between the old and the new map;
+rooms that do not move are never paused.
+
+1. prepare: every relay refuses publishes of moving rooms (`unavailable`, which clients
+   retry: never accepted and lost), waits for its publishes already sent to finish, and
+   acks. A relay that lacks a shard of the new map does not ack (it logs why). If the
+   prepare phase is not complete by the switch's deadline, it is aborted: the old map
+   stays, publishes resume; nothing had moved yet, so nothing needs undoing.
+2. move (the map has flipped to the new version): every relay subscribes its moving rooms
+   on their new shard, unsubscribes them on the old, writes its local presence members of
+   those rooms on the new shard, and acks; one relay (a SET NX claim that expires if its
+   holder dies) deletes the moved rooms' history, meta and presence from their old shards,
+   so a later switch back cannot resurrect a stale epoch. Publishes of moving rooms stay
+   refused until every live relay has acked: no publish goes to a shard where a member is
+   not yet listening. This phase does not abort (relays have moved): past the deadline it
+   is reported as stalled (log, metric, `relay shards show`) and keeps waiting; a relay
+   that died drops out of the barrier once it is `dead_after` silent.
+3. stable: publishes of the moved rooms go to their new shard.
+
+Durable rooms that move start a new epoch on their new shard: members are told
+(`joined`, `recovered: false`) and resuming clients get `recovered: false`. History is not
+copied. The dedupe window of a publish id does not cross a move either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from relay.broker import keys
+from relay.broker.base import BrokerUnavailable, describe
+from relay.contract import CLUSTER_KEY_PREFIX
+
+log = logging.getLogger("relay.broker.shardmap")
+
+MAP_KEY: Final = f"{CLUSTER_KEY_PREFIX}shardmap"
+"""Hash on the control shard: version, shards, phase and the switch in progress."""
+ANNOUNCE: Final = b"shardmap"
+"""Sent on the control channel when the map's phase changed: read it now, not at the
+next poll."""
+SWITCH_TIMEOUT_SECONDS: Final = 30.0
+"""Default bound of a switch: an unfinished prepare phase aborts, a move phase is stalled."""
+POLL_SECONDS: Final = 1.0
+"""How often a relay reads the map while none is switching (announcements may be missed
+while a Pub/Sub connection is rebuilt)."""
+SWITCH_POLL_SECONDS: Final = 0.2
+"""How often a relay reads and advances the map during a switch: bounds how long a dead
+relay's departure or a deadline goes unnoticed past its time."""
+CLEANUP_CLAIM_SECONDS: Final = 30
+"""A cleanup claim's lifetime: if its holder dies, another relay takes it over after it."""
+ACK_TTL_SECONDS: Final = 3600
+"""Ack sets of a switch expire: an aborted or finished switch leaves nothing behind."""
+SCAN_COUNT: Final = 500
+
+Phase = Literal["stable", "prepare", "move"]
+PHASES: Final[tuple[Phase, ...]] = ("stable", "prepare", "move")
+
+
+class ShardMapError(ValueError):
+    """A shard list that cannot become the active map."""
+
+
+def rendezvous_score(shard: str, room: str) -> int:
+    digest = hashlib.blake2b(f"{shard}\x00{room}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardMap:
+    version: int
+    names: tuple[str, ...]
+
+    def place(self, room: str) -> str:
+        """The room's shard: rendezvous hashing over the names (about 1/N of the rooms
+        move when a shard is added; none move when a shard's URL or password changes)."""
+        return max(self.names, key=lambda name: rendezvous_score(name, room))
+
+
+def validate(names: Sequence[str], control: str, known: Iterable[str] | None = None) -> None:
+    """Raise ShardMapError unless `names` can be a map whose control shard is `control`."""
+    if not names:
+        raise ShardMapError("a shard map needs at least one shard")
+    if len(set(names)) != len(names):
+        raise ShardMapError(f"shard names repeat in {','.join(names)}")
+    if control not in names:
+        raise ShardMapError(
+            f"the control shard {control!r} (the first of RELAY_REDIS_URLS) must be in every "
+            f"shard map; {','.join(names)} leaves it out"
+        )
+    if known is not None:
+        unknown = [n for n in names if n not in set(known)]
+        if unknown:
+            raise ShardMapError(
+                f"shard {unknown[0]!r} is not in RELAY_REDIS_URLS: add its endpoint to every "
+                "relay first (roll them), then switch"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class MapState:
+    """The map hash as read: the active map and, during a switch, its phase."""
+
+    active: ShardMap
+    phase: Phase = "stable"
+    other: ShardMap | None = None
+    """prepare: the map being switched to; move: the map switched from."""
+    switch: str = ""
+    """The switch's id (its ack sets are named by it); empty when stable."""
+    deadline_ms: int = 0
+    cleaned: bool = False
+    last: str = ""
+    """How the last switch ended (done, aborted and why): shown by `relay shards show`."""
+
+    @classmethod
+    def parse(cls, fields: dict[Any, Any]) -> MapState:
+        f = {_text(k): _text(v) for k, v in fields.items()}
+        try:
+            version = int(f["version"])
+            active = ShardMap(version, _names(f["shards"]))
+            phase = f.get("phase", "stable")
+            if phase not in PHASES:
+                raise ValueError(f"phase {phase!r}")
+            other = None
+            if phase == "prepare":
+                other = ShardMap(version + 1, _names(f["next"]))
+            elif phase == "move":
+                other = ShardMap(version - 1, _names(f["previous"]))
+        except (KeyError, ValueError) as exc:
+            raise ShardMapError(f"{MAP_KEY} in Redis is not a shard map: {exc!r}") from exc
+        return cls(
+            active,
+            phase,
+            other,
+            f.get("switch", "") if phase != "stable" else "",
+            int(f.get("deadline", "0") or 0),
+            f.get("cleaned") == "1",
+            f.get("last", ""),
+        )
+
+    @property
+    def switching(self) -> bool:
+        return self.phase != "stable"
+
+    @property
+    def old(self) -> ShardMap:
+        return self.other if self.phase == "move" and self.other is not None else self.active
+
+    @property
+    def new(self) -> ShardMap:
+        return self.other if self.phase == "prepare" and self.other is not None else self.active
+
+    def moving(self, room: str) -> bool:
+        """True while `room`'s publishes are refused: it changes shard in this switch."""
+        return self.switching and self.old.place(room) != self.new.place(room)
+
+    def stalled(self, now_ms: int) -> bool:
+        return self.switching and now_ms > self.deadline_ms
+
+    def describe(self) -> dict[str, Any]:
+        """For `relay shards show` and logs: no URL, names only."""
+        shown: dict[str, Any] = {
+            "version": self.active.version,
+            "shards": list(self.active.names),
+            "phase": self.phase,
+        }
+        if self.phase == "prepare" and self.other is not None:
+            shown["next"] = list(self.other.names)
+        if self.phase == "move" and self.other is not None:
+            shown["previous"] = list(self.other.names)
+        if self.switching:
+            shown["deadline_ms"] = self.deadline_ms
+            shown["stalled"] = self.stalled(now_ms())
+        if self.last:
+            shown["last"] = self.last
+        return shown
+
+
+# Scripts: each runs atomically on the control shard. The relay's ACL grants every
+# command they call (relay.contract.RELAY_REDIS_COMMANDS).
+
+_INIT: Final = """
+-- KEYS: 1 map; ARGV: 1 names (comma-separated), 2 version
+if redis.call('HSETNX', KEYS[1], 'version', ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[1], 'shards', ARGV[1], 'phase', 'stable')
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+_BEGIN: Final = """
+-- KEYS: 1 map; ARGV: 1 names, 2 switch id, 3 now (ms), 4 timeout (ms)
+if redis.call('HGET', KEYS[1], 'version') == false then
+  return redis.error_reply('no shard map yet: start a relay server first')
+end
+local phase = redis.call('HGET', KEYS[1], 'phase')
+if phase ~= 'stable' then
+  return redis.error_reply('a switch is in progress (phase ' .. phase .. ')')
+end
+if redis.call('HGET', KEYS[1], 'shards') ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'phase', 'prepare', 'next', ARGV[1], 'switch', ARGV[2],
+    'deadline', tonumber(ARGV[3]) + tonumber(ARGV[4]), 'timeout', ARGV[4], 'cleaned', '0')
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+_ADVANCE: Final = """
+-- KEYS: 1 map, 2 alive set, 3 prepare acks, 4 move acks
+-- ARGV: 1 switch id, 2 now (ms), 3 dead after (ms), 4 this node ('' to only advance),
+--       5 the phase it acks ('' for none), 6 '1' when it finished the cleanup
+local map = KEYS[1]
+local phase = redis.call('HGET', map, 'phase')
+if redis.call('HGET', map, 'switch') ~= ARGV[1] or (phase ~= 'prepare' and phase ~= 'move') then
+  return {redis.call('HGETALL', map), {}}
+end
+local acks = phase == 'prepare' and KEYS[3] or KEYS[4]
+if ARGV[4] ~= '' and ARGV[5] == phase then
+  redis.call('SADD', acks, ARGV[4])
+  redis.call('EXPIRE', acks, 3600)
+end
+if ARGV[6] == '1' and phase == 'move' then
+  redis.call('HSET', map, 'cleaned', '1')
+end
+local acked = {}
+for _, node in ipairs(redis.call('SMEMBERS', acks)) do acked[node] = true end
+local now = tonumber(ARGV[2])
+local missing = {}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - tonumber(ARGV[3]), '+inf')) do
+  if not acked[node] then table.insert(missing, node) end
+end
+local deadline = tonumber(redis.call('HGET', map, 'deadline'))
+if phase == 'prepare' then
+  if #missing == 0 then
+    local version = tonumber(redis.call('HGET', map, 'version')) + 1
+    redis.call('HSET', map, 'version', version, 'previous', redis.call('HGET', map, 'shards'),
+      'shards', redis.call('HGET', map, 'next'), 'phase', 'move',
+      'deadline', now + tonumber(redis.call('HGET', map, 'timeout')))
+    redis.call('HDEL', map, 'next')
+  elseif now > deadline then
+    redis.call('HSET', map, 'phase', 'stable', 'last', 'switch to ' ..
+      redis.call('HGET', map, 'next') .. ' aborted: not prepared in time by ' ..
+      table.concat(missing, ','))
+    redis.call('HDEL', map, 'next', 'switch', 'deadline', 'timeout', 'cleaned')
+  end
+elseif #missing == 0 and redis.call('HGET', map, 'cleaned') == '1' then
+  redis.call('HSET', map, 'phase', 'stable', 'last', 'switched to version ' ..
+    redis.call('HGET', map, 'version'))
+  redis.call('HDEL', map, 'previous', 'switch', 'deadline', 'timeout', 'cleaned')
+end
+return {redis.call('HGETALL', map), missing}
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _acks(switch: str, phase: Phase) -> str:
+    return f"{MAP_KEY}:ack:{switch}:{phase}"
+
+
+def _cleanup_claim(switch: str) -> str:
+    return f"{MAP_KEY}:cleanup:{switch}"
+
+
+def _pairs(reply: Sequence[Any]) -> dict[str, str]:
+    """HGETALL as a script returns it: a flat list of field, value."""
+    items = [_text(x) for x in reply]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+async def read(control: Redis) -> MapState | None:
+    """The map as stored, or None when no relay server has written one yet."""
+    fields = await control.hgetall(MAP_KEY)
+    return MapState.parse(fields) if fields else None
+
+
+async def begin(
+    control: Redis, names: Sequence[str], *, control_name: str, timeout: float
+) -> MapState:
+    """Start a switch to `names` (the relays carry it out); returns the new state.
+
+    Raises ShardMapError for a list that cannot be a map or when a switch is running.
+    """
+    validate(names, control_name)
+    start = now_ms()
+    try:
+        fields = await control.register_script(_BEGIN)(
+            keys=[MAP_KEY],
+            args=[",".join(names), secrets.token_hex(6), start, int(timeout * 1000)],
+        )
+    except RedisError as exc:
+        if "in progress" in str(exc) or "no shard map" in str(exc):
+            raise ShardMapError(str(exc)) from None
+        raise
+    await control.publish(keys.CONTROL_CHANNEL, ANNOUNCE)
+    return MapState.parse(_pairs(fields))
+
+
+class InFlight:
+    """Publishes sent and not yet answered, by generation.
+
+    A prepare must not ack while a publish of a moving room sent before it is still on
+    its way to the old shard: it could land after the flip, where no member listens.
+    `drain()` starts a new generation and waits for the older ones to finish (bounded by
+    the publish timeout, after which a publish has failed anyway).
+    """
+
+    __slots__ = ("_counts", "_drained", "_generation")
+
+    def __init__(self) -> None:
+        self._generation = 0
+        self._counts: dict[int, int] = {0: 0}
+        self._drained: dict[int, asyncio.Event] = {}
+
+    def enter(self) -> int:
+        generation = self._generation
+        self._counts[generation] += 1
+        return generation
+
+    def exit(self, generation: int) -> None:
+        left = self._counts[generation] - 1
+        if left or generation == self._generation:
+            self._counts[generation] = left
+            return
+        del self._counts[generation]
+        drained = self._drained.pop(generation, None)
+        if drained is not None:
+            drained.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """True when every publish sent before this call has finished within `timeout`."""
+        old = self._generation
+        self._generation += 1
+        self._counts[self._generation] = 0
+        waits = []
+        for generation in [g for g in self._counts if g <= old]:
+            if self._counts[generation] == 0:
+                del self._counts[generation]
+                continue
+            waits.append(self._drained.setdefault(generation, asyncio.Event()).wait())
+        if not waits:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*waits)
+        except TimeoutError:
+            return False
+        return True
+
+
+Mover = Callable[[MapState], Awaitable[None]]
+
+
+class Watcher:
+    """Keeps this relay server's view of the map current and takes part in switches.
+
+    `apply(state)` is the broker's: it installs a state (placement, refusals) and, on a
+    flip, moves this server's subscriptions and presence; the watcher acks a phase only
+    once `apply` has returned for it.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        control: Redis,
+        configured: Sequence[str],
+        *,
+        dead_after: float,
+        drain: Callable[[], Awaitable[bool]],
+        apply: Mover,
+        cleanup: Callable[[MapState], Awaitable[None]],
+    ) -> None:
+        self._node = node_id
+        self._control = control
+        # EVALSHA (SCRIPT LOAD after NOSCRIPT), never EVAL: the relay's ACL grants no EVAL.
+        self._init = control.register_script(_INIT)
+        self._advance = control.register_script(_ADVANCE)
+        self._configured = tuple(configured)
+        self._dead_after_ms = int(dead_after * 1000)
+        self._drain = drain
+        self._apply = apply
+        self._cleanup = cleanup
+        self.state: MapState | None = None
+        self.missing: tuple[str, ...] = ()
+        """Live relays a switch waits for (as of this server's last advance)."""
+        self.unknown: tuple[str, ...] = ()
+        """Shards of the active map this server has no endpoint for: it is unready."""
+        self._wake = asyncio.Event()
+        self._registered = False
+        self._acked: tuple[str, Phase] | None = None
+        self._reported: tuple[str, str] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except (RedisError, OSError, BrokerUnavailable) as exc:
+                log.debug("shard map read failed: %s", describe(exc))
+            except ShardMapError as exc:
+                log.error("%s", exc)
+            except Exception:
+                log.exception("shard map sync failed")
+            switching = self.state is not None and self.state.switching
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SWITCH_POLL_SECONDS if switching else POLL_SECONDS):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def sync(self) -> None:
+        if not self._registered:
+            # In the barrier before reading the map: a switch that begins after this
+            # waits for our ack; one already running is in what we read next.
+            await self._control.zadd(keys.ALIVE, {self._node: now_ms()})
+            self._registered = True
+        # No map in Redis: the configured names become version 1; or, when the control
+        # shard lost its data (a restart without persistence), the map this server knows.
+        known = self.state.active if self.state is not None else ShardMap(1, self._configured)
+        fields = await self._init(keys=[MAP_KEY], args=[",".join(known.names), known.version])
+        state = MapState.parse(_pairs(fields))
+        await self._install(state)
+        if state.switching:
+            await self._take_part(state)
+
+    async def _install(self, state: MapState) -> None:
+        unknown = self._lacking(state.active)
+        if unknown and unknown != self.unknown:
+            log.error(
+                "shard map version %d (%s) names shard(s) %s that RELAY_REDIS_URLS lacks: "
+                "this relay server is unready until its configuration has them",
+                state.active.version, ",".join(state.active.names), ",".join(unknown),
+            )  # fmt: skip
+        self.unknown = unknown
+        previous = self.state
+        if previous == state:
+            return
+        if previous is None or previous.active != state.active or previous.phase != state.phase:
+            log.info("shard map: %s", state.describe())
+        await self._apply(state)
+        # Only once applied: a failed apply (a SUBSCRIBE on the new shard) runs again.
+        self.state = state
+
+    def _lacking(self, shard_map: ShardMap) -> tuple[str, ...]:
+        return tuple(n for n in shard_map.names if n not in self._configured)
+
+    async def _take_part(self, state: MapState) -> None:
+        phase = state.phase
+        ack = ""
+        lacking = self._lacking(state.new)
+        if lacking and self._reported != (state.switch, "lacking"):
+            self._reported = (state.switch, "lacking")
+            log.error(
+                "cannot take part in the switch to %s: RELAY_REDIS_URLS lacks %s",
+                ",".join(state.new.names), ",".join(lacking),
+            )  # fmt: skip
+        if self._acked != (state.switch, phase) and not lacking:
+            if phase == "prepare" and not await self._drain():
+                log.warning("publishes still in flight after the prepare's wait; acking later")
+            else:
+                ack = phase
+        cleaned = phase == "move" and not state.cleaned and await self._clean(state)
+        now = now_ms()
+        fields, missing = await self._advance(
+            keys=[
+                MAP_KEY,
+                keys.ALIVE,
+                _acks(state.switch, "prepare"),
+                _acks(state.switch, "move"),
+            ],
+            args=[
+                state.switch,
+                now,
+                self._dead_after_ms,
+                self._node if ack else "",
+                ack,
+                "1" if cleaned else "0",
+            ],
+        )
+        if ack:
+            self._acked = (state.switch, phase)
+        self.missing = tuple(_text(m) for m in missing)
+        after = MapState.parse(_pairs(fields))
+        if after.phase != state.phase or after.active != state.active:
+            await self._control.publish(keys.CONTROL_CHANNEL, ANNOUNCE)
+            if after.phase == "stable" and after.last:
+                aborted = "aborted" in after.last
+                log.log(logging.WARNING if aborted else logging.INFO, "shard map: %s", after.last)
+            await self._install(after)
+            self._wake.set()  # the next phase may be ackable right away
+        elif after.stalled(now) and self._reported != (after.switch, after.phase):
+            self._reported = (after.switch, after.phase)
+            log.warning(
+                "shard map switch %s stalled in phase %s past its deadline, waiting for: %s",
+                after.switch, after.phase, ",".join(self.missing) or "the cleanup",
+            )  # fmt: skip
+
+    async def _clean(self, state: MapState) -> bool:
+        """Run the moved rooms' cleanup if no other live relay holds its claim."""
+        claim = _cleanup_claim(state.switch)
+        if not await self._control.set(claim, self._node, nx=True, ex=CLEANUP_CLAIM_SECONDS):
+            return False
+        await self._cleanup(state)
+        return True
+
+
+async def clean_shard(shard: Redis, name: str, state: MapState) -> int:
+    """Delete, on the shard `name`, what rooms that moved away from it left behind:
+    history, meta (the epoch) and presence. Returns how many rooms."""
+    old, new = state.old, state.new
+    rooms = 0
+    for pattern in (keys.META_PATTERN, keys.PRESENCE_PATTERN):
+        async for key in shard.scan_iter(match=pattern, count=SCAN_COUNT):
+            room = keys.room_of_key(_text(key))
+            if room is None or old.place(room) != name or new.place(room) == name:
+                continue
+            await shard.delete(keys.meta(room), keys.log(room), keys.presence(room))
+            rooms += 1
+    return rooms
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n for n in text.split(",") if n)
+    if not names:
+        raise ValueError("no shard names")
+    return names
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
