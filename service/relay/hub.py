@@ -270,6 +270,17 @@ class Hub:
             if entry is not None and entry.sequence is not None:
                 entry.sequence.fill()
 
+    async def refill(self, rooms: list[str]) -> None:
+        """These rooms moved shard: read their histories there now (a new epoch: members
+        re-sync), before anything is published on the new shard. Bounded by the
+        sequence's read give-up time."""
+        for room in rooms:
+            entry = self._rooms.get(room)
+            if entry is not None and entry.sequence is not None:
+                # Twice: a read already running may have started before the move.
+                for _ in range(2):
+                    await _shared(asyncio.shield(entry.sequence.fill()))
+
     async def close(self) -> None:
         for entry in self._rooms.values():
             if entry.unsubscribe_timer is not None:

@@ -72,7 +72,7 @@ class RelayNode:
         )
         self.hub.presence = self.presence
         if isinstance(self.broker, RedisBroker):
-            self.broker.set_move_listener(self.presence.moved)
+            self.broker.set_move_listener(self._moved)
         self.broker.set_control_listener(self._on_control)
         self.services = Services(
             settings,
@@ -130,6 +130,12 @@ class RelayNode:
         if len(self.sessions) >= self.settings.max_connections:
             return "connection limit reached"  # new clients would get 1013 here
         return None
+
+    async def _moved(self, rooms: list[str]) -> None:
+        """A shard switch moved these local rooms: durable ones read their new shard's
+        history (new epoch), presence writes its members there; the switch waits."""
+        await self.hub.refill(rooms)
+        await self.presence.moved(rooms)
 
     def update_gauges(self) -> None:
         """Gauges read at scrape time: rooms, and the shard map's version and switch."""

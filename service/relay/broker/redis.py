@@ -641,11 +641,12 @@ class RedisBroker(Broker):
                 moved.append(room)
         if moved:
             log.info("shard map version %d: moved %d rooms", state.active.version, len(moved))
-            # Durable rooms: read the new shard's history (a new epoch: members re-sync).
-            self._gap(moved)
             self._moved_pending.update(moved)
-        if self._moved_pending and self._on_moved is not None:
-            await self._on_moved(sorted(self._moved_pending))
+        if self._moved_pending:
+            if self._on_moved is None:
+                self._gap(sorted(self._moved_pending))  # durable rooms: their new history
+            else:
+                await self._on_moved(sorted(self._moved_pending))
         self._moved_pending.clear()
 
     async def _clean_moved(self, state: shardmap.MapState) -> None:

@@ -1,0 +1,254 @@
+"""Shard changes without split-brain (issue 14): the shard map switched under load.
+
+Real redis-server shards and real relay processes. The map starts at one shard (seeded
+as version 1, as a deployment that only ever had it would have), every relay can reach
+both; `relay shards switch` moves the map 1 -> 2 -> 1 while clients publish with ids
+through both relays and members of every room listen on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from gamecluster_client import Client, Connection, Event, Lost, UnavailableError
+from relay.broker.shardmap import MAP_KEY, ShardMap
+from relay.config import RedisEndpoint
+from support.processes import RedisProcess, RelayProcess
+from support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+ROOMS = [f"sm:{n}" for n in range(12)]
+QUICK = {
+    # dead_after = 3 reports = 1.5 s: a killed relay leaves the switch's barrier quickly.
+    "RELAY_LOAD_REPORT_SECONDS": "0.5",
+    "RELAY_PUBLISH_RATE": "100000",
+    "RELAY_PUBLISH_BURST": "100000",
+}
+
+
+def name(shard: RedisProcess) -> str:
+    return RedisEndpoint.parse(shard.url).name
+
+
+def seed(control: RedisProcess, *shards: RedisProcess) -> None:
+    control.cli("HSET", MAP_KEY, "version", "1", "shards", ",".join(map(name, shards)))
+    control.cli("HSET", MAP_KEY, "phase", "stable")
+
+
+def show(pod: RelayProcess) -> dict[str, Any]:
+    done = pod.cli("shards", "show")
+    assert done.returncode == 0, done.stderr
+    shown: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
+    return shown
+
+
+async def switch(pod: RelayProcess, *shards: RedisProcess, wait: bool = True) -> dict[str, Any]:
+    names = ",".join(map(name, shards))
+    args = ("shards", "switch", names, *(["--wait"] if wait else []))
+    done = await asyncio.to_thread(pod.cli, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
+    return shown
+
+
+def listeners(shard: RedisProcess, room: str) -> int:
+    """Relay servers subscribed to the room's channel on this shard."""
+    reply = shard.cli("PUBSUB", "NUMSUB", f"room:{{{room}}}").split()
+    return int(reply[-1])
+
+
+class Refusals(Client):
+    """A client that counts the server's refusals of its publishes, per room."""
+
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(urls)
+        self.refused: collections.Counter[str] = collections.Counter()
+
+    def _on_error(self, ws: Any, message: dict[str, Any], room: Any) -> None:
+        msg_id = message.get("id")
+        if isinstance(msg_id, str):
+            self.refused[msg_id.rpartition("#")[0]] += 1
+        super()._on_error(ws, message, room)
+
+
+@dataclass
+class Member:
+    client: Client
+    received: dict[str, set[int]] = field(default_factory=dict)
+    lost: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    async def collect(self, room: str) -> None:
+        async for message in self.client.room(room):
+            if isinstance(message, Event):
+                self.received.setdefault(room, set()).add(message.data["n"])
+            elif isinstance(message, Lost):
+                self.lost[room] += 1
+
+
+async def test_map_change_1_2_1_under_load(redis_factory, relay_factory) -> None:
+    a, b = redis_factory(), redis_factory()
+    seed(a, a)
+    pods = [relay_factory(n, redis_urls=[a.url, b.url], env=QUICK) for n in ("p1", "p2")]
+    one, two = ShardMap(1, (name(a),)), ShardMap(2, (name(a), name(b)))
+    moving = {r for r in ROOMS if two.place(r) != one.place(r)}
+    assert 0 < len(moving) < len(ROOMS)
+
+    members = [Member(Client([pod.url])) for pod in pods]
+    for member in members:
+        await member.client.connect()
+        for room in ROOMS:
+            await member.client.room(room).join()
+    collectors = [asyncio.create_task(m.collect(r)) for m in members for r in ROOMS]
+    publisher = Refusals([pods[0].url])
+    other = Refusals([pods[1].url])
+    for client in (publisher, other):
+        await client.connect()
+    acks: dict[str, list[asyncio.Future[Any]]] = {room: [] for room in ROOMS}
+    stop = asyncio.Event()
+
+    async def publish(room: str, client: Client) -> None:
+        n = 0
+        while not stop.is_set():
+            sent = client.room(room).publish({"n": n}, id=f"{room}#{n}", timeout=None)
+            acks[room].append(asyncio.ensure_future(sent))
+            n += 1
+            await asyncio.sleep(0.02)
+
+    publishing = [
+        asyncio.create_task(publish(room, (publisher, other)[k % 2]))
+        for k, room in enumerate(ROOMS)
+    ]
+    await asyncio.sleep(0.5)
+    assert (await switch(pods[0], a, b))["version"] == 2
+    # Right after the switch: every room is listened to on its shard only, by both relays.
+    for room in ROOMS:
+        on, off = (b, a) if room in moving else (a, b)
+        assert (listeners(on, room), listeners(off, room)) == (2, 0), room
+    # The moved rooms' history and epoch left their old shard (a switch back cannot
+    # resurrect them).
+    assert all(a.cli("EXISTS", f"room:{{{r}}}:meta", f"room:{{{r}}}:log") == "0" for r in moving)
+    await asyncio.sleep(0.5)
+    back = await switch(pods[1], a)
+    assert (back["version"], back["shards"]) == (3, [name(a)])
+    assert all(listeners(b, room) == 0 and listeners(a, room) == 2 for room in ROOMS)
+    # Histories and epochs left b (publish ids expire with their dedupe window).
+    assert b.cli("KEYS", "room:*:meta").split() == b.cli("KEYS", "room:*:log").split() == []
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*publishing)
+    await asyncio.wait_for(asyncio.gather(*(f for fs in acks.values() for f in fs)), 20)
+
+    # Every acked event reached every member (through the old shard before the switch,
+    # the new one after it): none published to a shard its members had left.
+    def complete() -> bool:
+        return all(
+            len(m.received.get(room, ())) == len(acks[room]) for m in members for room in ROOMS
+        )
+
+    await eventually(complete, 15, "every acked event at every member")
+    for member in members:
+        for room in ROOMS:
+            assert member.received[room] == set(range(len(acks[room]))), room
+    # Rooms that do not move are never refused; moved ones start a new epoch (Lost).
+    refused = publisher.refused + other.refused
+    assert set(refused) <= moving, refused
+    assert refused, "no publish of a moving room was refused: the switch paused nothing"
+    for member in members:
+        assert set(member.lost) == moving
+    for task in collectors:
+        task.cancel()
+    for client in (publisher, other, *(m.client for m in members)):
+        await client.close()
+
+
+async def test_a_relay_killed_mid_switch_drops_out_and_one_started_mid_switch_joins(
+    redis_factory, relay_factory
+) -> None:
+    a, b = redis_factory(), redis_factory()
+    seed(a, a)
+    slow = {**QUICK, "RELAY_LOAD_REPORT_SECONDS": "1"}  # dead_after = 3 s
+    pods = [relay_factory(n, redis_urls=[a.url, b.url], env=slow) for n in ("p1", "p2")]
+    two = ShardMap(2, (name(a), name(b)))
+    room = next(r for r in ROOMS if two.place(r) == name(b))  # one that moves
+    stuck = relay_factory("stuck", redis_urls=[a.url, b.url], env=slow)
+    assert stuck.proc is not None
+    stuck.proc.send_signal(signal.SIGSTOP)  # acks nothing
+    # Hung but looking alive (its liveness renewed, as a pod whose event loop is blocked
+    # in one task could): it holds the barrier for as long as this test needs.
+    hung = asyncio.Event()
+
+    async def renew() -> None:
+        while not hung.is_set():
+            now = str(int(time.time() * 1000))
+            await asyncio.to_thread(a.cli, "ZADD", "gamecluster:alive", now, "stuck")
+            await asyncio.sleep(0.2)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        assert (await switch(pods[0], a, b, wait=False))["phase"] == "prepare"
+        # Meanwhile the moving room's publishes are refused (retryable), the others not.
+        still = next(r for r in ROOMS if two.place(r) == name(a))
+        async with Connection(pods[1].url) as raw:
+            with pytest.raises(UnavailableError):
+                await raw.publish(room, 1, id="during")
+            acked = await raw.publish(still, 1, id="during")
+            assert acked is not None and acked["op"] == "ack", acked
+        # A relay started now reads the switch from Redis and takes part in it.
+        late = relay_factory("late", redis_urls=[a.url, b.url], env=slow)
+        assert show(late)["phase"] == "prepare"  # the stopped relay holds the barrier
+        hung.set()
+        await renewing
+        stuck.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        await eventually(lambda: show(pods[0])["phase"] == "stable", 15, "the switch to end")
+        assert time.monotonic() - killed < 10  # dead_after (3 s) and a poll, under load
+    finally:
+        hung.set()
+        stuck.kill()
+    assert show(late)["version"] == 2
+    # The late relay's member of the moved room listens on its new shard: a publish
+    # through another relay reaches it.
+    listener = Client([late.url])
+    await listener.connect()
+    await listener.room(room).join()
+    assert listeners(b, room) == 1 and listeners(a, room) == 0
+    publisher = Client([pods[1].url])
+    await publisher.connect()
+    await publisher.room(room).publish({"n": 1}, id="after")
+    async for message in listener.room(room):
+        if isinstance(message, Event):
+            assert message.data == {"n": 1}
+            break
+    for client in (listener, publisher):
+        await client.close()
+
+
+async def test_a_prepare_not_done_in_time_aborts_and_keeps_the_old_map(
+    redis_factory, relay_factory
+) -> None:
+    a, b = redis_factory(), redis_factory()
+    seed(a, a)
+    pod = relay_factory("p1", redis_urls=[a.url, b.url], env=QUICK)
+    # A relay that cannot reach shard b never acks a switch to it.
+    blind = relay_factory("blind", redis_urls=[a.url], env=QUICK)
+    done = await asyncio.to_thread(
+        pod.cli, "shards", "switch", f"{name(a)},{name(b)}", "--timeout", "1", "--wait"
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    shown = show(pod)
+    assert (shown["version"], shown["phase"]) == (1, "stable")
+    assert "aborted" in shown["last"] and "blind" in shown["last"]
+    assert "lacks " + name(b) in blind.tail(200)
+    # Refused up front: a map without the control shard, a name no endpoint has.
+    for names in (name(b), f"{name(a)},nowhere"):
+        refused = await asyncio.to_thread(pod.cli, "shards", "switch", names)
+        assert refused.returncode == 1 and "relay shards:" in refused.stderr
