@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import logging
 
+from redis.exceptions import RedisError
 from starlette.responses import PlainTextResponse
 
 from relay import __version__, auth, control, tracing
-from relay.broker import Broker, BrokerUnavailable
+from relay.broker import Broker, BrokerUnavailable, describe, shardmap
 from relay.broker.connection import Connector
 from relay.broker.memory import MemoryBroker
 from relay.broker.redis import RedisBroker
-from relay.broker.shardmap import PHASES, now_ms
+from relay.broker.shardmap import PHASES, MapState, ShardMapError, now_ms
 from relay.cluster import ClusterState, NodeReport, make_state
 from relay.config import Settings
 from relay.hub import Hub
@@ -130,6 +131,39 @@ class RelayNode:
         if len(self.sessions) >= self.settings.max_connections:
             return "connection limit reached"  # new clients would get 1013 here
         return None
+
+    async def shard_map(self) -> MapState:
+        """The shard map as stored. Raises BrokerUnavailable; ShardMapError without
+        Redis shards (the embedded broker has none) or before any relay wrote one."""
+        broker = self._redis_broker()
+        try:
+            state = await shardmap.read(broker.control_shard.commands)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"shard map read failed: {describe(exc)}") from exc
+        if state is None:
+            raise ShardMapError("no shard map yet: no relay server has connected")
+        return state
+
+    async def switch_shards(self, names: list[str], timeout: float) -> MapState:
+        """Start a switch to `names` (docs/operations.md, "Shard changes").
+
+        Raises ShardMapError (a bad list, a switch running), BrokerUnavailable."""
+        broker = self._redis_broker()
+        control = self.settings.redis_endpoints[0].name
+        shardmap.validate(names, control, [e.name for e in self.settings.redis_endpoints])
+        try:
+            state = await shardmap.begin(
+                broker.control_shard.commands, names, control_name=control, timeout=timeout
+            )
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"shard switch failed: {describe(exc)}") from exc
+        log.info("shard map switch to %s started: %s", ",".join(names), state.describe())
+        return state
+
+    def _redis_broker(self) -> RedisBroker:
+        if not isinstance(self.broker, RedisBroker):
+            raise ShardMapError("the embedded broker has no shards (RELAY_REDIS_URLS is empty)")
+        return self.broker
 
     async def _moved(self, rooms: list[str]) -> None:
         """A shard switch moved these local rooms: durable ones read their new shard's

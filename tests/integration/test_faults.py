@@ -52,8 +52,10 @@ async def test_redis_restart_gives_unavailable_then_fanout_recovers(
 async def test_silent_partition_is_detected_and_healed(redis: RedisProcess, relay_factory) -> None:
     proxy = StallingProxy(redis.port).start()
     try:
-        pod_a = relay_factory("a", redis_urls=[proxy.url])
-        pod_b = relay_factory("b", redis_urls=[redis.url])
+        # One Redis under one shard name, through the proxy or not: rooms are placed by
+        # the names of the shard map, which both pods must agree on.
+        pod_a = relay_factory("a", redis_urls=[f"main={proxy.url}"])
+        pod_b = relay_factory("b", redis_urls=[f"main={redis.url}"])
         async with RelayClient(pod_a.url) as on_a, RelayClient(pod_b.url) as on_b:
             await on_a.join("r")
             await on_b.join("r")

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from gamecluster_client import Client, Connection, Event, Lost, UnavailableError
+from relay.api.client import ApiCallError, RelayApi
 from relay.broker.shardmap import MAP_KEY, ShardMap
 from relay.config import RedisEndpoint
 from support.processes import RedisProcess, RelayProcess
@@ -27,11 +28,13 @@ from support.waiting import eventually
 pytestmark = pytest.mark.integration
 
 ROOMS = [f"sm:{n}" for n in range(12)]
+KEY = "k" * 40
 QUICK = {
     # dead_after = 3 reports = 1.5 s: a killed relay leaves the switch's barrier quickly.
     "RELAY_LOAD_REPORT_SECONDS": "0.5",
     "RELAY_PUBLISH_RATE": "100000",
     "RELAY_PUBLISH_BURST": "100000",
+    "RELAY_API_KEYS": KEY,
 }
 
 
@@ -140,8 +143,18 @@ async def test_map_change_1_2_1_under_load(redis_factory, relay_factory) -> None
     # resurrect them).
     assert all(a.cli("EXISTS", f"room:{{{r}}}:meta", f"room:{{{r}}}:log") == "0" for r in moving)
     await asyncio.sleep(0.5)
-    back = await switch(pods[1], a)
-    assert (back["version"], back["shards"]) == (3, [name(a)])
+    # Back through the server API (what the operator calls), polled until done.
+    with RelayApi(pods[1].admin, api_key=KEY) as api:
+        started = await asyncio.to_thread(api.switch_shards, [name(a)])
+        assert (started.phase, started.next) == ("prepare", [name(a)])
+
+        async def switched() -> bool:
+            state = await asyncio.to_thread(api.shards)
+            return state.phase == "stable"
+
+        await eventually(switched, 15, "the switch back to one shard")
+        back = await asyncio.to_thread(api.shards)
+    assert (back.version, back.shards) == (3, [name(a)])
     assert all(listeners(a, room) == 2 for room in ROOMS)
     await eventually(lambda: all(listeners(b, r) == 0 for r in ROOMS), 5, "rooms off b")
     # Histories and epochs left b (publish ids expire with their dedupe window).
@@ -258,3 +271,6 @@ async def test_a_prepare_not_done_in_time_aborts_and_keeps_the_old_map(
     for names in (name(b), f"{name(a)},nowhere"):
         refused = await asyncio.to_thread(pod.cli, "shards", "switch", names)
         assert refused.returncode == 1 and "relay shards:" in refused.stderr
+        with RelayApi(pod.admin, api_key=KEY) as api, pytest.raises(ApiCallError) as error:
+            await asyncio.to_thread(api.switch_shards, names.split(","))
+        assert (error.value.status, error.value.code) == (400, "bad_request")

@@ -127,6 +127,15 @@ class _Calls:
     def nodes() -> _Call[models.NodeList]:
         return _Call("GET", "/nodes", models.NodeList)
 
+    @staticmethod
+    def shards() -> _Call[models.ShardMapInfo]:
+        return _Call("GET", "/shards", models.ShardMapInfo)
+
+    @staticmethod
+    def switch_shards(shards: list[str], timeout: float) -> _Call[models.ShardMapInfo]:
+        body = {"shards": shards, "timeout": timeout}
+        return _Call("POST", "/shards/switch", models.ShardMapInfo, body)
+
 
 class AsyncRelayApi:
     def __init__(
@@ -200,6 +209,12 @@ class AsyncRelayApi:
 
     async def nodes(self) -> models.NodeList:
         return await self._send(_Calls.nodes())
+
+    async def shards(self) -> models.ShardMapInfo:
+        return await self._send(_Calls.shards())
+
+    async def switch_shards(self, shards: list[str], timeout: float = 30.0) -> models.ShardMapInfo:
+        return await self._send(_Calls.switch_shards(shards, timeout))
 
 
 class RelayApi:
@@ -276,3 +291,9 @@ class RelayApi:
 
     def nodes(self) -> models.NodeList:
         return self._send(_Calls.nodes())
+
+    def shards(self) -> models.ShardMapInfo:
+        return self._send(_Calls.shards())
+
+    def switch_shards(self, shards: list[str], timeout: float = 30.0) -> models.ShardMapInfo:
+        return self._send(_Calls.switch_shards(shards, timeout))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -169,3 +169,35 @@ class NodeInfo(_Model):
 
 class NodeList(_Model):
     nodes: list[NodeInfo]
+
+
+SHARD_NAME_REGEX: Final = r"^[A-Za-z0-9/][A-Za-z0-9._:/-]{0,127}$"
+MAX_SHARDS: Final = 64
+
+
+class ShardSwitch(_Model):
+    """Switch every relay server to these shards (POST /shards/switch)."""
+
+    shards: list[Annotated[str, Field(pattern=SHARD_NAME_REGEX)]] = Field(
+        min_length=1, max_length=MAX_SHARDS
+    )
+    """Shard names from RELAY_REDIS_URLS; the control shard (its first) must be one."""
+    timeout: float = Field(30.0, gt=0, le=600)
+    """Seconds: a prepare phase not done by then aborts; a move phase is reported stalled."""
+
+
+class ShardMapInfo(_Model):
+    """The active shard map and the switch in progress, if any (docs/operations.md)."""
+
+    version: int
+    shards: list[str]
+    phase: Literal["stable", "prepare", "move"]
+    next: list[str] | None = None
+    """prepare: the shards being switched to."""
+    previous: list[str] | None = None
+    """move: the shards switched from."""
+    deadline_ms: int | None = None
+    stalled: bool | None = None
+    """True past the deadline (a move phase keeps waiting for the relays named in the log)."""
+    last: str | None = None
+    """How the last switch ended."""

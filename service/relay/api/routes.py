@@ -30,6 +30,7 @@ from relay import contract, protocol, tracing
 from relay.api import models
 from relay.api.keys import ApiAuth, ApiRefused
 from relay.broker import BrokerUnavailable
+from relay.broker.shardmap import ShardMapError
 from relay.node import RelayNode
 from relay.protocol import ProtocolError
 
@@ -220,6 +221,26 @@ def _router(node: RelayNode, api_auth: ApiAuth) -> APIRouter:
                 for r in reports
             ]
         )
+
+    @router.get("/shards", response_model=models.ShardMapInfo, tags=["cluster"])
+    async def shards() -> models.ShardMapInfo:
+        """The active shard map (version, shard names) and the phase of a switch."""
+        try:
+            state = await _broker_call(node.shard_map())
+        except ShardMapError as exc:
+            raise ApiProblem(400, "bad_request", str(exc)) from exc
+        return models.ShardMapInfo(**state.describe())
+
+    @router.post("/shards/switch", response_model=models.ShardMapInfo, tags=["cluster"])
+    async def switch_shards(body: models.ShardSwitch) -> models.ShardMapInfo:
+        """Start switching every relay server to these shards; the answer is the map
+        with the switch started (`phase: prepare`), or unchanged when it already is
+        this list. Poll GET /shards until `phase` is `stable` again."""
+        try:
+            state = await _broker_call(node.switch_shards(body.shards, body.timeout))
+        except ShardMapError as exc:
+            raise ApiProblem(400, "bad_request", str(exc)) from exc
+        return models.ShardMapInfo(**state.describe())
 
     @router.post("/subjects/{sub}/disconnect", response_model=models.Accepted, tags=["subjects"])
     async def disconnect(

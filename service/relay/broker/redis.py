@@ -486,7 +486,7 @@ class RedisBroker(Broker):
         try:
             state = self._map
             if state is None:
-                raise BrokerUnavailable("the shard map has not been read from Redis yet")
+                state = await self._read_map()
             if state.switching and state.moving(room):
                 raise BrokerUnavailable(f"room {room} is moving to another shard; retry")
             shard = self.shard_for(room)
@@ -608,8 +608,20 @@ class RedisBroker(Broker):
 
     async def subscribe(self, room: str) -> None:
         if self._map is None:
-            raise BrokerUnavailable("the shard map has not been read from Redis yet")
+            await self._read_map()
         await self.shard_for(room).subscribe(keys.channel(room))
+
+    async def _read_map(self) -> shardmap.MapState:
+        """The shard map, read now when not known yet (before the watcher's first read)."""
+        control = self._shards[0]
+        try:
+            await self.shard_map.ensure()
+        except (RedisError, OSError, shardmap.ShardMapError) as exc:
+            reason = f"shard map read on {control.url} failed: {describe(exc)}"
+            raise BrokerUnavailable(reason) from exc
+        if self._map is None:
+            raise BrokerUnavailable("the shard map has not been read from Redis yet")
+        return self._map
 
     async def unsubscribe(self, room: str) -> None:
         # Every shard that has it: during a switch a room may be on its old and new one.

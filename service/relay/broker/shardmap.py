@@ -408,6 +408,8 @@ class Watcher:
         self.unknown: tuple[str, ...] = ()
         """Shards of the active map this server has no endpoint for: it is unready."""
         self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        """One sync at a time: the loop's, or a first publish's before the map is known."""
         self._registered = False
         self._acked: tuple[str, Phase] | None = None
         self._reported: tuple[str, str] | None = None
@@ -418,7 +420,8 @@ class Watcher:
     async def run(self) -> None:
         while True:
             try:
-                await self.sync()
+                async with self._lock:
+                    await self.sync()
             except (RedisError, OSError, BrokerUnavailable) as exc:
                 log.debug("shard map read failed: %s", describe(exc))
             except ShardMapError as exc:
@@ -430,6 +433,12 @@ class Watcher:
                 async with asyncio.timeout(SWITCH_POLL_SECONDS if switching else POLL_SECONDS):
                     await self._wake.wait()
             self._wake.clear()
+
+    async def ensure(self) -> None:
+        """Read the map now unless it is known (raises what sync raises)."""
+        async with self._lock:
+            if self.state is None:
+                await self.sync()
 
     async def sync(self) -> None:
         if not self._registered:
