@@ -274,3 +274,47 @@ async def test_a_prepare_not_done_in_time_aborts_and_keeps_the_old_map(
         with RelayApi(pod.admin, api_key=KEY) as api, pytest.raises(ApiCallError) as error:
             await asyncio.to_thread(api.switch_shards, names.split(","))
         assert (error.value.status, error.value.code) == (400, "bad_request")
+
+
+async def test_the_move_phase_waits_for_a_hung_relay_and_reports_the_stall(
+    redis_factory, relay_factory
+) -> None:
+    a, b = redis_factory(), redis_factory()
+    seed(a, a)
+    slow = {**QUICK, "RELAY_LOAD_REPORT_SECONDS": "1"}  # dead_after = 3 s
+    pod = relay_factory("p1", redis_urls=[a.url, b.url], env=slow)
+    hung = relay_factory("hung", redis_urls=[a.url, b.url], env=slow)
+    assert hung.proc is not None
+    hung.proc.send_signal(signal.SIGSTOP)
+    gone = asyncio.Event()
+
+    async def renew() -> None:  # hung, yet looking alive (see the test above)
+        while not gone.is_set():
+            now = str(int(time.time() * 1000))
+            await asyncio.to_thread(a.cli, "ZADD", "gamecluster:alive", now, "hung")
+            await asyncio.sleep(0.2)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        names = f"{name(a)},{name(b)}"
+        started = await asyncio.to_thread(pod.cli, "shards", "switch", names, "--timeout", "3")
+        assert started.returncode == 0, started.stderr
+        # As if it had acked the prepare and hung right after: the map flips, and the
+        # move phase waits for it.
+        switch_id = await asyncio.to_thread(a.cli, "HGET", MAP_KEY, "switch")
+        await asyncio.to_thread(a.cli, "SADD", f"{MAP_KEY}:ack:{switch_id}:prepare", "hung")
+        await eventually(lambda: show(pod)["phase"] == "move", 10, "the flip")
+        two = ShardMap(2, (name(a), name(b)))
+        room = next(r for r in ROOMS if two.place(r) == name(b))
+        async with Connection(pod.url) as raw:
+            with pytest.raises(UnavailableError):  # the hung relay may still listen on a
+                await raw.publish(room, 1, id="during")
+        await eventually(lambda: show(pod)["stalled"] is True, 15, "the stall past 3 s")
+        assert show(pod)["phase"] == "move"  # not aborted: relays have moved
+        assert "relay_shard_switch_stalled 1.0" in pod.metrics()
+    finally:
+        gone.set()
+        await renewing
+        hung.kill()
+    await eventually(lambda: show(pod)["phase"] == "stable", 15, "the hung relay to drop out")
+    assert "relay_shard_switch_stalled 0.0" in pod.metrics()
