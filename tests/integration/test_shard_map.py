@@ -23,6 +23,7 @@ from relay.api.client import ApiCallError, RelayApi
 from relay.broker.shardmap import MAP_KEY, ShardMap
 from relay.config import RedisEndpoint
 from support.processes import RedisProcess, RelayProcess
+from support.proxy import StallingProxy
 from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -30,8 +31,8 @@ pytestmark = pytest.mark.integration
 ROOMS = [f"sm:{n}" for n in range(12)]
 KEY = "k" * 40
 QUICK = {
-    # dead_after = 3 reports = 1.5 s: a killed relay leaves the switch's barrier quickly.
-    "RELAY_LOAD_REPORT_SECONDS": "0.5",
+    # dead_after = 3 reports = 3 s: a killed relay leaves the switch's barrier quickly.
+    "RELAY_LOAD_REPORT_SECONDS": "1",
     "RELAY_PUBLISH_RATE": "100000",
     "RELAY_PUBLISH_BURST": "100000",
     "RELAY_API_KEYS": KEY,
@@ -192,11 +193,10 @@ async def test_a_relay_killed_mid_switch_drops_out_and_one_started_mid_switch_jo
 ) -> None:
     a, b = redis_factory(), redis_factory()
     seed(a, a)
-    slow = {**QUICK, "RELAY_LOAD_REPORT_SECONDS": "1"}  # dead_after = 3 s
-    pods = [relay_factory(n, redis_urls=[a.url, b.url], env=slow) for n in ("p1", "p2")]
+    pods = [relay_factory(n, redis_urls=[a.url, b.url], env=QUICK) for n in ("p1", "p2")]
     two = ShardMap(2, (name(a), name(b)))
     room = next(r for r in ROOMS if two.place(r) == name(b))  # one that moves
-    stuck = relay_factory("stuck", redis_urls=[a.url, b.url], env=slow)
+    stuck = relay_factory("stuck", redis_urls=[a.url, b.url], env=QUICK)
     assert stuck.proc is not None
     stuck.proc.send_signal(signal.SIGSTOP)  # acks nothing
     # Hung but looking alive (its liveness renewed, as a pod whose event loop is blocked
@@ -221,7 +221,7 @@ async def test_a_relay_killed_mid_switch_drops_out_and_one_started_mid_switch_jo
             assert acked is not None and acked["op"] == "ack", acked
         # A relay started now reads the switch from Redis and takes part in it.
         # (In a thread: the renewals above must go on while it starts.)
-        late = await asyncio.to_thread(relay_factory, "late", redis_urls=[a.url, b.url], env=slow)
+        late = await asyncio.to_thread(relay_factory, "late", redis_urls=[a.url, b.url], env=QUICK)
         shown = await asyncio.to_thread(show, late)
         assert shown["phase"] == "prepare"  # the hung relay holds the barrier
         hung.set()
@@ -281,9 +281,8 @@ async def test_the_move_phase_waits_for_a_hung_relay_and_reports_the_stall(
 ) -> None:
     a, b = redis_factory(), redis_factory()
     seed(a, a)
-    slow = {**QUICK, "RELAY_LOAD_REPORT_SECONDS": "1"}  # dead_after = 3 s
-    pod = relay_factory("p1", redis_urls=[a.url, b.url], env=slow)
-    hung = relay_factory("hung", redis_urls=[a.url, b.url], env=slow)
+    pod = relay_factory("p1", redis_urls=[a.url, b.url], env=QUICK)
+    hung = relay_factory("hung", redis_urls=[a.url, b.url], env=QUICK)
     assert hung.proc is not None
     hung.proc.send_signal(signal.SIGSTOP)
     gone = asyncio.Event()
@@ -318,3 +317,36 @@ async def test_the_move_phase_waits_for_a_hung_relay_and_reports_the_stall(
         hung.kill()
     await eventually(lambda: show(pod)["phase"] == "stable", 15, "the hung relay to drop out")
     assert "relay_shard_switch_stalled 0.0" in pod.metrics()
+
+
+async def test_a_relay_cut_off_from_the_control_shard_stops_publishing(
+    redis_factory, relay_factory
+) -> None:
+    """Cut off for dead_after, it could be left out of a switch: it must not publish by
+    the map it last read, even to a shard it still reaches."""
+    a, b = redis_factory(), redis_factory()
+    seed(a, a, b)
+    proxy = StallingProxy(a.port).start()
+    try:
+        # One shard name for a, through the proxy or not (placement is by name).
+        cut = relay_factory("cut", redis_urls=[f"{name(a)}={proxy.url}", b.url], env=QUICK)
+        two = ShardMap(1, (name(a), name(b)))
+        room = next(r for r in ROOMS if two.place(r) == name(b))
+        async with Connection(cut.url) as client:
+            assert (await client.publish(room, 0, id="before"))["op"] == "ack"
+            proxy.stall()
+            attempts = iter(range(1, 1000))
+
+            async def refused() -> bool:
+                try:
+                    await client.publish(room, 1, id=f"cut-{next(attempts)}")
+                except UnavailableError:
+                    return True
+                return False
+
+            await eventually(refused, 10, "publishes to b refused while a is cut off")
+            proxy.flow()
+            await eventually(lambda: cut.status() == 200, 15, "the relay back")
+            assert (await client.publish(room, 2, id="after"))["op"] == "ack"
+    finally:
+        proxy.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -433,6 +434,7 @@ class RedisBroker(Broker):
             cleanup=self._clean_moved,
         )
         self._map_task: asyncio.Task[None] | None = None
+        self._fence_seconds = dead_after / 2
 
     @property
     def ready(self) -> bool:
@@ -440,6 +442,7 @@ class RedisBroker(Broker):
             all(shard.ready for shard in self._shards)
             and self._map is not None
             and not self.shard_map.unknown
+            and time.monotonic() - self.shard_map.confirmed_at <= self._fence_seconds
         )
 
     def shard_for(self, room: str) -> RedisShard:
@@ -487,6 +490,10 @@ class RedisBroker(Broker):
             state = self._map
             if state is None:
                 state = await self._read_map()
+            if time.monotonic() - self.shard_map.confirmed_at > self._fence_seconds:
+                # Cut off from the control shard this long, this server could be left out
+                # of a switch (after dead_after): it must not publish by a stale map.
+                raise BrokerUnavailable("the shard map could not be confirmed on the control shard")
             if state.switching and state.moving(room):
                 raise BrokerUnavailable(f"room {room} is moving to another shard; retry")
             shard = self.shard_for(room)

@@ -65,7 +65,7 @@ SWITCH_TIMEOUT_SECONDS: Final = 30.0
 """Default bound of a switch: an unfinished prepare phase aborts, a move phase is stalled."""
 POLL_SECONDS: Final = 1.0
 """How often a relay reads the map while none is switching (announcements may be missed
-while a Pub/Sub connection is rebuilt)."""
+while a Pub/Sub connection is rebuilt); more often with a short `dead_after`."""
 SWITCH_POLL_SECONDS: Final = 0.2
 """How often a relay reads and advances the map during a switch: bounds how long a dead
 relay's departure or a deadline goes unnoticed past its time."""
@@ -399,6 +399,9 @@ class Watcher:
         self._advance = control.register_script(_ADVANCE)
         self._configured = tuple(configured)
         self._dead_after_ms = int(dead_after * 1000)
+        # Several reads within the publish fence (dead_after / 2): one slow read must not
+        # refuse publishes.
+        self._poll = min(POLL_SECONDS, dead_after / 8)
         self._drain = drain
         self._apply = apply
         self._cleanup = cleanup
@@ -411,6 +414,8 @@ class Watcher:
         self._lock = asyncio.Lock()
         """One sync at a time: the loop's, or a first publish's before the map is known."""
         self._registered = False
+        self.confirmed_at = -float("inf")
+        """time.monotonic() of the last successful read of the map (and liveness renewal)."""
         self._acked: tuple[str, Phase] | None = None
         self._reported: tuple[str, str] | None = None
 
@@ -430,7 +435,9 @@ class Watcher:
                 log.exception("shard map sync failed")
             switching = self.state is not None and self.state.switching
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SWITCH_POLL_SECONDS if switching else POLL_SECONDS):
+                async with asyncio.timeout(
+                    min(SWITCH_POLL_SECONDS, self._poll) if switching else self._poll
+                ):
                     await self._wake.wait()
             self._wake.clear()
 
@@ -446,12 +453,19 @@ class Watcher:
             # waits for our ack; one already running is in what we read next.
             await self._control.zadd(keys.ALIVE, {self._node: now_ms()})
             self._registered = True
+        else:
+            # Renewed with every read (XX: a node declared dead is re-added by presence,
+            # which then writes its members again): while reads succeed, no switch can
+            # leave this server out; see RedisBroker.publish's fence.
+            await self._control.zadd(keys.ALIVE, {self._node: now_ms()}, xx=True)
+        read_at = time.monotonic()
         # No map in Redis: the configured names become version 1; or, when the control
         # shard lost its data (a restart without persistence), the map this server knows.
         known = self.state.active if self.state is not None else ShardMap(1, self._configured)
         fields = await self._init(keys=[MAP_KEY], args=[",".join(known.names), known.version])
         state = MapState.parse(_pairs(fields))
         await self._install(state)
+        self.confirmed_at = read_at
         if state.switching:
             await self._take_part(state)
 
