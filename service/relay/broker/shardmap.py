@@ -33,6 +33,10 @@ rooms that do not move are never paused.
 Durable rooms that move start a new epoch on their new shard: members are told
 (`joined`, `recovered: false`) and resuming clients get `recovered: false`. History is not
 copied. The dedupe window of a publish id does not cross a move either.
+
+Every read of the map renews this server's liveness; a server that has not read it for
+`dead_after / 2` refuses publishes (RedisBroker.publish) and is unready: a switch may leave
+it out once it has been silent for `dead_after`, and it must not publish by a stale map.
 """
 
 from __future__ import annotations
