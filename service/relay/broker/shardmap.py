@@ -422,6 +422,7 @@ class Watcher:
         """time.monotonic() of the last successful read of the map (and liveness renewal)."""
         self._acked: tuple[str, Phase] | None = None
         self._reported: tuple[str, str] | None = None
+        self._error = ""
 
     def wake(self) -> None:
         self._wake.set()
@@ -434,7 +435,9 @@ class Watcher:
             except (RedisError, OSError, BrokerUnavailable) as exc:
                 log.debug("shard map read failed: %s", describe(exc))
             except ShardMapError as exc:
-                log.error("%s", exc)
+                if str(exc) != self._error:  # once per distinct problem, not every poll
+                    log.error("%s", exc)
+                self._error = str(exc)
             except Exception:
                 log.exception("shard map sync failed")
             switching = self.state is not None and self.state.switching
@@ -550,7 +553,12 @@ class Watcher:
         claim = _cleanup_claim(state.switch)
         if not await self._control.set(claim, self._node, nx=True, ex=CLEANUP_CLAIM_SECONDS):
             return False
-        await self._cleanup(state)
+        try:
+            await self._cleanup(state)
+        except BrokerUnavailable as exc:
+            log.warning("shard map switch %s: cleanup failed, retried: %s", state.switch, exc)
+            await self._control.delete(claim)
+            return False
         return True
 
 
