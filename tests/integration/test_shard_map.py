@@ -13,15 +13,18 @@ import collections
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from gamecluster_client import Client, Connection, Event, Lost, UnavailableError
+from relay import contract
 from relay.api.client import ApiCallError, RelayApi
 from relay.broker.shardmap import MAP_KEY, ShardMap
 from relay.config import RedisEndpoint
+from support import redis_acl
 from support.processes import RedisProcess, RelayProcess
 from support.proxy import StallingProxy
 from support.waiting import eventually
@@ -350,3 +353,41 @@ async def test_a_relay_cut_off_from_the_control_shard_stops_publishing(
             assert (await client.publish(room, 2, id="after"))["op"] == "ack"
     finally:
         proxy.close()
+
+
+def no_refusal_in_logs(directory: Path) -> None:
+    for log in directory.glob("relay-*.log"):
+        assert "NOPERM" not in log.read_text(errors="replace"), log.name
+
+
+async def test_a_switch_needs_only_the_relay_users_grants(tmp_path: Path, relay_factory) -> None:
+    """The managed Redis's ACL (relay.contract.RELAY_REDIS_COMMANDS) covers every command
+    of a switch: the map scripts, the acks, the cleanup's SCAN and DEL."""
+    a, b = redis_acl.acl_redis(tmp_path), redis_acl.acl_redis(tmp_path)
+    try:
+        seed(a, a)
+        user = {
+            contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+            contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
+        }
+        env = {**QUICK, **user, "RELAY_ROOMS": '[{"match": "*", "presence": true}]'}
+        pods = [relay_factory(n, redis_urls=[a.url, b.url], env=env) for n in ("p1", "p2")]
+        room = next(r for r in ROOMS if ShardMap(2, (name(a), name(b))).place(r) == name(b))
+        async with Connection(pods[0].url) as member, Connection(pods[1].url) as publisher:
+            await member.join(room)
+            await publisher.publish(room, "before", id="b")
+            assert (await switch(pods[1], a, b))["version"] == 2
+            await publisher.publish(room, "after", id="a")
+
+            async def arrived() -> bool:
+                message = await member.receive(timeout=5)
+                return message.get("op") == "event" and message["data"] == "after"
+
+            await eventually(arrived, 10, "the event after the switch")
+            assert (await member.presence(room))["count"] == 1  # written on b
+        for server in (a, b):
+            assert redis_acl.acl_denials(server) == []
+        no_refusal_in_logs(tmp_path)
+    finally:
+        a.stop()
+        b.stop()
