@@ -528,10 +528,10 @@ async def test_a_gamecluster_with_tls_redis_serves_on_the_real_node(
         token = mint_token(installed, relay["metadata"]["name"], "tls")
         url = f"ws://{relay['status']['podIP']}:8080/ws"
         async with RelayClient(url, token=token) as a, RelayClient(url, token=token) as b:
-            await a.join("chat:tls")
+            position = await a.join("chat:tls")
             ack = await a.publish("chat:tls", "over tls", id="t1")  # durable: EVALSHA, XADD
             assert ack is not None and ack["offset"] == 1
-            await b.join("chat:tls", since={"epoch": ack["epoch"], "offset": 0})
+            await b.join("chat:tls", since={"epoch": position["epoch"], "offset": 0})
             assert (await b.receive(timeout=15)).get("data") == "over tls"  # history read
 
             def counted() -> str | None:
