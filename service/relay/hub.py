@@ -353,6 +353,10 @@ class Hub:
         pending = self._unsubscribing.get(room)
         if pending is not None:
             await _shared(asyncio.shield(pending))
+            # Done, but its done callback (which forgets it) may not have run yet: awaiting
+            # a finished task does not yield, so forget it here or this would recurse on it
+            # until RecursionError (seen in a resume storm: bench/resume_storm.py).
+            self._forget_unsubscribe(room, pending)
             return await self._subscribed(room, policy)
         entry = _Room(asyncio.get_running_loop().create_future())
         self._rooms[room] = entry

@@ -393,3 +393,30 @@ async def test_a_history_trimmed_between_replay_pages_makes_the_joiner_resync(
     kinds = [(m["op"], m.get("offset"), m.get("recovered")) for m in member.messages()]
     assert kinds[:10] == [("event", n, None) for n in range(1, 11)]
     assert kinds[10:] == [("joined", 25, False), ("event", 26, None)]
+
+
+async def test_a_join_between_an_unsubscribe_and_its_cleanup_subscribes_again() -> None:
+    """A join whose step runs after the room's UNSUBSCRIBE finished but before the task's
+    done callback forgot it (a resume storm makes that ordering common) must subscribe
+    again, not recurse on the finished task."""
+    hub: Hub | None = None
+    joiner: list[asyncio.Task[JoinResult]] = []
+    second = Member()
+
+    class JoinDuringUnsubscribe(CountingBroker):
+        async def unsubscribe(self, room: str) -> None:
+            await super().unsubscribe(room)
+            assert hub is not None
+            # Scheduled now, so it runs before the callbacks of this task's completion.
+            joiner.append(asyncio.create_task(join(hub, second, room)))
+
+    broker = JoinDuringUnsubscribe()
+    hub = make_hub(broker)
+    first = Member()
+    await join(hub, first, "r")
+    hub.leave(first, "r")
+    await asyncio.wait_for(broker.unsubscribed.wait(), 2)
+    await asyncio.wait_for(joiner[0], 2)
+    assert broker.calls == ["sub r", "unsub r", "sub r"]
+    await broker.publish("r", 1, ts=0, policy=DURABLE)
+    assert second.offsets() == [1]
