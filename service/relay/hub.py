@@ -41,6 +41,18 @@ CATCH_UP_SECONDS = 10.0
 it read (a history read that keeps failing): then the join fails with `unavailable`, so
 a stuck catch-up never holds the session's reader."""
 
+JOIN_READS = 32
+"""History reads of joins in flight on this server at once: a join's position and first
+page, a resume's later pages, a room's first read. More joins wait their turn, first come
+first served; how many can wait is bounded by the connections (a session handles one
+message at a time: RELAY_MAX_CONNECTIONS). The bound sits below redis-py's pool (100
+connections per shard), which fails a command at once when it is empty: without it, a
+resume storm (a dead pod's clients all rejoining here) emptied the pool and most joins
+failed with `unavailable` and were retried (bench/resume_storm.py: 5,119 refusals for
+5,000 resumes). The rest of the pool stays for other commands, among them the reads that
+keep live feeds gap-free (sequence fills: not bounded here, at most one per room).
+"""
+
 
 class Member(Protocol):
     def push(self, payload: bytes) -> None:
@@ -134,6 +146,8 @@ class Hub:
         unsubscribe_delay: float,
         catch_up_limit: int = 1000,
     ) -> None:
+        self._join_reads = asyncio.Semaphore(JOIN_READS)
+        """Held for one history read of a join: see JOIN_READS."""
         self._catch_up_limit = catch_up_limit
         """Live events buffered per joining member (RELAY_SEND_QUEUE); see _CatchUp."""
         self._broker = broker
@@ -307,7 +321,8 @@ class Hub:
         """
         top = result.offset or 0
         try:
-            history = await self._broker.history(room, last, policy, limit=self._catch_up_limit)
+            async with self._join_reads:
+                history = await self._broker.history(room, last, policy, limit=self._catch_up_limit)
         except BrokerUnavailable:
             history = None
         entries = [] if history is None else history.entries
@@ -327,7 +342,8 @@ class Hub:
     ) -> tuple[JoinResult, list[Delivery]]:
         """The position to announce and the first page of events to replay for a join."""
         after = since.offset if since is not None else None
-        history = await self._broker.history(room, after, policy, limit=self._catch_up_limit)
+        async with self._join_reads:
+            history = await self._broker.history(room, after, policy, limit=self._catch_up_limit)
         if since is None:
             return JoinResult(history.top, history.epoch, None), []
         if since.epoch != history.epoch or since.offset > history.top:
@@ -368,7 +384,8 @@ class Hub:
             subscribed = True
             if policy.durable:
                 # After SUBSCRIBE, so no event falls between the position and the feed.
-                history = await self._broker.history(room, None, policy)
+                async with self._join_reads:
+                    history = await self._broker.history(room, None, policy)
                 self._start_sequence(room, entry, policy, history)
         except BaseException as exc:
             if self._rooms.get(room) is entry:
