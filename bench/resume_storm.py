@@ -24,8 +24,10 @@ It prints:
 - Redis's and each surviving pod's CPU from the kill until all resumed: total seconds and
   the peak share of one core over SAMPLE_SECONDS windows; the generator's own CPU;
 - whether the survivors stayed responsive: the bystanders' publish-to-delivery latency
-  during the storm, and /readyz answer times (a probe slower than 1 s fails Kubernetes'
-  default readiness timeout and takes the pod out of the load balancer).
+  during the storm (as the generator sees it, its own event-loop lag printed next to it,
+  and as the pods see it: publish to fan-out, from relay_delivery_latency_seconds), and
+  /readyz answer times (the operator's readiness probe gives up after 2 s; two failures
+  in a row take the pod out of the load balancer).
 
 By default the servers and Redis share CPU 1 and the generator has CPU 0, as in
 bench/compare.py. Not a test: it prints numbers; compare runs on the same machine.
@@ -51,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.processes import RedisProcess, RelayProcess, stop_process
@@ -61,8 +64,10 @@ NODE = shutil.which("node") or "node"
 SERVER_CPU, GENERATOR_CPU = {1}, {0}
 SAMPLE_SECONDS = 0.2
 """CPU sampling period: /proc counts 10 ms ticks, so one window resolves 5% of a core."""
-READY_TIMEOUT = 1.0
-"""Kubernetes' default readiness probe timeout (timeoutSeconds: 1)."""
+READY_TIMEOUT = 2.0
+"""The relay pods' readiness probe timeout (operator/gamecluster/manifests/relay.py:
+timeoutSeconds 2, failureThreshold 2, every 5 s): two slower answers in a row and the
+pod leaves the load balancer."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -154,6 +159,29 @@ class ReadyProber(threading.Thread):
     def stop(self) -> None:
         self.halt.set()
         self.join()
+
+
+def latency_buckets(pod: RelayProcess) -> dict[float, float]:
+    """The pod's relay_delivery_latency_seconds histogram: upper bound -> cumulative count."""
+    out: dict[float, float] = {}
+    for family in text_string_to_metric_families(pod.metrics()):
+        if family.name == "relay_delivery_latency_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    out[float(sample.labels["le"])] = sample.value
+    return out
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> str:
+    """The bucket bound under which a share q of the observations between two scrapes fell."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return "-"
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= q * counts[-1]:
+            return f"<= {bound * 1000:,.1f} ms" if bound != float("inf") else "> 2.5 s"
+    return "-"
 
 
 class StormGenerator:
@@ -255,6 +283,7 @@ def run_storm(workdir: Path, load: StormLoad) -> dict[str, Any]:
         }
         sampler = CpuSampler(sampled)
         prober = ReadyProber(survivors)
+        latency_before = {p.node_id: latency_buckets(p) for p in survivors}
         sampler.sample()
         sampler.start()
         prober.start()
@@ -264,13 +293,20 @@ def run_storm(workdir: Path, load: StormLoad) -> dict[str, Any]:
         time.sleep(1.0)  # a little of the aftermath in the samples
         sampler.stop()
         prober.stop()
+        server_latency = {
+            p.node_id: (
+                bucket_quantile(latency_before[p.node_id], latency_buckets(p), 0.5),
+                bucket_quantile(latency_before[p.node_id], latency_buckets(p), 0.99),
+            )
+            for p in survivors
+        }
         if pods[0].proc is not None:
             pods[0].proc.wait(10)  # reaped: SIGKILLed by the generator
         time.sleep(2.0)  # events keep flowing to the resumed clients
         checks = gen.ask({"cmd": "verify", "waitS": 20})
         cpu = sampler.summary(done_at)
-        result = {"storm": storm, "checks": checks, "cpu": cpu, "ready": prober}
-        report(load, storm, checks, cpu, prober)
+        result = {"storm": storm, "checks": checks, "cpu": cpu, "latency": server_latency}
+        report(load, storm, checks, cpu, prober, server_latency)
         return result
     finally:
         if gen is not None:
@@ -286,6 +322,7 @@ def report(
     checks: dict[str, Any],
     cpu: dict[str, tuple[float, float]],
     prober: ReadyProber,
+    server_latency: dict[str, tuple[str, str]],
 ) -> None:
     counts = storm["counts"]
     everyone = storm["resumed"] == storm["victims"]
@@ -337,7 +374,17 @@ def report(
     print(
         f"  bystanders during the storm: {storm['bystanderEvents']:,} events, latency p50 "
         f"{fmt_ms(storm['bystanderP50Ms'])}, p99 {fmt_ms(storm['bystanderP99Ms'])}, max "
-        f"{fmt_ms(storm['bystanderMaxMs'])}; generator CPU {storm['genCpu']:.0%} of its core",
+        f"{fmt_ms(storm['bystanderMaxMs'])}; the generator's own event-loop lag p99 "
+        f"{fmt_ms(storm['genLagP99Ms'])}, max {fmt_ms(storm['genLagMaxMs'])}, its CPU "
+        f"{storm['genCpu']:.0%} of its core",
+        flush=True,
+    )
+    fan_out = "; ".join(
+        f"{node} p50 {p50}, p99 {p99}" for node, (p50, p99) in server_latency.items()
+    )
+    print(
+        "  survivors' publish-to-fan-out latency from the kill until all resumed "
+        f"(relay_delivery_latency_seconds buckets): {fan_out}",
         flush=True,
     )
     ready = "; ".join(

@@ -32,7 +32,7 @@
 //   {"cmd": "quit"}
 "use strict";
 const readline = require("node:readline");
-const { performance } = require("node:perf_hooks");
+const { monitorEventLoopDelay, performance } = require("node:perf_hooks");
 const WebSocket = require("ws");
 
 const config = JSON.parse(process.argv[2]);
@@ -314,6 +314,9 @@ function quantile(sorted, q) {
 async function storm(pid, timeoutS) {
   const cpu0 = process.cpuUsage();
   liveLatencies = [];
+  // This process's own event-loop lag: the part of the bystanders' latency that is ours.
+  const lag = monitorEventLoopDelay({ resolution: 10 });
+  lag.enable();
   setupCounts = { ...counts };
   for (const key of Object.keys(counts)) counts[key] = 0; // from here: the storm's only
   stormStart = performance.now();
@@ -326,6 +329,7 @@ async function storm(pid, timeoutS) {
   const wall = (performance.now() - stormStart) / 1000;
   stormOver = true;
   const cpu = process.cpuUsage(cpu0);
+  lag.disable();
   const times = victims.filter((c) => c.resumedAt !== null).map((c) => c.resumedAt);
   times.sort((a, b) => a - b);
   const lost = victims.filter((c) => c.lostAt !== null).map((c) => c.lostAt);
@@ -352,6 +356,8 @@ async function storm(pid, timeoutS) {
     bystanderP50Ms: quantile(live, 0.5),
     bystanderP99Ms: quantile(live, 0.99),
     bystanderMaxMs: live.length ? live[live.length - 1] : null,
+    genLagP99Ms: lag.percentile(99) / 1e6,
+    genLagMaxMs: lag.max / 1e6,
     genCpu: (cpu.user + cpu.system) / 1e6 / wall,
     seconds: wall,
   };
