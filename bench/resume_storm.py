@@ -4,8 +4,10 @@ flow; every client reconnects to the surviving relays and resumes from its last 
 Real processes on loopback: one redis-server, three `relay serve` pods (durable rooms),
 and one Node process (bench/js/storm.js) holding every client. `--victims` clients (5,000)
 are on the first pod, `--bystanders` on each of the two others; client c is in room
-storm:(c mod --rooms); publisher sockets on the surviving pods publish `--rate` events/s
-round-robin over the rooms, with ids (the acks give each room's top offset). After a
+storm:(c mod --rooms); `--publishers` sockets on each surviving pod (10) publish `--rate`
+events/s (200) round-robin over the rooms, with ids (the acks give each room's top
+offset). One connection's publishes are handled one at a time, a Redis round trip each,
+so fewer sockets at the same rate measure that limit instead (docs/benchmarks.md). After a
 warm-up the generator SIGKILLs the first pod and its clients reconnect the way
 clients/js does (exponential backoff with full jitter, first bound 100 ms, cap 5 s;
 an attempt with no `welcome`, or a join with no `joined`, within 10 s starts over), each
@@ -85,7 +87,7 @@ class StormLoad:
     victims: int = 5000
     bystanders: int = 500
     rooms: int = 250
-    publishers: int = 2
+    publishers: int = 10
     rate: float = 200.0
     warmup: float = 3.0
     timeout: float = 120.0
@@ -140,9 +142,12 @@ class ReadyProber(threading.Thread):
         self.pods = pods
         self.times: dict[str, list[float]] = {p.node_id: [] for p in pods}
         self.failed: dict[str, int] = {p.node_id: 0 for p in pods}
+        self.in_a_row: dict[str, int] = {p.node_id: 0 for p in pods}
+        """Most failed probes in a row (two make the operator's probe take the pod out)."""
         self.halt = threading.Event()
 
     def run(self) -> None:
+        streak = {p.node_id: 0 for p in self.pods}
         with httpx.Client(timeout=10.0) as client:
             while not self.halt.wait(0.25):
                 for pod in self.pods:
@@ -155,6 +160,12 @@ class ReadyProber(threading.Thread):
                     self.times[pod.node_id].append(took)
                     if not ok or took > READY_TIMEOUT:
                         self.failed[pod.node_id] += 1
+                        streak[pod.node_id] += 1
+                        self.in_a_row[pod.node_id] = max(
+                            self.in_a_row[pod.node_id], streak[pod.node_id]
+                        )
+                    else:
+                        streak[pod.node_id] = 0
 
     def stop(self) -> None:
         self.halt.set()
@@ -374,7 +385,8 @@ def report(
     print(
         f"  bystanders during the storm: {storm['bystanderEvents']:,} events, latency p50 "
         f"{fmt_ms(storm['bystanderP50Ms'])}, p99 {fmt_ms(storm['bystanderP99Ms'])}, max "
-        f"{fmt_ms(storm['bystanderMaxMs'])}; the generator's own event-loop lag p99 "
+        f"{fmt_ms(storm['bystanderMaxMs'])}; publish-to-ack p50 {fmt_ms(storm['ackP50Ms'])}, "
+        f"p99 {fmt_ms(storm['ackP99Ms'])}; the generator's own event-loop lag p99 "
         f"{fmt_ms(storm['genLagP99Ms'])}, max {fmt_ms(storm['genLagMaxMs'])}, its CPU "
         f"{storm['genCpu']:.0%} of its core",
         flush=True,
@@ -389,7 +401,8 @@ def report(
     )
     ready = "; ".join(
         f"{node}: {len(times)} probes, slowest {max(times, default=0) * 1000:,.0f} ms, "
-        f"{prober.failed[node]} failed or over {READY_TIMEOUT:g} s"
+        f"{prober.failed[node]} failed or over {READY_TIMEOUT:g} s (at most "
+        f"{prober.in_a_row[node]} in a row)"
         for node, times in prober.times.items()
     )
     print(f"  /readyz during the storm: {ready}", flush=True)
@@ -401,6 +414,9 @@ def main() -> None:
     parser.add_argument("--bystanders", type=int, default=500, help="clients on each survivor")
     parser.add_argument("--rooms", type=int, default=250)
     parser.add_argument("--rate", type=float, default=200.0, help="events/s over all rooms")
+    parser.add_argument(
+        "--publishers", type=int, default=10, help="publisher sockets on each survivor"
+    )
     parser.add_argument("--lb", choices=["random", "round-robin"], default="random")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers / generator")
     parser.add_argument(
@@ -415,6 +431,7 @@ def main() -> None:
         bystanders=args.bystanders,
         rooms=args.rooms,
         rate=args.rate,
+        publishers=args.publishers,
         lb=args.lb,
         pin=not args.no_pin,
         extra_env=dict(item.split("=", 1) for item in args.env),

@@ -2,7 +2,7 @@
 // after their relay is killed, in one Node process (it must not be the bottleneck).
 //
 //   node storm.js '{"urls": [...], "victim": 0, "victims": 5000, "bystanders": 500,
-//                   "rooms": 250, "publishers": 2, "minDelayMs": 100, "maxDelayMs": 5000,
+//                   "rooms": 250, "publishers": 10, "minDelayMs": 100, "maxDelayMs": 5000,
 //                   "openTimeoutMs": 10000, "lb": "random"|"round-robin"}'
 //
 // Clients speak docs/protocol.md over `ws`, as clients/js does it: on a lost connection
@@ -235,6 +235,8 @@ let publishing = false;
 let published = 0;
 let acked = 0;
 let publishErrors = 0;
+const sentTimes = new Map(); // publish id -> send time, until its ack
+let ackLatencies = []; // publish-to-ack during the storm, ms
 
 function startClient(client) {
   return new Promise((resolve, reject) => {
@@ -254,6 +256,11 @@ function openPublisher(urlIndex) {
         if (msg.op === "welcome") resolve(ws);
         else if (msg.op === "ack") {
           acked += 1;
+          const sentAt = sentTimes.get(msg.id);
+          sentTimes.delete(msg.id);
+          if (stormStart !== null && !stormOver && sentAt !== undefined) {
+            ackLatencies.push(performance.now() - sentAt);
+          }
           if ((tops.get(msg.room) ?? 0) < msg.offset) tops.set(msg.room, msg.offset);
         } else if (msg.op === "error") {
           publishErrors += 1;
@@ -297,9 +304,9 @@ async function publishLoop(rate) {
       const ws = publishers[published % publishers.length];
       const room = roomName(next);
       next = (next + 1) % rooms;
-      ws.send(
-        JSON.stringify({ op: "publish", room, id: `p${published}`, data: { t: performance.now() } }),
-      );
+      const t = performance.now();
+      sentTimes.set(`p${published}`, t);
+      ws.send(JSON.stringify({ op: "publish", room, id: `p${published}`, data: { t } }));
       published += 1;
     }
     await sleep(5);
@@ -314,6 +321,7 @@ function quantile(sorted, q) {
 async function storm(pid, timeoutS) {
   const cpu0 = process.cpuUsage();
   liveLatencies = [];
+  ackLatencies = [];
   // This process's own event-loop lag: the part of the bystanders' latency that is ours.
   const lag = monitorEventLoopDelay({ resolution: 10 });
   lag.enable();
@@ -356,6 +364,8 @@ async function storm(pid, timeoutS) {
     bystanderP50Ms: quantile(live, 0.5),
     bystanderP99Ms: quantile(live, 0.99),
     bystanderMaxMs: live.length ? live[live.length - 1] : null,
+    ackP50Ms: quantile(ackLatencies.sort((a, b) => a - b), 0.5),
+    ackP99Ms: quantile(ackLatencies, 0.99),
     genLagP99Ms: lag.percentile(99) / 1e6,
     genLagMaxMs: lag.max / 1e6,
     genCpu: (cpu.user + cpu.system) / 1e6 / wall,
