@@ -354,9 +354,11 @@ def report(
         f"  victims resumed on: {split}; recovered: true {storm['recovered']:,}; seen by "
         f"clients: 1013 {counts['closed1013']}, failed connects {counts['connectFailed']}, "
         f"open timeouts {counts['openTimeouts']}, join timeouts {counts['joinTimeouts']}, "
-        f"joins refused {counts['joinRefused']}, other errors {counts['otherErrors']} "
+        f"joins refused {counts['joinRefused']} ({counts['internalErrors']} of them "
+        f"`internal`), other errors {counts['otherErrors']} "
         f"(while the {storm['victims'] + 2 * load.bystanders:,} clients first joined: joins "
-        f"refused {storm['setupCounts']['joinRefused']}, join timeouts "
+        f"refused {storm['setupCounts']['joinRefused']} ({storm['setupCounts']['internalErrors']}"
+        " `internal`), join timeouts "
         f"{storm['setupCounts']['joinTimeouts']})",
         flush=True,
     )

@@ -9,11 +9,11 @@
 // they reconnect after an exponential, fully jittered delay (clients/js defaults: first
 // bound 100 ms, cap 5 s), give up an attempt with no `welcome` within openTimeoutMs, and
 // rejoin their room with `since: {offset, epoch}` of the last event they got. A join
-// refused as `unavailable` / `rate_limited` is sent again after a jittered delay; a join
-// with no `joined` within openTimeoutMs drops the connection and reconnects. Which relay a
-// reconnect lands on is the load balancer's choice: `lb` random (kube-proxy's iptables
-// mode) or round-robin, over the relays still alive (the dead one already out of the
-// endpoints).
+// refused with a retryable code (`unavailable`, `rate_limited`, `internal`) is sent again
+// after a jittered delay; a join with no `joined` within openTimeoutMs drops the
+// connection and reconnects. Which relay a reconnect lands on is the load balancer's
+// choice: `lb` random (kube-proxy's iptables mode) or round-robin, over the relays still
+// alive (the dead one already out of the endpoints).
 //
 // `victims` clients connect to urls[victim], `bystanders` to each other relay; client c is
 // in room `storm:${c % rooms}`. `publishers` sockets per surviving relay publish (with ids,
@@ -55,7 +55,9 @@ const counts = {
   joinTimeouts: 0, // no joined within openTimeoutMs
   joinRefused: 0, // a join answered with a retryable error
   otherErrors: 0,
+  internalErrors: 0, // joins answered `internal` (a relay bug; retried as clients/js does)
 };
+const RETRYABLE = new Set(["unavailable", "rate_limited", "internal"]); // clients/js errors.ts
 let setupCounts = null; // the counts while the clients first joined
 let stormStart = null; // performance.now() of the SIGKILL
 let stormOver = false;
@@ -187,8 +189,9 @@ class Client {
         this.onEvent(msg);
         break;
       case "error":
-        if (msg.ref === "j" && (msg.code === "unavailable" || msg.code === "rate_limited")) {
+        if (msg.ref === "j" && RETRYABLE.has(msg.code)) {
           counts.joinRefused += 1;
+          if (msg.code === "internal") counts.internalErrors += 1;
           clearTimeout(this.timer);
           this.timer = setTimeout(() => this.ws && this.join(), backoff(2));
         } else {
