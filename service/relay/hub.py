@@ -47,11 +47,11 @@ holds up only its own rooms' joins): a join's position and first page, a resume'
 pages, a room's first read. More joins wait their turn, first come first served; how
 many can wait is bounded by the connections (a session handles one message at a time:
 RELAY_MAX_CONNECTIONS). The bound sits below redis-py's pool (100 connections per shard),
-which fails a command at once when it is empty: without it, a
-resume storm (a dead pod's clients all rejoining here) emptied the pool and most joins
-failed with `unavailable` and were retried (bench/resume_storm.py: 5,119 refusals for
-5,000 resumes). The rest of the pool stays for other commands, among them the reads that
-keep live feeds gap-free (sequence fills: not bounded here, at most one per room).
+which fails a command at once when it is empty: without it, a resume storm (a dead pod's
+clients all rejoining here) emptied the pool and most joins failed with `unavailable` and
+were retried (bench/resume_storm.py: 5,119 refusals for 5,000 resumes). The rest of the
+pool stays for other commands, among them the reads that keep live feeds gap-free
+(sequence fills: not bounded here, at most one per room).
 """
 
 
