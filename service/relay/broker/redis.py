@@ -415,6 +415,9 @@ class RedisBroker(Broker):
     def shard_for(self, room: str) -> RedisShard:
         return max(self._shards, key=lambda shard: _rendezvous_score(shard.name, room))
 
+    def placement(self, room: str) -> str:
+        return self.shard_for(room).name
+
     async def start(self) -> None:
         for shard in self._shards:
             shard.start()
