@@ -23,12 +23,16 @@ servers):
 Then tracing (relay, volatile rooms): tracing disabled, then sampling ratio 0, 0.1 and
 1.0, exported over OTLP/HTTP to a local sink that counts spans (tests/support/otlp_sink.py,
 on CPU 0), at 20,000 deliveries/s: CPU per delivery against ratio 0 (and ratio 0 against
-disabled: what an unsampled event pays).
+disabled: what an unsampled event pays). Then a resume storm (bench/resume_storm.py; the
+relay only, durable rooms, three pods): SIGKILL a pod holding 5,000 clients (2,000 with
+--quick) while events flow; time until every client resumed on the other two, the feed
+checks (gaps, duplicates, re-syncs), Redis's and the pods' CPU, how the clients split.
 
 Not a test: it prints numbers, and a table of ratios at the end. Compare figures within
 one run; the machine is shared. `--quick` (or BENCH_QUICK=1) shortens every step.
 
     .venv/bin/python bench/compare.py [--quick] [--only relay-volatile,floor,...]
+        [--scenarios fixed,ramp,idle,tracing,storm]
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import resume_storm
 from support.processes import (
     LOOPBACK,
     RedisProcess,
@@ -495,7 +500,9 @@ def main() -> None:
     )
     parser.add_argument("--only", default=",".join(TARGETS), help=f"targets: {','.join(TARGETS)}")
     parser.add_argument(
-        "--scenarios", default="fixed,ramp,idle,tracing", help="fixed,ramp,idle,tracing"
+        "--scenarios",
+        default="fixed,ramp,idle,tracing,storm",
+        help="fixed,ramp,idle,tracing,storm",
     )
     parser.add_argument("--rooms", type=int, default=10)
     parser.add_argument("--subs", type=int, default=20, help="subscribers per room")
@@ -531,7 +538,8 @@ def main() -> None:
     results: dict[str, Result] = {}
     traced: dict[str, Step] = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        for key in args.only.split(","):
+        per_target = scenarios & {"fixed", "ramp", "idle"}
+        for key in args.only.split(",") if per_target else []:
             label, factory = TARGETS[key]
             print(f"-- {label}", flush=True)
             workdir = Path(tmp) / key
@@ -542,7 +550,14 @@ def main() -> None:
             workdir = Path(tmp) / "tracing"
             workdir.mkdir()
             traced = tracing(workdir, load, 20000)
-    report(results, traced, load)
+        if results or traced:
+            report(results, traced, load)
+        if "storm" in scenarios:
+            print("\n== resume storm (relay, durable rooms, 3 pods + Redis on CPU 1)", flush=True)
+            workdir = Path(tmp) / "storm"
+            workdir.mkdir()
+            storm = resume_storm.StormLoad(victims=2000 if quick else 5000)
+            resume_storm.run_storm(workdir, storm)
 
 
 if __name__ == "__main__":

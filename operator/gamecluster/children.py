@@ -130,10 +130,14 @@ class Owner:
             "ownerReferences": [self.owner_reference()],
         }
 
-    def shard_urls(self, shards: int) -> list[str]:
-        """Managed mode: one URL per StatefulSet pod, through the headless Service's DNS."""
+    def shard_urls(self, shards: int, *, tls: bool = False) -> list[str]:
+        """Managed mode: one URL per StatefulSet pod, through the headless Service's DNS.
+
+        The scheme is not part of a shard's name (host:port is), so turning TLS on or off
+        moves no room."""
+        scheme = "rediss" if tls else "redis"
         return [
-            f"redis://{self.redis}-{index}.{self.redis}.{self.namespace}.svc:{REDIS_PORT}"
+            f"{scheme}://{self.redis}-{index}.{self.redis}.{self.namespace}.svc:{REDIS_PORT}"
             for index in range(shards)
         ]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from gamecluster.children import Manifest, Owner
 from gamecluster.manifests import redis as redis_manifests
-from gamecluster.manifests import redis_access, redis_ha, secrets
+from gamecluster.manifests import redis_access, redis_ha, redis_tls, secrets
 from gamecluster.manifests import relay as relay_manifests
 from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import GameClusterSpec
@@ -32,6 +32,8 @@ class Inputs:
     """Whether ``<name>-redis`` exists: then it is never applied (a user may have rotated it)."""
     operator_namespace: str | None = None
     """Where the operator runs: the Redis NetworkPolicy admits its load-report reads."""
+    redis_tls: Mapping[str, str] | None = None
+    """spec.redis.tls's Secret by key: its digest rolls the shards on a renewal."""
 
 
 def relay_replicas(spec: GameClusterSpec, autoscaled: int | None) -> int:
@@ -48,7 +50,7 @@ def redis_urls(spec: GameClusterSpec, owner: Owner) -> list[str]:
         return list(spec.redis.external.urls) if spec.redis.external else []
     if spec.redis.replicas > 0:
         return owner.sentinel_shard_urls(spec.redis.shards)
-    return owner.shard_urls(spec.redis.shards)
+    return owner.shard_urls(spec.redis.shards, tls=spec.redis.tls is not None)
 
 
 def sentinel_addresses(spec: GameClusterSpec, owner: Owner) -> list[str]:
@@ -96,7 +98,10 @@ def desired(spec: GameClusterSpec, meta: Mapping[str, Any], inputs: Inputs) -> l
             )
             manifests.append(redis_ha.sentinel_statefulset(spec, owner, digest))
         else:
-            manifests.append(redis_manifests.statefulset(spec, owner, digest))
+            tls_digest = (
+                redis_tls.certificate_digest(inputs.redis_tls) if inputs.redis_tls else None
+            )
+            manifests.append(redis_manifests.statefulset(spec, owner, digest, tls_digest))
         manifests.append(
             redis_access.network_policy(owner, inputs.operator_namespace, replicas=replicas)
         )

@@ -183,6 +183,9 @@ class Reconciler:
                     problem = found
                 else:
                     redis_passwords = found
+            tls = redis_auth.managed_tls(self.cluster, spec, owner) if problem is None else None
+            if isinstance(tls, Problem):
+                problem = tls
             if problem is not None:
                 return self._report_problem(body, spec, problem, connections, load_unknown)
 
@@ -195,6 +198,7 @@ class Reconciler:
                 redis_passwords=redis_passwords[0] if redis_passwords else None,
                 redis_secret_exists=redis_passwords[1] if redis_passwords else False,
                 operator_namespace=self.operator_namespace,
+                redis_tls=None if isinstance(tls, Problem) else tls,
             )
             manifests = desired(spec, meta, inputs)
             live, applied, failures = self._apply(owner, manifests, full=full)

@@ -15,14 +15,20 @@ from typing import Any
 from gamecluster.children import ChildRef, Owner
 from gamecluster.cluster import Cluster
 from gamecluster.load import RedisAuth
-from gamecluster.manifests import secrets
+from gamecluster.manifests import redis_tls, secrets
 from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import GameClusterSpec
 from gamecluster.status import Problem
 from relay import contract
 
 RETRYABLE_REASONS = frozenset(
-    {"RedisSecretNotFound", "RedisSecretKeyMissing", "RedisSecretInvalid"}
+    {
+        "RedisSecretNotFound",
+        "RedisSecretKeyMissing",
+        "RedisSecretInvalid",
+        "RedisTLSSecretNotFound",
+        "RedisTLSSecretKeyMissing",
+    }
 )
 """Problems a Secret edit fixes without a spec change: the reconciler retries them."""
 
@@ -92,6 +98,35 @@ def check_external(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Pro
     return None
 
 
+def managed_tls(
+    cluster: Cluster, spec: GameClusterSpec, owner: Owner
+) -> dict[str, str] | Problem | None:
+    """spec.redis.tls's Secret as text by key (tls.crt, tls.key, ca.crt); None without TLS.
+
+    Read for the CA the load reader verifies with and for the digest that rolls the shards
+    on a renewal; never logged, never copied into another object."""
+    tls = spec.redis.tls
+    if spec.redis.mode != "managed" or tls is None:
+        return None
+    secret = cluster.get(ChildRef("v1", "Secret", owner.namespace, tls.secret_name))
+    if secret is None:
+        return Problem(
+            "RedisTLSSecretNotFound",
+            f"Secret {tls.secret_name} (spec.redis.tls.secretName) not found",
+        )
+    values = {}
+    for key in redis_tls.KEYS:
+        value = _value(secret, key)
+        if not value:
+            return Problem(
+                "RedisTLSSecretKeyMissing",
+                f"Secret {tls.secret_name} has no key {key!r} (spec.redis.tls needs tls.crt, "
+                "tls.key and ca.crt, as cert-manager writes them)",
+            )
+        values[key] = value
+    return values
+
+
 def _sentinels(spec: GameClusterSpec, owner: Owner) -> tuple[tuple[str, int], ...]:
     """The operator's Sentinels as (host, port), when the managed Redis has replicas."""
     if spec.redis.replicas == 0:
@@ -107,8 +142,14 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
         password = _value(stored, secrets.OPERATOR_PASSWORD_KEY) if stored else None
         if password is None:
             return None
+        tls = managed_tls(cluster, spec, owner)
+        if isinstance(tls, Problem):
+            return None
         return RedisAuth(
-            contract.OPERATOR_REDIS_USER, password.strip(), sentinels=_sentinels(spec, owner)
+            contract.OPERATOR_REDIS_USER,
+            password.strip(),
+            None if tls is None else tls[redis_tls.CA_KEY],
+            sentinels=_sentinels(spec, owner),
         )
     ref = spec.redis.external.secret_ref if spec.redis.external else None
     if ref is None:

@@ -179,6 +179,13 @@ MaxMemoryPolicy = Literal[
 ]
 
 
+class RedisTLS(_Model):
+    """Managed Redis over TLS: a Secret in the kubernetes.io/tls shape, as cert-manager
+    writes it (``tls.crt``, ``tls.key``, ``ca.crt``)."""
+
+    secret_name: ObjectName
+
+
 MAX_REDIS_REPLICAS: Final = 5
 
 
@@ -197,6 +204,9 @@ class Redis(_Model):
     max_memory: Quantity | None = None
     """Redis ``maxmemory``; absent: MAX_MEMORY_SHARE of the container's memory limit."""
     max_memory_policy: MaxMemoryPolicy = "noeviction"
+    tls: RedisTLS | None = None
+    """Managed mode, without replicas: the shards serve TLS only (external mode: rediss://
+    URLs and secretRef.caKey instead)."""
     template: PodTemplate = PodTemplate()
 
 
@@ -308,6 +318,18 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
         raise InvalidSpec(
             "CAWithoutTLS",
             "spec.redis.external.secretRef.caKey is set but no URL uses rediss:// (TLS)",
+        )
+    if spec.redis.tls is not None and spec.redis.mode != "managed":
+        raise InvalidSpec(
+            "TLSInExternalMode",
+            "spec.redis.tls is for the managed Redis; an external one uses rediss:// URLs "
+            "and spec.redis.external.secretRef.caKey",
+        )
+    if spec.redis.tls is not None and spec.redis.replicas > 0:
+        raise InvalidSpec(
+            "TLSWithReplicas",
+            "spec.redis.tls with spec.redis.replicas > 0 is not supported yet (replication "
+            "and Sentinel over TLS): use replicas 0, or an external Redis",
         )
     if spec.auth.algorithm == "RS256" and not spec.auth.secret_name:
         raise InvalidSpec(

@@ -41,6 +41,19 @@ CATCH_UP_SECONDS = 10.0
 it read (a history read that keeps failing): then the join fails with `unavailable`, so
 a stuck catch-up never holds the session's reader."""
 
+JOIN_READS = 32
+"""History reads of joins in flight on this server at once, per Redis shard (a slow shard
+holds up only its own rooms' joins): a join's position and first page, a resume's later
+pages, a room's first read. More joins wait their turn, first come first served; how
+many can wait is bounded by the connections (a session handles one message at a time:
+RELAY_MAX_CONNECTIONS). The bound sits below redis-py's pool (100 connections per shard),
+which fails a command at once when it is empty: without it, a resume storm (a dead pod's
+clients all rejoining here) emptied the pool and most joins failed with `unavailable` and
+were retried (bench/resume_storm.py: 5,119 refusals for 5,000 resumes). The rest of the
+pool stays for other commands, among them the reads that keep live feeds gap-free
+(sequence fills: not bounded here, at most one per room).
+"""
+
 
 class Member(Protocol):
     def push(self, payload: bytes) -> None:
@@ -134,6 +147,9 @@ class Hub:
         unsubscribe_delay: float,
         catch_up_limit: int = 1000,
     ) -> None:
+        self._join_reads: dict[str, asyncio.Semaphore] = {}
+        """Per broker placement (shard), held for one history read of a join: see
+        JOIN_READS. Bound: one entry per shard of the configuration."""
         self._catch_up_limit = catch_up_limit
         """Live events buffered per joining member (RELAY_SEND_QUEUE); see _CatchUp."""
         self._broker = broker
@@ -230,6 +246,14 @@ class Hub:
                 f"the room's feed did not catch up within {CATCH_UP_SECONDS:g}s"
             ) from None
 
+    def _read_slot(self, room: str) -> asyncio.Semaphore:
+        """The bound on joins' history reads of the shard that holds `room`."""
+        placement = self._broker.placement(room)
+        slot = self._join_reads.get(placement)
+        if slot is None:
+            slot = self._join_reads[placement] = asyncio.Semaphore(JOIN_READS)
+        return slot
+
     def leave(self, member: Member, room: str) -> None:
         entry = self._rooms.get(room)
         if entry is None:
@@ -318,7 +342,8 @@ class Hub:
         """
         top = result.offset or 0
         try:
-            history = await self._broker.history(room, last, policy, limit=self._catch_up_limit)
+            async with self._read_slot(room):
+                history = await self._broker.history(room, last, policy, limit=self._catch_up_limit)
         except BrokerUnavailable:
             history = None
         entries = [] if history is None else history.entries
@@ -338,7 +363,8 @@ class Hub:
     ) -> tuple[JoinResult, list[Delivery]]:
         """The position to announce and the first page of events to replay for a join."""
         after = since.offset if since is not None else None
-        history = await self._broker.history(room, after, policy, limit=self._catch_up_limit)
+        async with self._read_slot(room):
+            history = await self._broker.history(room, after, policy, limit=self._catch_up_limit)
         if since is None:
             return JoinResult(history.top, history.epoch, None), []
         if since.epoch != history.epoch or since.offset > history.top:
@@ -364,6 +390,10 @@ class Hub:
         pending = self._unsubscribing.get(room)
         if pending is not None:
             await _shared(asyncio.shield(pending))
+            # Done, but its done callback (which forgets it) may not have run yet: awaiting
+            # a finished task does not yield, so forget it here or this would recurse on it
+            # until RecursionError (seen in a resume storm: bench/resume_storm.py).
+            self._forget_unsubscribe(room, pending)
             return await self._subscribed(room, policy)
         entry = _Room(asyncio.get_running_loop().create_future())
         self._rooms[room] = entry
@@ -375,7 +405,8 @@ class Hub:
             subscribed = True
             if policy.durable:
                 # After SUBSCRIBE, so no event falls between the position and the feed.
-                history = await self._broker.history(room, None, policy)
+                async with self._read_slot(room):
+                    history = await self._broker.history(room, None, policy)
                 self._start_sequence(room, entry, policy, history)
         except BaseException as exc:
             if self._rooms.get(room) is entry:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import resource
 import struct
-from pathlib import Path
 
 import orjson
 import pytest
@@ -15,7 +12,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from gamecluster_client import Connection as RelayClient
-from support.processes import LOOPBACK, RelayProcess
+from support.processes import LOOPBACK
+from support.wsraw import TEXT, client_frame, rss, upgrade
 
 pytestmark = pytest.mark.integration
 
@@ -23,12 +21,6 @@ IDLE = 1000
 IDLE_BOUND = 12 * 1024
 """Bytes of relay RSS per idle joined connection: about 6 KB measured with
 bench/compare.py, 33 KB when every connection held an ASGI task and its queue."""
-
-
-def rss(relay: RelayProcess) -> int:
-    assert relay.proc is not None
-    pages = int(Path(f"/proc/{relay.proc.pid}/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 async def test_an_upgrade_to_another_path_is_refused_with_404(relay_factory) -> None:
@@ -51,16 +43,8 @@ async def test_a_fragmented_message_is_handled_as_one(relay_factory) -> None:
 
 async def test_a_text_frame_that_is_not_utf8_closes_with_1007(relay_factory) -> None:
     pod = relay_factory("a")
-    reader, writer = await asyncio.open_connection(LOOPBACK, pod.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        f"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    payload, mask = b"\xff\xfe", b"\x00\x00\x00\x00"  # a zero mask: the payload as sent
-    writer.write(struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + payload)
+    reader, writer = await upgrade(pod.port)
+    writer.write(client_frame(TEXT, b"\xff\xfe"))
     try:
         received = await asyncio.wait_for(reader.read(), 10)  # to the server's close
     finally:

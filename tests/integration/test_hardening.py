@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +19,7 @@ from gamecluster_client import Connection as RelayClient
 from relay import auth
 from relay.transport import CLOSE_TIMEOUT
 from support.processes import LOOPBACK, RedisProcess, RelayProcess
+from support.wsraw import TEXT, client_frame, peak_rss, upgrade_request
 
 pytestmark = pytest.mark.integration
 
@@ -56,13 +54,7 @@ class StalledClient:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
         await loop.sock_connect(sock, (LOOPBACK, self.port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            f"GET /ws HTTP/1.1\r\nHost: {LOOPBACK}:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-        await loop.sock_sendall(sock, request.encode())
+        await loop.sock_sendall(sock, upgrade_request())
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = await loop.sock_recv(sock, 1)
@@ -76,28 +68,11 @@ class StalledClient:
         """One masked text frame carrying `messages` separated by newlines."""
         assert self.sock is not None
         payload = b"\n".join(orjson.dumps(m) for m in messages)
-        mask = os.urandom(4)
-        size = len(payload)
-        if size < 126:
-            header = struct.pack("!BB", 0x81, 0x80 | size)
-        elif size < 65536:
-            header = struct.pack("!BBH", 0x81, 0x80 | 126, size)
-        else:
-            header = struct.pack("!BBQ", 0x81, 0x80 | 127, size)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await asyncio.get_running_loop().sock_sendall(self.sock, header + mask + masked)
+        await asyncio.get_running_loop().sock_sendall(self.sock, client_frame(TEXT, payload))
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
-
-
-def peak_rss(relay: RelayProcess) -> int:
-    """The relay process's peak resident memory (VmHWM), bytes."""
-    assert relay.proc is not None
-    status = Path(f"/proc/{relay.proc.pid}/status").read_text()
-    line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
 
 
 async def fill_history(relay: RelayProcess, room: str) -> str:
@@ -376,13 +351,6 @@ async def _answer(port: int, head: bytes, *, trickle: float | None = None) -> tu
         writer.close()
 
 
-def _upgrade(target: str, extra: str = "") -> bytes:
-    return (
-        f"GET {target} HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    ).encode()
-
-
 async def test_oversized_slow_and_idle_handshakes_are_answered_closed_and_counted(
     relay_factory,
 ) -> None:
@@ -391,8 +359,8 @@ async def test_oversized_slow_and_idle_handshakes_are_answered_closed_and_counte
     deadline = 1.0
     pod = relay_factory("a", env={"RELAY_HANDSHAKE_SECONDS": str(deadline)})
     cases = {
-        "header line over 8 KiB": (_upgrade("/ws", f"X-Big: {'a' * 9000}\r\n"), b"431"),
-        "request target over 8 KiB": (_upgrade("/ws?" + "a" * 9000), b"414"),
+        "header line over 8 KiB": (upgrade_request("/ws", f"X-Big: {'a' * 9000}\r\n"), b"431"),
+        "request target over 8 KiB": (upgrade_request("/ws?" + "a" * 9000), b"414"),
         "head over 16 KiB on plain HTTP": (
             b"GET /healthz HTTP/1.1\r\n"
             + b"".join(b"X-%d: %s\r\n" % (n, b"a" * 4000) for n in range(5))
@@ -405,7 +373,7 @@ async def test_oversized_slow_and_idle_handshakes_are_answered_closed_and_counte
         assert reply.startswith(b"HTTP/1.1 " + status), f"{case}: {reply[:60]!r}"
     idle, took = await _answer(pod.port, b"")
     assert idle.startswith(b"HTTP/1.1 408") and took <= deadline + 2, (idle[:40], took)
-    slow, took = await _answer(pod.port, _upgrade("/ws"), trickle=0.2)
+    slow, took = await _answer(pod.port, upgrade_request("/ws"), trickle=0.2)
     assert slow.startswith(b"HTTP/1.1 408") and took <= deadline + 2, (slow[:40], took)
     async with RelayClient(pod.url) as fine:  # a real client is not hurried by any of it
         assert (await fine.ping())["op"] == "pong"

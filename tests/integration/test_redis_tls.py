@@ -6,13 +6,20 @@ build has TLS) with a certificate from a CA made here; TLS only, its plain port 
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from gamecluster.children import REDIS_PORT
+from gamecluster.desired import Inputs, desired
 from gamecluster.load import ReadyPod, RedisAuth, RedisLoadSource
+from gamecluster.manifests import redis_tls
+from gamecluster.manifests.secrets import RedisPasswords
+from gamecluster.spec import parse
 from gamecluster_client import Connection as RelayClient
 from relay import contract
 from support import redis_acl, tls
@@ -80,3 +87,38 @@ async def test_a_relay_without_the_ca_stays_unready_and_says_why(
     assert pod.status() == 503
     pod.stop()
     redis_acl.no_secret_in_logs(tmp_path)
+
+
+def test_a_managed_tls_shard_is_ready_by_its_own_probe_and_has_no_plain_port(
+    tmp_path: Path,
+) -> None:
+    """spec.redis.tls as a shard runs it: the operator's flags (support.tls uses them) with a
+    certificate naming only the pods' DNS names, and the StatefulSet's readiness probe run
+    as the kubelet would: it logs in over TLS (redis-cli checks the chain, not the name, so
+    127.0.0.1 need not be in the certificate), and fails on a wrong password."""
+    server, _ = tls.tls_redis(tmp_path, dns_names=["*.arena-redis.games.svc"])
+    try:
+        spec = parse({"redis": {"tls": {"secretName": "arena-tls"}}})
+        meta = {"name": "arena", "namespace": "games", "uid": "u"}
+        inputs = Inputs(relay_image="img", jwt_secret="s", redis_passwords=RedisPasswords("r", "o"))
+        (sts,) = [m for m in desired(spec, meta, inputs) if m["kind"] == "StatefulSet"]
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        command = [
+            part.replace(redis_tls.DIR, str(tmp_path)).replace(
+                f"-p {REDIS_PORT}", f"-p {server.port}"
+            )
+            for part in container["readinessProbe"]["exec"]["command"]
+        ]
+
+        def probe(password: str) -> int:
+            env = {**os.environ, "REDISCLI_AUTH": password}
+            return subprocess.run(command, env=env, capture_output=True, timeout=10).returncode
+
+        assert probe(redis_acl.OPERATOR_PASSWORD) == 0
+        assert probe("not-the-password") != 0
+        plain = subprocess.run(
+            ["redis-cli", "-p", str(server.port), "ping"], capture_output=True, timeout=10
+        )
+        assert b"PONG" not in plain.stdout  # the port speaks TLS only
+    finally:
+        server.stop()

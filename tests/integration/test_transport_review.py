@@ -7,69 +7,15 @@ the wire, beyond what a well-behaved `websockets` client ever sends.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import socket
 import struct
-from pathlib import Path
 
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from support.processes import LOOPBACK, RelayProcess
+from support.wsraw import client_frame, read_frame, rss, upgrade
 
 pytestmark = pytest.mark.integration
-
-NO_MASK = b"\x00\x00\x00\x00"
-"""A zero mask: the payload goes as it is (clients must mask, any key will do)."""
-
-
-def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:
-    first = (0x80 if fin else 0) | opcode
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", first, 0x80 | size)
-    elif size < 65536:
-        head = struct.pack("!BBH", first, 0x80 | 126, size)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, size)
-    return head + NO_MASK + payload
-
-
-async def read_frame(reader: asyncio.StreamReader, timeout: float = 10) -> tuple[int, bytes]:
-    head = await asyncio.wait_for(reader.readexactly(2), timeout)
-    size = head[1] & 0x7F
-    if size == 126:
-        size = struct.unpack("!H", await reader.readexactly(2))[0]
-    elif size == 127:
-        size = struct.unpack("!Q", await reader.readexactly(8))[0]
-    return head[0] & 0x0F, await reader.readexactly(size)
-
-
-async def upgrade(
-    port: int, *, rcvbuf: int | None = None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    sock = socket.socket()
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        f"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return reader, writer
-
-
-def rss(relay: RelayProcess) -> int:
-    assert relay.proc is not None
-    pages = int(Path(f"/proc/{relay.proc.pid}/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 async def test_a_server_close_waits_for_the_peers_close_frame(relay_factory) -> None:
@@ -147,7 +93,9 @@ async def test_a_client_still_sending_during_the_drain_gets_reconnect_and_1012(
 async def test_empty_continuation_frames_do_not_grow_the_relays_memory(relay_factory) -> None:
     """A fragmented message is bounded by its size (ws_max_size), not by its frame count:
     endless empty continuation frames (6 bytes each on the wire) must not pile up."""
-    pod = relay_factory("a")
+    # Unanswered heartbeat pings would end the connection while a loaded machine is
+    # still pushing the 60 MB through: a long heartbeat keeps the test about memory.
+    pod = relay_factory("a", env={"RELAY_HEARTBEAT_SECONDS": "600"})
     reader, writer = await upgrade(pod.port)
     try:
         await read_frame(reader)  # welcome

@@ -8,7 +8,7 @@ import pytest
 from kopf_harness import NAMESPACE, Harness, SSAEmulator
 
 from gamecluster.load import RedisAuth
-from gamecluster.manifests import redis_access, secrets
+from gamecluster.manifests import redis_access, redis_tls, secrets
 from relay import contract
 
 pytestmark = [pytest.mark.operator, pytest.mark.kmock(cls=SSAEmulator)]
@@ -151,4 +151,66 @@ async def test_the_load_reader_logs_in_to_an_external_redis_with_its_secret(
             and harness.load.calls[-1][0] == "rediss://redis.example:6380/0"
         ),
         what="a load reading logged in with the external Secret's credentials",
+    )
+
+
+async def test_managed_tls_waits_for_its_secret_then_serves_tls_and_a_renewal_rolls_redis(
+    harness: Harness,
+) -> None:
+    """spec.redis.tls: Degraded until the certificate's Secret exists (retried, no spec
+    change); then the shards serve TLS only, the load reader verifies with ca.crt, and a
+    renewed certificate rolls the Redis pods."""
+    await harness.create_gamecluster("arena", {"redis": {"tls": {"secretName": "arena-tls"}}})
+    waiting = await harness.eventually(
+        lambda: next(
+            (
+                c
+                for c in (harness.gamecluster("arena") or {})
+                .get("status", {})
+                .get("conditions", [])
+                if c.get("reason") == "RedisTLSSecretNotFound"
+            ),
+            None,
+        ),
+        what="a condition naming the missing TLS Secret",
+    )
+    assert "arena-tls" in waiting["message"]
+    assert harness.objects(STATEFULSETS, "arena-redis") is None  # nothing half-secured
+
+    certificate = {"tls.crt": "CERT-1", "tls.key": "KEY-1", "ca.crt": "CA-1"}
+    path = f"/api/v1/namespaces/{NAMESPACE}/secrets"
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": "arena-tls", "namespace": NAMESPACE},
+        "stringData": certificate,
+    }
+    await harness.request("POST", path, body, "application/json")
+    sts = await harness.eventually(
+        lambda: harness.objects(STATEFULSETS, "arena-redis"), what="the TLS Redis StatefulSet"
+    )
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert container["args"][1:5] == ["--port", "0", "--tls-port", "6379"]
+    await harness.eventually(
+        lambda: (
+            harness.load.auths
+            and (auth := harness.load.auths[-1]) is not None
+            and auth.ca_pem == "CA-1"
+            and harness.load.calls[-1][0].startswith("rediss://")
+        ),
+        what="a load reading over TLS, verified with ca.crt",
+    )
+
+    def tls_digest() -> str | None:
+        found = harness.objects(STATEFULSETS, "arena-redis")
+        annotations = (found or {})["spec"]["template"]["metadata"].get("annotations") or {}
+        return annotations.get(redis_tls.ANNOTATION)  # type: ignore[no-any-return]
+
+    before = tls_digest()
+    assert before is not None
+    renewed = {key: base64.b64encode(f"{key} renewed".encode()).decode() for key in certificate}
+    await harness.patch(f"{path}/arena-tls", {"data": renewed})
+    await harness.eventually(
+        lambda: tls_digest() not in (None, before), what="the renewal rolling the shards"
     )

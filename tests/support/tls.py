@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gamecluster.manifests import redis_tls
 from support import redis_acl
 from support.processes import LOOPBACK, RedisProcess, free_port
 
@@ -33,8 +34,14 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def make_pki(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a server certificate it signed for 127.0.0.1: (ca.crt, tls.crt, tls.key)."""
+def make_pki(directory: Path, dns_names: list[str] | None = None) -> tuple[Path, Path, Path]:
+    """A CA, and a server certificate it signed for 127.0.0.1 (or for `dns_names` only, as
+    cert-manager issues one for a headless Service's pods): (ca.crt, tls.crt, tls.key)."""
+    names: list[x509.GeneralName] = (
+        [x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
+        if dns_names is None
+        else [x509.DNSName(name) for name in dns_names]
+    )
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
@@ -58,7 +65,7 @@ def make_pki(directory: Path) -> tuple[Path, Path, Path]:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(hours=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]),
+            x509.SubjectAlternativeName(names),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
@@ -70,20 +77,11 @@ def make_pki(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def tls_redis(directory: Path) -> tuple[RedisProcess, Path]:
+def tls_redis(directory: Path, dns_names: list[str] | None = None) -> tuple[RedisProcess, Path]:
     """A started redis-server with the operator's ACL file serving TLS only, and its CA."""
-    ca, cert, key = make_pki(directory)
+    ca, _, _ = make_pki(directory, dns_names)
     port = free_port()
-    server = redis_acl.acl_redis(
-        directory,
-        [
-            "--port", "0",
-            "--tls-port", str(port),
-            "--tls-cert-file", str(cert),
-            "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(ca),
-            "--tls-auth-clients", "no",
-        ],
-        port=port,
-    )  # fmt: skip
+    # The flags the operator gives a managed shard (spec.redis.tls), the Secret's files here.
+    args = redis_tls.server_args(port, directory=str(directory))
+    server = redis_acl.acl_redis(directory, args, port=port)
     return server, ca

@@ -275,6 +275,20 @@ INVALID = [
         "minReplicas must not exceed",
     ),
     ({"redis": {"mode": "external"}}, "external needs redis.external.urls"),
+    (
+        {
+            "redis": {
+                "mode": "external",
+                "external": {"urls": ["rediss://a:6380"]},
+                "tls": {"secretName": "their-cert"},
+            }
+        },
+        "redis.tls is for the managed Redis",
+    ),
+    (
+        {"redis": {"replicas": 1, "tls": {"secretName": "arena-tls"}}},
+        "redis.tls with redis.replicas > 0 is not supported yet",
+    ),
     ({"auth": {"algorithm": "RS256"}}, "RS256 needs auth.secretName"),
     ({"tracing": {"enabled": True}}, "tracing.enabled needs tracing.otlpEndpoint"),
 ]

@@ -393,3 +393,66 @@ async def test_a_history_trimmed_between_replay_pages_makes_the_joiner_resync(
     kinds = [(m["op"], m.get("offset"), m.get("recovered")) for m in member.messages()]
     assert kinds[:10] == [("event", n, None) for n in range(1, 11)]
     assert kinds[10:] == [("joined", 25, False), ("event", 26, None)]
+
+
+async def test_a_join_between_an_unsubscribe_and_its_cleanup_subscribes_again() -> None:
+    """A join whose step runs after the room's UNSUBSCRIBE finished but before the task's
+    done callback forgot it (a resume storm makes that ordering common) must subscribe
+    again, not recurse on the finished task."""
+    hub: Hub | None = None
+    joiner: list[asyncio.Task[JoinResult]] = []
+    second = Member()
+
+    class JoinDuringUnsubscribe(CountingBroker):
+        async def unsubscribe(self, room: str) -> None:
+            await super().unsubscribe(room)
+            assert hub is not None
+            # Scheduled now, so it runs before the callbacks of this task's completion.
+            joiner.append(asyncio.create_task(join(hub, second, room)))
+
+    broker = JoinDuringUnsubscribe()
+    hub = make_hub(broker)
+    first = Member()
+    await join(hub, first, "r")
+    hub.leave(first, "r")
+    await asyncio.wait_for(broker.unsubscribed.wait(), 2)
+    await asyncio.wait_for(joiner[0], 2)
+    assert broker.calls == ["sub r", "unsub r", "sub r"]
+    await broker.publish("r", 1, ts=0, policy=DURABLE)
+    assert second.offsets() == [1]
+
+
+async def test_joins_history_reads_are_bounded_per_shard() -> None:
+    """At most JOIN_READS history reads of joins are in flight per shard; the rest wait
+    their turn (none fails), and a stuck shard does not hold up another shard's joins."""
+    release = asyncio.Event()
+
+    class TwoShards(CountingBroker):
+        in_flight = 0
+        most = 0
+
+        def placement(self, room: str) -> str:
+            return room.split(":")[0]
+
+        async def history(
+            self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+        ) -> History:
+            if room.startswith("stuck:"):
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+                await release.wait()
+                self.in_flight -= 1
+            return await super().history(room, after, policy, limit=limit)
+
+    broker = TwoShards()
+    hub = make_hub(broker)
+    waiting = [
+        asyncio.create_task(join(hub, Member(), f"stuck:{n}"))
+        for n in range(hub_module.JOIN_READS + 10)
+    ]
+    await asyncio.wait_for(join(hub, Member(), "free:1"), 2)  # not behind the stuck shard
+    assert broker.most == hub_module.JOIN_READS and not any(t.done() for t in waiting)
+    release.set()
+    results = await asyncio.wait_for(asyncio.gather(*waiting), 2)
+    assert all(r.offset == 0 for r in results)
+    assert broker.most == hub_module.JOIN_READS

@@ -9,11 +9,12 @@ import pytest
 from gamecluster import children as children_mod
 from gamecluster.children import Owner
 from gamecluster.desired import Inputs, desired
-from gamecluster.manifests import redis_access, secrets
+from gamecluster.manifests import redis_access, redis_tls, secrets
 from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import parse
 from gamecluster.units import quantity_bytes
 from relay import contract
+from relay.config import RedisEndpoint
 
 pytestmark = pytest.mark.unit
 
@@ -251,3 +252,64 @@ def test_external_redis_credentials_and_ca_come_from_the_named_secret() -> None:
     assert children["ConfigMap/arena-relay"]["data"][contract.ENV_REDIS_URLS] == (
         "rediss://a:6380/0"
     )
+
+
+CERTIFICATE = {"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA"}
+
+
+def build_tls(certificate: dict[str, str] = CERTIFICATE) -> dict[str, Any]:
+    inputs = Inputs(
+        relay_image="img", jwt_secret="s3cret", redis_passwords=PASSWORDS, redis_tls=certificate
+    )
+    spec = parse({"redis": {"shards": 2, "tls": {"secretName": "arena-tls"}}})
+    return {f"{m['kind']}/{m['metadata']['name']}": m for m in desired(spec, META, inputs)}
+
+
+def test_managed_tls_serves_tls_only_and_relays_verify_with_the_secrets_ca() -> None:
+    children = build_tls()
+    container = redis_container(children)
+    args = container["args"]
+    assert args[args.index("--port") + 1] == "0"  # no plain port beside the TLS one
+    assert args[args.index("--tls-port") + 1] == str(children_mod.REDIS_PORT)
+    assert args[args.index("--tls-auth-clients") + 1] == "no"  # clients log in by password
+    assert f"{redis_tls.DIR}/tls.key" in args
+    probe = container["readinessProbe"]["exec"]["command"][-1]
+    assert f"--tls --cacert {redis_tls.DIR}/ca.crt" in probe
+    pod = children["StatefulSet/arena-redis"]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == redis_tls.VOLUME]
+    assert volume["secret"] == {"secretName": "arena-tls", "defaultMode": 0o440}
+    urls = children["ConfigMap/arena-relay"]["data"][contract.ENV_REDIS_URLS].split(",")
+    assert len(urls) == 2 and all(url.startswith("rediss://") for url in urls)
+    env = relay_env(children)
+    ca_file = env[contract.ENV_REDIS_CA_FILE]["value"]
+    relay_pod = children["Deployment/arena-relay"]["spec"]["template"]["spec"]
+    (ca,) = [v for v in relay_pod["volumes"] if v["name"] == redis_access.CA_VOLUME]
+    assert ca["secret"]["secretName"] == "arena-tls"
+    assert ca["secret"]["items"] == [{"key": "ca.crt", "path": ca_file.rsplit("/", 1)[1]}]
+    assert "CERT" not in json.dumps(children) and "KEY" not in json.dumps(children)
+
+
+def test_turning_tls_on_moves_no_room() -> None:
+    """Shards are placed by name, host:port without the scheme: same names with TLS."""
+    plain = build({"redis": {"shards": 3}})["ConfigMap/arena-relay"]["data"]
+    secured = build_tls()["ConfigMap/arena-relay"]["data"]
+
+    def names(data: dict[str, str], shards: int) -> list[str]:
+        return [RedisEndpoint.parse(u).name for u in data[contract.ENV_REDIS_URLS].split(",")][
+            :shards
+        ]
+
+    assert names(plain, 2) == names(secured, 2)
+
+
+def test_a_renewed_certificate_rolls_redis_and_not_the_relays() -> None:
+    """Redis reads its certificate at start; relays read the CA file on each connection."""
+    before, after = build_tls(), build_tls({**CERTIFICATE, "tls.crt": "CERT2", "tls.key": "K2"})
+
+    def template(children: dict[str, Any], name: str) -> dict[str, Any]:
+        return children[name]["spec"]["template"]  # type: ignore[no-any-return]
+
+    redis_before = template(before, "StatefulSet/arena-redis")["metadata"]["annotations"]
+    redis_after = template(after, "StatefulSet/arena-redis")["metadata"]["annotations"]
+    assert redis_before[redis_tls.ANNOTATION] != redis_after[redis_tls.ANNOTATION]
+    assert template(before, "Deployment/arena-relay") == template(after, "Deployment/arena-relay")

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from gamecluster import names
 from gamecluster.children import REDIS_PORT, Manifest, Owner
-from gamecluster.manifests import redis_access, secrets
+from gamecluster.manifests import redis_access, redis_tls, secrets
 from gamecluster.manifests.security import container_security_context, pod_security_context
 from gamecluster.manifests.template import overlay
 from gamecluster.spec import GameClusterSpec
@@ -69,17 +69,23 @@ def headless_service(spec: GameClusterSpec, owner: Owner) -> Manifest:
 
 
 def statefulset(
-    spec: GameClusterSpec, owner: Owner, credentials_digest: str | None = None
+    spec: GameClusterSpec,
+    owner: Owner,
+    credentials_digest: str | None = None,
+    tls_digest: str | None = None,
 ) -> Manifest:
+    """``tls_digest``: manifests.redis_tls.certificate_digest of spec.redis.tls's Secret."""
     redis = spec.redis
+    tls = redis.tls is not None
+    listen = redis_tls.server_args(REDIS_PORT) if tls else ["--port", str(REDIS_PORT)]
+    cli_tls = f" {redis_tls.cli_flags()}" if tls else ""
     container: dict[str, Any] = {
         "name": "redis",
         "image": redis.image,
         "imagePullPolicy": "IfNotPresent",
         "args": [
             "redis-server",
-            "--port",
-            str(REDIS_PORT),
+            *listen,
             "--dir",
             "/data",
             "--appendonly",
@@ -114,7 +120,8 @@ def statefulset(
                 "command": [
                     "sh",
                     "-c",
-                    f"redis-cli -p {REDIS_PORT} --user {contract.OPERATOR_REDIS_USER} ping"
+                    f"redis-cli{cli_tls} -p {REDIS_PORT} --user {contract.OPERATOR_REDIS_USER}"
+                    " ping"
                     " | grep -q PONG",
                 ]
             },
@@ -169,10 +176,16 @@ def statefulset(
         pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
     acl_volume = {"secretName": owner.redis_acl, "defaultMode": 0o440}
     pod_spec["volumes"] = [*pod_spec.get("volumes", []), {"name": "acl", "secret": acl_volume}]
+    if tls:
+        pod_spec["volumes"].append(redis_tls.volume(spec))
+        container["volumeMounts"].append(redis_tls.mount())
+    annotations = {}
     if credentials_digest is not None:
-        sts_spec["template"]["metadata"]["annotations"] = {
-            redis_access.ANNOTATION_REDIS_CREDENTIALS: credentials_digest
-        }
+        annotations[redis_access.ANNOTATION_REDIS_CREDENTIALS] = credentials_digest
+    if tls and tls_digest is not None:
+        annotations[redis_tls.ANNOTATION] = tls_digest
+    if annotations:
+        sts_spec["template"]["metadata"]["annotations"] = annotations
     sts_spec["template"] = overlay(sts_spec["template"], redis.template)
     return {
         "apiVersion": "apps/v1",

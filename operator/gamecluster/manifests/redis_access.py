@@ -2,8 +2,8 @@
 
 Relays get Redis credentials only from Secrets: the password by ``secretKeyRef`` (never via
 the ConfigMap, which the namespace ``view`` role can read), a CA bundle as a mounted file.
-Managed mode: the relay ACL user and the generated ``<name>-redis`` Secret. External mode:
-whatever ``spec.redis.external.secretRef`` names.
+Managed mode: the relay ACL user and the generated ``<name>-redis`` Secret (and the CA of
+``spec.redis.tls``). External mode: whatever ``spec.redis.external.secretRef`` names.
 
 The additions are attached to the relay Deployment built by ``manifests.relay`` (rather than
 built into it), so the relay's own manifest code stays about the relay.
@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from gamecluster import names
 from gamecluster.children import REDIS_PORT, Manifest, Owner
-from gamecluster.manifests import secrets
+from gamecluster.manifests import redis_tls, secrets
 from gamecluster.spec import GameClusterSpec
 from relay import contract
 
@@ -37,6 +37,7 @@ def relay_env(spec: GameClusterSpec, owner: Owner) -> list[dict[str, Any]]:
         return [
             {"name": contract.ENV_REDIS_USERNAME, "value": contract.RELAY_REDIS_USER},
             _secret_env(contract.ENV_REDIS_PASSWORD, owner.redis_secret, secrets.PASSWORD_KEY),
+            *([_ca_file_env()] if spec.redis.tls is not None else []),
         ]
     ref = spec.redis.external.secret_ref if spec.redis.external else None
     if ref is None:
@@ -47,8 +48,21 @@ def relay_env(spec: GameClusterSpec, owner: Owner) -> list[dict[str, Any]]:
     if ref.password_key:
         env.append(_secret_env(contract.ENV_REDIS_PASSWORD, ref.name, ref.password_key))
     if ref.ca_key:
-        env.append({"name": contract.ENV_REDIS_CA_FILE, "value": f"{CA_DIR}/{CA_FILE}"})
+        env.append(_ca_file_env())
     return env
+
+
+def _ca_file_env() -> dict[str, Any]:
+    return {"name": contract.ENV_REDIS_CA_FILE, "value": f"{CA_DIR}/{CA_FILE}"}
+
+
+def _ca_source(spec: GameClusterSpec) -> tuple[str, str] | None:
+    """The Secret and key of the CA that verifies the Redis servers, if any."""
+    if spec.redis.mode == "managed":
+        tls = spec.redis.tls
+        return None if tls is None else (tls.secret_name, redis_tls.CA_KEY)
+    ref = spec.redis.external.secret_ref if spec.redis.external else None
+    return None if ref is None or ref.ca_key is None else (ref.name, ref.ca_key)
 
 
 def attach_to_relay(
@@ -58,16 +72,14 @@ def attach_to_relay(
     template = deployment["spec"]["template"]
     container = template["spec"]["containers"][0]
     container["env"] = [*container.get("env", []), *relay_env(spec, owner)]
-    ref = spec.redis.external.secret_ref if spec.redis.external else None
-    if spec.redis.mode == "external" and ref is not None and ref.ca_key:
+    ca = _ca_source(spec)
+    if ca is not None:
+        secret_name, ca_key = ca
         template["spec"]["volumes"] = [
             *template["spec"].get("volumes", []),
             {
                 "name": CA_VOLUME,
-                "secret": {
-                    "secretName": ref.name,
-                    "items": [{"key": ref.ca_key, "path": CA_FILE}],
-                },
+                "secret": {"secretName": secret_name, "items": [{"key": ca_key, "path": CA_FILE}]},
             },
         ]
         container["volumeMounts"] = [

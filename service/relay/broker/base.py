@@ -163,6 +163,12 @@ class Broker(abc.ABC):
         before the first event. Raises BrokerUnavailable.
         """
 
+    def placement(self, room: str) -> str:
+        """Which of the broker's stores holds `room` (a Redis shard's name; "" when there
+        is one). Work bounded per store is bounded per placement (relay.hub.JOIN_READS),
+        so a slow store cannot hold up the rooms of the others."""
+        return ""
+
     @abc.abstractmethod
     async def subscribe(self, room: str) -> None:
         """Start receiving the room's events; returns once the subscription is active."""

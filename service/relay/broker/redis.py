@@ -455,6 +455,9 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(f"shard {name} of the shard map is not in RELAY_REDIS_URLS")
         return shard
 
+    def placement(self, room: str) -> str:
+        return self.shard_for(room).name
+
     async def start(self) -> None:
         for shard in self._shards:
             shard.start()
