@@ -456,7 +456,9 @@ class RedisBroker(Broker):
         return shard
 
     def placement(self, room: str) -> str:
-        return self.shard_for(room).name
+        # The active map's name for the room, without raising (shard_for does when this
+        # server lacks the shard: the read it bounds then fails on its own).
+        return (self._configured if self._map is None else self._map.active).place(room)
 
     async def start(self) -> None:
         for shard in self._shards:
