@@ -176,7 +176,7 @@ class RedisState(ClusterState):
         self, room: str, joins: list[Member], leaves: list[str], node_empty: bool
     ) -> None:
         key = keys.presence(room)
-        async with self._broker.shard_for(room).commands.pipeline(transaction=True) as pipe:
+        async with self._broker.shard_for(room).live().commands.pipeline(transaction=True) as pipe:
             if leaves:
                 pipe.hdel(key, *leaves)
             if joins:
@@ -189,7 +189,7 @@ class RedisState(ClusterState):
             await _redis(self._commands.sadd(rooms, room))
 
     async def presence_members(self, room: str, limit: int) -> tuple[int, list[Member] | None]:
-        commands = self._broker.shard_for(room).commands
+        commands = self._broker.shard_for(room).live().commands
         count = int(await _redis(commands.hlen(keys.presence(room))))
         if count > limit:
             return count, None

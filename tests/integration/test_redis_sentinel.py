@@ -196,6 +196,11 @@ async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
         probe_timeout=2.0,
     )
     policy = RoomPolicy()
+    # A shard whose Pub/Sub session is not live refuses its rooms at once (ShardDown),
+    # before any connection. With the session held back, the shard is marked live by hand
+    # so that what is refused below is the publish connection's own fence.
+    shard = broker.control_shard
+    shard._ready = True
     try:
         first = await broker.publish("match", 1, ts=1, policy=policy, msg_id="e1")
         assert first.offset == 1
@@ -216,6 +221,7 @@ async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
 
         await eventually(fenced, 15, "a publish refused by the fence")
         assert await fenced() and await fenced()  # and it stays refused
+        shard._ready = False
         await broker.start()  # the Pub/Sub session fences the new master, then is ready
         await eventually(lambda: broker.ready, 15, "the shard to be ready on the new master")
         second = await broker.publish("match", 2, ts=1, policy=policy, msg_id="e2")
