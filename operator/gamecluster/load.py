@@ -41,6 +41,8 @@ class RedisAuth:
     """PEM CA bundle for ``rediss://`` URLs (external mode's ``secretRef.caKey``)."""
     sentinels: tuple[tuple[str, int], ...] = ()
     """Where ``sentinel://<master>`` URLs find their master (a managed Redis with replicas)."""
+    sentinel_password: str | None = field(default=None, repr=False)
+    """The Sentinels' own password (their ``requirepass``), not the Redis user's."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,12 @@ class RedisLoadSource:
         master = sentinel_master(redis_url)
         sentinel: Sentinel | None = None
         if master is not None:
-            sentinel = Sentinel(list(auth.sentinels), **timeouts)  # type: ignore[no-untyped-call]
+            # The Sentinels' password goes to the Sentinels only (sentinel_kwargs), the
+            # operator user's to the master they name.
+            to_sentinels = {**timeouts, "password": auth.sentinel_password}
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(auth.sentinels), sentinel_kwargs=to_sentinels, **timeouts
+            )
             client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
                 master, username=auth.username, password=auth.password, **timeouts
             )

@@ -44,12 +44,14 @@ def managed_passwords(
 ) -> tuple[RedisPasswords, bool] | Problem:
     """The stored passwords and True, or fresh ones and False when the Secret does not exist.
 
-    ``replicas``: the replication and Sentinel users' passwords are needed (and generated)."""
+    ``replicas``: the replication and Sentinel users' passwords are needed (and generated),
+    and the Sentinels' own password is generated; read back, that one is optional (a Secret
+    made before it existed has none, and its Sentinels stay open until it is added)."""
     stored = cluster.get(ChildRef("v1", "Secret", owner.namespace, owner.redis_secret))
     if stored is None:
         if replicas:
-            fresh = [new_password() for _ in range(4)]
-            return RedisPasswords(fresh[0], fresh[1], None, fresh[2], fresh[3]), False
+            fresh = [new_password() for _ in range(5)]
+            return RedisPasswords(fresh[0], fresh[1], None, *fresh[2:]), False
         return RedisPasswords(new_password(), new_password()), False
     keys = [secrets.PASSWORD_KEY, secrets.OPERATOR_PASSWORD_KEY]
     if replicas:
@@ -64,6 +66,7 @@ def managed_passwords(
             )
         values[key] = value.strip()
     previous = _value(stored, secrets.PREVIOUS_PASSWORD_KEY)
+    sentinel_auth = _value(stored, secrets.SENTINEL_AUTH_PASSWORD_KEY) if replicas else None
     return (
         RedisPasswords(
             values[secrets.PASSWORD_KEY],
@@ -71,6 +74,7 @@ def managed_passwords(
             previous.strip() if previous and previous.strip() else None,
             values.get(secrets.REPLICATION_PASSWORD_KEY),
             values.get(secrets.SENTINEL_PASSWORD_KEY),
+            sentinel_auth.strip() if sentinel_auth and sentinel_auth.strip() else None,
         ),
         True,
     )
@@ -105,10 +109,17 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
     if spec.redis.mode == "managed":
         stored = cluster.get(ChildRef("v1", "Secret", owner.namespace, owner.redis_secret))
         password = _value(stored, secrets.OPERATOR_PASSWORD_KEY) if stored else None
-        if password is None:
+        if stored is None or password is None:
             return None
+        sentinels = _sentinels(spec, owner)
+        sentinel_password = (
+            _value(stored, secrets.SENTINEL_AUTH_PASSWORD_KEY) if sentinels else None
+        )
         return RedisAuth(
-            contract.OPERATOR_REDIS_USER, password.strip(), sentinels=_sentinels(spec, owner)
+            contract.OPERATOR_REDIS_USER,
+            password.strip(),
+            sentinels=sentinels,
+            sentinel_password=sentinel_password.strip() if sentinel_password else None,
         )
     ref = spec.redis.external.secret_ref if spec.redis.external else None
     if ref is None:
