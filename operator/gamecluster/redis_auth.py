@@ -12,6 +12,7 @@ import binascii
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gamecluster import desired
 from gamecluster.children import ChildRef, Owner
 from gamecluster.cluster import Cluster
 from gamecluster.load import RedisAuth
@@ -90,17 +91,23 @@ def check_external(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Pro
         return Problem(
             "RedisSecretNotFound", f"Secret {ref.name} (spec.redis.external.secretRef) not found"
         )
-    for key in (ref.username_key, ref.password_key, ref.ca_key):
+    keys = (
+        ref.username_key,
+        ref.password_key,
+        ref.ca_key,
+        ref.sentinel_username_key,
+        ref.sentinel_password_key,
+    )
+    for key in keys:
         if key is not None and _value(secret, key) is None:
             return Problem("RedisSecretKeyMissing", f"Secret {ref.name} has no key {key!r}")
     return None
 
 
 def _sentinels(spec: GameClusterSpec, owner: Owner) -> tuple[tuple[str, int], ...]:
-    """The operator's Sentinels as (host, port), when the managed Redis has replicas."""
-    if spec.redis.replicas == 0:
-        return ()
-    pairs = (address.rpartition(":") for address in owner.sentinel_addresses())
+    """The Sentinels as (host, port): the operator's when the managed Redis has replicas, an
+    external Redis's own (``redis.external.sentinels``)."""
+    pairs = (address.rpartition(":") for address in desired.sentinel_addresses(spec, owner))
     return tuple((host, int(port)) for host, _, port in pairs)
 
 
@@ -123,7 +130,7 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
         )
     ref = spec.redis.external.secret_ref if spec.redis.external else None
     if ref is None:
-        return RedisAuth()
+        return RedisAuth(sentinels=_sentinels(spec, owner))
     secret = cluster.get(ChildRef("v1", "Secret", owner.namespace, ref.name))
     if secret is None:
         return None
@@ -131,4 +138,11 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
     def key(name: str | None) -> str | None:
         return None if name is None else _value(secret, name)
 
-    return RedisAuth(key(ref.username_key), key(ref.password_key), key(ref.ca_key))
+    return RedisAuth(
+        key(ref.username_key),
+        key(ref.password_key),
+        key(ref.ca_key),
+        sentinels=_sentinels(spec, owner),
+        sentinel_username=key(ref.sentinel_username_key),
+        sentinel_password=key(ref.sentinel_password_key),
+    )

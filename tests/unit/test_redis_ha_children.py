@@ -19,7 +19,7 @@ from gamecluster.desired import Inputs, desired
 from gamecluster.load import sentinel_master
 from gamecluster.manifests import redis_access, redis_ha, secrets
 from gamecluster.manifests.secrets import RedisPasswords
-from gamecluster.redis_auth import managed_passwords, operator_auth
+from gamecluster.redis_auth import check_external, managed_passwords, operator_auth
 from gamecluster.spec import InvalidSpec, parse
 from gamecluster.status import Observed, compute
 from relay import contract
@@ -435,3 +435,52 @@ def test_the_sentinel_password_is_generated_read_back_optional_and_given_to_the_
     assert read.sentinel_auth is None
     auth = operator_auth(Secrets(stored), parse(HA), owner)  # type: ignore[arg-type]
     assert auth is not None and auth.sentinel_password is None
+
+
+def test_an_external_redis_behind_sentinels_gets_their_addresses_and_password_from_the_secret() -> (
+    None
+):
+    external = {
+        "urls": ["sentinel://gc", "sentinel://other/2"],
+        "sentinels": ["s1.example:26379", "s2.example:26379"],
+        "secretRef": {
+            "name": "cloud",
+            "sentinelUsernameKey": "sentinel-user",
+            "sentinelPasswordKey": "sentinel-password",
+        },
+    }
+    spec = {"redis": {"mode": "external", "external": external}}
+    children = build(spec)
+    assert not [key for key in children if "arena-sent" in key or "arena-rs" in key]
+    config = children["ConfigMap/arena-relay"]["data"]
+    assert config[contract.ENV_REDIS_URLS] == "sentinel://gc,sentinel://other/2"
+    assert config[contract.ENV_REDIS_SENTINELS] == "s1.example:26379,s2.example:26379"
+    relay = env(container(children, "Deployment/arena-relay"))
+    assert relay[contract.ENV_REDIS_SENTINEL_USERNAME] == {
+        "secretKeyRef": {"name": "cloud", "key": "sentinel-user"}
+    }
+    assert relay[contract.ENV_REDIS_SENTINEL_PASSWORD] == {
+        "secretKeyRef": {"name": "cloud", "key": "sentinel-password"}
+    }
+    # The load reader asks the same Sentinels with the same credentials.
+    owner = Owner("arena", "games", "u")
+    stored = {
+        "data": {
+            key: base64.b64encode(value.encode()).decode()
+            for key, value in (
+                ("password", "redis-pw"),
+                ("sentinel-user", "watcher"),
+                ("sentinel-password", "sentinel-pw"),
+            )
+        }
+    }
+    auth = operator_auth(Secrets(stored), parse(spec), owner)  # type: ignore[arg-type]
+    assert auth is not None
+    assert auth.sentinels == (("s1.example", 26379), ("s2.example", 26379))
+    assert (auth.sentinel_username, auth.sentinel_password) == ("watcher", "sentinel-pw")
+    assert "sentinel-pw" not in repr(auth)
+    # A Secret without the named key is a problem the reconciler reports and retries.
+    del stored["data"]["sentinel-password"]
+    problem = check_external(Secrets(stored), parse(spec), owner)  # type: ignore[arg-type]
+    assert problem is not None and problem.reason == "RedisSecretKeyMissing"
+    assert "'sentinel-password'" in problem.message

@@ -58,6 +58,14 @@ def relay_env(spec: GameClusterSpec, owner: Owner) -> list[dict[str, Any]]:
         env.append(_secret_env(contract.ENV_REDIS_PASSWORD, ref.name, ref.password_key))
     if ref.ca_key:
         env.append({"name": contract.ENV_REDIS_CA_FILE, "value": f"{CA_DIR}/{CA_FILE}"})
+    if ref.sentinel_username_key:
+        env.append(
+            _secret_env(contract.ENV_REDIS_SENTINEL_USERNAME, ref.name, ref.sentinel_username_key)
+        )
+    if ref.sentinel_password_key:
+        env.append(
+            _secret_env(contract.ENV_REDIS_SENTINEL_PASSWORD, ref.name, ref.sentinel_password_key)
+        )
     return env
 
 
