@@ -388,6 +388,10 @@ INVALID = {
         {"redis": {"mode": "external"}},
         ["spec.redis.external", "redis.mode external needs redis.external.urls"],
     ),
+    "external-sentinel-without-sentinels": (
+        {"redis": {"mode": "external", "external": {"urls": ["sentinel://gc"]}}},
+        ["spec.redis.external.sentinels", "sentinel:// URLs need redis.external.sentinels"],
+    ),
 }
 
 
