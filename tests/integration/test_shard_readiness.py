@@ -29,6 +29,7 @@ from support.waiting import eventually
 pytestmark = pytest.mark.integration
 
 SHARD_DOWN = "the Redis shard of this room is down"
+API_KEY = "k" * 40
 RELAY_ENV = {
     # Long enough that a publish waiting on the stalled shard would show: refusals must
     # come from the shard's known state, at once.
@@ -141,7 +142,7 @@ async def test_the_control_shard_down_makes_the_relay_unready_yet_other_rooms_de
     urls = shard_urls(shards)
     rooms = await rooms_by_shard(urls)
     control_room, other = rooms["s0"], rooms["s1"]
-    pod = relay_factory("a", redis_urls=urls, env=RELAY_ENV)
+    pod = relay_factory("a", redis_urls=urls, env={**RELAY_ENV, "RELAY_API_KEYS": API_KEY})
     async with RelayClient(pod.url) as publisher, RelayClient(pod.url) as member:
         for client in (publisher, member):
             await client.join(control_room)
@@ -166,8 +167,16 @@ async def test_the_control_shard_down_makes_the_relay_unready_yet_other_rooms_de
             event = await client.receive(timeout=5)
             assert (event["room"], event["data"]) == (other, "elsewhere")
         await refused_at_once(publisher.publish(control_room, "lost?", id="c2"))
+        # 3. The server API: the room's publish is refused the same way; a disconnect (a
+        #    command to every relay, over the control shard) cannot be sent: 503.
+        async with httpx.AsyncClient(base_url=pod.admin, headers={"x-api-key": API_KEY}) as api:
+            refused = await api.post(f"/api/v1/rooms/{control_room}/events", json={"data": 1})
+            assert refused.status_code == 503, refused.text
+            assert SHARD_DOWN in refused.json()["message"]
+            kick = await api.post("/api/v1/subjects/someone/disconnect", json={"reason": "x"})
+            assert (kick.status_code, kick.json()["code"]) == (503, "unavailable"), kick.text
 
-        # 3. Restarted from its append-only file: ready again, same epoch, next offset.
+        # 4. Restarted from its append-only file: ready again, same epoch, next offset.
         shards[0].start()
         await eventually(lambda: readyz(pod) == (200, {"status": "ready", "node": pod.node_id}),
                          15, "/readyz 200 with no shard down")  # fmt: skip
