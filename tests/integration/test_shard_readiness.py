@@ -22,6 +22,7 @@ import pytest
 from gamecluster_client import Connection as RelayClient
 from gamecluster_client import ServerError as RelayError
 from relay.broker.redis import RedisBroker
+from relay.cluster import RedisState
 from support.metrics import metric_value
 from support.processes import RedisProcess, RelayProcess
 from support.waiting import eventually
@@ -185,3 +186,38 @@ async def test_the_control_shard_down_makes_the_relay_unready_yet_other_rooms_de
             event = await client.receive(timeout=5)
             assert event["op"] == "event" and event["data"] == "after", event
             assert event["offset"] == first["offset"] + 1  # and no re-sync: the same epoch
+
+
+async def test_a_dead_nodes_presence_leaves_rooms_on_live_shards_now_and_the_others_later(
+    shards: list[RedisProcess],
+) -> None:
+    """A node that died had presence members in rooms on both shards. While one shard is
+    down, a survivor's reap removes (and returns, to be announced) its members on the live
+    shard, and keeps the node claimable: once the shard is back, the next reap removes the
+    rest, each member once. (A shard down used to abort the whole reap after the claim, so
+    the node's members in every later room stayed forever.)"""
+    urls = shard_urls(shards)
+    rooms = await rooms_by_shard(urls)
+    broker = RedisBroker(urls, "survivor", timeout=1, probe_interval=0.5, probe_timeout=1.5)
+    await broker.start()
+    try:
+        await eventually(lambda: all(broker.shards().values()), 10, "both shards live")
+        dead, survivor = RedisState(broker, "dead"), RedisState(broker, "survivor")
+        members = {shard: {"sub": "p", "conn": f"c-{shard}", "node": "dead"} for shard in rooms}
+        for shard, room in rooms.items():
+            await dead.presence_apply(room, [members[shard]], [], False)
+        await dead.alive("dead")  # its last renewal: any dead_after from now on has passed
+
+        shards[1].kill()
+        await eventually(lambda: not broker.shards()["s1"], 10, "s1 down")
+        assert await survivor.reap(dead_after=0) == [(rooms["s0"], [members["s0"]])]
+        assert await survivor.presence_members(rooms["s0"], 10) == (0, [])
+
+        shards[1].start()  # from its append-only file: the member is still there
+        await eventually(lambda: broker.shards()["s1"], 15, "s1 live again")
+        again = dict(await survivor.reap(dead_after=0))
+        assert again == {rooms["s0"]: [], rooms["s1"]: [members["s1"]]}
+        assert await survivor.presence_members(rooms["s1"], 10) == (0, [])
+        assert await survivor.reap(dead_after=0) == []  # nothing left to claim
+    finally:
+        await broker.close()
