@@ -51,6 +51,7 @@ class RelayNode:
         self.metrics = Metrics()
         self.auth = auth.Authenticator.from_settings(settings)
         self.broker = make_broker(settings, self.metrics)
+        self.metrics.watch_shards(self.broker.shards)
         policies = RoomPolicies(settings.rooms)
         self.hub = Hub(
             self.broker,
@@ -118,10 +119,17 @@ class RelayNode:
         if self.draining:
             return "draining"
         if not self.broker.ready:
-            return "broker not connected"
+            control = self.broker.control_shard.name if isinstance(self.broker, RedisBroker) else ""
+            down = [f"{n} (control)" if n == control else n for n in self.shards_down()]
+            return f"Redis shards down: {', '.join(down)}" if down else "broker not connected"
         if len(self.sessions) >= self.settings.max_connections:
             return "connection limit reached"  # new clients would get 1013 here
         return None
+
+    def shards_down(self) -> list[str]:
+        """Names of the Redis shards not live on this server: their rooms get `unavailable`;
+        RedisBroker.ready says when that makes the whole server unready."""
+        return [name for name, up in self.broker.shards().items() if not up]
 
     def open(self, handshake: Handshake) -> Session | None:
         """The `/ws` endpoint: admit an upgrade and start its session, or refuse it."""
