@@ -54,9 +54,12 @@ def redis_urls(spec: GameClusterSpec, owner: Owner) -> list[str]:
 
 
 def sentinel_addresses(spec: GameClusterSpec, owner: Owner) -> list[str]:
-    """RELAY_REDIS_SENTINELS: the operator's Sentinels when the managed Redis has replicas."""
+    """RELAY_REDIS_SENTINELS: the operator's Sentinels when the managed Redis has replicas,
+    an external Redis's own when its URLs name Sentinel masters."""
     if spec.redis.mode == "managed" and spec.redis.replicas > 0:
         return owner.sentinel_addresses()
+    if spec.redis.mode == "external" and spec.redis.external is not None:
+        return list(spec.redis.external.sentinels)
     return []
 
 

@@ -41,6 +41,10 @@ class RedisAuth:
     """PEM CA bundle for ``rediss://`` URLs (external mode's ``secretRef.caKey``)."""
     sentinels: tuple[tuple[str, int], ...] = ()
     """Where ``sentinel://<master>`` URLs find their master (a managed Redis with replicas)."""
+    sentinel_username: str | None = None
+    """The Sentinels' ACL user (an external Redis's, Redis 6.2+); None: their default."""
+    sentinel_password: str | None = field(default=None, repr=False)
+    """The Sentinels' own password (their ``requirepass``), not the Redis user's."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,16 @@ class RedisLoadSource:
         master = sentinel_master(redis_url)
         sentinel: Sentinel | None = None
         if master is not None:
-            sentinel = Sentinel(list(auth.sentinels), **timeouts)  # type: ignore[no-untyped-call]
+            # The Sentinels' password goes to the Sentinels only (sentinel_kwargs), the
+            # operator user's to the master they name.
+            to_sentinels = {
+                **timeouts,
+                "username": auth.sentinel_username,
+                "password": auth.sentinel_password,
+            }
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(auth.sentinels), sentinel_kwargs=to_sentinels, **timeouts
+            )
             client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
                 master, username=auth.username, password=auth.password, **timeouts
             )

@@ -12,6 +12,7 @@ import binascii
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gamecluster import desired
 from gamecluster.children import ChildRef, Owner
 from gamecluster.cluster import Cluster
 from gamecluster.load import RedisAuth
@@ -50,12 +51,14 @@ def managed_passwords(
 ) -> tuple[RedisPasswords, bool] | Problem:
     """The stored passwords and True, or fresh ones and False when the Secret does not exist.
 
-    ``replicas``: the replication and Sentinel users' passwords are needed (and generated)."""
+    ``replicas``: the replication and Sentinel users' passwords are needed (and generated),
+    and the Sentinels' own password is generated; read back, that one is optional (a Secret
+    made before it existed has none, and its Sentinels stay open until it is added)."""
     stored = cluster.get(ChildRef("v1", "Secret", owner.namespace, owner.redis_secret))
     if stored is None:
         if replicas:
-            fresh = [new_password() for _ in range(4)]
-            return RedisPasswords(fresh[0], fresh[1], None, fresh[2], fresh[3]), False
+            fresh = [new_password() for _ in range(5)]
+            return RedisPasswords(fresh[0], fresh[1], None, *fresh[2:]), False
         return RedisPasswords(new_password(), new_password()), False
     keys = [secrets.PASSWORD_KEY, secrets.OPERATOR_PASSWORD_KEY]
     if replicas:
@@ -70,6 +73,7 @@ def managed_passwords(
             )
         values[key] = value.strip()
     previous = _value(stored, secrets.PREVIOUS_PASSWORD_KEY)
+    sentinel_auth = _value(stored, secrets.SENTINEL_AUTH_PASSWORD_KEY) if replicas else None
     return (
         RedisPasswords(
             values[secrets.PASSWORD_KEY],
@@ -77,6 +81,7 @@ def managed_passwords(
             previous.strip() if previous and previous.strip() else None,
             values.get(secrets.REPLICATION_PASSWORD_KEY),
             values.get(secrets.SENTINEL_PASSWORD_KEY),
+            sentinel_auth.strip() if sentinel_auth and sentinel_auth.strip() else None,
         ),
         True,
     )
@@ -92,7 +97,14 @@ def check_external(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Pro
         return Problem(
             "RedisSecretNotFound", f"Secret {ref.name} (spec.redis.external.secretRef) not found"
         )
-    for key in (ref.username_key, ref.password_key, ref.ca_key):
+    keys = (
+        ref.username_key,
+        ref.password_key,
+        ref.ca_key,
+        ref.sentinel_username_key,
+        ref.sentinel_password_key,
+    )
+    for key in keys:
         if key is not None and _value(secret, key) is None:
             return Problem("RedisSecretKeyMissing", f"Secret {ref.name} has no key {key!r}")
     return None
@@ -128,10 +140,9 @@ def managed_tls(
 
 
 def _sentinels(spec: GameClusterSpec, owner: Owner) -> tuple[tuple[str, int], ...]:
-    """The operator's Sentinels as (host, port), when the managed Redis has replicas."""
-    if spec.redis.replicas == 0:
-        return ()
-    pairs = (address.rpartition(":") for address in owner.sentinel_addresses())
+    """The Sentinels as (host, port): the operator's when the managed Redis has replicas, an
+    external Redis's own (``redis.external.sentinels``)."""
+    pairs = (address.rpartition(":") for address in desired.sentinel_addresses(spec, owner))
     return tuple((host, int(port)) for host, _, port in pairs)
 
 
@@ -140,20 +151,25 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
     if spec.redis.mode == "managed":
         stored = cluster.get(ChildRef("v1", "Secret", owner.namespace, owner.redis_secret))
         password = _value(stored, secrets.OPERATOR_PASSWORD_KEY) if stored else None
-        if password is None:
+        if stored is None or password is None:
             return None
         tls = managed_tls(cluster, spec, owner)
         if isinstance(tls, Problem):
             return None
+        sentinels = _sentinels(spec, owner)
+        sentinel_password = (
+            _value(stored, secrets.SENTINEL_AUTH_PASSWORD_KEY) if sentinels else None
+        )
         return RedisAuth(
             contract.OPERATOR_REDIS_USER,
             password.strip(),
             None if tls is None else tls[redis_tls.CA_KEY],
-            sentinels=_sentinels(spec, owner),
+            sentinels=sentinels,
+            sentinel_password=sentinel_password.strip() if sentinel_password else None,
         )
     ref = spec.redis.external.secret_ref if spec.redis.external else None
     if ref is None:
-        return RedisAuth()
+        return RedisAuth(sentinels=_sentinels(spec, owner))
     secret = cluster.get(ChildRef("v1", "Secret", owner.namespace, ref.name))
     if secret is None:
         return None
@@ -161,4 +177,11 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
     def key(name: str | None) -> str | None:
         return None if name is None else _value(secret, name)
 
-    return RedisAuth(key(ref.username_key), key(ref.password_key), key(ref.ca_key))
+    return RedisAuth(
+        key(ref.username_key),
+        key(ref.password_key),
+        key(ref.ca_key),
+        sentinels=_sentinels(spec, owner),
+        sentinel_username=key(ref.sentinel_username_key),
+        sentinel_password=key(ref.sentinel_password_key),
+    )

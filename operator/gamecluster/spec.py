@@ -28,8 +28,12 @@ _QUANTITY = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 Quantity = int | Annotated[str, StringConstraints(pattern=_QUANTITY)]
-_CREDENTIALS_IN_URL = re.compile(r"^rediss?://[^/]*@")
-RedisURL = Annotated[str, StringConstraints(pattern=r"^rediss?://", max_length=2048)]
+_CREDENTIALS_IN_URL = re.compile(r"^(rediss?|sentinel)://[^/]*@")
+RedisURL = Annotated[str, StringConstraints(pattern=r"^(rediss?|sentinel)://", max_length=2048)]
+SentinelAddress = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9.-]+:[0-9]{1,5}$", max_length=260)
+]
+"""``host:port`` of one Sentinel (RELAY_REDIS_SENTINELS takes a comma-separated list)."""
 ObjectName = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
 ]
@@ -160,10 +164,18 @@ class ExternalRedisSecret(_Model):
     password_key: str | None = Field(default="password", max_length=253)
     ca_key: str | None = Field(default=None, max_length=253)
     """Key of a PEM CA bundle verifying `rediss://` servers (cert-manager: ``ca.crt``)."""
+    sentinel_username_key: str | None = Field(default=None, max_length=253)
+    """Key of the user the Sentinels know relays and the operator as (a Sentinel ACL user,
+    Redis 6.2+); absent: the Sentinels' ``default`` user."""
+    sentinel_password_key: str | None = Field(default=None, max_length=253)
+    """Key of the Sentinels' own password (their ``requirepass``, or that user's); absent:
+    the Sentinels are asked without one."""
 
 
 class ExternalRedis(_Model):
     urls: tuple[RedisURL, ...] = Field(default=(), max_length=64)
+    sentinels: tuple[SentinelAddress, ...] = Field(default=(), max_length=16)
+    """The Sentinels of ``sentinel://<master>[/db]`` URLs (``host:port`` each)."""
     secret_ref: ExternalRedisSecret | None = None
 
 
@@ -313,7 +325,20 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
             "spec.redis.external.urls: credentials inside a URL would be copied into a "
             "ConfigMap; put them in a Secret named by spec.redis.external.secretRef",
         )
+    masters = bool(external and any(u.startswith("sentinel:") for u in external.urls))
+    if external and masters != bool(external.sentinels):
+        raise InvalidSpec(
+            "SentinelsMismatch",
+            "spec.redis.external: sentinel:// URLs need redis.external.sentinels, and "
+            "sentinels need at least one sentinel:// URL",
+        )
     ref = external.secret_ref if external else None
+    if ref and (ref.sentinel_username_key or ref.sentinel_password_key) and not masters:
+        raise InvalidSpec(
+            "SentinelKeysWithoutSentinels",
+            "spec.redis.external.secretRef.sentinelUsernameKey/sentinelPasswordKey are set "
+            "but no URL uses sentinel://",
+        )
     if external and ref and ref.ca_key and not any(u.startswith("rediss:") for u in external.urls):
         raise InvalidSpec(
             "CAWithoutTLS",

@@ -58,10 +58,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get(contract.READY_PATH, include_in_schema=False)
     async def readyz() -> JSONResponse:
-        reason = node.readiness()
+        # Shards down are named even while ready: only their rooms fail (operations.md).
+        reason, down = node.readiness(), node.shards_down()
+        body: dict[str, object] = {"node": settings.node_id}
+        if down:
+            body["shardsDown"] = down
         if reason is None:
-            return JSONResponse({"status": "ready", "node": settings.node_id})
-        return JSONResponse({"status": "unready", "reason": reason}, status_code=503)
+            return JSONResponse({"status": "ready", **body})
+        return JSONResponse({"status": "unready", "reason": reason, **body}, status_code=503)
 
     if one_port:
         add_admin_routes(app, node)

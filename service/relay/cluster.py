@@ -17,10 +17,11 @@ Keys (Redis): per node `gamecluster:node:{id}` (report, TTL) and `gamecluster:ro
 from __future__ import annotations
 
 import abc
+import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import orjson
 from redis.exceptions import RedisError
@@ -30,6 +31,7 @@ from relay.broker.redis import RedisBroker
 from relay.contract import LOAD_REPORT_TTL_SECONDS
 
 T = TypeVar("T")
+log = logging.getLogger("relay.cluster")
 
 MAX_NODES: Final = 1000
 """Node reports read by one GET /nodes or /rooms; more are left out (a cluster this size
@@ -176,7 +178,7 @@ class RedisState(ClusterState):
         self, room: str, joins: list[Member], leaves: list[str], node_empty: bool
     ) -> None:
         key = keys.presence(room)
-        async with self._broker.shard_for(room).commands.pipeline(transaction=True) as pipe:
+        async with self._broker.shard_for(room).live().commands.pipeline(transaction=True) as pipe:
             if leaves:
                 pipe.hdel(key, *leaves)
             if joins:
@@ -189,7 +191,7 @@ class RedisState(ClusterState):
             await _redis(self._commands.sadd(rooms, room))
 
     async def presence_members(self, room: str, limit: int) -> tuple[int, list[Member] | None]:
-        commands = self._broker.shard_for(room).commands
+        commands = self._broker.shard_for(room).live().commands
         count = int(await _redis(commands.hlen(keys.presence(room))))
         if count > limit:
             return count, None
@@ -203,16 +205,30 @@ class RedisState(ClusterState):
 
     async def reap(self, dead_after: float) -> list[tuple[str, list[Member]]]:
         limit = (time.time() - dead_after) * 1000
-        silent = await _redis(self._commands.zrangebyscore(keys.ALIVE, "-inf", limit, 0, 100))
+        silent = await _redis(
+            self._commands.zrangebyscore(keys.ALIVE, "-inf", limit, 0, 100, withscores=True)
+        )
         reaped: list[tuple[str, list[Member]]] = []
-        for raw in silent:
+        for raw, score in cast(list[tuple[bytes, float]], silent):
             dead = _text(raw)
             if not await _redis(self._commands.zrem(keys.ALIVE, dead)):
                 continue  # another node claimed it: it announces the leaves
             rooms_key = keys.node_presence_rooms(dead)
+            unreachable = False
             for room_raw in await _redis(self._commands.smembers(rooms_key)):
                 room = _text(room_raw)
-                reaped.append((room, await self._remove_node_members(room, dead)))
+                try:
+                    reaped.append((room, await self._remove_node_members(room, dead)))
+                except BrokerUnavailable as exc:
+                    # That room's shard is down: the node's other rooms are still reaped
+                    # now, and this one on a later tick (below).
+                    log.info("members of dead node %s in %s left for later: %s", dead, room, exc)
+                    unreachable = True
+            if unreachable:
+                # Dead again at its old score, so a later tick claims it once more; the rooms
+                # done now have none of its members left, so nothing is announced twice.
+                await _redis(self._commands.zadd(keys.ALIVE, {dead: score}))
+                continue
             await _redis(self._commands.delete(rooms_key, keys.node_rooms(dead)))
         return reaped
 
@@ -220,7 +236,7 @@ class RedisState(ClusterState):
         await _redis(self._commands.zrem(keys.ALIVE, node))
 
     async def _remove_node_members(self, room: str, dead: str) -> list[Member]:
-        commands = self._broker.shard_for(room).commands
+        commands = self._broker.shard_for(room).live().commands
         key = keys.presence(room)
         gone = []
         try:

@@ -35,7 +35,13 @@ MIN_SECRET_BYTES = 32
 """RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)."""
 MIN_RSA_BITS = 2048
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", re.DOTALL)
-_UNSHOWN = {"jwt_secret", "jwt_public_key", "api_keys", "redis_password"}
+_UNSHOWN = {
+    "jwt_secret",
+    "jwt_public_key",
+    "api_keys",
+    "redis_password",
+    "redis_sentinel_password",
+}
 """Settings whose value a config error must not print (a secret; a long PEM)."""
 
 
@@ -188,6 +194,15 @@ class Settings(BaseSettings):
     connection, so a rotated Secret is used without a restart."""
     redis_ca_file: OptionalText = None
     """PEM CA bundle verifying the servers of `rediss://` shards (unset: the system CAs)."""
+    redis_sentinel_username: OptionalText = None
+    """User the Sentinels know this relay as (a Sentinel ACL user, Redis 6.2+); unset: the
+    Sentinel's `default` user, i.e. only its `requirepass` password."""
+    redis_sentinel_password: Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)] = None
+    """Password for the Sentinels (their `requirepass`, or the Sentinel ACL user's); or use
+    RELAY_REDIS_SENTINEL_PASSWORD_FILE (not both). Unset: the Sentinels are asked without
+    one. Never the Redis password: Sentinels and Redis servers have their own users."""
+    redis_sentinel_password_file: OptionalText = None
+    """A file holding the Sentinels' password, read on every new Sentinel connection."""
     node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     """Name of this relay server, sent in `welcome` and on every envelope."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -273,7 +288,7 @@ class Settings(BaseSettings):
         pairs = (sentinel.rpartition(":") for sentinel in self.redis_sentinels)
         return tuple((host.strip("[]"), int(port)) for host, _, port in pairs)
 
-    @field_validator("redis_password_file", "redis_ca_file")
+    @field_validator("redis_password_file", "redis_ca_file", "redis_sentinel_password_file")
     @classmethod
     def _check_readable(cls, path: str | None) -> str | None:
         if path is not None and not Path(path).is_file():
@@ -315,6 +330,21 @@ class Settings(BaseSettings):
         if self.redis_password is not None and self.redis_password_file is not None:
             raise ValueError(
                 "RELAY_REDIS_PASSWORD and RELAY_REDIS_PASSWORD_FILE are both set: set one"
+            )
+        if self.redis_sentinel_password is not None and self.redis_sentinel_password_file:
+            raise ValueError(
+                "RELAY_REDIS_SENTINEL_PASSWORD and RELAY_REDIS_SENTINEL_PASSWORD_FILE are both "
+                "set: set one"
+            )
+        sentinel_credentials = (
+            self.redis_sentinel_username,
+            self.redis_sentinel_password,
+            self.redis_sentinel_password_file,
+        )
+        if any(value is not None for value in sentinel_credentials) and not self.redis_sentinels:
+            raise ValueError(
+                "RELAY_REDIS_SENTINEL_USERNAME/_PASSWORD/_PASSWORD_FILE are set but "
+                "RELAY_REDIS_SENTINELS is empty: list the Sentinels (host:port) or unset them"
             )
         masters = [e.name for e in self.redis_endpoints if e.master is not None]
         if masters and not self.redis_sentinels:

@@ -6,7 +6,11 @@ loop), so metrics cost nothing per delivered message.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -56,3 +60,24 @@ class Metrics:
             ["status"],
             registry=r,
         )
+
+    def watch_shards(self, shards: Callable[[], dict[str, bool]]) -> None:
+        """Export `relay_redis_shard_up{shard}` from `shards()` (name -> live), read at
+        each scrape: the shard list is the broker's, whatever it is at that moment."""
+        self.registry.register(_ShardCollector(shards))
+
+
+class _ShardCollector(Collector):
+    def __init__(self, shards: Callable[[], dict[str, bool]]) -> None:
+        self._shards = shards
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "relay_redis_shard_up",
+            "1 while this server's Pub/Sub connection to the Redis shard is live (its "
+            "self-probe comes back), else 0: that shard's rooms get `unavailable`.",
+            labels=["shard"],
+        )
+        for name, up in self._shards().items():
+            family.add_metric([name], 1.0 if up else 0.0)
+        yield family

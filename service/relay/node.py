@@ -54,6 +54,7 @@ class RelayNode:
         self.metrics = Metrics()
         self.auth = auth.Authenticator.from_settings(settings)
         self.broker = make_broker(settings, self.metrics)
+        self.metrics.watch_shards(self.broker.shards)
         policies = RoomPolicies(settings.rooms)
         self.hub = Hub(
             self.broker,
@@ -127,7 +128,9 @@ class RelayNode:
                 self.broker.shard_map.unknown
             )
         if not self.broker.ready:
-            return "broker not connected"
+            control = self.broker.control_shard.name if isinstance(self.broker, RedisBroker) else ""
+            down = [f"{n} (control)" if n == control else n for n in self.shards_down()]
+            return f"Redis shards down: {', '.join(down)}" if down else "broker not connected"
         if len(self.sessions) >= self.settings.max_connections:
             return "connection limit reached"  # new clients would get 1013 here
         return None
@@ -179,6 +182,11 @@ class RelayNode:
             self.metrics.shard_map_version.set(state.active.version)
             self.metrics.shard_switch_phase.set(PHASES.index(state.phase))
             self.metrics.shard_switch_stalled.set(int(state.stalled(now_ms())))
+
+    def shards_down(self) -> list[str]:
+        """Names of the Redis shards not live on this server: their rooms get `unavailable`;
+        RedisBroker.ready says when that makes the whole server unready."""
+        return [name for name, up in self.broker.shards().items() if not up]
 
     def open(self, handshake: Handshake) -> Session | None:
         """The `/ws` endpoint: admit an upgrade and start its session, or refuse it."""

@@ -251,9 +251,7 @@ class Session:
                 )
                 traced.sent(result.offset)
         except BrokerUnavailable as exc:
-            raise ProtocolError(
-                ErrorCode.UNAVAILABLE, "the broker is unreachable; retry later", **ids
-            ) from exc
+            raise ProtocolError(ErrorCode.UNAVAILABLE, exc.client_message, **ids) from exc
         except ProtocolError as exc:
             raise ProtocolError(exc.code, exc.message, **ids) from exc
         if not result.duplicate:
@@ -286,7 +284,7 @@ class Session:
             await self._services.hub.join(self, room, message.since, announce)
         except BrokerUnavailable as exc:
             raise ProtocolError(
-                ErrorCode.UNAVAILABLE, "the broker is unreachable; retry later", ref=ref, room=room
+                ErrorCode.UNAVAILABLE, exc.client_message, ref=ref, room=room
             ) from exc
 
     def _leave(self, message: protocol.Leave) -> None:
@@ -324,7 +322,7 @@ class Session:
             count, listed = await presence.members(room)
         except BrokerUnavailable as exc:
             raise ProtocolError(
-                ErrorCode.UNAVAILABLE, "the broker is unreachable; retry later", ref=ref, room=room
+                ErrorCode.UNAVAILABLE, exc.client_message, ref=ref, room=room
             ) from exc
         self.push(protocol.members(room, count, listed, ref))
 

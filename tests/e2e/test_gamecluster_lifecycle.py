@@ -392,6 +392,10 @@ INVALID = {
         {"redis": {"replicas": 1, "tls": {"secretName": "arena-tls"}}},
         ["spec.redis.tls", "redis.tls with redis.replicas > 0 is not supported yet"],
     ),
+    "external-sentinel-without-sentinels": (
+        {"redis": {"mode": "external", "external": {"urls": ["sentinel://gc"]}}},
+        ["spec.redis.external.sentinels", "sentinel:// URLs need redis.external.sentinels"],
+    ),
 }
 
 

@@ -470,7 +470,17 @@ def test_a_managed_redis_with_replicas_runs_a_set_per_shard_and_three_sentinels(
     passwords = cluster.get_json("secret", "ha-redis", "-n", namespace)
     replication = secret_text(passwords, "replicationPassword")
     sentinel = secret_text(passwords, "sentinelPassword")
-    assert len(replication) >= 32 and len(sentinel) >= 32
+    sentinel_auth = secret_text(passwords, "sentinelAuthPassword")  # the Sentinels' own
+    assert len(replication) >= 32 and len(sentinel) >= 32 and len(sentinel_auth) >= 32
+    auth_ref = {"name": "ha-redis", "key": "sentinelAuthPassword", "optional": True}
+    (watcher,) = sentinels["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e for e in watcher["env"]}["SENTINEL_AUTH_PASSWORD"]["valueFrom"] == {
+        "secretKeyRef": auth_ref
+    }
+    relay = cluster.get_json("deployment", "ha-relay", "-n", namespace)
+    (relay_container,) = relay["spec"]["template"]["spec"]["containers"]
+    relay_env = {e["name"]: e for e in relay_container["env"]}
+    assert relay_env["RELAY_REDIS_SENTINEL_PASSWORD"]["valueFrom"] == {"secretKeyRef": auth_ref}
     acl = secret_text(cluster.get_json("secret", "ha-redis-acl", "-n", namespace), "users.acl")
     users = {line.split()[1]: line for line in acl.splitlines()}
     assert "#" + hashlib.sha256(replication.encode()).hexdigest() in users["replication"]
@@ -482,7 +492,10 @@ def test_a_managed_redis_with_replicas_runs_a_set_per_shard_and_three_sentinels(
     assert config["RELAY_REDIS_SENTINELS"].split(",") == [
         f"ha-sent-{i}.ha-sent.{namespace}.svc:26379" for i in range(3)
     ]
-    assert all(replication not in v and sentinel not in v for v in config.values())
+    assert all(
+        replication not in v and sentinel not in v and sentinel_auth not in v
+        for v in config.values()
+    )
     for name in ("ha-redis", "ha-sent"):
         policy = cluster.get_json("networkpolicy", name, "-n", namespace)
         (ingress,) = policy["spec"]["ingress"]

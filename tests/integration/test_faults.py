@@ -94,13 +94,25 @@ async def test_an_unreachable_redis_is_reported_with_what_happened() -> None:
         probe_interval=0.5,
         probe_timeout=1.0,
     )
+    reasons: list[str] = []
+
+    async def refused_with_their_cause() -> bool:
+        # The shard's first connection attempt has to fail before it knows why it is down.
+        reasons.clear()
+        for call in (
+            broker.history("room", None, RoomPolicy()),
+            broker.publish("room", {"n": 1}, ts=1, policy=RoomPolicy()),
+        ):
+            with pytest.raises(BrokerUnavailable) as refused:
+                await call
+            reasons.append(str(refused.value))
+        return all("ConnectionError" in reason for reason in reasons)
+
+    await broker.start()
     try:
-        with pytest.raises(BrokerUnavailable) as history:
-            await broker.history("room", None, RoomPolicy())
-        with pytest.raises(BrokerUnavailable) as publish:
-            await broker.publish("room", {"n": 1}, ts=1, policy=RoomPolicy())
+        await eventually(refused_with_their_cause, 5, "refusals naming the connection error")
     finally:
         await broker.close()
-    for refused in (history.value, publish.value):
-        reason = str(refused)
-        assert "ConnectionError" in reason and f"connecting to 127.0.0.1:{port}" in reason, reason
+    for reason in reasons:
+        assert f"connecting to 127.0.0.1:{port}" in reason, reason
+        assert reason.startswith(f"Redis shard 127.0.0.1:{port} (redis://127.0.0.1:{port}) is down")

@@ -55,7 +55,9 @@ PASSWORDS = RedisPasswords(
     operator="operator-" + token_urlsafe(24),
     replication="replication-" + token_urlsafe(24),
     sentinel="sentinel-" + token_urlsafe(24),
+    sentinel_auth="sentinel-auth-" + token_urlsafe(24),
 )
+WRONG_SENTINEL_PASSWORD = "wrong-" + token_urlsafe(24)
 META = {"name": "gc", "namespace": "games", "uid": "u1"}
 FAILOVER_SECONDS = 30
 """Bound on the Sentinels agreeing pod 0 is down (1 s here) and promoting pod 1."""
@@ -195,8 +197,11 @@ class Shard:
             socket_timeout=2,
         )
 
-    def sentinel(self, index: int = 0) -> redis.Redis:
-        return redis.Redis(port=self.sentinel_ports[index], socket_timeout=2)
+    def sentinel(
+        self, index: int = 0, password: str | None = PASSWORDS.sentinel_auth
+    ) -> redis.Redis:
+        """A client of one Sentinel, with the Sentinels' own password (their requirepass)."""
+        return redis.Redis(port=self.sentinel_ports[index], password=password, socket_timeout=2)
 
     def master_port(self, index: int = 0) -> int | None:
         try:
@@ -273,24 +278,54 @@ async def test_a_shard_fails_over_and_its_old_master_returns_as_a_replica(
         "every Sentinel to see the replica and the other Sentinels",
     )
     assert {shard.master_port(i) for i in range(3)} == {pod0.port}
+    # The Sentinels require their password (rendered requirepass): nobody asks without it.
+    with pytest.raises(redis.AuthenticationError):
+        shard.sentinel(0, password=None).sentinel_masters()
 
     config = CHILDREN["ConfigMap/gc-relay"]["data"]
     sentinels = ",".join(f"{LOOPBACK}:{port}" for port in shard.sentinel_ports)
-    pod = relay_factory(
-        "a",
-        redis_urls=config[contract.ENV_REDIS_URLS].split(","),
-        env={
+    (given,) = (
+        item["valueFrom"]["secretKeyRef"]
+        for item in container("Deployment/gc-relay")["env"]
+        if item["name"] == contract.ENV_REDIS_SENTINEL_PASSWORD
+    )
+    assert secret_value(given["key"]) == PASSWORDS.sentinel_auth  # the relay's, as rendered
+
+    def relay_settings(sentinel_password: str | None) -> dict[str, str]:
+        settings = {
             contract.ENV_REDIS_SENTINELS: sentinels,
             contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
             contract.ENV_REDIS_PASSWORD: PASSWORDS.relay,
             contract.ENV_LOAD_REPORT_SECONDS: "0.2",
-        },
-    )
+        }
+        if sentinel_password is not None:
+            settings[contract.ENV_REDIS_SENTINEL_PASSWORD] = sentinel_password
+        return settings
+
+    urls = config[contract.ENV_REDIS_URLS].split(",")
+    pod = relay_factory("a", redis_urls=urls, env=relay_settings(PASSWORDS.sentinel_auth))
+    # A wrong or a missing Sentinel password: unready, and the log says why (no secret).
+    wrong = relay_factory("wrong", redis_urls=urls, env=relay_settings(WRONG_SENTINEL_PASSWORD),
+                          ready=False)  # fmt: skip
+    missing = relay_factory("missing", redis_urls=urls, env=relay_settings(None), ready=False)
+    for refused, why in (
+        (wrong, "AuthenticationError: invalid username-password pair or user is disabled. "
+                "(the credentials of RELAY_REDIS_SENTINEL_USERNAME/_PASSWORD)"),
+        (missing, "AuthenticationError: the Sentinel requires a password: "
+                  "set RELAY_REDIS_SENTINEL_PASSWORD"),
+    ):  # fmt: skip
+        await eventually(lambda r=refused, w=why: w in r.log.read_text(), 15, f"{why!r} logged")
+        assert refused.status() == 503
+        line = next(line for line in refused.log.read_text().splitlines() if why in line)
+        assert "Pub/Sub connection to sentinel://shard-0/0 lost: MasterNotFoundError" in line
+        assert f"Sentinel {LOOPBACK}:{shard.sentinel_ports[0]} - " in line, line
+        refused.stop()
     # The operator's load reader finds shard 0's master through the Sentinels too.
     auth = RedisAuth(
         contract.OPERATOR_REDIS_USER,
         PASSWORDS.operator,
         sentinels=tuple((LOOPBACK, port) for port in shard.sentinel_ports),
+        sentinel_password=PASSWORDS.sentinel_auth,
     )
     shard0 = config[contract.ENV_REDIS_URLS].split(",")[0]
     reader = RedisLoadSource()
@@ -358,5 +393,6 @@ def no_password_in_logs(directory: Path) -> None:
         text = log.read_text(errors="replace")
         for password in (PASSWORDS.relay, PASSWORDS.operator):
             assert password not in text, log.name
-        for password in (PASSWORDS.replication, PASSWORDS.sentinel):
+        for password in (PASSWORDS.replication, PASSWORDS.sentinel, PASSWORDS.sentinel_auth):
             assert password is not None and password not in text, log.name
+        assert WRONG_SENTINEL_PASSWORD not in text, log.name

@@ -11,17 +11,26 @@ for the replication and Sentinel users an operator-run Sentinel would need.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
+from gamecluster.children import Owner
+from gamecluster.desired import Inputs, desired
+from gamecluster.load import ReadyPod, RedisLoadSource
+from gamecluster.redis_auth import operator_auth
+from gamecluster.spec import parse
 from gamecluster_client import Connection as RelayClient
 from gamecluster_client import ServerError as RelayError
 from relay import contract
@@ -49,9 +58,10 @@ FAILOVER_SECONDS = 30
 
 
 class SentinelProcess:
-    """One Sentinel watching `MASTER`, quorum 1, quick to act (1 s down-after)."""
+    """One Sentinel watching `MASTER`, quorum 1, quick to act (1 s down-after); `users`:
+    Sentinel ACL lines (Redis 6.2+) that, with `user default off`, make it require a login."""
 
-    def __init__(self, workdir: Path, master_port: int) -> None:
+    def __init__(self, workdir: Path, master_port: int, users: str = "") -> None:
         self.port = free_port()
         self.config = workdir / f"sentinel-{self.port}.conf"
         self.log = workdir / f"sentinel-{self.port}.log"
@@ -70,7 +80,10 @@ class SentinelProcess:
             f"sentinel down-after-milliseconds {MASTER} 1000\n"
             f"sentinel failover-timeout {MASTER} 3000\n"
             f"sentinel parallel-syncs {MASTER} 1\n"
+            f"{users}"
         )
+        self.cli_auth: tuple[str, str] | None = None
+        """(user, password) for `master_port()` when the Sentinel requires a login."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> SentinelProcess:
@@ -83,17 +96,35 @@ class SentinelProcess:
         return self
 
     def master_port(self) -> int | None:
+        env, auth = dict(os.environ), []
+        if self.cli_auth is not None:
+            auth = ["--user", self.cli_auth[0]]
+            env["REDISCLI_AUTH"] = self.cli_auth[1]  # not on the command line (ps)
         out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), "SENTINEL", "get-master-addr-by-name", MASTER],
+            ["redis-cli", "-p", str(self.port), *auth, "SENTINEL", "get-master-addr-by-name",
+             MASTER],
             capture_output=True,
             text=True,
             timeout=10,
-        ).stdout.split()
+            env=env,
+        ).stdout.split()  # fmt: skip
         return int(out[1]) if len(out) == 2 else None
 
 
+WATCHER = "watcher"
+WATCHER_PASSWORD = "watcher-" + secrets.token_urlsafe(24)
+WRONG_PASSWORD = "wrong-" + secrets.token_urlsafe(24)
+
+
 @pytest.fixture
-def sentinel_set(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess, SentinelProcess]]:
+def sentinel_set(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[RedisProcess, RedisProcess, SentinelProcess]]:
+    """The master, its replica and a Sentinel; parametrised with True (indirect), the
+    Sentinel lets in only the ACL user WATCHER."""
+    users = ""
+    if getattr(request, "param", False):
+        users = f"user default off\nuser {WATCHER} on >{WATCHER_PASSWORD} +@all\n"
     replication = ["--masteruser", redis_acl.ADMIN_USER, "--masterauth", redis_acl.ADMIN_PASSWORD]
     master = redis_acl.acl_redis(tmp_path, replication)
     replica = redis_acl.acl_redis(
@@ -104,7 +135,10 @@ def sentinel_set(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisProcess, S
         10,
         "the replica to sync",
     )
-    sentinel = SentinelProcess(tmp_path, master.port).start()
+    sentinel = SentinelProcess(tmp_path, master.port, users)
+    if users:
+        sentinel.cli_auth = (WATCHER, WATCHER_PASSWORD)
+    sentinel.start()
     yield master, replica, sentinel
     if replica.proc is not None and replica.proc.poll() is None:
         os.kill(replica.proc.pid, signal.SIGCONT)
@@ -196,6 +230,11 @@ async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
         probe_timeout=2.0,
     )
     policy = RoomPolicy()
+    # A shard whose Pub/Sub session is not live refuses its rooms at once (ShardDown),
+    # before any connection. With the session held back, the shard is marked live by hand
+    # so that what is refused below is the publish connection's own fence.
+    shard = broker.control_shard
+    shard._ready = True
     try:
         first = await broker.publish("match", 1, ts=1, policy=policy, msg_id="e1")
         assert first.offset == 1
@@ -216,6 +255,7 @@ async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
 
         await eventually(fenced, 15, "a publish refused by the fence")
         assert await fenced() and await fenced()  # and it stays refused
+        shard._ready = False
         await broker.start()  # the Pub/Sub session fences the new master, then is ready
         await eventually(lambda: broker.ready, 15, "the shard to be ready on the new master")
         second = await broker.publish("match", 2, ts=1, policy=policy, msg_id="e2")
@@ -226,3 +266,103 @@ async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
     finally:
         await broker.close()
     redis_acl.no_secret_in_logs(tmp_path)
+
+
+@pytest.mark.parametrize("sentinel_set", [True], indirect=True)
+async def test_an_external_gamecluster_behind_sentinels_with_an_acl_user_follows_a_failover(
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess],
+    relay_factory,
+    tmp_path: Path,
+) -> None:
+    """The relay configured exactly as the operator renders an external GameCluster whose
+    Sentinels require a login (a Sentinel ACL user): ConfigMap values, and the Secret's keys
+    resolved by their secretKeyRef. It follows a failover; the load reader reads through the
+    same Sentinel with the same keys; a wrong Sentinel password leaves a relay unready with
+    a line that says so; no password in any log."""
+    master, replica, sentinel = sentinel_set
+    spec = parse(
+        {
+            "redis": {
+                "mode": "external",
+                "external": {
+                    "urls": [f"sentinel://{MASTER}"],
+                    "sentinels": [f"{LOOPBACK}:{sentinel.port}"],
+                    "secretRef": {
+                        "name": "ext",
+                        "usernameKey": "user",
+                        "sentinelUsernameKey": "sentinel-user",
+                        "sentinelPasswordKey": "sentinel-password",
+                    },
+                },
+            }
+        }
+    )
+    stored = {
+        "user": contract.RELAY_REDIS_USER,
+        "password": redis_acl.RELAY_PASSWORD,
+        "sentinel-user": WATCHER,
+        "sentinel-password": WATCHER_PASSWORD,
+    }
+    meta = {"name": "ext", "namespace": "games", "uid": "u1"}
+    inputs = Inputs(relay_image="img", jwt_secret="j" * 40, redis_passwords=None)
+    children = {f"{m['kind']}/{m['metadata']['name']}": m for m in desired(spec, meta, inputs)}
+    config = children["ConfigMap/ext-relay"]["data"]
+    env = {contract.ENV_REDIS_SENTINELS: config[contract.ENV_REDIS_SENTINELS]}
+    (relay,) = children["Deployment/ext-relay"]["spec"]["template"]["spec"]["containers"]
+    for item in relay["env"]:
+        ref = item.get("valueFrom", {}).get("secretKeyRef", {})
+        if ref.get("name") == "ext":
+            env[item["name"]] = stored[ref["key"]]
+    assert env[contract.ENV_REDIS_SENTINEL_USERNAME] == WATCHER
+    urls = config[contract.ENV_REDIS_URLS].split(",")
+    pod = relay_factory("a", redis_urls=urls, env={**env, contract.ENV_LOAD_REPORT_SECONDS: "0.2"})
+    wrong_env = {**env, contract.ENV_REDIS_SENTINEL_PASSWORD: WRONG_PASSWORD}
+    wrong = relay_factory("wrong", redis_urls=urls, env=wrong_env, ready=False)
+    why = "invalid username-password pair or user is disabled. (the credentials of"
+    await eventually(lambda: why in wrong.log.read_text(), 15, "the refused login logged")
+    assert wrong.status() == 503
+    wrong.stop()
+
+    secret = {"data": {k: base64.b64encode(v.encode()).decode() for k, v in stored.items()}}
+    auth = operator_auth(_Secrets(secret), spec, Owner("ext", "games", "u1"))  # type: ignore[arg-type]
+    assert auth is not None and auth.sentinel_username == WATCHER
+    reader, ready = RedisLoadSource(), [ReadyPod("a", None)]
+    await eventually(
+        lambda: reader.read(urls[0], ready, datetime.now(UTC), auth).total == 0,
+        10,
+        "the load report read through the Sentinel",
+    )
+    async with RelayClient(pod.url) as publisher:
+        epoch = (await publisher.join("match"))["epoch"]
+        await publisher.publish("match", 1, id="e1")
+        assert master.cli("WAIT", "1", "5000") == "1"
+        master.kill()
+        await publish_until_acked(publisher, "match", "after", "after-failover")
+        assert sentinel.master_port() == replica.port  # promoted
+    async with RelayClient(pod.url) as resuming:
+        joined = await resuming.join("match", since={"epoch": epoch, "offset": 1})
+        assert joined["recovered"] is False and joined["epoch"] != epoch
+    await eventually(
+        lambda: reader.read(urls[0], ready, datetime.now(UTC), auth).total == 0,
+        10,
+        "the load reader to follow the failover",
+    )
+    pod.stop()
+    no_password_in_logs(tmp_path, WATCHER_PASSWORD, WRONG_PASSWORD, redis_acl.RELAY_PASSWORD)
+
+
+def no_password_in_logs(directory: Path, *passwords: str) -> None:
+    for log in directory.glob("*.log"):
+        text = log.read_text(errors="replace")
+        for password in passwords:
+            assert password not in text, log.name
+
+
+class _Secrets:
+    """The one Secret operator_auth reads, as the cluster would return it."""
+
+    def __init__(self, secret: dict[str, Any]) -> None:
+        self._secret = secret
+
+    def get(self, ref: object) -> dict[str, Any]:
+        return self._secret

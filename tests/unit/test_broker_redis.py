@@ -1,13 +1,17 @@
 import asyncio
 import contextlib
 import logging
+import time
 
 import pytest
 from redis.backoff import FullJitterBackoff
 
 from relay.broker import Delivery, envelope, keys
 from relay.broker import redis as redis_broker_module
+from relay.broker.base import ShardDown
 from relay.broker.redis import RedisBroker
+from relay.broker.shardmap import MapState, ShardMap
+from relay.rooms import RoomPolicy
 
 pytestmark = pytest.mark.unit
 
@@ -128,3 +132,63 @@ async def test_reconnect_pauses_use_full_jitter_up_to_the_cap_through_any_long_o
     assert max(exponents) == redis_broker_module.MAX_BACKOFF_EXPONENT
     pauses = [real.compute(redis_broker_module.MAX_BACKOFF_EXPONENT) for _ in range(200)]
     assert all(0 <= pause <= 2.0 for pause in pauses) and max(pauses) > 1.0
+
+
+@pytest.mark.parametrize(
+    ("live", "ready"),
+    [
+        ((True,), True),
+        ((False,), False),
+        ((True, False), True),  # one of two shards down: only its rooms fail
+        ((False, True), False),  # the control shard down
+        ((True, False, False), False),  # fewer than half live
+        ((True, True, False), True),
+        ((True, False, True, False), True),  # half live, the control shard among them
+        ((True, False, False, False), False),
+    ],
+)
+def test_readiness_needs_the_control_shard_and_half_of_all_shards(
+    live: tuple[bool, ...], ready: bool
+) -> None:
+    made = RedisBroker(
+        [f"s{n}=redis://h{n}:1/0" for n in range(len(live))],
+        "n",
+        timeout=1,
+        probe_interval=1,
+        probe_timeout=1,
+    )
+    for shard, up in zip(made._shards, live, strict=True):
+        shard._ready = up
+    assert made.ready is False  # until the shard map is read
+    made._map = MapState(ShardMap(1, tuple(made.shards())))
+    made.shard_map.confirmed_at = time.monotonic()
+    assert made.ready is ready
+    assert made.shards() == {f"s{n}": up for n, up in enumerate(live)}
+
+
+async def test_a_room_on_a_shard_that_is_down_fails_at_once_and_names_the_shard() -> None:
+    made = RedisBroker(
+        ["s0=redis://127.0.0.1:1/0", "s1=redis://127.0.0.1:2/0"],
+        "n",
+        timeout=30,  # a command sent to a stalled shard would wait this long
+        probe_interval=1,
+        probe_timeout=1,
+    )
+    made._shards[0]._ready = True
+    room = next(r for r in (f"r{n}" for n in range(100)) if made.shard_for(r).name == "s1")
+    try:
+        async with asyncio.timeout(1):
+            for call in (
+                made.publish(room, 1, ts=1, policy=RoomPolicy()),
+                made.history(room, None, RoomPolicy()),
+                made.subscribe(room),
+            ):
+                with pytest.raises(ShardDown) as refused:
+                    await call
+                assert refused.value.shard == "s1"
+                assert str(refused.value).startswith(
+                    "Redis shard s1 (redis://127.0.0.1:2/0) is down"
+                )
+                assert "shard of this room is down" in refused.value.client_message
+    finally:
+        await made.close()

@@ -1,5 +1,6 @@
 import pytest
 
+from relay.broker.connection import Connector
 from relay.config import ConfigError, load_settings
 
 pytestmark = pytest.mark.unit
@@ -140,3 +141,33 @@ def test_admin_port_and_api_keys_are_checked_and_keys_never_shown(
     monkeypatch.setenv("RELAY_API_KEYS", "k" * 40 + "," + "j" * 40)
     settings = load_settings()
     assert (settings.admin_port, len(settings.api_keys)) == (0, 2)
+
+
+def test_sentinel_credentials_are_checked_never_shown_and_reach_the_sentinel_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RELAY_AUTH", "none")
+    monkeypatch.setenv("RELAY_REDIS_URLS", "redis://a:1/0")
+    monkeypatch.setenv("RELAY_REDIS_SENTINEL_PASSWORD", "s3cret-sentinel")
+    with pytest.raises(ConfigError, match="RELAY_REDIS_SENTINELS is empty") as error:
+        load_settings()
+    assert "s3cret" not in str(error.value)
+    monkeypatch.setenv("RELAY_REDIS_URLS", "sentinel://gc")
+    monkeypatch.setenv("RELAY_REDIS_SENTINELS", "10.0.0.1:26379")
+    monkeypatch.setenv("RELAY_REDIS_SENTINEL_PASSWORD_FILE", __file__)
+    with pytest.raises(ConfigError, match="both set") as error:
+        load_settings()
+    assert "s3cret" not in str(error.value)
+    monkeypatch.delenv("RELAY_REDIS_SENTINEL_PASSWORD_FILE")
+    monkeypatch.setenv("RELAY_REDIS_SENTINEL_USERNAME", "relay-sentinel")
+    monkeypatch.setenv("RELAY_REDIS_PASSWORD", "s3cret-redis")
+    settings = load_settings()
+    assert "s3cret" not in repr(settings)
+    connector = Connector.from_settings(settings)
+    sentinel = connector._sentinel(1.0)
+    (client,) = sentinel.sentinels
+    assert repr(client) == "Sentinel 10.0.0.1:26379"
+    provider = client.connection_pool.connection_kwargs["credential_provider"]
+    # The Sentinels' own user and password; the Redis password goes only to the masters.
+    assert provider.get_credentials() == ("relay-sentinel", "s3cret-sentinel")
+    assert sentinel.connection_kwargs.get("credential_provider") is None

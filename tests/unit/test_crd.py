@@ -250,6 +250,40 @@ INVALID = [
     ({"redis": {"shards": 65}}, "maximum"),
     ({"redis": {"mode": "cluster"}}, "enum"),
     ({"redis": {"mode": "external", "external": {"urls": ["http://x"]}}}, "pattern"),
+    (
+        {"redis": {"mode": "external", "external": {"urls": ["sentinel://gc"]}}},
+        "sentinel:// URLs need redis.external.sentinels",
+    ),
+    (
+        {
+            "redis": {
+                "mode": "external",
+                "external": {"urls": ["redis://a:1"], "sentinels": ["s:1"]},
+            }
+        },
+        "sentinel:// URLs need redis.external.sentinels",
+    ),
+    (
+        {
+            "redis": {
+                "mode": "external",
+                "external": {
+                    "urls": ["redis://a:1"],
+                    "secretRef": {"name": "x", "sentinelPasswordKey": "sentinel"},
+                },
+            }
+        },
+        "secretRef.sentinelUsernameKey/sentinelPasswordKey",
+    ),
+    (
+        {
+            "redis": {
+                "mode": "external",
+                "external": {"urls": ["sentinel://gc"], "sentinels": ["s"]},
+            }
+        },
+        "pattern",
+    ),
     ({"autoscaling": {"targetConnectionsPerReplica": 0}}, "minimum"),
     ({"tracing": {"samplingRatio": 1.5}}, "maximum"),
     ({"limits": {"maxMessageBytes": 1}}, "minimum"),
@@ -335,7 +369,9 @@ def test_crd_file_is_plain_yaml_without_anchors() -> None:
     assert not re.search(r"(^|\s)[&*][A-Za-z]|<<:", text)
 
 
-@pytest.mark.parametrize("url", ["redis://:pw@a:6379/0", "rediss://user:pw@b:6380", "redis://u@c"])
+@pytest.mark.parametrize(
+    "url", ["redis://:pw@a:6379/0", "rediss://user:pw@b:6380", "redis://u@c", "sentinel://u:p@gc"]
+)
 def test_external_urls_with_credentials_are_refused(url: str) -> None:
     spec = {"redis": {"mode": "external", "external": {"urls": [url]}}}
     with pytest.raises(ValueError, match="secretRef"):

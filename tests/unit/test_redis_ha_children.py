@@ -6,6 +6,7 @@ tests/integration/test_redis_ha.py; here, the shape of every child and field.
 
 import base64
 import copy
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,9 +17,9 @@ from gamecluster import names
 from gamecluster.children import Owner
 from gamecluster.desired import Inputs, desired
 from gamecluster.load import sentinel_master
-from gamecluster.manifests import redis_ha, secrets
+from gamecluster.manifests import redis_access, redis_ha, secrets
 from gamecluster.manifests.secrets import RedisPasswords
-from gamecluster.redis_auth import managed_passwords, operator_auth
+from gamecluster.redis_auth import check_external, managed_passwords, operator_auth
 from gamecluster.spec import InvalidSpec, parse
 from gamecluster.status import Observed, compute
 from relay import contract
@@ -31,6 +32,7 @@ PASSWORDS = RedisPasswords(
     operator="operator-pw-0123456789",
     replication="replication-pw-0123456789",
     sentinel="sentinel-pw-0123456789",
+    sentinel_auth="sentinel-auth-pw-0123456789",
 )
 HA = {"redis": {"shards": 2, "replicas": 2}}
 
@@ -340,3 +342,145 @@ def test_redis_ready_needs_a_ready_pod_per_shard_and_a_sentinel_quorum(
     (condition,) = [c for c in status["conditions"] if c["type"] == "RedisReady"]
     assert condition["status"] == ready
     assert "Sentinels" in condition["message"]
+
+
+SENTINEL_AUTH_REF = {
+    "secretKeyRef": {
+        "name": "arena-redis",
+        "key": secrets.SENTINEL_AUTH_PASSWORD_KEY,
+        "optional": True,
+    }
+}
+
+
+def test_the_sentinels_require_a_generated_password_that_everyone_gets_from_the_secret() -> None:
+    children = build()
+    assert decoded(children["Secret/arena-redis"], secrets.SENTINEL_AUTH_PASSWORD_KEY) == (
+        PASSWORDS.sentinel_auth
+    )
+    # The Sentinels require it (requirepass, rendered into their config file, never on a
+    # command line) and their probe logs in with it; the Redis pods' start script asks the
+    # Sentinels with it; the relays get it by secretKeyRef, never through the ConfigMap.
+    sentinel = container(children, "StatefulSet/arena-sent")
+    assert env(sentinel)["SENTINEL_AUTH_PASSWORD"] == SENTINEL_AUTH_REF
+    assert 'echo "requirepass $SENTINEL_AUTH_PASSWORD"' in redis_ha.SENTINEL_START
+    probe = sentinel["readinessProbe"]["exec"]["command"][2]
+    assert 'export REDISCLI_AUTH="$SENTINEL_AUTH_PASSWORD"' in probe
+    for shard in (0, 1):
+        redis = container(children, f"StatefulSet/arena-rs{shard}")
+        assert env(redis)["SENTINEL_AUTH_PASSWORD"] == SENTINEL_AUTH_REF
+    assert 'REDISCLI_AUTH="$SENTINEL_AUTH_PASSWORD" timeout 3 redis-cli' in redis_ha.REDIS_START
+    relay = env(container(children, "Deployment/arena-relay"))
+    assert relay[contract.ENV_REDIS_SENTINEL_PASSWORD] == SENTINEL_AUTH_REF
+    text = str({k: v for k, v in children.items() if k != "Secret/arena-redis"})
+    assert PASSWORDS.sentinel_auth is not None and PASSWORDS.sentinel_auth not in text
+    # Without replicas there are no Sentinels, and nothing about their password.
+    plain = build({}, RedisPasswords(PASSWORDS.relay, PASSWORDS.operator))
+    relay = env(container(plain, "Deployment/arena-relay"))
+    assert contract.ENV_REDIS_SENTINEL_PASSWORD not in relay
+    assert secrets.SENTINEL_AUTH_PASSWORD_KEY not in plain["Secret/arena-redis"]["data"]
+
+
+def test_a_new_or_rotated_sentinel_password_rolls_the_pods_and_an_old_secret_keeps_its_digest() -> (
+    None
+):
+    without = RedisPasswords(
+        PASSWORDS.relay, PASSWORDS.operator, None, PASSWORDS.replication, PASSWORDS.sentinel
+    )
+    digests = {
+        passwords.digest()
+        for passwords in (
+            without,
+            PASSWORDS,
+            RedisPasswords(**{**PASSWORDS.__dict__, "sentinel_auth": "rotated-0123456789"}),
+        )
+    }
+    assert len(digests) == 3
+    # A Secret from before the key existed: the digest it had then (no pod rolls on upgrade).
+    assert without.digest() == hashlib.sha256(secrets.acl_file(without).encode()).hexdigest()[:16]
+    annotation = redis_access.ANNOTATION_REDIS_CREDENTIALS
+    for key in ("StatefulSet/arena-sent", "StatefulSet/arena-rs0", "Deployment/arena-relay"):
+        template = build()[key]["spec"]["template"]["metadata"]
+        assert template["annotations"][annotation] == PASSWORDS.digest()
+
+
+def test_the_sentinel_password_is_generated_read_back_optional_and_given_to_the_load_reader() -> (
+    None
+):
+    owner = Owner("arena", "games", "u")
+    counter = iter(range(100))
+    fresh = managed_passwords(Secrets(None), owner, lambda: f"pw{next(counter)}", replicas=True)  # type: ignore[arg-type]
+    passwords, exists = fresh  # type: ignore[misc]
+    assert exists is False and passwords.sentinel_auth == "pw4"
+    stored = {
+        "data": {
+            key: base64.b64encode(value.encode()).decode()
+            for key, value in (
+                (secrets.PASSWORD_KEY, "r"),
+                (secrets.OPERATOR_PASSWORD_KEY, "op"),
+                (secrets.REPLICATION_PASSWORD_KEY, "rep"),
+                (secrets.SENTINEL_PASSWORD_KEY, "sen"),
+                (secrets.SENTINEL_AUTH_PASSWORD_KEY, "sauth\n"),
+            )
+        }
+    }
+    read, exists = managed_passwords(Secrets(stored), owner, lambda: "x", replicas=True)  # type: ignore[arg-type, misc]
+    assert exists is True and read.sentinel_auth == "sauth"
+    auth = operator_auth(Secrets(stored), parse(HA), owner)  # type: ignore[arg-type]
+    assert auth is not None and auth.sentinel_password == "sauth"
+    assert "sauth" not in repr(auth)
+    # An older Secret without the key: no problem, the Sentinels stay open.
+    del stored["data"][secrets.SENTINEL_AUTH_PASSWORD_KEY]
+    read, exists = managed_passwords(Secrets(stored), owner, lambda: "x", replicas=True)  # type: ignore[arg-type, misc]
+    assert read.sentinel_auth is None
+    auth = operator_auth(Secrets(stored), parse(HA), owner)  # type: ignore[arg-type]
+    assert auth is not None and auth.sentinel_password is None
+
+
+def test_an_external_redis_behind_sentinels_gets_their_addresses_and_password_from_the_secret() -> (
+    None
+):
+    external = {
+        "urls": ["sentinel://gc", "sentinel://other/2"],
+        "sentinels": ["s1.example:26379", "s2.example:26379"],
+        "secretRef": {
+            "name": "cloud",
+            "sentinelUsernameKey": "sentinel-user",
+            "sentinelPasswordKey": "sentinel-password",
+        },
+    }
+    spec = {"redis": {"mode": "external", "external": external}}
+    children = build(spec)
+    assert not [key for key in children if "arena-sent" in key or "arena-rs" in key]
+    config = children["ConfigMap/arena-relay"]["data"]
+    assert config[contract.ENV_REDIS_URLS] == "sentinel://gc,sentinel://other/2"
+    assert config[contract.ENV_REDIS_SENTINELS] == "s1.example:26379,s2.example:26379"
+    relay = env(container(children, "Deployment/arena-relay"))
+    assert relay[contract.ENV_REDIS_SENTINEL_USERNAME] == {
+        "secretKeyRef": {"name": "cloud", "key": "sentinel-user"}
+    }
+    assert relay[contract.ENV_REDIS_SENTINEL_PASSWORD] == {
+        "secretKeyRef": {"name": "cloud", "key": "sentinel-password"}
+    }
+    # The load reader asks the same Sentinels with the same credentials.
+    owner = Owner("arena", "games", "u")
+    stored = {
+        "data": {
+            key: base64.b64encode(value.encode()).decode()
+            for key, value in (
+                ("password", "redis-pw"),
+                ("sentinel-user", "watcher"),
+                ("sentinel-password", "sentinel-pw"),
+            )
+        }
+    }
+    auth = operator_auth(Secrets(stored), parse(spec), owner)  # type: ignore[arg-type]
+    assert auth is not None
+    assert auth.sentinels == (("s1.example", 26379), ("s2.example", 26379))
+    assert (auth.sentinel_username, auth.sentinel_password) == ("watcher", "sentinel-pw")
+    assert "sentinel-pw" not in repr(auth)
+    # A Secret without the named key is a problem the reconciler reports and retries.
+    del stored["data"]["sentinel-password"]
+    problem = check_external(Secrets(stored), parse(spec), owner)  # type: ignore[arg-type]
+    assert problem is not None and problem.reason == "RedisSecretKeyMissing"
+    assert "'sentinel-password'" in problem.message

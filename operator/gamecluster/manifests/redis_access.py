@@ -34,11 +34,21 @@ def _secret_env(env: str, secret: str, key: str) -> dict[str, Any]:
 def relay_env(spec: GameClusterSpec, owner: Owner) -> list[dict[str, Any]]:
     """RELAY_REDIS_USERNAME / _PASSWORD / _CA_FILE for the relay container."""
     if spec.redis.mode == "managed":
-        return [
+        env = [
             {"name": contract.ENV_REDIS_USERNAME, "value": contract.RELAY_REDIS_USER},
             _secret_env(contract.ENV_REDIS_PASSWORD, owner.redis_secret, secrets.PASSWORD_KEY),
             *([_ca_file_env()] if spec.redis.tls is not None else []),
         ]
+        if spec.redis.replicas > 0:
+            # The Sentinels' own password; optional, as for the Sentinels (manifests.redis_ha).
+            sentinel = _secret_env(
+                contract.ENV_REDIS_SENTINEL_PASSWORD,
+                owner.redis_secret,
+                secrets.SENTINEL_AUTH_PASSWORD_KEY,
+            )
+            sentinel["valueFrom"]["secretKeyRef"]["optional"] = True
+            env.append(sentinel)
+        return env
     ref = spec.redis.external.secret_ref if spec.redis.external else None
     if ref is None:
         return []
@@ -49,6 +59,14 @@ def relay_env(spec: GameClusterSpec, owner: Owner) -> list[dict[str, Any]]:
         env.append(_secret_env(contract.ENV_REDIS_PASSWORD, ref.name, ref.password_key))
     if ref.ca_key:
         env.append(_ca_file_env())
+    if ref.sentinel_username_key:
+        env.append(
+            _secret_env(contract.ENV_REDIS_SENTINEL_USERNAME, ref.name, ref.sentinel_username_key)
+        )
+    if ref.sentinel_password_key:
+        env.append(
+            _secret_env(contract.ENV_REDIS_SENTINEL_PASSWORD, ref.name, ref.sentinel_password_key)
+        )
     return env
 
 

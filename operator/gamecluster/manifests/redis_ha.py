@@ -21,7 +21,12 @@ their pod's name): a pod restarted on a new IP is the same instance to Sentinel 
 relays, so only a real failover changes a shard's master address (the relay's epoch fence).
 
 Passwords never reach a command line: the replication password goes to redis-server on
-stdin (``redis-server -``), the Sentinel's into its config file in the pod's own emptyDir.
+stdin (``redis-server -``), the Sentinel's into its config file in the pod's own emptyDir,
+and redis-cli gets the Sentinels' password from ``REDISCLI_AUTH``. The Sentinels require
+a password of their own (``requirepass``, ``SENTINEL_AUTH_PASSWORD`` from the Secret key
+``sentinelAuthPassword``), which they also give each other; relays, the Redis pods' start
+script, the probe and the operator's load reader all log in with it. The key is optional
+(``secretKeyRef.optional``): a Secret made before it existed leaves the Sentinels open.
 """
 
 from typing import Any, Final
@@ -58,10 +63,17 @@ SENTINEL_RESOURCES: Final = {
 
 _ASK_SENTINEL: Final = r"""
 # ask HOST:PORT MASTER: "host port" of MASTER's current master as that Sentinel knows it
-# (bounded: a Sentinel that does not answer within 3 s is skipped).
+# (bounded: a Sentinel that does not answer within 3 s is skipped). The Sentinels'
+# password, when they have one, goes in REDISCLI_AUTH (never on the command line), and
+# never a Redis user's password (the container's own REDISCLI_AUTH is dropped).
 ask() {
-  reply=$(env -u REDISCLI_AUTH timeout 3 redis-cli -h "${1%:*}" -p "${1##*:}" --raw \
-    SENTINEL get-master-addr-by-name "$2" 2>/dev/null) || return 1
+  if [ -n "${SENTINEL_AUTH_PASSWORD:-}" ]; then
+    reply=$(REDISCLI_AUTH="$SENTINEL_AUTH_PASSWORD" timeout 3 redis-cli -h "${1%:*}" \
+      -p "${1##*:}" --raw SENTINEL get-master-addr-by-name "$2" 2>/dev/null) || return 1
+  else
+    reply=$(env -u REDISCLI_AUTH timeout 3 redis-cli -h "${1%:*}" -p "${1##*:}" --raw \
+      SENTINEL get-master-addr-by-name "$2" 2>/dev/null) || return 1
+  fi
   host=$(echo "$reply" | sed -n 1p)
   port=$(echo "$reply" | sed -n 2p)
   case "$port" in ''|*[!0-9]*) return 1 ;; esac
@@ -74,7 +86,8 @@ REDIS_START: Final = (
 # Start one Redis of a shard with replicas, as master or as replica of the current master.
 # Environment: POD_NAME (ordinal suffix), REDIS_HOST/REDIS_PORT (this pod's address),
 # REDIS_SHARD (Sentinel master name), REDIS_MASTER0 ("host port" of pod 0),
-# REDIS_SENTINELS ("host:port ..."), REDIS_REPLICATION_PASSWORD; "$@": redis-server options.
+# REDIS_SENTINELS ("host:port ..."), REDIS_REPLICATION_PASSWORD, SENTINEL_AUTH_PASSWORD
+# (optional); "$@": redis-server options.
 """
     + _ASK_SENTINEL
     + r"""
@@ -113,7 +126,8 @@ SENTINEL_START: Final = (
 # Start one Sentinel monitoring every shard. Environment: SENTINEL_HOST/SENTINEL_PORT (this
 # pod), SENTINEL_PEERS ("host:port ..." of all Sentinels), SENTINEL_SHARDS ("name=host:port
 # ..." of each shard's pod 0), SENTINEL_QUORUM, SENTINEL_DOWN_AFTER_MS,
-# SENTINEL_FAILOVER_TIMEOUT_MS, SENTINEL_DIR, SENTINEL_PASSWORD; "$@": redis-sentinel options.
+# SENTINEL_FAILOVER_TIMEOUT_MS, SENTINEL_DIR, SENTINEL_PASSWORD (to the Redis pods),
+# SENTINEL_AUTH_PASSWORD (optional: this Sentinel's own); "$@": redis-sentinel options.
 """
     + _ASK_SENTINEL
     + r"""
@@ -125,6 +139,8 @@ conf="$SENTINEL_DIR/sentinel.conf"
   echo "sentinel announce-hostnames yes"
   echo "sentinel announce-ip $SENTINEL_HOST"
   echo "sentinel announce-port $SENTINEL_PORT"
+  # Clients must log in; a Sentinel also logs in to its peers with this same password.
+  if [ -n "${SENTINEL_AUTH_PASSWORD:-}" ]; then echo "requirepass $SENTINEL_AUTH_PASSWORD"; fi
 } > "$conf"
 for shard in $SENTINEL_SHARDS; do
   name=${shard%%=*}
@@ -165,8 +181,17 @@ def _env(name: str, value: str) -> dict[str, Any]:
     return {"name": name, "value": value}
 
 
-def _secret_env(name: str, owner: Owner, key: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": owner.redis_secret, "key": key}}}
+def _secret_env(name: str, owner: Owner, key: str, *, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": owner.redis_secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def sentinel_auth_env(owner: Owner, name: str = "SENTINEL_AUTH_PASSWORD") -> dict[str, Any]:
+    """The Sentinels' password from the generated Secret; optional: a Secret made before
+    the key existed leaves the variable unset and the Sentinels open (docs/operator.md)."""
+    return _secret_env(name, owner, secrets.SENTINEL_AUTH_PASSWORD_KEY, optional=True)
 
 
 _POD_NAME: Final = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
@@ -240,6 +265,7 @@ def shard_statefulset(
         _env("REDIS_MASTER0", f"{owner.redis_host(shard, 0)} {REDIS_PORT}"),
         _env("REDIS_SENTINELS", sentinels),
         _secret_env("REDIS_REPLICATION_PASSWORD", owner, secrets.REPLICATION_PASSWORD_KEY),
+        sentinel_auth_env(owner),
         *container["env"],
     ]
     return sts
@@ -269,7 +295,11 @@ def sentinel_statefulset(
         f"{owner.shard_master(index)}={owner.redis_host(index, 0)}:{REDIS_PORT}"
         for index in range(spec.redis.shards)
     )
-    probe = f"redis-cli -p {SENTINEL_PORT} ping | grep -q PONG"
+    probe = (
+        'if [ -n "${SENTINEL_AUTH_PASSWORD:-}" ]; then '
+        'export REDISCLI_AUTH="$SENTINEL_AUTH_PASSWORD"; fi; '
+        f"redis-cli -p {SENTINEL_PORT} ping | grep -q PONG"
+    )
     container: dict[str, Any] = {
         "name": "sentinel",
         "image": spec.redis.image,
@@ -286,6 +316,7 @@ def sentinel_statefulset(
             _env("SENTINEL_FAILOVER_TIMEOUT_MS", str(FAILOVER_TIMEOUT_MILLISECONDS)),
             _env("SENTINEL_DIR", SENTINEL_DIR),
             _secret_env("SENTINEL_PASSWORD", owner, secrets.SENTINEL_PASSWORD_KEY),
+            sentinel_auth_env(owner),
         ],
         "ports": [{"name": "sentinel", "containerPort": SENTINEL_PORT}],
         "readinessProbe": {
@@ -333,8 +364,9 @@ def sentinel_statefulset(
 
 
 def sentinel_network_policy(owner: Owner, operator_namespace: str | None) -> Manifest:
-    """Sentinel answers anyone who reaches it (it has no password here): only this
-    GameCluster's relay, Redis and Sentinel pods, and the operator's namespace, may."""
+    """Only this GameCluster's relay, Redis and Sentinel pods, and the operator's namespace,
+    may reach the Sentinels (which also require their password, unless the Secret predates
+    it): anyone let in with it could `SENTINEL FAILOVER` a shard."""
     peers: list[dict[str, Any]] = [
         {"podSelector": {"matchLabels": owner.selector(component)}}
         for component in (names.COMPONENT_RELAY, names.COMPONENT_REDIS, names.COMPONENT_SENTINEL)

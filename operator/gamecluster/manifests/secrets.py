@@ -7,8 +7,10 @@ Two Secrets, two owners of their content:
   password"). Keys: ``password`` (the relay user), ``operatorPassword`` (the operator's
   user, which only reads load reports), optionally ``previousPassword`` (still accepted
   while the relays roll onto a new ``password``); with ``redis.replicas`` > 0 also
-  ``replicationPassword`` (replicas log in to their master) and ``sentinelPassword`` (the
-  Sentinels log in to every Redis pod).
+  ``replicationPassword`` (replicas log in to their master), ``sentinelPassword`` (the
+  Sentinels log in to every Redis pod) and ``sentinelAuthPassword`` (everyone logs in to
+  the Sentinels: their ``requirepass``, which they also use with each other; a Secret made
+  before it existed has no such key, and its Sentinels stay open until one is added).
 - ``<name>-redis-acl`` holds Redis's ACL file, rendered by the operator from the first on
   every pass. It carries SHA-256 digests of the passwords, never the passwords, and the
   rules from ``relay.contract`` (the relay and the operator's user); the default user is off.
@@ -31,6 +33,7 @@ OPERATOR_PASSWORD_KEY: Final = "operatorPassword"
 PREVIOUS_PASSWORD_KEY: Final = "previousPassword"
 REPLICATION_PASSWORD_KEY: Final = "replicationPassword"
 SENTINEL_PASSWORD_KEY: Final = "sentinelPassword"
+SENTINEL_AUTH_PASSWORD_KEY: Final = "sentinelAuthPassword"
 REPLICATION_USER: Final = "replication"
 REPLICATION_ACL_RULES: Final = (
     "resetkeys",
@@ -69,15 +72,21 @@ class RedisPasswords:
     operator: str
     previous: str | None = None
     replication: str | None = None
-    """With replicas only (``redis.replicas`` > 0), as ``sentinel``."""
+    """With replicas only (``redis.replicas`` > 0), as ``sentinel`` and ``sentinel_auth``."""
     sentinel: str | None = None
+    sentinel_auth: str | None = None
+    """The Sentinels' own password (their ``requirepass``); None: they require none."""
 
     def digest(self) -> str:
         """Changes exactly when a password changes: rolls the pods that read them.
 
         A digest of the ACL file (itself only digests of the passwords, one of them the
-        operator's random one), so the annotation is no dictionary oracle for a password."""
-        return hashlib.sha256(acl_file(self).encode()).hexdigest()[:16]
+        operator's random one) and of the Sentinels' password's digest, so the annotation
+        is no dictionary oracle for a password."""
+        text = acl_file(self)
+        if self.sentinel_auth is not None:  # absent: the digest of before it existed
+            text += "sentinel requirepass " + _sha(self.sentinel_auth)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _sha(password: str) -> str:
@@ -118,6 +127,8 @@ def password_secret(owner: Owner, passwords: RedisPasswords) -> Manifest:
         data[REPLICATION_PASSWORD_KEY] = _b64(passwords.replication)
     if passwords.sentinel is not None:
         data[SENTINEL_PASSWORD_KEY] = _b64(passwords.sentinel)
+    if passwords.sentinel_auth is not None:
+        data[SENTINEL_AUTH_PASSWORD_KEY] = _b64(passwords.sentinel_auth)
     return {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -294,7 +294,7 @@ async def _publish(
             )
             traced.sent(result.offset)
     except BrokerUnavailable as exc:
-        raise ApiProblem(503, "unavailable", "the broker is unreachable; retry later") from exc
+        raise ApiProblem(503, "unavailable", exc.client_message) from exc
     except ProtocolError as exc:
         raise ApiProblem(400, "bad_request", exc.message) from exc
     if not result.duplicate:
@@ -367,7 +367,7 @@ async def _broker_call(call: Awaitable[T]) -> T:
     try:
         return await call
     except BrokerUnavailable as exc:
-        raise ApiProblem(503, "unavailable", "the broker is unreachable; retry later") from exc
+        raise ApiProblem(503, "unavailable", exc.client_message) from exc
 
 
 def _add_error_handlers(app: FastAPI) -> None:

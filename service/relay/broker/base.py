@@ -23,6 +23,23 @@ from relay.rooms import RoomPolicy
 class BrokerUnavailable(Exception):
     """The broker cannot take the request now (Redis down or unreachable); retry later."""
 
+    client_message = "the broker is unreachable; retry later"
+    """What a client is told with `unavailable`: never an address or a library's error."""
+
+
+class ShardDown(BrokerUnavailable):
+    """The Redis shard a room is placed on is down on this relay server: that room's
+    publishes, joins and history reads fail at once (no wait for a timeout), while rooms
+    on live shards go on."""
+
+    client_message = "the Redis shard of this room is down; other rooms work; retry later"
+
+    def __init__(self, shard: str, url: str, cause: str | None) -> None:
+        # The shard's clean URL (never credentials) and its last failure, for logs and
+        # the server API's own callers; clients get only client_message.
+        super().__init__(f"Redis shard {shard} ({url}) is down: {cause or 'not connected yet'}")
+        self.shard = shard
+
 
 def describe(exc: BaseException) -> str:
     """An error's class and message for a log line or a BrokerUnavailable reason.
@@ -120,6 +137,11 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def ready(self) -> bool:
         """True while the broker can publish and deliver (feeds /readyz)."""
+
+    def shards(self) -> dict[str, bool]:
+        """Each shard's name and whether it is live on this server (/readyz, metrics);
+        empty for a broker without shards."""
+        return {}
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -22,7 +22,11 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.credentials import CredentialProvider
+from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from relay.broker.base import describe
 from relay.config import RedisEndpoint, Settings
 
 
@@ -54,6 +58,40 @@ class Credentials(CredentialProvider):
         return f"Credentials(username={self._username!r})"
 
 
+class SentinelFailed(RedisConnectionError):
+    """One Sentinel could not be asked: still a ConnectionError, so redis-py's Sentinel goes
+    on to the next one, but whose repr (what MasterNotFoundError lists for each Sentinel)
+    says what happened instead of redis-py 8's bare `auth:AuthenticationError`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return self.reason
+
+
+class SentinelClient(Redis):
+    """A client of one Sentinel, named by its address in errors (redis-py's repr lists
+    every connection argument), with refusals of its credentials spelled out."""
+
+    def __repr__(self) -> str:
+        kwargs = self.connection_pool.connection_kwargs
+        return f"Sentinel {kwargs.get('host')}:{kwargs.get('port')}"
+
+    async def sentinel_masters(self) -> Any:
+        try:
+            return await super().sentinel_masters()
+        except AuthenticationError as exc:
+            if self.connection_pool.connection_kwargs.get("credential_provider") is None:
+                reason = "the Sentinel requires a password: set RELAY_REDIS_SENTINEL_PASSWORD"
+            else:
+                reason = f"{exc} (the credentials of RELAY_REDIS_SENTINEL_USERNAME/_PASSWORD)"
+            raise SentinelFailed(f"{type(exc).__name__}: {reason}") from exc
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise SentinelFailed(describe(exc)) from exc
+
+
 MasterCheck = Callable[[tuple[str, int]], None]
 """Called with the master's address before each new connection; raises to refuse it."""
 
@@ -83,6 +121,11 @@ class Connector:
     ca_file: str | None = None
     sentinels: tuple[tuple[str, int], ...] = ()
     """Where `sentinel://<master>` shards find their master (RELAY_REDIS_SENTINELS)."""
+    sentinel_username: str | None = None
+    sentinel_password: SecretStr | None = None
+    sentinel_password_file: str | None = None
+    """How this relay logs in to the Sentinels (RELAY_REDIS_SENTINEL_*): their own users,
+    never the Redis servers' (a Sentinel's `requirepass` or its ACL users)."""
     _sentinel_clients: dict[float, Sentinel] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -93,6 +136,9 @@ class Connector:
             settings.redis_password_file,
             settings.redis_ca_file,
             settings.sentinel_addresses,
+            sentinel_username=settings.redis_sentinel_username,
+            sentinel_password=settings.redis_sentinel_password,
+            sentinel_password_file=settings.redis_sentinel_password_file,
         )
 
     def credentials(self, endpoint: RedisEndpoint) -> Credentials | None:
@@ -168,11 +214,35 @@ class Connector:
         self._sentinel_clients.clear()
         await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
 
+    def sentinel_credentials(self) -> Credentials | None:
+        """The Sentinels' user and password (a file read on every new connection), or none."""
+        if self.sentinel_password is None and self.sentinel_password_file is None:
+            return (
+                None
+                if self.sentinel_username is None
+                else Credentials(self.sentinel_username, None, None)
+            )
+        return Credentials(
+            self.sentinel_username, self.sentinel_password, self.sentinel_password_file
+        )
+
     def _sentinel(self, timeout: float) -> Sentinel:
         found = self._sentinel_clients.get(timeout)
         if found is None:
+            sockets = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+            # sentinel_kwargs: how the Sentinels themselves are reached; the remaining
+            # arguments are for the masters they name (with the Redis credentials).
+            to_sentinels: dict[str, Any] = dict(sockets)
+            credentials = self.sentinel_credentials()
+            if credentials is not None:
+                to_sentinels["credential_provider"] = credentials
             found = Sentinel(  # type: ignore[no-untyped-call]  # (redis-py leaves it untyped)
-                list(self.sentinels), socket_timeout=timeout, socket_connect_timeout=timeout
+                [], sentinel_kwargs=to_sentinels, **sockets
             )
+            # Sentinel builds plain clients of its Sentinels; ours report failures clearly.
+            found.sentinels = [
+                SentinelClient(host=host, port=port, **to_sentinels)
+                for host, port in self.sentinels
+            ]
             self._sentinel_clients[timeout] = found
         return found

@@ -34,6 +34,7 @@ from relay.broker.base import (
     Delivery,
     History,
     PublishResult,
+    ShardDown,
     describe,
 )
 from relay.broker.connection import Connector
@@ -109,6 +110,8 @@ class RedisShard:
         self._pubsub: PubSub | None = None
         self._probe: tuple[bytes, asyncio.Future[None]] | None = None
         self._ready = False
+        self._down_because: str | None = None
+        """Why the last Pub/Sub session ended (class and message, no credential)."""
         self._attempted = False
         self._failures = 0
         """Connection attempts since the last live one: the reconnect backoff's exponent."""
@@ -125,6 +128,17 @@ class RedisShard:
         """The channels this server wants subscribed here (room channels and control)."""
         return frozenset(self._channels)
 
+    def live(self) -> RedisShard:
+        """This shard, or ShardDown at once when its Pub/Sub connection is not live.
+
+        Without the check a stalled shard (a frozen process, a black-holed network) would
+        hold every publish to its rooms for the command timeout; with it those rooms fail
+        fast and clearly, and rooms on other shards are not slowed down.
+        """
+        if not self._ready:
+            raise ShardDown(self.name, self.url, self._down_because)
+        return self
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"pubsub {self.url}")
 
@@ -138,7 +152,7 @@ class RedisShard:
     async def subscribe(self, channel: bytes) -> None:
         pubsub = self._pubsub
         if pubsub is None or not self._ready:
-            raise BrokerUnavailable(f"Redis {self.url} is not connected")
+            raise ShardDown(self.name, self.url, self._down_because)
         self._channels.add(channel)
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._confirmations.setdefault(channel, []).append(confirmed)
@@ -174,6 +188,7 @@ class RedisShard:
             try:
                 await self._session()
             except (RedisError, OSError, ProbeLost) as exc:
+                self._down_because = describe(exc)
                 # Loud once per outage; each further failed attempt only at debug level.
                 level = logging.WARNING if was_live or self._task_first_attempt() else logging.DEBUG
                 log.log(
@@ -183,7 +198,8 @@ class RedisShard:
                     type(exc).__name__,
                     exc,
                 )
-            except Exception:
+            except Exception as exc:
+                self._down_because = describe(exc)
                 log.exception("Pub/Sub session on %s failed; reconnecting", self.url)
             self._ready = False
             self._on_reconnect()
@@ -322,18 +338,28 @@ class RedisShard:
             token = secrets.token_hex(8).encode()
             returned: asyncio.Future[None] = loop.create_future()
             self._probe = (token, returned)
-            try:
-                await self.commands.publish(self._node_channel, token)
-            except (RedisError, OSError) as exc:
-                raise ProbeLost(f"probe PUBLISH failed: {describe(exc)}") from exc
-            done, _ = await asyncio.wait(
-                {returned, reader}, timeout=self._probe_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if reader in done:
-                reader.result()  # raises the read error
-                return
-            if returned not in done:
-                raise ProbeLost(f"probe not back within {self._probe_timeout}s")
+            # The PUBLISH is awaited within the probe's own bound, not the command timeout
+            # (times its retry): a frozen Redis is found out in `probe_timeout`. Left to
+            # end by its socket timeout, never cancelled (see the note above _supervise).
+            sent = asyncio.ensure_future(self.commands.publish(self._node_channel, token))
+            sent.add_done_callback(_retrieve)
+            deadline = loop.time() + self._probe_timeout
+            waiting: set[asyncio.Future[Any]] = {returned, reader, sent}
+            while not returned.done():
+                done, _ = await asyncio.wait(
+                    waiting,
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if reader in done:
+                    reader.result()  # raises the read error
+                    return
+                if sent in done:
+                    waiting.discard(sent)
+                    if (error := sent.exception()) is not None:
+                        raise ProbeLost(f"probe PUBLISH failed: {describe(error)}") from error
+                if not done:
+                    raise ProbeLost(f"probe not back within {self._probe_timeout}s")
             if not self._ready:
                 log.info("Pub/Sub connection to %s is live", self.url)
                 self._attempted = False
@@ -360,6 +386,12 @@ class RedisShard:
                 if not waiter.done():
                     waiter.set_exception(BrokerUnavailable("Pub/Sub connection lost"))
         self._confirmations.clear()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a background command's outcome as seen (its failure is reported elsewhere)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _abort(pubsub: PubSub) -> None:
@@ -438,12 +470,31 @@ class RedisBroker(Broker):
 
     @property
     def ready(self) -> bool:
+        """The control shard is live and so are at least half of all shards.
+
+        Not "every shard": each relay server would then turn unready when any one shard is
+        down, and a shard down for all of them (a Redis pod restarting) would take every
+        room away instead of 1/N of them; per room, ShardDown refuses only its rooms. The
+        control shard carries what is not per room (server API commands to every server,
+        presence announcements and liveness, node and load reports), so without it a
+        server would silently drop kicks and presence. The majority rule turns away a
+        server that lost most shards (more likely its own network than Redis) and stays
+        unready when every shard is down. docs/operations.md, "Readiness per shard".
+
+        And the shard map: read, naming only shards this server has, and confirmed within
+        the publish fence (relay.broker.shardmap).
+        """
+        live = sum(shard.ready for shard in self._shards)
         return (
-            all(shard.ready for shard in self._shards)
+            self._shards[0].ready
+            and 2 * live >= len(self._shards)
             and self._map is not None
             and not self.shard_map.unknown
             and time.monotonic() - self.shard_map.confirmed_at <= self._fence_seconds
         )
+
+    def shards(self) -> dict[str, bool]:
+        return {shard.name: shard.ready for shard in self._shards}
 
     def shard_for(self, room: str) -> RedisShard:
         """The room's shard in the active map (the configured names until it is read);
@@ -494,14 +545,15 @@ class RedisBroker(Broker):
         try:
             state = self._map
             if state is None:
+                self.shard_for(room).live()  # a shard down fails at once, map or not
                 state = await self._read_map()
+            shard = self.shard_for(room).live()
             if time.monotonic() - self.shard_map.confirmed_at > self._fence_seconds:
                 # Cut off from the control shard this long, this server could be left out
                 # of a switch (after dead_after): it must not publish by a stale map.
                 raise BrokerUnavailable("the shard map could not be confirmed on the control shard")
             if state.switching and state.moving(room):
                 raise BrokerUnavailable(f"room {room} is moving to another shard; retry")
-            shard = self.shard_for(room)
             try:
                 if policy.durable:
                     return await self._publish_durable(
@@ -584,7 +636,7 @@ class RedisBroker(Broker):
     async def history(
         self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
     ) -> History:
-        shard = self.shard_for(room)
+        shard = self.shard_for(room).live()
         try:
             epoch, top, entries = await shard.read_history(
                 keys=[keys.meta(room), keys.log(room)],
@@ -620,6 +672,7 @@ class RedisBroker(Broker):
 
     async def subscribe(self, room: str) -> None:
         if self._map is None:
+            self.shard_for(room).live()  # a shard down fails at once, map or not
             await self._read_map()
         await self.shard_for(room).subscribe(keys.channel(room))
 
