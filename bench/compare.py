@@ -28,6 +28,14 @@ disabled: what an unsampled event pays).
 Not a test: it prints numbers, and a table of ratios at the end. Compare figures within
 one run; the machine is shared. `--quick` (or BENCH_QUICK=1) shortens every step.
 
+Before/after in one run: `--baseline DIR` adds the targets relay-volatile-base and
+relay-durable-base, the same pods run from another checkout's `service/` directory (e.g.
+`git archive main service | tar -x -C /tmp/base`, then `--baseline /tmp/base/service`).
+`--profile DIR` samples every server process with py-spy (the `bench` extra) during each
+fixed step and leaves one collapsed-stack file per process and step in DIR, for
+bench/stacks.py; sampling costs CPU, so a profiled run's CPU figures are not the ones to
+compare.
+
     .venv/bin/python bench/compare.py [--quick] [--only relay-volatile,floor,...]
 """
 
@@ -105,6 +113,8 @@ class Servers:
     urls: list[str]
     pids: list[int]
     redis_pid: int | None
+    name: str = ""
+    """The target's key (set by `measure`): names profile files."""
 
 
 def start_plain(args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -284,11 +294,40 @@ class Result:
         return best
 
 
-def step(gen: Generator, servers: Servers, rate: float, seconds: float) -> Step:
+@contextmanager
+def profiled(pids: list[int], seconds: float, out: Path | None, name: str) -> Iterator[None]:
+    """py-spy on each of `pids` (native frames, 250 Hz) for `seconds`, writing collapsed
+    stacks to out/<name>-<n>.txt; nothing when `out` is None. py-spy itself runs on the
+    generator's CPU, so the servers' core carries only the pauses of its sampling."""
+    if out is None:
+        yield
+        return
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    procs = []
+    for n, pid in enumerate(pids):
+        command = [
+            "taskset", "-c", ",".join(map(str, GENERATOR_CPU)), spy, "record",
+            "--native", "--rate", "250", "--duration", str(max(1, int(seconds))),
+            "--format", "raw", "--output", str(out / f"{name}-{n}.txt"), "--pid", str(pid),
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.wait(30)
+
+
+def step(
+    gen: Generator, servers: Servers, rate: float, seconds: float, profile: Path | None = None
+) -> Step:
     pids = servers.pids
     before = [cpu_seconds(p) for p in pids]
     redis_before = cpu_seconds(servers.redis_pid) if servers.redis_pid else 0.0
-    answer = gen.ask({"cmd": "run", "rate": rate, "seconds": seconds})
+    with profiled(pids, seconds, profile, f"{servers.name}-{rate:.0f}"):
+        answer = gen.ask({"cmd": "run", "rate": rate, "seconds": seconds})
     cpu = sum(cpu_seconds(p) for p in pids) - sum(before)
     redis_cpu = (cpu_seconds(servers.redis_pid) - redis_before) if servers.redis_pid else 0.0
     delivered = int(answer["delivered"])
@@ -316,7 +355,10 @@ def step(gen: Generator, servers: Servers, rate: float, seconds: float) -> Step:
     return result
 
 
-def measure(name: str, servers: Servers, load: Load, scenarios: set[str]) -> Result:
+def measure(
+    name: str, servers: Servers, load: Load, scenarios: set[str], profile: Path | None = None
+) -> Result:
+    servers.name = name
     for pid in [*servers.pids, *([servers.redis_pid] if servers.redis_pid else [])]:
         pin(pid, SERVER_CPU)
     rss_before = sum(rss_bytes(p) for p in servers.pids)
@@ -327,7 +369,7 @@ def measure(name: str, servers: Servers, load: Load, scenarios: set[str]) -> Res
         if "fixed" in scenarios:
             print(f"  fixed rates, {load.seconds:g} s each", flush=True)
             for rate in load.rates:
-                result.fixed[rate] = step(gen, servers, rate, load.seconds)
+                result.fixed[rate] = step(gen, servers, rate, load.seconds, profile)
         if "ramp" in scenarios:
             print(f"  ramp, {load.ramp_seconds:g} s per step", flush=True)
             for rate in load.ramp:
@@ -478,6 +520,17 @@ def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> N
                 d, v = durable.fixed[r], volatile.fixed[r]
                 cost = ratio(d.with_redis_us, v.with_redis_us)
                 print(f"  durable / volatile CPU @{r:,.0f}/s: {cost}")
+    for policy in ("volatile", "durable"):
+        now, base = results.get(f"relay-{policy}"), results.get(f"relay-{policy}-base")
+        if now and base:
+            for r in rates:
+                if r in now.fixed and r in base.fixed:
+                    n, b = now.fixed[r], base.fixed[r]
+                    print(
+                        f"  {policy}, this tree / baseline CPU @{r:,.0f}/s: servers "
+                        f"{ratio(n.server_us, b.server_us)}, servers + Redis "
+                        f"{ratio(n.with_redis_us, b.with_redis_us)}"
+                    )
     if traced:
         base = traced.get("0")
         print("\n== tracing (relay, volatile rooms; CPU per delivery, servers + Redis)")
@@ -500,7 +553,26 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=10)
     parser.add_argument("--subs", type=int, default=20, help="subscribers per room")
     parser.add_argument("--publishers", type=int, default=2, help="publisher sockets per room")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout's service/ directory: adds relay-volatile-base, relay-durable-base",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy every server during the fixed steps, into this dir"
+    )
     args = parser.parse_args()
+    if args.baseline is not None:
+        base = {"PYTHONPATH": str(args.baseline.resolve())}
+        if not (args.baseline / "relay" / "cli.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no relay package there")
+        for policy in ("volatile", "durable"):
+            TARGETS[f"relay-{policy}-base"] = (
+                f"relay, {policy} rooms, baseline ({args.baseline})",
+                lambda w, policy=policy: relay_target(w, policy, base),
+            )
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
         parser.error("needs CPUs 0 and 1 (servers on 1, the load generator on 0)")
     if not (BENCH / "js" / "node_modules").is_dir():
@@ -537,7 +609,7 @@ def main() -> None:
             workdir = Path(tmp) / key
             workdir.mkdir()
             with factory(workdir) as servers:
-                results[key] = measure(key, servers, load, scenarios)
+                results[key] = measure(key, servers, load, scenarios, args.profile)
         if "tracing" in scenarios:
             workdir = Path(tmp) / "tracing"
             workdir.mkdir()
