@@ -124,7 +124,14 @@ class Outbox:
             self._waiter.set_result(None)
 
     def flush(self, frames: dict[bytes, bytes] | None = None) -> None:
-        if self.closed or self._socket.paused or not self._pending:
+        pending = self._pending
+        if self.closed or not pending or self._socket.paused:
+            return
+        if len(pending) == 1:  # the common case, once per recipient: nothing to join
+            self._pending = []
+            self._socket.send(pending[0], frames)
+            if self._waiter is not None:
+                self._wake()
             return
         self._write_all(frames)
 

@@ -121,7 +121,8 @@ def split_frame(text: str) -> list[str]:
 
 def parse_message(line: str, max_bytes: int) -> ClientMessage:
     """Parse one client message, or raise ProtocolError saying exactly what is wrong."""
-    if len(line) > max_bytes or len(line.encode()) > max_bytes:
+    # A character is at most 4 bytes of UTF-8: most lines need no encoding to be measured.
+    if len(line) > max_bytes or (len(line) * 4 > max_bytes and len(line.encode()) > max_bytes):
         raise ProtocolError(ErrorCode.TOO_LARGE, f"message over the {max_bytes} byte limit")
     try:
         obj = orjson.loads(line)

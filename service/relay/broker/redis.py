@@ -365,6 +365,8 @@ class RedisBroker(Broker):
         return all(shard.ready for shard in self._shards)
 
     def shard_for(self, room: str) -> RedisShard:
+        if len(self._shards) == 1:  # once per publish: no hashing when there is no choice
+            return self._shards[0]
         return max(self._shards, key=lambda shard: _rendezvous_score(shard.name, room))
 
     async def start(self) -> None:
