@@ -31,10 +31,12 @@ one run; the machine is shared. `--quick` (or BENCH_QUICK=1) shortens every step
 Before/after in one run: `--baseline DIR` adds the targets relay-volatile-base and
 relay-durable-base, the same pods run from another checkout's `service/` directory (e.g.
 `git archive main service | tar -x -C /tmp/base`, then `--baseline /tmp/base/service`).
-`--profile DIR` samples every server process with py-spy (the `bench` extra) during each
-fixed step and leaves one collapsed-stack file per process and step in DIR, for
-bench/stacks.py; sampling costs CPU, so a profiled run's CPU figures are not the ones to
-compare.
+`--repeat N` runs the chosen targets N times, interleaved (A, B, A, B...), and reports
+each step's median (by CPU per delivery, servers + Redis): single short steps on a
+shared machine move by tens of percent. `--profile DIR` samples every server process
+with py-spy (the `bench` extra) during each fixed step and leaves one collapsed-stack
+file per process and step in DIR, for bench/stacks.py; sampling costs CPU, so a profiled
+run's CPU figures are not the ones to compare.
 
     .venv/bin/python bench/compare.py [--quick] [--only relay-volatile,floor,...]
 """
@@ -76,8 +78,10 @@ NODE = shutil.which("node") or "node"
 MAX_P99_MS = 100.0
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, *, user_only: bool = False) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    if user_only:  # what the process's own code spent, the kernel's work for it left out
+        return int(fields[11]) / CLOCK_TICKS
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime (all threads)
 
 
@@ -264,6 +268,8 @@ class Step:
     p50: float
     p99: float
     server_us: float
+    server_user_us: float
+    """The servers' user-space part of server_us (the rest is the kernel's, for them)."""
     with_redis_us: float
     gen_cpu: float
     published_ok: bool
@@ -325,10 +331,12 @@ def step(
 ) -> Step:
     pids = servers.pids
     before = [cpu_seconds(p) for p in pids]
+    user_before = [cpu_seconds(p, user_only=True) for p in pids]
     redis_before = cpu_seconds(servers.redis_pid) if servers.redis_pid else 0.0
     with profiled(pids, seconds, profile, f"{servers.name}-{rate:.0f}"):
         answer = gen.ask({"cmd": "run", "rate": rate, "seconds": seconds})
     cpu = sum(cpu_seconds(p) for p in pids) - sum(before)
+    user = sum(cpu_seconds(p, user_only=True) for p in pids) - sum(user_before)
     redis_cpu = (cpu_seconds(servers.redis_pid) - redis_before) if servers.redis_pid else 0.0
     delivered = int(answer["delivered"])
     per = 1e6 / delivered if delivered else float("nan")
@@ -341,6 +349,7 @@ def step(
         p50=float(answer["p50"] or float("nan")),
         p99=float(answer["p99"] or float("nan")),
         server_us=cpu * per,
+        server_user_us=user * per,
         with_redis_us=(cpu + redis_cpu) * per,
         gen_cpu=float(answer["gen_cpu"]),
         published_ok=published_ok,
@@ -348,6 +357,7 @@ def step(
     print(
         f"    {rate:>7,.0f}/s  delivered {delivered:>8,}/{result.expected:<8,} "
         f"p50 {result.p50:7.2f} p99 {result.p99:8.2f} ms  servers {result.server_us:6.1f} us"
+        f" (user {result.server_user_us:5.1f})"
         f"  +redis {result.with_redis_us:6.1f} us  gen CPU {result.gen_cpu:4.0%}"
         + ("" if result.passed else "  (fails: loss, p99 or rate)"),
         flush=True,
@@ -457,6 +467,24 @@ def tracing(workdir: Path, load: Load, rate: float) -> dict[str, Step]:
     return out
 
 
+def median(runs: list[Result]) -> Result:
+    """Each fixed step's median run (by CPU per delivery, servers + Redis), the median idle
+    figure; the ramp of the first run (a ramp has no single figure to take the median of)."""
+    if len(runs) == 1:
+        return runs[0]
+    out = Result(runs[0].name, ramp=runs[0].ramp)
+    for rate in runs[0].fixed:
+        steps = sorted((r.fixed[rate] for r in runs if rate in r.fixed), key=_cpu)
+        out.fixed[rate] = steps[len(steps) // 2]
+    idle = sorted(r.idle_kb for r in runs if r.idle_kb is not None)
+    out.idle_kb = idle[len(idle) // 2] if idle else None
+    return out
+
+
+def _cpu(step: Step) -> float:
+    return step.with_redis_us
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b and b == b and a == a else "-"
 
@@ -529,7 +557,8 @@ def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> N
                     print(
                         f"  {policy}, this tree / baseline CPU @{r:,.0f}/s: servers "
                         f"{ratio(n.server_us, b.server_us)}, servers + Redis "
-                        f"{ratio(n.with_redis_us, b.with_redis_us)}"
+                        f"{ratio(n.with_redis_us, b.with_redis_us)}, servers' user time "
+                        f"{ratio(n.server_user_us, b.server_user_us)}"
                     )
     if traced:
         base = traced.get("0")
@@ -560,6 +589,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", type=Path, help="py-spy every server during the fixed steps, into this dir"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of every target, interleaved; medians"
     )
     args = parser.parse_args()
     if args.baseline is not None:
@@ -600,16 +632,19 @@ def main() -> None:
         f"{load.ramp_seconds:g} s, idle {load.idle_conns:,} sockets; quick={quick}",
         flush=True,
     )
-    results: dict[str, Result] = {}
+    runs: dict[str, list[Result]] = {}
     traced: dict[str, Step] = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        for key in args.only.split(","):
-            label, factory = TARGETS[key]
-            print(f"-- {label}", flush=True)
-            workdir = Path(tmp) / key
-            workdir.mkdir()
-            with factory(workdir) as servers:
-                results[key] = measure(key, servers, load, scenarios, args.profile)
+        for n in range(args.repeat):
+            for key in args.only.split(","):
+                label, factory = TARGETS[key]
+                print(f"-- {label}" + (f" (run {n + 1})" if args.repeat > 1 else ""), flush=True)
+                workdir = Path(tmp) / f"{key}-{n}"
+                workdir.mkdir()
+                with factory(workdir) as servers:
+                    result = measure(key, servers, load, scenarios, args.profile)
+                runs.setdefault(key, []).append(result)
+        results = {key: median(found) for key, found in runs.items()}
         if "tracing" in scenarios:
             workdir = Path(tmp) / "tracing"
             workdir.mkdir()
