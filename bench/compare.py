@@ -31,6 +31,16 @@ checks (gaps, duplicates, re-syncs), Redis's and the pods' CPU, how the clients 
 Not a test: it prints numbers, and a table of ratios at the end. Compare figures within
 one run; the machine is shared. `--quick` (or BENCH_QUICK=1) shortens every step.
 
+Before/after in one run: `--baseline DIR` adds the targets relay-volatile-base and
+relay-durable-base, the same pods run from another checkout's `service/` directory (e.g.
+`git archive main service | tar -x -C /tmp/base`, then `--baseline /tmp/base/service`).
+`--repeat N` runs the chosen targets N times, interleaved (A, B, A, B...), and reports
+each step's median (by CPU per delivery, servers + Redis): single short steps on a
+shared machine move by tens of percent. `--profile DIR` samples every server process
+with py-spy (the `bench` extra) during each fixed step and leaves one collapsed-stack
+file per process and step in DIR, for bench/stacks.py; sampling costs CPU, so a profiled
+run's CPU figures are not the ones to compare.
+
     .venv/bin/python bench/compare.py [--quick] [--only relay-volatile,floor,...]
         [--scenarios fixed,ramp,idle,tracing,storm]
 """
@@ -73,8 +83,10 @@ NODE = shutil.which("node") or "node"
 MAX_P99_MS = 100.0
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, *, user_only: bool = False) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    if user_only:  # what the process's own code spent, the kernel's work for it left out
+        return int(fields[11]) / CLOCK_TICKS
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime (all threads)
 
 
@@ -110,6 +122,8 @@ class Servers:
     urls: list[str]
     pids: list[int]
     redis_pid: int | None
+    name: str = ""
+    """The target's key (set by `measure`): names profile files."""
 
 
 def start_plain(args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -259,6 +273,8 @@ class Step:
     p50: float
     p99: float
     server_us: float
+    server_user_us: float
+    """The servers' user-space part of server_us (the rest is the kernel's, for them)."""
     with_redis_us: float
     gen_cpu: float
     published_ok: bool
@@ -289,12 +305,43 @@ class Result:
         return best
 
 
-def step(gen: Generator, servers: Servers, rate: float, seconds: float) -> Step:
+@contextmanager
+def profiled(pids: list[int], seconds: float, out: Path | None, name: str) -> Iterator[None]:
+    """py-spy on each of `pids` (native frames, 250 Hz) for `seconds`, writing collapsed
+    stacks to out/<name>-<n>.txt; nothing when `out` is None. py-spy itself runs on the
+    generator's CPU, so the servers' core carries only the pauses of its sampling."""
+    if out is None:
+        yield
+        return
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    procs = []
+    for n, pid in enumerate(pids):
+        command = [
+            "taskset", "-c", ",".join(map(str, GENERATOR_CPU)), spy, "record",
+            "--native", "--rate", "250", "--duration", str(max(1, int(seconds))),
+            "--format", "raw", "--output", str(out / f"{name}-{n}.txt"), "--pid", str(pid),
+        ]  # fmt: skip
+        procs.append(
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.wait(30)
+
+
+def step(
+    gen: Generator, servers: Servers, rate: float, seconds: float, profile: Path | None = None
+) -> Step:
     pids = servers.pids
     before = [cpu_seconds(p) for p in pids]
+    user_before = [cpu_seconds(p, user_only=True) for p in pids]
     redis_before = cpu_seconds(servers.redis_pid) if servers.redis_pid else 0.0
-    answer = gen.ask({"cmd": "run", "rate": rate, "seconds": seconds})
+    with profiled(pids, seconds, profile, f"{servers.name}-{rate:.0f}"):
+        answer = gen.ask({"cmd": "run", "rate": rate, "seconds": seconds})
     cpu = sum(cpu_seconds(p) for p in pids) - sum(before)
+    user = sum(cpu_seconds(p, user_only=True) for p in pids) - sum(user_before)
     redis_cpu = (cpu_seconds(servers.redis_pid) - redis_before) if servers.redis_pid else 0.0
     delivered = int(answer["delivered"])
     per = 1e6 / delivered if delivered else float("nan")
@@ -307,6 +354,7 @@ def step(gen: Generator, servers: Servers, rate: float, seconds: float) -> Step:
         p50=float(answer["p50"] or float("nan")),
         p99=float(answer["p99"] or float("nan")),
         server_us=cpu * per,
+        server_user_us=user * per,
         with_redis_us=(cpu + redis_cpu) * per,
         gen_cpu=float(answer["gen_cpu"]),
         published_ok=published_ok,
@@ -314,6 +362,7 @@ def step(gen: Generator, servers: Servers, rate: float, seconds: float) -> Step:
     print(
         f"    {rate:>7,.0f}/s  delivered {delivered:>8,}/{result.expected:<8,} "
         f"p50 {result.p50:7.2f} p99 {result.p99:8.2f} ms  servers {result.server_us:6.1f} us"
+        f" (user {result.server_user_us:5.1f})"
         f"  +redis {result.with_redis_us:6.1f} us  gen CPU {result.gen_cpu:4.0%}"
         + ("" if result.passed else "  (fails: loss, p99 or rate)"),
         flush=True,
@@ -321,7 +370,10 @@ def step(gen: Generator, servers: Servers, rate: float, seconds: float) -> Step:
     return result
 
 
-def measure(name: str, servers: Servers, load: Load, scenarios: set[str]) -> Result:
+def measure(
+    name: str, servers: Servers, load: Load, scenarios: set[str], profile: Path | None = None
+) -> Result:
+    servers.name = name
     for pid in [*servers.pids, *([servers.redis_pid] if servers.redis_pid else [])]:
         pin(pid, SERVER_CPU)
     rss_before = sum(rss_bytes(p) for p in servers.pids)
@@ -332,7 +384,7 @@ def measure(name: str, servers: Servers, load: Load, scenarios: set[str]) -> Res
         if "fixed" in scenarios:
             print(f"  fixed rates, {load.seconds:g} s each", flush=True)
             for rate in load.rates:
-                result.fixed[rate] = step(gen, servers, rate, load.seconds)
+                result.fixed[rate] = step(gen, servers, rate, load.seconds, profile)
         if "ramp" in scenarios:
             print(f"  ramp, {load.ramp_seconds:g} s per step", flush=True)
             for rate in load.ramp:
@@ -420,6 +472,24 @@ def tracing(workdir: Path, load: Load, rate: float) -> dict[str, Step]:
     return out
 
 
+def median(runs: list[Result]) -> Result:
+    """Each fixed step's median run (by CPU per delivery, servers + Redis), the median idle
+    figure; the ramp of the first run (a ramp has no single figure to take the median of)."""
+    if len(runs) == 1:
+        return runs[0]
+    out = Result(runs[0].name, ramp=runs[0].ramp)
+    for rate in runs[0].fixed:
+        steps = sorted((r.fixed[rate] for r in runs if rate in r.fixed), key=_cpu)
+        out.fixed[rate] = steps[len(steps) // 2]
+    idle = sorted(r.idle_kb for r in runs if r.idle_kb is not None)
+    out.idle_kb = idle[len(idle) // 2] if idle else None
+    return out
+
+
+def _cpu(step: Step) -> float:
+    return step.with_redis_us
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b and b == b and a == a else "-"
 
@@ -483,6 +553,18 @@ def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> N
                 d, v = durable.fixed[r], volatile.fixed[r]
                 cost = ratio(d.with_redis_us, v.with_redis_us)
                 print(f"  durable / volatile CPU @{r:,.0f}/s: {cost}")
+    for policy in ("volatile", "durable"):
+        now, base = results.get(f"relay-{policy}"), results.get(f"relay-{policy}-base")
+        if now and base:
+            for r in rates:
+                if r in now.fixed and r in base.fixed:
+                    n, b = now.fixed[r], base.fixed[r]
+                    print(
+                        f"  {policy}, this tree / baseline CPU @{r:,.0f}/s: servers "
+                        f"{ratio(n.server_us, b.server_us)}, servers + Redis "
+                        f"{ratio(n.with_redis_us, b.with_redis_us)}, servers' user time "
+                        f"{ratio(n.server_user_us, b.server_user_us)}"
+                    )
     if traced:
         base = traced.get("0")
         print("\n== tracing (relay, volatile rooms; CPU per delivery, servers + Redis)")
@@ -507,7 +589,29 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=10)
     parser.add_argument("--subs", type=int, default=20, help="subscribers per room")
     parser.add_argument("--publishers", type=int, default=2, help="publisher sockets per room")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout's service/ directory: adds relay-volatile-base, relay-durable-base",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy every server during the fixed steps, into this dir"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of every target, interleaved; medians"
+    )
     args = parser.parse_args()
+    if args.baseline is not None:
+        base = {"PYTHONPATH": str(args.baseline.resolve())}
+        if not (args.baseline / "relay" / "cli.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no relay package there")
+        for policy in ("volatile", "durable"):
+            TARGETS[f"relay-{policy}-base"] = (
+                f"relay, {policy} rooms, baseline ({args.baseline})",
+                lambda w, policy=policy: relay_target(w, policy, base),
+            )
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
         parser.error("needs CPUs 0 and 1 (servers on 1, the load generator on 0)")
     if not (BENCH / "js" / "node_modules").is_dir():
@@ -535,17 +639,20 @@ def main() -> None:
         f"{load.ramp_seconds:g} s, idle {load.idle_conns:,} sockets; quick={quick}",
         flush=True,
     )
-    results: dict[str, Result] = {}
+    runs: dict[str, list[Result]] = {}
     traced: dict[str, Step] = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         per_target = scenarios & {"fixed", "ramp", "idle"}
-        for key in args.only.split(",") if per_target else []:
-            label, factory = TARGETS[key]
-            print(f"-- {label}", flush=True)
-            workdir = Path(tmp) / key
-            workdir.mkdir()
-            with factory(workdir) as servers:
-                results[key] = measure(key, servers, load, scenarios)
+        for n in range(args.repeat):
+            for key in args.only.split(",") if per_target else []:
+                label, factory = TARGETS[key]
+                print(f"-- {label}" + (f" (run {n + 1})" if args.repeat > 1 else ""), flush=True)
+                workdir = Path(tmp) / f"{key}-{n}"
+                workdir.mkdir()
+                with factory(workdir) as servers:
+                    result = measure(key, servers, load, scenarios, args.profile)
+                runs.setdefault(key, []).append(result)
+        results = {key: median(found) for key, found in runs.items()}
         if "tracing" in scenarios:
             workdir = Path(tmp) / "tracing"
             workdir.mkdir()

@@ -22,8 +22,10 @@ MAX_REF_CHARS: Final = 64
 MAX_ID_CHARS: Final = 64
 INT_RANGE: Final = range(-(2**63), 2**64)
 """Integers JSON carries exactly here (orjson's range): others would turn into floats."""
-_LONG_DIGITS: Final = re.compile(r"\d{19}")
-"""A run of digits as long as the shortest integer outside INT_RANGE: check that line."""
+_LONG_DIGITS: Final = re.compile(r"[0-9]{19}")
+r"""A run of digits as long as the shortest integer outside INT_RANGE: check that line.
+ASCII digits only, as in a JSON number (`\d` would also match other scripts' digits, and
+searches each publish about 1.7x slower)."""
 
 
 class ErrorCode(enum.StrEnum):
@@ -121,7 +123,8 @@ def split_frame(text: str) -> list[str]:
 
 def parse_message(line: str, max_bytes: int) -> ClientMessage:
     """Parse one client message, or raise ProtocolError saying exactly what is wrong."""
-    if len(line) > max_bytes or len(line.encode()) > max_bytes:
+    # A character is at most 4 bytes of UTF-8: most lines need no encoding to be measured.
+    if len(line) > max_bytes or (len(line) * 4 > max_bytes and len(line.encode()) > max_bytes):
         raise ProtocolError(ErrorCode.TOO_LARGE, f"message over the {max_bytes} byte limit")
     try:
         obj = orjson.loads(line)

@@ -74,6 +74,7 @@ class Session:
         "id",
         "identity",
         "outbox",
+        "push",
         "subject",
     )
 
@@ -97,6 +98,9 @@ class Session:
             limit=self._settings.send_queue,
             on_overflow=self._slow_consumer,
         )
+        self.push: Callable[[bytes], None] = self.outbox.push
+        """Queue one message (no await): the outbox's own method, so that the fan-out
+        makes one call per recipient, not two (relay.hub.Member)."""
         self._handler: asyncio.Task[None] | None = None
         """Handles the messages in `_inbox`; None while there are none (idle)."""
         self._inbox: list[str | None] | None = None
@@ -113,9 +117,6 @@ class Session:
         self._traced = tracing.ws_connect(self.id, peer)
         self.push(protocol.welcome(self.id, s.node_id, s.heartbeat_seconds))
         self._expiry = self.identity.on_expiry(self._token_expired)
-
-    def push(self, payload: bytes) -> None:
-        self.outbox.push(payload)
 
     async def replay(self, payloads: list[bytes]) -> None:
         await self.outbox.replay(payloads)

@@ -375,13 +375,13 @@ async def test_bytes_left_unread_after_the_handshake_fail_the_connect(redis: Red
     assert connection._reader is not None
     connection._reader.feed_data(b"+PONG\r\n")  # as if Redis had said more than asked
     with pytest.raises(ConnectionError, match="7 unread bytes"):
-        commands._detach(connection, commands._Pipe("test", TIMEOUT))
+        commands.detach(connection, commands._Pipe("test", TIMEOUT))
     assert not connection.is_connected
 
 
 async def test_a_redis_py_without_the_stream_pair_fails_the_connect_clearly() -> None:
-    """Guard of the pinned redis-py: what _detach reads is there (a connection that has no
+    """Guard of the pinned redis-py: what detach reads is there (a connection that has no
     streams stands for a redis-py that moved them) or it says what to update."""
     connection = Connection(host=LOOPBACK, port=1)
     with pytest.raises(ConnectionError, match=r"relay\.broker\.commands needs updating"):
-        commands._detach(connection, commands._Pipe("test", TIMEOUT))
+        commands.detach(connection, commands._Pipe("test", TIMEOUT))

@@ -17,7 +17,7 @@ FencedPool: no connection to a new master before its rooms have new epochs). Onl
 RESP version is ours: RESP2, so that Redis never sends this connection a reply nobody
 asked for (RESP3 push messages, such as redis-py's maintenance notifications, would put
 the replies out of step with the waiting futures). Once the handshake is done the
-transport is handed to this module's protocol (`_detach`); that step relies on redis-py's
+transport is handed to this module's protocol (`detach`); that step relies on redis-py's
 private `_reader`/`_writer` streams, checked at every connect and by
 tests/integration/test_broker_commands.py against the pinned redis-py, plain and TLS, on
 asyncio's loop and on uvloop.
@@ -48,7 +48,7 @@ import contextlib
 import hashlib
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 import hiredis
 from redis.asyncio import Redis
@@ -302,7 +302,7 @@ class CommandConnection:
         connection: AbstractConnection = self._pool.connection_class(**kwargs)
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
-            return _detach(connection, _Pipe(self.url, self._timeout))
+            return detach(connection, _Pipe(self.url, self._timeout))
         except (RedisError, OSError) as exc:
             with contextlib.suppress(Exception):
                 await connection.disconnect()
@@ -312,8 +312,19 @@ class CommandConnection:
             ) from exc
 
 
-def _detach(connection: AbstractConnection, pipe: _Pipe) -> _Pipe:
-    """Take the transport from a connected redis-py connection: its bytes come to `pipe`.
+class _Detached(Protocol):
+    """An asyncio protocol that keeps its transport and redis-py's writer."""
+
+    transport: asyncio.Transport | None
+    stream: asyncio.StreamWriter | None
+
+
+P = TypeVar("P", bound=_Detached)
+
+
+def detach(connection: AbstractConnection, pipe: P) -> P:
+    """Take the transport from a connected redis-py connection: its bytes come to `pipe`
+    (an asyncio protocol; this module's, or relay.broker.pubsub's).
 
     redis-py keeps the socket as an asyncio StreamReader/StreamWriter pair in the private
     `_reader` and `_writer` (redis==8.1.0 in pyproject.toml). What this relies on is checked
@@ -340,8 +351,9 @@ def _detach(connection: AbstractConnection, pipe: _Pipe) -> _Pipe:
     connection._reader = connection._writer = None  # detached: redis-py will not close it
     pipe.transport = transport  # type: ignore[assignment]
     pipe.stream = writer
-    transport.set_protocol(pipe)
-    if transport.get_protocol() is not pipe:
+    protocol = cast(asyncio.BaseProtocol, pipe)
+    transport.set_protocol(protocol)
+    if transport.get_protocol() is not protocol:
         transport.abort()
         raise ConnectionError(f"{type(transport).__name__} did not take the new protocol")
     return pipe

@@ -2,7 +2,8 @@
 
 Each relay server keeps, per shard, a lean pipelined connection for the publishes
 (relay.broker.commands), a redis-py pool for every other command, and exactly one
-Pub/Sub connection carrying every room channel it subscribes. The Pub/Sub connection is
+Pub/Sub connection carrying every room channel it subscribes (relay.broker.pubsub: read
+by hiredis as the bytes arrive, no redis-py on the per-message path). The Pub/Sub connection is
 the part that fails silently in the systems we compete with (a subscriber goes deaf
 while health checks stay green), so each shard probes it: a token published on this
 server's own node channel must come back within `probe_timeout`. A lost probe, a read
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.backoff import FullJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -38,6 +39,7 @@ from relay.broker.base import (
     describe,
 )
 from relay.broker.connection import Connector
+from relay.broker.pubsub import PubSubConnection
 from relay.config import RedisEndpoint
 from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
 from relay.rooms import EMPTY_ROOM_SECONDS, RoomPolicy
@@ -58,6 +60,27 @@ FAILOVER_CLAIM_SECONDS = 300
 
 _PUBLISH_DURABLE = commands.Script(lua.PUBLISH_DURABLE)
 _PUBLISH_VOLATILE_ONCE = commands.Script(lua.PUBLISH_VOLATILE_ONCE)
+
+
+class _RandomEpochs:
+    """Epoch ids for rooms a publish may start: 8 random hex digits each, as
+    secrets.token_hex(4) gives, cut from one os.urandom() read per 512 of them. Every
+    durable publish passes one (the script uses it only when the room has no epoch yet),
+    and a getrandom() system call per publish was ~6% of a pod's user CPU."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def draw(self) -> str:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool, at = os.urandom(2048), 0
+        self._at = at + 4
+        return self._pool[at : at + 4].hex()
+
+
+_EPOCHS = _RandomEpochs()
 
 
 class ProbeLost(Exception):
@@ -106,8 +129,7 @@ class RedisShard:
         self.publishes = commands.CommandConnection(self.commands, url=self.url, timeout=timeout)
         self.read_history = self.commands.register_script(lua.HISTORY)
         self._channels: set[bytes] = {keys.CONTROL_CHANNEL} if on_control is not None else set()
-        self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
-        self._pubsub: PubSub | None = None
+        self._pubsub: PubSubConnection | None = None
         self._probe: tuple[bytes, asyncio.Future[None]] | None = None
         self._ready = False
         self._down_because: str | None = None
@@ -154,15 +176,14 @@ class RedisShard:
         if pubsub is None or not self._ready:
             raise ShardDown(self.name, self.url, self._down_because)
         self._channels.add(channel)
-        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._confirmations.setdefault(channel, []).append(confirmed)
+        confirmed = pubsub.subscribed(channel)
         try:
-            await pubsub.subscribe(channel)
+            pubsub.subscribe(channel)
             done, _ = await asyncio.wait({confirmed}, timeout=self._timeout)
             if not done:
                 raise TimeoutError(f"no SUBSCRIBE confirmation within {self._timeout}s")
             confirmed.result()
-        except (TimeoutError, RedisError, OSError, BrokerUnavailable) as exc:
+        except (TimeoutError, BrokerUnavailable) as exc:
             self._channels.discard(channel)
             raise BrokerUnavailable(f"SUBSCRIBE on {self.url} failed: {describe(exc)}") from exc
 
@@ -172,9 +193,9 @@ class RedisShard:
         if pubsub is None:
             return  # the next connection will not subscribe it again
         try:
-            await pubsub.unsubscribe(channel)
-        except (RedisError, OSError) as exc:
-            log.info("UNSUBSCRIBE on %s failed (%r); the connection will be rebuilt", self.url, exc)
+            pubsub.unsubscribe(channel)
+        except BrokerUnavailable as exc:
+            log.info("UNSUBSCRIBE on %s failed (%s); the connection will be rebuilt", self.url, exc)
 
     # Note on cancellation: redis-py calls are never wrapped in asyncio.timeout or
     # wait_for here. Cancelling redis-py mid-command has left connections (and the
@@ -208,40 +229,34 @@ class RedisShard:
 
     async def _session(self) -> None:
         """One Pub/Sub connection's life: subscribe everything, read and probe until it fails."""
-        # socket_timeout bounds the handshake and SUBSCRIBE writes; the blocking reads of
-        # messages are exempt from it (redis-py reads them without a timeout).
+        # socket_timeout bounds the connect and the handshake; then the connection is read
+        # by relay.broker.pubsub (no timeout on reads: the probe notices a deaf one).
         client = self._connector.client(
             self._endpoint, timeout=self._timeout, retries=0, check_master=self._check_master
         )
-        pubsub = client.pubsub()
-        reader: asyncio.Task[None] | None = None
+        pubsub: PubSubConnection | None = None
         try:
             # 0. Sentinel: after a failover, start new epochs before this server reads or
             #    delivers anything from the new master (see _after_failover).
             await self._after_failover()
             # 1. Connect and subscribe every room this server holds; the node channel goes
             #    last, so the first probe coming back proves all earlier SUBSCRIBEs took.
+            pubsub = await PubSubConnection.open(client, self.url, self._dispatch)
             channels = sorted(self._channels)
             for start in range(0, len(channels), SUBSCRIBE_CHUNK):
-                await pubsub.subscribe(*channels[start : start + SUBSCRIBE_CHUNK])
-            await pubsub.subscribe(self._node_channel)
+                pubsub.subscribe(*channels[start : start + SUBSCRIBE_CHUNK])
+            pubsub.subscribe(self._node_channel)
             self._pubsub = pubsub
-            # 2. Read deliveries and probe the connection until either fails.
-            reader = asyncio.create_task(self._read(pubsub), name=f"pubsub reader {self.url}")
-            await self._probe_until_lost(reader)
+            # 2. Deliveries are dispatched as they are read; probe the connection until
+            #    the probe or the connection fails.
+            await self._probe_until_lost(pubsub.lost)
         finally:
             # 3. Forget the connection: waiters fail now, the socket is aborted (a silent
-            #    partition would leave a graceful close hanging), the reader then ends.
+            #    partition would leave a graceful close hanging).
             self._pubsub = None
             self._ready = False
-            self._fail_confirmations()
-            _abort(pubsub)
-            if reader is not None:
-                done, _ = await asyncio.wait({reader}, timeout=1.0)
-                if not done:
-                    reader.cancel()
-                elif not reader.cancelled():
-                    reader.exception()  # already reported through the probe loop
+            if pubsub is not None:
+                pubsub.abort()
             await asyncio.wait({asyncio.create_task(client.aclose())}, timeout=1.0)
 
     async def _after_failover(self) -> None:
@@ -295,33 +310,6 @@ class RedisShard:
                 "waiting for its rooms' new epochs"
             )
 
-    async def _read(self, pubsub: PubSub) -> None:
-        """Dispatch what the Pub/Sub connection reads until it fails.
-
-        A room message, the bulk of the traffic, is dispatched from the raw reply
-        `[b"message", channel, data]`: redis-py's get_message() would build a dict and await
-        its metrics recorder for each (about 4 us a message, on every pod for every event).
-        Every other reply still goes through handle_message(), which keeps redis-py's
-        subscription bookkeeping.
-        """
-        while True:
-            response = await pubsub.parse_response(block=True)
-            if response is None:
-                continue
-            if type(response) is list and len(response) == 3 and response[0] == b"message":
-                self._dispatch(response[1], response[2])
-                continue
-            message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
-            if message is None:
-                continue
-            kind, channel = message["type"], message["channel"]
-            if kind == "message":  # not seen in RESP2 (the raw path above); kept for safety
-                self._dispatch(channel, message["data"])
-            elif kind == "subscribe":
-                for waiter in self._confirmations.pop(channel, ()):
-                    if not waiter.done():
-                        waiter.set_result(None)
-
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         """One message of a channel: a room's event, this server's probe or a command."""
         if channel == self._node_channel:
@@ -331,8 +319,9 @@ class RedisShard:
         else:
             self._on_message(data)
 
-    async def _probe_until_lost(self, reader: asyncio.Task[None]) -> None:
-        """Probe every `probe_interval`; return or raise when the connection is gone."""
+    async def _probe_until_lost(self, reader: asyncio.Future[None]) -> None:
+        """Probe every `probe_interval`; raise when the connection is gone (`reader`, the
+        connection's `lost`, fails with why) or a probe is not back in time."""
         loop = asyncio.get_running_loop()
         while True:
             token = secrets.token_hex(8).encode()
@@ -380,26 +369,11 @@ class RedisShard:
         if self._probe is not None and self._probe[0] == token and not self._probe[1].done():
             self._probe[1].set_result(None)
 
-    def _fail_confirmations(self) -> None:
-        for waiters in self._confirmations.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(BrokerUnavailable("Pub/Sub connection lost"))
-        self._confirmations.clear()
-
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark a background command's outcome as seen (its failure is reported elsewhere)."""
     if not task.cancelled():
         task.exception()
-
-
-def _abort(pubsub: PubSub) -> None:
-    """Drop the Pub/Sub socket at once, without the closing handshake."""
-    connection = pubsub.connection
-    writer = getattr(connection, "_writer", None) if connection is not None else None
-    if writer is not None:
-        writer.transport.abort()
 
 
 class RedisBroker(Broker):
@@ -584,7 +558,7 @@ class RedisBroker(Broker):
             [keys.meta(room), keys.log(room), dedupe],
             [
                 keys.channel(room),
-                secrets.token_hex(4),
+                _EPOCHS.draw(),
                 policy.history_size,
                 policy.history_ttl_seconds,
                 window,

@@ -100,6 +100,8 @@ class ShardMap:
     def place(self, room: str) -> str:
         """The room's shard: rendezvous hashing over the names (about 1/N of the rooms
         move when a shard is added; none move when a shard's URL or password changes)."""
+        if len(self.names) == 1:  # once per publish: no hashing when there is no choice
+            return self.names[0]
         return max(self.names, key=lambda name: rendezvous_score(name, room))
 
 
