@@ -188,6 +188,9 @@ class Redis(_Model):
     replicas: int = Field(default=0, ge=0, le=MAX_REDIS_REPLICAS)
     """Managed: replicas per shard, with an operator-run Sentinel (0: one pod per shard, no
     Sentinel). Switching between 0 and more is refused (a CEL transition rule)."""
+    ack_replicas: int = Field(default=0, ge=0, le=MAX_REDIS_REPLICAS)
+    """Replicas that must have a durable event before its publish is acked (Redis WAIT,
+    RELAY_REDIS_ACK_REPLICAS); managed: at most ``replicas``. 0: acked by the master alone."""
     image: str = "redis:7.4.2-alpine"
     resources: Resources = Resources(
         requests={"cpu": "50m", "memory": "64Mi"}, limits={"memory": "256Mi"}
@@ -308,6 +311,13 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
         raise InvalidSpec(
             "CAWithoutTLS",
             "spec.redis.external.secretRef.caKey is set but no URL uses rediss:// (TLS)",
+        )
+    redis = spec.redis
+    if redis.mode == "managed" and redis.ack_replicas > redis.replicas:
+        raise InvalidSpec(
+            "AckReplicasOverReplicas",
+            f"spec.redis.ackReplicas ({redis.ack_replicas}) exceeds spec.redis.replicas "
+            f"({redis.replicas}): no durable publish could be acked",
         )
     if spec.auth.algorithm == "RS256" and not spec.auth.secret_name:
         raise InvalidSpec(

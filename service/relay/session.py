@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay import auth, protocol, tracing
-from relay.broker import Broker, BrokerUnavailable
+from relay.broker import Broker, BrokerUnavailable, NotReplicated
 from relay.config import Settings
 from relay.hub import Hub, JoinResult
 from relay.metrics import Metrics
@@ -250,6 +250,8 @@ class Session:
                     trace=traced.context,
                 )
                 traced.sent(result.offset)
+        except NotReplicated as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, protocol.NOT_REPLICATED, **ids) from exc
         except BrokerUnavailable as exc:
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, "the broker is unreachable; retry later", **ids
