@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from gamecluster_client import Connection as RelayClient
 from gamecluster_client import ServerError as RelayError
 from relay import contract, protocol
+from relay.api.client import ApiCallError, AsyncRelayApi
 from relay.broker import keys
 from relay.broker.base import NotReplicated
 from relay.broker.connection import Connector
@@ -32,6 +33,7 @@ from support.sentinel import replicated
 pytestmark = pytest.mark.integration
 
 ACK_TIMEOUT = 0.3
+API_KEY = "k" * 40
 DURABLE = RoomPolicy()
 VOLATILE = RoomPolicy(policy="volatile")
 
@@ -154,9 +156,10 @@ async def test_a_client_is_told_an_unconfirmed_publish_may_not_survive_a_failove
             contract.ENV_REDIS_ACK_REPLICAS: "1",
             contract.ENV_REDIS_ACK_TIMEOUT: str(ACK_TIMEOUT),
             contract.ENV_ROOMS: '[{"match": "fast:*", "policy": "volatile"}]',
+            contract.ENV_API_KEYS: API_KEY,
         },
     )
-    async with RelayClient(pod.url) as client:
+    async with RelayClient(pod.url) as client, AsyncRelayApi(pod.admin, api_key=API_KEY) as api:
         ack = await client.publish("match", 1, id="e1")
         assert ack is not None and ack["offset"] == 1
         stopped(replica)
@@ -165,8 +168,14 @@ async def test_a_client_is_told_an_unconfirmed_publish_may_not_survive_a_failove
         assert refused.value.code == "unavailable"
         assert refused.value.message == protocol.NOT_REPLICATED
         assert await client.publish("fast:1", "zoom", id="v1") is not None  # never waits
+        with pytest.raises(ApiCallError) as api_refused:  # the server API says the same
+            await api.publish("match", 3, id="s3")
+        assert (api_refused.value.status, api_refused.value.code) == (503, "unavailable")
+        assert api_refused.value.message == protocol.NOT_REPLICATED
         resumed(replica)
         ack = await client.publish("match", 2, id="e2")  # the retry: stored once
         assert ack is not None and ack["offset"] == 2
+        published = await api.publish("match", 3, id="s3")
+        assert (published.offset, published.duplicate) == (3, True)
     assert "replicas confirmed a write within" in pod.log.read_text()
     redis_acl.no_secret_in_logs(tmp_path)
