@@ -251,6 +251,7 @@ class Session:
                 )
                 traced.sent(result.offset)
         except NotReplicated as exc:
+            self._services.metrics.unreplicated.inc()
             raise ProtocolError(ErrorCode.UNAVAILABLE, protocol.NOT_REPLICATED, **ids) from exc
         except BrokerUnavailable as exc:
             raise ProtocolError(

@@ -27,6 +27,7 @@ from relay.broker.connection import Connector
 from relay.broker.redis import RedisBroker
 from relay.rooms import RoomPolicy
 from support import redis_acl
+from support.metrics import metric_value
 from support.processes import RedisProcess, stop_process
 from support.sentinel import replicated
 
@@ -177,5 +178,6 @@ async def test_a_client_is_told_an_unconfirmed_publish_may_not_survive_a_failove
         assert ack is not None and ack["offset"] == 2
         published = await api.publish("match", 3, id="s3")
         assert (published.offset, published.duplicate) == (3, True)
+    assert metric_value(pod.metrics(), "relay_publishes_unreplicated_total") == 2
     assert "replicas confirmed a write within" in pod.log.read_text()
     redis_acl.no_secret_in_logs(tmp_path)

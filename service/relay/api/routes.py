@@ -273,6 +273,7 @@ async def _publish(
             )
             traced.sent(result.offset)
     except NotReplicated as exc:
+        node.metrics.unreplicated.inc()
         raise ApiProblem(503, "unavailable", protocol.NOT_REPLICATED) from exc
     except BrokerUnavailable as exc:
         raise ApiProblem(503, "unavailable", "the broker is unreachable; retry later") from exc
