@@ -214,21 +214,27 @@ class CommandConnection:
         """Run `script`; its reply as hiredis gives it (bytes, ints, lists).
 
         Raises BrokerUnavailable, on an error reply too (`_refused` says what it meant)."""
-        return (await self.evalsha_sent(script, keys, args))[1]
+        return (await self._evalsha(script, keys, args))[2]
 
     async def evalsha_sent(
         self, script: Script, keys: list[str], args: list[Arg]
     ) -> tuple[Sent, Any]:
         """`evalsha`, and where the script ran (for a command that must follow it: `after`)."""
+        pipe, position, reply = await self._evalsha(script, keys, args)
+        return Sent(pipe, position), reply
+
+    async def _evalsha(
+        self, script: Script, keys: list[str], args: list[Arg]
+    ) -> tuple[_Pipe, int, Any]:
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        sent, reply = await self._round_trip(command)
+        pipe, position, reply = await self._round_trip(command)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # It did not run: load it (idempotent; several callers may) and send it again.
             loaded = await self.call("SCRIPT", "LOAD", script.source)
             if loaded != script.sha.encode():
                 raise BrokerUnavailable(f"Redis {self.url} loaded the script as {loaded!r}")
-            sent, reply = await self._round_trip(command)
-        return sent, self._checked(sent.pipe, reply, "EVALSHA")
+            pipe, position, reply = await self._round_trip(command)
+        return pipe, position, self._checked(pipe, reply, "EVALSHA")
 
     def after(self, sent: Sent, *command: Arg) -> tuple[Sent, asyncio.Future[Any]]:
         """Queue `command` on the connection `sent` went through, to run after it; its
@@ -244,8 +250,8 @@ class CommandConnection:
 
     async def call(self, *command: Arg) -> Any:
         """`execute`, with an error reply raised as BrokerUnavailable."""
-        sent, reply = await self._round_trip(command)
-        return self._checked(sent.pipe, reply, str(command[0]))
+        pipe, _, reply = await self._round_trip(command)
+        return self._checked(pipe, reply, str(command[0]))
 
     async def execute(self, *command: Arg) -> Any:
         """Send one command and wait for its reply (an error reply is returned, not raised).
@@ -253,15 +259,15 @@ class CommandConnection:
         Fails with BrokerUnavailable when the connection cannot be opened, is lost, or no
         reply comes within the timeout. Cancelling the caller leaves the command in flight.
         """
-        return (await self._round_trip(command))[1]
+        return (await self._round_trip(command))[2]
 
-    async def _round_trip(self, command: tuple[Arg, ...]) -> tuple[Sent, Any]:
-        """The reply, and where the command went."""
+    async def _round_trip(self, command: tuple[Arg, ...]) -> tuple[_Pipe, int, Any]:
+        """The connection that carried the command, its place there, and the reply."""
         pipe = self._pipe
         if pipe is None or pipe.lost:
             pipe = await self._connect()
         future = pipe.send(command)
-        return Sent(pipe, pipe.queued - 1), await future
+        return pipe, pipe.queued - 1, await future
 
     def close(self) -> None:
         """Drop the connection; what is in flight fails with BrokerUnavailable."""
