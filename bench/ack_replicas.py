@@ -101,11 +101,11 @@ async def main(url: str, n: int, concurrency: int, repeat: int) -> None:
         "ackReplicas 1 (shared WAIT, as built)": lambda i: replicated.publish(
             f"r:{i % 10}", {"n": i}, ts=1, policy=POLICY
         ),
-        "ackReplicas 1, a WAIT per publish": wait_per_event,
+        "ackReplicas 1, a WAIT per publish (after it)": wait_per_event,
     }
     print(f"durable publishes through one pod's publish connection, n={n} per row")
     print(
-        f"{'path':40} {'in flight':>9} {'publishes/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'path':44} {'in flight':>9} {'publishes/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'WAITs/publish':>13}"
     )
     for name, publish in paths.items():
@@ -117,7 +117,7 @@ async def main(url: str, n: int, concurrency: int, repeat: int) -> None:
                 rate, p50, p99 = await measure(publish, count, c)
                 rows.append((rate, p50, p99, (await waits(admin) - before) / (count + 500)))
             rate, p50, p99, per = sorted(rows)[repeat // 2]  # the median run by throughput
-            print(f"{name:40} {c:9} {rate:12.0f} {p50:8.3f} {p99:8.3f} {per:13.2f}")
+            print(f"{name:44} {c:9} {rate:12.0f} {p50:8.3f} {p99:8.3f} {per:13.2f}")
     for b in (master_only, replicated, own):
         await b.close()
     await admin.aclose()

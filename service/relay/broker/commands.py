@@ -248,6 +248,16 @@ class CommandConnection:
         future = pipe.send(command)
         return Sent(pipe, pipe.queued - 1), future
 
+    def queue(self, *command: Arg) -> tuple[Sent, asyncio.Future[Any]] | None:
+        """Queue `command` on the open connection, after what is queued there, without
+        waiting; its place and the future of its reply (an error reply is the result).
+        None, and nothing sent, when no connection is open."""
+        pipe = self._pipe
+        if pipe is None or pipe.lost:
+            return None
+        future = pipe.send(command)
+        return Sent(pipe, pipe.queued - 1), future
+
     async def call(self, *command: Arg) -> Any:
         """`execute`, with an error reply raised as BrokerUnavailable."""
         pipe, _, reply = await self._round_trip(command)

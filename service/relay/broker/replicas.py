@@ -11,10 +11,16 @@ One WAIT for many publishes: Redis answers WAIT with the replicas that have ever
 *this connection* sent before it (the client's last write offset), and the publish
 connection (relay.broker.commands) carries every publish of this pod to the shard in
 order. So one WAIT queued after a publish's EVALSHA confirms it and every publish sent
-before it on that connection: publishes whose replies arrive together share the WAIT
-queued by the first of them, and a publish whose script ran before the newest WAIT was
-queued awaits that one rather than sending its own. bench/publish_path.py measures what
-it saves over one WAIT per publish (docs/benchmarks.md).
+before it on that connection; a publish awaits the newest WAIT queued after its script
+rather than sending its own. When to queue one:
+- No WAIT unanswered (a quiet shard): at the end of the loop turn that sent publishes, in
+  the same write as their EVALSHAs, so a publish costs one round trip plus the replica's.
+- A WAIT unanswered: Redis runs nothing else of the connection while it waits for the
+  replicas, so publishes sent meanwhile queue behind it; each turn adding a WAIT of its own
+  would make Redis wait for the replicas once per turn, in series. Instead the first of
+  them whose reply comes back queues one WAIT for all whose replies came with it.
+bench/ack_replicas.py measures what sharing saves over one WAIT per publish
+(docs/benchmarks.md).
 
 A WAIT must follow its publish on the same connection: on another (a reconnect), it would
 count that connection's writes, possibly none, and confirm nothing. So when the
@@ -62,6 +68,7 @@ class ReplicaAcks:
         self._timeout_ms = max(1, round(timeout * 1000))  # WAIT's 0 would wait forever
         self._wait: tuple[Sent, asyncio.Future[Any]] | None = None
         """The newest WAIT queued, and its reply: it covers what ran before it."""
+        self._turn_scheduled = False
         self._unconfirmed = 0
         """Publishes not confirmed since the last log line about them."""
         self._logged_at = float("-inf")
@@ -76,12 +83,28 @@ class ReplicaAcks:
 
         Raises NotReplicated when the replicas do not confirm within the timeout (the script
         ran), BrokerUnavailable when the script failed or the connection was lost after it."""
+        if not self._turn_scheduled and (self._wait is None or self._wait[1].done()):
+            # Runs after this turn's publishes are queued and before their write.
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._wait_after_turn)
         sent, reply = await self._connection.evalsha_sent(script, keys, args)
         if reply[0] and window > 0:
             sent, expired = self._connection.after(sent, "EXPIRE", dedupe, window)
             expired.add_done_callback(_ignore)  # only its place matters: the WAIT follows
         await self.confirm(sent)
         return reply
+
+    def _wait_after_turn(self) -> None:
+        """Queue a WAIT after the publishes this loop turn queued (nothing when no
+        connection is open yet: each publish then queues one after its reply)."""
+        self._turn_scheduled = False
+        try:
+            queued = self._connection.queue("WAIT", self.replicas, self._timeout_ms)
+        except BrokerUnavailable:
+            return  # too many commands in flight: each publish will fail or queue its own
+        if queued is not None:
+            queued[1].add_done_callback(_ignore)  # no publish may await it (script failed)
+            self._wait = queued
 
     async def confirm(self, sent: Sent) -> None:
         """Return once `replicas` replicas have every write up to `sent`; NotReplicated
@@ -91,6 +114,7 @@ class ReplicaAcks:
             wait = self._wait = self._connection.after(
                 sent, "WAIT", self.replicas, self._timeout_ms
             )
+            wait[1].add_done_callback(_ignore)
         # Shielded: a cancelled publisher must not cancel a reply others share.
         reply = await asyncio.shield(wait[1])
         if not isinstance(reply, int):
