@@ -312,13 +312,6 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
             "CAWithoutTLS",
             "spec.redis.external.secretRef.caKey is set but no URL uses rediss:// (TLS)",
         )
-    redis = spec.redis
-    if redis.mode == "managed" and redis.ack_replicas > redis.replicas:
-        raise InvalidSpec(
-            "AckReplicasOverReplicas",
-            f"spec.redis.ackReplicas ({redis.ack_replicas}) exceeds spec.redis.replicas "
-            f"({redis.replicas}): no durable publish could be acked",
-        )
     if spec.auth.algorithm == "RS256" and not spec.auth.secret_name:
         raise InvalidSpec(
             "PublicKeySecretMissing", "spec.auth.algorithm RS256 needs spec.auth.secretName"
@@ -337,5 +330,12 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
     if spec.tracing.enabled and not spec.tracing.otlp_endpoint:
         raise InvalidSpec(
             "TracingWithoutEndpoint", "spec.tracing.enabled needs tracing.otlpEndpoint"
+        )
+    redis = spec.redis
+    if redis.mode == "managed" and redis.ack_replicas > redis.replicas:
+        raise InvalidSpec(
+            "AckReplicasOverReplicas",
+            f"spec.redis.ackReplicas ({redis.ack_replicas}) exceeds spec.redis.replicas "
+            f"({redis.replicas}): no durable publish could be acked",
         )
     return spec
