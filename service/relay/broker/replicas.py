@@ -22,17 +22,20 @@ rather than sending its own. When to queue one:
 bench/ack_replicas.py measures what sharing saves over one WAIT per publish
 (docs/benchmarks.md).
 
-A WAIT must follow its publish on the same connection: on another (a reconnect), it would
-count that connection's writes, possibly none, and confirm nothing. So when the
-connection is lost between the two, the publish fails with BrokerUnavailable.
+What WAIT is documented to cover is the writes of its own connection sent before it, and
+this module relies on no more. (redis-server itself, 7.x as tested here, sets a
+connection's offset to the master's after every command it runs, writes or not, so a WAIT
+covers all the master had when the connection's previous command ran; Redis-compatible
+servers need not.) So a WAIT follows its publish on the same connection: when that
+connection is lost between the two, the publish fails with BrokerUnavailable rather than
+being confirmed by a WAIT on the next one.
 
 A retry of an id already stored (a duplicate: the script wrote nothing) may have been
 stored through another connection, or another relay server, and not be on the replicas
 yet. The dedupe key's TTL is set again (EXPIRE: a write, replicated after the original
 event, and allowed on a full Redis) on this connection first, so the WAIT after it covers
-the original event. (Redis 7.0 moves a connection's offset after every command, writes or
-not, so there the WAIT alone would do; the EXPIRE keeps it true on a Redis that counts
-only a connection's own writes, and costs one command per duplicate.)
+the original event. (On redis-server the WAIT alone would do, see above; the EXPIRE keeps
+it true by the documented rule, for one command per duplicate.)
 
 Failure: fewer replicas than asked within `timeout` -> NotReplicated (the client gets
 `unavailable`, docs/protocol.md: the event is stored on the master and may or may not
