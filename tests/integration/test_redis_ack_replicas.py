@@ -107,8 +107,9 @@ async def test_an_acked_durable_publish_is_on_the_replica_and_an_unconfirmed_one
     sent = await first.publish("fast", 1, ts=1, policy=VOLATILE, msg_id="v1")
     assert sent.offset is None and not sent.duplicate
     # A retry through another relay server (a fresh connection that never wrote) is not
-    # confirmed either: its WAIT alone would count the frozen replica, which has every
-    # write of that connection (none); the EXPIRE before it makes it cover event 6.
+    # confirmed either: by WAIT's documented rule (the connection's own writes) only the
+    # EXPIRE before it makes it cover event 6; redis-server's WAIT covers it anyway (it
+    # moves a connection's offset after any command), so this checks the outcome only.
     second = broker(master, "b")
     brokers.append(second)
     with pytest.raises(NotReplicated):
