@@ -22,7 +22,7 @@ from gamecluster_client import ServerError as RelayError
 from relay import contract, protocol
 from relay.api.client import ApiCallError, AsyncRelayApi
 from relay.broker import keys
-from relay.broker.base import NotReplicated
+from relay.broker.base import BrokerUnavailable, NotReplicated
 from relay.broker.connection import Connector
 from relay.broker.redis import RedisBroker
 from relay.rooms import RoomPolicy
@@ -253,3 +253,30 @@ async def test_retries_of_unconfirmed_publishes_share_one_wait(
     assert all(isinstance(r, NotReplicated) for r in retried), retried
     assert waits_run(master) - before <= 2, f"{waits_run(master) - before} WAITs for 8 retries"
     assert stored_offset(master, "match") == len(ids)  # each stored once
+
+
+async def test_a_wait_from_before_a_reconnect_confirms_nothing_after_it(
+    pair: tuple[RedisProcess, RedisProcess], brokers: list[RedisBroker]
+) -> None:
+    """The acked connection is reopened (killed by the server): places start again at 0 on
+    the new one, so an answered WAIT of the old connection, at a higher place, must not be
+    taken as covering a write of the new one."""
+    master, replica = pair
+    first = broker(master, "a")
+    brokers.append(first)
+    for n in range(1, 6):  # confirmed WAITs at growing places on the first connection
+        await first.publish("match", n, ts=1, policy=DURABLE, msg_id=f"e{n}")
+    stopped(replica)
+    killed = redis_acl.admin(master).client_kill_filter(user=contract.RELAY_REDIS_USER)
+    assert killed >= 1
+    for _ in range(3):  # the first attempt may still find the killed connection
+        try:
+            result = await first.publish("match", 6, ts=1, policy=DURABLE, msg_id="e6")
+        except NotReplicated:
+            break
+        except BrokerUnavailable:
+            continue
+        pytest.fail(f"acked without a replica: {result}")
+    else:
+        pytest.fail("the publish never reached the master again")
+    assert stored_offset(master, "match") == 6
