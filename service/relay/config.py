@@ -247,7 +247,8 @@ class Settings(BaseSettings):
     Volatile rooms never wait."""
     redis_ack_timeout: float = Field(0.5, gt=0)
     """Seconds the replicas have to confirm a durable event (RELAY_REDIS_ACK_REPLICAS);
-    below RELAY_REDIS_TIMEOUT: other publishes of the pod wait behind it."""
+    below RELAY_REDIS_TIMEOUT: the pod's other durable publishes to the shard wait behind it
+    (volatile ones go on another connection: relay.broker.replicas)."""
     rooms: tuple[RoomPolicy, ...] = ()
     """Room policies as a JSON list, first match wins; unmatched rooms are durable."""
     load_report_seconds: float = Field(5.0, gt=0, le=60)
@@ -319,7 +320,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_ack_timeout(self) -> Settings:
-        # While Redis waits for the replicas it runs no other command of the publish
+        # While Redis waits for the replicas it runs no other command of the acked publish
         # connection, whose commands time out after RELAY_REDIS_TIMEOUT.
         if self.redis_ack_replicas and self.redis_ack_timeout >= self.redis_timeout:
             raise ValueError(

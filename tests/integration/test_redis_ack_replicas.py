@@ -22,7 +22,7 @@ from gamecluster_client import ServerError as RelayError
 from relay import contract, protocol
 from relay.api.client import ApiCallError, AsyncRelayApi
 from relay.broker import keys
-from relay.broker.base import NotReplicated
+from relay.broker.base import BrokerUnavailable, NotReplicated
 from relay.broker.connection import Connector
 from relay.broker.redis import RedisBroker
 from relay.rooms import RoomPolicy
@@ -30,6 +30,7 @@ from support import redis_acl
 from support.metrics import metric_value
 from support.processes import RedisProcess, stop_process
 from support.sentinel import replicated
+from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -182,3 +183,101 @@ async def test_a_client_is_told_an_unconfirmed_publish_may_not_survive_a_failove
     assert metric_value(pod.metrics(), "relay_publishes_unreplicated_total") == 2
     assert "replicas confirmed a write within" in pod.log.read_text()
     redis_acl.no_secret_in_logs(tmp_path)
+
+
+def waits_run(master: RedisProcess) -> int:
+    stats = redis_acl.admin(master).info("commandstats")
+    return int(stats.get("cmdstat_wait", {}).get("calls", 0))
+
+
+async def test_a_volatile_publish_is_not_held_behind_a_durable_one_waiting_for_replicas(
+    pair: tuple[RedisProcess, RedisProcess], brokers: list[RedisBroker]
+) -> None:
+    """While Redis holds a WAIT it runs no other command of that connection: a volatile
+    publish ("volatile rooms never wait") must not be queued behind it."""
+    master, replica = pair
+    connector = Connector(
+        username=contract.RELAY_REDIS_USER, password=SecretStr(redis_acl.RELAY_PASSWORD)
+    )
+    slow = RedisBroker(
+        [master.url],
+        "a",
+        connector=connector,
+        timeout=10.0,
+        probe_interval=0.5,
+        probe_timeout=1.0,
+        ack_replicas=1,
+        ack_timeout=5.0,  # long: the check below is ordered by events, not by time
+    )
+    brokers.append(slow)
+    await slow.publish("warm", 0, ts=1, policy=DURABLE)  # connection open, script loaded
+    stopped(replica)
+    durable = asyncio.create_task(slow.publish("match", 1, ts=1, policy=DURABLE, msg_id="d1"))
+
+    def waiting() -> bool:
+        return int(redis_acl.admin(master).info("clients")["blocked_clients"]) == 1
+
+    await eventually(waiting, 5, "the durable publish's WAIT to block on the master")
+    sent = await slow.publish("fast", 1, ts=1, policy=VOLATILE, msg_id="v1")
+    assert sent.offset is None and not sent.duplicate
+    await slow.publish("fast", 2, ts=1, policy=VOLATILE)  # an id-less one: a plain PUBLISH
+    held = durable.done()  # the WAIT's reply came first: the volatile ones waited for it
+    with pytest.raises(NotReplicated):
+        await durable
+    assert not held, "the volatile publishes waited for the durable one's WAIT"
+
+
+async def test_retries_of_unconfirmed_publishes_share_one_wait(
+    pair: tuple[RedisProcess, RedisProcess], brokers: list[RedisBroker]
+) -> None:
+    """Replicas down, clients retry with their ids (as told): the retries are duplicates,
+    each with an EXPIRE before its WAIT. A WAIT of its own per retry would queue them back
+    to back on the connection, ACK_TIMEOUT each, past the command timeout: the connection
+    is aborted and every publish on it fails as 'unreachable' instead of NotReplicated."""
+    master, replica = pair
+    first = broker(master, "a")  # command timeout 1.0 s, ACK_TIMEOUT 0.3 s
+    brokers.append(first)
+    await first.publish("warm", 0, ts=1, policy=DURABLE)
+    stopped(replica)
+    ids = [f"e{n}" for n in range(8)]
+
+    async def publish_all() -> list[BaseException | object]:
+        return await asyncio.gather(
+            *(first.publish("match", i, ts=1, policy=DURABLE, msg_id=i) for i in ids),
+            return_exceptions=True,
+        )
+
+    refused = await publish_all()
+    assert all(isinstance(r, NotReplicated) for r in refused), refused
+    before = waits_run(master)
+    retried = await publish_all()
+    assert all(isinstance(r, NotReplicated) for r in retried), retried
+    assert waits_run(master) - before <= 2, f"{waits_run(master) - before} WAITs for 8 retries"
+    assert stored_offset(master, "match") == len(ids)  # each stored once
+
+
+async def test_a_wait_from_before_a_reconnect_confirms_nothing_after_it(
+    pair: tuple[RedisProcess, RedisProcess], brokers: list[RedisBroker]
+) -> None:
+    """The acked connection is reopened (killed by the server): places start again at 0 on
+    the new one, so an answered WAIT of the old connection, at a higher place, must not be
+    taken as covering a write of the new one."""
+    master, replica = pair
+    first = broker(master, "a")
+    brokers.append(first)
+    for n in range(1, 6):  # confirmed WAITs at growing places on the first connection
+        await first.publish("match", n, ts=1, policy=DURABLE, msg_id=f"e{n}")
+    stopped(replica)
+    killed = redis_acl.admin(master).client_kill_filter(user=contract.RELAY_REDIS_USER)
+    assert killed >= 1
+    for _ in range(3):  # the first attempt may still find the killed connection
+        try:
+            result = await first.publish("match", 6, ts=1, policy=DURABLE, msg_id="e6")
+        except NotReplicated:
+            break
+        except BrokerUnavailable:
+            continue
+        pytest.fail(f"acked without a replica: {result}")
+    else:
+        pytest.fail("the publish never reached the master again")
+    assert stored_offset(master, "match") == 6

@@ -171,6 +171,16 @@ async def test_a_master_killed_mid_run_loses_no_acked_event_silently(
         behind, deadline = acked() + BEHIND_ACKS, time.monotonic() + BEHIND_SECONDS
         while acked() < behind and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+        # ... and at least until it stores events the replica lacks: without them the kill
+        # loses nothing and "no acked event lost" proves nothing (with ackReplicas 1 the
+        # first WAIT after the cut holds the publish connection for the ack timeout, often
+        # past BEHIND_SECONDS). Those events, read just before the kill, must not be acked.
+        await eventually(
+            lambda: any(unreplicated_now().values()),
+            10,
+            "the master to store events its replica lacks",
+        )
+        unreplicated.update(unreplicated_now())
         # 2. The master dies; half the clients lose their connection at the same moment
         #    and resume with `since` when back.
         await asyncio.to_thread(shard.master.kill)
@@ -182,6 +192,15 @@ async def test_a_master_killed_mid_run_loses_no_acked_event_silently(
         #    shard acks no durable publish until it has a replica again).
         shard.master.extra_args += ["--replicaof", LOOPBACK, str(shard.replica.port)]
         await asyncio.to_thread(shard.master.start)
+
+    unreplicated: dict[str, set[str]] = {}
+    """Per room: the ids the master had and the replica lacked just before the kill."""
+
+    def unreplicated_now() -> dict[str, set[str]]:
+        return {
+            room: set(stored(shard.master, room)[2]) - set(stored(shard.replica, room)[2])
+            for room in ROOMS
+        }
 
     start = time.monotonic()
     fault = asyncio.create_task(killed_mid_run())
@@ -242,6 +261,10 @@ async def test_a_master_killed_mid_run_loses_no_acked_event_silently(
         in_room = {i for i, ack in acks.items() if ack.room == room}
         lost += sorted(in_room - set(ids))
     assert all(final[room][0] != members[0].epochs.get(room) for room in members[0].rooms)
+    # The kill did lose events (stored on the master alone): only their acks tell the modes
+    # apart. With ackReplicas 1 each was refused, re-sent and stored again after the
+    # failover (on the promoted master under the new epoch: not lost).
+    assert any(unreplicated.values()), "the master held nothing the replica lacked"
     if ack_replicas:
         assert lost == [], f"{len(lost)} acked events lost with ackReplicas 1"
     else:
@@ -252,7 +275,8 @@ async def test_a_master_killed_mid_run_loses_no_acked_event_silently(
                 assert any(isinstance(m, Lost) for m in member.seen[room]), (room, member)
     print(
         f"\nfailover chaos (ackReplicas {ack_replicas}): {total} events in {elapsed:.1f}s, "
-        f"{len(lost)} acked events lost with the master, {told} `recovered: false` told"
+        f"{sum(map(len, unreplicated.values()))} on the master alone at the kill, "
+        f"{len(lost)} acked events lost with it, {told} `recovered: false` told"
     )
     assert redis_acl.acl_denials(shard.replica) == []
     redis_acl.no_secret_in_logs(tmp_path)

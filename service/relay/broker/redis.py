@@ -129,9 +129,15 @@ class RedisShard:
         # client's connection class and arguments (credentials, TLS, a Sentinel master
         # behind _check_master's fence; relay.broker.commands); redis-py serves the rest.
         self.publishes = commands.CommandConnection(self.commands, url=self.url, timeout=timeout)
-        # RELAY_REDIS_ACK_REPLICAS: durable publishes acked once replicas have them.
+        # RELAY_REDIS_ACK_REPLICAS: durable publishes acked once replicas have them, on a
+        # connection of their own: while Redis holds a WAIT it runs no other command of its
+        # connection, and volatile publishes must not wait behind it (relay.broker.replicas).
         self.acks = (
-            replicas.ReplicaAcks(self.publishes, replicas=ack_replicas, timeout=ack_timeout)
+            replicas.ReplicaAcks(
+                commands.CommandConnection(self.commands, url=self.url, timeout=timeout),
+                replicas=ack_replicas,
+                timeout=ack_timeout,
+            )
             if ack_replicas > 0
             else None
         )
@@ -172,6 +178,8 @@ class RedisShard:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=2.0)
         self.publishes.close()
+        if self.acks is not None:
+            self.acks.connection.close()
         await asyncio.wait({asyncio.create_task(self.commands.aclose())}, timeout=self._timeout)
 
     async def subscribe(self, channel: bytes) -> None:
