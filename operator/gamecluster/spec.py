@@ -207,6 +207,9 @@ class Redis(_Model):
     replicas: int = Field(default=0, ge=0, le=MAX_REDIS_REPLICAS)
     """Managed: replicas per shard, with an operator-run Sentinel (0: one pod per shard, no
     Sentinel). Switching between 0 and more is refused (a CEL transition rule)."""
+    ack_replicas: int = Field(default=0, ge=0, le=MAX_REDIS_REPLICAS)
+    """Replicas that must have a durable event before its publish is acked (Redis WAIT,
+    RELAY_REDIS_ACK_REPLICAS); managed: at most ``replicas``. 0: acked by the master alone."""
     image: str = "redis:7.4.2-alpine"
     resources: Resources = Resources(
         requests={"cpu": "50m", "memory": "64Mi"}, limits={"memory": "256Mi"}
@@ -374,5 +377,12 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
     if spec.tracing.enabled and not spec.tracing.otlp_endpoint:
         raise InvalidSpec(
             "TracingWithoutEndpoint", "spec.tracing.enabled needs tracing.otlpEndpoint"
+        )
+    redis = spec.redis
+    if redis.mode == "managed" and redis.ack_replicas > redis.replicas:
+        raise InvalidSpec(
+            "AckReplicasOverReplicas",
+            f"spec.redis.ackReplicas ({redis.ack_replicas}) exceeds spec.redis.replicas "
+            f"({redis.replicas}): no durable publish could be acked",
         )
     return spec

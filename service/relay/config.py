@@ -240,6 +240,15 @@ class Settings(BaseSettings):
     """A probe not back within this many seconds means the Pub/Sub connection is dead."""
     redis_timeout: float = Field(2.0, gt=0)
     """Timeout of one Redis command or connect; past it the command fails as `unavailable`."""
+    redis_ack_replicas: int = Field(0, ge=0, le=100)
+    """Replicas that must have a durable event before its publish is acked (Redis WAIT);
+    fewer within RELAY_REDIS_ACK_TIMEOUT: the publish gets `unavailable` (the event may or
+    may not survive a failover; retry with the same id). 0: acked once the master has it.
+    Volatile rooms never wait."""
+    redis_ack_timeout: float = Field(0.5, gt=0)
+    """Seconds the replicas have to confirm a durable event (RELAY_REDIS_ACK_REPLICAS);
+    below RELAY_REDIS_TIMEOUT: the pod's other durable publishes to the shard wait behind it
+    (volatile ones go on another connection: relay.broker.replicas)."""
     rooms: tuple[RoomPolicy, ...] = ()
     """Room policies as a JSON list, first match wins; unmatched rooms are durable."""
     load_report_seconds: float = Field(5.0, gt=0, le=60)
@@ -306,6 +315,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"RELAY_ADMIN_PORT={self.admin_port} is RELAY_PORT: use 0 to serve the admin "
                 "routes on the player port, or another port"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_ack_timeout(self) -> Settings:
+        # While Redis waits for the replicas it runs no other command of the acked publish
+        # connection, whose commands time out after RELAY_REDIS_TIMEOUT.
+        if self.redis_ack_replicas and self.redis_ack_timeout >= self.redis_timeout:
+            raise ValueError(
+                f"RELAY_REDIS_ACK_TIMEOUT={self.redis_ack_timeout} is not below "
+                f"RELAY_REDIS_TIMEOUT={self.redis_timeout}: publishes waiting behind a "
+                "replica confirmation would time out; lower it or raise RELAY_REDIS_TIMEOUT"
             )
         return self
 

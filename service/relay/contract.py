@@ -56,6 +56,8 @@ ENV_UNSUBSCRIBE_DELAY: Final = "RELAY_UNSUBSCRIBE_DELAY"
 ENV_PROBE_INTERVAL: Final = "RELAY_PROBE_INTERVAL"
 ENV_PROBE_TIMEOUT: Final = "RELAY_PROBE_TIMEOUT"
 ENV_REDIS_TIMEOUT: Final = "RELAY_REDIS_TIMEOUT"
+ENV_REDIS_ACK_REPLICAS: Final = "RELAY_REDIS_ACK_REPLICAS"
+ENV_REDIS_ACK_TIMEOUT: Final = "RELAY_REDIS_ACK_TIMEOUT"
 ENV_ROOMS: Final = "RELAY_ROOMS"
 ENV_DEDUPE_SECONDS: Final = "RELAY_DEDUPE_SECONDS"
 ENV_LOAD_REPORT_SECONDS: Final = "RELAY_LOAD_REPORT_SECONDS"
@@ -115,6 +117,8 @@ RELAY_REDIS_COMMANDS: Final = (
     "sadd", "srem", "smembers", "zadd", "zrange", "zrangebyscore", "zrem",
     # After a Sentinel failover: every room's meta hash gets a new epoch (SCAN MATCH, HSET).
     "scan",
+    # RELAY_REDIS_ACK_REPLICAS: a durable publish waits for replicas (relay.broker.replicas).
+    "wait",
 )  # fmt: skip
 """Every command the relay sends, directly or from its scripts; all others are refused.
 AUTH and HELLO (logging in) need no grant. tests/integration/test_redis_security.py runs

@@ -31,6 +31,12 @@ class Metrics:
         self.redis_reconnects = Counter(
             "relay_redis_reconnects", "Pub/Sub connections rebuilt after a failure.", registry=r
         )
+        self.unreplicated = Counter(
+            "relay_publishes_unreplicated",
+            "Durable publishes stored on the Redis master but refused (unavailable): fewer "
+            "replicas than RELAY_REDIS_ACK_REPLICAS confirmed them in time.",
+            registry=r,
+        )
         self.errors = Counter(
             "relay_protocol_errors", "Client messages refused, by code.", ["code"], registry=r
         )

@@ -43,6 +43,8 @@ def make_broker(settings: Settings, metrics: Metrics) -> Broker:
         probe_interval=settings.probe_interval,
         probe_timeout=settings.probe_timeout,
         dedupe_seconds=settings.dedupe_seconds,
+        ack_replicas=settings.redis_ack_replicas,
+        ack_timeout=settings.redis_ack_timeout,
         on_reconnect=metrics.redis_reconnects.inc,
         dead_after=PRESENCE_DEAD_AFTER_REPORTS * settings.load_report_seconds,
     )

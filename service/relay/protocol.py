@@ -40,6 +40,13 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
 
 
+NOT_REPLICATED: Final = (
+    "stored, but not confirmed by the Redis replicas in time (RELAY_REDIS_ACK_REPLICAS): "
+    "it may or may not survive a Redis failover; retry with the same id (stored once)"
+)
+"""The `unavailable` message of a durable publish its replicas did not confirm."""
+
+
 class CloseCode(enum.IntEnum):
     NORMAL = 1000
     POLICY_VIOLATION = 1008

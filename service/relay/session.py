@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay import auth, protocol, tracing
-from relay.broker import Broker, BrokerUnavailable
+from relay.broker import Broker, BrokerUnavailable, NotReplicated
 from relay.config import Settings
 from relay.hub import Hub, JoinResult
 from relay.metrics import Metrics
@@ -251,6 +251,9 @@ class Session:
                     trace=traced.context,
                 )
                 traced.sent(result.offset)
+        except NotReplicated as exc:
+            self._services.metrics.unreplicated.inc()
+            raise ProtocolError(ErrorCode.UNAVAILABLE, protocol.NOT_REPLICATED, **ids) from exc
         except BrokerUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, exc.client_message, **ids) from exc
         except ProtocolError as exc:

@@ -439,8 +439,9 @@ def test_a_managed_redis_with_replicas_runs_a_set_per_shard_and_three_sentinels(
     """``redis.replicas`` as a real API server stores it: a StatefulSet per shard (1 + replicas
     pods, its own selector), three Sentinels, the replication and Sentinel ACL users, network
     policies and budgets for both, relays pointed at the Sentinels; switching to 0 is refused
-    by CEL, a replica count change applies, and a removed shard's set is pruned."""
-    spec = {"replicas": 1, "redis": {"shards": 2, "replicas": 1}}
+    by CEL, a replica count change applies, and a removed shard's set is pruned; ackReplicas
+    reaches the relays and may not exceed the replicas (CEL)."""
+    spec = {"replicas": 1, "redis": {"shards": 2, "replicas": 1, "ackReplicas": 1}}
     cluster.apply(gamecluster("ha", spec), "-n", namespace)
     ready = wait_gc(cluster, operator_up, namespace, "ha", "Current and Ready", current)
     assert ready["status"]["redis"] == {"shards": 2, "readyShards": 2}
@@ -496,6 +497,7 @@ def test_a_managed_redis_with_replicas_runs_a_set_per_shard_and_three_sentinels(
         replication not in v and sentinel not in v and sentinel_auth not in v
         for v in config.values()
     )
+    assert config["RELAY_REDIS_ACK_REPLICAS"] == "1"
     for name in ("ha-redis", "ha-sent"):
         policy = cluster.get_json("networkpolicy", name, "-n", namespace)
         (ingress,) = policy["spec"]["ingress"]
@@ -513,6 +515,12 @@ def test_a_managed_redis_with_replicas_runs_a_set_per_shard_and_three_sentinels(
         "-p", '{"spec":{"redis":{"replicas":0}}}', check=False,
     )  # fmt: skip
     assert proc.returncode == 1 and "redis.replicas cannot change to or from 0" in proc.stderr
+    # More replica acks than replicas is refused by CEL (no durable publish could be acked).
+    proc = cluster.kubectl(
+        "patch", GC, "ha", "-n", namespace, "--type=merge",
+        "-p", '{"spec":{"redis":{"ackReplicas":2}}}', check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "ackReplicas cannot exceed redis.replicas" in proc.stderr
     # Between 1 and 5 it applies; a removed shard's set is pruned.
     cluster.kubectl(
         "patch", GC, "ha", "-n", namespace, "--type=merge",

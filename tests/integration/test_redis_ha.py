@@ -19,12 +19,10 @@ first reply, never as a second master.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,9 +41,9 @@ from gamecluster.manifests.redis_ha import SENTINEL_DIR
 from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import parse
 from gamecluster_client import Connection as RelayClient
-from gamecluster_client import ServerError as RelayError
 from relay import contract
 from support.processes import LOOPBACK, _port_open, free_port, stop_process, wait_until
+from support.sentinel import publish_until_acked
 from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -238,20 +236,6 @@ def role(client: redis.Redis) -> tuple[str, int | None]:
     reply = client.execute_command("ROLE")
     name = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
     return name, (int(reply[2]) if name == "slave" else None)
-
-
-async def publish_until_acked(client: RelayClient, room: str, data: str, id: str) -> dict:
-    """Retry one publish (same id: stored at most once) while the shard fails over."""
-    deadline = time.monotonic() + FAILOVER_SECONDS
-    while True:
-        try:
-            ack = await client.publish(room, data, id=id)
-            assert ack is not None
-            return ack
-        except RelayError as error:
-            if error.code != "unavailable" or time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.2)  # a client's retry pause, not a synchronisation
 
 
 async def test_a_shard_fails_over_and_its_old_master_returns_as_a_replica(

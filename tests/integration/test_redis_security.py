@@ -140,6 +140,7 @@ ADMIN_COMMANDS = frozenset({"info", "acl|log"})
 """What the test itself runs as the admin user to read the server's counters."""
 NOT_SENT_HERE = {
     "scan": "the failover fence (test_redis_sentinel.py runs it as the relay user)",
+    "wait": "RELAY_REDIS_ACK_REPLICAS (test_redis_ack_replicas.py runs it as the relay user)",
 }
 """Allowed commands this test's paths do not send, each with where it is proven instead."""
 

@@ -10,14 +10,10 @@ for the replication and Sentinel users an operator-run Sentinel would need.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import secrets
-import shutil
 import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +28,6 @@ from gamecluster.load import ReadyPod, RedisLoadSource
 from gamecluster.redis_auth import operator_auth
 from gamecluster.spec import parse
 from gamecluster_client import Connection as RelayClient
-from gamecluster_client import ServerError as RelayError
 from relay import contract
 from relay.broker.base import BrokerUnavailable
 from relay.broker.connection import Connector
@@ -40,75 +35,17 @@ from relay.broker.redis import RedisBroker
 from relay.config import RedisEndpoint
 from relay.rooms import RoomPolicy
 from support import redis_acl
-from support.processes import (
-    LOOPBACK,
-    RedisProcess,
-    free_port,
-    stop_process,
-    wait_until,
+from support.processes import LOOPBACK, RedisProcess, stop_process
+from support.sentinel import (
+    FAILOVER_SECONDS,
+    MASTER,
+    SentinelProcess,
+    publish_until_acked,
+    replicated,
 )
-from support.processes import _port_open as port_open
 from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-MASTER = "gc"
-FAILOVER_SECONDS = 30
-"""Bound on Sentinel noticing the master is gone (1 s) and promoting the replica."""
-
-
-class SentinelProcess:
-    """One Sentinel watching `MASTER`, quorum 1, quick to act (1 s down-after); `users`:
-    Sentinel ACL lines (Redis 6.2+) that, with `user default off`, make it require a login."""
-
-    def __init__(self, workdir: Path, master_port: int, users: str = "") -> None:
-        self.port = free_port()
-        self.config = workdir / f"sentinel-{self.port}.conf"
-        self.log = workdir / f"sentinel-{self.port}.log"
-        binary = shutil.which("redis-sentinel")
-        if binary is None:
-            raise RuntimeError(
-                "redis-sentinel is not installed (Debian package redis-sentinel): "
-                "run `make system-deps`"
-            )
-        self.binary = binary
-        self.config.write_text(
-            f"port {self.port}\nbind {LOOPBACK}\ndir {workdir}\nlogfile {self.log}\n"
-            f"sentinel monitor {MASTER} {LOOPBACK} {master_port} 1\n"
-            f"sentinel auth-user {MASTER} {redis_acl.ADMIN_USER}\n"
-            f"sentinel auth-pass {MASTER} {redis_acl.ADMIN_PASSWORD}\n"
-            f"sentinel down-after-milliseconds {MASTER} 1000\n"
-            f"sentinel failover-timeout {MASTER} 3000\n"
-            f"sentinel parallel-syncs {MASTER} 1\n"
-            f"{users}"
-        )
-        self.cli_auth: tuple[str, str] | None = None
-        """(user, password) for `master_port()` when the Sentinel requires a login."""
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> SentinelProcess:
-        self.proc = subprocess.Popen(
-            [self.binary, str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(lambda: port_open(self.port), 10, f"redis sentinel on port {self.port}")
-        return self
-
-    def master_port(self) -> int | None:
-        env, auth = dict(os.environ), []
-        if self.cli_auth is not None:
-            auth = ["--user", self.cli_auth[0]]
-            env["REDISCLI_AUTH"] = self.cli_auth[1]  # not on the command line (ps)
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *auth, "SENTINEL", "get-master-addr-by-name",
-             MASTER],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            env=env,
-        ).stdout.split()  # fmt: skip
-        return int(out[1]) if len(out) == 2 else None
 
 
 WATCHER = "watcher"
@@ -125,17 +62,8 @@ def sentinel_set(
     users = ""
     if getattr(request, "param", False):
         users = f"user default off\nuser {WATCHER} on >{WATCHER_PASSWORD} +@all\n"
-    replication = ["--masteruser", redis_acl.ADMIN_USER, "--masterauth", redis_acl.ADMIN_PASSWORD]
-    master = redis_acl.acl_redis(tmp_path, replication)
-    replica = redis_acl.acl_redis(
-        tmp_path, [*replication, "--replicaof", LOOPBACK, str(master.port)]
-    )
-    wait_until(
-        lambda: "master_link_status:up" in replica.cli("INFO", "replication"),
-        10,
-        "the replica to sync",
-    )
-    sentinel = SentinelProcess(tmp_path, master.port, users)
+    master, replica = replicated(tmp_path)
+    sentinel = SentinelProcess(tmp_path, master.port, users=users)
     if users:
         sentinel.cli_auth = (WATCHER, WATCHER_PASSWORD)
     sentinel.start()
@@ -144,20 +72,6 @@ def sentinel_set(
         os.kill(replica.proc.pid, signal.SIGCONT)
     for process in (sentinel.proc, replica.proc, master.proc):
         stop_process(process)
-
-
-async def publish_until_acked(client: RelayClient, room: str, data: str, id: str) -> dict:
-    """Retry one publish (same id: stored at most once) while the shard fails over."""
-    deadline = time.monotonic() + FAILOVER_SECONDS
-    while True:
-        try:
-            ack = await client.publish(room, data, id=id)
-            assert ack is not None
-            return ack
-        except RelayError as error:
-            if error.code != "unavailable" or time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.2)  # a client's retry pause, not a synchronisation
 
 
 async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epoch(

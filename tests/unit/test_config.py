@@ -171,3 +171,21 @@ def test_sentinel_credentials_are_checked_never_shown_and_reach_the_sentinel_cli
     # The Sentinels' own user and password; the Redis password goes only to the masters.
     assert provider.get_credentials() == ("relay-sentinel", "s3cret-sentinel")
     assert sentinel.connection_kwargs.get("credential_provider") is None
+
+
+def test_ack_replicas_default_off_and_its_timeout_stays_below_the_command_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("RELAY_REDIS_ACK_REPLICAS", "RELAY_REDIS_ACK_TIMEOUT", "RELAY_REDIS_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert (settings.redis_ack_replicas, settings.redis_ack_timeout) == (0, 0.5)
+    monkeypatch.setenv("RELAY_REDIS_ACK_REPLICAS", "1")
+    monkeypatch.setenv("RELAY_REDIS_ACK_TIMEOUT", "2")
+    with pytest.raises(ConfigError, match=r"RELAY_REDIS_ACK_TIMEOUT=2\.0 is not below"):
+        load_settings()
+    monkeypatch.setenv("RELAY_REDIS_TIMEOUT", "3")
+    assert load_settings().redis_ack_timeout == 2.0
+    monkeypatch.setenv("RELAY_REDIS_ACK_REPLICAS", "-1")
+    with pytest.raises(ConfigError, match="RELAY_REDIS_ACK_REPLICAS='-1'"):
+        load_settings()

@@ -215,6 +215,7 @@ def test_empty_spec_is_fully_defaulted() -> None:
         "mode": "managed",
         "shards": 1,
         "replicas": 0,
+        "ackReplicas": 0,
         "image": "redis:7.4.2-alpine",
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "persistence": {"enabled": True, "size": "1Gi"},
@@ -325,6 +326,9 @@ INVALID = [
     ),
     ({"auth": {"algorithm": "RS256"}}, "RS256 needs auth.secretName"),
     ({"tracing": {"enabled": True}}, "tracing.enabled needs tracing.otlpEndpoint"),
+    ({"redis": {"ackReplicas": 1}}, "ackReplicas cannot exceed redis.replicas"),
+    ({"redis": {"replicas": 1, "ackReplicas": 2}}, "ackReplicas cannot exceed redis.replicas"),
+    ({"redis": {"replicas": 5, "ackReplicas": 6}}, "maximum"),
 ]
 
 
@@ -493,3 +497,22 @@ def test_every_field_path_names_a_declared_property() -> None:
                 target = target["properties"][part]
             checked += 1
     assert checked >= 4
+
+
+def test_ack_replicas_up_to_replicas_reach_the_relays_and_external_is_not_bounded() -> None:
+    """ackReplicas travels to every relay pod as RELAY_REDIS_ACK_REPLICAS (absent when 0, so
+    an operator upgrade changes no relay's configuration and rolls no pod)."""
+
+    def relay_env(spec: dict[str, Any]) -> dict[str, str]:
+        stored = validate(gamecluster(spec))["spec"]
+        children = desired(parse(stored), {"name": "x", "namespace": "n", "uid": "u"}, INPUTS)
+        (config,) = [
+            c for c in children if c["kind"] == "ConfigMap" and "relay" in c["metadata"]["name"]
+        ]
+        return config["data"]  # type: ignore[no-any-return]
+
+    assert contract.ENV_REDIS_ACK_REPLICAS not in relay_env({"redis": {"replicas": 2}})
+    env = relay_env({"redis": {"replicas": 2, "ackReplicas": 2}})
+    assert env[contract.ENV_REDIS_ACK_REPLICAS] == "2"
+    external = {"mode": "external", "external": {"urls": ["redis://a:6379"]}, "ackReplicas": 1}
+    assert relay_env({"redis": external})[contract.ENV_REDIS_ACK_REPLICAS] == "1"

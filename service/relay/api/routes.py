@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from relay import contract, protocol, tracing
 from relay.api import models
 from relay.api.keys import ApiAuth, ApiRefused
-from relay.broker import BrokerUnavailable
+from relay.broker import BrokerUnavailable, NotReplicated
 from relay.broker.shardmap import ShardMapError
 from relay.node import RelayNode
 from relay.protocol import ProtocolError
@@ -293,6 +293,9 @@ async def _publish(
                 trace=traced.context,
             )
             traced.sent(result.offset)
+    except NotReplicated as exc:
+        node.metrics.unreplicated.inc()
+        raise ApiProblem(503, "unavailable", protocol.NOT_REPLICATED) from exc
     except BrokerUnavailable as exc:
         raise ApiProblem(503, "unavailable", exc.client_message) from exc
     except ProtocolError as exc:

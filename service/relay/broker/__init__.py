@@ -5,8 +5,17 @@ from relay.broker.base import (
     BrokerUnavailable,
     Delivery,
     History,
+    NotReplicated,
     PublishResult,
     describe,
 )
 
-__all__ = ["Broker", "BrokerUnavailable", "Delivery", "History", "PublishResult", "describe"]
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "Delivery",
+    "History",
+    "NotReplicated",
+    "PublishResult",
+    "describe",
+]

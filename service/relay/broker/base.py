@@ -41,6 +41,12 @@ class ShardDown(BrokerUnavailable):
         self.shard = shard
 
 
+class NotReplicated(BrokerUnavailable):
+    """A durable write the master stored but fewer replicas than asked for confirmed in time
+    (RELAY_REDIS_ACK_REPLICAS). It may survive a failover or be lost with the master; it is
+    not acked. A retry with the same id stores nothing twice (dedupe) and waits again."""
+
+
 def describe(exc: BaseException) -> str:
     """An error's class and message for a log line or a BrokerUnavailable reason.
 

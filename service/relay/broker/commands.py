@@ -48,6 +48,7 @@ import contextlib
 import hashlib
 import logging
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 import hiredis
@@ -100,6 +101,8 @@ class _Pipe(asyncio.Protocol):
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self.lost = False
+        self.queued = 0
+        """Commands queued on this connection so far: the next one's place in its order."""
 
     def send(self, command: tuple[Arg, ...]) -> asyncio.Future[Any]:
         """Queue one command for this loop turn's write; the future of its reply."""
@@ -111,6 +114,7 @@ class _Pipe(asyncio.Protocol):
         future: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + self._timeout
         self.waiting.append((future, deadline))
+        self.queued += 1
         self._buffer.append(hiredis.pack_command(command))  # type: ignore[arg-type]
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -176,6 +180,18 @@ class _Pipe(asyncio.Protocol):
                 future.set_exception(error)
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """Where a command went: its connection, and its place in that connection's order.
+
+    Redis runs one connection's commands in the order they were sent, so a command sent
+    `after` this one on the same connection runs after it (WAIT relies on it: its count
+    covers the writes of its own connection only)."""
+
+    pipe: _Pipe
+    position: int
+
+
 class CommandConnection:
     """One pipelined connection to one Redis shard, opened on first use and after a loss.
 
@@ -198,19 +214,53 @@ class CommandConnection:
         """Run `script`; its reply as hiredis gives it (bytes, ints, lists).
 
         Raises BrokerUnavailable, on an error reply too (`_refused` says what it meant)."""
+        return (await self._evalsha(script, keys, args))[2]
+
+    async def evalsha_sent(
+        self, script: Script, keys: list[str], args: list[Arg]
+    ) -> tuple[Sent, Any]:
+        """`evalsha`, and where the script ran (for a command that must follow it: `after`)."""
+        pipe, position, reply = await self._evalsha(script, keys, args)
+        return Sent(pipe, position), reply
+
+    async def _evalsha(
+        self, script: Script, keys: list[str], args: list[Arg]
+    ) -> tuple[_Pipe, int, Any]:
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        pipe, reply = await self._round_trip(command)
+        pipe, position, reply = await self._round_trip(command)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # It did not run: load it (idempotent; several callers may) and send it again.
             loaded = await self.call("SCRIPT", "LOAD", script.source)
             if loaded != script.sha.encode():
                 raise BrokerUnavailable(f"Redis {self.url} loaded the script as {loaded!r}")
-            pipe, reply = await self._round_trip(command)
-        return self._checked(pipe, reply, "EVALSHA")
+            pipe, position, reply = await self._round_trip(command)
+        return pipe, position, self._checked(pipe, reply, "EVALSHA")
+
+    def after(self, sent: Sent, *command: Arg) -> tuple[Sent, asyncio.Future[Any]]:
+        """Queue `command` on the connection `sent` went through, to run after it; its
+        place and the future of its reply (an error reply is the result, not raised).
+
+        Never on another connection: what must follow `sent` would not follow it there.
+        Raises BrokerUnavailable when that connection is gone."""
+        pipe = sent.pipe
+        if pipe.lost or pipe is not self._pipe:
+            raise BrokerUnavailable(f"the connection to {self.url} that ran the command is gone")
+        future = pipe.send(command)
+        return Sent(pipe, pipe.queued - 1), future
+
+    def queue(self, *command: Arg) -> tuple[Sent, asyncio.Future[Any]] | None:
+        """Queue `command` on the open connection, after what is queued there, without
+        waiting; its place and the future of its reply (an error reply is the result).
+        None, and nothing sent, when no connection is open."""
+        pipe = self._pipe
+        if pipe is None or pipe.lost:
+            return None
+        future = pipe.send(command)
+        return Sent(pipe, pipe.queued - 1), future
 
     async def call(self, *command: Arg) -> Any:
         """`execute`, with an error reply raised as BrokerUnavailable."""
-        pipe, reply = await self._round_trip(command)
+        pipe, _, reply = await self._round_trip(command)
         return self._checked(pipe, reply, str(command[0]))
 
     async def execute(self, *command: Arg) -> Any:
@@ -219,14 +269,15 @@ class CommandConnection:
         Fails with BrokerUnavailable when the connection cannot be opened, is lost, or no
         reply comes within the timeout. Cancelling the caller leaves the command in flight.
         """
-        return (await self._round_trip(command))[1]
+        return (await self._round_trip(command))[2]
 
-    async def _round_trip(self, command: tuple[Arg, ...]) -> tuple[_Pipe, Any]:
-        """The reply, and the connection that carried it."""
+    async def _round_trip(self, command: tuple[Arg, ...]) -> tuple[_Pipe, int, Any]:
+        """The connection that carried the command, its place there, and the reply."""
         pipe = self._pipe
         if pipe is None or pipe.lost:
             pipe = await self._connect()
-        return pipe, await pipe.send(command)
+        future = pipe.send(command)
+        return pipe, pipe.queued - 1, await future
 
     def close(self) -> None:
         """Drop the connection; what is in flight fails with BrokerUnavailable."""

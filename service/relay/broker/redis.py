@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from relay import protocol
-from relay.broker import commands, envelope, keys, lua, shardmap
+from relay.broker import commands, envelope, keys, lua, replicas, shardmap
 from relay.broker.base import (
     Broker,
     BrokerUnavailable,
@@ -103,6 +103,8 @@ class RedisShard:
         on_reconnect: Callable[[], None],
         on_resubscribed: Callable[[list[bytes]], None],
         on_control: Callable[[bytes], None] | None = None,
+        ack_replicas: int = 0,
+        ack_timeout: float = 0.5,
     ) -> None:
         self.name = endpoint.name
         """The shard's identity in rendezvous hashing (not its URL: see RedisEndpoint)."""
@@ -127,6 +129,18 @@ class RedisShard:
         # client's connection class and arguments (credentials, TLS, a Sentinel master
         # behind _check_master's fence; relay.broker.commands); redis-py serves the rest.
         self.publishes = commands.CommandConnection(self.commands, url=self.url, timeout=timeout)
+        # RELAY_REDIS_ACK_REPLICAS: durable publishes acked once replicas have them, on a
+        # connection of their own: while Redis holds a WAIT it runs no other command of its
+        # connection, and volatile publishes must not wait behind it (relay.broker.replicas).
+        self.acks = (
+            replicas.ReplicaAcks(
+                commands.CommandConnection(self.commands, url=self.url, timeout=timeout),
+                replicas=ack_replicas,
+                timeout=ack_timeout,
+            )
+            if ack_replicas > 0
+            else None
+        )
         self.read_history = self.commands.register_script(lua.HISTORY)
         self._channels: set[bytes] = {keys.CONTROL_CHANNEL} if on_control is not None else set()
         self._pubsub: PubSubConnection | None = None
@@ -169,6 +183,8 @@ class RedisShard:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=2.0)
         self.publishes.close()
+        if self.acks is not None:
+            self.acks.connection.close()
         await asyncio.wait({asyncio.create_task(self.commands.aclose())}, timeout=self._timeout)
 
     async def subscribe(self, channel: bytes) -> None:
@@ -396,6 +412,8 @@ class RedisBroker(Broker):
         probe_interval: float,
         probe_timeout: float,
         dedupe_seconds: int = 300,
+        ack_replicas: int = 0,
+        ack_timeout: float = 0.5,
         on_reconnect: Callable[[], None] = lambda: None,
         dead_after: float = 15.0,
     ) -> None:
@@ -418,6 +436,8 @@ class RedisBroker(Broker):
                 on_reconnect=on_reconnect,
                 on_resubscribed=self._resubscribed,
                 on_control=self._control_message if n == 0 else None,
+                ack_replicas=ack_replicas,
+                ack_timeout=ack_timeout,
             )
             for n, endpoint in enumerate(endpoints)
         ]
@@ -435,7 +455,9 @@ class RedisBroker(Broker):
             self._shards[0].commands,
             [shard.name for shard in self._shards],
             dead_after=dead_after,
-            drain=lambda: self._inflight.drain(2 * timeout),
+            # A publish ends within its command timeout (twice: its one retry) and, with
+            # ackReplicas, the replicas' WAIT.
+            drain=lambda: self._inflight.drain(2 * timeout + ack_timeout),
             apply=self._apply_map,
             cleanup=self._clean_moved,
         )
@@ -553,21 +575,25 @@ class RedisBroker(Broker):
         event_head, event_tail = protocol.event_parts(room, data, ts, subject)
         header_head, header_tail = envelope.header_parts(self._node_id, room, ts, trace)
         dedupe, window = self._dedupe(room, subject, msg_id)
-        duplicate, offset, epoch = await shard.publishes.evalsha(
-            _PUBLISH_DURABLE,
-            [keys.meta(room), keys.log(room), dedupe],
-            [
-                keys.channel(room),
-                _EPOCHS.draw(),
-                policy.history_size,
-                policy.history_ttl_seconds,
-                window,
-                header_head,
-                header_tail,
-                event_head,
-                event_tail,
-            ],
-        )
+        script_keys = [keys.meta(room), keys.log(room), dedupe]
+        script_args: list[commands.Arg] = [
+            keys.channel(room),
+            _EPOCHS.draw(),
+            policy.history_size,
+            policy.history_ttl_seconds,
+            window,
+            header_head,
+            header_tail,
+            event_head,
+            event_tail,
+        ]
+        if shard.acks is None:
+            reply = await shard.publishes.evalsha(_PUBLISH_DURABLE, script_keys, script_args)
+        else:  # acked once replicas have it (relay.broker.replicas)
+            reply = await shard.acks.publish(
+                _PUBLISH_DURABLE, script_keys, script_args, dedupe=dedupe, window=window
+            )
+        duplicate, offset, epoch = reply
         if offset is None:  # a retry of an id a volatile-policy pod already sent
             return PublishResult(None, None, duplicate=True)
         return PublishResult(int(offset), _text(epoch), duplicate=bool(duplicate))

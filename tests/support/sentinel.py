@@ -1,0 +1,120 @@
+"""A replicated Redis shard on loopback: a master, a replica and Sentinels, real processes.
+
+The master and the replica run the operator's ACL file (support.redis_acl): the relay logs
+in as the relay's ACL user; the replica and the Sentinels log in as the tests' admin user,
+standing in for the replication and Sentinel users of the operator-run Sentinel (whose own
+rendered users tests/integration/test_redis_ha.py runs). Sentinels act quickly (1 s
+down-after, 3 s failover timeout) so a failover fits in a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from gamecluster_client import Connection as RelayClient
+from gamecluster_client import ServerError as RelayError
+from support import redis_acl
+from support.processes import LOOPBACK, RedisProcess, free_port, wait_until
+from support.processes import _port_open as port_open
+
+MASTER = "gc"
+"""The master's name at the Sentinels: shard URL `sentinel://gc`."""
+FAILOVER_SECONDS = 30
+"""Bound on the Sentinels noticing the master is gone (1 s) and promoting the replica."""
+
+
+def replicated(workdir: Path) -> tuple[RedisProcess, RedisProcess]:
+    """A started master and a replica that has synced with it."""
+    replication = ["--masteruser", redis_acl.ADMIN_USER, "--masterauth", redis_acl.ADMIN_PASSWORD]
+    master = redis_acl.acl_redis(workdir, replication)
+    replica = redis_acl.acl_redis(
+        workdir, [*replication, "--replicaof", LOOPBACK, str(master.port)]
+    )
+    wait_until(
+        lambda: "master_link_status:up" in replica.cli("INFO", "replication"),
+        10,
+        "the replica to sync",
+    )
+    return master, replica
+
+
+class SentinelProcess:
+    """One Sentinel watching `MASTER` with `quorum`, quick to act (1 s down-after); `users`:
+    Sentinel ACL lines (Redis 6.2+) that, with `user default off`, make it require a login."""
+
+    def __init__(
+        self, workdir: Path, master_port: int, *, quorum: int = 1, users: str = ""
+    ) -> None:
+        self.port = free_port()
+        self.config = workdir / f"sentinel-{self.port}.conf"
+        self.log = workdir / f"sentinel-{self.port}.log"
+        binary = shutil.which("redis-sentinel")
+        if binary is None:
+            raise RuntimeError(
+                "redis-sentinel is not installed (Debian package redis-sentinel): "
+                "run `make system-deps`"
+            )
+        self.binary = binary
+        self.config.write_text(
+            f"port {self.port}\nbind {LOOPBACK}\ndir {workdir}\nlogfile {self.log}\n"
+            f"sentinel monitor {MASTER} {LOOPBACK} {master_port} {quorum}\n"
+            f"sentinel auth-user {MASTER} {redis_acl.ADMIN_USER}\n"
+            f"sentinel auth-pass {MASTER} {redis_acl.ADMIN_PASSWORD}\n"
+            f"sentinel down-after-milliseconds {MASTER} 1000\n"
+            f"sentinel failover-timeout {MASTER} 3000\n"
+            f"sentinel parallel-syncs {MASTER} 1\n"
+            f"{users}"
+        )
+        self.cli_auth: tuple[str, str] | None = None
+        """(user, password) for `cli()` when the Sentinel requires a login."""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SentinelProcess:
+        self.proc = subprocess.Popen(
+            [self.binary, str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: port_open(self.port), 10, f"redis sentinel on port {self.port}")
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def cli(self, *args: str) -> str:
+        env, auth = dict(os.environ), []
+        if self.cli_auth is not None:
+            auth = ["--user", self.cli_auth[0]]
+            env["REDISCLI_AUTH"] = self.cli_auth[1]  # not on the command line (ps)
+        return subprocess.run(
+            ["redis-cli", "-p", str(self.port), *auth, *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env=env,
+        ).stdout.strip()
+
+    def master_port(self) -> int | None:
+        out = self.cli("SENTINEL", "get-master-addr-by-name", MASTER).split()
+        return int(out[1]) if len(out) == 2 else None
+
+
+async def publish_until_acked(client: RelayClient, room: str, data: Any, id: str) -> dict:
+    """Retry one publish (same id: stored at most once) while the shard fails over."""
+    deadline = time.monotonic() + FAILOVER_SECONDS
+    while True:
+        try:
+            ack = await client.publish(room, data, id=id)
+            assert ack is not None
+            return ack
+        except RelayError as error:
+            if error.code != "unavailable" or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)  # a client's retry pause, not a synchronisation
