@@ -69,6 +69,17 @@ def broker(url: str, ack_replicas: int) -> RedisBroker:
     )
 
 
+async def started(*brokers: RedisBroker) -> None:
+    """Start them; a room of a shard whose Pub/Sub is not live yet is refused at once."""
+    for made in brokers:
+        await made.start()
+    deadline = asyncio.get_running_loop().time() + 10
+    while not all(made.ready for made in brokers):
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError("the brokers' shard is not live after 10 s")
+        await asyncio.sleep(0.05)
+
+
 async def waits(admin: Redis) -> int:
     stats = await admin.info("commandstats")
     return int(stats.get("cmdstat_wait", {}).get("calls", 0))
@@ -78,6 +89,7 @@ async def main(url: str, n: int, concurrency: int, repeat: int) -> None:
     admin = Redis.from_url(url)
     master_only, replicated = broker(url, 0), broker(url, 1)
     own = broker(url, 0)  # its publish connection, driven by hand: a WAIT per event
+    await started(master_only, replicated, own)
     script = commands.Script(lua.PUBLISH_DURABLE)
 
     async def wait_per_event(i: int) -> object:

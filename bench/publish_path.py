@@ -63,6 +63,9 @@ async def main(url: str, n: int, concurrency: int, repeat: int) -> None:
     lean = commands.CommandConnection(client, url=url, timeout=2.0)
     lean_script = commands.Script(lua.PUBLISH_DURABLE)
     broker = RedisBroker((url,), "bench", timeout=2.0, probe_interval=1.0, probe_timeout=1.0)
+    await broker.start()  # a room of a shard not live yet is refused at once
+    while not broker.ready:
+        await asyncio.sleep(0.05)
     policy = RoomPolicy()
 
     async def via_redis_py(i: int) -> object:

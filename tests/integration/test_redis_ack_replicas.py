@@ -66,6 +66,14 @@ def broker(master: RedisProcess, node: str, *, ack_timeout: float = ACK_TIMEOUT)
     )
 
 
+async def started(made: RedisBroker, brokers: list[RedisBroker]) -> None:
+    """Start `made` (closed by the fixture) and wait until its shard is live: a room of a
+    shard not live yet is refused at once (relay.broker.base.ShardDown)."""
+    brokers.append(made)
+    await made.start()
+    await eventually(lambda: made.ready, 10, "the broker's shard to be live")
+
+
 @pytest.fixture
 async def brokers(pair: tuple[RedisProcess, RedisProcess]) -> AsyncIterator[list[RedisBroker]]:
     made: list[RedisBroker] = []
@@ -93,7 +101,7 @@ async def test_an_acked_durable_publish_is_on_the_replica_and_an_unconfirmed_one
 ) -> None:
     master, replica = pair
     first = broker(master, "a")
-    brokers.append(first)
+    await started(first, brokers)
     # Confirmed: the replica has every acked event the moment the ack comes.
     for n in range(1, 6):
         result = await first.publish("match", n, ts=1, policy=DURABLE, msg_id=f"e{n}")
@@ -112,7 +120,7 @@ async def test_an_acked_durable_publish_is_on_the_replica_and_an_unconfirmed_one
     # EXPIRE before it makes it cover event 6; redis-server's WAIT covers it anyway (it
     # moves a connection's offset after any command), so this checks the outcome only.
     second = broker(master, "b")
-    brokers.append(second)
+    await started(second, brokers)
     with pytest.raises(NotReplicated):
         await second.publish("match", 6, ts=1, policy=DURABLE, msg_id="e6")
     # The replica catches up: the retry is acked with the original offset, stored once.
@@ -134,7 +142,7 @@ async def test_publishes_in_flight_share_one_wait(
     need far fewer WAITs than events."""
     master, replica = pair
     shared = broker(master, "a", ack_timeout=0.9)  # a busy machine must not fail this one
-    brokers.append(shared)
+    await started(shared, brokers)
     await shared.publish("warm", 0, ts=1, policy=DURABLE)  # connection open, script loaded
     before = redis_acl.admin(master).info("commandstats").get("cmdstat_wait", {}).get("calls", 0)
     results = await asyncio.gather(
@@ -209,7 +217,7 @@ async def test_a_volatile_publish_is_not_held_behind_a_durable_one_waiting_for_r
         ack_replicas=1,
         ack_timeout=5.0,  # long: the check below is ordered by events, not by time
     )
-    brokers.append(slow)
+    await started(slow, brokers)
     await slow.publish("warm", 0, ts=1, policy=DURABLE)  # connection open, script loaded
     stopped(replica)
     durable = asyncio.create_task(slow.publish("match", 1, ts=1, policy=DURABLE, msg_id="d1"))
@@ -236,7 +244,7 @@ async def test_retries_of_unconfirmed_publishes_share_one_wait(
     is aborted and every publish on it fails as 'unreachable' instead of NotReplicated."""
     master, replica = pair
     first = broker(master, "a")  # command timeout 1.0 s, ACK_TIMEOUT 0.3 s
-    brokers.append(first)
+    await started(first, brokers)
     await first.publish("warm", 0, ts=1, policy=DURABLE)
     stopped(replica)
     ids = [f"e{n}" for n in range(8)]
@@ -264,7 +272,7 @@ async def test_a_wait_from_before_a_reconnect_confirms_nothing_after_it(
     taken as covering a write of the new one."""
     master, replica = pair
     first = broker(master, "a")
-    brokers.append(first)
+    await started(first, brokers)
     for n in range(1, 6):  # confirmed WAITs at growing places on the first connection
         await first.publish("match", n, ts=1, policy=DURABLE, msg_id=f"e{n}")
     stopped(replica)
