@@ -132,7 +132,11 @@ class RelayNode:
         if not self.broker.ready:
             control = self.broker.control_shard.name if isinstance(self.broker, RedisBroker) else ""
             down = [f"{n} (control)" if n == control else n for n in self.shards_down()]
-            return f"Redis shards down: {', '.join(down)}" if down else "broker not connected"
+            if down:
+                return f"Redis shards down: {', '.join(down)}"
+            if isinstance(self.broker, RedisBroker) and not self.broker.map_confirmed:
+                return "the shard map is not read or confirmed on the control shard yet"
+            return "broker not connected"
         if len(self.sessions) >= self.settings.max_connections:
             return "connection limit reached"  # new clients would get 1013 here
         return None

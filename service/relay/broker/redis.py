@@ -481,10 +481,13 @@ class RedisBroker(Broker):
         the publish fence (relay.broker.shardmap).
         """
         live = sum(shard.ready for shard in self._shards)
+        return self._shards[0].ready and 2 * live >= len(self._shards) and self.map_confirmed
+
+    @property
+    def map_confirmed(self) -> bool:
+        """The shard map read, naming only shards this server has, within the fence."""
         return (
-            self._shards[0].ready
-            and 2 * live >= len(self._shards)
-            and self._map is not None
+            self._map is not None
             and not self.shard_map.unknown
             and time.monotonic() - self.shard_map.confirmed_at <= self._fence_seconds
         )
