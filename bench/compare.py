@@ -321,14 +321,21 @@ def profiled(pids: list[int], seconds: float, out: Path | None, name: str) -> It
             "--native", "--rate", "250", "--duration", str(max(1, int(seconds))),
             "--format", "raw", "--output", str(out / f"{name}-{n}.txt"), "--pid", str(pid),
         ]  # fmt: skip
-        procs.append(
-            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        )
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     try:
         yield
     finally:
-        for proc in procs:
-            proc.wait(30)
+        for pid, proc in zip(pids, procs, strict=True):
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode != 0:
+                # No profile was written: say why (a py-spy that may not ptrace the server,
+                # not root or Yama's ptrace_scope >= 1, fails at once), not an empty DIR.
+                why = err.decode(errors="replace").strip().splitlines() or ["no message"]
+                print(f"  py-spy on pid {pid} failed ({proc.returncode}): {why[0]}", flush=True)
 
 
 def step(
