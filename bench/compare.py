@@ -321,14 +321,21 @@ def profiled(pids: list[int], seconds: float, out: Path | None, name: str) -> It
             "--native", "--rate", "250", "--duration", str(max(1, int(seconds))),
             "--format", "raw", "--output", str(out / f"{name}-{n}.txt"), "--pid", str(pid),
         ]  # fmt: skip
-        procs.append(
-            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        )
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     try:
         yield
     finally:
-        for proc in procs:
-            proc.wait(30)
+        for pid, proc in zip(pids, procs, strict=True):
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode != 0:
+                # No profile was written: say why (a py-spy that may not ptrace the server,
+                # not root or Yama's ptrace_scope >= 1, fails at once), not an empty DIR.
+                why = err.decode(errors="replace").strip().splitlines() or ["no message"]
+                print(f"  py-spy on pid {pid} failed ({proc.returncode}): {why[0]}", flush=True)
 
 
 def step(
@@ -580,7 +587,11 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1"
     )
-    parser.add_argument("--only", default=",".join(TARGETS), help=f"targets: {','.join(TARGETS)}")
+    parser.add_argument(
+        "--only",
+        help=f"targets (default: all): {','.join(TARGETS)}, and with --baseline "
+        "relay-volatile-base,relay-durable-base",
+    )
     parser.add_argument(
         "--scenarios",
         default="fixed,ramp,idle,tracing,storm",
@@ -610,6 +621,10 @@ def main() -> None:
                 f"relay, {policy} rooms, baseline ({args.baseline})",
                 lambda w, policy=policy: relay_target(w, policy, base),
             )
+    # After --baseline: its targets are among the default ones (all) and the known ones.
+    only = args.only.split(",") if args.only else list(TARGETS)
+    if unknown := [key for key in only if key not in TARGETS]:
+        parser.error(f"--only: unknown targets {','.join(unknown)}; known: {','.join(TARGETS)}")
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
@@ -644,7 +659,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         per_target = scenarios & {"fixed", "ramp", "idle"}
         for n in range(args.repeat):
-            for key in args.only.split(",") if per_target else []:
+            for key in only if per_target else []:
                 label, factory = TARGETS[key]
                 print(f"-- {label}" + (f" (run {n + 1})" if args.repeat > 1 else ""), flush=True)
                 workdir = Path(tmp) / f"{key}-{n}"

@@ -18,9 +18,10 @@ offset: no gap and no duplicate across the switch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -53,6 +54,12 @@ were retried (bench/resume_storm.py: 5,119 refusals for 5,000 resumes). The rest
 pool stays for other commands, among them the reads that keep live feeds gap-free
 (sequence fills: not bounded here, at most one per room).
 """
+
+
+JOIN_READ_WAIT_SECONDS = CATCH_UP_SECONDS
+"""Longest a join waits for one of the JOIN_READS slots: then `unavailable` (the client
+retries with backoff). Without it a shard that stalls under a queue of joins held each
+queued session for (its place / JOIN_READS) command timeouts: minutes for thousands."""
 
 
 class Member(Protocol):
@@ -246,6 +253,24 @@ class Hub:
                 f"the room's feed did not catch up within {CATCH_UP_SECONDS:g}s"
             ) from None
 
+    @contextlib.asynccontextmanager
+    async def _reading(self, room: str) -> AsyncIterator[None]:
+        """Hold one of the room's shard's JOIN_READS slots, waited for at most
+        JOIN_READ_WAIT_SECONDS (else BrokerUnavailable)."""
+        slot = self._read_slot(room)
+        try:
+            async with asyncio.timeout(JOIN_READ_WAIT_SECONDS):
+                await slot.acquire()
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"{JOIN_READS} history reads are in flight on the shard of {room!r} and none "
+                f"ended within {JOIN_READ_WAIT_SECONDS:g}s"
+            ) from None
+        try:
+            yield
+        finally:
+            slot.release()
+
     def _read_slot(self, room: str) -> asyncio.Semaphore:
         """The bound on joins' history reads of the shard that holds `room`."""
         placement = self._broker.placement(room)
@@ -342,7 +367,7 @@ class Hub:
         """
         top = result.offset or 0
         try:
-            async with self._read_slot(room):
+            async with self._reading(room):
                 history = await self._broker.history(room, last, policy, limit=self._catch_up_limit)
         except BrokerUnavailable:
             history = None
@@ -363,7 +388,7 @@ class Hub:
     ) -> tuple[JoinResult, list[Delivery]]:
         """The position to announce and the first page of events to replay for a join."""
         after = since.offset if since is not None else None
-        async with self._read_slot(room):
+        async with self._reading(room):
             history = await self._broker.history(room, after, policy, limit=self._catch_up_limit)
         if since is None:
             return JoinResult(history.top, history.epoch, None), []
@@ -405,7 +430,7 @@ class Hub:
             subscribed = True
             if policy.durable:
                 # After SUBSCRIBE, so no event falls between the position and the feed.
-                async with self._read_slot(room):
+                async with self._reading(room):
                     history = await self._broker.history(room, None, policy)
                 self._start_sequence(room, entry, policy, history)
         except BaseException as exc:

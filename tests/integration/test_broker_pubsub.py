@@ -89,6 +89,25 @@ async def test_messages_arrive_in_publish_order_across_split_reads(
         conn.abort()
 
 
+async def test_each_confirmation_resolves_only_the_waiters_of_its_channel(
+    client: Redis, redis: RedisProcess
+) -> None:
+    """A join reads its room's position once its SUBSCRIBE is confirmed (relay.hub): another
+    channel's confirmation taken for its own would leave a gap between position and feed."""
+    conn = await PubSubConnection.open(client, redis.url, Received())
+    try:
+        later = conn.subscribed(b"room:{later}")
+        channels = [b"room:{%d}" % n for n in range(3)]
+        confirmed = [conn.subscribed(channel) for channel in channels]
+        conn.subscribe(*channels)  # one command, one confirmation per channel
+        await asyncio.wait_for(asyncio.gather(*confirmed), TIMEOUT)
+        assert not later.done()  # every confirmation so far was another channel's
+        conn.subscribe(b"room:{later}")
+        await asyncio.wait_for(later, TIMEOUT)
+    finally:
+        conn.abort()
+
+
 async def test_a_lost_connection_fails_lost_and_the_waiting_confirmations(
     client: Redis, redis: RedisProcess
 ) -> None:

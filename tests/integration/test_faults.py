@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.asyncio import Redis
 
 from gamecluster_client import Connection as RelayClient
 from gamecluster_client import ServerError as RelayError
-from relay.broker import BrokerUnavailable
+from relay.broker import BrokerUnavailable, keys
 from relay.broker.redis import RedisBroker
 from relay.rooms import RoomPolicy
 from support.metrics import metric_value
@@ -80,6 +81,55 @@ async def test_silent_partition_is_detected_and_healed(redis: RedisProcess, rela
         assert metric_value(pod_a.metrics(), "relay_redis_reconnects_total") >= 1
         assert metric_value(pod_b.metrics(), "relay_redis_reconnects_total") == 0
     finally:
+        proxy.close()
+
+
+async def test_a_deaf_subscriber_is_noticed_by_its_probe_and_heals_without_a_gap(
+    redis: RedisProcess, relay_factory
+) -> None:
+    """The failure the self-probe exists for: the Pub/Sub connection stays open and reads
+    nothing while everything else of the pod works (its probe's PUBLISH, publishes,
+    history reads). Only the probe coming back through the Pub/Sub reader (since issue 18
+    relay.broker.pubsub, in data_received) tells the pod it is deaf."""
+    proxy = StallingProxy(redis.port).start()
+    watching = Redis.from_url(redis.url)
+    watcher = watching.pubsub()
+    try:
+        pod_a = relay_factory("a", redis_urls=[proxy.url])
+        pod_b = relay_factory("b", redis_urls=[redis.url])
+        await watcher.subscribe(keys.node_channel("a"))  # sees pod a's probe tokens
+        async with RelayClient(pod_a.url) as on_a, RelayClient(pod_b.url) as on_b:
+            await on_a.join("r")
+            await on_b.join("r")
+            await on_b.publish("r", "before", id="e1")
+            for client in (on_a, on_b):
+                assert (await client.receive(timeout=5))["data"] == "before"
+
+            proxy.deafen()  # only what Redis sends pod a's Pub/Sub connection is held
+            await on_b.publish("r", "unheard", id="e2")
+            assert (await on_b.receive(timeout=5))["data"] == "unheard"
+            await eventually(lambda: pod_a.status() == 503, 10, "pod a to notice it is deaf")
+            assert pod_b.status() == 200
+            # Unlike a partition, pod a's probes still reach Redis while it is deaf (its
+            # next session probes too): only its Pub/Sub reader misses them.
+            while await watcher.get_message(timeout=0.01) is not None:
+                pass  # what was published before now
+            probe = await watcher.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert probe is not None and probe["type"] == "message", probe
+            assert pod_a.status() == 503
+
+            proxy.hear()
+            await eventually(lambda: pod_a.status() == 200, 15, "pod a to resubscribe")
+            # What pod a did not hear comes from the room's history, before anything newer.
+            await on_b.publish("r", "after", id="e3")
+            assert [(await on_a.receive(timeout=5))["data"] for _ in range(2)] == [
+                "unheard",
+                "after",
+            ]
+        assert metric_value(pod_a.metrics(), "relay_redis_reconnects_total") >= 1
+    finally:
+        await watcher.aclose()
+        await watching.aclose()
         proxy.close()
 
 

@@ -1,8 +1,10 @@
 """A TCP proxy that can stall: stop forwarding without closing either side.
 
 This is the "silent partition" that health checks miss: both TCP connections stay
-open, bytes just stop flowing. It runs its own event loop in a thread, so tests can
-await their own work while it forwards.
+open, bytes just stop flowing. `deafen()` is the narrower fault: only what Redis sends
+to Pub/Sub connections (those whose client sent SUBSCRIBE) is held, so a subscriber goes
+deaf while its server's commands, publishes and health checks keep working. It runs its
+own event loop in a thread, so tests can await their own work while it forwards.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class StallingProxy:
         self.port = free_port()
         self._flowing = threading.Event()
         self._flowing.set()
+        self._hearing = threading.Event()
+        self._hearing.set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -39,6 +43,13 @@ class StallingProxy:
 
     def flow(self) -> None:
         self._flowing.set()
+
+    def deafen(self) -> None:
+        """Hold what Redis sends to Pub/Sub connections (new ones too); the rest flows."""
+        self._hearing.clear()
+
+    def hear(self) -> None:
+        self._hearing.set()
 
     def close(self) -> None:
         async def _close() -> None:
@@ -63,20 +74,35 @@ class StallingProxy:
         except OSError:
             writer.close()
             return
+        subscriber = [False]  # set once the client sent SUBSCRIBE: a Pub/Sub connection
         await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+            self._pipe(reader, up_writer, subscriber, up=True),
+            self._pipe(up_reader, writer, subscriber, up=False),
+            return_exceptions=True,
         )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        subscriber: list[bool],
+        *,
+        up: bool,
+    ) -> None:
         try:
             while True:
                 data = await reader.read(65536)
                 if not data:
                     break
-                # While stalled, hold the bytes (a partition loses nothing it already took,
-                # but delivers nothing either) and poll for the link to come back.
-                # A threading.Event, set from the test's thread: polled, not awaited.
-                while not self._flowing.is_set():  # noqa: ASYNC110
+                if up and b"$9\r\nSUBSCRIBE\r\n" in data.upper():
+                    subscriber[0] = True
+                # While stalled (or deaf, for what Redis sends a subscriber), hold the bytes
+                # (a partition loses nothing it already took, but delivers nothing either)
+                # and poll for the link to come back.
+                # Threading.Events, set from the test's thread: polled, not awaited.
+                while not self._flowing.is_set() or (  # noqa: ASYNC110
+                    not up and subscriber[0] and not self._hearing.is_set()
+                ):
                     await asyncio.sleep(0.05)
                 writer.write(data)
                 await writer.drain()

@@ -11,6 +11,7 @@ from relay.hub import Hub, JoinResult
 from relay.metrics import Metrics
 from relay.protocol import Position
 from relay.rooms import RoomPolicies, RoomPolicy
+from support.waiting import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -456,3 +457,31 @@ async def test_joins_history_reads_are_bounded_per_shard() -> None:
     results = await asyncio.wait_for(asyncio.gather(*waiting), 2)
     assert all(r.offset == 0 for r in results)
     assert broker.most == hub_module.JOIN_READS
+
+
+async def test_a_join_waits_for_a_read_slot_at_most_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stalled shard under a queue of joins: the ones beyond JOIN_READS are refused
+    (`unavailable`, the client retries) after JOIN_READ_WAIT_SECONDS, not after their place
+    in the queue times a command timeout; the reads in flight are left to end."""
+    monkeypatch.setattr(hub_module, "JOIN_READ_WAIT_SECONDS", 0.2)
+    release = asyncio.Event()
+
+    class Stalled(CountingBroker):
+        async def history(
+            self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+        ) -> History:
+            await release.wait()
+            return await super().history(room, after, policy, limit=limit)
+
+    hub = make_hub(Stalled())
+    reading = [
+        asyncio.create_task(join(hub, Member(), f"r:{n}")) for n in range(hub_module.JOIN_READS)
+    ]
+    await eventually(lambda: hub._read_slot("late").locked(), 2, "every read slot taken")
+    with pytest.raises(BrokerUnavailable, match="history reads are in flight"):
+        await asyncio.wait_for(join(hub, Member(), "late"), 2)
+    release.set()
+    results = await asyncio.wait_for(asyncio.gather(*reading), 2)
+    assert all(r.offset == 0 for r in results)
