@@ -45,6 +45,16 @@ NOT_REPLICATED: Final = (
     "it may or may not survive a Redis failover; retry with the same id (stored once)"
 )
 """The `unavailable` message of a durable publish its replicas did not confirm."""
+NOT_REPLICATED_WITHOUT_ID: Final = (
+    "stored, but not confirmed by the Redis replicas in time (RELAY_REDIS_ACK_REPLICAS): "
+    "it may or may not survive a Redis failover; it had no id, so a retry would store it "
+    "again (publish with an id to retry safely)"
+)
+"""The same for a publish without an id: a retry is not deduplicated."""
+
+
+def not_replicated(msg_id: str | None) -> str:
+    return NOT_REPLICATED if msg_id is not None else NOT_REPLICATED_WITHOUT_ID
 
 
 class CloseCode(enum.IntEnum):

@@ -253,7 +253,8 @@ class Session:
                 traced.sent(result.offset)
         except NotReplicated as exc:
             self._services.metrics.unreplicated.inc()
-            raise ProtocolError(ErrorCode.UNAVAILABLE, protocol.NOT_REPLICATED, **ids) from exc
+            refusal = protocol.not_replicated(message.id)
+            raise ProtocolError(ErrorCode.UNAVAILABLE, refusal, **ids) from exc
         except BrokerUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, exc.client_message, **ids) from exc
         except ProtocolError as exc:

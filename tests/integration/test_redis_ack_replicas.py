@@ -183,12 +183,15 @@ async def test_a_client_is_told_an_unconfirmed_publish_may_not_survive_a_failove
             await api.publish("match", 3, id="s3")
         assert (api_refused.value.status, api_refused.value.code) == (503, "unavailable")
         assert api_refused.value.message == protocol.NOT_REPLICATED
+        with pytest.raises(ApiCallError) as without_id:  # no id: a retry is not safe
+            await api.publish("match", 4)
+        assert without_id.value.message == protocol.NOT_REPLICATED_WITHOUT_ID
         resumed(replica)
         ack = await client.publish("match", 2, id="e2")  # the retry: stored once
         assert ack is not None and ack["offset"] == 2
         published = await api.publish("match", 3, id="s3")
-        assert (published.offset, published.duplicate) == (3, True)
-    assert metric_value(pod.metrics(), "relay_publishes_unreplicated_total") == 2
+        assert (published.offset, published.duplicate) == (3, True)  # 4: the id-less one
+    assert metric_value(pod.metrics(), "relay_publishes_unreplicated_total") == 3
     assert "replicas confirmed a write within" in pod.log.read_text()
     redis_acl.no_secret_in_logs(tmp_path)
 

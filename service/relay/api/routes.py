@@ -295,7 +295,7 @@ async def _publish(
             traced.sent(result.offset)
     except NotReplicated as exc:
         node.metrics.unreplicated.inc()
-        raise ApiProblem(503, "unavailable", protocol.NOT_REPLICATED) from exc
+        raise ApiProblem(503, "unavailable", protocol.not_replicated(msg_id)) from exc
     except BrokerUnavailable as exc:
         raise ApiProblem(503, "unavailable", exc.client_message) from exc
     except ProtocolError as exc:
