@@ -23,6 +23,7 @@ from relay.api.client import ApiCallError, RelayApi
 from relay.broker.shardmap import MAP_KEY, ShardMap
 from relay.config import RedisEndpoint
 from support.processes import RedisProcess, RelayProcess
+from support.proxy import StallingProxy
 from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -274,3 +275,64 @@ async def test_a_prepare_not_done_in_time_aborts_and_keeps_the_old_map(
         with RelayApi(pod.admin, api_key=KEY) as api, pytest.raises(ApiCallError) as error:
             await asyncio.to_thread(api.switch_shards, names.split(","))
         assert (error.value.status, error.value.code) == (400, "bad_request")
+
+
+async def test_a_relay_cut_off_from_the_control_shard_does_not_publish_by_a_stale_map(
+    redis_factory, relay_factory
+) -> None:
+    """A relay that drops out of a switch's barrier (its liveness went silent: a partition
+    from the control shard, a paused process) must not keep placing rooms by the map it
+    last read: the switch went ahead without it, and what it publishes to the old shard
+    reaches none of the members elsewhere, although it was acked."""
+    a, b = redis_factory(), redis_factory()
+    cut = StallingProxy(a.port).start()
+    try:
+        # Named shards: p2 reaches the control shard `a` through a proxy, `b` directly.
+        direct = [f"a={a.url}", f"b={b.url}"]
+        through = [f"a={cut.url}", f"b={b.url}"]
+        a.cli("HSET", MAP_KEY, "version", "1", "shards", "a,b", "phase", "stable")
+        p1 = relay_factory("p1", redis_urls=direct, env=QUICK)
+        p2 = relay_factory("p2", redis_urls=through, env=QUICK)
+        # A room on `b` that the switch to `a` alone moves.
+        room = next(r for r in ROOMS if ShardMap(1, ("a", "b")).place(r) == "b")
+        member = Member(Client([p1.url]))
+        await member.client.connect()
+        await member.client.room(room).join()
+        collecting = asyncio.create_task(member.collect(room))
+        async with Connection(p2.url) as stale:
+            cut.stall()  # p2 and the control shard no longer hear each other
+            # p2 drops out of the barrier once silent for dead_after (1.5 s): the switch
+            # completes without it.
+            done = await asyncio.to_thread(p1.cli, "shards", "switch", "a", "--wait")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert show(p1)["version"] == 2
+            try:
+                acked = await stale.publish(room, {"n": 1}, id="stale")
+            except UnavailableError:
+                acked = None  # refused: p2 cannot know where the room is now
+            if acked is not None:
+                # Acked: then every member of the room must get it.
+                await eventually(
+                    lambda: 1 in member.received.get(room, set()),
+                    5,
+                    f"the event acked by the cut-off relay ({acked}) at a member on p1",
+                )
+            cut.flow()
+            # Healed: p2 reads the map again and publishes where the members listen.
+            await eventually(lambda: show(p2)["version"] == 2, 10, "p2 to read the map")
+
+            async def published() -> bool:
+                try:
+                    await stale.publish(room, {"n": 2}, id="healed")
+                except UnavailableError:
+                    return False
+                return True
+
+            await eventually(published, 15, "p2 to publish again once healed")
+            await eventually(
+                lambda: 2 in member.received.get(room, set()), 5, "the healed publish at p1"
+            )
+        collecting.cancel()
+        await member.client.close()
+    finally:
+        cut.close()

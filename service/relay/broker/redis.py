@@ -440,6 +440,7 @@ class RedisBroker(Broker):
             all(shard.ready for shard in self._shards)
             and self._map is not None
             and not self.shard_map.unknown
+            and self.shard_map.leased()
         )
 
     def shard_for(self, room: str) -> RedisShard:
@@ -489,6 +490,12 @@ class RedisBroker(Broker):
                 state = await self._read_map()
             if state.switching and state.moving(room):
                 raise BrokerUnavailable(f"room {room} is moving to another shard; retry")
+            if not self.shard_map.leased():
+                # A switch may have gone ahead without this server (shardmap: the lease).
+                raise BrokerUnavailable(
+                    f"the shard map has not been confirmed on {self._shards[0].url} lately "
+                    "(a switch could have left this server out); retry"
+                )
             shard = self.shard_for(room)
             try:
                 if policy.durable:

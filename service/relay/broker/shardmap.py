@@ -30,6 +30,17 @@ rooms that do not move are never paused.
    that died drops out of the barrier once it is `dead_after` silent.
 3. stable: publishes of the moved rooms go to their new shard.
 
+A relay server left out of a barrier (silent for `dead_after`: cut off from the control
+shard, or its process paused) would still place rooms by the map it last read, and
+publish to a shard the others have left. So a server publishes only while it holds a
+*lease*: each read of the map renews its liveness in the same script, and the lease runs
+for LEASE_FRACTION of `dead_after` from the moment that read was sent (a liveness
+renewal by presence, while the lease holds, extends it). Past it, publishes are refused
+(`unavailable`) and the server is unready until a read of the map succeeds: a barrier
+can leave a server out only once that server has stopped publishing. The margin
+(the rest of `dead_after`) covers a publish still on its way and clock skew between
+servers, whose wall clocks the alive set compares.
+
 Durable rooms that move start a new epoch on their new shard: members are told
 (`joined`, `recovered: false`) and resuming clients get `recovered: false`. History is not
 copied. The dedupe window of a publish id does not cross a move either.
@@ -71,6 +82,8 @@ SWITCH_POLL_SECONDS: Final = 0.2
 relay's departure or a deadline goes unnoticed past its time."""
 CLEANUP_CLAIM_SECONDS: Final = 30
 """A cleanup claim's lifetime: if its holder dies, another relay takes it over after it."""
+LEASE_FRACTION: Final = 2 / 3
+"""How much of `dead_after` a read of the map lets this server publish by it (see above)."""
 ACK_TTL_SECONDS: Final = 3600
 """Ack sets of a switch expire: an aborted or finished switch leaves nothing behind."""
 SCAN_COUNT: Final = 500
@@ -202,11 +215,13 @@ class MapState:
 # command they call (relay.contract.RELAY_REDIS_COMMANDS).
 
 _INIT: Final = """
--- KEYS: 1 map; ARGV: 1 names (comma-separated), 2 version
+-- KEYS: 1 map, 2 alive set; ARGV: 1 names (comma-separated), 2 version, 3 node, 4 now (ms)
 if redis.call('HSETNX', KEYS[1], 'version', ARGV[2]) == 1 then
   redis.call('HSET', KEYS[1], 'shards', ARGV[1], 'phase', 'stable')
 end
-return redis.call('HGETALL', KEYS[1])
+-- Liveness renewed with the read: a barrier cannot leave this server out for dead_after.
+local added = redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+return {redis.call('HGETALL', KEYS[1]), added}
 """
 
 _BEGIN: Final = """
@@ -410,7 +425,13 @@ class Watcher:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         """One sync at a time: the loop's, or a first publish's before the map is known."""
-        self._registered = False
+        self._lease_seconds = dead_after * LEASE_FRACTION
+        self._lease_until = 0.0
+        """Monotonic time until which this server may publish by the map it holds."""
+        self._rejoined = False
+        """A read found this server missing from the alive set (reaped while silent, or the
+        control shard lost its data) and added it again: presence rewrites its members."""
+        self._poll_seconds = min(POLL_SECONDS, dead_after / 4)
         self._acked: tuple[str, Phase] | None = None
         self._reported: tuple[str, str] | None = None
 
@@ -430,9 +451,29 @@ class Watcher:
                 log.exception("shard map sync failed")
             switching = self.state is not None and self.state.switching
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SWITCH_POLL_SECONDS if switching else POLL_SECONDS):
+                async with asyncio.timeout(
+                    SWITCH_POLL_SECONDS if switching else self._poll_seconds
+                ):
                     await self._wake.wait()
             self._wake.clear()
+
+    def leased(self) -> bool:
+        """True while a barrier cannot have left this server out: it may publish."""
+        return time.monotonic() < self._lease_until
+
+    def renewed(self, sent: float, present: bool) -> None:
+        """This server's liveness was renewed by a call sent at monotonic time `sent`
+        (presence's tick). It extends a lease that still held then; `present` False (the
+        server had been reaped) ends it: the map must be read again first."""
+        if not present:
+            self._lease_until = 0.0
+        elif sent < self._lease_until:
+            self._lease_until = max(self._lease_until, sent + self._lease_seconds)
+
+    def take_rejoined(self) -> bool:
+        """True once after a read of the map re-added this server to the alive set."""
+        rejoined, self._rejoined = self._rejoined, False
+        return rejoined
 
     async def ensure(self) -> None:
         """Read the map now unless it is known (raises what sync raises)."""
@@ -441,16 +482,22 @@ class Watcher:
                 await self.sync()
 
     async def sync(self) -> None:
-        if not self._registered:
-            # In the barrier before reading the map: a switch that begins after this
-            # waits for our ack; one already running is in what we read next.
-            await self._control.zadd(keys.ALIVE, {self._node: now_ms()})
-            self._registered = True
         # No map in Redis: the configured names become version 1; or, when the control
         # shard lost its data (a restart without persistence), the map this server knows.
+        # The same script renews this server's liveness: in the barrier as of this read,
+        # so a switch that begins after it waits for our ack, and one already running is
+        # in what we read.
         known = self.state.active if self.state is not None else ShardMap(1, self._configured)
-        fields = await self._init(keys=[MAP_KEY], args=[",".join(known.names), known.version])
+        sent = time.monotonic()
+        fields, added = await self._init(
+            keys=[MAP_KEY, keys.ALIVE],
+            args=[",".join(known.names), known.version, self._node, now_ms()],
+        )
         state = MapState.parse(_pairs(fields))
+        if added and self.state is not None:
+            self._rejoined = True
+        # No await from here until the broker holds `state` (its apply sets it first).
+        self._lease_until = sent + self._lease_seconds
         await self._install(state)
         if state.switching:
             await self._take_part(state)
