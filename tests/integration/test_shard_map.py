@@ -336,3 +336,33 @@ async def test_a_relay_cut_off_from_the_control_shard_does_not_publish_by_a_stal
         await member.client.close()
     finally:
         cut.close()
+
+
+async def test_a_dead_shard_can_be_switched_out_of_the_map(redis_factory, relay_factory) -> None:
+    """Removing a shard that is gone (its Redis pod lost) is what a switch is for in an
+    outage: its rooms are unavailable until the map no longer places them there. What
+    they left on it must still never be served again: it is dirty until cleaned."""
+    a, b = redis_factory(), redis_factory(aof=True)  # b comes back with its old data
+    seed(a, a, b)
+    pod = relay_factory("p1", redis_urls=[a.url, b.url], env=QUICK)
+    room = next(r for r in ROOMS if ShardMap(1, (name(a), name(b))).place(r) == name(b))
+    b.cli("CONFIG", "SET", "appendfsync", "always")  # what b acked survives its kill
+    async with Connection(pod.url) as client:
+        await client.publish(room, 0, id="before")  # its history and epoch on b
+    assert b.cli("EXISTS", f"room:{{{room}}}:meta") == "1"
+    b.kill()
+    done = await asyncio.to_thread(pod.cli, "shards", "switch", name(a), "--timeout", "3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    await eventually(lambda: show(pod)["phase"] == "stable", 15, "the switch away from b to end")
+    assert show(pod)["shards"] == [name(a)]
+    async with Connection(pod.url) as client:
+        acked = await client.publish(room, 1, id="after")
+        assert acked is not None and acked["op"] == "ack", acked
+    # b holds an old epoch of the room: no map may place rooms on it until it is cleaned.
+    refused = await asyncio.to_thread(pod.cli, "shards", "switch", f"{name(a)},{name(b)}")
+    assert refused.returncode == 1 and "not cleaned yet" in refused.stderr, refused.stderr
+    b.start()
+    meta = f"room:{{{room}}}:meta"
+    await eventually(lambda: b.cli("EXISTS", meta) == "0", 15, "b to be cleaned")
+    await eventually(lambda: a.cli("SCARD", f"{MAP_KEY}:dirty") == "0", 5, "b clean")
+    await switch(pod, a, b)

@@ -668,16 +668,14 @@ class RedisBroker(Broker):
                 await self._on_moved(sorted(self._moved_pending))
         self._moved_pending.clear()
 
-    async def _clean_moved(self, state: shardmap.MapState) -> None:
-        for name in state.old.names:
-            shard = self._by_name.get(name)
-            if shard is None:
-                continue
-            try:
-                rooms = await shardmap.clean_shard(shard.commands, name, state)
-            except (RedisError, OSError) as exc:
-                raise BrokerUnavailable(f"cleanup on {shard.url} failed: {describe(exc)}") from exc
-            log.info("shard %s: removed what %d moved rooms left behind", name, rooms)
+    async def _clean_moved(self, name: str, stale: shardmap.Stale) -> int:
+        shard = self._by_name.get(name)
+        if shard is None:
+            raise BrokerUnavailable(f"shard {name} is not in RELAY_REDIS_URLS")
+        try:
+            return await shardmap.clean_shard(shard.commands, stale)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cleanup on {shard.url} failed: {describe(exc)}") from exc
 
     def _control_message(self, message: bytes) -> None:
         if message == shardmap.ANNOUNCE:

@@ -23,12 +23,21 @@ rooms that do not move are never paused.
    on their new shard, unsubscribes them on the old, writes its local presence members of
    those rooms on the new shard, and acks; one relay (a SET NX claim that expires if its
    holder dies) deletes the moved rooms' history, meta and presence from their old shards,
-   so a later switch back cannot resurrect a stale epoch. Publishes of moving rooms stay
+   so a later switch back cannot resurrect a stale epoch (an old shard it cannot reach, a
+   dead one being switched out, is marked *dirty* instead: see below). Publishes of moving
+   rooms stay
    refused until every live relay has acked: no publish goes to a shard where a member is
    not yet listening. This phase does not abort (relays have moved): past the deadline it
    is reported as stalled (log, metric, `relay shards show`) and keeps waiting; a relay
    that died drops out of the barrier once it is `dead_after` silent.
 3. stable: publishes of the moved rooms go to their new shard.
+
+A dirty shard (the set `gamecluster:shardmap:dirty`) may still hold the history and epoch
+of rooms that moved away from it. No switch may place rooms on it (BEGIN refuses a map
+that names it) until a relay server that can reach it has deleted, while the map is
+stable, every room there that the active map does not place there; then it is clean.
+So switching out a shard that is gone does not wait for it, and its stale epochs can
+never be served again.
 
 A relay server left out of a barrier (silent for `dead_after`: cut off from the control
 shard, or its process paused) would still place rooms by the map it last read, and
@@ -69,6 +78,8 @@ log = logging.getLogger("relay.broker.shardmap")
 
 MAP_KEY: Final = f"{CLUSTER_KEY_PREFIX}shardmap"
 """Hash on the control shard: version, shards, phase and the switch in progress."""
+DIRTY_KEY: Final = f"{MAP_KEY}:dirty"
+"""Set on the control shard: shards that rooms moved away from while unreachable."""
 ANNOUNCE: Final = b"shardmap"
 """Sent on the control channel when the map's phase changed: read it now, not at the
 next poll."""
@@ -221,11 +232,11 @@ if redis.call('HSETNX', KEYS[1], 'version', ARGV[2]) == 1 then
 end
 -- Liveness renewed with the read: a barrier cannot leave this server out for dead_after.
 local added = redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-return {redis.call('HGETALL', KEYS[1]), added}
+return {redis.call('HGETALL', KEYS[1]), added, redis.call('SMEMBERS', KEYS[3])}
 """
 
 _BEGIN: Final = """
--- KEYS: 1 map; ARGV: 1 names, 2 switch id, 3 now (ms), 4 timeout (ms)
+-- KEYS: 1 map, 2 dirty shards; ARGV: 1 names, 2 switch id, 3 now (ms), 4 timeout (ms)
 if redis.call('HGET', KEYS[1], 'version') == false then
   return redis.error_reply('no shard map yet: start a relay server first')
 end
@@ -234,6 +245,15 @@ if phase ~= 'stable' then
   return redis.error_reply('a switch is in progress (phase ' .. phase .. ')')
 end
 if redis.call('HGET', KEYS[1], 'shards') ~= ARGV[1] then
+  for _, dirty in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    for name in string.gmatch(ARGV[1], '[^,]+') do
+      if name == dirty then
+        return redis.error_reply('shard ' .. dirty .. ' is not cleaned yet: rooms moved ' ..
+          'away from it while it was unreachable, and no map may place rooms on it until ' ..
+          'a relay server that can reach it has removed what they left there')
+      end
+    end
+  end
   redis.call('HSET', KEYS[1], 'phase', 'prepare', 'next', ARGV[1], 'switch', ARGV[2],
     'deadline', tonumber(ARGV[3]) + tonumber(ARGV[4]), 'timeout', ARGV[4], 'cleaned', '0')
 end
@@ -322,11 +342,11 @@ async def begin(
     start = now_ms()
     try:
         fields = await control.register_script(_BEGIN)(
-            keys=[MAP_KEY],
+            keys=[MAP_KEY, DIRTY_KEY],
             args=[",".join(names), secrets.token_hex(6), start, int(timeout * 1000)],
         )
     except RedisError as exc:
-        if "in progress" in str(exc) or "no shard map" in str(exc):
+        if any(m in str(exc) for m in ("in progress", "no shard map", "not cleaned yet")):
             raise ShardMapError(str(exc)) from None
         raise
     await control.publish(keys.CONTROL_CHANNEL, ANNOUNCE)
@@ -386,6 +406,10 @@ class InFlight:
 
 
 Mover = Callable[[MapState], Awaitable[None]]
+Stale = Callable[[str], bool]
+Cleaner = Callable[[str, Stale], Awaitable[int]]
+"""The broker's: delete on shard `name` the rooms `stale` says are not placed there any
+more; returns how many; raises BrokerUnavailable when it cannot reach the shard."""
 
 
 class Watcher:
@@ -405,7 +429,7 @@ class Watcher:
         dead_after: float,
         drain: Callable[[], Awaitable[bool]],
         apply: Mover,
-        cleanup: Callable[[MapState], Awaitable[None]],
+        cleanup: Cleaner,
     ) -> None:
         self._node = node_id
         self._control = control
@@ -428,6 +452,10 @@ class Watcher:
         self._lease_seconds = dead_after * LEASE_FRACTION
         self._lease_until = 0.0
         """Monotonic time until which this server may publish by the map it holds."""
+        self._cleaned: str = ""
+        """The switch whose cleanup this server finished (its ack of it may be pending)."""
+        self.dirty: tuple[str, ...] = ()
+        """Shards not cleaned after rooms moved away from them (as of the last read)."""
         self._rejoined = False
         """A read found this server missing from the alive set (reaped while silent, or the
         control shard lost its data) and added it again: presence rewrites its members."""
@@ -489,8 +517,8 @@ class Watcher:
         # in what we read.
         known = self.state.active if self.state is not None else ShardMap(1, self._configured)
         sent = time.monotonic()
-        fields, added = await self._init(
-            keys=[MAP_KEY, keys.ALIVE],
+        fields, added, dirty = await self._init(
+            keys=[MAP_KEY, keys.ALIVE, DIRTY_KEY],
             args=[",".join(known.names), known.version, self._node, now_ms()],
         )
         state = MapState.parse(_pairs(fields))
@@ -499,8 +527,11 @@ class Watcher:
         # No await from here until the broker holds `state` (its apply sets it first).
         self._lease_until = sent + self._lease_seconds
         await self._install(state)
+        self.dirty = tuple(sorted(_text(d) for d in dirty))
         if state.switching:
             await self._take_part(state)
+        elif self.dirty:
+            await self._clean_dirty(state.active)
 
     async def _install(self, state: MapState) -> None:
         unknown = self._lacking(state.active)
@@ -538,7 +569,11 @@ class Watcher:
                 log.warning("publishes still in flight after the prepare's wait; acking later")
             else:
                 ack = phase
-        cleaned = phase == "move" and not state.cleaned and await self._clean(state)
+        cleaned = (
+            phase == "move"
+            and not state.cleaned
+            and (self._cleaned == state.switch or await self._clean(state))
+        )
         now = now_ms()
         fields, missing = await self._advance(
             keys=[
@@ -575,23 +610,75 @@ class Watcher:
             )  # fmt: skip
 
     async def _clean(self, state: MapState) -> bool:
-        """Run the moved rooms' cleanup if no other live relay holds its claim."""
+        """Run the moved rooms' cleanup if no other live relay holds its claim. An old
+        shard it cannot reach (or has no endpoint for) is marked dirty: the switch does not
+        wait for a shard that may never come back, and no map places rooms on it until it
+        is cleaned (_clean_dirty)."""
         claim = _cleanup_claim(state.switch)
         if not await self._control.set(claim, self._node, nx=True, ex=CLEANUP_CLAIM_SECONDS):
             return False
-        await self._cleanup(state)
+        old, new = state.old, state.new
+        left = []
+        try:
+            for name in old.names:
+                try:
+                    rooms = await self._cleanup(name, _moved_away(old, new, name))
+                except BrokerUnavailable as exc:
+                    left.append(name)
+                    log.warning(
+                        "shard %s: cannot remove what rooms that moved away left there (%s); "
+                        "it is dirty: no shard map may place rooms on it until it is cleaned",
+                        name, exc,
+                    )  # fmt: skip
+                else:
+                    log.info("shard %s: removed what %d moved rooms left behind", name, rooms)
+            if left:
+                await self._control.sadd(DIRTY_KEY, *left)
+        except BaseException:
+            # Not done: let this server or another claim it again at once, not in 30 s.
+            with contextlib.suppress(RedisError, OSError):
+                await self._control.delete(claim)
+            raise
+        self._cleaned = state.switch
         return True
 
+    async def _clean_dirty(self, active: ShardMap) -> None:
+        """Clean the dirty shards this server reaches: delete every room there that the
+        active map places elsewhere (stable only, and no switch may place rooms on a
+        dirty shard meanwhile, so none of them is live there)."""
+        for name in self.dirty:
+            if name not in self._configured:
+                continue
+            claim = f"{MAP_KEY}:cleanup:dirty:{name}"
+            if not await self._control.set(claim, self._node, nx=True, ex=CLEANUP_CLAIM_SECONDS):
+                continue
+            try:
+                rooms = await self._cleanup(name, _placed_elsewhere(active, name))
+                await self._control.srem(DIRTY_KEY, name)
+                log.info("shard %s: cleaned (%d rooms that had moved away removed)", name, rooms)
+            except BrokerUnavailable as exc:
+                log.debug("dirty shard %s not cleaned yet: %s", name, exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._control.delete(claim)
 
-async def clean_shard(shard: Redis, name: str, state: MapState) -> int:
-    """Delete, on the shard `name`, what rooms that moved away from it left behind:
-    history, meta (the epoch) and presence. Returns how many rooms."""
-    old, new = state.old, state.new
+
+def _moved_away(old: ShardMap, new: ShardMap, name: str) -> Stale:
+    return lambda room: old.place(room) == name and new.place(room) != name
+
+
+def _placed_elsewhere(active: ShardMap, name: str) -> Stale:
+    return lambda room: active.place(room) != name
+
+
+async def clean_shard(shard: Redis, stale: Stale) -> int:
+    """Delete, on `shard`, what the rooms `stale` names left behind there: history, meta
+    (the epoch) and presence. Returns how many rooms."""
     rooms = 0
     for pattern in (keys.META_PATTERN, keys.PRESENCE_PATTERN):
         async for key in shard.scan_iter(match=pattern, count=SCAN_COUNT):
             room = keys.room_of_key(_text(key))
-            if room is None or old.place(room) != name or new.place(room) == name:
+            if room is None or not stale(room):
                 continue
             await shard.delete(keys.meta(room), keys.log(room), keys.presence(room))
             rooms += 1
