@@ -366,3 +366,63 @@ async def test_a_dead_shard_can_be_switched_out_of_the_map(redis_factory, relay_
     await eventually(lambda: b.cli("EXISTS", meta) == "0", 15, "b to be cleaned")
     await eventually(lambda: a.cli("SCARD", f"{MAP_KEY}:dirty") == "0", 5, "b clean")
     await switch(pod, a, b)
+
+
+async def test_nothing_a_relay_still_on_the_old_map_writes_stays_on_the_old_shard(
+    redis_factory, relay_factory
+) -> None:
+    """The old shard is cleaned once every live relay has moved: a relay that has not read
+    the flip yet still writes a moving room's presence (and epoch) there, and a cleanup
+    before that would leave it behind, to come back as ghost members with a later switch."""
+    a, b = redis_factory(), redis_factory()
+    cut = StallingProxy(a.port).start()
+    rooms = orjson.dumps([{"match": "sm:*", "presence": True}]).decode()
+    env = {**QUICK, "RELAY_LOAD_REPORT_SECONDS": "1", "RELAY_ROOMS": rooms}  # dead_after 3 s
+    a.cli("HSET", MAP_KEY, "version", "1", "shards", "a,b", "phase", "stable")
+    direct = [f"a={a.url}", f"b={b.url}"]
+    relay_factory("p1", redis_urls=direct, env=env)
+    p2 = relay_factory("p2", redis_urls=[f"a={cut.url}", f"b={b.url}"], env=env)
+    stuck = relay_factory("stuck", redis_urls=direct, env=env)
+    assert stuck.proc is not None
+    room = next(r for r in ROOMS if ShardMap(1, ("a", "b")).place(r) == "b")
+    presence = f"room:{{{room}}}:presence"
+    # Relays that look alive while they ack nothing (their liveness renewed here).
+    renewed = {"stuck"}
+    done = asyncio.Event()
+
+    async def renew() -> None:
+        while not done.is_set():
+            for node in list(renewed):
+                now = str(int(time.time() * 1000))
+                await asyncio.to_thread(a.cli, "ZADD", "gamecluster:alive", now, node)
+            await asyncio.sleep(0.2)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        stuck.proc.send_signal(signal.SIGSTOP)
+        started = await asyncio.to_thread(p2.cli, "shards", "switch", "a")
+        assert started.returncode == 0, started.stderr
+        acks = f"{MAP_KEY}:ack:{a.cli('HGET', MAP_KEY, 'switch')}:prepare"
+        await eventually(lambda: set(a.cli("SMEMBERS", acks).split()) == {"p1", "p2"}, 10, "acks")
+        # p2 has prepared; now it stops hearing the control shard (and so the flip) but
+        # stays in the barrier; the stuck relay leaves it, and the map flips.
+        cut.stall()
+        renewed.add("p2")
+        renewed.discard("stuck")
+        stuck.proc.send_signal(signal.SIGKILL)
+        await eventually(lambda: a.cli("HGET", MAP_KEY, "phase") == "move", 10, "the flip")
+        async with Connection(p2.url) as member:
+            # p2 still places the room on b: its member's presence is written there.
+            await member.join(room)
+            await eventually(lambda: b.cli("HLEN", presence) == "1", 5, "presence on b")
+            cut.flow()
+            renewed.discard("p2")
+            await eventually(lambda: a.cli("HGET", MAP_KEY, "phase") == "stable", 15, "stable")
+            # The member is listed where the room is now, and nothing is left on b.
+            assert a.cli("HLEN", presence) == "1"
+            assert b.cli("EXISTS", presence) == "0"
+    finally:
+        done.set()
+        await renewing
+        stuck.kill()
+        cut.close()

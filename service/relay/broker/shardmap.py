@@ -21,15 +21,16 @@ rooms that do not move are never paused.
    stays, publishes resume; nothing had moved yet, so nothing needs undoing.
 2. move (the map has flipped to the new version): every relay subscribes its moving rooms
    on their new shard, unsubscribes them on the old, writes its local presence members of
-   those rooms on the new shard, and acks; one relay (a SET NX claim that expires if its
-   holder dies) deletes the moved rooms' history, meta and presence from their old shards,
-   so a later switch back cannot resurrect a stale epoch (an old shard it cannot reach, a
-   dead one being switched out, is marked *dirty* instead: see below). Publishes of moving
-   rooms stay
-   refused until every live relay has acked: no publish goes to a shard where a member is
-   not yet listening. This phase does not abort (relays have moved): past the deadline it
-   is reported as stalled (log, metric, `relay shards show`) and keeps waiting; a relay
-   that died drops out of the barrier once it is `dead_after` silent.
+   those rooms on the new shard, and acks; once every live relay has acked, one relay (a
+   SET NX claim that expires if its holder dies) deletes the moved rooms' history, meta and
+   presence from their old shards (after the acks: a relay still on the old map could
+   write there again), so a later switch back cannot resurrect a stale epoch (an old shard
+   it cannot reach, a dead one being switched out, is marked *dirty* instead: see below).
+   Publishes of moving rooms stay refused until every live relay has acked: no publish
+   goes to a shard where a member is not yet listening. This phase does not abort (relays
+   have moved): past the deadline it is reported as stalled (log, metric, `relay shards
+   show`) and keeps waiting; a relay that died drops out of the barrier once it is
+   `dead_after` silent.
 3. stable: publishes of the moved rooms go to their new shard.
 
 A dirty shard (the set `gamecluster:shardmap:dirty`) may still hold the history and epoch
@@ -569,11 +570,7 @@ class Watcher:
                 log.warning("publishes still in flight after the prepare's wait; acking later")
             else:
                 ack = phase
-        cleaned = (
-            phase == "move"
-            and not state.cleaned
-            and (self._cleaned == state.switch or await self._clean(state))
-        )
+        cleaned = phase == "move" and not state.cleaned and self._cleaned == state.switch
         now = now_ms()
         fields, missing = await self._advance(
             keys=[
@@ -595,6 +592,19 @@ class Watcher:
             self._acked = (state.switch, phase)
         self.missing = tuple(_text(m) for m in missing)
         after = MapState.parse(_pairs(fields))
+        if (
+            phase == "move"
+            and after.phase == "move"
+            and after.switch == state.switch
+            and not after.cleaned
+            and not self.missing
+            and self._cleaned != state.switch
+            and await self._clean(after)
+        ):
+            # Only now that every live relay has moved: one still placing rooms by the
+            # old map could write them (presence, a history read's epoch) on the old
+            # shard after the cleanup, and they would come back with a later switch.
+            self._wake.set()  # reports it done in the next round
         if after.phase != state.phase or after.active != state.active:
             await self._control.publish(keys.CONTROL_CHANNEL, ANNOUNCE)
             if after.phase == "stable" and after.last:
