@@ -453,6 +453,8 @@ class Watcher:
         self._lease_seconds = dead_after * LEASE_FRACTION
         self._lease_until = 0.0
         """Monotonic time until which this server may publish by the map it holds."""
+        self._granted = 0.0
+        """Monotonic time the read that granted the lease was answered."""
         self._cleaned: str = ""
         """The switch whose cleanup this server finished (its ack of it may be pending)."""
         self.dirty: tuple[str, ...] = ()
@@ -492,10 +494,14 @@ class Watcher:
 
     def renewed(self, sent: float, present: bool) -> None:
         """This server's liveness was renewed by a call sent at monotonic time `sent`
-        (presence's tick). It extends a lease that still held then; `present` False (the
-        server had been reaped) ends it: the map must be read again first."""
+        (presence's tick). It extends a lease that still held then; `present` False ends
+        it when the call was sent after the read that granted it was answered (so it ran
+        after that read's own renewal: the server was reaped, or the control shard lost
+        its data, since), and the map must be read again first. Sent earlier (presence's
+        first tick racing the first read), it says nothing about that read."""
         if not present:
-            self._lease_until = 0.0
+            if sent > self._granted:
+                self._lease_until = 0.0
         elif sent < self._lease_until:
             self._lease_until = max(self._lease_until, sent + self._lease_seconds)
 
@@ -527,6 +533,7 @@ class Watcher:
             self._rejoined = True
         # No await from here until the broker holds `state` (its apply sets it first).
         self._lease_until = sent + self._lease_seconds
+        self._granted = time.monotonic()
         await self._install(state)
         self.dirty = tuple(sorted(_text(d) for d in dirty))
         if state.switching:
