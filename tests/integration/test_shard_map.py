@@ -225,6 +225,9 @@ async def test_a_relay_killed_mid_switch_drops_out_and_one_started_mid_switch_jo
         late = await asyncio.to_thread(relay_factory, "late", redis_urls=[a.url, b.url], env=slow)
         shown = await asyncio.to_thread(show, late)
         assert shown["phase"] == "prepare"  # the hung relay holds the barrier
+        # ... and acks its prepare: it is one of the relays the barrier waits for.
+        acks = f"{MAP_KEY}:ack:{a.cli('HGET', MAP_KEY, 'switch')}:prepare"
+        await eventually(lambda: "late" in a.cli("SMEMBERS", acks).split(), 5, "late's ack")
         hung.set()
         await renewing
         stuck.proc.send_signal(signal.SIGKILL)
