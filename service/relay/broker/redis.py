@@ -672,6 +672,10 @@ class RedisBroker(Broker):
         shard = self._by_name.get(name)
         if shard is None:
             raise BrokerUnavailable(f"shard {name} is not in RELAY_REDIS_URLS")
+        if not shard.ready:
+            # Not a SCAN into a connection timeout on every read of the map (a dead shard
+            # stays dirty until it is back, and each read tries again).
+            raise BrokerUnavailable(f"Redis {shard.url} is not connected")
         try:
             return await shardmap.clean_shard(shard.commands, stale)
         except (RedisError, OSError) as exc:
