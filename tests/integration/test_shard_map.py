@@ -23,6 +23,7 @@ from gamecluster_client import Client, Connection, Event, Lost, UnavailableError
 from relay.api.client import ApiCallError, RelayApi
 from relay.broker.shardmap import MAP_KEY, ShardMap
 from relay.config import RedisEndpoint
+from support.metrics import metric_value
 from support.processes import RedisProcess, RelayProcess
 from support.proxy import StallingProxy
 from support.waiting import eventually
@@ -432,19 +433,14 @@ async def test_nothing_a_relay_still_on_the_old_map_writes_stays_on_the_old_shar
         cut.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole (review): the control shard losing its data lets a relay started then "
-    "write its configured shards as the map, a change without a barrier or cleanup",
-)
 async def test_a_map_rewritten_after_the_control_shard_lost_its_data_leaves_no_silent_gap(
     redis_factory, relay_factory
 ) -> None:
     """A control shard restarted without persistence loses the map. A relay started then
     (configured with the union of shards, step 1 of a shard change) writes its configured
-    names as the map: rooms move without a barrier and their old shard is not cleaned,
-    so a later switch back serves their old epoch: a client resumes `recovered: true`
-    past an event it never got."""
+    names as the map: rooms move without a barrier and, unless their old shard is cleaned,
+    a later switch back serves their old epoch: a client resumes `recovered: true` past
+    an event it never got. The relay that knew the old map cleans its shards."""
     a, b, c = redis_factory(), redis_factory(), redis_factory()
     union = [a.url, b.url, c.url]
     a.cli("HSET", MAP_KEY, "version", "5", "shards", f"{name(a)},{name(b)}", "phase", "stable")
@@ -464,6 +460,11 @@ async def test_a_map_rewritten_after_the_control_shard_lost_its_data_leaves_no_s
     assert show(p2)["shards"] == list(after.names)
     async with Connection(p2.url) as client:
         await client.publish(room, 2, id="two")  # on c now
+    # p1 has read the new map, found it changed without a switch, and cleaned its shards.
+    await eventually(
+        lambda: metric_value(p1.metrics(), "relay_shard_map_version") == 1, 10, "p1 reads v1"
+    )
+    await eventually(lambda: a.cli("SCARD", f"{MAP_KEY}:dirty") == "0", 10, "clean shards")
     await switch(p2, a, b)  # back: the room is on b again
     async with Connection(p2.url) as client:
         resumed = await client.join(room, since={"epoch": joined["epoch"], "offset": 1})

@@ -556,6 +556,22 @@ class Watcher:
         if previous is None or previous.active != state.active or previous.phase != state.phase:
             log.info("shard map: %s", state.describe())
         await self._apply(state)
+        if (
+            previous is not None
+            and not previous.switching
+            and not state.switching
+            and previous.active.names != state.active.names
+        ):
+            # The map changed without a switch this server saw: the control shard lost
+            # its data and a relay that knew no map wrote its configured shards (or this
+            # server missed a whole switch). No barrier moved these rooms and no cleanup
+            # followed: what they left on their old shards must not be served again.
+            log.warning(
+                "shard map changed from %s to %s without a switch; cleaning shards %s",
+                ",".join(previous.active.names), ",".join(state.active.names),
+                ",".join(previous.active.names),
+            )  # fmt: skip
+            await self._control.sadd(DIRTY_KEY, *previous.active.names)
         # Only once applied: a failed apply (a SUBSCRIBE on the new shard) runs again.
         self.state = state
 
