@@ -446,7 +446,8 @@ async def test_a_map_rewritten_after_the_control_shard_lost_its_data_leaves_no_s
     a.cli("HSET", MAP_KEY, "version", "5", "shards", f"{name(a)},{name(b)}", "phase", "stable")
     p1 = relay_factory("p1", redis_urls=union, env=QUICK)
     before, after = ShardMap(5, (name(a), name(b))), ShardMap(1, tuple(map(name, (a, b, c))))
-    room = next(r for r in ROOMS if before.place(r) == name(b) and after.place(r) == name(c))
+    candidates = (f"sm:{n}" for n in range(10_000))
+    room = next(r for r in candidates if before.place(r) == name(b) and after.place(r) == name(c))
     async with Connection(p1.url) as client:
         joined = await client.join(room)
         await client.publish(room, 1, id="one")

@@ -558,16 +558,16 @@ class Watcher:
         await self._apply(state)
         if (
             previous is not None
-            and not previous.switching
-            and not state.switching
             and previous.active.names != state.active.names
+            and not (previous.phase == "prepare" and state.phase == "move")
         ):
-            # The map changed without a switch this server saw: the control shard lost
-            # its data and a relay that knew no map wrote its configured shards (or this
-            # server missed a whole switch). No barrier moved these rooms and no cleanup
-            # followed: what they left on their old shards must not be served again.
+            # The active map changed other than by a flip this server saw: the control
+            # shard lost its data and a relay that knew no map wrote its configured shards,
+            # or lost its last writes in a failover (the map went back), or this server
+            # missed a whole switch. Rooms moved that no cleanup may follow: what they left
+            # on their old shards must not be served again (cleaned while stable).
             log.warning(
-                "shard map changed from %s to %s without a switch; cleaning shards %s",
+                "shard map changed from %s to %s without a switch seen; cleaning shards %s",
                 ",".join(previous.active.names), ",".join(state.active.names),
                 ",".join(previous.active.names),
             )  # fmt: skip
