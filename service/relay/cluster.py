@@ -33,6 +33,19 @@ from relay.contract import LOAD_REPORT_TTL_SECONDS
 T = TypeVar("T")
 log = logging.getLogger("relay.cluster")
 
+_REAP: Final = """
+-- KEYS: 1 alive set; ARGV: 1 node, 2 silent since (ms)
+-- Removed only if still silent: a renewal between the read and this must keep it (a
+-- shard map switch waits for every member, relay.broker.shardmap).
+-- (ZRANGEBYSCORE, not ZSCORE: the relay's ACL grants it already; the silent are few.)
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])) do
+  if node == ARGV[1] then
+    return redis.call('ZREM', KEYS[1], ARGV[1])
+  end
+end
+return 0
+"""
+
 MAX_NODES: Final = 1000
 """Node reports read by one GET /nodes or /rooms; more are left out (a cluster this size
 is far past what one Redis for reports is meant for)."""
@@ -129,6 +142,7 @@ class RedisState(ClusterState):
         self._broker = broker
         self._node = node
         self._commands = broker.control_shard.commands
+        self._reap = self._commands.register_script(_REAP)
 
     async def report(self, node: NodeReport, rooms: dict[str, int]) -> None:
         ttl = LOAD_REPORT_TTL_SECONDS
@@ -200,8 +214,13 @@ class RedisState(ClusterState):
         return len(members), members
 
     async def alive(self, node: str) -> bool:
+        sent = time.monotonic()
         added = await _redis(self._commands.zadd(keys.ALIVE, {node: time.time() * 1000}))
-        return not added
+        watcher = self._broker.shard_map
+        # Still in the alive set: the shard map's lease goes on (relay.broker.shardmap).
+        watcher.renewed(sent, present=not added)
+        # Re-added by a read of the map since the last tick: it had been reaped as well.
+        return not added and not watcher.take_rejoined()
 
     async def reap(self, dead_after: float) -> list[tuple[str, list[Member]]]:
         limit = (time.time() - dead_after) * 1000
@@ -211,8 +230,8 @@ class RedisState(ClusterState):
         reaped: list[tuple[str, list[Member]]] = []
         for raw, score in cast(list[tuple[bytes, float]], silent):
             dead = _text(raw)
-            if not await _redis(self._commands.zrem(keys.ALIVE, dead)):
-                continue  # another node claimed it: it announces the leaves
+            if not await _redis(self._reap(keys=[keys.ALIVE], args=[dead, limit])):
+                continue  # another node claimed it (it announces the leaves), or it came back
             rooms_key = keys.node_presence_rooms(dead)
             unreachable = False
             for room_raw in await _redis(self._commands.smembers(rooms_key)):

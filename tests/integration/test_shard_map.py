@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import signal
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from relay.api.client import ApiCallError, RelayApi
 from relay.broker.shardmap import MAP_KEY, ShardMap
 from relay.config import RedisEndpoint
 from support import redis_acl
+from support.metrics import metric_value
 from support.processes import RedisProcess, RelayProcess
 from support.proxy import StallingProxy
 from support.waiting import eventually
@@ -34,8 +36,8 @@ pytestmark = pytest.mark.integration
 ROOMS = [f"sm:{n}" for n in range(12)]
 KEY = "k" * 40
 QUICK = {
-    # dead_after = 3 reports = 3 s: a killed relay leaves the switch's barrier quickly.
-    "RELAY_LOAD_REPORT_SECONDS": "1",
+    # dead_after = 3 reports = 1.5 s: a killed relay leaves the switch's barrier quickly.
+    "RELAY_LOAD_REPORT_SECONDS": "0.5",
     "RELAY_PUBLISH_RATE": "100000",
     "RELAY_PUBLISH_BURST": "100000",
     "RELAY_API_KEYS": KEY,
@@ -196,10 +198,11 @@ async def test_a_relay_killed_mid_switch_drops_out_and_one_started_mid_switch_jo
 ) -> None:
     a, b = redis_factory(), redis_factory()
     seed(a, a)
-    pods = [relay_factory(n, redis_urls=[a.url, b.url], env=QUICK) for n in ("p1", "p2")]
+    slow = {**QUICK, "RELAY_LOAD_REPORT_SECONDS": "1"}  # dead_after = 3 s
+    pods = [relay_factory(n, redis_urls=[a.url, b.url], env=slow) for n in ("p1", "p2")]
     two = ShardMap(2, (name(a), name(b)))
     room = next(r for r in ROOMS if two.place(r) == name(b))  # one that moves
-    stuck = relay_factory("stuck", redis_urls=[a.url, b.url], env=QUICK)
+    stuck = relay_factory("stuck", redis_urls=[a.url, b.url], env=slow)
     assert stuck.proc is not None
     stuck.proc.send_signal(signal.SIGSTOP)  # acks nothing
     # Hung but looking alive (its liveness renewed, as a pod whose event loop is blocked
@@ -224,9 +227,12 @@ async def test_a_relay_killed_mid_switch_drops_out_and_one_started_mid_switch_jo
             assert acked is not None and acked["op"] == "ack", acked
         # A relay started now reads the switch from Redis and takes part in it.
         # (In a thread: the renewals above must go on while it starts.)
-        late = await asyncio.to_thread(relay_factory, "late", redis_urls=[a.url, b.url], env=QUICK)
+        late = await asyncio.to_thread(relay_factory, "late", redis_urls=[a.url, b.url], env=slow)
         shown = await asyncio.to_thread(show, late)
         assert shown["phase"] == "prepare"  # the hung relay holds the barrier
+        # ... and acks its prepare: it is one of the relays the barrier waits for.
+        acks = f"{MAP_KEY}:ack:{a.cli('HGET', MAP_KEY, 'switch')}:prepare"
+        await eventually(lambda: "late" in a.cli("SMEMBERS", acks).split(), 5, "late's ack")
         hung.set()
         await renewing
         stuck.proc.send_signal(signal.SIGKILL)
@@ -277,6 +283,201 @@ async def test_a_prepare_not_done_in_time_aborts_and_keeps_the_old_map(
         with RelayApi(pod.admin, api_key=KEY) as api, pytest.raises(ApiCallError) as error:
             await asyncio.to_thread(api.switch_shards, names.split(","))
         assert (error.value.status, error.value.code) == (400, "bad_request")
+
+
+async def test_a_relay_cut_off_from_the_control_shard_does_not_publish_by_a_stale_map(
+    redis_factory, relay_factory
+) -> None:
+    """A relay that drops out of a switch's barrier (its liveness went silent: a partition
+    from the control shard, a paused process) must not keep placing rooms by the map it
+    last read: the switch went ahead without it, and what it publishes to the old shard
+    reaches none of the members elsewhere, although it was acked."""
+    a, b = redis_factory(), redis_factory()
+    cut = StallingProxy(a.port).start()
+    try:
+        # Named shards: p2 reaches the control shard `a` through a proxy, `b` directly.
+        direct = [f"a={a.url}", f"b={b.url}"]
+        through = [f"a={cut.url}", f"b={b.url}"]
+        a.cli("HSET", MAP_KEY, "version", "1", "shards", "a,b", "phase", "stable")
+        p1 = relay_factory("p1", redis_urls=direct, env=QUICK)
+        p2 = relay_factory("p2", redis_urls=through, env=QUICK)
+        # A room on `b` that the switch to `a` alone moves.
+        room = next(r for r in ROOMS if ShardMap(1, ("a", "b")).place(r) == "b")
+        member = Member(Client([p1.url]))
+        await member.client.connect()
+        await member.client.room(room).join()
+        collecting = asyncio.create_task(member.collect(room))
+        async with Connection(p2.url) as stale:
+            cut.stall()  # p2 and the control shard no longer hear each other
+            # p2 drops out of the barrier once silent for dead_after (1.5 s): the switch
+            # completes without it.
+            done = await asyncio.to_thread(p1.cli, "shards", "switch", "a", "--wait")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert show(p1)["version"] == 2
+            try:
+                acked = await stale.publish(room, {"n": 1}, id="stale")
+            except UnavailableError:
+                acked = None  # refused: p2 cannot know where the room is now
+            if acked is not None:
+                # Acked: then every member of the room must get it.
+                await eventually(
+                    lambda: 1 in member.received.get(room, set()),
+                    5,
+                    f"the event acked by the cut-off relay ({acked}) at a member on p1",
+                )
+            cut.flow()
+            # Healed: p2 reads the map again and publishes where the members listen.
+            await eventually(lambda: show(p2)["version"] == 2, 10, "p2 to read the map")
+
+            async def published() -> bool:
+                try:
+                    await stale.publish(room, {"n": 2}, id="healed")
+                except UnavailableError:
+                    return False
+                return True
+
+            await eventually(published, 15, "p2 to publish again once healed")
+            await eventually(
+                lambda: 2 in member.received.get(room, set()), 5, "the healed publish at p1"
+            )
+        collecting.cancel()
+        await member.client.close()
+    finally:
+        cut.close()
+
+
+async def test_a_dead_shard_can_be_switched_out_of_the_map(redis_factory, relay_factory) -> None:
+    """Removing a shard that is gone (its Redis pod lost) is what a switch is for in an
+    outage: its rooms are unavailable until the map no longer places them there. What
+    they left on it must still never be served again: it is dirty until cleaned."""
+    a, b = redis_factory(), redis_factory(aof=True)  # b comes back with its old data
+    seed(a, a, b)
+    pod = relay_factory("p1", redis_urls=[a.url, b.url], env=QUICK)
+    room = next(r for r in ROOMS if ShardMap(1, (name(a), name(b))).place(r) == name(b))
+    b.cli("CONFIG", "SET", "appendfsync", "always")  # what b acked survives its kill
+    async with Connection(pod.url) as client:
+        await client.publish(room, 0, id="before")  # its history and epoch on b
+    assert b.cli("EXISTS", f"room:{{{room}}}:meta") == "1"
+    b.kill()
+    done = await asyncio.to_thread(pod.cli, "shards", "switch", name(a), "--timeout", "3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    await eventually(lambda: show(pod)["phase"] == "stable", 15, "the switch away from b to end")
+    assert show(pod)["shards"] == [name(a)]
+    async with Connection(pod.url) as client:
+        acked = await client.publish(room, 1, id="after")
+        assert acked is not None and acked["op"] == "ack", acked
+    # b holds an old epoch of the room: no map may place rooms on it until it is cleaned.
+    refused = await asyncio.to_thread(pod.cli, "shards", "switch", f"{name(a)},{name(b)}")
+    assert refused.returncode == 1 and "not cleaned yet" in refused.stderr, refused.stderr
+    b.start()
+    meta = f"room:{{{room}}}:meta"
+    await eventually(lambda: b.cli("EXISTS", meta) == "0", 15, "b to be cleaned")
+    await eventually(lambda: a.cli("SCARD", f"{MAP_KEY}:dirty") == "0", 5, "b clean")
+    await switch(pod, a, b)
+
+
+async def test_nothing_a_relay_still_on_the_old_map_writes_stays_on_the_old_shard(
+    redis_factory, relay_factory
+) -> None:
+    """The old shard is cleaned once every live relay has moved: a relay that has not read
+    the flip yet still writes a moving room's presence (and epoch) there, and a cleanup
+    before that would leave it behind, to come back as ghost members with a later switch."""
+    a, b = redis_factory(), redis_factory()
+    cut = StallingProxy(a.port).start()
+    rooms = orjson.dumps([{"match": "sm:*", "presence": True}]).decode()
+    env = {**QUICK, "RELAY_LOAD_REPORT_SECONDS": "1", "RELAY_ROOMS": rooms}  # dead_after 3 s
+    a.cli("HSET", MAP_KEY, "version", "1", "shards", "a,b", "phase", "stable")
+    direct = [f"a={a.url}", f"b={b.url}"]
+    relay_factory("p1", redis_urls=direct, env=env)
+    p2 = relay_factory("p2", redis_urls=[f"a={cut.url}", f"b={b.url}"], env=env)
+    stuck = relay_factory("stuck", redis_urls=direct, env=env)
+    assert stuck.proc is not None
+    room = next(r for r in ROOMS if ShardMap(1, ("a", "b")).place(r) == "b")
+    presence = f"room:{{{room}}}:presence"
+    # Relays that look alive while they ack nothing (their liveness renewed here).
+    renewed = {"stuck"}
+    done = asyncio.Event()
+
+    async def renew() -> None:
+        while not done.is_set():
+            for node in list(renewed):
+                now = str(int(time.time() * 1000))
+                await asyncio.to_thread(a.cli, "ZADD", "gamecluster:alive", now, node)
+            await asyncio.sleep(0.2)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        stuck.proc.send_signal(signal.SIGSTOP)
+        started = await asyncio.to_thread(p2.cli, "shards", "switch", "a")
+        assert started.returncode == 0, started.stderr
+        acks = f"{MAP_KEY}:ack:{a.cli('HGET', MAP_KEY, 'switch')}:prepare"
+        await eventually(lambda: set(a.cli("SMEMBERS", acks).split()) == {"p1", "p2"}, 10, "acks")
+        # p2 has prepared; now it stops hearing the control shard (and so the flip) but
+        # stays in the barrier; the stuck relay leaves it, and the map flips.
+        cut.stall()
+        renewed.add("p2")
+        renewed.discard("stuck")
+        stuck.proc.send_signal(signal.SIGKILL)
+        await eventually(lambda: a.cli("HGET", MAP_KEY, "phase") == "move", 10, "the flip")
+        async with Connection(p2.url) as member:
+            # p2 still places the room on b: its member's presence is written there.
+            await member.join(room)
+            await eventually(lambda: b.cli("HLEN", presence) == "1", 5, "presence on b")
+            cut.flow()
+            renewed.discard("p2")
+            await eventually(lambda: a.cli("HGET", MAP_KEY, "phase") == "stable", 15, "stable")
+            # The member is listed where the room is now, and nothing is left on b.
+            assert a.cli("HLEN", presence) == "1"
+            assert b.cli("EXISTS", presence) == "0"
+    finally:
+        done.set()
+        await renewing
+        stuck.kill()
+        cut.close()
+
+
+async def test_a_map_rewritten_after_the_control_shard_lost_its_data_leaves_no_silent_gap(
+    redis_factory, relay_factory
+) -> None:
+    """A control shard restarted without persistence loses the map. A relay started then
+    (configured with the union of shards, step 1 of a shard change) writes its configured
+    names as the map: rooms move without a barrier and, unless their old shard is cleaned,
+    a later switch back serves their old epoch: a client resumes `recovered: true` past
+    an event it never got. The relay that knew the old map cleans its shards."""
+    a, b, c = redis_factory(), redis_factory(), redis_factory()
+    union = [a.url, b.url, c.url]
+    a.cli("HSET", MAP_KEY, "version", "5", "shards", f"{name(a)},{name(b)}", "phase", "stable")
+    p1 = relay_factory("p1", redis_urls=union, env=QUICK)
+    before, after = ShardMap(5, (name(a), name(b))), ShardMap(1, tuple(map(name, (a, b, c))))
+    candidates = (f"sm:{n}" for n in range(10_000))
+    room = next(r for r in candidates if before.place(r) == name(b) and after.place(r) == name(c))
+    async with Connection(p1.url) as client:
+        joined = await client.join(room)
+        await client.publish(room, 1, id="one")
+    assert p1.proc is not None
+    p1.proc.send_signal(signal.SIGSTOP)  # it cannot write back the map it knows first
+    try:
+        a.cli("FLUSHALL")  # the control shard restarted without its data
+        p2 = await asyncio.to_thread(relay_factory, "p2", redis_urls=union, env=QUICK)
+    finally:
+        p1.proc.send_signal(signal.SIGCONT)
+    assert show(p2)["shards"] == list(after.names)
+    async with Connection(p2.url) as client:
+        await client.publish(room, 2, id="two")  # on c now
+    # p1 has read the new map, found it changed without a switch, and cleaned its shards.
+    await eventually(
+        lambda: metric_value(p1.metrics(), "relay_shard_map_version") == 1, 10, "p1 reads v1"
+    )
+    await eventually(lambda: a.cli("SCARD", f"{MAP_KEY}:dirty") == "0", 10, "clean shards")
+    await switch(p2, a, b)  # back: the room is on b again
+    async with Connection(p2.url) as client:
+        resumed = await client.join(room, since={"epoch": joined["epoch"], "offset": 1})
+        replay = []
+        if resumed["recovered"]:
+            with contextlib.suppress(TimeoutError):
+                replay.append(await client.receive(timeout=2))
+    # Event 2 came after offset 1: either it is replayed or the client is told to re-sync.
+    assert not resumed["recovered"] or [m.get("data") for m in replay] == [2], resumed
 
 
 async def test_the_move_phase_waits_for_a_hung_relay_and_reports_the_stall(

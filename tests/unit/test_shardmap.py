@@ -5,11 +5,14 @@ processes in tests/integration/test_shard_map.py."""
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from relay.broker.keys import meta, presence, room_of_key
-from relay.broker.shardmap import InFlight, MapState, ShardMap, ShardMapError, validate
+from relay.broker.shardmap import InFlight, MapState, ShardMap, ShardMapError, Watcher, validate
 
 ROOMS = [f"room-{n}" for n in range(500)]
 
@@ -90,3 +93,28 @@ async def test_drain_waits_for_publishes_sent_before_it_only() -> None:
     stuck = inflight.enter()
     assert await inflight.drain(0.05) is False
     inflight.exit(stuck)
+
+
+async def test_the_publish_lease_is_ended_by_a_reap_after_the_read_and_not_revived() -> None:
+    async def nothing(*_: object) -> Any:
+        return True
+
+    watcher = Watcher(
+        "n1", Redis(), ["a"], dead_after=3.0, drain=nothing, apply=nothing, cleanup=nothing
+    )
+    assert not watcher.leased()  # nothing read yet
+    now = time.monotonic()
+    watcher._lease_until, watcher._granted = now + 2.0, now  # as a read at `now` grants
+    # A renewal sent before that read was answered and found the node absent: it ran
+    # before the read's own renewal (startup), which says nothing about the read.
+    watcher.renewed(now - 0.1, present=False)
+    assert watcher.leased()
+    # Renewals while it holds extend it.
+    watcher.renewed(now + 0.5, present=True)
+    assert watcher._lease_until == pytest.approx(now + 2.5)
+    # Absent after the read: reaped (or the control shard lost its data): it ends, and a
+    # renewal alone cannot revive it (only a read of the map can).
+    watcher.renewed(now + 0.6, present=False)
+    assert not watcher.leased()
+    watcher.renewed(now + 0.7, present=True)
+    assert not watcher.leased()

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -462,7 +461,6 @@ class RedisBroker(Broker):
             cleanup=self._clean_moved,
         )
         self._map_task: asyncio.Task[None] | None = None
-        self._fence_seconds = dead_after / 2
 
     @property
     def ready(self) -> bool:
@@ -486,11 +484,7 @@ class RedisBroker(Broker):
     @property
     def map_confirmed(self) -> bool:
         """The shard map read, naming only shards this server has, within the fence."""
-        return (
-            self._map is not None
-            and not self.shard_map.unknown
-            and time.monotonic() - self.shard_map.confirmed_at <= self._fence_seconds
-        )
+        return self._map is not None and not self.shard_map.unknown and self.shard_map.leased()
 
     def shards(self) -> dict[str, bool]:
         return {shard.name: shard.ready for shard in self._shards}
@@ -547,12 +541,14 @@ class RedisBroker(Broker):
                 self.shard_for(room).live()  # a shard down fails at once, map or not
                 state = await self._read_map()
             shard = self.shard_for(room).live()
-            if time.monotonic() - self.shard_map.confirmed_at > self._fence_seconds:
-                # Cut off from the control shard this long, this server could be left out
-                # of a switch (after dead_after): it must not publish by a stale map.
-                raise BrokerUnavailable("the shard map could not be confirmed on the control shard")
             if state.switching and state.moving(room):
                 raise BrokerUnavailable(f"room {room} is moving to another shard; retry")
+            if not self.shard_map.leased():
+                # A switch may have gone ahead without this server (shardmap: the lease).
+                raise BrokerUnavailable(
+                    f"the shard map has not been confirmed on {self._shards[0].url} lately "
+                    "(a switch could have left this server out); retry"
+                )
             try:
                 if policy.durable:
                     return await self._publish_durable(
@@ -729,16 +725,18 @@ class RedisBroker(Broker):
                 await self._on_moved(sorted(self._moved_pending))
         self._moved_pending.clear()
 
-    async def _clean_moved(self, state: shardmap.MapState) -> None:
-        for name in state.old.names:
-            shard = self._by_name.get(name)
-            if shard is None:
-                continue
-            try:
-                rooms = await shardmap.clean_shard(shard.commands, name, state)
-            except (RedisError, OSError) as exc:
-                raise BrokerUnavailable(f"cleanup on {shard.url} failed: {describe(exc)}") from exc
-            log.info("shard %s: removed what %d moved rooms left behind", name, rooms)
+    async def _clean_moved(self, name: str, stale: shardmap.Stale) -> int:
+        shard = self._by_name.get(name)
+        if shard is None:
+            raise BrokerUnavailable(f"shard {name} is not in RELAY_REDIS_URLS")
+        if not shard.ready:
+            # Not a SCAN into a connection timeout on every read of the map (a dead shard
+            # stays dirty until it is back, and each read tries again).
+            raise BrokerUnavailable(f"Redis {shard.url} is not connected")
+        try:
+            return await shardmap.clean_shard(shard.commands, stale)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cleanup on {shard.url} failed: {describe(exc)}") from exc
 
     def _control_message(self, message: bytes) -> None:
         if message == shardmap.ANNOUNCE:

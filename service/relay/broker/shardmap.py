@@ -21,22 +21,39 @@ rooms that do not move are never paused.
    stays, publishes resume; nothing had moved yet, so nothing needs undoing.
 2. move (the map has flipped to the new version): every relay subscribes its moving rooms
    on their new shard, unsubscribes them on the old, writes its local presence members of
-   those rooms on the new shard, and acks; one relay (a SET NX claim that expires if its
-   holder dies) deletes the moved rooms' history, meta and presence from their old shards,
-   so a later switch back cannot resurrect a stale epoch. Publishes of moving rooms stay
-   refused until every live relay has acked: no publish goes to a shard where a member is
-   not yet listening. This phase does not abort (relays have moved): past the deadline it
-   is reported as stalled (log, metric, `relay shards show`) and keeps waiting; a relay
-   that died drops out of the barrier once it is `dead_after` silent.
+   those rooms on the new shard, and acks; once every live relay has acked, one relay (a
+   SET NX claim that expires if its holder dies) deletes the moved rooms' history, meta and
+   presence from their old shards (after the acks: a relay still on the old map could
+   write there again), so a later switch back cannot resurrect a stale epoch (an old shard
+   it cannot reach, a dead one being switched out, is marked *dirty* instead: see below).
+   Publishes of moving rooms stay refused until every live relay has acked: no publish
+   goes to a shard where a member is not yet listening. This phase does not abort (relays
+   have moved): past the deadline it is reported as stalled (log, metric, `relay shards
+   show`) and keeps waiting; a relay that died drops out of the barrier once it is
+   `dead_after` silent.
 3. stable: publishes of the moved rooms go to their new shard.
+
+A dirty shard (the set `gamecluster:shardmap:dirty`) may still hold the history and epoch
+of rooms that moved away from it. No switch may place rooms on it (BEGIN refuses a map
+that names it) until a relay server that can reach it has deleted, while the map is
+stable, every room there that the active map does not place there; then it is clean.
+So switching out a shard that is gone does not wait for it, and its stale epochs can
+never be served again.
+
+A relay server left out of a barrier (silent for `dead_after`: cut off from the control
+shard, or its process paused) would still place rooms by the map it last read, and
+publish to a shard the others have left. So a server publishes only while it holds a
+*lease*: each read of the map renews its liveness in the same script, and the lease runs
+for LEASE_FRACTION of `dead_after` from the moment that read was sent (a liveness
+renewal by presence, while the lease holds, extends it). Past it, publishes are refused
+(`unavailable`) and the server is unready until a read of the map succeeds: a barrier
+can leave a server out only once that server has stopped publishing. The margin
+(the rest of `dead_after`) covers a publish still on its way and clock skew between
+servers, whose wall clocks the alive set compares.
 
 Durable rooms that move start a new epoch on their new shard: members are told
 (`joined`, `recovered: false`) and resuming clients get `recovered: false`. History is not
 copied. The dedupe window of a publish id does not cross a move either.
-
-Every read of the map renews this server's liveness; a server that has not read it for
-`dead_after / 2` refuses publishes (RedisBroker.publish) and is unready: a switch may leave
-it out once it has been silent for `dead_after`, and it must not publish by a stale map.
 """
 
 from __future__ import annotations
@@ -62,6 +79,8 @@ log = logging.getLogger("relay.broker.shardmap")
 
 MAP_KEY: Final = f"{CLUSTER_KEY_PREFIX}shardmap"
 """Hash on the control shard: version, shards, phase and the switch in progress."""
+DIRTY_KEY: Final = f"{MAP_KEY}:dirty"
+"""Set on the control shard: shards that rooms moved away from while unreachable."""
 ANNOUNCE: Final = b"shardmap"
 """Sent on the control channel when the map's phase changed: read it now, not at the
 next poll."""
@@ -75,6 +94,8 @@ SWITCH_POLL_SECONDS: Final = 0.2
 relay's departure or a deadline goes unnoticed past its time."""
 CLEANUP_CLAIM_SECONDS: Final = 30
 """A cleanup claim's lifetime: if its holder dies, another relay takes it over after it."""
+LEASE_FRACTION: Final = 2 / 3
+"""How much of `dead_after` a read of the map lets this server publish by it (see above)."""
 ACK_TTL_SECONDS: Final = 3600
 """Ack sets of a switch expire: an aborted or finished switch leaves nothing behind."""
 SCAN_COUNT: Final = 500
@@ -208,15 +229,17 @@ class MapState:
 # command they call (relay.contract.RELAY_REDIS_COMMANDS).
 
 _INIT: Final = """
--- KEYS: 1 map; ARGV: 1 names (comma-separated), 2 version
+-- KEYS: 1 map, 2 alive set; ARGV: 1 names (comma-separated), 2 version, 3 node, 4 now (ms)
 if redis.call('HSETNX', KEYS[1], 'version', ARGV[2]) == 1 then
   redis.call('HSET', KEYS[1], 'shards', ARGV[1], 'phase', 'stable')
 end
-return redis.call('HGETALL', KEYS[1])
+-- Liveness renewed with the read: a barrier cannot leave this server out for dead_after.
+local added = redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+return {redis.call('HGETALL', KEYS[1]), added, redis.call('SMEMBERS', KEYS[3])}
 """
 
 _BEGIN: Final = """
--- KEYS: 1 map; ARGV: 1 names, 2 switch id, 3 now (ms), 4 timeout (ms)
+-- KEYS: 1 map, 2 dirty shards; ARGV: 1 names, 2 switch id, 3 now (ms), 4 timeout (ms)
 if redis.call('HGET', KEYS[1], 'version') == false then
   return redis.error_reply('no shard map yet: start a relay server first')
 end
@@ -225,6 +248,15 @@ if phase ~= 'stable' then
   return redis.error_reply('a switch is in progress (phase ' .. phase .. ')')
 end
 if redis.call('HGET', KEYS[1], 'shards') ~= ARGV[1] then
+  for _, dirty in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    for name in string.gmatch(ARGV[1], '[^,]+') do
+      if name == dirty then
+        return redis.error_reply('shard ' .. dirty .. ' is not cleaned yet: rooms moved ' ..
+          'away from it while it was unreachable, and no map may place rooms on it until ' ..
+          'a relay server that can reach it has removed what they left there')
+      end
+    end
+  end
   redis.call('HSET', KEYS[1], 'phase', 'prepare', 'next', ARGV[1], 'switch', ARGV[2],
     'deadline', tonumber(ARGV[3]) + tonumber(ARGV[4]), 'timeout', ARGV[4], 'cleaned', '0')
 end
@@ -313,11 +345,11 @@ async def begin(
     start = now_ms()
     try:
         fields = await control.register_script(_BEGIN)(
-            keys=[MAP_KEY],
+            keys=[MAP_KEY, DIRTY_KEY],
             args=[",".join(names), secrets.token_hex(6), start, int(timeout * 1000)],
         )
     except RedisError as exc:
-        if "in progress" in str(exc) or "no shard map" in str(exc):
+        if any(m in str(exc) for m in ("in progress", "no shard map", "not cleaned yet")):
             raise ShardMapError(str(exc)) from None
         raise
     await control.publish(keys.CONTROL_CHANNEL, ANNOUNCE)
@@ -377,6 +409,10 @@ class InFlight:
 
 
 Mover = Callable[[MapState], Awaitable[None]]
+Stale = Callable[[str], bool]
+Cleaner = Callable[[str, Stale], Awaitable[int]]
+"""The broker's: delete on shard `name` the rooms `stale` says are not placed there any
+more; returns how many; raises BrokerUnavailable when it cannot reach the shard."""
 
 
 class Watcher:
@@ -396,7 +432,7 @@ class Watcher:
         dead_after: float,
         drain: Callable[[], Awaitable[bool]],
         apply: Mover,
-        cleanup: Callable[[MapState], Awaitable[None]],
+        cleanup: Cleaner,
     ) -> None:
         self._node = node_id
         self._control = control
@@ -405,9 +441,6 @@ class Watcher:
         self._advance = control.register_script(_ADVANCE)
         self._configured = tuple(configured)
         self._dead_after_ms = int(dead_after * 1000)
-        # Several reads within the publish fence (dead_after / 2): one slow read must not
-        # refuse publishes.
-        self._poll = min(POLL_SECONDS, dead_after / 8)
         self._drain = drain
         self._apply = apply
         self._cleanup = cleanup
@@ -419,9 +452,19 @@ class Watcher:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         """One sync at a time: the loop's, or a first publish's before the map is known."""
-        self._registered = False
-        self.confirmed_at = -float("inf")
-        """time.monotonic() of the last successful read of the map (and liveness renewal)."""
+        self._lease_seconds = dead_after * LEASE_FRACTION
+        self._lease_until = 0.0
+        """Monotonic time until which this server may publish by the map it holds."""
+        self._granted = 0.0
+        """Monotonic time the read that granted the lease was answered."""
+        self._cleaned: str = ""
+        """The switch whose cleanup this server finished (its ack of it may be pending)."""
+        self.dirty: tuple[str, ...] = ()
+        """Shards not cleaned after rooms moved away from them (as of the last read)."""
+        self._rejoined = False
+        """A read found this server missing from the alive set (reaped while silent, or the
+        control shard lost its data) and added it again: presence rewrites its members."""
+        self._poll_seconds = min(POLL_SECONDS, dead_after / 4)
         self._acked: tuple[str, Phase] | None = None
         self._reported: tuple[str, str] | None = None
         self._error = ""
@@ -445,10 +488,32 @@ class Watcher:
             switching = self.state is not None and self.state.switching
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(
-                    min(SWITCH_POLL_SECONDS, self._poll) if switching else self._poll
+                    SWITCH_POLL_SECONDS if switching else self._poll_seconds
                 ):
                     await self._wake.wait()
             self._wake.clear()
+
+    def leased(self) -> bool:
+        """True while a barrier cannot have left this server out: it may publish."""
+        return time.monotonic() < self._lease_until
+
+    def renewed(self, sent: float, present: bool) -> None:
+        """This server's liveness was renewed by a call sent at monotonic time `sent`
+        (presence's tick). It extends a lease that still held then; `present` False ends
+        it when the call was sent after the read that granted it was answered (so it ran
+        after that read's own renewal: the server was reaped, or the control shard lost
+        its data, since), and the map must be read again first. Sent earlier (presence's
+        first tick racing the first read), it says nothing about that read."""
+        if not present:
+            if sent > self._granted:
+                self._lease_until = 0.0
+        elif sent < self._lease_until:
+            self._lease_until = max(self._lease_until, sent + self._lease_seconds)
+
+    def take_rejoined(self) -> bool:
+        """True once after a read of the map re-added this server to the alive set."""
+        rejoined, self._rejoined = self._rejoined, False
+        return rejoined
 
     async def ensure(self) -> None:
         """Read the map now unless it is known (raises what sync raises)."""
@@ -457,26 +522,29 @@ class Watcher:
                 await self.sync()
 
     async def sync(self) -> None:
-        if not self._registered:
-            # In the barrier before reading the map: a switch that begins after this
-            # waits for our ack; one already running is in what we read next.
-            await self._control.zadd(keys.ALIVE, {self._node: now_ms()})
-            self._registered = True
-        else:
-            # Renewed with every read (XX: a node declared dead is re-added by presence,
-            # which then writes its members again): while reads succeed, no switch can
-            # leave this server out; see RedisBroker.publish's fence.
-            await self._control.zadd(keys.ALIVE, {self._node: now_ms()}, xx=True)
-        read_at = time.monotonic()
         # No map in Redis: the configured names become version 1; or, when the control
         # shard lost its data (a restart without persistence), the map this server knows.
+        # The same script renews this server's liveness: in the barrier as of this read,
+        # so a switch that begins after it waits for our ack, and one already running is
+        # in what we read.
         known = self.state.active if self.state is not None else ShardMap(1, self._configured)
-        fields = await self._init(keys=[MAP_KEY], args=[",".join(known.names), known.version])
+        sent = time.monotonic()
+        fields, added, dirty = await self._init(
+            keys=[MAP_KEY, keys.ALIVE, DIRTY_KEY],
+            args=[",".join(known.names), known.version, self._node, now_ms()],
+        )
         state = MapState.parse(_pairs(fields))
+        if added and self.state is not None:
+            self._rejoined = True
+        # No await from here until the broker holds `state` (its apply sets it first).
+        self._lease_until = sent + self._lease_seconds
+        self._granted = time.monotonic()
         await self._install(state)
-        self.confirmed_at = read_at
+        self.dirty = tuple(sorted(_text(d) for d in dirty))
         if state.switching:
             await self._take_part(state)
+        elif self.dirty:
+            await self._clean_dirty(state.active)
 
     async def _install(self, state: MapState) -> None:
         unknown = self._lacking(state.active)
@@ -493,6 +561,22 @@ class Watcher:
         if previous is None or previous.active != state.active or previous.phase != state.phase:
             log.info("shard map: %s", state.describe())
         await self._apply(state)
+        if (
+            previous is not None
+            and previous.active.names != state.active.names
+            and not (previous.phase == "prepare" and state.phase == "move")
+        ):
+            # The active map changed other than by a flip this server saw: the control
+            # shard lost its data and a relay that knew no map wrote its configured shards,
+            # or lost its last writes in a failover (the map went back), or this server
+            # missed a whole switch. Rooms moved that no cleanup may follow: what they left
+            # on their old shards must not be served again (cleaned while stable).
+            log.warning(
+                "shard map changed from %s to %s without a switch seen; cleaning shards %s",
+                ",".join(previous.active.names), ",".join(state.active.names),
+                ",".join(previous.active.names),
+            )  # fmt: skip
+            await self._control.sadd(DIRTY_KEY, *previous.active.names)
         # Only once applied: a failed apply (a SUBSCRIBE on the new shard) runs again.
         self.state = state
 
@@ -514,7 +598,7 @@ class Watcher:
                 log.warning("publishes still in flight after the prepare's wait; acking later")
             else:
                 ack = phase
-        cleaned = phase == "move" and not state.cleaned and await self._clean(state)
+        cleaned = phase == "move" and not state.cleaned and self._cleaned == state.switch
         now = now_ms()
         fields, missing = await self._advance(
             keys=[
@@ -536,6 +620,19 @@ class Watcher:
             self._acked = (state.switch, phase)
         self.missing = tuple(_text(m) for m in missing)
         after = MapState.parse(_pairs(fields))
+        if (
+            phase == "move"
+            and after.phase == "move"
+            and after.switch == state.switch
+            and not after.cleaned
+            and not self.missing
+            and self._cleaned != state.switch
+            and await self._clean(after)
+        ):
+            # Only now that every live relay has moved: one still placing rooms by the
+            # old map could write them (presence, a history read's epoch) on the old
+            # shard after the cleanup, and they would come back with a later switch.
+            self._wake.set()  # reports it done in the next round
         if after.phase != state.phase or after.active != state.active:
             await self._control.publish(keys.CONTROL_CHANNEL, ANNOUNCE)
             if after.phase == "stable" and after.last:
@@ -551,28 +648,75 @@ class Watcher:
             )  # fmt: skip
 
     async def _clean(self, state: MapState) -> bool:
-        """Run the moved rooms' cleanup if no other live relay holds its claim."""
+        """Run the moved rooms' cleanup if no other live relay holds its claim. An old
+        shard it cannot reach (or has no endpoint for) is marked dirty: the switch does not
+        wait for a shard that may never come back, and no map places rooms on it until it
+        is cleaned (_clean_dirty)."""
         claim = _cleanup_claim(state.switch)
         if not await self._control.set(claim, self._node, nx=True, ex=CLEANUP_CLAIM_SECONDS):
             return False
+        old, new = state.old, state.new
+        left = []
         try:
-            await self._cleanup(state)
-        except BrokerUnavailable as exc:
-            log.warning("shard map switch %s: cleanup failed, retried: %s", state.switch, exc)
-            await self._control.delete(claim)
-            return False
+            for name in old.names:
+                try:
+                    rooms = await self._cleanup(name, _moved_away(old, new, name))
+                except BrokerUnavailable as exc:
+                    left.append(name)
+                    log.warning(
+                        "shard %s: cannot remove what rooms that moved away left there (%s); "
+                        "it is dirty: no shard map may place rooms on it until it is cleaned",
+                        name, exc,
+                    )  # fmt: skip
+                else:
+                    log.info("shard %s: removed what %d moved rooms left behind", name, rooms)
+            if left:
+                await self._control.sadd(DIRTY_KEY, *left)
+        except BaseException:
+            # Not done: let this server or another claim it again at once, not in 30 s.
+            with contextlib.suppress(RedisError, OSError):
+                await self._control.delete(claim)
+            raise
+        self._cleaned = state.switch
         return True
 
+    async def _clean_dirty(self, active: ShardMap) -> None:
+        """Clean the dirty shards this server reaches: delete every room there that the
+        active map places elsewhere (stable only, and no switch may place rooms on a
+        dirty shard meanwhile, so none of them is live there)."""
+        for name in self.dirty:
+            if name not in self._configured:
+                continue
+            claim = f"{MAP_KEY}:cleanup:dirty:{name}"
+            if not await self._control.set(claim, self._node, nx=True, ex=CLEANUP_CLAIM_SECONDS):
+                continue
+            try:
+                rooms = await self._cleanup(name, _placed_elsewhere(active, name))
+                await self._control.srem(DIRTY_KEY, name)
+                log.info("shard %s: cleaned (%d rooms that had moved away removed)", name, rooms)
+            except BrokerUnavailable as exc:
+                log.debug("dirty shard %s not cleaned yet: %s", name, exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._control.delete(claim)
 
-async def clean_shard(shard: Redis, name: str, state: MapState) -> int:
-    """Delete, on the shard `name`, what rooms that moved away from it left behind:
-    history, meta (the epoch) and presence. Returns how many rooms."""
-    old, new = state.old, state.new
+
+def _moved_away(old: ShardMap, new: ShardMap, name: str) -> Stale:
+    return lambda room: old.place(room) == name and new.place(room) != name
+
+
+def _placed_elsewhere(active: ShardMap, name: str) -> Stale:
+    return lambda room: active.place(room) != name
+
+
+async def clean_shard(shard: Redis, stale: Stale) -> int:
+    """Delete, on `shard`, what the rooms `stale` names left behind there: history, meta
+    (the epoch) and presence. Returns how many rooms."""
     rooms = 0
     for pattern in (keys.META_PATTERN, keys.PRESENCE_PATTERN):
         async for key in shard.scan_iter(match=pattern, count=SCAN_COUNT):
             room = keys.room_of_key(_text(key))
-            if room is None or old.place(room) != name or new.place(room) == name:
+            if room is None or not stale(room):
                 continue
             await shard.delete(keys.meta(room), keys.log(room), keys.presence(room))
             rooms += 1
