@@ -95,8 +95,9 @@ async def test_a_deaf_subscriber_is_noticed_by_its_probe_and_heals_without_a_gap
     watching = Redis.from_url(redis.url)
     watcher = watching.pubsub()
     try:
-        pod_a = relay_factory("a", redis_urls=[proxy.url])
-        pod_b = relay_factory("b", redis_urls=[redis.url])
+        # One shard name for both (rooms are placed by name, through the proxy or not).
+        pod_a = relay_factory("a", redis_urls=[f"main={proxy.url}"])
+        pod_b = relay_factory("b", redis_urls=[f"main={redis.url}"])
         await watcher.subscribe(keys.node_channel("a"))  # sees pod a's probe tokens
         async with RelayClient(pod_a.url) as on_a, RelayClient(pod_b.url) as on_b:
             await on_a.join("r")

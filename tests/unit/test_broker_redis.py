@@ -161,7 +161,7 @@ def test_readiness_needs_the_control_shard_and_half_of_all_shards(
         shard._ready = up
     assert made.ready is False  # until the shard map is read
     made._map = MapState(ShardMap(1, tuple(made.shards())))
-    made.shard_map.confirmed_at = time.monotonic()
+    made.shard_map._lease_until = time.monotonic() + 60  # a map read just granted it
     assert made.ready is ready
     assert made.shards() == {f"s{n}": up for n, up in enumerate(live)}
 
