@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import sys
 import tempfile
 import time
@@ -27,15 +26,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gamecluster_client import Connection as RelayClient
+from procs import cpu_seconds
 from support.processes import RedisProcess, RelayProcess
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 KEY = "b" * 40
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 async def drain(member: RelayClient, count: int) -> None:

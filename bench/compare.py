@@ -66,6 +66,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import resume_storm
+from procs import JsonLines, cpu_seconds, pin
 from support.processes import (
     LOOPBACK,
     RedisProcess,
@@ -76,29 +77,14 @@ from support.processes import (
 )
 
 BENCH = Path(__file__).resolve().parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SERVER_CPU, GENERATOR_CPU = {1}, {0}
 NODE = shutil.which("node") or "node"
 MAX_P99_MS = 100.0
 
 
-def cpu_seconds(pid: int, *, user_only: bool = False) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    if user_only:  # what the process's own code spent, the kernel's work for it left out
-        return int(fields[11]) / CLOCK_TICKS
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime (all threads)
-
-
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Pin every thread of a process (sched_setaffinity acts on one thread id); threads
-    started later inherit it."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        os.sched_setaffinity(int(task.name), cpus)
 
 
 def listening(port: int, proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
@@ -209,7 +195,7 @@ def python_sio(port: int, redis_url: str) -> list[str]:
     return [sys.executable, str(BENCH / "sio_server.py"), "--port", str(port), "--redis", redis_url]
 
 
-class Generator:
+class Generator(JsonLines):
     """bench/js/loadgen.js on CPU 0: one JSON command per line in, one JSON answer out."""
 
     def __init__(self, servers: Servers, load: Load) -> None:
@@ -221,28 +207,12 @@ class Generator:
             "subs": load.subs,
             "publishers": load.publishers,
         }
-        self.proc = subprocess.Popen(
+        super().__init__(
             ["taskset", "-c", ",".join(map(str, GENERATOR_CPU)), NODE,
              str(BENCH / "js" / "loadgen.js"), json.dumps(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+            "load generator",
         )  # fmt: skip
         self.read()  # {"ready": n}
-
-    def read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the load generator exited {self.proc.wait(10)}")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def ask(self, command: dict[str, Any]) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        return self.read()
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -29,6 +29,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from procs import cpu_seconds, pin
 from support.processes import (
     LOOPBACK,
     RedisProcess,
@@ -38,19 +39,7 @@ from support.processes import (
     wait_until,
 )
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FLOOR = Path(__file__).resolve().parent / "floor.py"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime (all threads)
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Pin every thread of a process (sched_setaffinity acts on one thread id)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        os.sched_setaffinity(int(task.name), cpus)
 
 
 @dataclass

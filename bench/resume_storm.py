@@ -58,10 +58,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from procs import JsonLines, cpu_seconds, pin
 from support.processes import RedisProcess, RelayProcess, stop_process
 
 BENCH = Path(__file__).resolve().parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NODE = shutil.which("node") or "node"
 SERVER_CPU, GENERATOR_CPU = {1}, {0}
 SAMPLE_SECONDS = 0.2
@@ -70,16 +70,6 @@ READY_TIMEOUT = 2.0
 """The relay pods' readiness probe timeout (operator/gamecluster/manifests/relay.py:
 timeoutSeconds 2, failureThreshold 2, every 5 s): two slower answers in a row and the
 pod leaves the load balancer."""
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime (all threads)
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        os.sched_setaffinity(int(task.name), cpus)
 
 
 @dataclass
@@ -195,35 +185,19 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
     return "-"
 
 
-class StormGenerator:
+class StormGenerator(JsonLines):
+    """bench/js/storm.js: every client of the storm, in one Node process."""
+
     def __init__(self, config: dict[str, Any], pinned: bool) -> None:
         command = [NODE, str(BENCH / "js" / "storm.js"), json.dumps(config)]
         if pinned:
             command = ["taskset", "-c", ",".join(map(str, GENERATOR_CPU)), *command]
-        self.proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-
-    def read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the storm generator exited {self.proc.wait(10)}")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def ask(self, command: dict[str, Any]) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        return self.read()
+        super().__init__(command, "storm generator")
 
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write('{"cmd": "quit"}\n')
-                self.proc.stdin.flush()
+                self.send({"cmd": "quit"})
                 self.proc.wait(20)
             except (BrokenPipeError, subprocess.TimeoutExpired):
                 pass
