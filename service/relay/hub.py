@@ -95,18 +95,25 @@ class _CatchUp:
     Bound and overflow policy: at most `limit` events (the member's send queue). One more
     and the member is dropped as a slow consumer (close 4008; it resumes with `since`,
     losing nothing), and this buffer stops taking events.
+
+    It takes events only once `open`: when the member's history read holds its read slot
+    (JOIN_READS). Events before that are in the read; buffering them while the join
+    waits its turn in a storm filled the buffer of a busy room's joiner, which was
+    dropped and queued again. Registered (not open) from the start of the join all the
+    same, so the room is not released while the join waits.
     """
 
-    __slots__ = ("events", "limit", "member", "overflowed")
+    __slots__ = ("events", "limit", "member", "open", "overflowed")
 
     def __init__(self, member: Member, limit: int) -> None:
         self.member = member
         self.limit = limit
         self.events: list[Delivery] = []
+        self.open = False
         self.overflowed = False
 
     def add(self, delivery: Delivery) -> None:
-        if self.overflowed:
+        if self.overflowed or not self.open:
             return
         if len(self.events) >= self.limit:
             self.overflowed = True
@@ -217,7 +224,7 @@ class Hub:
         sequence = entry.sequence
         try:
             for _ in range(2):
-                result, missed = await self._recover(member, room, policy, since)
+                result, missed = await self._recover(buffered, room, policy, since)
                 await self._caught_up(sequence, result)
                 if sequence.epoch == result.epoch:
                     break
@@ -411,11 +418,15 @@ class Hub:
         return [d for d in entries if (d.offset or 0) <= top]
 
     async def _recover(
-        self, member: Member, room: str, policy: RoomPolicy, since: Position | None
+        self, buffered: _CatchUp, room: str, policy: RoomPolicy, since: Position | None
     ) -> tuple[JoinResult, list[Delivery]]:
-        """The position to announce and the first page of events to replay for a join."""
+        """The position to announce and the first page of events to replay for a join;
+        the join's buffer takes live events from the moment its read holds a slot."""
         after = since.offset if since is not None else None
-        async with self._reading(room, member):
+        async with self._reading(room, buffered.member):
+            # No await between the slot and the read's command: an event fanned out
+            # before this line was published before the read, so the read has it.
+            buffered.open = True
             history = await self._broker.history(room, after, policy, limit=self._catch_up_limit)
         if since is None:
             return JoinResult(history.top, history.epoch, None), []
