@@ -523,6 +523,51 @@ async def test_the_move_phase_waits_for_a_hung_relay_and_reports_the_stall(
     assert "relay_shard_switch_stalled 0.0" in pod.metrics()
 
 
+async def test_switch_wait_gives_up_on_a_stalled_move_phase_naming_who_it_waits_for(
+    redis_factory, relay_factory
+) -> None:
+    """`relay shards switch --wait` is bounded: a move phase held by a hung relay (alive,
+    never acking) makes it exit 1 naming the phase and that relay, not hang for ever."""
+    a, b = redis_factory(), redis_factory()
+    seed(a, a)
+    pod = relay_factory("p1", redis_urls=[a.url, b.url], env=QUICK)
+    hung = relay_factory("hung", redis_urls=[a.url, b.url], env=QUICK)
+    assert hung.proc is not None
+    hung.proc.send_signal(signal.SIGSTOP)
+    gone = asyncio.Event()
+
+    async def renew() -> None:  # hung, yet looking alive (see the test above)
+        while not gone.is_set():
+            now = str(int(time.time() * 1000))
+            await asyncio.to_thread(a.cli, "ZADD", "gamecluster:alive", now, "hung")
+            await asyncio.sleep(0.2)
+
+    async def prepared_by_the_hung_relay() -> None:  # it acked the prepare, then hung
+        await eventually(lambda: a.cli("HGET", MAP_KEY, "phase") == "prepare", 10, "a switch")
+        switch_id = await asyncio.to_thread(a.cli, "HGET", MAP_KEY, "switch")
+        await asyncio.to_thread(a.cli, "SADD", f"{MAP_KEY}:ack:{switch_id}:prepare", "hung")
+
+    renewing = asyncio.create_task(renew())
+    try:
+        names = f"{name(a)},{name(b)}"
+        args = ("shards", "switch", names, "--timeout", "2", "--wait", "--wait-timeout", "4")
+        started = time.monotonic()
+        done, _ = await asyncio.gather(
+            asyncio.to_thread(pod.cli, *args, timeout=30), prepared_by_the_hung_relay()
+        )
+        took = time.monotonic() - started
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert 4 <= took < 15, took
+        assert "still in its move phase (stalled" in done.stderr, done.stderr
+        assert "waiting for hung (seen" in done.stderr and "p1" not in done.stderr, done.stderr
+        assert show(pod)["phase"] == "move"  # the switch itself goes on
+    finally:
+        gone.set()
+        await renewing
+        hung.kill()
+    await eventually(lambda: show(pod)["phase"] == "stable", 15, "the hung relay to drop out")
+
+
 async def test_a_relay_cut_off_from_the_control_shard_stops_publishing(
     redis_factory, relay_factory
 ) -> None:

@@ -66,7 +66,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -354,6 +354,24 @@ async def begin(
         raise
     await control.publish(keys.CONTROL_CHANNEL, ANNOUNCE)
     return MapState.parse(_pairs(fields))
+
+
+async def unacked(control: Redis, state: MapState) -> dict[str, float]:
+    """Relay servers of the alive set that have not acked the switch's current phase, with
+    the seconds since each last renewed its liveness (the barrier waits for those seen
+    within `dead_after`; older ones are about to drop out of it): for `relay shards`."""
+    if not state.switching:
+        return {}
+    acked = {_text(node) for node in await control.smembers(_acks(state.switch, state.phase))}
+    alive = cast(
+        "list[tuple[bytes, float]]", await control.zrange(keys.ALIVE, 0, -1, withscores=True)
+    )
+    now = now_ms()
+    return {
+        _text(node): max(0.0, (now - score) / 1000)
+        for node, score in alive
+        if _text(node) not in acked
+    }
 
 
 class InFlight:
