@@ -389,7 +389,12 @@ async def test_nothing_a_relay_still_on_the_old_map_writes_stays_on_the_old_shar
     a.cli("HSET", MAP_KEY, "version", "1", "shards", "a,b", "phase", "stable")
     direct = [f"a={a.url}", f"b={b.url}"]
     relay_factory("p1", redis_urls=direct, env=env)
-    p2 = relay_factory("p2", redis_urls=[f"a={cut.url}", f"b={b.url}"], env=env)
+    # p2's lease (2/3 of its dead_after: 10 s) outlasts the flip, which waits for p1 to
+    # find the stuck relay dead (p1's dead_after: 3 s): p2 still places by the old map
+    # lawfully, as a relay that has not read the flip yet may. Past its lease it would
+    # write nothing (test_a_relay_cut_off_from_the_control_shard_writes_no_ghost_presence).
+    slow = {**env, "RELAY_LOAD_REPORT_SECONDS": "5"}
+    p2 = relay_factory("p2", redis_urls=[f"a={cut.url}", f"b={b.url}"], env=slow)
     stuck = relay_factory("stuck", redis_urls=direct, env=env)
     assert stuck.proc is not None
     room = next(r for r in ROOMS if ShardMap(1, ("a", "b")).place(r) == "b")
@@ -597,6 +602,44 @@ async def test_a_relay_cut_off_from_the_control_shard_stops_publishing(
             proxy.flow()
             await eventually(lambda: cut.status() == 200, 15, "the relay back")
             assert (await client.publish(room, 2, id="after"))["op"] == "ack"
+    finally:
+        proxy.close()
+
+
+async def test_a_relay_cut_off_from_the_control_shard_writes_no_ghost_presence(
+    redis_factory, relay_factory
+) -> None:
+    """A relay cut off from the control shard past its lease may have been left out of a
+    switch: it must not write presence by the map it last read, on a shard the switch
+    has left (its cleanup already ran there: the members would stay as ghosts, listed
+    again if a later switch brings the room back). Its changes wait, and are written on
+    the room's new shard once it has read the map again."""
+    a, b = redis_factory(), redis_factory()
+    seed(a, a, b)
+    env = {**QUICK, "RELAY_ROOMS": orjson.dumps([{"match": "sm:*", "presence": True}]).decode()}
+    proxy = StallingProxy(a.port).start()
+    try:
+        # One shard name for a, through the proxy or not (placement is by name).
+        cut = relay_factory("cut", redis_urls=[f"{name(a)}={proxy.url}", b.url], env=env)
+        pod = relay_factory("p1", redis_urls=[a.url, b.url], env=env)
+        room = next(r for r in ROOMS if ShardMap(1, (name(a), name(b))).place(r) == name(b))
+        presence = f"room:{{{room}}}:presence"
+        async with Connection(cut.url) as client:
+            proxy.stall()
+            await eventually(lambda: cut.status() == 503, 10, "the cut relay's lease to end")
+            shown = await switch(pod, a)  # without it (gone from the barrier): room to a
+            assert (shown["version"], shown["phase"]) == (2, "stable"), shown
+            await client.join(room)  # on b, where its stale map places the room
+            refused = f"presence of {room} not written"
+            await eventually(
+                lambda: refused in cut.tail(200) or b.cli("HLEN", presence) != "0",
+                10,
+                "the cut relay's presence write",
+            )
+            assert b.cli("HLEN", presence) == "0", "a ghost member on the shard left"
+            proxy.flow()
+            await eventually(lambda: a.cli("HLEN", presence) == "1", 15, "presence on a")
+            assert b.cli("HLEN", presence) == "0"
     finally:
         proxy.close()
 

@@ -42,12 +42,13 @@ never be served again.
 
 A relay server left out of a barrier (silent for `dead_after`: cut off from the control
 shard, or its process paused) would still place rooms by the map it last read, and
-publish to a shard the others have left. So a server publishes only while it holds a
-*lease*: each read of the map renews its liveness in the same script, and the lease runs
-for LEASE_FRACTION of `dead_after` from the moment that read was sent (a liveness
-renewal by presence, while the lease holds, extends it). Past it, publishes are refused
-(`unavailable`) and the server is unready until a read of the map succeeds: a barrier
-can leave a server out only once that server has stopped publishing. The margin
+publish to (or write presence on) a shard the others have left. So a server publishes
+and writes presence only while it holds a *lease*: each read of the map renews its
+liveness in the same script, and the lease runs for LEASE_FRACTION of `dead_after` from
+the moment that read was sent (a liveness renewal by presence, while the lease holds,
+extends it). Past it, publishes are refused (`unavailable`), presence changes wait
+(retried), and the server is unready until a read of the map succeeds: a barrier can
+leave a server out only once that server has stopped writing by its map. The margin
 (the rest of `dead_after`) covers a publish still on its way and clock skew between
 servers, whose wall clocks the alive set compares.
 
