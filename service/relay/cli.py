@@ -7,10 +7,12 @@ import asyncio
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 
 import orjson
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gamecluster_client import Connection, GameClusterError, HandshakeError
@@ -21,6 +23,11 @@ from relay.broker.connection import Connector
 from relay.config import ConfigError, TokenSettings, load, load_settings
 
 DEFAULT_URL = f"ws://127.0.0.1:{contract.HTTP_PORT}{contract.WS_PATH}"
+WAIT_MARGIN_SECONDS = 30.0
+"""Added to a switch's two phase deadlines to bound `relay shards switch --wait`: room for
+a dead relay to drop out of the move phase's barrier after its deadline. Without a bound a
+stalled move phase (a hung relay, looking alive) held the command, and the `kubectl exec`
+or job running it, for ever."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,6 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a prepare phase not done by then aborts; a move phase is reported stalled",
     )
     switch.add_argument("--wait", action="store_true", help="return when the switch has ended")
+    switch.add_argument(
+        "--wait-timeout",
+        type=float,
+        help="with --wait: stop waiting after this many seconds, exit 1 naming the phase and "
+        "the relay servers not done (the switch goes on); default: twice --timeout (the "
+        f"prepare phase's deadline, then the move phase's) plus {WAIT_MARGIN_SECONDS:g}s",
+    )
 
     api_commands.add_parsers(commands)
 
@@ -158,7 +172,15 @@ async def _shards(args: argparse.Namespace) -> int:
         print(orjson.dumps(state.describe()).decode())
         if not args.wait:
             return 0
+        limit = args.wait_timeout
+        if limit is None:
+            limit = 2 * args.timeout + WAIT_MARGIN_SECONDS
+        give_up = time.monotonic() + limit
         while state.switching:
+            if time.monotonic() >= give_up:
+                print(orjson.dumps(state.describe()).decode())
+                print(f"relay shards: {await _not_done(client, state, limit)}", file=sys.stderr)
+                return 1
             await asyncio.sleep(shardmap.SWITCH_POLL_SECONDS)
             state = await shardmap.read(client) or state
         print(orjson.dumps(state.describe()).decode())
@@ -172,6 +194,20 @@ async def _shards(args: argparse.Namespace) -> int:
     finally:
         await client.aclose()
         await connector.aclose()
+
+
+async def _not_done(client: Redis, state: shardmap.MapState, waited: float) -> str:
+    """Why `switch --wait` gave up: the phase, and the relay servers it waits for."""
+    unacked = await shardmap.unacked(client, state)
+    waiting = ", ".join(
+        f"{node} (seen {age:.1f}s ago)" for node, age in sorted(unacked.items(), key=lambda x: x[1])
+    )
+    return (
+        f"stopped waiting after {waited:g}s: the switch is still in its {state.phase} phase"
+        f"{' (stalled: past its deadline)' if state.stalled(shardmap.now_ms()) else ''}, "
+        f"waiting for {waiting or 'no relay server (the next read of the map advances it)'}; "
+        "it goes on without this command: `relay shards show` follows it"
+    )
 
 
 def _token(subject: str, join: list[str], publish: list[str], ttl: str, api: bool = False) -> int:

@@ -192,6 +192,9 @@ class RedisState(ClusterState):
         self, room: str, joins: list[Member], leaves: list[str], node_empty: bool
     ) -> None:
         key = keys.presence(room)
+        # Placed by the map, like a publish: not past the lease, when the room may have
+        # moved without this server and the shard it places it on was cleaned (ghosts).
+        self._broker.require_lease()
         async with self._broker.shard_for(room).live().commands.pipeline(transaction=True) as pipe:
             if leaves:
                 pipe.hdel(key, *leaves)

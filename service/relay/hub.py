@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -95,18 +95,25 @@ class _CatchUp:
     Bound and overflow policy: at most `limit` events (the member's send queue). One more
     and the member is dropped as a slow consumer (close 4008; it resumes with `since`,
     losing nothing), and this buffer stops taking events.
+
+    It takes events only once `open`: when the member's history read holds its read slot
+    (JOIN_READS). Events before that are in the read; buffering them while the join
+    waits its turn in a storm filled the buffer of a busy room's joiner, which was
+    dropped and queued again. Registered (not open) from the start of the join all the
+    same, so the room is not released while the join waits.
     """
 
-    __slots__ = ("events", "limit", "member", "overflowed")
+    __slots__ = ("events", "limit", "member", "open", "overflowed")
 
     def __init__(self, member: Member, limit: int) -> None:
         self.member = member
         self.limit = limit
         self.events: list[Delivery] = []
+        self.open = False
         self.overflowed = False
 
     def add(self, delivery: Delivery) -> None:
-        if self.overflowed:
+        if self.overflowed or not self.open:
             return
         if len(self.events) >= self.limit:
             self.overflowed = True
@@ -155,6 +162,10 @@ class Hub:
         catch_up_limit: int = 1000,
     ) -> None:
         self._join_reads: dict[str, asyncio.Semaphore] = {}
+        self._waiting: set[Member] = set()
+        """Joining members whose join waits for a read slot or for another join's first
+        read of the room (nothing of theirs in flight): see `waiting`. Bound: one entry
+        per session (a session handles one message at a time)."""
         """Per broker placement (shard), held for one history read of a join: see
         JOIN_READS. Bound: one entry per shard of the configuration."""
         self._catch_up_limit = catch_up_limit
@@ -175,6 +186,13 @@ class Hub:
     def is_subscribed(self, room: str) -> bool:
         return room in self._rooms
 
+    def waiting(self, member: Member) -> bool:
+        """Whether `member`'s join is only waiting (for a JOIN_READS slot, or for the
+        room's first read by another join): cancelling it there is safe, nothing of its
+        own is in flight. A session that ends meanwhile cancels it, so a client gone
+        from a queue of joins neither stays counted nor takes its turn at Redis."""
+        return member in self._waiting
+
     def local_rooms(self) -> dict[str, int]:
         """Rooms with local members, and how many (node reports, GET /rooms)."""
         return {room: len(entry.members) for room, entry in self._rooms.items() if entry.members}
@@ -192,7 +210,7 @@ class Hub:
         read; the member is then not in the room.
         """
         policy = self._policies.for_room(room)
-        entry = await self._subscribed(room, policy)
+        entry = await self._subscribed(room, policy, member)
         if entry.unsubscribe_timer is not None:
             entry.unsubscribe_timer.cancel()
             entry.unsubscribe_timer = None
@@ -206,7 +224,7 @@ class Hub:
         sequence = entry.sequence
         try:
             for _ in range(2):
-                result, missed = await self._recover(room, policy, since)
+                result, missed = await self._recover(buffered, room, policy, since)
                 await self._caught_up(sequence, result)
                 if sequence.epoch == result.epoch:
                     break
@@ -254,13 +272,15 @@ class Hub:
             ) from None
 
     @contextlib.asynccontextmanager
-    async def _reading(self, room: str) -> AsyncIterator[None]:
+    async def _reading(self, room: str, member: Member | None = None) -> AsyncIterator[None]:
         """Hold one of the room's shard's JOIN_READS slots, waited for at most
-        JOIN_READ_WAIT_SECONDS (else BrokerUnavailable)."""
+        JOIN_READ_WAIT_SECONDS (else BrokerUnavailable); `member`, whose join waits for
+        it, is `waiting` meanwhile."""
         slot = self._read_slot(room)
         try:
-            async with asyncio.timeout(JOIN_READ_WAIT_SECONDS):
-                await slot.acquire()
+            with self._waiting_for(member):
+                async with asyncio.timeout(JOIN_READ_WAIT_SECONDS):
+                    await slot.acquire()
         except TimeoutError:
             raise BrokerUnavailable(
                 f"{JOIN_READS} history reads are in flight on the shard of {room!r} and none "
@@ -270,6 +290,20 @@ class Hub:
             yield
         finally:
             slot.release()
+
+    @contextlib.contextmanager
+    def _waiting_for(self, member: Member | None) -> Iterator[None]:
+        """Mark `member` `waiting` around an await that is safe to cancel. Unmarked with
+        no await after the wait ends, so a cancel can never reach what follows it (a
+        redis-py command must not be cancelled mid-flight: RedisShard._supervise)."""
+        if member is None:
+            yield
+            return
+        self._waiting.add(member)
+        try:
+            yield
+        finally:
+            self._waiting.discard(member)
 
     def _read_slot(self, room: str) -> asyncio.Semaphore:
         """The bound on joins' history reads of the shard that holds `room`."""
@@ -367,7 +401,7 @@ class Hub:
         """
         top = result.offset or 0
         try:
-            async with self._reading(room):
+            async with self._reading(room, member):
                 history = await self._broker.history(room, last, policy, limit=self._catch_up_limit)
         except BrokerUnavailable:
             history = None
@@ -384,11 +418,15 @@ class Hub:
         return [d for d in entries if (d.offset or 0) <= top]
 
     async def _recover(
-        self, room: str, policy: RoomPolicy, since: Position | None
+        self, buffered: _CatchUp, room: str, policy: RoomPolicy, since: Position | None
     ) -> tuple[JoinResult, list[Delivery]]:
-        """The position to announce and the first page of events to replay for a join."""
+        """The position to announce and the first page of events to replay for a join;
+        the join's buffer takes live events from the moment its read holds a slot."""
         after = since.offset if since is not None else None
-        async with self._reading(room):
+        async with self._reading(room, buffered.member):
+            # No await between the slot and the read's command: an event fanned out
+            # before this line was published before the read, so the read has it.
+            buffered.open = True
             history = await self._broker.history(room, after, policy, limit=self._catch_up_limit)
         if since is None:
             return JoinResult(history.top, history.epoch, None), []
@@ -405,11 +443,12 @@ class Hub:
             return JoinResult(history.top, history.epoch, False), []
         return JoinResult(history.top, history.epoch, True), entries
 
-    async def _subscribed(self, room: str, policy: RoomPolicy) -> _Room:
+    async def _subscribed(self, room: str, policy: RoomPolicy, member: Member) -> _Room:
         entry = self._rooms.get(room)
         if entry is not None:
             if not entry.subscribed.done():
-                await _shared(asyncio.shield(entry.subscribed))
+                with self._waiting_for(member):  # shielded: another join's work goes on
+                    await _shared(asyncio.shield(entry.subscribed))
             return entry
         # Wait out an UNSUBSCRIBE still in flight, so it cannot land after our SUBSCRIBE.
         pending = self._unsubscribing.get(room)
@@ -419,7 +458,7 @@ class Hub:
             # a finished task does not yield, so forget it here or this would recurse on it
             # until RecursionError (seen in a resume storm: bench/resume_storm.py).
             self._forget_unsubscribe(room, pending)
-            return await self._subscribed(room, policy)
+            return await self._subscribed(room, policy, member)
         entry = _Room(asyncio.get_running_loop().create_future())
         self._rooms[room] = entry
         subscribed = False

@@ -161,11 +161,16 @@ class Presence:
         """Each load-report interval: renew liveness; announce the leaves of dead nodes."""
         known = await self._state.alive(self._node)
         if not known and self._registered:
-            # Declared dead while alive (a long Redis outage): our members were removed.
+            # Declared dead while alive (a long Redis outage): our members were removed
+            # (and their leaves announced). Written and announced again by the flusher,
+            # which retries until it can: a write refused now (the shard map's lease ends
+            # with such a renewal until the map is read again) is not lost.
             log.warning("this node's presence had expired; writing its members again")
             for room, local in self._local.items():
-                joins = [member_of(self._node, p) for p in local.values()]
-                await self._state.presence_apply(room, joins, [], False)
+                pending = self._joins.setdefault(room, {})
+                for participant in local.values():
+                    pending.setdefault(participant.id, member_of(self._node, participant))
+            self._wake.set()
         self._registered = True
         for room, leaves in await self._state.reap(self.dead_after):
             if leaves:

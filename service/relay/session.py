@@ -149,6 +149,11 @@ class Session:
         self.close_code = self.outbox.close_code or code
         if self._handler is None:
             self._finish()
+        elif self._services.hub.waiting(self):
+            # Its join only waits for its turn (a history-read slot in a storm): give up
+            # now rather than stay counted and read history for nobody when the turn
+            # comes. The handler's end finishes the session.
+            self._handler.cancel()
 
     async def _handle_inbox(self) -> None:
         """Handle received messages until there are none; then the task ends."""

@@ -389,7 +389,12 @@ async def test_nothing_a_relay_still_on_the_old_map_writes_stays_on_the_old_shar
     a.cli("HSET", MAP_KEY, "version", "1", "shards", "a,b", "phase", "stable")
     direct = [f"a={a.url}", f"b={b.url}"]
     relay_factory("p1", redis_urls=direct, env=env)
-    p2 = relay_factory("p2", redis_urls=[f"a={cut.url}", f"b={b.url}"], env=env)
+    # p2's lease (2/3 of its dead_after: 10 s) outlasts the flip, which waits for p1 to
+    # find the stuck relay dead (p1's dead_after: 3 s): p2 still places by the old map
+    # lawfully, as a relay that has not read the flip yet may. Past its lease it would
+    # write nothing (test_a_relay_cut_off_from_the_control_shard_writes_no_ghost_presence).
+    slow = {**env, "RELAY_LOAD_REPORT_SECONDS": "5"}
+    p2 = relay_factory("p2", redis_urls=[f"a={cut.url}", f"b={b.url}"], env=slow)
     stuck = relay_factory("stuck", redis_urls=direct, env=env)
     assert stuck.proc is not None
     room = next(r for r in ROOMS if ShardMap(1, ("a", "b")).place(r) == "b")
@@ -523,6 +528,51 @@ async def test_the_move_phase_waits_for_a_hung_relay_and_reports_the_stall(
     assert "relay_shard_switch_stalled 0.0" in pod.metrics()
 
 
+async def test_switch_wait_gives_up_on_a_stalled_move_phase_naming_who_it_waits_for(
+    redis_factory, relay_factory
+) -> None:
+    """`relay shards switch --wait` is bounded: a move phase held by a hung relay (alive,
+    never acking) makes it exit 1 naming the phase and that relay, not hang for ever."""
+    a, b = redis_factory(), redis_factory()
+    seed(a, a)
+    pod = relay_factory("p1", redis_urls=[a.url, b.url], env=QUICK)
+    hung = relay_factory("hung", redis_urls=[a.url, b.url], env=QUICK)
+    assert hung.proc is not None
+    hung.proc.send_signal(signal.SIGSTOP)
+    gone = asyncio.Event()
+
+    async def renew() -> None:  # hung, yet looking alive (see the test above)
+        while not gone.is_set():
+            now = str(int(time.time() * 1000))
+            await asyncio.to_thread(a.cli, "ZADD", "gamecluster:alive", now, "hung")
+            await asyncio.sleep(0.2)
+
+    async def prepared_by_the_hung_relay() -> None:  # it acked the prepare, then hung
+        await eventually(lambda: a.cli("HGET", MAP_KEY, "phase") == "prepare", 10, "a switch")
+        switch_id = await asyncio.to_thread(a.cli, "HGET", MAP_KEY, "switch")
+        await asyncio.to_thread(a.cli, "SADD", f"{MAP_KEY}:ack:{switch_id}:prepare", "hung")
+
+    renewing = asyncio.create_task(renew())
+    try:
+        names = f"{name(a)},{name(b)}"
+        args = ("shards", "switch", names, "--timeout", "2", "--wait", "--wait-timeout", "4")
+        started = time.monotonic()
+        done, _ = await asyncio.gather(
+            asyncio.to_thread(pod.cli, *args, timeout=30), prepared_by_the_hung_relay()
+        )
+        took = time.monotonic() - started
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert 4 <= took < 15, took
+        assert "still in its move phase (stalled" in done.stderr, done.stderr
+        assert "waiting for hung (seen" in done.stderr and "p1" not in done.stderr, done.stderr
+        assert show(pod)["phase"] == "move"  # the switch itself goes on
+    finally:
+        gone.set()
+        await renewing
+        hung.kill()
+    await eventually(lambda: show(pod)["phase"] == "stable", 15, "the hung relay to drop out")
+
+
 async def test_a_relay_cut_off_from_the_control_shard_stops_publishing(
     redis_factory, relay_factory
 ) -> None:
@@ -552,6 +602,44 @@ async def test_a_relay_cut_off_from_the_control_shard_stops_publishing(
             proxy.flow()
             await eventually(lambda: cut.status() == 200, 15, "the relay back")
             assert (await client.publish(room, 2, id="after"))["op"] == "ack"
+    finally:
+        proxy.close()
+
+
+async def test_a_relay_cut_off_from_the_control_shard_writes_no_ghost_presence(
+    redis_factory, relay_factory
+) -> None:
+    """A relay cut off from the control shard past its lease may have been left out of a
+    switch: it must not write presence by the map it last read, on a shard the switch
+    has left (its cleanup already ran there: the members would stay as ghosts, listed
+    again if a later switch brings the room back). Its changes wait, and are written on
+    the room's new shard once it has read the map again."""
+    a, b = redis_factory(), redis_factory()
+    seed(a, a, b)
+    env = {**QUICK, "RELAY_ROOMS": orjson.dumps([{"match": "sm:*", "presence": True}]).decode()}
+    proxy = StallingProxy(a.port).start()
+    try:
+        # One shard name for a, through the proxy or not (placement is by name).
+        cut = relay_factory("cut", redis_urls=[f"{name(a)}={proxy.url}", b.url], env=env)
+        pod = relay_factory("p1", redis_urls=[a.url, b.url], env=env)
+        room = next(r for r in ROOMS if ShardMap(1, (name(a), name(b))).place(r) == name(b))
+        presence = f"room:{{{room}}}:presence"
+        async with Connection(cut.url) as client:
+            proxy.stall()
+            await eventually(lambda: cut.status() == 503, 10, "the cut relay's lease to end")
+            shown = await switch(pod, a)  # without it (gone from the barrier): room to a
+            assert (shown["version"], shown["phase"]) == (2, "stable"), shown
+            await client.join(room)  # on b, where its stale map places the room
+            refused = f"presence of {room} not written"
+            await eventually(
+                lambda: refused in cut.tail(200) or b.cli("HLEN", presence) != "0",
+                10,
+                "the cut relay's presence write",
+            )
+            assert b.cli("HLEN", presence) == "0", "a ghost member on the shard left"
+            proxy.flow()
+            await eventually(lambda: a.cli("HLEN", presence) == "1", 15, "presence on a")
+            assert b.cli("HLEN", presence) == "0"
     finally:
         proxy.close()
 

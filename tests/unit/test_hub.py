@@ -485,3 +485,42 @@ async def test_a_join_waits_for_a_read_slot_at_most_its_bound(
     release.set()
     results = await asyncio.wait_for(asyncio.gather(*reading), 2)
     assert all(r.offset == 0 for r in results)
+
+
+async def test_a_joiner_waiting_for_a_read_slot_buffers_nothing_and_keeps_the_room() -> None:
+    """A busy room's joiner queued behind JOIN_READS stalled reads: the room's events
+    meanwhile (more than its catch-up buffer holds) are in its history read, so they do
+    not fill the buffer and drop it as a slow consumer; and the room stays subscribed
+    though its last member left while the join waited."""
+    release = asyncio.Event()
+
+    class Stalled(CountingBroker):
+        async def history(
+            self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+        ) -> History:
+            if room.startswith("stalled:"):
+                await release.wait()
+            return await super().history(room, after, policy, limit=limit)
+
+    broker = Stalled()
+    hub = Hub(broker, Metrics(), RoomPolicies([]), unsubscribe_delay=0, catch_up_limit=10)
+    first, joiner = Member(), Member()
+    start = await join(hub, first, "busy")
+    reading = [
+        asyncio.create_task(join(hub, Member(), f"stalled:{n}"))
+        for n in range(hub_module.JOIN_READS)
+    ]
+    await eventually(lambda: hub._read_slot("busy").locked(), 2, "every read slot taken")
+    since = Position(start.offset or 0, start.epoch or "")
+    waiting = asyncio.create_task(join(hub, joiner, "busy", since))
+    await eventually(lambda: hub.waiting(joiner), 2, "the join to queue for a slot")
+    for n in range(25):
+        await broker.publish("busy", n, ts=0, policy=DURABLE)
+    hub.leave(first, "busy")
+    await asyncio.sleep(0.01)  # the unsubscribe timer (delay 0) has had its turn
+    release.set()
+    result = await asyncio.wait_for(waiting, 2)
+    await asyncio.wait_for(asyncio.gather(*reading), 2)
+    assert not joiner.overflowed
+    assert result.recovered and joiner.offsets() == list(range(1, 26))
+    assert "unsub busy" not in broker.calls

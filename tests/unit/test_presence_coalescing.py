@@ -114,3 +114,30 @@ def test_an_info_claim_over_the_bound_is_left_out_of_the_member_entry() -> None:
         member = member_of("n1", Conn("c1", identity))
         assert member.get("info") == expected, len(orjson.dumps(info))
         assert (member["sub"], member["conn"], member["node"]) == ("ann", "c1", "n1")
+
+
+async def test_members_rewritten_after_this_node_was_reaped_are_not_lost_to_a_refusal() -> None:
+    """Declared dead while alive, a node writes its members again; the write refused then
+    (the shard map's lease ends with that renewal until the map is read again) is retried
+    by the next flush, not dropped: the members would be missing for good."""
+
+    class Reaped(FlakyState):
+        present = True
+
+        async def alive(self, node: str) -> bool:
+            return self.present
+
+    state = Reaped()
+    presence = make(state)
+    ann = person("a", "ann")
+    presence.joined("lobby", ann)
+    assert await presence.flush()
+    await presence.tick()  # registered
+    # Reaped by another node meanwhile: its members removed (and their leaves announced).
+    await state.presence_apply("lobby", [], ["a"], True)
+    state.present, state.down = False, True
+    await presence.tick()
+    assert not await presence.flush()
+    state.present, state.down = True, False
+    assert await presence.flush()
+    assert (await presence.members("lobby"))[0] == 1

@@ -486,6 +486,17 @@ class RedisBroker(Broker):
         """The shard map read, naming only shards this server has, within the fence."""
         return self._map is not None and not self.shard_map.unknown and self.shard_map.leased()
 
+    def require_lease(self) -> None:
+        """Raise BrokerUnavailable unless this server holds its shard map lease: past it,
+        a switch may have gone ahead without it, and a write placed by the map it last
+        read (a publish, a presence change) could land on a shard the switch has left
+        (shardmap: the lease)."""
+        if not self.shard_map.leased():
+            raise BrokerUnavailable(
+                f"the shard map has not been confirmed on {self._shards[0].url} lately "
+                "(a switch could have left this server out); retry"
+            )
+
     def shards(self) -> dict[str, bool]:
         return {shard.name: shard.ready for shard in self._shards}
 
@@ -543,12 +554,7 @@ class RedisBroker(Broker):
             shard = self.shard_for(room).live()
             if state.switching and state.moving(room):
                 raise BrokerUnavailable(f"room {room} is moving to another shard; retry")
-            if not self.shard_map.leased():
-                # A switch may have gone ahead without this server (shardmap: the lease).
-                raise BrokerUnavailable(
-                    f"the shard map has not been confirmed on {self._shards[0].url} lately "
-                    "(a switch could have left this server out); retry"
-                )
+            self.require_lease()
             try:
                 if policy.durable:
                     return await self._publish_durable(

@@ -42,12 +42,13 @@ never be served again.
 
 A relay server left out of a barrier (silent for `dead_after`: cut off from the control
 shard, or its process paused) would still place rooms by the map it last read, and
-publish to a shard the others have left. So a server publishes only while it holds a
-*lease*: each read of the map renews its liveness in the same script, and the lease runs
-for LEASE_FRACTION of `dead_after` from the moment that read was sent (a liveness
-renewal by presence, while the lease holds, extends it). Past it, publishes are refused
-(`unavailable`) and the server is unready until a read of the map succeeds: a barrier
-can leave a server out only once that server has stopped publishing. The margin
+publish to (or write presence on) a shard the others have left. So a server publishes
+and writes presence only while it holds a *lease*: each read of the map renews its
+liveness in the same script, and the lease runs for LEASE_FRACTION of `dead_after` from
+the moment that read was sent (a liveness renewal by presence, while the lease holds,
+extends it). Past it, publishes are refused (`unavailable`), presence changes wait
+(retried), and the server is unready until a read of the map succeeds: a barrier can
+leave a server out only once that server has stopped writing by its map. The margin
 (the rest of `dead_after`) covers a publish still on its way and clock skew between
 servers, whose wall clocks the alive set compares.
 
@@ -66,7 +67,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -354,6 +355,24 @@ async def begin(
         raise
     await control.publish(keys.CONTROL_CHANNEL, ANNOUNCE)
     return MapState.parse(_pairs(fields))
+
+
+async def unacked(control: Redis, state: MapState) -> dict[str, float]:
+    """Relay servers of the alive set that have not acked the switch's current phase, with
+    the seconds since each last renewed its liveness (the barrier waits for those seen
+    within `dead_after`; older ones are about to drop out of it): for `relay shards`."""
+    if not state.switching:
+        return {}
+    acked = {_text(node) for node in await control.smembers(_acks(state.switch, state.phase))}
+    alive = cast(
+        "list[tuple[bytes, float]]", await control.zrange(keys.ALIVE, 0, -1, withscores=True)
+    )
+    now = now_ms()
+    return {
+        _text(node): max(0.0, (now - score) / 1000)
+        for node, score in alive
+        if _text(node) not in acked
+    }
 
 
 class InFlight:
