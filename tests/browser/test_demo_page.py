@@ -213,7 +213,14 @@ def test_two_players_on_two_relays_move_chat_and_resume_after_a_sigkill(
 
     # Alice's pod dies; bob chats while she is away; she resumes on pod-b and has it all, once.
     pod_a.kill()
-    wait_for(alice, "s => s.status.state !== 'connected' && s.status.state !== 'resumed'")
+    # She noticed: away, or (on a fast reconnect, between two polls of this wait) already
+    # on her second connection. Bob's messages below are then restored or live: the
+    # "history restored" notice comes right before them either way.
+    wait_for(
+        alice,
+        "s => s.status.connections >= 2"
+        " || (s.status.state !== 'connected' && s.status.state !== 'resumed')",
+    )
     meanwhile = [f"while alice is away {i}" for i in range(3)]
     for text in meanwhile:
         bob.evaluate("t => window.demo.sendChat(t)", text)  # resolves on the ack: stored
