@@ -16,6 +16,10 @@ One pass for one GameCluster, in order:
    are still applied, so the Deployment keeps scaling, and the first failure is reported as
    ``Stalled`` with the child and the API error.
 4. Delete owned children no spec produces any more (managed -> external, a named secret).
+   Managed Redis: move a change of ``spec.redis.shards`` on by a stage (``gamecluster.shards``:
+   the union of old and new shards first, the map switched by a relay once the relays run
+   it, removed shards last), asking the relays' server API when the stage needs it; when the
+   stage changes what Redis or the relays run, its children are applied in the same pass.
 5. Compute status from the children and patch it when it changed.
 
 Passes for the same GameCluster are serialised by a per-object lock, since kopf may run a
