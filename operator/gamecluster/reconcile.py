@@ -346,9 +346,13 @@ class Reconciler:
             return dataclasses.replace(
                 state, phase=phase, message=f"cannot ask a relay: {exc}", stalled=False
             )
-        return shards_mod.after_reading(
+        moved = shards_mod.after_reading(
             state, reading, lambda count: shard_names(spec, owner, count)
         )
+        if (moved.phase, moved.stalled) != (state.phase, state.stalled):
+            log = logger.warning if moved.stalled or moved.phase == "Rolling" else logger.info
+            log("%s/%s: shards %s: %s", owner.namespace, owner.name, moved.phase, moved.message)
+        return moved
 
     def _generated_value(self, owner: Owner, name: str, key: str) -> str:
         """A generated Secret's stored value (re-applying never rotates it), else a fresh one."""
