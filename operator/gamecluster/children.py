@@ -92,6 +92,11 @@ class Owner:
         return f"{self.name}-redis-acl"
 
     @property
+    def api_secret(self) -> str:
+        """The generated server API key the operator switches the shard map with."""
+        return f"{self.name}-api"
+
+    @property
     def jwt_secret(self) -> str:
         """The generated JWT Secret (only when spec.auth.secretName is absent)."""
         return f"{self.name}-jwt"

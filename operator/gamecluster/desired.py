@@ -15,6 +15,7 @@ from gamecluster.manifests import redis as redis_manifests
 from gamecluster.manifests import redis_access, redis_ha, redis_tls, secrets
 from gamecluster.manifests import relay as relay_manifests
 from gamecluster.manifests.secrets import RedisPasswords
+from gamecluster.shards import ShardState
 from gamecluster.spec import GameClusterSpec
 
 
@@ -34,6 +35,12 @@ class Inputs:
     """Where the operator runs: the Redis NetworkPolicy admits its load-report reads."""
     redis_tls: Mapping[str, str] | None = None
     """spec.redis.tls's Secret by key: its digest rolls the shards on a renewal."""
+    api_key: str | None = None
+    """Value for the generated server API key Secret (``<name>-api``), which the operator
+    uses to switch the shard map: the stored one if it exists, else a fresh one."""
+    shards: ShardState | None = None
+    """Managed Redis: the shard change in progress (``gamecluster.shards``); None: as
+    spec.redis.shards says (no change in flight)."""
 
 
 def relay_replicas(spec: GameClusterSpec, autoscaled: int | None) -> int:
@@ -45,12 +52,22 @@ def relay_replicas(spec: GameClusterSpec, autoscaled: int | None) -> int:
     return max(scaling.min_replicas, min(scaling.max_replicas, wanted))
 
 
-def redis_urls(spec: GameClusterSpec, owner: Owner) -> list[str]:
+def redis_urls(spec: GameClusterSpec, owner: Owner, count: int | None = None) -> list[str]:
+    """RELAY_REDIS_URLS; managed mode: the first ``count`` shards (default spec.redis.shards)."""
     if spec.redis.mode == "external":
         return list(spec.redis.external.urls) if spec.redis.external else []
+    count = spec.redis.shards if count is None else count
     if spec.redis.replicas > 0:
-        return owner.sentinel_shard_urls(spec.redis.shards)
-    return owner.shard_urls(spec.redis.shards, tls=spec.redis.tls is not None)
+        return owner.sentinel_shard_urls(count)
+    return owner.shard_urls(count, tls=spec.redis.tls is not None)
+
+
+def shard_names(spec: GameClusterSpec, owner: Owner, count: int) -> list[str]:
+    """Managed mode: the names rooms are placed by (the relay's default name of a URL,
+    ``host:port``, or the Sentinel master's name), of the first ``count`` shards."""
+    if spec.redis.replicas > 0:
+        return [owner.shard_master(index) for index in range(count)]
+    return [url.split("://", 1)[1] for url in owner.shard_urls(count)]
 
 
 def sentinel_addresses(spec: GameClusterSpec, owner: Owner) -> list[str]:
@@ -74,14 +91,23 @@ def desired(spec: GameClusterSpec, meta: Mapping[str, Any], inputs: Inputs) -> l
     the caller must read or generate it first.
     """
     owner = Owner.from_meta(meta)
+    relay_shards = None
+    if spec.redis.mode == "managed" and inputs.shards is not None:
+        relay_shards = inputs.shards.relay_shards
+        # Redis runs the union until no relay uses a removed shard (gamecluster.shards).
+        spec = spec.model_copy(
+            update={"redis": spec.redis.model_copy(update={"shards": inputs.shards.redis_shards})}
+        )
     data = relay_manifests.config_data(
-        spec, owner, redis_urls(spec, owner), sentinel_addresses(spec, owner)
+        spec, owner, redis_urls(spec, owner, relay_shards), sentinel_addresses(spec, owner)
     )
     manifests: list[Manifest] = [relay_manifests.configmap(owner, data)]
     if generates_jwt_secret(spec):
         if inputs.jwt_secret is None:
             raise ValueError("desired() needs inputs.jwt_secret when the JWT secret is generated")
         manifests.append(relay_manifests.jwt_secret(owner, inputs.jwt_secret))
+    if inputs.api_key is not None:
+        manifests.append(relay_manifests.api_key_secret(owner, inputs.api_key))
     digest = None
     if spec.redis.mode == "managed":
         passwords = inputs.redis_passwords
@@ -118,6 +144,7 @@ def desired(spec: GameClusterSpec, meta: Mapping[str, Any], inputs: Inputs) -> l
         image=spec.image or inputs.relay_image,
         replicas=relay_replicas(spec, inputs.autoscaled_replicas),
         data=data,
+        api_key=inputs.api_key is not None,
     )
     manifests.append(redis_access.attach_to_relay(deployment, spec, owner, digest))
     manifests.append(relay_manifests.service(spec, owner))

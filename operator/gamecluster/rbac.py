@@ -106,7 +106,8 @@ NAMESPACED_RULES: Final[tuple[Rule, ...]] = (
         ("secrets",),
         ("get", "create", "patch", "delete"),
         "check that spec.auth.secretName and redis.external.secretRef exist; apply the "
-        "generated JWT Secret, the Redis password Secret (once) and the Redis ACL Secret",
+        "generated JWT Secret, the server API key Secret (read back to switch the shard "
+        "map), the Redis password Secret (once) and the Redis ACL Secret",
     ),
 )
 

@@ -16,6 +16,10 @@ One pass for one GameCluster, in order:
    are still applied, so the Deployment keeps scaling, and the first failure is reported as
    ``Stalled`` with the child and the API error.
 4. Delete owned children no spec produces any more (managed -> external, a named secret).
+   Managed Redis: move a change of ``spec.redis.shards`` on by a stage (``gamecluster.shards``:
+   the union of old and new shards first, the map switched by a relay once the relays run
+   it, removed shards last), asking the relays' server API when the stage needs it; when the
+   stage changes what Redis or the relays run, its children are applied in the same pass.
 5. Compute status from the children and patch it when it changed.
 
 Passes for the same GameCluster are serialised by a per-object lock, since kopf may run a
@@ -31,6 +35,7 @@ A ``spec.image`` is the user's explicit choice and applies at once.
 
 import base64
 import binascii
+import dataclasses
 import logging
 import secrets
 import threading
@@ -41,13 +46,18 @@ from typing import Any, Final
 
 from gamecluster import children as children_mod
 from gamecluster import names, redis_auth
+from gamecluster import shards as shards_mod
 from gamecluster import status as status_mod
 from gamecluster.children import ChildRef, Manifest, Owner
 from gamecluster.cluster import Cluster, ClusterError
-from gamecluster.desired import Inputs, desired, generates_jwt_secret
+from gamecluster.desired import Inputs, desired, generates_jwt_secret, relay_replicas, shard_names
+from gamecluster.manifests import relay as relay_manifests
 from gamecluster.manifests.secrets import RedisPasswords
+from gamecluster.relay_admin import HttpRelayAdmin, RelayAdmin, RelayAdminError
+from gamecluster.shards import ShardState
 from gamecluster.spec import JWT_PUBLIC_KEY_KEY, JWT_SECRET_KEY, GameClusterSpec, InvalidSpec, parse
 from gamecluster.status import Observed, Problem
+from relay import contract
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +94,14 @@ def owned_by(obj: Mapping[str, Any], owner: Owner) -> bool:
     return any(ref.get("uid") == owner.uid and ref.get("name") == owner.name for ref in refs)
 
 
+def _shard_work(state: ShardState | None) -> tuple[str, str] | None:
+    """A shard change in flight, for the Reconciling condition."""
+    if state is None or state.phase == "Stable":
+        return None
+    reason = "ShardSwitchStalled" if state.stalled else f"Shards{state.phase}"
+    return reason, f"{state.active} -> {state.target} shards: {state.message}"
+
+
 class Reconciler:
     def __init__(
         self,
@@ -93,8 +111,11 @@ class Reconciler:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(48),
         operator_namespace: str | None = None,
+        relay_admin: RelayAdmin | None = None,
     ) -> None:
         self.cluster = cluster
+        self.relay_admin: RelayAdmin = relay_admin or HttpRelayAdmin()
+        """How the shard map is read and switched (the relays' server API)."""
         self.operator_namespace = operator_namespace
         """Where the operator runs (GAMECLUSTER_NAMESPACE): admitted to Redis for load reads."""
         self.relay_image = relay_image
@@ -191,6 +212,13 @@ class Reconciler:
 
             autoscaled = (previous.get("autoscaling") or {}).get("desiredReplicas")
             image = self._relay_image(spec, owner, previous)
+            api_key = self._generated_value(owner, owner.api_secret, relay_manifests.API_KEY_KEY)
+            state: ShardState | None = None
+            if spec.redis.mode == "managed":
+                state = shards_mod.begin(
+                    ShardState.from_status(previous, fallback=self._configured_shards(owner, spec)),
+                    spec.redis.shards,
+                )
             inputs = Inputs(
                 relay_image=image,
                 autoscaled_replicas=autoscaled if spec.autoscaling.enabled else None,
@@ -199,10 +227,28 @@ class Reconciler:
                 redis_secret_exists=redis_passwords[1] if redis_passwords else False,
                 operator_namespace=self.operator_namespace,
                 redis_tls=None if isinstance(tls, Problem) else tls,
+                api_key=api_key,
+                shards=state,
             )
             manifests = desired(spec, meta, inputs)
             live, applied, failures = self._apply(owner, manifests, full=full)
             self._prune(owner, {ChildRef.of(m) for m in manifests}, full=full)
+            if state is not None:
+                moved = self._advance_shards(spec, owner, state, live, inputs, api_key)
+                if (moved.redis_shards, moved.relay_shards) != (
+                    state.redis_shards,
+                    state.relay_shards,
+                ):
+                    # The next stage's children now, not a resync later: relays roll onto
+                    # the target list, or Redis shrinks (its shard sets are listed to prune).
+                    inputs = dataclasses.replace(inputs, shards=moved)
+                    manifests = desired(spec, meta, inputs)
+                    live2, applied2, failures2 = self._apply(owner, manifests, full=False)
+                    live.update(live2)
+                    applied += applied2
+                    failures += failures2
+                    self._prune(owner, {ChildRef.of(m) for m in manifests}, full=True)
+                state = moved
 
             first = failures[0] if failures else None
             # Stalled only for what a retry cannot fix; a conflict or a timeout is in flight.
@@ -219,6 +265,7 @@ class Reconciler:
                     for shard in range(spec.redis.shards)
                 ),
                 sentinels=live.get(f"StatefulSet/{owner.sentinel}"),
+                shard_work=_shard_work(state),
             )
             status = status_mod.compute(
                 spec,
@@ -230,6 +277,8 @@ class Reconciler:
             )
             if not spec.image:
                 status["relayImage"] = image
+            if state is not None:
+                status["shards"] = state.to_status()
             self._write_status(owner, previous, status)
             self._release_slot(owner, status)
             if first is None:
@@ -250,20 +299,79 @@ class Reconciler:
             return Problem("SecretKeyMissing", f"Secret {ref.name} has no key {key!r}")
         return None
 
-    def _jwt_value(self, spec: GameClusterSpec, owner: Owner) -> str | None:
-        """The generated secret's stored value, so re-applying never rotates it."""
-        if not generates_jwt_secret(spec):
-            return None
-        stored = self.cluster.get(ChildRef("v1", "Secret", owner.namespace, owner.jwt_secret))
+    def _configured_shards(self, owner: Owner, spec: GameClusterSpec) -> int:
+        """No recorded shard state: the shards the relays were configured with (their first
+        map), else spec.redis.shards (a new GameCluster)."""
+        configmap = self.cluster.get(ChildRef("v1", "ConfigMap", owner.namespace, owner.relay))
+        urls = ((configmap or {}).get("data") or {}).get(contract.ENV_REDIS_URLS)
+        if configmap is None or not owned_by(configmap, owner) or not urls:
+            return spec.redis.shards
+        return len([url for url in urls.split(",") if url.strip()])
+
+    def _advance_shards(
+        self,
+        spec: GameClusterSpec,
+        owner: Owner,
+        state: ShardState,
+        live: Mapping[str, Manifest],
+        inputs: Inputs,
+        api_key: str,
+    ) -> ShardState:
+        """The shard change's next stage (gamecluster.shards), asking a relay when it is
+        switching. A relay that cannot be asked leaves the stage as it was, with why."""
+        replicas = relay_replicas(spec, inputs.autoscaled_replicas)
+        state, action = shards_mod.after_rollout(
+            state, shards_mod.rollout_complete(live.get("Deployment"), replicas)
+        )
+        if state.phase != "Switching":
+            return state
+        target = shard_names(spec, owner, state.target)
+        try:
+            if action == "switch":
+                logger.info(
+                    "%s/%s: switching the shard map to %d shards",
+                    owner.namespace,
+                    owner.name,
+                    state.target,
+                )
+                reading = self.relay_admin.switch(
+                    owner, api_key, target, shards_mod.SWITCH_TIMEOUT_SECONDS
+                )
+            else:
+                reading = self.relay_admin.shards(owner, api_key)
+        except RelayAdminError as exc:
+            logger.warning("%s/%s: shard map: %s", owner.namespace, owner.name, exc)
+            # A failed request to start the switch: ask again at the next pass.
+            phase: shards_mod.Phase = "Rolling" if action == "switch" else state.phase
+            return dataclasses.replace(
+                state, phase=phase, message=f"cannot ask a relay: {exc}", stalled=False
+            )
+        moved = shards_mod.after_reading(
+            state, reading, lambda count: shard_names(spec, owner, count)
+        )
+        if (moved.phase, moved.stalled) != (state.phase, state.stalled):
+            log = logger.warning if moved.stalled or moved.phase == "Rolling" else logger.info
+            log("%s/%s: shards %s: %s", owner.namespace, owner.name, moved.phase, moved.message)
+        return moved
+
+    def _generated_value(self, owner: Owner, name: str, key: str) -> str:
+        """A generated Secret's stored value (re-applying never rotates it), else a fresh one."""
+        stored = self.cluster.get(ChildRef("v1", "Secret", owner.namespace, name))
         if stored is not None and not owned_by(stored, owner):
             stored = None  # someone else's Secret: never read it (the apply reports NameConflict)
-        encoded = ((stored or {}).get("data") or {}).get(JWT_SECRET_KEY)
+        encoded = ((stored or {}).get("data") or {}).get(key)
         if encoded:
             try:
                 return base64.b64decode(encoded, validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
-                logger.warning("generated secret %s is unreadable; replacing it", owner.jwt_secret)
+                logger.warning("generated secret %s is unreadable; replacing it", name)
         return self._new_secret()
+
+    def _jwt_value(self, spec: GameClusterSpec, owner: Owner) -> str | None:
+        """The generated JWT secret's stored value, so re-applying never rotates it."""
+        if not generates_jwt_secret(spec):
+            return None
+        return self._generated_value(owner, owner.jwt_secret, JWT_SECRET_KEY)
 
     def _apply(
         self, owner: Owner, manifests: list[Manifest], *, full: bool

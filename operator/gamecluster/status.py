@@ -57,6 +57,8 @@ class Observed:
     """``redis.replicas`` > 0: each shard's StatefulSet, in shard order (None: not read)."""
     sentinels: Mapping[str, Any] | None = None
     """``redis.replicas`` > 0: the Sentinel StatefulSet."""
+    shard_work: tuple[str, str] | None = None
+    """A shard change in flight (reason, message): Reconciling (``status.shards``)."""
 
 
 def _timestamp(now: datetime) -> str:
@@ -212,6 +214,8 @@ def compute(
             work = (observed.retrying.reason, observed.retrying.message)
         elif deploy is None:
             work = ("Creating", "the relay Deployment does not exist yet")
+        elif observed.shard_work is not None:
+            work = observed.shard_work
         elif not rolled_out:
             work = ("RollingOut", progressing_cond["message"])
         elif not redis_ok:

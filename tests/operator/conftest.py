@@ -11,7 +11,7 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kopf_harness import RELAY_IMAGE, FakeLoad, Harness, declare_resources
+from kopf_harness import RELAY_IMAGE, FakeLoad, FakeRelayAdmin, Harness, declare_resources
 from kubernetes import client as k8s
 
 from gamecluster import handlers
@@ -38,8 +38,11 @@ async def harness(kmock: kmock.KubernetesEmulator, load: FakeLoad) -> AsyncItera
 
     configuration = k8s.Configuration(host=server)
     api = k8s.ApiClient(configuration)
+    relay_admin = FakeRelayAdmin()
     context = handlers.Context(
-        reconciler=Reconciler(KubeCluster(api, timeout_seconds=5), relay_image=RELAY_IMAGE),
+        reconciler=Reconciler(
+            KubeCluster(api, timeout_seconds=5), relay_image=RELAY_IMAGE, relay_admin=relay_admin
+        ),
         load=load,
     )
     # kopf runs in its own thread and event loop: on exit it cancels every task of its loop,
@@ -63,7 +66,7 @@ async def harness(kmock: kmock.KubernetesEmulator, load: FakeLoad) -> AsyncItera
     thread.start()
     assert await asyncio.to_thread(ready.wait, 10), "kopf did not start"
     try:
-        yield Harness(kmock, load, context.metrics)
+        yield Harness(kmock, load, context.metrics, relay_admin)
     finally:
         stop.set()
         try:

@@ -32,8 +32,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from gamecluster import names
+from gamecluster.children import Owner
 from gamecluster.load import Reading, ReadyPod, RedisAuth
 from gamecluster.metrics import OperatorMetrics
+from gamecluster.shards import MapReading
 from support.metrics import metric_value
 
 NAMESPACE = "games"
@@ -84,6 +86,36 @@ class FakeLoad:
         return Reading({"fake": self.connections})
 
 
+class FakeRelayAdmin:
+    """Stands in for the relays' server API (``gamecluster.relay_admin``; the real client is
+    tested against real relays in tests/integration/test_operator_shard_switch.py): a switch
+    starts in ``prepare`` and ends when the test calls ``finish``."""
+
+    def __init__(self) -> None:
+        self.map = MapReading(version=1, shards=(), phase="stable")
+        self.next: tuple[str, ...] = ()
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def shards(self, owner: Owner, api_key: str) -> MapReading:
+        self.calls.append(("GET", ()))
+        return self.map
+
+    def switch(
+        self, owner: Owner, api_key: str, shards: Sequence[str], timeout: float
+    ) -> MapReading:
+        self.calls.append(("POST", tuple(shards)))
+        if tuple(shards) != self.map.shards and self.map.phase == "stable":
+            self.next = tuple(shards)
+            self.map = MapReading(self.map.version, self.map.shards, "prepare")
+        return self.map
+
+    def finish(self) -> None:
+        self.map = MapReading(self.map.version + 1, self.next, "stable")
+
+    def posts(self) -> list[tuple[str, ...]]:
+        return [shards for method, shards in self.calls if method == "POST"]
+
+
 def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
     # The bundled built-in resources (what load_bundled() reads, minus its deprecated API).
     bundled = importlib.resources.files("kmock._internal") / "resources.json.gz"
@@ -107,6 +139,8 @@ class Harness:
     load: FakeLoad
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     """The running operator's own metrics (handlers.Context.metrics)."""
+    relay_admin: FakeRelayAdmin = field(default_factory=FakeRelayAdmin)
+    """The relays' server API as the operator's reconciler sees it."""
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of the operator's /metrics exposition, parsed as Prometheus would;

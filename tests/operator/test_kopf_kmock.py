@@ -300,24 +300,86 @@ async def test_switching_to_external_prunes_the_managed_redis(harness: Harness) 
     assert config
 
 
-async def test_shard_change_resizes_redis_and_rolls_the_relay(harness: Harness) -> None:
+def shard_names(count: int) -> tuple[str, ...]:
+    return tuple(f"arena-redis-{n}.arena-redis.{NAMESPACE}.svc:6379" for n in range(count))
+
+
+def shards_status(harness: Harness) -> dict[str, Any]:
+    return dict(harness.gamecluster("arena")["status"]["shards"])
+
+
+def relay_url_count(harness: Harness) -> int:
+    return len(
+        harness.objects(CONFIGMAPS, "arena-relay")["data"][contract.ENV_REDIS_URLS].split(",")
+    )
+
+
+async def set_rolled_out(harness: Harness, done: bool) -> None:
+    """Play the Deployment controller: every relay pod on the latest template, or a rollout."""
+    replicas = deployment(harness)["spec"]["replicas"]
+    counts = {
+        key: replicas
+        for key in ("replicas", "updatedReplicas", "availableReplicas", "readyReplicas")
+    }
+    await harness.patch(
+        child_path("apps/v1", "deployments", "arena-relay") + "/status",
+        {"status": counts if done else {"updatedReplicas": 0}},
+    )
+
+
+async def test_shard_change_switches_the_map_between_relay_rollouts(harness: Harness) -> None:
+    admin = harness.relay_admin
+    admin.map = admin.map.__class__(1, shard_names(1), "stable")
     await harness.create_gamecluster("arena", {"redis": {"shards": 1}})
     before = await harness.eventually(lambda: deployment(harness))
     await harness.patch(
         gc_path("arena"), {"metadata": {"generation": 2}, "spec": {"redis": {"shards": 3}}}
     )
+    # Rolling: Redis and the relays' list are the union; nothing is asked of the relays yet.
     await harness.eventually(
-        lambda: harness.objects(STATEFULSETS, "arena-redis")["spec"]["replicas"] == 3
-    )
-    after = await harness.eventually(
         lambda: (
-            (d := deployment(harness))["spec"]["template"]["metadata"]["annotations"]
-            != before["spec"]["template"]["metadata"]["annotations"]
-            and d
+            harness.objects(STATEFULSETS, "arena-redis")["spec"]["replicas"] == 3
+            and relay_url_count(harness) == 3
+            and shards_status(harness)["phase"] == "Rolling"
         ),
-        what="a new config hash",
+        what="the union running, phase Rolling",
     )
-    assert after
+    after = deployment(harness)
+    assert (
+        after["spec"]["template"]["metadata"]["annotations"]
+        != (before["spec"]["template"]["metadata"]["annotations"])
+    )
+    assert admin.posts() == []
+    # The relays rolled: the operator asks for the switch, then reads until it is stable.
+    await set_rolled_out(harness, True)
+    await harness.eventually(lambda: admin.posts() == [shard_names(3)], what="the switch")
+    assert shards_status(harness)["phase"] == "Switching"
+    admin.finish()
+    done = await harness.eventually(
+        lambda: (s := shards_status(harness))["phase"] == "Stable" and s, what="Stable"
+    )
+    assert (done["active"], done["target"], done["mapVersion"]) == (3, 3, 2)
+
+    # Shrinking: switched first; the relays leave shards 1 and 2 before Redis removes them.
+    await harness.patch(
+        gc_path("arena"), {"metadata": {"generation": 3}, "spec": {"redis": {"shards": 1}}}
+    )
+    await harness.eventually(lambda: admin.posts()[-1:] == [shard_names(1)], what="the switch")
+    await set_rolled_out(harness, False)
+    admin.finish()
+    await harness.eventually(
+        lambda: shards_status(harness)["phase"] == "Shrinking" and relay_url_count(harness) == 1,
+        what="Shrinking with the relays on one shard",
+    )
+    assert harness.objects(STATEFULSETS, "arena-redis")["spec"]["replicas"] == 3
+    await set_rolled_out(harness, True)
+    await harness.eventually(
+        lambda: (
+            shards_status(harness)["phase"] == "Stable"
+            and harness.objects(STATEFULSETS, "arena-redis")["spec"]["replicas"] == 1
+        ),
+        what="Redis shrunk once the relays rolled",
+    )
 
 
 async def test_autoscaler_follows_the_load_reports(harness: Harness) -> None:

@@ -1,14 +1,19 @@
 """The reconciler's apply loop against an in-memory Cluster: failures and conflicts per child."""
 
-from collections.abc import Mapping
+import base64
+import logging
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from gamecluster.children import ChildRef, Manifest
+from gamecluster.children import ChildRef, Manifest, Owner
 from gamecluster.cluster import ClusterError
 from gamecluster.reconcile import Reconciler
+from gamecluster.relay_admin import RelayAdminError
+from gamecluster.shards import MapReading
+from relay import contract
 
 pytestmark = pytest.mark.unit
 
@@ -30,6 +35,15 @@ class MemoryCluster:
         if ref.kind in self.refuse:
             raise self.refuse[ref.kind]
         self.applied.append(f"{ref.kind}/{ref.name}")
+        before = self.objects.get((ref.kind, ref.name))
+        if before is not None and "status" in before:
+            # As the API server: status survives an apply; a changed spec is a new generation.
+            manifest = {**manifest, "status": before["status"]}
+            manifest["metadata"] = {
+                **manifest["metadata"],
+                "generation": before["metadata"].get("generation", 1)
+                + (before.get("spec") != manifest.get("spec")),
+            }
         self.objects[(ref.kind, ref.name)] = manifest
         return manifest
 
@@ -177,14 +191,184 @@ def test_an_operator_upgrade_rolls_one_gamecluster_at_a_time() -> None:
     assert image("b") == "mine:7"
 
 
-def test_shard_sets_are_pruned_when_shards_shrink_or_redis_turns_external() -> None:
+class FakeRelayAdmin:
+    """The relays' shard map as a server API answers about it: a switch starts in ``prepare``
+    and ends when the test says (``finish``)."""
+
+    def __init__(self, shards: Sequence[str]) -> None:
+        self.map = MapReading(version=1, shards=tuple(shards), phase="stable")
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+        self.keys: set[str] = set()
+        self.next: tuple[str, ...] = ()
+        self.down: RelayAdminError | None = None
+
+    def shards(self, owner: Owner, api_key: str) -> MapReading:
+        self.keys.add(api_key)
+        self.calls.append(("GET", ()))
+        if self.down is not None:
+            raise self.down
+        return self.map
+
+    def switch(
+        self, owner: Owner, api_key: str, shards: Sequence[str], timeout: float
+    ) -> MapReading:
+        self.keys.add(api_key)
+        self.calls.append(("POST", tuple(shards)))
+        if self.down is not None:
+            raise self.down
+        if tuple(shards) != self.map.shards:
+            self.next = tuple(shards)
+            self.map = MapReading(version=self.map.version, shards=self.map.shards, phase="prepare")
+        return self.map
+
+    def finish(self, *, abort: str | None = None) -> None:
+        if abort is not None:
+            self.map = MapReading(self.map.version, self.map.shards, "stable", last=abort)
+        else:
+            self.map = MapReading(self.map.version + 1, self.next, "stable")
+
+
+def roll_out(cluster: MemoryCluster) -> None:
+    """The Deployment controller's part: every relay pod runs the latest template."""
+    deploy = cluster.objects[("Deployment", "arena-relay")]
+    replicas = deploy["spec"]["replicas"]
+    generation = deploy["metadata"].setdefault("generation", 1)
+    deploy["status"] = {
+        "observedGeneration": generation,
+        "replicas": replicas,
+        "updatedReplicas": replicas,
+        "availableReplicas": replicas,
+        "readyReplicas": replicas,
+    }
+
+
+def relay_shard_count(cluster: MemoryCluster) -> int:
+    urls = cluster.objects[("ConfigMap", "arena-relay")]["data"][contract.ENV_REDIS_URLS]
+    return len(urls.split(","))
+
+
+class ShardRun:
+    """Passes of one operator (``restart`` makes a new one) over one GameCluster."""
+
+    def __init__(self, cluster: MemoryCluster, admin: FakeRelayAdmin) -> None:
+        self.cluster, self.admin = cluster, admin
+        self.restart()
+
+    def restart(self) -> None:
+        self.reconciler = Reconciler(
+            self.cluster,
+            relay_image="img",
+            clock=lambda: datetime(2026, 1, 1, tzinfo=UTC),
+            new_secret=lambda: "s" * 48,
+            relay_admin=self.admin,
+        )
+
+    def __call__(self, spec: dict[str, Any], *, full: bool = False) -> dict[str, Any]:
+        body = {"metadata": META, "spec": spec, "status": dict(self.cluster.status)}
+        self.reconciler.run(body, full=full)
+        return dict(self.cluster.status["shards"])
+
+
+def names(count: int) -> list[str]:
+    return [f"arena-redis-{index}.arena-redis.games.svc:6379" for index in range(count)]
+
+
+def test_growing_switches_the_map_after_relays_run_the_union(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
+    passes = ShardRun(cluster, admin)
+    assert passes({"redis": {"shards": 1}}, full=True)["phase"] == "Stable"
+    roll_out(cluster)
+
+    shards = passes({"redis": {"shards": 2}}, full=True)
+    assert (shards["phase"], shards["active"], shards["target"]) == ("Rolling", 1, 2)
+    assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 2
+    assert relay_shard_count(cluster) == 2
+    assert admin.calls == []  # the relays are still rolling: none may lack the new shard
+    reconciling = conditions(cluster.status)["Reconciling"]
+    assert reconciling["status"] == "True" and reconciling["reason"] == "ShardsRolling"
+
+    roll_out(cluster)
+    shards = passes({"redis": {"shards": 2}})
+    assert shards["phase"] == "Switching"
+    assert admin.calls == [("POST", tuple(names(2)))]
+
+    # An operator restart mid-switch reads the map; it does not start another switch.
+    passes.restart()
+    assert passes({"redis": {"shards": 2}}, full=True)["phase"] == "Switching"
+    assert admin.calls[-1] == ("GET", ())
+    admin.finish()
+    shards = passes({"redis": {"shards": 2}})
+    assert (shards["phase"], shards["active"], shards["mapVersion"]) == ("Stable", 2, 2)
+    assert conditions(cluster.status)["Reconciling"]["reason"] != "ShardsSwitching"
+    # The key the operator used is the one in the Secret the relays read, and never logged.
+    stored = cluster.objects[("Secret", "arena-api")]["data"]["apiKey"]
+    assert admin.keys == {base64.b64decode(stored).decode()}
+    assert all(key not in record.getMessage() for record in caplog.records for key in admin.keys)
+
+
+def test_shrinking_keeps_redis_until_relays_left_the_removed_shards() -> None:
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(3))
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 3, "replicas": 1}}, full=True)
+    admin.map = MapReading(1, ("shard-0", "shard-1", "shard-2"), "stable")
+    roll_out(cluster)
+
+    assert passes({"redis": {"shards": 1, "replicas": 1}}, full=True)["phase"] == "Switching"
+    assert admin.calls == [("POST", ("shard-0",))]
+    admin.finish()
+    shards = passes({"redis": {"shards": 1, "replicas": 1}})
+    assert (shards["phase"], shards["active"]) == ("Shrinking", 1)
+    assert relay_shard_count(cluster) == 1
+    sets = {name for kind, name in cluster.objects if kind == "StatefulSet"}
+    assert sets == {"arena-rs0", "arena-rs1", "arena-rs2", "arena-sent"}
+
+    roll_out(cluster)
+    assert passes({"redis": {"shards": 1, "replicas": 1}})["phase"] == "Stable"
+    sets = {name for kind, name in cluster.objects if kind == "StatefulSet"}
+    assert sets == {"arena-rs0", "arena-sent"}
+
+
+def test_an_aborted_or_unasked_switch_is_reported_and_asked_again() -> None:
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 1}}, full=True)
+    passes({"redis": {"shards": 2}}, full=True)
+    roll_out(cluster)
+
+    admin.down = RelayAdminError("GET http://arena-admin.games.svc:9090/api/v1/shards: refused")
+    shards = passes({"redis": {"shards": 2}})
+    assert shards["phase"] == "Rolling" and "cannot ask a relay" in shards["message"]
+    admin.down = None
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
+    admin.finish(abort="aborted: relay arena-relay-x did not ack prepare")
+    shards = passes({"redis": {"shards": 2}})
+    assert shards["phase"] == "Rolling" and "did not ack prepare" in shards["message"]
+    assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 2
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
+    assert [call for call, _ in admin.calls] == ["POST", "POST", "GET", "POST"]
+
+
+def test_a_stalled_move_is_a_reconciling_reason() -> None:
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 1}}, full=True)
+    passes({"redis": {"shards": 2}}, full=True)
+    roll_out(cluster)
+    passes({"redis": {"shards": 2}})
+    admin.map = MapReading(2, tuple(names(2)), "move", stalled=True)
+    shards = passes({"redis": {"shards": 2}})
+    assert shards["stalled"] is True
+    assert conditions(cluster.status)["Reconciling"]["reason"] == "ShardSwitchStalled"
+
+
+def test_external_redis_drops_the_managed_shard_sets() -> None:
     cluster = MemoryCluster()
     run(cluster, {"redis": {"shards": 3, "replicas": 1}})
     sets = {name for kind, name in cluster.objects if kind == "StatefulSet"}
     assert sets == {"arena-rs0", "arena-rs1", "arena-rs2", "arena-sent"}
-    run(cluster, {"redis": {"shards": 1, "replicas": 1}})
-    sets = {name for kind, name in cluster.objects if kind == "StatefulSet"}
-    assert sets == {"arena-rs0", "arena-sent"}
     external = {"mode": "external", "external": {"urls": ["redis://r:6379"]}, "replicas": 1}
     run(cluster, {"redis": external})
     left = {(kind, name) for kind, name in cluster.objects}

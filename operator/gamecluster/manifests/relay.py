@@ -112,15 +112,47 @@ def jwt_secret(owner: Owner, value: str) -> Manifest:
     }
 
 
+API_KEY_KEY: Final = "apiKey"
+"""Key of the generated server API key in ``<name>-api``."""
+
+
+def api_key_secret(owner: Owner, value: str) -> Manifest:
+    """The server API key the operator switches the shard map with (RELAY_API_KEYS):
+    generated once, then read back from the cluster, like the JWT secret."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": owner.metadata(owner.api_secret, names.COMPONENT_RELAY),
+        "type": "Opaque",
+        "data": {API_KEY_KEY: base64.b64encode(value.encode()).decode()},
+    }
+
+
+def api_key_env(owner: Owner) -> dict[str, Any]:
+    return {
+        "name": contract.ENV_API_KEYS,
+        "valueFrom": {"secretKeyRef": {"name": owner.api_secret, "key": API_KEY_KEY}},
+    }
+
+
 def _from_pod_field(name: str, field_path: str) -> dict[str, Any]:
     """An environment variable the Downward API fills from the pod's own metadata."""
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
 
 
 def deployment(
-    spec: GameClusterSpec, owner: Owner, *, image: str, replicas: int, data: dict[str, str]
+    spec: GameClusterSpec,
+    owner: Owner,
+    *,
+    image: str,
+    replicas: int,
+    data: dict[str, str],
+    api_key: bool = False,
 ) -> Manifest:
+    """``api_key``: RELAY_API_KEYS from ``<name>-api`` (the operator's key for the server API)."""
     secret_env = jwt_env(spec, owner)
+    if api_key:
+        secret_env.append(api_key_env(owner))
     env: list[dict[str, Any]] = [
         _from_pod_field(contract.ENV_NODE_ID, "metadata.name"),
         # The names tracing gives spans as k8s.pod.name / k8s.namespace.name (relay.tracing).

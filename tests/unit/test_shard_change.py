@@ -1,0 +1,199 @@
+"""A change of spec.redis.shards: the state machine (gamecluster.shards) and the children
+desired at each of its stages."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import jsonschema
+import pytest
+from crd_schema import prune, schema
+
+from gamecluster.children import Owner
+from gamecluster.desired import Inputs, desired, shard_names
+from gamecluster.manifests.secrets import RedisPasswords
+from gamecluster.shards import (
+    MapReading,
+    ShardState,
+    after_reading,
+    after_rollout,
+    begin,
+    rollout_complete,
+)
+from gamecluster.spec import parse
+from relay import contract
+
+pytestmark = pytest.mark.unit
+
+META = {"name": "arena", "namespace": "games", "uid": "uid-1", "generation": 3}
+OWNER = Owner.from_meta(META)
+INPUTS = Inputs(
+    relay_image="img",
+    jwt_secret="s3cret",
+    redis_passwords=RedisPasswords(relay="relay-pw", operator="operator-pw"),
+    api_key="k" * 64,
+)
+
+
+def names_of(count: int) -> Sequence[str]:
+    return [f"arena-redis-{index}.arena-redis.games.svc:6379" for index in range(count)]
+
+
+def stable(shards: Sequence[str], version: int = 2, last: str | None = None) -> MapReading:
+    return MapReading(version=version, shards=tuple(shards), phase="stable", last=last)
+
+
+# The state machine ---------------------------------------------------------------------
+
+
+def test_status_without_shards_is_the_configured_count_stable() -> None:
+    assert ShardState.from_status({}, fallback=3) == ShardState(active=3, target=3)
+    recorded = ShardState(active=1, target=2, phase="Switching", message="m", version=4)
+    assert ShardState.from_status({"shards": recorded.to_status()}, fallback=9) == recorded
+
+
+def test_growing_runs_the_union_switches_after_the_rollout_then_is_stable() -> None:
+    state = begin(ShardState(active=1, target=1), 2)
+    assert (state.phase, state.redis_shards, state.relay_shards) == ("Rolling", 2, 2)
+    # Relays still rolling onto the union: nothing is asked of them.
+    assert after_rollout(state, rolled_out=False) == (state, None)
+    state, action = after_rollout(state, rolled_out=True)
+    assert (state.phase, action) == ("Switching", "switch")
+    moving = MapReading(version=2, shards=tuple(names_of(1)), phase="prepare")
+    state = after_reading(state, moving, names_of)
+    assert (state.phase, state.active, state.stalled) == ("Switching", 1, False)
+    state = after_reading(state, stable(names_of(2)), names_of)
+    # Nothing to remove: the relays already list exactly the target.
+    assert state == ShardState(active=2, target=2, phase="Stable", version=2)
+    assert (state.redis_shards, state.relay_shards) == (2, 2)
+
+
+def test_shrinking_rolls_relays_off_the_removed_shards_before_redis_shrinks() -> None:
+    state = begin(ShardState(active=3, target=3), 1)
+    assert (state.redis_shards, state.relay_shards) == (3, 3)
+    state, _ = after_rollout(state, rolled_out=True)
+    state = after_reading(state, stable(names_of(1)), names_of)
+    assert (state.phase, state.active) == ("Shrinking", 1)
+    # The map no longer names shards 1 and 2: the relays drop them, Redis still runs them.
+    assert (state.redis_shards, state.relay_shards) == (3, 1)
+    assert after_rollout(state, rolled_out=False)[0].phase == "Shrinking"
+    state, action = after_rollout(state, rolled_out=True)
+    assert (state.phase, action, state.redis_shards, state.relay_shards) == ("Stable", None, 1, 1)
+
+
+def test_an_aborted_switch_goes_back_to_rolling_with_the_relays_reason() -> None:
+    state, _ = after_rollout(begin(ShardState(active=1, target=1), 2), rolled_out=True)
+    why = "aborted: relay pod-a lacks shard arena-redis-1"
+    state = after_reading(state, stable(names_of(1), last=why), names_of)
+    assert state.phase == "Rolling" and why in state.message
+    # Union kept; asked again once the rollout is (still) complete.
+    assert (state.redis_shards, state.relay_shards) == (2, 2)
+    assert after_rollout(state, rolled_out=True)[1] == "switch"
+
+
+def test_a_stalled_move_is_reported_and_keeps_waiting() -> None:
+    state, _ = after_rollout(begin(ShardState(active=1, target=1), 2), rolled_out=True)
+    reading = MapReading(version=3, shards=tuple(names_of(2)), phase="move", stalled=True)
+    state = after_reading(state, reading, names_of)
+    assert state.phase == "Switching" and state.stalled and "deadline" in state.message
+
+
+def test_a_map_switched_by_hand_is_reported_not_overridden() -> None:
+    state, _ = after_rollout(begin(ShardState(active=1, target=1), 3), rolled_out=True)
+    state = after_reading(state, stable(names_of(3)[1:]), names_of)
+    assert state.phase == "Switching" and state.stalled and "by hand" in state.message
+
+
+def test_a_spec_edit_waits_for_a_switch_in_flight_and_retargets_otherwise() -> None:
+    switching = ShardState(active=1, target=2, phase="Switching")
+    assert begin(switching, 4) == switching
+    rolling = begin(ShardState(active=1, target=1), 2)
+    assert begin(rolling, 4).target == 4 and begin(rolling, 4).redis_shards == 4
+    # Back to the active count before anything moved: nothing to switch.
+    assert begin(rolling, 1) == ShardState(active=1, target=1, phase="Stable")
+    # During Shrinking the map is already the target: a new count starts a new change.
+    shrinking = ShardState(active=1, target=1, phase="Shrinking")
+    assert begin(shrinking, 2).phase == "Rolling"
+
+
+def test_rollout_complete_needs_every_pod_on_the_latest_template() -> None:
+    deploy: dict[str, Any] = {
+        "metadata": {"generation": 5},
+        "status": {
+            "observedGeneration": 5,
+            "replicas": 3,
+            "updatedReplicas": 3,
+            "availableReplicas": 3,
+        },
+    }
+    assert rollout_complete(deploy, 3)
+    assert not rollout_complete({**deploy, "metadata": {"generation": 6}}, 3)
+    surged = {**deploy, "status": {**deploy["status"], "replicas": 4}}
+    assert not rollout_complete(surged, 3)
+    assert not rollout_complete(None, 3)
+
+
+# The children at each stage ------------------------------------------------------------
+
+
+def children(spec: dict[str, Any], state: ShardState | None) -> dict[str, Any]:
+    inputs = Inputs(**{**INPUTS.__dict__, "shards": state})
+    return {f"{m['kind']}/{m['metadata']['name']}": m for m in desired(parse(spec), META, inputs)}
+
+
+def relay_urls(built: dict[str, Any]) -> list[str]:
+    return str(built["ConfigMap/arena-relay"]["data"][contract.ENV_REDIS_URLS]).split(",")
+
+
+def test_desired_runs_the_union_while_rolling_and_the_target_once_shrinking() -> None:
+    spec = {"redis": {"shards": 1}}
+    rolling = children(spec, ShardState(active=3, target=1, phase="Rolling"))
+    assert rolling["StatefulSet/arena-redis"]["spec"]["replicas"] == 3
+    assert len(relay_urls(rolling)) == 3
+    shrinking = children(spec, ShardState(active=1, target=1, phase="Shrinking", draining=3))
+    assert shrinking["StatefulSet/arena-redis"]["spec"]["replicas"] == 3
+    assert len(relay_urls(shrinking)) == 1
+    stable_children = children(spec, ShardState(active=1, target=1))
+    assert stable_children["StatefulSet/arena-redis"]["spec"]["replicas"] == 1
+    # The shard names the operator switches to are the relay's default names of its URLs.
+    assert [url.split("://")[1] for url in relay_urls(rolling)] == shard_names(
+        parse(spec), OWNER, 3
+    )
+
+
+def test_desired_with_replicas_runs_one_set_per_shard_of_the_union() -> None:
+    spec = {"redis": {"shards": 1, "replicas": 1}}
+    built = children(spec, ShardState(active=1, target=2, phase="Rolling"))
+    assert {"StatefulSet/arena-rs0", "StatefulSet/arena-rs1"} <= built.keys()
+    assert relay_urls(built) == [
+        "shard-0=sentinel://shard-0",
+        "shard-1=sentinel://shard-1",
+    ]
+    assert shard_names(parse(spec), OWNER, 2) == ["shard-0", "shard-1"]
+
+
+def test_the_api_key_reaches_the_relays_by_secret_ref_only() -> None:
+    built = children({}, None)
+    secret = built["Secret/arena-api"]
+    assert secret["type"] == "Opaque" and "apiKey" in secret["data"]
+    container = built["Deployment/arena-relay"]["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env[contract.ENV_API_KEYS]["valueFrom"] == {
+        "secretKeyRef": {"name": "arena-api", "key": "apiKey"}
+    }
+    assert contract.ENV_API_KEYS not in built["ConfigMap/arena-relay"]["data"]
+    assert "k" * 64 not in repr(built["Deployment/arena-relay"])
+
+
+def test_status_shards_fits_the_crd_and_survives_pruning() -> None:
+    """The operator resumes from status.shards: a field the schema lacks would be pruned."""
+    status_schema = schema()["properties"]["status"]
+    long_reason = "aborted: " + "x" * 5000
+    for state in (
+        ShardState(active=3, target=1, phase="Shrinking", version=7, draining=3),
+        ShardState(active=1, target=2, phase="Rolling", message=long_reason, stalled=True),
+    ):
+        written = {"shards": state.to_status()}
+        jsonschema.validate(written, status_schema)
+        kept, dropped = prune(status_schema, written)
+        assert dropped == []
+        assert ShardState.from_status(kept, fallback=9).phase == state.phase
