@@ -31,6 +31,7 @@ from gamecluster_client import (
     RoomMessage,
 )
 from gamecluster_client import Connection as RelayClient
+from relay.broker.shardmap import ShardMap
 from support import tls
 
 from ..cluster import Cluster, E2EError, Jaeger, wait_until
@@ -544,6 +545,93 @@ async def test_a_gamecluster_with_tls_redis_serves_on_the_real_node(
     finally:
         cluster.kubectl("delete", GC, name, "-n", ns, "--wait=true", "--timeout=120s", check=False)
         cluster.kubectl("delete", "secret", f"{name}-tls", "-n", ns, check=False)
+
+
+@pytest.mark.timeout(900)
+async def test_a_shard_added_on_the_real_node_moves_rooms_through_the_shard_map(
+    installed: Installed,
+) -> None:
+    """`redis.shards` 1 -> 2 on real pods, end to end: the operator rolls the relays onto
+    both shards, asks them (server API, its generated key) to switch the shard map, and
+    records Stable in status.shards. A durable room that stays on shard 0 resumes with its
+    history (`recovered: true`); one that moved to the new shard starts a new epoch there
+    (`recovered: false`, never a silent gap); after the switch both relay pods deliver
+    each other's events in rooms on both shards."""
+    cluster, ns = installed.cluster, installed.namespace
+    name = "shardarena"
+    demo = cluster.get_json(GC, "demo", "-n", ns)["spec"]
+    gamecluster = {
+        "apiVersion": "gamecluster.io/v1alpha1",
+        "kind": "GameCluster",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": 2,
+            "image": demo["image"],
+            "imagePullPolicy": demo["imagePullPolicy"],
+            "redis": {"shards": 1, "persistence": {"enabled": False}},
+        },
+    }
+    instance = f"app.kubernetes.io/instance={name}"
+    relays_selector = f"{instance},app.kubernetes.io/component=relay"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(gamecluster))
+    try:
+        relays = wait_pods_ready(installed, relays_selector, 2, "relays on one shard")
+        shard_names = [f"{name}-redis-{i}.{name}-redis.{ns}.svc:6379" for i in range(2)]
+        two = ShardMap(2, tuple(shard_names))
+        rooms = [f"chat:room-{n}" for n in range(40)]
+        staying = next(r for r in rooms if two.place(r) == shard_names[0])
+        moving = next(r for r in rooms if two.place(r) == shard_names[1])
+        token = mint_token(installed, relays[0]["metadata"]["name"], "sharder", ns)
+        url = f"ws://{relays[0]['status']['podIP']}:8080/ws"
+        before: dict[str, dict[str, Any]] = {}
+        async with RelayClient(url, token=token) as client:
+            for room in (staying, moving):
+                before[room] = await client.join(room)
+                ack = await client.publish(room, f"before in {room}", id=f"b-{room}")
+                assert ack is not None and ack["offset"] == 1, ack
+
+        cluster.kubectl(
+            "patch", GC, name, "-n", ns, "--type=merge", "-p", '{"spec":{"redis":{"shards":2}}}'
+        )
+
+        def switched() -> dict[str, Any] | None:
+            status = cluster.get_json(GC, name, "-n", ns).get("status") or {}
+            shards = status.get("shards") or {}
+            done = shards.get("phase") == "Stable" and shards.get("active") == 2
+            return shards if done else None
+
+        try:
+            await asyncio.to_thread(cluster.wait_for, "the shard map switched to 2", switched, 600)
+        except E2EError as err:
+            status = cluster.get_json(GC, name, "-n", ns).get("status")
+            raise E2EError(f"{err}\nstatus: {status}\n{diagnose(cluster, ns)}") from None
+        relays = wait_pods_ready(installed, relays_selector, 2, "relays on two shards")
+        pod = relays[0]["metadata"]["name"]
+        shown = json.loads(
+            cluster.kubectl("exec", "-n", ns, pod, "--", "relay", "shards", "show")
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        assert shown["version"] >= 2 and shown["shards"] == shard_names, shown
+        assert shown["phase"] == "stable", shown
+
+        token = mint_token(installed, pod, "sharder", ns)
+        url_a, url_b = (f"ws://{p['status']['podIP']}:8080/ws" for p in relays)
+        async with RelayClient(url_a, token=token) as a, RelayClient(url_b, token=token) as b:
+            kept = await a.join(staying, since={"epoch": before[staying]["epoch"], "offset": 0})
+            assert kept["recovered"] is True, kept  # its history stayed on shard 0
+            assert (await a.receive(timeout=15)).get("data") == f"before in {staying}"
+            moved = await a.join(moving, since={"epoch": before[moving]["epoch"], "offset": 0})
+            assert moved["recovered"] is False, moved  # new shard, new epoch: told so
+            assert moved["epoch"] != before[moving]["epoch"]
+            for room in (staying, moving):
+                await b.join(room)
+                ack = await b.publish(room, f"after in {room}", id=f"a-{room}")
+                assert ack is not None, ack
+                event = await a.receive(timeout=15)
+                assert event.get("data") == f"after in {room}", event
+    finally:
+        cluster.kubectl("delete", GC, name, "-n", ns, "--wait=true", "--timeout=180s", check=False)
 
 
 @pytest.mark.timeout(600)
