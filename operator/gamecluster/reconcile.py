@@ -320,8 +320,12 @@ class Reconciler:
         """The shard change's next stage (gamecluster.shards), asking a relay when it is
         switching. A relay that cannot be asked leaves the stage as it was, with why."""
         replicas = relay_replicas(spec, inputs.autoscaled_replicas)
+        # Only children applied (or found as desired) in this pass are keyed by name: a
+        # failed apply leaves the old Deployment, whose finished rollout is of the old list.
+        applied = f"ConfigMap/{owner.relay}" in live
+        deployment = live.get(f"Deployment/{owner.relay}") if applied else None
         state, action = shards_mod.after_rollout(
-            state, shards_mod.rollout_complete(live.get("Deployment"), replicas)
+            state, shards_mod.rollout_complete(deployment, replicas)
         )
         if state.phase != "Switching":
             return state
@@ -383,12 +387,21 @@ class Reconciler:
         live: dict[str, Manifest] = {}
         applied: list[ChildRef] = []
         failures: list[tuple[Problem, bool]] = []
+        config = ChildRef("v1", "ConfigMap", owner.namespace, owner.relay)
+        config_failed = False
         for manifest in manifests:
             ref = ChildRef.of(manifest)
             where = f"{ref.kind} {ref.namespace}/{ref.name}"
             current = None
             try:
                 current = self.cluster.get(ref)
+                if config_failed and ref.kind == "Deployment" and current is not None:
+                    # Its template's config hash would roll pods onto the ConfigMap as it
+                    # still is, and call that the new config (a shard change would then
+                    # shrink Redis under relays that still list the removed shards).
+                    logger.info("%s left as it is: its ConfigMap was not applied", where)
+                    live.setdefault(ref.kind, current)
+                    continue
                 if current is not None and not owned_by(current, owner):
                     failures.append(
                         (
@@ -414,6 +427,7 @@ class Reconciler:
             except ClusterError as exc:
                 logger.warning("apply of %s failed: %s", where, exc)
                 failures.append((Problem("ApplyFailed", f"{where}: {exc}"), exc.retryable))
+                config_failed = config_failed or ref == config
                 if current is not None:
                     live.setdefault(ref.kind, current)
         return live, applied, failures

@@ -331,6 +331,36 @@ def test_shrinking_keeps_redis_until_relays_left_the_removed_shards() -> None:
     assert sets == {"arena-rs0", "arena-sent"}
 
 
+def shrink_switched(cluster: MemoryCluster, admin: FakeRelayAdmin) -> ShardRun:
+    """3 -> 1 shards up to the switch's end: the map is 1 shard, the relays still run 3."""
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 3}}, full=True)
+    roll_out(cluster)
+    assert passes({"redis": {"shards": 1}}, full=True)["phase"] == "Switching"
+    admin.finish()
+    return passes
+
+
+@pytest.mark.parametrize("failing", ["Deployment", "ConfigMap"])
+def test_redis_never_shrinks_while_relays_may_still_list_the_removed_shards(failing: str) -> None:
+    # A failed apply of the relays' Deployment (or of the ConfigMap their pods read the
+    # URLs from) must not count the old, fully rolled-out Deployment as "rolled off":
+    # relays listing 3 shards with 2 gone are all unready (fewer than half are live).
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(3))
+    passes = shrink_switched(cluster, admin)
+    cluster.refuse[failing] = ClusterError(503, "apiserver unavailable")
+    for _ in range(2):
+        roll_out(cluster)  # whatever template the Deployment has is fully rolled out
+        assert passes({"redis": {"shards": 1}})["phase"] == "Shrinking"
+        assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 3
+    del cluster.refuse[failing]
+    assert passes({"redis": {"shards": 1}})["phase"] == "Shrinking"
+    assert relay_shard_count(cluster) == 1  # the relays roll only now, onto 1 shard
+    roll_out(cluster)
+    assert passes({"redis": {"shards": 1}})["phase"] == "Stable"
+    assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 1
+
+
 def test_an_aborted_or_unasked_switch_is_reported_and_asked_again() -> None:
     cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
     passes = ShardRun(cluster, admin)
