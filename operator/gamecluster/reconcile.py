@@ -324,9 +324,18 @@ class Reconciler:
         # failed apply leaves the old Deployment, whose finished rollout is of the old list.
         applied = f"ConfigMap/{owner.relay}" in live
         deployment = live.get(f"Deployment/{owner.relay}") if applied else None
-        state, action = shards_mod.after_rollout(
-            state, shards_mod.rollout_complete(deployment, replicas)
-        )
+        complete = shards_mod.rollout_complete(deployment, replicas, ())
+        if complete and state.phase in ("Rolling", "Shrinking"):
+            # The pods only when the next stage depends on them (a list per pass otherwise).
+            try:
+                pods = self.cluster.list_pods(
+                    owner.namespace, owner.selector_string(names.COMPONENT_RELAY)
+                )
+            except ClusterError as exc:
+                logger.warning("%s/%s: relay pods: %s", owner.namespace, owner.name, exc)
+                return dataclasses.replace(state, message=f"cannot list the relay pods: {exc}")
+            complete = shards_mod.rollout_complete(deployment, replicas, pods)
+        state, action = shards_mod.after_rollout(state, complete)
         if state.phase != "Switching":
             return state
         target = shard_names(spec, owner, state.target)

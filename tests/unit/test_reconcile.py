@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gamecluster import names
 from gamecluster.children import ChildRef, Manifest, Owner
 from gamecluster.cluster import ClusterError
 from gamecluster.reconcile import Reconciler
@@ -29,6 +30,7 @@ class MemoryCluster:
         self.refuse: dict[str, ClusterError] = {}
         self.applied: list[str] = []
         self.status: dict[str, Any] = {}
+        self.pods: list[Manifest] = []
 
     def apply(self, manifest: Manifest) -> Manifest:
         ref = ChildRef.of(manifest)
@@ -57,7 +59,7 @@ class MemoryCluster:
         self.status.update(status)
 
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
-        return []
+        return self.pods
 
     def list_objects(
         self, api_version: str, kind: str, namespace: str, selector: str
@@ -242,6 +244,14 @@ def roll_out(cluster: MemoryCluster) -> None:
     }
 
 
+ANNOTATION = names.ANNOTATION_CONFIG_HASH
+
+
+def relay_config_hash(cluster: MemoryCluster) -> str:
+    template = cluster.objects[("Deployment", "arena-relay")]["spec"]["template"]
+    return str(template["metadata"]["annotations"][ANNOTATION])
+
+
 def relay_shard_count(cluster: MemoryCluster) -> int:
     urls = cluster.objects[("ConfigMap", "arena-relay")]["data"][contract.ENV_REDIS_URLS]
     return len(urls.split(","))
@@ -359,6 +369,23 @@ def test_redis_never_shrinks_while_relays_may_still_list_the_removed_shards(fail
     roll_out(cluster)
     assert passes({"redis": {"shards": 1}})["phase"] == "Stable"
     assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 1
+
+
+def test_no_switch_while_an_old_relay_pod_still_drains() -> None:
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 1}}, full=True)
+    roll_out(cluster)
+    old_hash = relay_config_hash(cluster)
+    passes({"redis": {"shards": 2}}, full=True)
+    roll_out(cluster)  # the Deployment counts the new pods only
+    # One pod of the 1-shard config is still in its drain window: a live relay.
+    pod = {"metadata": {"annotations": {ANNOTATION: old_hash}, "deletionTimestamp": "now"}}
+    cluster.pods = [pod]
+    assert passes({"redis": {"shards": 2}})["phase"] == "Rolling"
+    assert admin.calls == []
+    cluster.pods = [{"metadata": {"annotations": {ANNOTATION: relay_config_hash(cluster)}}}]
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
 
 
 def test_an_aborted_or_unasked_switch_is_reported_and_asked_again() -> None:
