@@ -354,10 +354,17 @@ class Reconciler:
                 reading = self.relay_admin.shards(owner, api_key)
         except RelayAdminError as exc:
             logger.warning("%s/%s: shard map: %s", owner.namespace, owner.name, exc)
-            # A failed request to start the switch: ask again at the next pass.
-            phase: shards_mod.Phase = "Rolling" if action == "switch" else state.phase
+            if action == "switch" and exc.refused:
+                # Refused: nothing started; ask again at the next pass.
+                return dataclasses.replace(
+                    state, phase="Rolling", message=f"cannot ask a relay: {exc}", stalled=False
+                )
+            # No clear answer (a timeout, a 5xx, a switch already running): it may have
+            # started. Stay Switching and read the map next pass, which goes back to
+            # Rolling if the old map is stable; Rolling now would let a spec edit back to
+            # the old count remove shards that the new map names.
             return dataclasses.replace(
-                state, phase=phase, message=f"cannot ask a relay: {exc}", stalled=False
+                state, phase="Switching", message=f"cannot ask a relay: {exc}", stalled=False
             )
         moved = shards_mod.after_reading(
             state, reading, lambda count: shard_names(spec, owner, count)

@@ -203,6 +203,8 @@ class FakeRelayAdmin:
         self.keys: set[str] = set()
         self.next: tuple[str, ...] = ()
         self.down: RelayAdminError | None = None
+        self.lose_answer = False
+        """The switch starts but its answer is lost (the client's timeout)."""
 
     def shards(self, owner: Owner, api_key: str) -> MapReading:
         self.keys.add(api_key)
@@ -221,6 +223,8 @@ class FakeRelayAdmin:
         if tuple(shards) != self.map.shards:
             self.next = tuple(shards)
             self.map = MapReading(version=self.map.version, shards=self.map.shards, phase="prepare")
+        if self.lose_answer:
+            raise RelayAdminError("POST http://arena-admin.games.svc:9090/...: ReadTimeout")
         return self.map
 
     def finish(self, *, abort: str | None = None) -> None:
@@ -395,7 +399,7 @@ def test_an_aborted_or_unasked_switch_is_reported_and_asked_again() -> None:
     passes({"redis": {"shards": 2}}, full=True)
     roll_out(cluster)
 
-    admin.down = RelayAdminError("GET http://arena-admin.games.svc:9090/api/v1/shards: refused")
+    admin.down = RelayAdminError("POST http://arena-admin...: HTTP 401: bad key", 401)
     shards = passes({"redis": {"shards": 2}})
     assert shards["phase"] == "Rolling" and "cannot ask a relay" in shards["message"]
     admin.down = None
@@ -406,6 +410,38 @@ def test_an_aborted_or_unasked_switch_is_reported_and_asked_again() -> None:
     assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 2
     assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
     assert [call for call, _ in admin.calls] == ["POST", "POST", "GET", "POST"]
+
+
+def test_a_switch_whose_answer_was_lost_is_read_before_anything_shrinks() -> None:
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 1}}, full=True)
+    passes({"redis": {"shards": 2}}, full=True)
+    roll_out(cluster)
+    admin.lose_answer = True  # the relays switch to 2 shards; the operator's POST timed out
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
+    # Going back to 1 shard now must not drop shard 1: the map being switched to names it.
+    shards = passes({"redis": {"shards": 1}}, full=True)
+    assert shards["phase"] == "Switching" and admin.calls[-1] == ("GET", ())
+    assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 2
+    assert relay_shard_count(cluster) == 2
+    admin.finish()
+    assert passes({"redis": {"shards": 1}})["active"] == 2  # then back, by a switch
+
+
+def test_a_request_that_started_nothing_is_asked_again_after_a_read() -> None:
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 1}}, full=True)
+    passes({"redis": {"shards": 2}}, full=True)
+    roll_out(cluster)
+    admin.down = RelayAdminError("POST http://arena-admin.games.svc:9090/...: ConnectError")
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
+    admin.down = None
+    shards = passes({"redis": {"shards": 2}})  # the map is the old one, stable
+    assert shards["phase"] == "Rolling" and admin.calls[-1] == ("GET", ())
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
+    assert admin.calls[-1] == ("POST", tuple(names(2)))
 
 
 def test_a_stalled_move_is_a_reconciling_reason() -> None:
