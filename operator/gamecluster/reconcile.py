@@ -320,9 +320,22 @@ class Reconciler:
         """The shard change's next stage (gamecluster.shards), asking a relay when it is
         switching. A relay that cannot be asked leaves the stage as it was, with why."""
         replicas = relay_replicas(spec, inputs.autoscaled_replicas)
-        state, action = shards_mod.after_rollout(
-            state, shards_mod.rollout_complete(live.get("Deployment"), replicas)
-        )
+        # Only children applied (or found as desired) in this pass are keyed by name: a
+        # failed apply leaves the old Deployment, whose finished rollout is of the old list.
+        applied = f"ConfigMap/{owner.relay}" in live
+        deployment = live.get(f"Deployment/{owner.relay}") if applied else None
+        complete = shards_mod.rollout_complete(deployment, replicas, ())
+        if complete and state.phase in ("Rolling", "Shrinking"):
+            # The pods only when the next stage depends on them (a list per pass otherwise).
+            try:
+                pods = self.cluster.list_pods(
+                    owner.namespace, owner.selector_string(names.COMPONENT_RELAY)
+                )
+            except ClusterError as exc:
+                logger.warning("%s/%s: relay pods: %s", owner.namespace, owner.name, exc)
+                return dataclasses.replace(state, message=f"cannot list the relay pods: {exc}")
+            complete = shards_mod.rollout_complete(deployment, replicas, pods)
+        state, action = shards_mod.after_rollout(state, complete)
         if state.phase != "Switching":
             return state
         target = shard_names(spec, owner, state.target)
@@ -341,10 +354,17 @@ class Reconciler:
                 reading = self.relay_admin.shards(owner, api_key)
         except RelayAdminError as exc:
             logger.warning("%s/%s: shard map: %s", owner.namespace, owner.name, exc)
-            # A failed request to start the switch: ask again at the next pass.
-            phase: shards_mod.Phase = "Rolling" if action == "switch" else state.phase
+            if action == "switch" and exc.refused:
+                # Refused: nothing started; ask again at the next pass.
+                return dataclasses.replace(
+                    state, phase="Rolling", message=f"cannot ask a relay: {exc}", stalled=False
+                )
+            # No clear answer (a timeout, a 5xx, a switch already running): it may have
+            # started. Stay Switching and read the map next pass, which goes back to
+            # Rolling if the old map is stable; Rolling now would let a spec edit back to
+            # the old count remove shards that the new map names.
             return dataclasses.replace(
-                state, phase=phase, message=f"cannot ask a relay: {exc}", stalled=False
+                state, phase="Switching", message=f"cannot ask a relay: {exc}", stalled=False
             )
         moved = shards_mod.after_reading(
             state, reading, lambda count: shard_names(spec, owner, count)
@@ -383,12 +403,21 @@ class Reconciler:
         live: dict[str, Manifest] = {}
         applied: list[ChildRef] = []
         failures: list[tuple[Problem, bool]] = []
+        config = ChildRef("v1", "ConfigMap", owner.namespace, owner.relay)
+        config_failed = False
         for manifest in manifests:
             ref = ChildRef.of(manifest)
             where = f"{ref.kind} {ref.namespace}/{ref.name}"
             current = None
             try:
                 current = self.cluster.get(ref)
+                if config_failed and ref.kind == "Deployment" and current is not None:
+                    # Its template's config hash would roll pods onto the ConfigMap as it
+                    # still is, and call that the new config (a shard change would then
+                    # shrink Redis under relays that still list the removed shards).
+                    logger.info("%s left as it is: its ConfigMap was not applied", where)
+                    live.setdefault(ref.kind, current)
+                    continue
                 if current is not None and not owned_by(current, owner):
                     failures.append(
                         (
@@ -414,6 +443,7 @@ class Reconciler:
             except ClusterError as exc:
                 logger.warning("apply of %s failed: %s", where, exc)
                 failures.append((Problem("ApplyFailed", f"{where}: {exc}"), exc.retryable))
+                config_failed = config_failed or ref == config
                 if current is not None:
                     live.setdefault(ref.kind, current)
         return live, applied, failures

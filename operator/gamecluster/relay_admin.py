@@ -25,6 +25,18 @@ TIMEOUT_SECONDS: Final = 5.0
 class RelayAdminError(Exception):
     """A relay could not be asked (unreachable, refused, an unexpected answer)."""
 
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        """The relay's HTTP status; 0 when none came (a timeout: the request may have
+        been carried out)."""
+
+    @property
+    def refused(self) -> bool:
+        """The relay answered and did nothing: a 4xx other than "a switch is in progress"
+        (docs/api.md: a running switch is a 400 too, and may be the one asked for)."""
+        return 400 <= self.status < 500 and "in progress" not in str(self)
+
 
 class RelayAdmin(Protocol):
     def shards(self, owner: Owner, api_key: str) -> MapReading: ...
@@ -65,7 +77,9 @@ class HttpRelayAdmin:
             raise RelayAdminError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
             detail = response.text[:300]
-            raise RelayAdminError(f"{method} {url}: HTTP {response.status_code}: {detail}")
+            raise RelayAdminError(
+                f"{method} {url}: HTTP {response.status_code}: {detail}", response.status_code
+            )
         try:
             return MapReading.from_json(response.json())
         except (ValueError, KeyError, TypeError) as exc:

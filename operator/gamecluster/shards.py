@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
+from gamecluster import names
+
 Phase = Literal["Stable", "Rolling", "Switching", "Shrinking"]
 PHASES: Final[tuple[Phase, ...]] = ("Stable", "Rolling", "Switching", "Shrinking")
 MESSAGE_MAX: Final = 2048
@@ -201,15 +203,30 @@ def after_reading(
     )
 
 
-def rollout_complete(deployment: Mapping[str, Any] | None, replicas: int) -> bool:
-    """Every relay pod runs the Deployment's latest template (old ones are gone or going)."""
+def rollout_complete(
+    deployment: Mapping[str, Any] | None, replicas: int, pods: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Every relay pod runs the Deployment's latest config, terminating ones included.
+
+    ``pods``: the relay pods as listed. Deployment status counts no terminating pod, but a
+    draining one is still a live relay with the old RELAY_REDIS_URLS: a switch started
+    then waits on it in its prepare phase (publishes of moving rooms refused) and aborts
+    past its deadline, so it is asked only once no pod of an older config is left.
+    """
     if deployment is None:
         return False
     meta = deployment.get("metadata") or {}
     status = deployment.get("status") or {}
+    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    config = (template.get("annotations") or {}).get(names.ANNOTATION_CONFIG_HASH)
     return (
         int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
         and int(status.get("updatedReplicas") or 0) >= replicas
         and int(status.get("replicas") or 0) == replicas
         and int(status.get("availableReplicas") or 0) >= replicas
+        and all(
+            ((pod.get("metadata") or {}).get("annotations") or {}).get(names.ANNOTATION_CONFIG_HASH)
+            == config
+            for pod in pods
+        )
     )

@@ -352,8 +352,13 @@ async def test_shard_change_switches_the_map_between_relay_rollouts(harness: Har
     assert admin.posts() == []
     # The relays rolled: the operator asks for the switch, then reads until it is stable.
     await set_rolled_out(harness, True)
-    await harness.eventually(lambda: admin.posts() == [shard_names(3)], what="the switch")
-    assert shards_status(harness)["phase"] == "Switching"
+    # The POST comes before the pass writes status: wait for both, not one then the other.
+    await harness.eventually(
+        lambda: (
+            admin.posts() == [shard_names(3)] and shards_status(harness)["phase"] == "Switching"
+        ),
+        what="the switch, phase Switching",
+    )
     admin.finish()
     done = await harness.eventually(
         lambda: (s := shards_status(harness))["phase"] == "Stable" and s, what="Stable"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gamecluster import names
 from gamecluster.children import ChildRef, Manifest, Owner
 from gamecluster.cluster import ClusterError
 from gamecluster.reconcile import Reconciler
@@ -29,6 +30,7 @@ class MemoryCluster:
         self.refuse: dict[str, ClusterError] = {}
         self.applied: list[str] = []
         self.status: dict[str, Any] = {}
+        self.pods: list[Manifest] = []
 
     def apply(self, manifest: Manifest) -> Manifest:
         ref = ChildRef.of(manifest)
@@ -57,7 +59,7 @@ class MemoryCluster:
         self.status.update(status)
 
     def list_pods(self, namespace: str, selector: str) -> list[Manifest]:
-        return []
+        return self.pods
 
     def list_objects(
         self, api_version: str, kind: str, namespace: str, selector: str
@@ -201,6 +203,8 @@ class FakeRelayAdmin:
         self.keys: set[str] = set()
         self.next: tuple[str, ...] = ()
         self.down: RelayAdminError | None = None
+        self.lose_answer = False
+        """The switch starts but its answer is lost (the client's timeout)."""
 
     def shards(self, owner: Owner, api_key: str) -> MapReading:
         self.keys.add(api_key)
@@ -219,6 +223,8 @@ class FakeRelayAdmin:
         if tuple(shards) != self.map.shards:
             self.next = tuple(shards)
             self.map = MapReading(version=self.map.version, shards=self.map.shards, phase="prepare")
+        if self.lose_answer:
+            raise RelayAdminError("POST http://arena-admin.games.svc:9090/...: ReadTimeout")
         return self.map
 
     def finish(self, *, abort: str | None = None) -> None:
@@ -240,6 +246,14 @@ def roll_out(cluster: MemoryCluster) -> None:
         "availableReplicas": replicas,
         "readyReplicas": replicas,
     }
+
+
+ANNOTATION = names.ANNOTATION_CONFIG_HASH
+
+
+def relay_config_hash(cluster: MemoryCluster) -> str:
+    template = cluster.objects[("Deployment", "arena-relay")]["spec"]["template"]
+    return str(template["metadata"]["annotations"][ANNOTATION])
 
 
 def relay_shard_count(cluster: MemoryCluster) -> int:
@@ -331,6 +345,53 @@ def test_shrinking_keeps_redis_until_relays_left_the_removed_shards() -> None:
     assert sets == {"arena-rs0", "arena-sent"}
 
 
+def shrink_switched(cluster: MemoryCluster, admin: FakeRelayAdmin) -> ShardRun:
+    """3 -> 1 shards up to the switch's end: the map is 1 shard, the relays still run 3."""
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 3}}, full=True)
+    roll_out(cluster)
+    assert passes({"redis": {"shards": 1}}, full=True)["phase"] == "Switching"
+    admin.finish()
+    return passes
+
+
+@pytest.mark.parametrize("failing", ["Deployment", "ConfigMap"])
+def test_redis_never_shrinks_while_relays_may_still_list_the_removed_shards(failing: str) -> None:
+    # A failed apply of the relays' Deployment (or of the ConfigMap their pods read the
+    # URLs from) must not count the old, fully rolled-out Deployment as "rolled off":
+    # relays listing 3 shards with 2 gone are all unready (fewer than half are live).
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(3))
+    passes = shrink_switched(cluster, admin)
+    cluster.refuse[failing] = ClusterError(503, "apiserver unavailable")
+    for _ in range(2):
+        roll_out(cluster)  # whatever template the Deployment has is fully rolled out
+        assert passes({"redis": {"shards": 1}})["phase"] == "Shrinking"
+        assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 3
+    del cluster.refuse[failing]
+    assert passes({"redis": {"shards": 1}})["phase"] == "Shrinking"
+    assert relay_shard_count(cluster) == 1  # the relays roll only now, onto 1 shard
+    roll_out(cluster)
+    assert passes({"redis": {"shards": 1}})["phase"] == "Stable"
+    assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 1
+
+
+def test_no_switch_while_an_old_relay_pod_still_drains() -> None:
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 1}}, full=True)
+    roll_out(cluster)
+    old_hash = relay_config_hash(cluster)
+    passes({"redis": {"shards": 2}}, full=True)
+    roll_out(cluster)  # the Deployment counts the new pods only
+    # One pod of the 1-shard config is still in its drain window: a live relay.
+    pod = {"metadata": {"annotations": {ANNOTATION: old_hash}, "deletionTimestamp": "now"}}
+    cluster.pods = [pod]
+    assert passes({"redis": {"shards": 2}})["phase"] == "Rolling"
+    assert admin.calls == []
+    cluster.pods = [{"metadata": {"annotations": {ANNOTATION: relay_config_hash(cluster)}}}]
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
+
+
 def test_an_aborted_or_unasked_switch_is_reported_and_asked_again() -> None:
     cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
     passes = ShardRun(cluster, admin)
@@ -338,7 +399,7 @@ def test_an_aborted_or_unasked_switch_is_reported_and_asked_again() -> None:
     passes({"redis": {"shards": 2}}, full=True)
     roll_out(cluster)
 
-    admin.down = RelayAdminError("GET http://arena-admin.games.svc:9090/api/v1/shards: refused")
+    admin.down = RelayAdminError("POST http://arena-admin...: HTTP 401: bad key", 401)
     shards = passes({"redis": {"shards": 2}})
     assert shards["phase"] == "Rolling" and "cannot ask a relay" in shards["message"]
     admin.down = None
@@ -349,6 +410,38 @@ def test_an_aborted_or_unasked_switch_is_reported_and_asked_again() -> None:
     assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 2
     assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
     assert [call for call, _ in admin.calls] == ["POST", "POST", "GET", "POST"]
+
+
+def test_a_switch_whose_answer_was_lost_is_read_before_anything_shrinks() -> None:
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 1}}, full=True)
+    passes({"redis": {"shards": 2}}, full=True)
+    roll_out(cluster)
+    admin.lose_answer = True  # the relays switch to 2 shards; the operator's POST timed out
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
+    # Going back to 1 shard now must not drop shard 1: the map being switched to names it.
+    shards = passes({"redis": {"shards": 1}}, full=True)
+    assert shards["phase"] == "Switching" and admin.calls[-1] == ("GET", ())
+    assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 2
+    assert relay_shard_count(cluster) == 2
+    admin.finish()
+    assert passes({"redis": {"shards": 1}})["active"] == 2  # then back, by a switch
+
+
+def test_a_request_that_started_nothing_is_asked_again_after_a_read() -> None:
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 1}}, full=True)
+    passes({"redis": {"shards": 2}}, full=True)
+    roll_out(cluster)
+    admin.down = RelayAdminError("POST http://arena-admin.games.svc:9090/...: ConnectError")
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
+    admin.down = None
+    shards = passes({"redis": {"shards": 2}})  # the map is the old one, stable
+    assert shards["phase"] == "Rolling" and admin.calls[-1] == ("GET", ())
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
+    assert admin.calls[-1] == ("POST", tuple(names(2)))
 
 
 def test_a_stalled_move_is_a_reconciling_reason() -> None:

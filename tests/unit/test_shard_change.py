@@ -8,6 +8,7 @@ import jsonschema
 import pytest
 from crd_schema import prune, schema
 
+from gamecluster import names
 from gamecluster.children import Owner
 from gamecluster.desired import Inputs, desired, shard_names
 from gamecluster.manifests.secrets import RedisPasswords
@@ -116,8 +117,10 @@ def test_a_spec_edit_waits_for_a_switch_in_flight_and_retargets_otherwise() -> N
 
 
 def test_rollout_complete_needs_every_pod_on_the_latest_template() -> None:
+    hash_key = names.ANNOTATION_CONFIG_HASH
     deploy: dict[str, Any] = {
         "metadata": {"generation": 5},
+        "spec": {"template": {"metadata": {"annotations": {hash_key: "union"}}}},
         "status": {
             "observedGeneration": 5,
             "replicas": 3,
@@ -125,11 +128,16 @@ def test_rollout_complete_needs_every_pod_on_the_latest_template() -> None:
             "availableReplicas": 3,
         },
     }
-    assert rollout_complete(deploy, 3)
-    assert not rollout_complete({**deploy, "metadata": {"generation": 6}}, 3)
+    current = [{"metadata": {"annotations": {hash_key: "union"}}}] * 3
+    assert rollout_complete(deploy, 3, current)
+    assert not rollout_complete({**deploy, "metadata": {"generation": 6}}, 3, current)
     surged = {**deploy, "status": {**deploy["status"], "replicas": 4}}
-    assert not rollout_complete(surged, 3)
-    assert not rollout_complete(None, 3)
+    assert not rollout_complete(surged, 3, current)
+    assert not rollout_complete(None, 3, current)
+    # An old pod still draining (terminating: not in the Deployment's counts) is a live
+    # relay without the union: a switch now would wait on it, then abort.
+    draining = {"metadata": {"annotations": {hash_key: "old"}, "deletionTimestamp": "t"}}
+    assert not rollout_complete(deploy, 3, [*current, draining])
 
 
 # The children at each stage ------------------------------------------------------------
