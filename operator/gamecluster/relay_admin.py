@@ -25,16 +25,22 @@ TIMEOUT_SECONDS: Final = 5.0
 class RelayAdminError(Exception):
     """A relay could not be asked (unreachable, refused, an unexpected answer)."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, *, sent: bool = True) -> None:
         super().__init__(message)
         self.status = status
         """The relay's HTTP status; 0 when none came (a timeout: the request may have
         been carried out)."""
+        self.sent = sent
+        """False when no connection was made (a name that does not resolve, a refused or
+        timed-out connect, no relay pod at all): nothing can have been carried out."""
 
     @property
     def refused(self) -> bool:
-        """The relay answered and did nothing: a 4xx other than "a switch is in progress"
-        (docs/api.md: a running switch is a 400 too, and may be the one asked for)."""
+        """Nothing was done: the request never left, or the relay answered a 4xx other
+        than "a switch is in progress" (docs/api.md: a running switch is a 400 too, and
+        may be the one asked for)."""
+        if not self.sent:
+            return True
         return 400 <= self.status < 500 and "in progress" not in str(self)
 
 
@@ -73,6 +79,10 @@ class HttpRelayAdmin:
                 headers={contract.API_KEY_HEADER: api_key},
                 timeout=TIMEOUT_SECONDS,
             )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # Before anything was sent: the relays cannot have acted on it.
+            reason = f"{method} {url}: {type(exc).__name__}: {exc}"
+            raise RelayAdminError(reason, sent=False) from exc
         except httpx.HTTPError as exc:
             raise RelayAdminError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:

@@ -12,7 +12,7 @@ from gamecluster import names
 from gamecluster.children import ChildRef, Manifest, Owner
 from gamecluster.cluster import ClusterError
 from gamecluster.reconcile import Reconciler
-from gamecluster.relay_admin import RelayAdminError
+from gamecluster.relay_admin import HttpRelayAdmin, RelayAdminError
 from gamecluster.shards import MapReading
 from relay import contract
 
@@ -435,13 +435,36 @@ def test_a_request_that_started_nothing_is_asked_again_after_a_read() -> None:
     passes({"redis": {"shards": 1}}, full=True)
     passes({"redis": {"shards": 2}}, full=True)
     roll_out(cluster)
-    admin.down = RelayAdminError("POST http://arena-admin.games.svc:9090/...: ConnectError")
+    admin.down = RelayAdminError("POST http://arena-admin.games.svc:9090/...: ReadTimeout")
     assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
     admin.down = None
     shards = passes({"redis": {"shards": 2}})  # the map is the old one, stable
     assert shards["phase"] == "Rolling" and admin.calls[-1] == ("GET", ())
     assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
     assert admin.calls[-1] == ("POST", tuple(names(2)))
+
+
+def test_a_switch_request_that_never_left_goes_back_to_rolling_at_once() -> None:
+    """No connection (no relay pod yet, a name that does not resolve): nothing can have
+    started, so a spec edit back to the old count needs no switch (kwok's pods in the e2e
+    tier run no process: this is what they answer)."""
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 1}}, full=True)
+    passes({"redis": {"shards": 2}}, full=True)
+    roll_out(cluster)
+    admin.down = RelayAdminError("POST http://arena-admin...: ConnectError", sent=False)
+    assert passes({"redis": {"shards": 2}})["phase"] == "Rolling"
+    assert passes({"redis": {"shards": 1}})["phase"] == "Stable"
+
+
+def test_a_refused_connection_is_a_request_that_never_left() -> None:
+    admin = HttpRelayAdmin(base_url=lambda owner: "http://127.0.0.1:1/api/v1")
+    owner = Owner.from_meta({"name": "arena", "namespace": "games", "uid": "u"})
+    with pytest.raises(RelayAdminError) as error:
+        admin.switch(owner, "k" * 40, ["a:6379"], 5.0)
+    assert error.value.sent is False and error.value.refused
+    assert "k" * 40 not in str(error.value)
 
 
 def test_a_stalled_move_is_a_reconciling_reason() -> None:
