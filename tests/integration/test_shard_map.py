@@ -136,7 +136,12 @@ async def test_map_change_1_2_1_under_load(redis_factory, relay_factory) -> None
         asyncio.create_task(publish(room, (publisher, other)[k % 2]))
         for k, room in enumerate(ROOMS)
     ]
-    await asyncio.sleep(0.5)
+    # The switch starts under load: once every room has had a publish acked.
+    await eventually(
+        lambda: all(any(f.done() for f in acks[room]) for room in ROOMS),
+        10,
+        "publishes acked in every room",
+    )
     assert (await switch(pods[0], a, b))["version"] == 2
     # When the switch is done, every room is listened to on its new shard by both relays
     # (SUBSCRIBE is confirmed before a relay acks); their UNSUBSCRIBEs on the old shard
