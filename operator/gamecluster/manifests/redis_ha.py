@@ -127,7 +127,7 @@ SENTINEL_START: Final = (
 # pod), SENTINEL_PEERS ("host:port ..." of all Sentinels), SENTINEL_SHARDS ("name=host:port
 # ..." of each shard's pod 0), SENTINEL_QUORUM, SENTINEL_DOWN_AFTER_MS,
 # SENTINEL_FAILOVER_TIMEOUT_MS, SENTINEL_DIR, SENTINEL_PASSWORD (to the Redis pods),
-# SENTINEL_AUTH_PASSWORD (optional: this Sentinel's own); "$@": redis-sentinel options.
+# SENTINEL_AUTH_PASSWORD (optional: this Sentinel's own); "$@": more Sentinel options.
 """
     + _ASK_SENTINEL
     + r"""
@@ -172,7 +172,10 @@ for shard in $SENTINEL_SHARDS; do
     echo "sentinel parallel-syncs $name 1"
   } >> "$conf"
 done
-exec redis-sentinel "$conf" "$@"
+# `redis-server --sentinel`, not `redis-sentinel`: the same program, and every Redis image
+# has redis-server, while the redis-sentinel link is missing from some (Debian's
+# redis-server package: the real-pod tier's Sentinels crash-looped on "not found").
+exec redis-server "$conf" --sentinel "$@"
 """
 )
 
