@@ -31,6 +31,7 @@ ENV_HOST: Final = "RELAY_HOST"
 ENV_PORT: Final = "RELAY_PORT"
 ENV_REDIS_URLS: Final = "RELAY_REDIS_URLS"
 ENV_REDIS_SENTINELS: Final = "RELAY_REDIS_SENTINELS"
+ENV_REDIS_CLUSTER: Final = "RELAY_REDIS_CLUSTER"
 ENV_REDIS_USERNAME: Final = "RELAY_REDIS_USERNAME"
 ENV_REDIS_PASSWORD: Final = "RELAY_REDIS_PASSWORD"
 ENV_REDIS_PASSWORD_FILE: Final = "RELAY_REDIS_PASSWORD_FILE"
@@ -135,6 +136,22 @@ RELAY_ACL_RULES: Final = (
     *(f"+{command}" for command in RELAY_REDIS_COMMANDS),
 )
 """ACL SETUSER rules of the relay user, password excepted: its keys, channels and commands."""
+
+RELAY_REDIS_CLUSTER_COMMANDS: Final = (
+    # RELAY_REDIS_CLUSTER=true (relay.broker.slots): room events on shard channels (the
+    # scripts' SPUBLISH, the per-node probe), and the slot map.
+    "spublish", "ssubscribe", "sunsubscribe", "cluster|slots",
+)  # fmt: skip
+"""What the relay sends to a Redis Cluster besides RELAY_REDIS_COMMANDS (the control
+channel stays a PUBLISH/SUBSCRIBE: a PUBLISH reaches every node of a cluster)."""
+
+RELAY_CLUSTER_ACL_RULES: Final = (
+    *RELAY_ACL_RULES,
+    *(f"+{command}" for command in RELAY_REDIS_CLUSTER_COMMANDS),
+)
+"""ACL SETUSER rules of the relay user on every node of an external Redis Cluster
+(docs/operations.md, "Redis Cluster"); tests/integration/test_redis_cluster.py runs the
+relay as a user with exactly these."""
 
 OPERATOR_ACL_RULES: Final = (
     "resetkeys",
