@@ -1,0 +1,326 @@
+"""The relay on an external Redis Cluster (RELAY_REDIS_CLUSTER=true), run for real.
+
+A 3-master cluster of redis-server processes on loopback (support.rediscluster), joined by
+`redis-cli --cluster create`; relays as processes, logging in as an ACL user that has
+exactly the documented rules (contract.RELAY_CLUSTER_ACL_RULES). What is proven:
+
+- rooms spread over every master, events cross from one relay to the other, a resume on
+  the other relay replays exactly what was missed, a retried id is stored once;
+- a slot migration (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE) of a room being published
+  to: the room keeps its epoch and every acked event is in its history and reaches the
+  subscriber (live or by the history read its resubscription triggers);
+- a failover (SIGKILL of a master, its replica promoted): the room's epoch changes and a
+  resume from the last acked position gets `recovered: false`, never a silent gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from secrets import token_urlsafe
+from typing import Any
+
+import pytest
+import redis
+from pydantic import SecretStr
+
+from gamecluster_client import Connection as RelayClient
+from relay import contract
+from relay.broker import BrokerUnavailable, Delivery, keys
+from relay.broker.connection import Connector
+from relay.broker.slots import RedisClusterBroker
+from relay.rooms import RoomPolicy
+from support import redis_acl
+from support.rediscluster import RedisCluster
+from support.sentinel import publish_until_acked
+from support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+RELAY_PASSWORD = "relay-cluster-" + token_urlsafe(24)
+DURABLE = RoomPolicy(policy="durable", history_size=10_000, history_ttl_seconds=600)
+
+
+def acl_user(cluster: RedisCluster) -> None:
+    """The relay user on every node, with the documented rules and nothing more."""
+    for node in cluster.nodes:
+        cluster.client(node).execute_command(
+            "ACL", "SETUSER", contract.RELAY_REDIS_USER, "reset", "on", f">{RELAY_PASSWORD}",
+            *contract.RELAY_CLUSTER_ACL_RULES,
+        )  # fmt: skip
+
+
+def relay_env() -> dict[str, str]:
+    return {
+        contract.ENV_REDIS_CLUSTER: "true",
+        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+        contract.ENV_REDIS_PASSWORD: RELAY_PASSWORD,
+    }
+
+
+def connector() -> Connector:
+    return Connector(username=contract.RELAY_REDIS_USER, password=SecretStr(RELAY_PASSWORD))
+
+
+def rooms_on_every_master(cluster: RedisCluster, per_master: int, prefix: str) -> list[str]:
+    """Room names, `per_master` on each master (by the slot of the room's hash tag)."""
+    wanted = {port: per_master for port in cluster.master_ports()}
+    rooms, n = [], 0
+    while any(wanted.values()):
+        room = f"{prefix}{n}"
+        port = cluster.owner(keys.slot_of_room(room)).port
+        if wanted.get(port, 0) > 0:
+            wanted[port] -= 1
+            rooms.append(room)
+        n += 1
+    return rooms
+
+
+async def events(client: RelayClient, count: int) -> list[dict[str, Any]]:
+    received = [await client.receive(timeout=5) for _ in range(count)]
+    assert all(m["op"] == "event" for m in received), received
+    return received
+
+
+@pytest.fixture
+def cluster(redis_cluster: RedisCluster) -> RedisCluster:
+    redis_cluster.flush()
+    acl_user(redis_cluster)
+    return redis_cluster
+
+
+async def test_two_relays_spread_rooms_over_every_master_deliver_resume_and_dedupe(
+    cluster: RedisCluster, relay_factory, tmp_path: Path
+) -> None:
+    seed = [cluster.nodes[0].url]
+    pod_a = relay_factory("a", redis_urls=seed, env=relay_env())
+    pod_b = relay_factory("b", redis_urls=seed, env=relay_env())
+    rooms = rooms_on_every_master(cluster, 2, "match:")
+    masters = {cluster.owner(keys.slot_of_room(room)).port for room in rooms}
+    assert masters == cluster.master_ports() and len(masters) == 3
+    # Every master is a live "shard" of both relays (relay_redis_shard_up per node).
+    for pod in (pod_a, pod_b):
+        up = [
+            line for line in pod.metrics().splitlines() if line.startswith("relay_redis_shard_up")
+        ]
+        assert len(up) == 3 and all(line.endswith(" 1.0") for line in up), up
+    async with RelayClient(pod_a.url) as publisher, RelayClient(pod_b.url) as player:
+        joined = {room: await player.join(room) for room in rooms}
+        for room in rooms:  # published on pod a, delivered on pod b
+            await publisher.publish(room, f"first {room}", id=f"first-{room}")
+        got = await events(player, len(rooms))
+        assert sorted((m["room"], m["data"], m["offset"]) for m in got) == sorted(
+            (room, f"first {room}", 1) for room in rooms
+        )
+        for room in rooms:
+            await player.leave(room)
+        for room in rooms:  # while the player is away
+            for n in range(3):
+                await publisher.publish(room, n, id=f"missed-{room}-{n}")
+        # A retry of an acked id is stored once: same offset, nothing sent again.
+        again = await publisher.publish(rooms[0], 0, id=f"missed-{rooms[0]}-0")
+        assert again is not None and again["offset"] == 2
+    async with RelayClient(pod_a.url) as player:  # resumes on the other pod
+        for room in rooms:
+            since = {"epoch": joined[room]["epoch"], "offset": 1}
+            rejoined = await player.join(room, since=since)
+            assert (rejoined["recovered"], rejoined["offset"]) == (True, 4), rejoined
+            replayed = await events(player, 3)
+            assert [(m["offset"], m["data"]) for m in replayed] == [(2, 0), (3, 1), (4, 2)]
+    # The relay user's rules are enough (no ACL denial on any node) and no more: it
+    # cannot wipe or reconfigure a node.
+    for node in cluster.nodes:
+        assert cluster.client(node).execute_command("ACL", "LOG") == []
+    as_relay = redis.Redis(
+        port=cluster.nodes[0].port, username=contract.RELAY_REDIS_USER, password=RELAY_PASSWORD
+    )
+    for command in (("FLUSHALL",), ("CONFIG", "GET", "maxmemory"), ("CLUSTER", "RESET")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            as_relay.execute_command(*command)
+    redis_acl.no_secret_in_logs(tmp_path, [RELAY_PASSWORD])
+
+
+def test_shard_commands_say_there_is_no_shard_map_in_cluster_mode(
+    cluster: RedisCluster, relay_factory
+) -> None:
+    pod = relay_factory("a", redis_urls=[cluster.nodes[0].url], env=relay_env())
+    shown = pod.cli("shards", "show")
+    assert shown.returncode == 2
+    assert "RELAY_REDIS_CLUSTER=true" in shown.stderr and "no shard map" in shown.stderr
+
+
+class Subscriber:
+    """A broker's deliveries of one room, and the history read a resync asks for (what
+    relay.hub does with a gap: read the history after the last offset it has)."""
+
+    def __init__(self, broker: RedisClusterBroker, room: str) -> None:
+        self.broker, self.room = broker, room
+        self.offsets: list[int] = []
+        self.resyncs = 0
+        self._healing: set[asyncio.Task[None]] = set()
+        broker.set_listener(self._delivered, self._resync)
+
+    def _delivered(self, delivery: Delivery) -> None:
+        if delivery.room == self.room and delivery.offset is not None:
+            self.offsets.append(delivery.offset)
+
+    def _resync(self, rooms: list[str]) -> None:
+        if self.room in rooms:
+            self.resyncs += 1
+            task = asyncio.create_task(self._heal())
+            self._healing.add(task)
+            task.add_done_callback(self._healing.discard)
+
+    async def _heal(self) -> None:
+        after = max(self.offsets, default=0)
+        for _ in range(50):
+            with contextlib.suppress(BrokerUnavailable):
+                history = await self.broker.history(self.room, after, DURABLE)
+                self.offsets.extend(d.offset for d in history.entries if d.offset is not None)
+                return
+            await asyncio.sleep(0.1)  # a retry pause, as the hub's heal has
+
+
+async def publish_acked(broker: RedisClusterBroker, room: str, n: int) -> tuple[int, str]:
+    """Publish with id `n` until acked (the client's retry with the same id)."""
+    for _ in range(200):
+        try:
+            result = await broker.publish(
+                room, n, ts=1_700_000_000_000, policy=DURABLE, msg_id=f"m{n}"
+            )
+        except BrokerUnavailable:
+            await asyncio.sleep(0.02)  # a client's retry pause, not a synchronisation
+            continue
+        assert result.offset is not None and result.epoch is not None
+        return result.offset, result.epoch
+    raise AssertionError(f"publish {n} to {room} was never acked")
+
+
+@contextlib.asynccontextmanager
+async def brokers(cluster: RedisCluster, *names: str) -> AsyncIterator[list[RedisClusterBroker]]:
+    made = [
+        RedisClusterBroker(
+            [cluster.nodes[0].url],
+            name,
+            connector=connector(),
+            timeout=1.0,
+            probe_interval=0.3,
+            probe_timeout=1.5,
+            refresh_seconds=1.0,
+        )
+        for name in names
+    ]
+    for broker in made:
+        await broker.start()
+    try:
+        for broker in made:
+            await eventually(lambda b=broker: b.ready, 15, "the cluster broker to be ready")
+        yield made
+    finally:
+        for broker in made:
+            await broker.close()
+
+
+async def test_a_slot_migration_under_publishes_keeps_the_epoch_and_every_acked_event(
+    cluster: RedisCluster,
+) -> None:
+    room = "migrating"
+    slot = keys.slot_of_room(room)
+    async with brokers(cluster, "pub", "sub") as (publisher, subscriber_broker):
+        subscriber = Subscriber(subscriber_broker, room)
+        await subscriber_broker.subscribe(room)
+        source = cluster.owner(slot)
+        target = next(n for n in cluster.nodes if n.port in cluster.master_ports() - {source.port})
+        acked: list[tuple[int, str]] = []
+        migrated = asyncio.Event()
+
+        async def publish_through() -> None:
+            n = 0
+            while not migrated.is_set() or n < len(acked) + 50:
+                acked.append(await publish_acked(publisher, room, n))
+                n += 1
+                if n >= 2000:
+                    break
+
+        publishing = asyncio.create_task(publish_through())
+        await eventually(lambda: len(acked) >= 50, 10, "publishes before the migration")
+        await asyncio.to_thread(cluster.migrate_slot, slot, target)
+        migrated.set()
+        await publishing
+        assert cluster.owner(slot) is target
+        # Both relay servers followed the slot to its new owner.
+        assert publisher.placement(room) == subscriber_broker.placement(room)
+        assert subscriber_broker.placement(room).endswith(f":{target.port}")
+        # MIGRATE moved the room whole: one epoch, offsets 1..N, none lost, none twice.
+        epochs = {epoch for _, epoch in acked}
+        assert len(epochs) == 1, epochs
+        assert [offset for offset, _ in acked] == list(range(1, len(acked) + 1))
+        history = await subscriber_broker.history(room, 0, DURABLE)
+        assert history.epoch in epochs and history.top == len(acked)
+        assert [d.offset for d in history.entries] == list(range(1, len(acked) + 1))
+        # The subscriber lost its subscription on the source (sunsubscribe), subscribed
+        # on the target and read what it missed: every acked event, exactly once.
+        await eventually(
+            lambda: sorted(set(subscriber.offsets)) == list(range(1, len(acked) + 1)),
+            10,
+            "every acked event at the subscriber",
+        )
+        assert subscriber.resyncs >= 1
+        # Live again on the target: a new event arrives without any history read.
+        resyncs = subscriber.resyncs
+        offset, _ = await publish_acked(publisher, room, 10_000)
+        await eventually(lambda: offset in subscriber.offsets, 5, "a live event after the move")
+        assert subscriber.resyncs == resyncs
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """3 masters with one replica each (function scope: the test kills a master)."""
+    cluster = RedisCluster(tmp_path, replicas=1).start()
+    acl_user(cluster)
+    yield cluster
+    cluster.stop()
+
+
+async def test_a_failover_starts_a_new_epoch_and_resumes_are_not_recovered(
+    replicated_cluster: RedisCluster, relay_factory, tmp_path: Path
+) -> None:
+    cluster = replicated_cluster
+    seeds = [node.url for node in cluster.nodes[:3]]
+    pod = relay_factory("a", redis_urls=seeds, env=relay_env())
+    room = "duel"
+    master = cluster.owner(keys.slot_of_room(room))
+    replica_ids = {
+        _text(r[2])
+        for start, end, _, *rs in cluster.client(master).execute_command("CLUSTER SLOTS")
+        if start <= keys.slot_of_room(room) <= end
+        for r in rs
+    }
+    async with RelayClient(pod.url) as publisher:
+        epoch = (await publisher.join(room))["epoch"]
+        acks = [await publisher.publish(room, n, id=f"e{n}") for n in range(1, 6)]
+        last = max(ack["offset"] for ack in acks if ack)
+        assert last == 5
+        master.kill()  # SIGKILL: whatever its replica had not received is gone
+        promoted = await asyncio.to_thread(cluster.wait_failover, master)
+        assert cluster.node_id(promoted) in replica_ids
+        after = await publish_until_acked(publisher, room, "after", "after-failover")
+    async with RelayClient(pod.url) as resuming:
+        joined = await resuming.join(room, since={"epoch": epoch, "offset": last})
+        # The promoted replica may or may not have had 1-5: either way, not the same
+        # history as far as any client can tell: a new epoch, not recovered.
+        assert joined["recovered"] is False
+        assert joined["epoch"] != epoch
+        assert joined["offset"] >= after["offset"]
+    await eventually(lambda: pod.status() == 200, 15, "the relay to be ready again")
+    assert "Redis Cluster failover" in pod.log.read_text()
+    for node in cluster.nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            assert cluster.client(node).execute_command("ACL", "LOG") == []
+    redis_acl.no_secret_in_logs(tmp_path, [RELAY_PASSWORD])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
