@@ -91,11 +91,16 @@ LOAD_REPORT_KEY_PREFIX: Final = CLUSTER_KEY_PREFIX + "load:"
 LOAD_REPORT_KEY_PATTERN: Final = LOAD_REPORT_KEY_PREFIX + "*"
 """Matches every pod's report (SCAN MATCH)."""
 LOAD_REPORT_TTL_SECONDS: Final = 15
+CLUSTER_HASH_TAG: Final = "{gamecluster}"
+"""Redis Cluster (RELAY_REDIS_CLUSTER): every key about the cluster of relay servers
+carries this hash tag, so they share one slot (one node): the node report's transaction,
+and the operator's MGET of every pod's load report, need that."""
 
 
-def load_report_key(node_id: str) -> str:
-    """The key one relay server writes its connection count to."""
-    return LOAD_REPORT_KEY_PREFIX + node_id
+def load_report_key(node_id: str, *, cluster: bool = False) -> str:
+    """The key one relay server writes its connection count to (`cluster`: in the
+    cluster keys' slot of a Redis Cluster)."""
+    return LOAD_REPORT_KEY_PREFIX + (f"{CLUSTER_HASH_TAG}:" if cluster else "") + node_id
 
 
 # Redis ACL users. A managed Redis runs with the default user off and exactly these two

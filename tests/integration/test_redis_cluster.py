@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from secrets import token_urlsafe
 from typing import Any
@@ -26,6 +27,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
+from gamecluster.load import ReadyPod, RedisAuth, RedisLoadSource
 from gamecluster_client import Connection as RelayClient
 from relay import contract
 from relay.broker import BrokerUnavailable, Delivery, keys
@@ -40,15 +42,20 @@ from support.waiting import eventually
 pytestmark = pytest.mark.integration
 
 RELAY_PASSWORD = "relay-cluster-" + token_urlsafe(24)
+OPERATOR_PASSWORD = "operator-cluster-" + token_urlsafe(24)
 DURABLE = RoomPolicy(policy="durable", history_size=10_000, history_ttl_seconds=600)
 
 
 def acl_user(cluster: RedisCluster) -> None:
-    """The relay user on every node, with the documented rules and nothing more."""
+    """The relay and operator users on every node, with the documented rules only."""
     for node in cluster.nodes:
         cluster.client(node).execute_command(
             "ACL", "SETUSER", contract.RELAY_REDIS_USER, "reset", "on", f">{RELAY_PASSWORD}",
             *contract.RELAY_CLUSTER_ACL_RULES,
+        )  # fmt: skip
+        cluster.client(node).execute_command(
+            "ACL", "SETUSER", contract.OPERATOR_REDIS_USER, "reset", "on",
+            f">{OPERATOR_PASSWORD}", *contract.OPERATOR_ACL_RULES,
         )  # fmt: skip
 
 
@@ -142,6 +149,30 @@ async def test_two_relays_spread_rooms_over_every_master_deliver_resume_and_dedu
     redis_acl.no_secret_in_logs(tmp_path, [RELAY_PASSWORD])
 
 
+async def test_the_operator_reads_every_pods_load_report_from_any_seed(
+    cluster: RedisCluster, relay_factory
+) -> None:
+    """The relays write their reports in the cluster keys' slot; the operator's load reader,
+    given a seed that does not own it, follows the one MOVED and reads them all."""
+    tag_owner = cluster.owner_of_key(contract.load_report_key("x", cluster=True))
+    seed = next(node for node in cluster.nodes if node is not tag_owner).url
+    fast = {**relay_env(), "RELAY_LOAD_REPORT_SECONDS": "0.2"}
+    pods = [relay_factory(name, redis_urls=[seed], env=fast) for name in ("a", "b")]
+    source = RedisLoadSource()
+    auth = RedisAuth(contract.OPERATOR_REDIS_USER, OPERATOR_PASSWORD, cluster=True)
+    ready = [ReadyPod(pod.node_id, datetime.now(UTC) - timedelta(hours=1)) for pod in pods]
+    async with RelayClient(pods[0].url), RelayClient(pods[0].url), RelayClient(pods[1].url):
+
+        async def read() -> dict[str, int]:
+            reading = await asyncio.to_thread(source.read, seed, ready, datetime.now(UTC), auth)
+            return reading.per_pod
+
+        async def all_counted() -> bool:
+            return await read() == {"a": 2, "b": 1}
+
+        await eventually(all_counted, 10, "the operator to read every pod's connections")
+
+
 def test_shard_commands_say_there_is_no_shard_map_in_cluster_mode(
     cluster: RedisCluster, relay_factory
 ) -> None:
@@ -174,7 +205,10 @@ class Subscriber:
             task.add_done_callback(self._healing.discard)
 
     async def _heal(self) -> None:
-        after = max(self.offsets, default=0)
+        # From the first offset missing (later ones may have arrived live meanwhile).
+        have, after = set(self.offsets), 0
+        while after + 1 in have:
+            after += 1
         for _ in range(50):
             with contextlib.suppress(BrokerUnavailable):
                 history = await self.broker.history(self.room, after, DURABLE)
@@ -262,11 +296,17 @@ async def test_a_slot_migration_under_publishes_keeps_the_epoch_and_every_acked_
         assert [d.offset for d in history.entries] == list(range(1, len(acked) + 1))
         # The subscriber lost its subscription on the source (sunsubscribe), subscribed
         # on the target and read what it missed: every acked event, exactly once.
-        await eventually(
-            lambda: sorted(set(subscriber.offsets)) == list(range(1, len(acked) + 1)),
-            10,
-            "every acked event at the subscriber",
-        )
+        every = list(range(1, len(acked) + 1))
+        try:
+            await eventually(
+                lambda: sorted(set(subscriber.offsets)) == every, 10, "every acked event"
+            )
+        except TimeoutError as exc:
+            missing = sorted(set(every) - set(subscriber.offsets))
+            raise AssertionError(
+                f"{len(missing)} acked events never reached the subscriber: {missing[:20]}; "
+                f"{subscriber.resyncs} resyncs"
+            ) from exc
         assert subscriber.resyncs >= 1
         # Live again on the target: a new event arrives without any history read.
         resyncs = subscriber.resyncs

@@ -14,7 +14,7 @@ import functools
 
 from redis.crc import key_slot
 
-from relay.contract import CLUSTER_KEY_PREFIX, NODE_CHANNEL_PREFIX, ROOM_PREFIX
+from relay.contract import CLUSTER_HASH_TAG, CLUSTER_KEY_PREFIX, NODE_CHANNEL_PREFIX, ROOM_PREFIX
 
 _OPEN = ROOM_PREFIX
 _CLOSE = "}"
@@ -135,9 +135,8 @@ class ClusterKeys:
         return f"{self.prefix}presence:{node_id}"
 
 
-CLUSTER_TAG = "gamecluster"
 PLAIN = ClusterKeys()
-SLOTTED = ClusterKeys(f"{{{CLUSTER_TAG}}}:")
+SLOTTED = ClusterKeys(f"{CLUSTER_HASH_TAG}:")
 ALIVE = PLAIN.alive
 """The shard map's view of the alive set (relay.broker.shardmap: sharded Redis only)."""
 

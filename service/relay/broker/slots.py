@@ -455,16 +455,12 @@ class RedisClusterBroker(Broker):
             raise BrokerUnavailable(reason) from exc
 
     async def report_load(self, connections: int) -> None:
-        """This server's connection count, for the operator's autoscaler (a single key:
-        on the node of its own slot)."""
-        key = load_report_key(self._node_id)
-        node = self._map.masters[key_slot(key.encode())] if self._map else None
-        shard = None if node is None else self._nodes.get(node.address)
-        if shard is None:
-            return
+        """This server's connection count, for the operator's autoscaler: in the cluster
+        keys' slot, so the operator reads every pod's with one MGET on one node."""
+        key = load_report_key(self._node_id, cluster=True)
         try:
-            await shard.commands.set(key, connections, ex=LOAD_REPORT_TTL_SECONDS)
-        except (RedisError, OSError) as exc:
+            await self.control_shard.commands.set(key, connections, ex=LOAD_REPORT_TTL_SECONDS)
+        except (RedisError, OSError, BrokerUnavailable) as exc:
             log.debug("load report failed: %r", exc)
 
     def _resubscribed(self, channels: list[bytes]) -> None:
