@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from gamecluster.load import ReadyPod, RedisAuth, RedisLoadSource
 from gamecluster_client import Connection as RelayClient
+from gamecluster_client.errors import UnavailableError
 from relay import contract
 from relay.broker import BrokerUnavailable, Delivery, keys
 from relay.broker.connection import Connector
@@ -329,7 +330,7 @@ async def test_a_failover_starts_a_new_epoch_and_resumes_are_not_recovered(
 ) -> None:
     cluster = replicated_cluster
     seeds = [node.url for node in cluster.nodes[:3]]
-    pod = relay_factory("a", redis_urls=seeds, env=relay_env())
+    pod, other = (relay_factory(name, redis_urls=seeds, env=relay_env()) for name in "ab")
     room = "duel"
     master = cluster.owner(keys.slot_of_room(room))
     replica_ids = {
@@ -347,19 +348,37 @@ async def test_a_failover_starts_a_new_epoch_and_resumes_are_not_recovered(
         promoted = await asyncio.to_thread(cluster.wait_failover, master)
         assert cluster.node_id(promoted) in replica_ids
         after = await publish_until_acked(publisher, room, "after", "after-failover")
-    async with RelayClient(pod.url) as resuming:
-        joined = await resuming.join(room, since={"epoch": epoch, "offset": last})
+    async with RelayClient(other.url) as resuming:  # on the relay that did not publish
+        # That relay follows the failover on its own: until it has, the room is
+        # `unavailable` there (never served from the old map), and the client retries.
+        joined = await join_until_available(resuming, room, since={"epoch": epoch, "offset": last})
         # The promoted replica may or may not have had 1-5: either way, not the same
         # history as far as any client can tell: a new epoch, not recovered.
         assert joined["recovered"] is False
         assert joined["epoch"] != epoch
         assert joined["offset"] >= after["offset"]
-    await eventually(lambda: pod.status() == 200, 15, "the relay to be ready again")
-    assert "Redis Cluster failover" in pod.log.read_text()
+    for relay in (pod, other):
+        await eventually(lambda r=relay: r.status() == 200, 15, "the relays to be ready again")
+    logs = [relay.log.read_text() for relay in (pod, other)]
+    # Both relays saw the failover; exactly one started the new epochs (the claim), the
+    # other waited for it to be done.
+    assert all("Redis Cluster failover" in text for text in logs)
+    assert sum(text.count("rooms start epoch") for text in logs) == 1
     for node in cluster.nodes:
         if node.proc is not None and node.proc.poll() is None:
             assert cluster.client(node).execute_command("ACL", "LOG") == []
     redis_acl.no_secret_in_logs(tmp_path, [RELAY_PASSWORD])
+
+
+async def join_until_available(
+    client: RelayClient, room: str, since: dict[str, Any]
+) -> dict[str, Any]:
+    for _ in range(100):
+        try:
+            return await client.join(room, since=since)
+        except UnavailableError:
+            await asyncio.sleep(0.2)  # a client's retry pause, not a synchronisation
+    raise AssertionError(f"the join of {room} stayed unavailable")
 
 
 def _text(value: bytes | str) -> str:

@@ -72,6 +72,13 @@ from relay.rooms import RoomPolicy
 
 log = logging.getLogger("relay.broker.slots")
 
+FENCE_SECONDS = 30
+"""How long a failover's claim holds while its relay server starts the new epochs; past
+it (a claimer that died) another one claims."""
+FENCE_DONE = b"done"
+"""The claim's value once every room of the promoted master has its new epoch; kept for
+FAILOVER_CLAIM_SECONDS so late relay servers do not start epochs a second time."""
+
 REFRESH_SECONDS = 5.0
 """How often the slot map is read when nothing asked for it (a redirect, a lost
 connection or a `sunsubscribe` ask at once)."""
@@ -284,18 +291,27 @@ class RedisClusterBroker(Broker):
 
     async def _fence(self, node: RedisShard, slot: int, old: Node, new: Node) -> None:
         """New epochs for every room on `new`, a replica of `old` promoted in its place
-        (see the module's docstring); one relay server does it (a SET NX claim, on `new`:
-        in one of its slots, `slot`)."""
+        (see the module's docstring). One relay server does it: a SET NX claim on `new` (in
+        its slot `slot`), marked done once every room has its epoch. The others wait for
+        the mark (raising: the slot map is read again shortly) rather than write under
+        the old epochs meanwhile. A claimer that dies mid-way leaves a claim that expires
+        after FENCE_SECONDS; the next relay server then claims and starts epochs again (a
+        second new epoch is harmless)."""
         claim = keys.failover_claim(f"{{{keys.slot_tag(slot)}}}", old.node_id, new.node_id)
         epoch, rooms = secrets.token_hex(4), 0
         try:
-            claimed = await node.commands.set(
-                claim, self._node_id, nx=True, ex=FAILOVER_CLAIM_SECONDS
-            )
+            claimed = await node.commands.set(claim, self._node_id, nx=True, ex=FENCE_SECONDS)
             if claimed:
                 async for key in node.commands.scan_iter(match=keys.META_PATTERN, count=500):
                     await node.commands.hset(key, "epoch", epoch)
                     rooms += 1
+                await node.commands.set(claim, FENCE_DONE, ex=FAILOVER_CLAIM_SECONDS)
+            elif await node.commands.get(claim) != FENCE_DONE:
+                self.refresh_soon()
+                raise BrokerUnavailable(
+                    f"{new.address} replaced {old.address}: another relay server is starting "
+                    "its rooms' new epochs; waiting for it"
+                )
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(
                 f"new epochs on {new.address} after its failover failed: {describe(exc)}"
