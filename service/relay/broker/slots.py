@@ -82,6 +82,8 @@ FAILOVER_CLAIM_SECONDS so late relay servers do not start epochs a second time."
 REFRESH_SECONDS = 5.0
 """How often the slot map is read when nothing asked for it (a redirect, a lost
 connection or a `sunsubscribe` ask at once)."""
+REFRESH_PAUSE = 0.2
+"""Least time between two reads of the slot map."""
 MAX_NODES = 100
 """Master nodes this server connects to; a slot map naming more is refused (each costs a
 publish connection, a Pub/Sub connection and a pool). Overflow policy: the slot map is
@@ -171,6 +173,8 @@ class RedisClusterBroker(Broker):
         """Channels wanted here whose slot left their node, until the slot map names the
         node that has it now (bounded by the channels this server subscribes)."""
         self._control_node: str | None = None
+        self._ask_first: set[str] = set()
+        """Nodes whose slot map is read first next time (they just gave a slot away)."""
         self._refresh_wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.failovers = 0
@@ -242,19 +246,24 @@ class RedisClusterBroker(Broker):
         self._refresh_wanted.set()
 
     async def _watch(self) -> None:
+        failing = False
         while True:
             self._refresh_wanted.clear()
             try:
                 await self.refresh()
+                failing = False
             except (RedisError, OSError, BrokerUnavailable) as exc:
-                log.warning("reading the Redis Cluster slot map failed: %s", describe(exc))
+                # Loud once per outage (or wait for another pod's fence), then at debug.
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(level, "reading the Redis Cluster slot map failed: %s", describe(exc))
+                failing = True
             except Exception:
                 log.exception("reading the Redis Cluster slot map failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._refresh_seconds):
                     await self._refresh_wanted.wait()
-            # One read per probe interval at most, however many redirects asked for it.
-            await asyncio.sleep(min(0.2, self._probe_interval))
+            # At most five reads a second, however many redirects asked for one.
+            await asyncio.sleep(REFRESH_PAUSE)
 
     async def refresh(self) -> None:
         """Read the slot map, start new epochs on failed-over masters, then use it."""
@@ -271,7 +280,15 @@ class RedisClusterBroker(Broker):
         """CLUSTER SLOTS from a live node this server knows, else from a seed, else from
         the others: the first map that covers every slot (a node that has just lost
         touch with the cluster may still answer with gaps), else the first one read."""
-        live = [node.commands for node in self._nodes.values() if node.ready]
+        # First the nodes that just said a slot is no longer theirs (a MOVED, a
+        # sunsubscribe): their own view of that slot is current, a third node's may lag
+        # (resharding tells the two nodes first, the others by gossip).
+        first, self._ask_first = self._ask_first, set()
+        live = [
+            node.commands
+            for node in sorted(self._nodes.values(), key=lambda n: n.name not in first)
+            if node.ready
+        ]
         others = [node.commands for node in self._nodes.values() if not node.ready]
         partial: SlotMap | None = None
         errors = []
@@ -403,6 +420,7 @@ class RedisClusterBroker(Broker):
 
     def _slot_left(self, node: RedisShard, channel: bytes) -> None:
         self._homeless.add(channel)
+        self._ask_first.add(node.name)
         self.refresh_soon()
 
     def _reconnected(self) -> None:
@@ -426,6 +444,7 @@ class RedisClusterBroker(Broker):
         try:
             return await self._writer.publish(shard, room, data, ts, policy, msg_id, subject, trace)
         except SlotMoved:
+            self._ask_first.add(shard.name)
             self.refresh_soon()
             raise
         except (RedisError, OSError) as exc:
@@ -434,11 +453,11 @@ class RedisClusterBroker(Broker):
     async def history(
         self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
     ) -> History:
+        shard = self.shard_for(room).live()
         try:
-            return await self._writer.history(
-                self.shard_for(room).live(), room, after, policy, limit
-            )
+            return await self._writer.history(shard, room, after, policy, limit)
         except SlotMoved:
+            self._ask_first.add(shard.name)
             self.refresh_soon()
             raise
 
