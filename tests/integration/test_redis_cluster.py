@@ -415,6 +415,40 @@ async def test_a_failover_starts_a_new_epoch_and_resumes_are_not_recovered(
     redis_acl.no_secret_in_logs(tmp_path, [RELAY_PASSWORD])
 
 
+async def test_a_manual_failover_moves_subscriptions_and_starts_a_new_epoch(
+    replicated_cluster: RedisCluster,
+) -> None:
+    """CLUSTER FAILOVER on a replica (a planned switch: the replica catches up first): the
+    old master turns replica and unsubscribes the room's channel; the relay follows the
+    slot to the promoted node, gives its rooms a new epoch (the relay cannot tell a
+    planned switch from a crash by the slot map, so it assumes the worst), and the
+    subscriber is live there."""
+    cluster = replicated_cluster
+    room = "planned"
+    slot = keys.slot_of_room(room)
+    async with brokers(cluster, "pub", "sub") as (publisher, subscriber_broker):
+        subscriber = Subscriber(subscriber_broker, room)
+        await subscriber_broker.subscribe(room)
+        before = [await publish_acked(publisher, room, n) for n in range(5)]
+        await eventually(lambda: len(subscriber.offsets) == 5, 5, "the first events")
+        master = cluster.owner(slot)
+        replica = next(
+            node
+            for node in cluster.nodes
+            if node is not master
+            and cluster.client(node).execute_command("ROLE")[0] == b"slave"
+            and int(cluster.client(node).execute_command("ROLE")[2]) == master.port
+        )
+        assert cluster.client(replica).execute_command("CLUSTER FAILOVER")
+        await eventually(lambda: cluster.owner(slot) is replica, 15, "the replica to take the slot")
+        offset, epoch = await publish_acked(publisher, room, 5)
+        assert epoch != before[0][1]  # a new epoch: resumes from the old one are refused
+        assert offset == 6  # the history itself was complete (a planned switch)
+        await eventually(lambda: offset in subscriber.offsets, 10, "a live event after")
+        assert subscriber_broker.placement(room).endswith(f":{replica.port}")
+        assert publisher.failovers == subscriber_broker.failovers == 1
+
+
 async def join_until_available(
     client: RelayClient, room: str, since: dict[str, Any]
 ) -> dict[str, Any]:

@@ -252,11 +252,12 @@ class RedisShard:
             raise BrokerUnavailable(f"SUBSCRIBE on {self.url} failed: {describe(exc)}") from exc
 
     def want(self, channel: bytes) -> None:
-        """Add a channel without waiting: sent now if the connection is live (its next
-        session subscribes it otherwise, and going live reports it for a history read)."""
+        """Add a channel without waiting: sent now if a connection is open, live or still
+        probing (a session subscribes what is wanted when it opens: one opened already
+        must be sent this one too); going live reports it for a history read."""
         self._channels.add(channel)
         pubsub = self._pubsub
-        if pubsub is not None and self._ready:
+        if pubsub is not None:
             with contextlib.suppress(BrokerUnavailable):
                 pubsub.subscribe(channel)
 
@@ -446,11 +447,17 @@ class RedisShard:
         """A `sunsubscribe` from the node: the channel's slot moved away. A channel still
         wanted goes to its owner to be subscribed where the slot is now (a channel given up
         here was removed from the wanted set before its SUNSUBSCRIBE was sent)."""
-        if channel in self._channels and self._on_slot_left is not None:
+        if self._on_slot_left is None:
+            return
+        if channel in self._channels:
             self._channels.discard(channel)
             self._on_slot_left(self, channel)
-        elif channel == self._node_channel and self._pubsub is not None:
-            self._pubsub.abort("the probe channel's slot left the node")
+        elif channel == self._node_channel:
+            # The owner reads the slot map and picks a probe channel in a slot the node
+            # still has; the next probe here fails (MOVED) and the session reopens with
+            # it. Not an abort now: the `sunsubscribe`s of the room channels of the same
+            # slot change may still be on their way on this connection.
+            self._on_slot_left(self, channel)
 
     def _task_first_attempt(self) -> bool:
         first, self._attempted = not self._attempted, True

@@ -419,7 +419,10 @@ class RedisClusterBroker(Broker):
             await self._nodes.pop(address).close()
 
     def _slot_left(self, node: RedisShard, channel: bytes) -> None:
-        self._homeless.add(channel)
+        """A channel's slot left `node`: a room channel waits for the slot map to name its
+        new owner; the probe channel only needs the map read (a new probe channel)."""
+        if keys.room_of(channel) is not None:
+            self._homeless.add(channel)
         self._ask_first.add(node.name)
         self.refresh_soon()
 
