@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from secrets import token_urlsafe
@@ -30,7 +31,8 @@ from pydantic import SecretStr
 from gamecluster.load import ReadyPod, RedisAuth, RedisLoadSource
 from gamecluster_client import Connection as RelayClient
 from gamecluster_client.errors import UnavailableError
-from relay import contract
+from relay import auth, contract
+from relay.api.client import AsyncRelayApi
 from relay.broker import BrokerUnavailable, Delivery, keys
 from relay.broker.connection import Connector
 from relay.broker.slots import RedisClusterBroker
@@ -181,6 +183,81 @@ def test_shard_commands_say_there_is_no_shard_map_in_cluster_mode(
     shown = pod.cli("shards", "show")
     assert shown.returncode == 2
     assert "RELAY_REDIS_CLUSTER=true" in shown.stderr and "no shard map" in shown.stderr
+
+
+PRESENCE_SECRET = "s" * 40
+API_KEY = "k" * 40
+REPORT_SECONDS = 0.5
+DEAD_AFTER = 3 * REPORT_SECONDS
+
+
+def presence_token(sub: str) -> str:
+    return auth.mint(PRESENCE_SECRET, subject=sub, join=["*"], publish=["*"], ttl=600)
+
+
+async def presence_changes(
+    client: RelayClient, until: Callable[[list[dict[str, Any]]], bool], timeout: float
+) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not until(seen):
+        message = await client.receive(max(0.01, deadline - time.monotonic()))
+        if message["op"] == "presence":
+            seen.append(message)
+    return seen
+
+
+def conns(messages: list[dict[str, Any]], kind: str) -> list[str]:
+    return [m["conn"] for message in messages for m in message[kind]]
+
+
+async def test_presence_node_reports_and_a_dead_pods_members_on_a_cluster(
+    cluster: RedisCluster, relay_factory
+) -> None:
+    """The cluster keys under one hash tag at work: node reports (GET /nodes), the alive
+    set and a SIGKILLed pod's members reaped by a survivor (its Lua script on the node of
+    that slot), members in rooms on every master."""
+    env = {
+        **relay_env(),
+        "RELAY_AUTH": "jwt",
+        "RELAY_JWT_SECRET": PRESENCE_SECRET,
+        "RELAY_API_KEYS": API_KEY,
+        "RELAY_ROOMS": '[{"match": "lobby:*", "presence": true}]',
+        "RELAY_LOAD_REPORT_SECONDS": str(REPORT_SECONDS),
+    }
+    seed = [cluster.nodes[0].url]
+    a, b = (relay_factory(name, redis_urls=seed, env=env) for name in "ab")
+    rooms = rooms_on_every_master(cluster, 1, "lobby:")
+    async with contextlib.AsyncExitStack() as stack:
+        ann, bob = [
+            await stack.enter_async_context(RelayClient(pod.url, token=presence_token(sub)))
+            for pod, sub in ((a, "ann"), (b, "bob"))
+        ]
+        for room in rooms:
+            await ann.join(room)
+            await bob.join(room)
+        bob_conn = bob.welcome["session"]
+        await presence_changes(ann, lambda seen: conns(seen, "joins").count(bob_conn) >= 3, 5)
+        for room in rooms:
+            reply = await ann.request({"op": "presence", "room": room})
+            assert {(m["sub"], m["node"]) for m in reply["members"]} == {
+                ("ann", "a"),
+                ("bob", "b"),
+            }
+        async with AsyncRelayApi(a.admin, api_key=API_KEY) as api:
+
+            async def both_listed() -> bool:
+                return {node.node for node in (await api.nodes()).nodes} == {"a", "b"}
+
+            await eventually(both_listed, 5, "both node reports in GET /nodes")
+        b.kill()  # its members never leave by themselves: a survivor announces them
+        seen = await presence_changes(
+            ann, lambda s: conns(s, "leaves").count(bob_conn) >= 3, DEAD_AFTER + 3
+        )
+        assert sorted(conns(seen, "leaves")) == [bob_conn] * 3
+        for room in rooms:
+            reply = await ann.request({"op": "presence", "room": room})
+            assert reply["count"] == 1
 
 
 class Subscriber:
