@@ -339,6 +339,32 @@ async def brokers(cluster: RedisCluster, *names: str) -> AsyncIterator[list[Redi
             await broker.close()
 
 
+async def test_a_rebuilt_pubsub_connection_resubscribes_many_rooms_of_many_slots(
+    cluster: RedisCluster,
+) -> None:
+    """A node's Pub/Sub connection rebuilt (CLIENT KILL) resubscribes every room it had:
+    one SSUBSCRIBE per slot (one naming two slots is refused whole, CROSSSLOT)."""
+    rooms = rooms_on_every_master(cluster, 20, "many:")
+    async with brokers(cluster, "pub", "sub") as (publisher, subscriber):
+        got: set[str] = set()
+        subscriber.set_listener(lambda delivery: got.add(delivery.room))
+        for room in rooms:
+            await subscriber.subscribe(room)
+        for node in cluster.nodes:
+            cluster.client(node).execute_command("CLIENT KILL TYPE pubsub")
+
+        def subscribed_again() -> bool:
+            channels: set[bytes] = set()
+            for node in cluster.nodes:
+                channels.update(cluster.client(node).execute_command("PUBSUB SHARDCHANNELS"))
+            return {keys.channel(room) for room in rooms} <= channels
+
+        await eventually(subscribed_again, 15, "every room subscribed again")
+        for room in rooms:
+            await publish_acked(publisher, room, 1)
+        await eventually(lambda: got == set(rooms), 5, "an event of every room")
+
+
 async def test_a_slot_migration_under_publishes_keeps_the_epoch_and_every_acked_event(
     cluster: RedisCluster,
 ) -> None:

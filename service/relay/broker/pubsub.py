@@ -32,6 +32,7 @@ from collections.abc import Callable
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -98,7 +99,10 @@ class PubSubConnection(asyncio.Protocol):
 
     def subscribe(self, *channels: bytes) -> None:
         """Room channels: SSUBSCRIBE on a Redis Cluster node, SUBSCRIBE otherwise."""
-        self._send(b"SSUBSCRIBE" if self._sharded else b"SUBSCRIBE", channels)
+        if self._sharded:
+            self._send_per_slot(b"SSUBSCRIBE", channels)
+        else:
+            self._send(b"SUBSCRIBE", channels)
 
     def subscribe_global(self, *channels: bytes) -> None:
         """Plain SUBSCRIBE also on a cluster node: a PUBLISH reaches every node of a Redis
@@ -119,7 +123,25 @@ class PubSubConnection(asyncio.Protocol):
         self._send(b"UNSUBSCRIBE", channels)
 
     def unsubscribe(self, *channels: bytes) -> None:
-        self._send(b"SUNSUBSCRIBE" if self._sharded else b"UNSUBSCRIBE", channels)
+        if self._sharded:
+            self._send_per_slot(b"SUNSUBSCRIBE", channels)
+        else:
+            self._send(b"UNSUBSCRIBE", channels)
+
+    def _send_per_slot(self, command: bytes, channels: tuple[bytes, ...]) -> None:
+        """One command per hash slot, in one write: an SSUBSCRIBE naming channels of two
+        slots is refused whole (CROSSSLOT), which would end the connection."""
+        by_slot: dict[int, list[bytes]] = {}
+        for channel in channels:
+            by_slot.setdefault(key_slot(channel), []).append(channel)
+        if self.lost.done() or self.transport is None:
+            raise BrokerUnavailable(f"the Pub/Sub connection to {self._url} is lost")
+        self.transport.write(
+            b"".join(
+                hiredis.pack_command((command, *group))  # type: ignore[arg-type]
+                for group in by_slot.values()
+            )
+        )
 
     def _send(self, command: bytes, channels: tuple[bytes, ...]) -> None:
         if self.lost.done() or self.transport is None:
