@@ -180,6 +180,42 @@ async def test_the_operator_reads_every_pods_load_report_from_any_seed(
         await eventually(all_counted, 10, "the operator to read every pod's connections")
 
 
+@pytest.fixture
+def tls_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    (tmp_path / "tls").mkdir()
+    cluster = RedisCluster(tmp_path / "tls", tls=True).start()
+    acl_user(cluster)
+    yield cluster
+    cluster.stop()
+
+
+async def test_a_tls_cluster_is_verified_against_the_ca_and_refused_without_it(
+    tls_cluster: RedisCluster, relay_factory
+) -> None:
+    """Every node TLS only (clients, replication, bus); the relays verify each node they
+    learn from the slot map against RELAY_REDIS_CA_FILE (the certificate names
+    127.0.0.1, the address the nodes announce); without the CA a relay stays unready."""
+    cluster = tls_cluster
+    assert cluster.ca is not None
+    seed = [cluster.urls[0]]
+    env = {**relay_env(), contract.ENV_REDIS_CA_FILE: str(cluster.ca)}
+    pod_a, pod_b = (relay_factory(name, redis_urls=seed, env=env) for name in "ab")
+    rooms = rooms_on_every_master(cluster, 1, "secure:")
+    async with RelayClient(pod_a.url) as publisher, RelayClient(pod_b.url) as player:
+        for room in rooms:
+            await player.join(room)
+            await publisher.publish(room, "over tls", id=f"t-{room}")
+        got = await events(player, len(rooms))
+        assert sorted(m["room"] for m in got) == sorted(rooms)
+    blind = relay_factory("blind", redis_urls=seed, env=relay_env(), ready=False)
+    await eventually(
+        lambda: "certificate verify failed" in blind.log.read_text(),
+        15,
+        "the relay without the CA to say why",
+    )
+    assert blind.status() == 503
+
+
 def test_shard_commands_say_there_is_no_shard_map_in_cluster_mode(
     cluster: RedisCluster, relay_factory
 ) -> None:

@@ -2,8 +2,9 @@
 
 Built from the same `RedisProcess` as every other Redis fixture (`--cluster-enabled yes`)
 and joined with `redis-cli --cluster create`, exactly as an operator would build an
-external one. `cli()` of a node runs redis-cli against that node alone (no `-c`), so a
-test sees MOVED/ASK as the relay does.
+external one. `client()` of a node talks to that node alone (not a cluster client), so a
+test sees MOVED/ASK as the relay does. `tls=True`: every node serves TLS only (clients,
+replication and the cluster bus) with a certificate for 127.0.0.1 from `ca` (support.tls).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.crc import key_slot
 
+from gamecluster.manifests import redis_tls
 from support.processes import LOOPBACK, RedisProcess, free_port, wait_until
+from support.tls import make_pki
 
 NODE_TIMEOUT_MS = 1000
 """cluster-node-timeout: how long a master may be silent before its replica takes over."""
@@ -25,7 +29,13 @@ NODE_TIMEOUT_MS = 1000
 
 class RedisCluster:
     def __init__(
-        self, workdir: Path, *, masters: int = 3, replicas: int = 0, extra_args: Sequence[str] = ()
+        self,
+        workdir: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 0,
+        extra_args: Sequence[str] = (),
+        tls: bool = False,
     ) -> None:
         if shutil.which("redis-cli") is None:
             raise RuntimeError("redis-cli is not installed: run `make system-deps`")
@@ -35,10 +45,19 @@ class RedisCluster:
         self.nodes: list[RedisProcess] = []
         self._extra = list(extra_args)
         self.cli_auth: tuple[str, str] | None = None
+        self.ca: Path | None = None
+        if tls:
+            self.ca, _, _ = make_pki(workdir)
 
     def start(self) -> RedisCluster:
         for _ in range(self.masters * (1 + self.replicas)):
             port = free_port()
+            tls_args: list[str] = []
+            if self.ca is not None:  # the managed shards' flags, and TLS between nodes
+                tls_args = [
+                    *redis_tls.server_args(port, directory=str(self.workdir)),
+                    "--tls-cluster", "yes", "--tls-replication", "yes",
+                ]  # fmt: skip
             node = RedisProcess(
                 self.workdir,
                 port=port,
@@ -49,6 +68,7 @@ class RedisCluster:
                     # is out of range for most free ports).
                     "--cluster-port", str(free_port()),
                     "--cluster-config-file", str(self.workdir / f"nodes-{port}.conf"),
+                    *tls_args,
                     *self._extra,
                 ],
                 cli_auth=self.cli_auth,
@@ -58,6 +78,8 @@ class RedisCluster:
         auth = []
         if self.cli_auth is not None:
             auth = ["--user", self.cli_auth[0], "--pass", self.cli_auth[1]]
+        if self.ca is not None:
+            auth += ["--tls", "--cacert", str(self.ca)]
         out = subprocess.run(
             ["redis-cli", *auth, "--cluster", "create", *addresses,
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
@@ -68,23 +90,31 @@ class RedisCluster:
         wait_until(self._consistent, 30, "the cluster to be ok on every node")
         return self
 
+    def _ok(self, node: RedisProcess) -> bool:
+        info = self.client(node).execute_command("CLUSTER INFO")  # parsed by redis-py
+        return bool(info.get("cluster_state") == "ok")
+
     def _consistent(self) -> bool:
         """Every node says ok and lists every master with all its replicas."""
         for node in self.nodes:
-            if "cluster_state:ok" not in node.cli("CLUSTER", "INFO"):
+            if not self._ok(node):
                 return False
             ranges = self.client(node).execute_command("CLUSTER SLOTS")
             if len(ranges) != self.masters or any(len(r) - 2 != 1 + self.replicas for r in ranges):
                 return False
         return True
 
-    @property
-    def urls(self) -> tuple[str, ...]:
-        return tuple(node.url for node in self.nodes)
-
     def client(self, node: RedisProcess) -> redis.Redis:
         user, password = self.cli_auth if self.cli_auth is not None else (None, None)
-        return redis.Redis(host=LOOPBACK, port=node.port, username=user, password=password)
+        tls: dict[str, Any] = {}
+        if self.ca is not None:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.ca)}
+        return redis.Redis(host=LOOPBACK, port=node.port, username=user, password=password, **tls)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        scheme = "redis" if self.ca is None else "rediss"
+        return tuple(f"{scheme}://{LOOPBACK}:{node.port}" for node in self.nodes)
 
     def roles(self) -> dict[int, str]:
         """port -> master/slave, as each live node says of itself."""
@@ -160,7 +190,7 @@ class RedisCluster:
 
     def _consistent_live(self) -> bool:
         return all(
-            "cluster_state:ok" in node.cli("CLUSTER", "INFO")
+            self._ok(node)
             for node in self.nodes
             if node.proc is not None and node.proc.poll() is None
         )
