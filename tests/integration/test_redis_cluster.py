@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -351,7 +353,9 @@ async def publish_acked(broker: RedisClusterBroker, room: str, n: int) -> tuple[
 
 
 @contextlib.asynccontextmanager
-async def brokers(cluster: RedisCluster, *names: str) -> AsyncIterator[list[RedisClusterBroker]]:
+async def brokers(
+    cluster: RedisCluster, *names: str, ack_replicas: int = 0
+) -> AsyncIterator[list[RedisClusterBroker]]:
     made = [
         RedisClusterBroker(
             [cluster.nodes[0].url],
@@ -361,6 +365,8 @@ async def brokers(cluster: RedisCluster, *names: str) -> AsyncIterator[list[Redi
             probe_interval=0.3,
             probe_timeout=1.5,
             refresh_seconds=1.0,
+            ack_replicas=ack_replicas,
+            ack_timeout=0.5,
         )
         for name in names
     ]
@@ -651,6 +657,35 @@ async def test_a_manual_failover_moves_subscriptions_and_starts_a_new_epoch(
         await eventually(lambda: offset in subscriber.offsets, 10, "a live event after")
         assert subscriber_broker.placement(room).endswith(f":{replica.port}")
         assert publisher.failovers == subscriber_broker.failovers == 1
+
+
+async def test_ack_replicas_waits_for_the_replica_of_the_rooms_node(
+    replicated_cluster: RedisCluster,
+) -> None:
+    """RELAY_REDIS_ACK_REPLICAS on a cluster: a durable publish is acked once the replica of
+    the room's master has it (WAIT on that node); with the replica stopped, not acked."""
+    cluster = replicated_cluster
+    room = "acked"
+    master = cluster.owner(keys.slot_of_room(room))
+    replica = next(
+        node
+        for node in cluster.nodes
+        if cluster.client(node).execute_command("ROLE")[0] == b"slave"
+        and int(cluster.client(node).execute_command("ROLE")[2]) == master.port
+    )
+    async with brokers(cluster, "acks", ack_replicas=1) as (broker,):
+        offset, _ = await publish_acked(broker, room, 1)
+        # Acked: the replica has it already (read there, no wait).
+        on_replica = cluster.client(replica)
+        on_replica.execute_command("READONLY")
+        assert int(on_replica.hget(keys.meta(room), "offset") or 0) == offset
+        assert replica.proc is not None
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(BrokerUnavailable, match="replica"):
+                await broker.publish(room, 2, ts=1, policy=DURABLE, msg_id="m2")
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
 
 
 async def join_until_available(
