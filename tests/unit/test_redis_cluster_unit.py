@@ -17,8 +17,8 @@ from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.redis_auth import operator_auth
 from gamecluster.spec import InvalidSpec, parse
 from relay import contract
-from relay.broker import keys, lua
-from relay.broker.slots import SlotMap, _failovers
+from relay.broker import BrokerUnavailable, keys, lua
+from relay.broker.slots import RedisClusterBroker, SlotMap, _failovers
 from relay.config import ConfigError, load_settings
 
 pytestmark = pytest.mark.unit
@@ -94,6 +94,28 @@ def test_a_promoted_replica_is_a_failover_and_another_master_is_a_migration() ->
     assert _failovers(before, migrated) == {} and _failovers(before, before) == {}
     # A map with unassigned slots is not complete (the broker stays unready on it).
     assert not SlotMap.parse(_reply((0, 100, A, []))).complete
+
+
+async def test_a_reading_with_unassigned_slots_does_not_replace_a_complete_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Installed, it would forget the replicas of those slots' last master, and the
+    promotion read next would pass for a migration (no new epoch)."""
+    broker = RedisClusterBroker(
+        ["redis://10.0.0.1:7000"], "n", timeout=1.0, probe_interval=1.0, probe_timeout=1.0
+    )
+    complete = SlotMap.parse(_reply((0, 8191, A, [A_REPLICA]), (8192, 16383, B, [])))
+    partial = SlotMap.parse(_reply((8192, 16383, B, [])))
+    broker._map = complete
+
+    async def read() -> SlotMap:
+        return partial
+
+    monkeypatch.setattr(broker, "_read_slot_map", read)
+    with pytest.raises(BrokerUnavailable, match="keeping the last complete one"):
+        await broker.refresh()
+    assert broker._map is complete
+    await broker.close()
 
 
 def test_names_about_a_node_land_in_its_slot_and_room_names_share_the_room_slot() -> None:

@@ -236,7 +236,9 @@ class RedisClusterBroker(Broker):
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=1.0)
-        await asyncio.gather(*(node.close() for node in self._nodes.values()))
+        await asyncio.gather(
+            *(node.close() for node in self._nodes.values()), return_exceptions=True
+        )
         closing = [asyncio.create_task(client.aclose()) for client in self._seed_clients]
         await asyncio.wait(closing, timeout=self._timeout)
         await self._connector.aclose()
@@ -271,6 +273,13 @@ class RedisClusterBroker(Broker):
         if len(found.nodes()) > MAX_NODES:
             raise BrokerUnavailable(f"the Redis Cluster has more than {MAX_NODES} masters")
         previous = self._map
+        if previous is not None and previous.complete and not found.complete:
+            # A slot without a master in this reading would also lose what the last map
+            # knows about its replicas: a promotion seen next would pass for a migration.
+            raise BrokerUnavailable(
+                "the Redis Cluster slot map read leaves slots without a master; "
+                "keeping the last complete one"
+            )
         if previous is not None:
             for address, (old, new) in _failovers(previous, found).items():
                 await self._fence(self._node(address, found), found.first_slot(address), old, new)
