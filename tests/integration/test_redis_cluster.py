@@ -218,6 +218,16 @@ async def test_a_tls_cluster_is_verified_against_the_ca_and_refused_without_it(
     assert blind.status() == 503
 
 
+async def test_a_relay_not_told_it_is_a_cluster_stays_unready_and_says_what_to_set(
+    cluster: RedisCluster, relay_factory
+) -> None:
+    env = {k: v for k, v in relay_env().items() if k != contract.ENV_REDIS_CLUSTER}
+    pod = relay_factory("plain", redis_urls=[cluster.nodes[0].url], env=env, ready=False)
+    await eventually(lambda: "set RELAY_REDIS_CLUSTER=true" in pod.log.read_text(), 10, "the hint")
+    assert pod.status() == 503
+    assert pod.log.read_text().count("set RELAY_REDIS_CLUSTER=true") == 1  # once
+
+
 def test_shard_commands_say_there_is_no_shard_map_in_cluster_mode(
     cluster: RedisCluster, relay_factory
 ) -> None:
