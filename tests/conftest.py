@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from support.processes import RedisProcess, RelayProcess
+from support.rediscluster import RedisCluster
 
 RelayFactory = Callable[..., RelayProcess]
 RedisFactory = Callable[..., RedisProcess]
@@ -42,6 +43,15 @@ def redis_factory(tmp_path: Path) -> Iterator[RedisFactory]:
 @pytest.fixture
 def redis(redis_factory: RedisFactory) -> RedisProcess:
     return redis_factory()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster on loopback, shared by a module's tests (each test that
+    needs it empty flushes it: `redis_cluster.flush()`)."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

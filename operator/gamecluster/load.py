@@ -45,6 +45,9 @@ class RedisAuth:
     """The Sentinels' ACL user (an external Redis's, Redis 6.2+); None: their default."""
     sentinel_password: str | None = field(default=None, repr=False)
     """The Sentinels' own password (their ``requirepass``), not the Redis user's."""
+    cluster: bool = False
+    """An external Redis Cluster: the reports are in the cluster keys' slot
+    (``contract.load_report_key(cluster=True)``), read on the node that owns it."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,9 @@ class RedisLoadSource:
             return Reading(unknown="no Redis URL to read load reports from")
         auth = auth or RedisAuth()
         timeouts = {"socket_timeout": self._timeout, "socket_connect_timeout": self._timeout}
+        tls: dict[str, str] = {}
+        if auth.ca_pem is not None and redis_url.startswith("rediss://"):
+            tls["ssl_ca_data"] = auth.ca_pem
         master = sentinel_master(redis_url)
         sentinel: Sentinel | None = None
         if master is not None:
@@ -166,14 +172,26 @@ class RedisLoadSource:
                 master, username=auth.username, password=auth.password, **timeouts
             )
         else:
-            tls: dict[str, str] = {}
-            if auth.ca_pem is not None and redis_url.startswith("rediss://"):
-                tls["ssl_ca_data"] = auth.ca_pem
             client = redis.Redis.from_url(
                 redis_url, username=auth.username, password=auth.password, **timeouts, **tls
             )
+        report_keys = [contract.load_report_key(pod.name, cluster=auth.cluster) for pod in pods]
         try:
-            values = client.mget([contract.load_report_key(pod.name) for pod in pods])
+            try:
+                values = client.mget(report_keys)
+            except redis.exceptions.MovedError as moved:
+                # A Redis Cluster seed that does not own the reports' slot names the node
+                # that does (one slot: one redirect, then the same MGET there).
+                client.close()
+                scheme = redis_url.partition("://")[0]
+                client = redis.Redis.from_url(
+                    f"{scheme}://{moved.host}:{moved.port}",
+                    username=auth.username,
+                    password=auth.password,
+                    **timeouts,
+                    **tls,
+                )
+                values = client.mget(report_keys)
         except (redis.RedisError, OSError) as exc:
             logger.info("load reports unavailable from %s: %s", _redact(redis_url), exc)
             return Reading(unknown=f"Redis shard 0 unreachable: {exc}")

@@ -168,8 +168,9 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
             sentinel_password=sentinel_password.strip() if sentinel_password else None,
         )
     ref = spec.redis.external.secret_ref if spec.redis.external else None
+    in_cluster = bool(spec.redis.external and spec.redis.external.cluster)
     if ref is None:
-        return RedisAuth(sentinels=_sentinels(spec, owner))
+        return RedisAuth(sentinels=_sentinels(spec, owner), cluster=in_cluster)
     secret = cluster.get(ChildRef("v1", "Secret", owner.namespace, ref.name))
     if secret is None:
         return None
@@ -184,4 +185,5 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
         sentinels=_sentinels(spec, owner),
         sentinel_username=key(ref.sentinel_username_key),
         sentinel_password=key(ref.sentinel_password_key),
+        cluster=in_cluster,
     )

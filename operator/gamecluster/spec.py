@@ -176,6 +176,9 @@ class ExternalRedis(_Model):
     urls: tuple[RedisURL, ...] = Field(default=(), max_length=64)
     sentinels: tuple[SentinelAddress, ...] = Field(default=(), max_length=16)
     """The Sentinels of ``sentinel://<master>[/db]`` URLs (``host:port`` each)."""
+    cluster: bool = False
+    """The URLs are seed nodes of one Redis Cluster (RELAY_REDIS_CLUSTER): rooms go where
+    the cluster places their hash slot; no Sentinel, no shard names."""
     secret_ref: ExternalRedisSecret | None = None
 
 
@@ -334,6 +337,12 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
             "SentinelsMismatch",
             "spec.redis.external: sentinel:// URLs need redis.external.sentinels, and "
             "sentinels need at least one sentinel:// URL",
+        )
+    if external and external.cluster and (masters or external.sentinels):
+        raise InvalidSpec(
+            "ClusterWithSentinels",
+            "spec.redis.external.cluster: a Redis Cluster fails over by itself; its URLs "
+            "are redis:// or rediss:// seed nodes, without sentinels",
         )
     ref = external.secret_ref if external else None
     if ref and (ref.sentinel_username_key or ref.sentinel_password_key) and not masters:

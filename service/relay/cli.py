@@ -156,6 +156,14 @@ async def _shards(args: argparse.Namespace) -> int:
     if not settings.redis_endpoints:
         print("relay shards: RELAY_REDIS_URLS is empty: no shards to map", file=sys.stderr)
         return 2
+    if settings.redis_cluster:
+        print(
+            "relay shards: RELAY_REDIS_CLUSTER=true: Redis Cluster places the rooms by hash "
+            "slot, there is no shard map to show or switch (reshard the cluster with "
+            "redis-cli --cluster reshard; the relay servers follow the slots)",
+            file=sys.stderr,
+        )
+        return 2
     control = settings.redis_endpoints[0]
     connector = Connector.from_settings(settings)
     client = connector.client(control, timeout=settings.redis_timeout, retries=1)

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
 import orjson
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.broker import Broker, BrokerUnavailable, describe, keys
 from relay.broker.redis import RedisBroker
+from relay.broker.slots import RedisClusterBroker
 from relay.contract import LOAD_REPORT_TTL_SECONDS
 
 T = TypeVar("T")
@@ -138,11 +140,19 @@ class LocalState(ClusterState):
 
 
 class RedisState(ClusterState):
-    def __init__(self, broker: RedisBroker, node: str) -> None:
+    """Sharded Redis: the cluster keys on the control shard. Redis Cluster: under one
+    hash tag (keys.SLOTTED), on the node of that slot, which can change: looked up per
+    call."""
+
+    def __init__(self, broker: RedisBroker | RedisClusterBroker, node: str) -> None:
         self._broker = broker
         self._node = node
-        self._commands = broker.control_shard.commands
-        self._reap = self._commands.register_script(_REAP)
+        self._names = keys.SLOTTED if isinstance(broker, RedisClusterBroker) else keys.PLAIN
+
+    @property
+    def _commands(self) -> Redis:
+        """Raises BrokerUnavailable while a cluster's slot map is not read yet."""
+        return self._broker.control_shard.commands
 
     async def report(self, node: NodeReport, rooms: dict[str, int]) -> None:
         ttl = LOAD_REPORT_TTL_SECONDS
@@ -155,20 +165,20 @@ class RedisState(ClusterState):
             }
         )
         async with self._commands.pipeline(transaction=True) as pipe:
-            pipe.set(keys.node_report(node.node), body, ex=ttl)
-            pipe.delete(keys.node_rooms(node.node))
+            pipe.set(self._names.node_report(node.node), body, ex=ttl)
+            pipe.delete(self._names.node_rooms(node.node))
             if rooms:
-                pipe.hset(keys.node_rooms(node.node), mapping=rooms)  # type: ignore[arg-type]
-                pipe.expire(keys.node_rooms(node.node), ttl)
+                pipe.hset(self._names.node_rooms(node.node), mapping=rooms)  # type: ignore[arg-type]
+                pipe.expire(self._names.node_rooms(node.node), ttl)
             await _redis(pipe.execute())
 
     async def nodes(self) -> list[NodeReport]:
         # Known keys, not a SCAN of the keyspace: the live nodes are the liveness set's
         # members (a dead node's entry is removed by the survivor that claims it).
-        names = await _redis(self._commands.zrange(keys.ALIVE, 0, MAX_NODES - 1))
+        names = await _redis(self._commands.zrange(self._names.alive, 0, MAX_NODES - 1))
         if not names:
             return []
-        report_keys = [keys.node_report(_text(name)) for name in names]
+        report_keys = [self._names.node_report(_text(name)) for name in names]
         reports = []
         for raw in await _redis(self._commands.mget(report_keys)):
             if raw is None:
@@ -182,7 +192,7 @@ class RedisState(ClusterState):
     async def rooms(self) -> dict[str, int]:
         totals: dict[str, int] = {}
         for node in await self.nodes():
-            counts = await _redis(self._commands.hgetall(keys.node_rooms(node.node)))
+            counts = await _redis(self._commands.hgetall(self._names.node_rooms(node.node)))
             for room, count in counts.items():
                 name = _text(room)
                 totals[name] = totals.get(name, 0) + int(count)
@@ -201,7 +211,7 @@ class RedisState(ClusterState):
             if joins:
                 pipe.hset(key, mapping={m["conn"]: orjson.dumps(m) for m in joins})
             await _redis(pipe.execute())
-        rooms = keys.node_presence_rooms(self._node)
+        rooms = self._names.node_presence_rooms(self._node)
         if node_empty:
             await _redis(self._commands.srem(rooms, room))
         elif joins:
@@ -218,7 +228,9 @@ class RedisState(ClusterState):
 
     async def alive(self, node: str) -> bool:
         sent = time.monotonic()
-        added = await _redis(self._commands.zadd(keys.ALIVE, {node: time.time() * 1000}))
+        added = await _redis(self._commands.zadd(self._names.alive, {node: time.time() * 1000}))
+        if isinstance(self._broker, RedisClusterBroker):
+            return not added  # no shard map in a Redis Cluster (relay.broker.slots)
         watcher = self._broker.shard_map
         # Still in the alive set: the shard map's lease goes on (relay.broker.shardmap).
         watcher.renewed(sent, present=not added)
@@ -228,14 +240,17 @@ class RedisState(ClusterState):
     async def reap(self, dead_after: float) -> list[tuple[str, list[Member]]]:
         limit = (time.time() - dead_after) * 1000
         silent = await _redis(
-            self._commands.zrangebyscore(keys.ALIVE, "-inf", limit, 0, 100, withscores=True)
+            self._commands.zrangebyscore(self._names.alive, "-inf", limit, 0, 100, withscores=True)
         )
         reaped: list[tuple[str, list[Member]]] = []
         for raw, score in cast(list[tuple[bytes, float]], silent):
             dead = _text(raw)
-            if not await _redis(self._reap(keys=[keys.ALIVE], args=[dead, limit])):
+            # Registered on the client of the moment (a cluster's keys node can change):
+            # redis-py's Script, EVALSHA and SCRIPT LOAD on NOSCRIPT.
+            reap = self._commands.register_script(_REAP)
+            if not await _redis(reap(keys=[self._names.alive], args=[dead, limit])):
                 continue  # another node claimed it (it announces the leaves), or it came back
-            rooms_key = keys.node_presence_rooms(dead)
+            rooms_key = self._names.node_presence_rooms(dead)
             unreachable = False
             for room_raw in await _redis(self._commands.smembers(rooms_key)):
                 room = _text(room_raw)
@@ -249,13 +264,13 @@ class RedisState(ClusterState):
             if unreachable:
                 # Dead again at its old score, so a later tick claims it once more; the rooms
                 # done now have none of its members left, so nothing is announced twice.
-                await _redis(self._commands.zadd(keys.ALIVE, {dead: score}))
+                await _redis(self._commands.zadd(self._names.alive, {dead: score}))
                 continue
-            await _redis(self._commands.delete(rooms_key, keys.node_rooms(dead)))
+            await _redis(self._commands.delete(rooms_key, self._names.node_rooms(dead)))
         return reaped
 
     async def forget(self, node: str) -> None:
-        await _redis(self._commands.zrem(keys.ALIVE, node))
+        await _redis(self._commands.zrem(self._names.alive, node))
 
     async def _remove_node_members(self, room: str, dead: str) -> list[Member]:
         commands = self._broker.shard_for(room).live().commands
@@ -274,7 +289,7 @@ class RedisState(ClusterState):
 
 
 def make_state(broker: Broker, node: str) -> ClusterState:
-    if isinstance(broker, RedisBroker):
+    if isinstance(broker, RedisBroker | RedisClusterBroker):
         return RedisState(broker, node)
     return LocalState()
 

@@ -185,6 +185,9 @@ class Settings(BaseSettings):
     redis_sentinels: CommaList = ()
     """Comma-separated Sentinels (`host:port`); with them, RELAY_REDIS_URLS entries are
     `[name=]sentinel://<master name>[/<db>]` and each shard follows its master's failovers."""
+    redis_cluster: bool = False
+    """RELAY_REDIS_URLS are seed nodes of one Redis Cluster (7.0+), not shards: rooms go
+    where the cluster places their slot (relay.broker.slots), events by SPUBLISH."""
     redis_username: OptionalText = None
     """Redis ACL user (unset: `default`). Credentials inside URLs still work, deprecated."""
     redis_password: Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)] = None
@@ -379,6 +382,39 @@ class Settings(BaseSettings):
             raise ValueError(
                 "RELAY_REDIS_CA_FILE is set but no shard in RELAY_REDIS_URLS uses rediss:// (TLS)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> Settings:
+        if not self.redis_cluster:
+            return self
+        where = "RELAY_REDIS_CLUSTER=true"
+        if not self.redis_urls:
+            raise ValueError(
+                f"{where} without RELAY_REDIS_URLS: list seed nodes (redis://host:port)"
+            )
+        if self.redis_sentinels:
+            raise ValueError(
+                f"{where} with RELAY_REDIS_SENTINELS: a Redis Cluster fails over by itself; "
+                "use one or the other"
+            )
+        for entry, endpoint in zip(self.redis_urls, self.redis_endpoints, strict=True):
+            shown = redact(entry)
+            if endpoint.master is not None:
+                raise ValueError(f"{where}: {shown!r} is a Sentinel master, not a cluster node")
+            if endpoint.url.startswith("unix:"):
+                raise ValueError(f"{where}: {shown!r}: cluster nodes are reached by host:port")
+            named, sep, _ = entry.partition("=")
+            if sep and "://" not in named:
+                raise ValueError(
+                    f"{where}: {shown!r} names a shard; the cluster places the rooms (no "
+                    "shard map): give the seed nodes' URLs only"
+                )
+            if urlsplit(endpoint.url).path.strip("/") not in ("", "0"):
+                raise ValueError(f"{where}: {shown!r}: a Redis Cluster has database 0 only")
+        schemes = {e.url.partition("://")[0] for e in self.redis_endpoints}
+        if len(schemes) > 1:
+            raise ValueError(f"{where}: seed nodes mix redis:// and rediss:// (TLS): use one")
         return self
 
     @model_validator(mode="after")

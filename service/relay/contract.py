@@ -31,6 +31,7 @@ ENV_HOST: Final = "RELAY_HOST"
 ENV_PORT: Final = "RELAY_PORT"
 ENV_REDIS_URLS: Final = "RELAY_REDIS_URLS"
 ENV_REDIS_SENTINELS: Final = "RELAY_REDIS_SENTINELS"
+ENV_REDIS_CLUSTER: Final = "RELAY_REDIS_CLUSTER"
 ENV_REDIS_USERNAME: Final = "RELAY_REDIS_USERNAME"
 ENV_REDIS_PASSWORD: Final = "RELAY_REDIS_PASSWORD"
 ENV_REDIS_PASSWORD_FILE: Final = "RELAY_REDIS_PASSWORD_FILE"
@@ -90,11 +91,16 @@ LOAD_REPORT_KEY_PREFIX: Final = CLUSTER_KEY_PREFIX + "load:"
 LOAD_REPORT_KEY_PATTERN: Final = LOAD_REPORT_KEY_PREFIX + "*"
 """Matches every pod's report (SCAN MATCH)."""
 LOAD_REPORT_TTL_SECONDS: Final = 15
+CLUSTER_HASH_TAG: Final = "{gamecluster}"
+"""Redis Cluster (RELAY_REDIS_CLUSTER): every key about the cluster of relay servers
+carries this hash tag, so they share one slot (one node): the node report's transaction,
+and the operator's MGET of every pod's load report, need that."""
 
 
-def load_report_key(node_id: str) -> str:
-    """The key one relay server writes its connection count to."""
-    return LOAD_REPORT_KEY_PREFIX + node_id
+def load_report_key(node_id: str, *, cluster: bool = False) -> str:
+    """The key one relay server writes its connection count to (`cluster`: in the
+    cluster keys' slot of a Redis Cluster)."""
+    return LOAD_REPORT_KEY_PREFIX + (f"{CLUSTER_HASH_TAG}:" if cluster else "") + node_id
 
 
 # Redis ACL users. A managed Redis runs with the default user off and exactly these two
@@ -135,6 +141,22 @@ RELAY_ACL_RULES: Final = (
     *(f"+{command}" for command in RELAY_REDIS_COMMANDS),
 )
 """ACL SETUSER rules of the relay user, password excepted: its keys, channels and commands."""
+
+RELAY_REDIS_CLUSTER_COMMANDS: Final = (
+    # RELAY_REDIS_CLUSTER=true (relay.broker.slots): room events on shard channels (the
+    # scripts' SPUBLISH, the per-node probe), and the slot map.
+    "spublish", "ssubscribe", "sunsubscribe", "cluster|slots",
+)  # fmt: skip
+"""What the relay sends to a Redis Cluster besides RELAY_REDIS_COMMANDS (the control
+channel stays a PUBLISH/SUBSCRIBE: a PUBLISH reaches every node of a cluster)."""
+
+RELAY_CLUSTER_ACL_RULES: Final = (
+    *RELAY_ACL_RULES,
+    *(f"+{command}" for command in RELAY_REDIS_CLUSTER_COMMANDS),
+)
+"""ACL SETUSER rules of the relay user on every node of an external Redis Cluster
+(docs/operations.md, "Redis Cluster"); tests/integration/test_redis_cluster.py runs the
+relay as a user with exactly these."""
 
 OPERATOR_ACL_RULES: Final = (
     "resetkeys",

@@ -15,6 +15,7 @@ from relay.broker.connection import Connector
 from relay.broker.memory import MemoryBroker
 from relay.broker.redis import RedisBroker
 from relay.broker.shardmap import PHASES, MapState, ShardMapError, now_ms
+from relay.broker.slots import RedisClusterBroker
 from relay.cluster import ClusterState, NodeReport, make_state
 from relay.config import Settings
 from relay.hub import Hub
@@ -35,6 +36,19 @@ PRESENCE_DEAD_AFTER_REPORTS = 3
 def make_broker(settings: Settings, metrics: Metrics) -> Broker:
     if not settings.redis_urls:
         return MemoryBroker(settings.node_id, dedupe_seconds=settings.dedupe_seconds)
+    if settings.redis_cluster:
+        return RedisClusterBroker(
+            settings.redis_endpoints,
+            settings.node_id,
+            connector=Connector.from_settings(settings),
+            timeout=settings.redis_timeout,
+            probe_interval=settings.probe_interval,
+            probe_timeout=settings.probe_timeout,
+            dedupe_seconds=settings.dedupe_seconds,
+            ack_replicas=settings.redis_ack_replicas,
+            ack_timeout=settings.redis_ack_timeout,
+            on_reconnect=metrics.redis_reconnects.inc,
+        )
     return RedisBroker(
         settings.redis_endpoints,
         settings.node_id,
@@ -95,8 +109,9 @@ class RelayNode:
 
     async def start(self) -> None:
         # Shard names and clean URLs only: credentials never reach a log line.
+        kind = "redis cluster, seeds " if self.settings.redis_cluster else "redis "
         mode = (
-            "redis " + ", ".join(f"{e.name}={e.url}" for e in self.settings.redis_endpoints)
+            kind + ", ".join(f"{e.name}={e.url}" for e in self.settings.redis_endpoints)
             if self.settings.redis_urls
             else "embedded"
         )
@@ -130,12 +145,14 @@ class RelayNode:
                 self.broker.shard_map.unknown
             )
         if not self.broker.ready:
-            control = self.broker.control_shard.name if isinstance(self.broker, RedisBroker) else ""
+            control = self._control_name()
             down = [f"{n} (control)" if n == control else n for n in self.shards_down()]
             if down:
                 return f"Redis shards down: {', '.join(down)}"
             if isinstance(self.broker, RedisBroker) and not self.broker.map_confirmed:
                 return "the shard map is not read or confirmed on the control shard yet"
+            if isinstance(self.broker, RedisClusterBroker):
+                return "the Redis Cluster slot map is not read yet or leaves slots unassigned"
             return "broker not connected"
         if len(self.sessions) >= self.settings.max_connections:
             return "connection limit reached"  # new clients would get 1013 here
@@ -169,7 +186,18 @@ class RelayNode:
         log.info("shard map switch to %s started: %s", ",".join(names), state.describe())
         return state
 
+    def _control_name(self) -> str:
+        if isinstance(self.broker, RedisBroker | RedisClusterBroker):
+            with contextlib.suppress(BrokerUnavailable):
+                return self.broker.control_shard.name
+        return ""
+
     def _redis_broker(self) -> RedisBroker:
+        if isinstance(self.broker, RedisClusterBroker):
+            raise ShardMapError(
+                "RELAY_REDIS_CLUSTER=true: Redis Cluster places the rooms by hash slot, there "
+                "is no shard map (reshard with redis-cli --cluster reshard)"
+            )
         if not isinstance(self.broker, RedisBroker):
             raise ShardMapError("the embedded broker has no shards (RELAY_REDIS_URLS is empty)")
         return self.broker
@@ -279,7 +307,7 @@ class RelayNode:
         while True:
             rooms = self.hub.local_rooms()
             report = NodeReport(self.settings.node_id, len(self.sessions), len(rooms), __version__)
-            if isinstance(self.broker, RedisBroker):
+            if isinstance(self.broker, RedisBroker | RedisClusterBroker):
                 await self.broker.report_load(len(self.sessions))
             try:
                 await self.cluster.report(report, rooms)

@@ -20,8 +20,10 @@ from relay import protocol
 from relay.broker import Broker, Delivery, History
 from relay.broker.memory import MemoryBroker
 from relay.broker.redis import RedisBroker
+from relay.broker.slots import RedisClusterBroker
 from relay.rooms import RoomPolicy
 from support.processes import RedisProcess
+from support.rediscluster import RedisCluster
 from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -55,10 +57,23 @@ class Feed:
         return seen
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     if request.param == "memory":
         made: Broker = MemoryBroker("node-a", dedupe_seconds=DEDUPE_SECONDS)
+    elif request.param == "cluster":
+        # A real 3-master Redis Cluster; the rooms of these tests are spread over its
+        # nodes. A seed is enough: the broker reads the slot map from it.
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        made = RedisClusterBroker(
+            cluster.urls[:1],
+            "node-a",
+            timeout=1.0,
+            probe_interval=0.5,
+            probe_timeout=1.5,
+            dedupe_seconds=DEDUPE_SECONDS,
+        )
     else:
         server: RedisProcess = request.getfixturevalue("redis")
         made = RedisBroker(

@@ -285,6 +285,15 @@ INVALID = [
         },
         "pattern",
     ),
+    (
+        {
+            "redis": {
+                "mode": "external",
+                "external": {"urls": ["sentinel://gc"], "sentinels": ["s:1"], "cluster": True},
+            }
+        },
+        "a Redis Cluster (cluster true) has redis:// or rediss:// seed URLs and no sentinels",
+    ),
     ({"autoscaling": {"targetConnectionsPerReplica": 0}}, "minimum"),
     ({"tracing": {"samplingRatio": 1.5}}, "maximum"),
     ({"limits": {"maxMessageBytes": 1}}, "minimum"),

@@ -52,6 +52,8 @@ def config_data(
     }
     if sentinels:
         data[contract.ENV_REDIS_SENTINELS] = ",".join(sentinels)
+    if spec.redis.mode == "external" and spec.redis.external and spec.redis.external.cluster:
+        data[contract.ENV_REDIS_CLUSTER] = "true"
     if spec.redis.ack_replicas:  # absent when 0: an upgrade of the operator rolls no pod
         data[contract.ENV_REDIS_ACK_REPLICAS] = str(spec.redis.ack_replicas)
     if spec.delivery.rooms:

@@ -41,6 +41,15 @@ class ShardDown(BrokerUnavailable):
         self.shard = shard
 
 
+class SlotMoved(BrokerUnavailable):
+    """Redis Cluster: the node this relay server sent a room's command to does not serve
+    the room's slot now (MOVED, ASK: a migration or a failover; TRYAGAIN: the slot is half
+    migrated; CLUSTERDOWN). Nothing ran; the server reads the slot map again and a retry
+    goes where the slot is."""
+
+    client_message = "this room's Redis slot is moving; retry"
+
+
 class NotReplicated(BrokerUnavailable):
     """A durable write the master stored but fewer replicas than asked for confirmed in time
     (RELAY_REDIS_ACK_REPLICAS). It may survive a failover or be lost with the master; it is

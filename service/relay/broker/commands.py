@@ -56,7 +56,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from relay.broker.base import BrokerUnavailable, describe
+from relay.broker.base import BrokerUnavailable, SlotMoved, describe
 
 log = logging.getLogger("relay.broker.commands")
 
@@ -74,6 +74,11 @@ RESP_VERSION = 2
 """The protocol of the publish connection: RESP2 has no push messages (see above)."""
 
 Arg = str | bytes | int | float
+
+CLUSTER_REDIRECTS = frozenset(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"))
+"""Redis Cluster error replies saying the command (which did not run) belongs elsewhere or
+later: the relay sends every command to the node its own slot map names, never follows a
+redirect by itself (relay.broker.slots: a failover's new master is fenced first)."""
 
 
 class Script:
@@ -323,6 +328,8 @@ class CommandConnection:
             )
         if kind == "NOPERM":
             return BrokerUnavailable(f"Redis {self.url}: the ACL refused {what}: {error}")
+        if kind in CLUSTER_REDIRECTS:
+            return SlotMoved(f"Redis {self.url} refused {what}: {error}")
         return BrokerUnavailable(f"Redis {self.url} refused {what}: {error}")
 
     async def _connect(self) -> _Pipe:

@@ -10,7 +10,11 @@ The prefixes come from relay.contract, where the Redis ACL rules are built from 
 
 from __future__ import annotations
 
-from relay.contract import CLUSTER_KEY_PREFIX, NODE_CHANNEL_PREFIX, ROOM_PREFIX
+import functools
+
+from redis.crc import key_slot
+
+from relay.contract import CLUSTER_HASH_TAG, CLUSTER_KEY_PREFIX, NODE_CHANNEL_PREFIX, ROOM_PREFIX
 
 _OPEN = ROOM_PREFIX
 _CLOSE = "}"
@@ -61,9 +65,36 @@ def failover_claim(shard: str, old: str, new: str) -> str:
     return f"{CLUSTER_KEY_PREFIX}failover:{shard}:{old}->{new}"
 
 
-def node_channel(node_id: str) -> bytes:
-    """The relay server's own channel: its Pub/Sub self-probe travels through it."""
-    return f"{NODE_CHANNEL_PREFIX}node:{node_id}".encode()
+def node_channel(node_id: str, tag: str | None = None) -> bytes:
+    """The relay server's own channel: its Pub/Sub self-probe travels through it.
+
+    On a Redis Cluster node the probe is a shard channel: `tag` (see `slot_tag`) puts it
+    in a slot of the node it probes."""
+    if tag is None:
+        return f"{NODE_CHANNEL_PREFIX}node:{node_id}".encode()
+    return f"{NODE_CHANNEL_PREFIX}node:{node_id}:{{{tag}}}".encode()
+
+
+SLOTS = 16384
+"""Hash slots of a Redis Cluster."""
+
+
+@functools.cache
+def slot_tag(slot: int) -> str:
+    """A short hash tag whose CRC16 lands on `slot` (Redis Cluster): it puts a name that is
+    about a node rather than a room (the probe channel, a failover claim) on that node.
+    Found by trying `t0`, `t1`, ...: about 16,000 CRC16s on average, once per slot."""
+    if not 0 <= slot < SLOTS:
+        raise ValueError(f"slot {slot} is not in 0..{SLOTS - 1}")
+    n = 0
+    while key_slot(f"t{n}".encode()) != slot:
+        n += 1
+    return f"t{n}"
+
+
+def slot_of_room(room: str) -> int:
+    """The Redis Cluster slot of every name of the room (they share its hash tag)."""
+    return key_slot(channel(room))
 
 
 CONTROL_CHANNEL = f"{NODE_CHANNEL_PREFIX}control".encode()
@@ -76,24 +107,38 @@ def presence(room: str) -> str:
     return f"{_tag(room)}:presence"
 
 
-ALIVE = f"{CLUSTER_KEY_PREFIX}alive"
-"""Sorted set node -> last liveness renewal (ms), on the first shard."""
-NODE_REPORT_PREFIX = f"{CLUSTER_KEY_PREFIX}node:"
-"""Per node: its report (connections, rooms, version) for GET /nodes, with a TTL."""
+class ClusterKeys:
+    """The keys about the cluster of relay servers rather than a room (relay.cluster).
+
+    Sharded Redis: on the first shard, plain names (`PLAIN`). Redis Cluster: every one of
+    them under the hash tag `{gamecluster}` (`SLOTTED`), so they share one slot, as the
+    node report's transaction and the GET /nodes MGET need. Two spellings, not one with
+    the tag everywhere: relay servers of the same fleet must agree on the names during a
+    rolling update, and the sharded fleets in use spell them without a tag.
+    """
+
+    def __init__(self, tag: str = "") -> None:
+        self.prefix = CLUSTER_KEY_PREFIX + tag
+        self.alive = f"{self.prefix}alive"
+        """Sorted set node -> last liveness renewal (ms)."""
+
+    def node_report(self, node_id: str) -> str:
+        """Per node: its report (connections, rooms, version) for GET /nodes, with a TTL."""
+        return f"{self.prefix}node:{node_id}"
+
+    def node_rooms(self, node_id: str) -> str:
+        """Per node: hash room -> local member count, for GET /rooms, with a TTL."""
+        return f"{self.prefix}rooms:{node_id}"
+
+    def node_presence_rooms(self, node_id: str) -> str:
+        """Per node: the set of presence rooms it has members in (cleared by a survivor)."""
+        return f"{self.prefix}presence:{node_id}"
 
 
-def node_report(node_id: str) -> str:
-    return NODE_REPORT_PREFIX + node_id
-
-
-def node_rooms(node_id: str) -> str:
-    """Per node: hash room -> local member count, for GET /rooms, with a TTL."""
-    return f"{CLUSTER_KEY_PREFIX}rooms:{node_id}"
-
-
-def node_presence_rooms(node_id: str) -> str:
-    """Per node: the set of presence rooms it has members in (cleared by a survivor)."""
-    return f"{CLUSTER_KEY_PREFIX}presence:{node_id}"
+PLAIN = ClusterKeys()
+SLOTTED = ClusterKeys(f"{CLUSTER_HASH_TAG}:")
+ALIVE = PLAIN.alive
+"""The shard map's view of the alive set (relay.broker.shardmap: sharded Redis only)."""
 
 
 PRESENCE_PATTERN = f"{_OPEN}*{_CLOSE}:presence"

@@ -75,3 +75,14 @@ if after >= 0 and after < top then
 end
 return {epoch, top, entries}
 """
+
+
+def sharded(script: str) -> str:
+    """The script for a Redis Cluster node: SPUBLISH instead of PUBLISH, so the event goes
+    only to the subscribers of the node that owns the room's slot (a PUBLISH would be
+    broadcast over the cluster bus to every node). The room's channel shares the `{room}`
+    hash tag with its keys, so it is in the script's slot, as Redis requires."""
+    sharded_script = script.replace("redis.call('PUBLISH', ", "redis.call('SPUBLISH', ")
+    if sharded_script == script:
+        raise ValueError("the script publishes nothing")
+    return sharded_script

@@ -32,6 +32,7 @@ from collections.abc import Callable
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -40,16 +41,26 @@ from relay.broker.commands import RESP_VERSION, detach
 
 log = logging.getLogger("relay.broker.pubsub")
 
-_MESSAGE = b"message"
-_SUBSCRIBE = b"subscribe"
+_MESSAGES = frozenset((b"message", b"smessage"))
+_SUBSCRIBES = frozenset((b"subscribe", b"ssubscribe"))
+_UNSUBSCRIBE = b"unsubscribe"
+_SUNSUBSCRIBE = b"sunsubscribe"
 
 
 class PubSubConnection(asyncio.Protocol):
     """One live Pub/Sub connection; `open` makes one, `abort` (or a loss) ends it."""
 
-    def __init__(self, url: str, on_message: Callable[[bytes, bytes], None]) -> None:
+    def __init__(
+        self,
+        url: str,
+        on_message: Callable[[bytes, bytes], None],
+        on_unsubscribed: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._url = url
         self._on_message = on_message
+        self._sharded = on_unsubscribed is not None
+        """Redis Cluster: room channels are shard channels (SSUBSCRIBE, `smessage`)."""
+        self._on_unsubscribed = on_unsubscribed
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
         self.stream: asyncio.StreamWriter | None = None
@@ -60,23 +71,42 @@ class PubSubConnection(asyncio.Protocol):
 
     @classmethod
     async def open(
-        cls, client: Redis, url: str, on_message: Callable[[bytes, bytes], None]
+        cls,
+        client: Redis,
+        url: str,
+        on_message: Callable[[bytes, bytes], None],
+        on_unsubscribed: Callable[[bytes], None] | None = None,
     ) -> PubSubConnection:
         """Connect with `client`'s connection class and arguments (its timeouts bound the
-        connect and the handshake), then read the connection here."""
+        connect and the handshake), then read the connection here.
+
+        With `on_unsubscribed` (a Redis Cluster node) `subscribe` sends SSUBSCRIBE, and
+        every `sunsubscribe` Redis sends goes to `on_unsubscribed(channel)`: the node
+        sends one by itself when the channel's slot left it (a migration, a failover),
+        and the owner, which knows which channels it gave up, resubscribes the others
+        where the slot is now."""
         pool = client.connection_pool
         connection: AbstractConnection = pool.connection_class(
             **{**pool.connection_kwargs, "protocol": RESP_VERSION}
         )
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
-            return detach(connection, cls(url, on_message))
+            return detach(connection, cls(url, on_message, on_unsubscribed))
         except (RedisError, OSError):
             with contextlib.suppress(Exception):
                 await connection.disconnect()
             raise
 
     def subscribe(self, *channels: bytes) -> None:
+        """Room channels: SSUBSCRIBE on a Redis Cluster node, SUBSCRIBE otherwise."""
+        if self._sharded:
+            self._send_per_slot(b"SSUBSCRIBE", channels)
+        else:
+            self._send(b"SUBSCRIBE", channels)
+
+    def subscribe_global(self, *channels: bytes) -> None:
+        """Plain SUBSCRIBE also on a cluster node: a PUBLISH reaches every node of a Redis
+        Cluster, so a channel for all relay servers (control) needs no slot."""
         self._send(b"SUBSCRIBE", channels)
 
     def subscribed(self, channel: bytes) -> asyncio.Future[None]:
@@ -89,8 +119,29 @@ class PubSubConnection(asyncio.Protocol):
             self._confirmations.setdefault(channel, []).append(confirmed)
         return confirmed
 
-    def unsubscribe(self, *channels: bytes) -> None:
+    def unsubscribe_global(self, *channels: bytes) -> None:
         self._send(b"UNSUBSCRIBE", channels)
+
+    def unsubscribe(self, *channels: bytes) -> None:
+        if self._sharded:
+            self._send_per_slot(b"SUNSUBSCRIBE", channels)
+        else:
+            self._send(b"UNSUBSCRIBE", channels)
+
+    def _send_per_slot(self, command: bytes, channels: tuple[bytes, ...]) -> None:
+        """One command per hash slot, in one write: an SSUBSCRIBE naming channels of two
+        slots is refused whole (CROSSSLOT), which would end the connection."""
+        by_slot: dict[int, list[bytes]] = {}
+        for channel in channels:
+            by_slot.setdefault(key_slot(channel), []).append(channel)
+        if self.lost.done() or self.transport is None:
+            raise BrokerUnavailable(f"the Pub/Sub connection to {self._url} is lost")
+        self.transport.write(
+            b"".join(
+                hiredis.pack_command((command, *group))  # type: ignore[arg-type]
+                for group in by_slot.values()
+            )
+        )
 
     def _send(self, command: bytes, channels: tuple[bytes, ...]) -> None:
         if self.lost.done() or self.transport is None:
@@ -104,15 +155,18 @@ class PubSubConnection(asyncio.Protocol):
             while (reply := reader.gets()) is not False:
                 if type(reply) is list and len(reply) == 3:
                     kind = reply[0]
-                    if kind == _MESSAGE:
+                    if kind in _MESSAGES:
                         self._on_message(reply[1], reply[2])
                         continue
-                    if kind == _SUBSCRIBE:
+                    if kind in _SUBSCRIBES:
                         for waiter in self._confirmations.pop(reply[1], ()):
                             if not waiter.done():
                                 waiter.set_result(None)
                         continue
-                    if kind == b"unsubscribe":
+                    if kind == _UNSUBSCRIBE:
+                        continue
+                    if kind == _SUNSUBSCRIBE and self._on_unsubscribed is not None:
+                        self._on_unsubscribed(reply[1])
                         continue
                 raise hiredis.ProtocolError(f"unexpected reply {reply!r:.120}")
         except (hiredis.ProtocolError, hiredis.ReplyError) as exc:

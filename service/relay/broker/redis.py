@@ -15,16 +15,18 @@ shard reports unready until a probe has made the round trip on the new connectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.backoff import FullJitterBackoff
+from redis.exceptions import AskError, ClusterDownError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from relay import protocol
 from relay.broker import commands, envelope, keys, lua, replicas, shardmap
@@ -35,6 +37,7 @@ from relay.broker.base import (
     History,
     PublishResult,
     ShardDown,
+    SlotMoved,
     describe,
 )
 from relay.broker.connection import Connector
@@ -57,8 +60,25 @@ length must not grow 2**failures past what a float holds."""
 FAILOVER_CLAIM_SECONDS = 300
 """How long a failover's claim keeps other relay servers from starting epochs a second time."""
 
-_PUBLISH_DURABLE = commands.Script(lua.PUBLISH_DURABLE)
-_PUBLISH_VOLATILE_ONCE = commands.Script(lua.PUBLISH_VOLATILE_ONCE)
+
+@dataclass(frozen=True)
+class RoomScripts:
+    """How a room's event is sent: the publish scripts and the command of a plain publish."""
+
+    durable: commands.Script
+    volatile_once: commands.Script
+    publish: str
+
+
+PLAIN_SCRIPTS = RoomScripts(
+    commands.Script(lua.PUBLISH_DURABLE), commands.Script(lua.PUBLISH_VOLATILE_ONCE), "PUBLISH"
+)
+SHARDED_SCRIPTS = RoomScripts(
+    commands.Script(lua.sharded(lua.PUBLISH_DURABLE)),
+    commands.Script(lua.sharded(lua.PUBLISH_VOLATILE_ONCE)),
+    "SPUBLISH",
+)
+"""Redis Cluster (relay.broker.slots): SPUBLISH, to the room's slot owner only."""
 
 
 class _RandomEpochs:
@@ -104,6 +124,7 @@ class RedisShard:
         on_control: Callable[[bytes], None] | None = None,
         ack_replicas: int = 0,
         ack_timeout: float = 0.5,
+        on_slot_left: Callable[[RedisShard, bytes], None] | None = None,
     ) -> None:
         self.name = endpoint.name
         """The shard's identity in rendezvous hashing (not its URL: see RedisEndpoint)."""
@@ -113,6 +134,9 @@ class RedisShard:
         self._connector = connector
         self._on_control = on_control
         self._node_channel = keys.node_channel(node_id)
+        self._on_slot_left = on_slot_left
+        """Redis Cluster node (relay.broker.slots): room channels are shard channels, and
+        this is told of each wanted channel whose slot left the node."""
         self._timeout = timeout
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
@@ -177,6 +201,31 @@ class RedisShard:
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"pubsub {self.url}")
 
+    def set_probe_channel(self, channel: bytes) -> None:
+        """Redis Cluster: the probe is a shard channel and must hash to a slot of this
+        node; its owner picks one (`keys.node_channel(node, tag)`). Takes effect with
+        the next connection; a probe of a slot the node lost fails (MOVED), which ends the
+        session, and the owner has set a new channel by then."""
+        self._node_channel = channel
+
+    def set_control(self, on_control: Callable[[bytes], None] | None) -> None:
+        """Carry the control channel here (or stop): in a Redis Cluster the node that
+        holds the cluster keys' slot does, and that node can change."""
+        if (on_control is None) == (self._on_control is None):
+            return
+        self._on_control = on_control
+        pubsub = self._pubsub
+        if on_control is None:
+            self._channels.discard(keys.CONTROL_CHANNEL)
+            if pubsub is not None:
+                with contextlib.suppress(BrokerUnavailable):
+                    pubsub.unsubscribe_global(keys.CONTROL_CHANNEL)
+        else:
+            self._channels.add(keys.CONTROL_CHANNEL)
+            if pubsub is not None:
+                with contextlib.suppress(BrokerUnavailable):
+                    pubsub.subscribe_global(keys.CONTROL_CHANNEL)
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -201,6 +250,16 @@ class RedisShard:
         except (TimeoutError, BrokerUnavailable) as exc:
             self._channels.discard(channel)
             raise BrokerUnavailable(f"SUBSCRIBE on {self.url} failed: {describe(exc)}") from exc
+
+    def want(self, channel: bytes) -> None:
+        """Add a channel without waiting: sent now if a connection is open, live or still
+        probing (a session subscribes what is wanted when it opens: one opened already
+        must be sent this one too); going live reports it for a history read."""
+        self._channels.add(channel)
+        pubsub = self._pubsub
+        if pubsub is not None:
+            with contextlib.suppress(BrokerUnavailable):
+                pubsub.subscribe(channel)
 
     async def unsubscribe(self, channel: bytes) -> None:
         self._channels.discard(channel)
@@ -256,8 +315,11 @@ class RedisShard:
             await self._after_failover()
             # 1. Connect and subscribe every room this server holds; the node channel goes
             #    last, so the first probe coming back proves all earlier SUBSCRIBEs took.
-            pubsub = await PubSubConnection.open(client, self.url, self._dispatch)
-            channels = sorted(self._channels)
+            on_left = self._slot_left if self._on_slot_left is not None else None
+            pubsub = await PubSubConnection.open(client, self.url, self._dispatch, on_left)
+            channels = sorted(self._channels - {keys.CONTROL_CHANNEL})
+            if keys.CONTROL_CHANNEL in self._channels:
+                pubsub.subscribe_global(keys.CONTROL_CHANNEL)
             for start in range(0, len(channels), SUBSCRIBE_CHUNK):
                 pubsub.subscribe(*channels[start : start + SUBSCRIBE_CHUNK])
             pubsub.subscribe(self._node_channel)
@@ -345,7 +407,7 @@ class RedisShard:
             # The PUBLISH is awaited within the probe's own bound, not the command timeout
             # (times its retry): a frozen Redis is found out in `probe_timeout`. Left to
             # end by its socket timeout, never cancelled (see the note above _supervise).
-            sent = asyncio.ensure_future(self.commands.publish(self._node_channel, token))
+            sent = asyncio.ensure_future(self._send_probe(token))
             sent.add_done_callback(_retrieve)
             deadline = loop.time() + self._probe_timeout
             waiting: set[asyncio.Future[Any]] = {returned, reader, sent}
@@ -375,6 +437,27 @@ class RedisShard:
             if (await asyncio.wait({reader}, timeout=self._probe_interval))[0]:
                 reader.result()
                 return
+
+    def _send_probe(self, token: bytes) -> Awaitable[Any]:
+        if self._on_slot_left is not None:  # a shard channel of this node's slot
+            return self.commands.spublish(self._node_channel, token)
+        return self.commands.publish(self._node_channel, token)
+
+    def _slot_left(self, channel: bytes) -> None:
+        """A `sunsubscribe` from the node: the channel's slot moved away. A channel still
+        wanted goes to its owner to be subscribed where the slot is now (a channel given up
+        here was removed from the wanted set before its SUNSUBSCRIBE was sent)."""
+        if self._on_slot_left is None:
+            return
+        if channel in self._channels:
+            self._channels.discard(channel)
+            self._on_slot_left(self, channel)
+        elif channel == self._node_channel:
+            # The owner reads the slot map and picks a probe channel in a slot the node
+            # still has; the next probe here fails (MOVED) and the session reopens with
+            # it. Not an abort now: the `sunsubscribe`s of the room channels of the same
+            # slot change may still be on their way on this connection.
+            self._on_slot_left(self, channel)
 
     def _task_first_attempt(self) -> bool:
         first, self._attempted = not self._attempted, True
@@ -420,7 +503,7 @@ class RedisBroker(Broker):
         if not urls:
             raise ValueError("RedisBroker needs at least one URL")
         self._node_id = node_id
-        self._dedupe_seconds = dedupe_seconds
+        self._writer = RoomWriter(node_id, dedupe_seconds, PLAIN_SCRIPTS)
         endpoints = [RedisEndpoint.parse(u) if isinstance(u, str) else u for u in urls]
         self._connector = connector or Connector()
         self._shards = [
@@ -556,111 +639,18 @@ class RedisBroker(Broker):
                 raise BrokerUnavailable(f"room {room} is moving to another shard; retry")
             self.require_lease()
             try:
-                if policy.durable:
-                    return await self._publish_durable(
-                        shard, room, data, ts, policy, msg_id, subject, trace
-                    )
-                return await self._publish_volatile(shard, room, data, ts, msg_id, subject, trace)
+                return await self._writer.publish(
+                    shard, room, data, ts, policy, msg_id, subject, trace
+                )
             except (RedisError, OSError) as exc:
                 raise BrokerUnavailable(f"publish on {shard.url} failed: {describe(exc)}") from exc
         finally:
             self._inflight.exit(generation)
 
-    async def _publish_durable(
-        self,
-        shard: RedisShard,
-        room: str,
-        data: Any,
-        ts: int,
-        policy: RoomPolicy,
-        msg_id: str | None,
-        subject: str | None,
-        trace: dict[str, str] | None,
-    ) -> PublishResult:
-        event_head, event_tail = protocol.event_parts(room, data, ts, subject)
-        header_head, header_tail = envelope.header_parts(self._node_id, room, ts, trace)
-        dedupe, window = self._dedupe(room, subject, msg_id)
-        script_keys = [keys.meta(room), keys.log(room), dedupe]
-        script_args: list[commands.Arg] = [
-            keys.channel(room),
-            _EPOCHS.draw(),
-            policy.history_size,
-            policy.history_ttl_seconds,
-            window,
-            header_head,
-            header_tail,
-            event_head,
-            event_tail,
-        ]
-        if shard.acks is None:
-            reply = await shard.publishes.evalsha(_PUBLISH_DURABLE, script_keys, script_args)
-        else:  # acked once replicas have it (relay.broker.replicas)
-            reply = await shard.acks.publish(
-                _PUBLISH_DURABLE, script_keys, script_args, dedupe=dedupe, window=window
-            )
-        duplicate, offset, epoch = reply
-        if offset is None:  # a retry of an id a volatile-policy pod already sent
-            return PublishResult(None, None, duplicate=True)
-        return PublishResult(int(offset), _text(epoch), duplicate=bool(duplicate))
-
-    async def _publish_volatile(
-        self,
-        shard: RedisShard,
-        room: str,
-        data: Any,
-        ts: int,
-        msg_id: str | None,
-        subject: str | None,
-        trace: dict[str, str] | None,
-    ) -> PublishResult:
-        payload = protocol.event(room, None, data, ts, subject)
-        message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
-        if msg_id is None:  # nothing to deduplicate: a plain PUBLISH, no script
-            await shard.publishes.call("PUBLISH", keys.channel(room), message)
-            return PublishResult(None, None, duplicate=False)
-        dedupe, window = self._dedupe(room, subject, msg_id)
-        duplicate = await shard.publishes.evalsha(
-            _PUBLISH_VOLATILE_ONCE, [dedupe], [keys.channel(room), message, window]
-        )
-        return PublishResult(None, None, duplicate=bool(duplicate))
-
-    def _dedupe(self, room: str, subject: str | None, msg_id: str | None) -> tuple[str, int]:
-        """The key and window that make a publish with the client's id run once.
-
-        Without an id the window is 0: nothing to remember. The publish connection
-        (relay.broker.commands) never sends a command again once it may have run (it
-        resends only after NOSCRIPT, when the script did not run), so an id-less publish
-        whose reply is lost fails with BrokerUnavailable and is not run twice. The key
-        is then the room's meta key, unused by the script, named only because a script's
-        keys must be in the room's slot.
-        """
-        if msg_id is not None:
-            return keys.dedupe(room, subject, msg_id), self._dedupe_seconds
-        return keys.meta(room), 0
-
     async def history(
         self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
     ) -> History:
-        shard = self.shard_for(room).live()
-        try:
-            epoch, top, entries = await shard.read_history(
-                keys=[keys.meta(room), keys.log(room)],
-                args=[
-                    -1 if after is None else after,
-                    policy.history_size if limit is None else min(limit, policy.history_size),
-                    secrets.token_hex(4),
-                    min(EMPTY_ROOM_SECONDS, policy.history_ttl_seconds),
-                ],
-            )
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"history read on {shard.url} failed: {describe(exc)}") from exc
-        deliveries = []
-        for _, fields in entries:
-            try:
-                deliveries.append(envelope.unpack(fields[1]))
-            except envelope.EnvelopeError as exc:
-                log.warning("skipped a history entry of %s that is not an envelope: %s", room, exc)
-        return History(_text(epoch), int(top), deliveries)
+        return await self._writer.history(self.shard_for(room).live(), room, after, policy, limit)
 
     async def broadcast(self, message: bytes) -> None:
         shard = self._shards[0]
@@ -772,6 +762,135 @@ class RedisBroker(Broker):
         except Exception:
             # One bad message must not end the reader: that would leave this shard deaf.
             log.exception("delivery of an event of room %r failed", delivery.room)
+
+
+class RoomWriter:
+    """A room's publish and history read on the shard (or cluster node) that holds it: the
+    one implementation both Redis brokers use."""
+
+    def __init__(self, node_id: str, dedupe_seconds: int, scripts: RoomScripts) -> None:
+        self._node_id = node_id
+        self._dedupe_seconds = dedupe_seconds
+        self._scripts = scripts
+
+    async def publish(
+        self,
+        shard: RedisShard,
+        room: str,
+        data: Any,
+        ts: int,
+        policy: RoomPolicy,
+        msg_id: str | None,
+        subject: str | None,
+        trace: dict[str, str] | None,
+    ) -> PublishResult:
+        """Raises BrokerUnavailable (SlotMoved on a cluster redirect) or a RedisError."""
+        if policy.durable:
+            return await self._durable(shard, room, data, ts, policy, msg_id, subject, trace)
+        return await self._volatile(shard, room, data, ts, msg_id, subject, trace)
+
+    async def _durable(
+        self,
+        shard: RedisShard,
+        room: str,
+        data: Any,
+        ts: int,
+        policy: RoomPolicy,
+        msg_id: str | None,
+        subject: str | None,
+        trace: dict[str, str] | None,
+    ) -> PublishResult:
+        event_head, event_tail = protocol.event_parts(room, data, ts, subject)
+        header_head, header_tail = envelope.header_parts(self._node_id, room, ts, trace)
+        dedupe, window = self._dedupe(room, subject, msg_id)
+        script_keys = [keys.meta(room), keys.log(room), dedupe]
+        script_args: list[commands.Arg] = [
+            keys.channel(room),
+            _EPOCHS.draw(),
+            policy.history_size,
+            policy.history_ttl_seconds,
+            window,
+            header_head,
+            header_tail,
+            event_head,
+            event_tail,
+        ]
+        if shard.acks is None:
+            reply = await shard.publishes.evalsha(self._scripts.durable, script_keys, script_args)
+        else:  # acked once replicas have it (relay.broker.replicas)
+            reply = await shard.acks.publish(
+                self._scripts.durable, script_keys, script_args, dedupe=dedupe, window=window
+            )
+        duplicate, offset, epoch = reply
+        if offset is None:  # a retry of an id a volatile-policy pod already sent
+            return PublishResult(None, None, duplicate=True)
+        return PublishResult(int(offset), _text(epoch), duplicate=bool(duplicate))
+
+    async def _volatile(
+        self,
+        shard: RedisShard,
+        room: str,
+        data: Any,
+        ts: int,
+        msg_id: str | None,
+        subject: str | None,
+        trace: dict[str, str] | None,
+    ) -> PublishResult:
+        payload = protocol.event(room, None, data, ts, subject)
+        message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
+        if msg_id is None:  # nothing to deduplicate: a plain PUBLISH, no script
+            await shard.publishes.call(self._scripts.publish, keys.channel(room), message)
+            return PublishResult(None, None, duplicate=False)
+        dedupe, window = self._dedupe(room, subject, msg_id)
+        duplicate = await shard.publishes.evalsha(
+            self._scripts.volatile_once, [dedupe], [keys.channel(room), message, window]
+        )
+        return PublishResult(None, None, duplicate=bool(duplicate))
+
+    def _dedupe(self, room: str, subject: str | None, msg_id: str | None) -> tuple[str, int]:
+        """The key and window that make a publish with the client's id run once.
+
+        Without an id the window is 0: nothing to remember. The publish connection
+        (relay.broker.commands) never sends a command again once it may have run (it
+        resends only after NOSCRIPT, when the script did not run), so an id-less publish
+        whose reply is lost fails with BrokerUnavailable and is not run twice. The key
+        is then the room's meta key, unused by the script, named only because a script's
+        keys must be in the room's slot.
+        """
+        if msg_id is not None:
+            return keys.dedupe(room, subject, msg_id), self._dedupe_seconds
+        return keys.meta(room), 0
+
+    async def history(
+        self,
+        shard: RedisShard,
+        room: str,
+        after: int | None,
+        policy: RoomPolicy,
+        limit: int | None = None,
+    ) -> History:
+        """The room's position and events after `after`, read on `shard`."""
+        try:
+            epoch, top, entries = await shard.read_history(
+                keys=[keys.meta(room), keys.log(room)],
+                args=[
+                    -1 if after is None else after,
+                    policy.history_size if limit is None else min(limit, policy.history_size),
+                    secrets.token_hex(4),
+                    min(EMPTY_ROOM_SECONDS, policy.history_ttl_seconds),
+                ],
+            )
+        except (AskError, TryAgainError, ClusterDownError) as exc:  # MovedError is an AskError
+            raise SlotMoved(f"history read on {shard.url} failed: {describe(exc)}") from exc
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"history read on {shard.url} failed: {describe(exc)}") from exc
+        deliveries = []
+        for _, fields in entries:
+            try:
+                deliveries.append(envelope.unpack(fields[1]))
+            except envelope.EnvelopeError as exc:
+                log.warning("skipped a history entry of %s that is not an envelope: %s", room, exc)
+        return History(_text(epoch), int(top), deliveries)
 
 
 def _text(value: bytes | str) -> str:

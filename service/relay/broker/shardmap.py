@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import AskError, ClusterCrossSlotError, RedisError
 
 from relay.broker import keys
 from relay.broker.base import BrokerUnavailable, describe
@@ -496,6 +496,16 @@ class Watcher:
             try:
                 async with self._lock:
                     await self.sync()
+            except (ClusterCrossSlotError, AskError) as exc:  # MovedError is an AskError
+                # The control shard is a Redis Cluster node: the shard map's scripts span
+                # keys of several slots. Said once: a setting is missing, not Redis down.
+                hint = (
+                    f"shard map read failed ({describe(exc)}): RELAY_REDIS_URLS names a Redis "
+                    "Cluster node; set RELAY_REDIS_CLUSTER=true (redis.external.cluster)"
+                )
+                if hint != self._error:
+                    log.error("%s", hint)
+                self._error = hint
             except (RedisError, OSError, BrokerUnavailable) as exc:
                 log.debug("shard map read failed: %s", describe(exc))
             except ShardMapError as exc:

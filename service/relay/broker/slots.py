@@ -1,0 +1,541 @@
+"""The Redis Cluster broker: rooms where Redis Cluster places them, by hash slot.
+
+RELAY_REDIS_CLUSTER=true: RELAY_REDIS_URLS are seed nodes of one external Redis Cluster.
+Every room's names share the hash tag `{room}` (relay.broker.keys), so a room is one slot
+and its scripts run on one node. The relay reads the slot map (CLUSTER SLOTS) and keeps
+one `RedisShard` per master node: the same lean publish connection, redis-py pool and
+hiredis Pub/Sub connection as a shard of the sharded broker, with the room channels as
+shard channels (SSUBSCRIBE on the node that owns the slot; the scripts SPUBLISH, so an
+event goes to that node only) and a probe on a shard channel of one of the node's slots.
+
+Why the relay routes by itself rather than through redis-py's RedisCluster client:
+RedisCluster follows MOVED and ASK on its own, so after a failover it would read and
+write a promoted replica at once, before anything made sure that a history that may
+have lost acked events is not served as the same history. Here a command goes only to
+the node this server's slot map names; a MOVED/ASK/TRYAGAIN/CLUSTERDOWN reply ran
+nothing, fails that request with SlotMoved (the client retries with its id: the dedupe
+key keeps a retry single) and makes the server read the slot map again. Reading it:
+
+- A slot whose master is now a node that was one of its replicas has **failed over**:
+  replication is asynchronous, so the new master may lack events the old one acked.
+  Before the slot map naming it is used, the first relay server to see it (a SET NX
+  claim on the new master) gives every room on the new master a new epoch; members and
+  resuming clients get `recovered: false` (the Sentinel rule of relay.broker.redis,
+  per slot owner). Until then the old master (dead, or a replica now) refuses the rooms.
+- A slot whose master is any other node was **migrated** (resharding): MIGRATE moves
+  each key whole, with its history, offsets and epoch, and while the slot is half moved
+  every script of a room whose keys are on the other side is refused (ASK, TRYAGAIN):
+  nothing runs on a partial room. So a migrated room keeps its epoch; its channel is
+  subscribed on the new owner and its members read the history they missed.
+
+Subscriptions: a node sends `sunsubscribe` for the shard channels of a slot it gave away;
+such a channel goes to the new owner once the slot map names it (tests/integration/
+test_redis_cluster.py proves both rules with a real cluster).
+
+What does not apply: the shard map (relay.broker.shardmap; Redis Cluster places the
+rooms), and PUBLISH is only for the control channel (a PUBLISH reaches every node of a
+cluster; it is subscribed on the node holding the cluster keys' slot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.crc import key_slot
+from redis.exceptions import RedisError
+
+from relay.broker import envelope, keys
+from relay.broker.base import (
+    Broker,
+    BrokerUnavailable,
+    History,
+    PublishResult,
+    SlotMoved,
+    describe,
+)
+from relay.broker.connection import Connector
+from relay.broker.redis import (
+    FAILOVER_CLAIM_SECONDS,
+    SHARDED_SCRIPTS,
+    RedisShard,
+    RoomWriter,
+)
+from relay.config import RedisEndpoint
+from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
+from relay.rooms import RoomPolicy
+
+log = logging.getLogger("relay.broker.slots")
+
+FENCE_SECONDS = 30
+"""How long a failover's claim holds while its relay server starts the new epochs; past
+it (a claimer that died) another one claims."""
+FENCE_DONE = b"done"
+"""The claim's value once every room of the promoted master has its new epoch; kept for
+FAILOVER_CLAIM_SECONDS so late relay servers do not start epochs a second time."""
+
+REFRESH_SECONDS = 5.0
+"""How often the slot map is read when nothing asked for it (a redirect, a lost
+connection or a `sunsubscribe` ask at once)."""
+REFRESH_PAUSE = 0.2
+"""Least time between two reads of the slot map."""
+MAX_NODES = 100
+"""Master nodes this server connects to; a slot map naming more is refused (each costs a
+publish connection, a Pub/Sub connection and a pool). Overflow policy: the slot map is
+not installed, the error is logged, the server stays on its last map (unready at start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    address: str
+    """`host:port` as the cluster announces it: the node's name in metrics and /readyz."""
+    node_id: str
+
+
+@dataclass(frozen=True)
+class SlotMap:
+    """One reading of CLUSTER SLOTS: per slot its master and that master's replicas."""
+
+    masters: tuple[Node | None, ...]
+    replicas: tuple[frozenset[str], ...]
+    """Per slot: the node ids of its master's replicas."""
+
+    @classmethod
+    def parse(cls, reply: Any) -> SlotMap:
+        masters: list[Node | None] = [None] * keys.SLOTS
+        replicas: list[frozenset[str]] = [frozenset()] * keys.SLOTS
+        for start, end, master, *others in reply:
+            node = Node(f"{_text(master[0])}:{int(master[1])}", _text(master[2]))
+            ids = frozenset(_text(other[2]) for other in others)
+            for slot in range(int(start), int(end) + 1):
+                masters[slot], replicas[slot] = node, ids
+        return cls(tuple(masters), tuple(replicas))
+
+    @property
+    def complete(self) -> bool:
+        return all(node is not None for node in self.masters)
+
+    def nodes(self) -> dict[str, Node]:
+        return {node.address: node for node in self.masters if node is not None}
+
+    def first_slot(self, address: str) -> int:
+        return next(
+            slot for slot, node in enumerate(self.masters) if node and node.address == address
+        )
+
+
+class RedisClusterBroker(Broker):
+    """Rooms on the master node of their slot, per this server's slot map."""
+
+    def __init__(
+        self,
+        seeds: Sequence[str | RedisEndpoint],
+        node_id: str,
+        *,
+        connector: Connector | None = None,
+        timeout: float,
+        probe_interval: float,
+        probe_timeout: float,
+        dedupe_seconds: int = 300,
+        ack_replicas: int = 0,
+        ack_timeout: float = 0.5,
+        on_reconnect: Callable[[], None] = lambda: None,
+        refresh_seconds: float = REFRESH_SECONDS,
+    ) -> None:
+        super().__init__()
+        if not seeds:
+            raise ValueError("RedisClusterBroker needs at least one seed URL")
+        self._seeds = [RedisEndpoint.parse(u) if isinstance(u, str) else u for u in seeds]
+        self._scheme = self._seeds[0].url.partition("://")[0]
+        self._node_id = node_id
+        self._connector = connector or Connector()
+        self._timeout = timeout
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
+        self._ack_replicas = ack_replicas
+        self._ack_timeout = ack_timeout
+        self._on_reconnect = on_reconnect
+        self._refresh_seconds = refresh_seconds
+        self._writer = RoomWriter(node_id, dedupe_seconds, SHARDED_SCRIPTS)
+        self._seed_clients = [
+            self._connector.client(seed, timeout=timeout, retries=0) for seed in self._seeds
+        ]
+        self._nodes: dict[str, RedisShard] = {}
+        """Per master address: its connections (kept while it still carries channels)."""
+        self._map: SlotMap | None = None
+        """The slot map in force; None until read: every room is refused until then."""
+        self._homeless: set[bytes] = set()
+        """Channels wanted here whose slot left their node, until the slot map names the
+        node that has it now (bounded by the channels this server subscribes)."""
+        self._control_node: str | None = None
+        self._ask_first: set[str] = set()
+        """Nodes whose slot map is read first next time (they just gave a slot away)."""
+        self._refresh_wanted = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.failovers = 0
+        """Failovers this server started new epochs for (or saw claimed): for tests, logs."""
+
+    # -- readiness -------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """The slot map covers every slot, the control node is live and so are at least
+        half of the master nodes (the rule of the sharded broker, per node: a node down
+        refuses only its rooms, with SlotMoved or ShardDown)."""
+        if self._map is None or not self._map.complete or self._control_node is None:
+            return False
+        control = self._nodes.get(self._control_node)
+        masters = [self._nodes[a] for a in self._map.nodes() if a in self._nodes]
+        live = sum(node.ready for node in masters)
+        return control is not None and control.ready and 2 * live >= len(masters) > 0
+
+    def shards(self) -> dict[str, bool]:
+        if self._map is None:
+            return {}
+        return {address: self._nodes[address].ready for address in self._map.nodes()}
+
+    def placement(self, room: str) -> str:
+        if self._map is None:
+            return ""
+        node = self._map.masters[keys.slot_of_room(room)]
+        return "" if node is None else node.address
+
+    def shard_for(self, room: str) -> RedisShard:
+        """The node holding the room's slot in this server's slot map."""
+        if self._map is None:
+            raise BrokerUnavailable("the Redis Cluster slot map has not been read yet")
+        slot = keys.slot_of_room(room)
+        node = self._map.masters[slot]
+        shard = None if node is None else self._nodes.get(node.address)
+        if shard is None:
+            raise SlotMoved(f"slot {slot} has no master in the Redis Cluster slot map")
+        return shard
+
+    def require_lease(self) -> None:
+        """No shard map (and no lease) in cluster mode: Redis Cluster places the rooms."""
+
+    @property
+    def control_shard(self) -> RedisShard:
+        """The node of the cluster keys' slot (`{gamecluster}`): node reports, liveness,
+        presence bookkeeping, load reports, and the control channel's subscription."""
+        if self._control_node is None or self._control_node not in self._nodes:
+            raise BrokerUnavailable("the Redis Cluster slot map has not been read yet")
+        return self._nodes[self._control_node]
+
+    # -- life ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="redis cluster slot map")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=1.0)
+        await asyncio.gather(
+            *(node.close() for node in self._nodes.values()), return_exceptions=True
+        )
+        closing = [asyncio.create_task(client.aclose()) for client in self._seed_clients]
+        await asyncio.wait(closing, timeout=self._timeout)
+        await self._connector.aclose()
+
+    def refresh_soon(self) -> None:
+        """Read the slot map again now (a redirect, a lost connection, a moved channel)."""
+        self._refresh_wanted.set()
+
+    async def _watch(self) -> None:
+        failing = False
+        while True:
+            self._refresh_wanted.clear()
+            try:
+                await self.refresh()
+                failing = False
+            except (RedisError, OSError, BrokerUnavailable) as exc:
+                # Loud once per outage (or wait for another pod's fence), then at debug.
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(level, "reading the Redis Cluster slot map failed: %s", describe(exc))
+                failing = True
+            except Exception:
+                log.exception("reading the Redis Cluster slot map failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._refresh_seconds):
+                    await self._refresh_wanted.wait()
+            # At most five reads a second, however many redirects asked for one.
+            await asyncio.sleep(REFRESH_PAUSE)
+
+    async def refresh(self) -> None:
+        """Read the slot map, start new epochs on failed-over masters, then use it."""
+        found = await self._read_slot_map()
+        if len(found.nodes()) > MAX_NODES:
+            raise BrokerUnavailable(f"the Redis Cluster has more than {MAX_NODES} masters")
+        previous = self._map
+        if previous is not None and previous.complete and not found.complete:
+            # A slot without a master in this reading would also lose what the last map
+            # knows about its replicas: a promotion seen next would pass for a migration.
+            raise BrokerUnavailable(
+                "the Redis Cluster slot map read leaves slots without a master; "
+                "keeping the last complete one"
+            )
+        if previous is not None:
+            for address, (old, new) in _failovers(previous, found).items():
+                await self._fence(self._node(address, found), found.first_slot(address), old, new)
+        await self._install(found)
+
+    async def _read_slot_map(self) -> SlotMap:
+        """CLUSTER SLOTS from a live node this server knows, else from a seed, else from
+        the others: the first map that covers every slot (a node that has just lost
+        touch with the cluster may still answer with gaps), else the first one read."""
+        # First the nodes that just said a slot is no longer theirs (a MOVED, a
+        # sunsubscribe): their own view of that slot is current, a third node's may lag
+        # (resharding tells the two nodes first, the others by gossip).
+        first, self._ask_first = self._ask_first, set()
+        live = [
+            node.commands
+            for node in sorted(self._nodes.values(), key=lambda n: n.name not in first)
+            if node.ready
+        ]
+        others = [node.commands for node in self._nodes.values() if not node.ready]
+        partial: SlotMap | None = None
+        errors = []
+        for client in [*live, *self._seed_clients, *others]:
+            try:
+                reply = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+                found = SlotMap.parse(reply)
+            except (RedisError, OSError) as exc:
+                errors.append(describe(exc))
+                continue
+            if found.complete:
+                return found
+            partial = partial or found
+        if partial is not None:
+            return partial
+        raise BrokerUnavailable(f"no Redis Cluster node answered CLUSTER SLOTS: {errors[:3]}")
+
+    async def _fence(self, node: RedisShard, slot: int, old: Node, new: Node) -> None:
+        """New epochs for every room on `new`, a replica of `old` promoted in its place
+        (see the module's docstring). One relay server does it: a SET NX claim on `new` (in
+        its slot `slot`), marked done once every room has its epoch. The others wait for
+        the mark (raising: the slot map is read again shortly) rather than write under
+        the old epochs meanwhile. A claimer that dies mid-way leaves a claim that expires
+        after FENCE_SECONDS; the next relay server then claims and starts epochs again (a
+        second new epoch is harmless)."""
+        claim = keys.failover_claim(f"{{{keys.slot_tag(slot)}}}", old.node_id, new.node_id)
+        epoch, rooms = secrets.token_hex(4), 0
+        try:
+            claimed = await node.commands.set(claim, self._node_id, nx=True, ex=FENCE_SECONDS)
+            if claimed:
+                async for key in node.commands.scan_iter(match=keys.META_PATTERN, count=500):
+                    await node.commands.hset(key, "epoch", epoch)
+                    rooms += 1
+                await node.commands.set(claim, FENCE_DONE, ex=FAILOVER_CLAIM_SECONDS)
+            elif await node.commands.get(claim) != FENCE_DONE:
+                self.refresh_soon()
+                raise BrokerUnavailable(
+                    f"{new.address} replaced {old.address}: another relay server is starting "
+                    "its rooms' new epochs; waiting for it"
+                )
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(
+                f"new epochs on {new.address} after its failover failed: {describe(exc)}"
+            ) from exc
+        self.failovers += 1
+        if claimed:
+            log.warning(
+                "Redis Cluster failover: %s replaced %s; %d rooms start epoch %s",
+                new.address, old.address, rooms, epoch,
+            )  # fmt: skip
+        else:
+            log.warning("Redis Cluster failover: %s replaced %s", new.address, old.address)
+
+    def _node(self, address: str, found: SlotMap) -> RedisShard:
+        """The connections of master `address`, made (and started) on first sight."""
+        shard = self._nodes.get(address)
+        if shard is None:
+            seed = self._seeds[0]
+            endpoint = RedisEndpoint(
+                address, f"{self._scheme}://{address}", seed.username, seed.password
+            )
+            shard = RedisShard(
+                endpoint,
+                self._node_id,
+                connector=self._connector,
+                timeout=self._timeout,
+                probe_interval=self._probe_interval,
+                probe_timeout=self._probe_timeout,
+                on_message=self._received,
+                on_reconnect=self._reconnected,
+                on_resubscribed=self._resubscribed,
+                ack_replicas=self._ack_replicas,
+                ack_timeout=self._ack_timeout,
+                on_slot_left=self._slot_left,
+            )
+            shard.set_probe_channel(self._probe_channel(address, found))
+            self._nodes[address] = shard
+            shard.start()
+        return shard
+
+    def _probe_channel(self, address: str, found: SlotMap) -> bytes:
+        return keys.node_channel(self._node_id, keys.slot_tag(found.first_slot(address)))
+
+    async def _install(self, found: SlotMap) -> None:
+        """Use `found`: route by it, move the channels whose slot has a new master."""
+        masters = found.nodes()
+        for address in masters:
+            self._node(address, found).set_probe_channel(self._probe_channel(address, found))
+        self._map = found
+        control = found.masters[key_slot(keys.SLOTTED.alive.encode())]
+        control_address = None if control is None else control.address
+        if control_address != self._control_node:
+            if self._control_node in self._nodes:
+                self._nodes[self._control_node].set_control(None)
+            if control_address is not None:
+                self._nodes[control_address].set_control(self._control_received)
+            self._control_node = control_address
+        # Channels on a node that no longer has their slot: homeless until placed.
+        for address, node in self._nodes.items():
+            for channel in node.channels - {keys.CONTROL_CHANNEL}:
+                owner = found.masters[key_slot(channel)]
+                if owner is None or owner.address != address:
+                    await node.unsubscribe(channel)
+                    self._homeless.add(channel)
+        moved: list[str] = []
+        for channel in sorted(self._homeless):
+            owner = found.masters[key_slot(channel)]
+            target = None if owner is None else self._nodes.get(owner.address)
+            if target is None:
+                continue
+            if target.ready:
+                try:
+                    await target.subscribe(channel)
+                except BrokerUnavailable as exc:
+                    log.info("resubscribing a moved channel on %s failed: %s", target.url, exc)
+                    self.refresh_soon()
+                    continue
+                if (room := keys.room_of(channel)) is not None:
+                    moved.append(room)
+            else:
+                target.want(channel)  # subscribed (and healed) when that node is live
+            self._homeless.discard(channel)
+        if moved:
+            log.info("Redis Cluster slots moved: %d rooms resubscribed", len(moved))
+            self._gap(moved)
+        # Masters no more (demoted, removed) and holding nothing: closed.
+        for address in [a for a, n in self._nodes.items() if a not in masters and not n.channels]:
+            await self._nodes.pop(address).close()
+
+    def _slot_left(self, node: RedisShard, channel: bytes) -> None:
+        """A channel's slot left `node`: a room channel waits for the slot map to name its
+        new owner; the probe channel only needs the map read (a new probe channel)."""
+        if keys.room_of(channel) is not None:
+            self._homeless.add(channel)
+        self._ask_first.add(node.name)
+        self.refresh_soon()
+
+    def _reconnected(self) -> None:
+        self._on_reconnect()
+        self.refresh_soon()
+
+    # -- rooms ---------------------------------------------------------------------
+
+    async def publish(
+        self,
+        room: str,
+        data: Any,
+        *,
+        ts: int,
+        policy: RoomPolicy,
+        msg_id: str | None = None,
+        subject: str | None = None,
+        trace: dict[str, str] | None = None,
+    ) -> PublishResult:
+        shard = self.shard_for(room).live()
+        try:
+            return await self._writer.publish(shard, room, data, ts, policy, msg_id, subject, trace)
+        except SlotMoved:
+            self._ask_first.add(shard.name)
+            self.refresh_soon()
+            raise
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"publish on {shard.url} failed: {describe(exc)}") from exc
+
+    async def history(
+        self, room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
+        shard = self.shard_for(room).live()
+        try:
+            return await self._writer.history(shard, room, after, policy, limit)
+        except SlotMoved:
+            self._ask_first.add(shard.name)
+            self.refresh_soon()
+            raise
+
+    async def subscribe(self, room: str) -> None:
+        channel = keys.channel(room)
+        self._homeless.discard(channel)
+        await self._guarded(self.shard_for(room).live().subscribe(channel))
+
+    async def unsubscribe(self, room: str) -> None:
+        channel = keys.channel(room)
+        self._homeless.discard(channel)
+        for node in list(self._nodes.values()):
+            if channel in node.channels:
+                await node.unsubscribe(channel)
+
+    async def _guarded(self, call: Awaitable[None]) -> None:
+        try:
+            await call
+        except BrokerUnavailable:
+            self.refresh_soon()  # a SSUBSCRIBE refused as MOVED ends the node's connection
+            raise
+
+    async def broadcast(self, message: bytes) -> None:
+        # A PUBLISH (not SPUBLISH) reaches the subscribers of every node of the cluster.
+        node = self.control_shard
+        try:
+            await node.commands.publish(keys.CONTROL_CHANNEL, message)
+        except (RedisError, OSError) as exc:
+            reason = f"control PUBLISH on {node.url} failed: {describe(exc)}"
+            raise BrokerUnavailable(reason) from exc
+
+    async def report_load(self, connections: int) -> None:
+        """This server's connection count, for the operator's autoscaler: in the cluster
+        keys' slot, so the operator reads every pod's with one MGET on one node."""
+        key = load_report_key(self._node_id, cluster=True)
+        try:
+            await self.control_shard.commands.set(key, connections, ex=LOAD_REPORT_TTL_SECONDS)
+        except (RedisError, OSError, BrokerUnavailable) as exc:
+            log.debug("load report failed: %r", exc)
+
+    def _resubscribed(self, channels: list[bytes]) -> None:
+        self._gap([room for room in map(keys.room_of, channels) if room is not None])
+
+    def _received(self, message: bytes) -> None:
+        try:
+            delivery = envelope.unpack(message)
+        except envelope.EnvelopeError as exc:
+            log.warning("dropped a message that is not an envelope: %s", exc)
+            return
+        try:
+            self._deliver(delivery)
+        except Exception:
+            log.exception("delivery of an event of room %r failed", delivery.room)
+
+
+def _failovers(before: SlotMap, after: SlotMap) -> dict[str, tuple[Node, Node]]:
+    """New master address -> (old master, new master), for every slot whose new master
+    was one of its replicas in `before` (a promotion, not a migration)."""
+    found: dict[str, tuple[Node, Node]] = {}
+    for slot, (old, new) in enumerate(zip(before.masters, after.masters, strict=True)):
+        if old is None or new is None or old.node_id == new.node_id:
+            continue
+        if new.node_id in before.replicas[slot] and new.address not in found:
+            found[new.address] = (old, new)
+    return found
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
