@@ -40,7 +40,7 @@ def tls_flags(tls: Path) -> list[str]:
     """The operator's TLS flags for the PKI in `tls` (support.tls.make_pki: ca.crt,
     tls.crt, tls.key) without its ports, plus TLS for replication (and, in a Sentinel, for
     its connections to servers and other Sentinels)."""
-    return [*redis_tls.server_args(0, directory=str(tls))[4:], "--tls-replication", "yes"]
+    return [*redis_tls.certificate_args(str(tls)), "--tls-replication", "yes"]
 
 
 def replicated(workdir: Path, tls: Path | None = None) -> tuple[RedisProcess, RedisProcess]:
