@@ -197,6 +197,7 @@ class Shard:
             assert env["SENTINEL_DIR"] != SENTINEL_DIR
             command = [
                 *sentinel_spec["command"],
+                *(local(arg) for arg in sentinel_spec.get("args", [])),
                 "--bind", LOOPBACK,
                 "--logfile", str(workdir / f"sentinel-server-{index}.log"),
             ]  # fmt: skip

@@ -514,14 +514,12 @@ def test_with_tls_servers_replication_sentinels_probes_and_relays_use_tls_only()
         assert "${REDIS_CLI_TLS:-}" in found["readinessProbe"]["exec"]["command"][2] or (
             "--tls" in found["readinessProbe"]["exec"]["command"][2]
         )
-        if key == "StatefulSet/arena-sent":
-            assert env["SENTINEL_TLS_DIR"] == "/etc/gamecluster/redis-tls"
-        else:
-            assert env["REDIS_TLS"] == "yes"  # REDIS_START: `port 0`, `tls-port 6379`
-            args = found["args"]
-            assert args[args.index("--tls-replication") + 1] == "yes"
-            assert args[args.index("--tls-cert-file") + 1].endswith("/tls.crt")
-            assert "--port" not in args  # the ports are the script's
+        # The start scripts write `port 0` + `tls-port`; the certificate comes as options.
+        assert env["SENTINEL_TLS" if key == "StatefulSet/arena-sent" else "REDIS_TLS"] == "yes"
+        args = found["args"]
+        assert args[args.index("--tls-replication") + 1] == "yes"
+        assert args[args.index("--tls-cert-file") + 1] == "/etc/gamecluster/redis-tls/tls.crt"
+        assert "--port" not in args
     assert "port 0\ntls-port $REDIS_PORT" in redis_ha.REDIS_START
     assert 'echo "tls-port $SENTINEL_PORT"' in redis_ha.SENTINEL_START
     relay = {item["name"]: item for item in container(built, "Deployment/arena-relay")["env"]}
@@ -531,7 +529,8 @@ def test_with_tls_servers_replication_sentinels_probes_and_relays_use_tls_only()
     plain = build(HA)
     for key in ("StatefulSet/arena-rs0", "StatefulSet/arena-sent"):
         names_ = {item["name"] for item in container(plain, key)["env"]}
-        assert not names_ & {"REDIS_TLS", "REDIS_CLI_TLS", "SENTINEL_TLS_DIR"}
+        assert not names_ & {"REDIS_TLS", "REDIS_CLI_TLS", "SENTINEL_TLS"}
+    assert "args" not in container(plain, "StatefulSet/arena-sent")  # as before TLS existed
     plain_relay = {item["name"] for item in container(plain, "Deployment/arena-relay")["env"]}
     assert contract.ENV_REDIS_SENTINEL_TLS not in plain_relay
 

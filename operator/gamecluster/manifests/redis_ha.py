@@ -139,23 +139,18 @@ SENTINEL_START: Final = (
 # pod), SENTINEL_PEERS ("host:port ..." of all Sentinels), SENTINEL_SHARDS ("name=host:port
 # ..." of each shard's pod 0), SENTINEL_QUORUM, SENTINEL_DOWN_AFTER_MS,
 # SENTINEL_FAILOVER_TIMEOUT_MS, SENTINEL_DIR, SENTINEL_PASSWORD (to the Redis pods),
-# SENTINEL_AUTH_PASSWORD (optional: this Sentinel's own), SENTINEL_TLS_DIR (optional: the
-# TLS Secret's files, then TLS only), REDIS_CLI_TLS; "$@": redis-sentinel options.
+# SENTINEL_AUTH_PASSWORD (optional: this Sentinel's own), SENTINEL_TLS (optional: TLS only;
+# the certificate options are in "$@"), REDIS_CLI_TLS; "$@": redis-sentinel options.
 """
     + _ASK_SENTINEL
     + r"""
 umask 077
 conf="$SENTINEL_DIR/sentinel.conf"
 {
-  if [ -n "${SENTINEL_TLS_DIR:-}" ]; then
-    # TLS only, to clients, to the servers and to the other Sentinels.
+  if [ -n "${SENTINEL_TLS:-}" ]; then
+    # TLS only (to the servers and the other Sentinels too: tls-replication in "$@").
     echo "port 0"
     echo "tls-port $SENTINEL_PORT"
-    echo "tls-cert-file $SENTINEL_TLS_DIR/tls.crt"
-    echo "tls-key-file $SENTINEL_TLS_DIR/tls.key"
-    echo "tls-ca-cert-file $SENTINEL_TLS_DIR/ca.crt"
-    echo "tls-auth-clients no"
-    echo "tls-replication yes"
   else
     echo "port $SENTINEL_PORT"
   fi
@@ -243,14 +238,19 @@ def shard_selector(owner: Owner, shard: int) -> dict[str, str]:
     return {**owner.selector(names.COMPONENT_REDIS), names.LABEL_SHARD: str(shard)}
 
 
+def tls_args(spec: GameClusterSpec) -> list[str]:
+    """With spec.redis.tls, the redis-server and redis-sentinel options for the certificate
+    (the ports are the start scripts') and for replication (a Sentinel: its connections to
+    servers and peers) over TLS."""
+    if spec.redis.tls is None:
+        return []
+    return [*redis_tls.certificate_args(), "--tls-replication", "yes"]
+
+
 def redis_args(spec: GameClusterSpec) -> list[str]:
     """redis-server options of every pod of a shard (the script adds the ports and role)."""
-    tls: list[str] = []
-    if spec.redis.tls is not None:
-        # The certificate options (the ports are the script's), and replication over TLS.
-        tls = [*redis_tls.certificate_args(), "--tls-replication", "yes"]
     return [
-        *tls,
+        *tls_args(spec),
         "--dir", "/data",
         "--appendonly", "yes",
         "--appendfsync", "everysec",
@@ -368,7 +368,7 @@ def sentinel_statefulset(
             _env("SENTINEL_DIR", SENTINEL_DIR),
             _secret_env("SENTINEL_PASSWORD", owner, secrets.SENTINEL_PASSWORD_KEY),
             sentinel_auth_env(owner),
-            *([_env("SENTINEL_TLS_DIR", redis_tls.DIR)] if tls else []),
+            *([_env("SENTINEL_TLS", "yes")] if tls else []),
             *_cli_tls_env(spec),
         ],
         "ports": [{"name": "sentinel", "containerPort": SENTINEL_PORT}],
@@ -389,6 +389,10 @@ def sentinel_statefulset(
             *([redis_tls.mount()] if tls else []),
         ],
     }
+    if tls:
+        # Not an empty list without TLS: the API server drops one, and the drift check
+        # would then see a difference on every pass.
+        container["args"] = tls_args(spec)
     template: dict[str, Any] = {
         "metadata": {"labels": owner.labels(names.COMPONENT_SENTINEL)},
         "spec": {
