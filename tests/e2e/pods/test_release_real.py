@@ -357,6 +357,23 @@ def arena(inst: Installed, name: str, relays: int, redis: dict[str, Any]) -> dic
     }
 
 
+def tls_secret(directory: Path, ns: str, secret: str, dns_names: list[str]) -> dict[str, Any]:
+    """A kubernetes.io/tls Secret as cert-manager writes it: a certificate for `dns_names`
+    and the CA that signed it."""
+    ca, cert, key = tls.make_pki(directory, dns_names=dns_names)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": secret, "namespace": ns},
+        "stringData": {
+            "ca.crt": ca.read_text(),
+            "tls.crt": cert.read_text(),
+            "tls.key": key.read_text(),
+        },
+    }
+
+
 def column(cluster: Cluster, ns: str, name: str, header: str) -> str:
     """One cell of `kubectl get gc NAME` (the printer columns a user sees); "" when empty."""
     out = cluster.kubectl("get", GC, name, "-n", ns).stdout
@@ -511,18 +528,7 @@ async def test_a_gamecluster_with_tls_redis_serves_on_the_real_node(
     operator reads the load report over TLS (CONNECTIONS), and events flow."""
     cluster, ns = installed.cluster, installed.namespace
     name = "tlsarena"
-    ca, cert, key = tls.make_pki(tmp_path, dns_names=[f"*.{name}-redis.{ns}.svc"])
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": f"{name}-tls", "namespace": ns},
-        "stringData": {
-            "ca.crt": ca.read_text(),
-            "tls.crt": cert.read_text(),
-            "tls.key": key.read_text(),
-        },
-    }
+    secret = tls_secret(tmp_path, ns, f"{name}-tls", [f"*.{name}-redis.{ns}.svc"])
     gamecluster = arena(installed, name, 1, {"tls": {"secretName": f"{name}-tls"}})
     for manifest in (secret, gamecluster):
         cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
@@ -630,8 +636,9 @@ async def test_a_shard_added_on_the_real_node_moves_rooms_through_the_shard_map(
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("over_tls", [False, True], ids=["plain", "tls"])
 async def test_a_sentinel_failover_on_the_real_node_is_followed_and_fenced(
-    installed: Installed,
+    installed: Installed, tmp_path: Path, over_tls: bool
 ) -> None:
     """`redis.replicas: 1` with `ackReplicas: 1` on real pods: the shard's master and
     replica, three Sentinels (their own password) and a relay that finds the master
@@ -639,17 +646,27 @@ async def test_a_sentinel_failover_on_the_real_node_is_followed_and_fenced(
     Sentinels fail the shard over (SENTINEL FAILOVER, as an operator would before a node
     drain): the relay follows the new master, fences the shard (a resume from before is
     told `recovered: false` with a new epoch, never a silent gap), and acks again only
-    once the old master, back as a replica, confirms its writes."""
+    once the old master, back as a replica, confirms its writes. With `redis.tls` too:
+    servers, replication and Sentinels TLS only, one certificate naming the shard and the
+    Sentinel pods, the relay checking hostnames on both."""
     cluster, ns = installed.cluster, installed.namespace
-    name = "haarena"
-    gamecluster = arena(installed, name, 1, {"replicas": 1, "ackReplicas": 1})
+    name = "hatls" if over_tls else "haarena"
+    redis: dict[str, Any] = {"replicas": 1, "ackReplicas": 1}
+    if over_tls:
+        domains = [f"*.{name}-redis.{ns}.svc", f"*.{name}-sent.{ns}.svc"]
+        secret = tls_secret(tmp_path, ns, f"{name}-tls", domains)
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
+        redis["tls"] = {"secretName": f"{name}-tls"}
     instance = f"app.kubernetes.io/instance={name}"
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(gamecluster))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(arena(installed, name, 1, redis)))
 
     def ask_sentinel(*command: str) -> str:
         """A command to the first Sentinel, logged in with its password (never on a
         command line: REDISCLI_AUTH from the container's own environment)."""
-        script = 'REDISCLI_AUTH="$SENTINEL_AUTH_PASSWORD" redis-cli -p 26379 --raw "$@"'
+        script = (  # REDIS_CLI_TLS: the container's TLS flags for redis-cli, if any
+            'REDISCLI_AUTH="$SENTINEL_AUTH_PASSWORD" '
+            'redis-cli ${REDIS_CLI_TLS:-} -p 26379 --raw "$@"'
+        )
         return cluster.kubectl(
             "exec", "-n", ns, f"{name}-sent-0", "--", "sh", "-c", script, "sh", *command
         ).stdout.strip()  # fmt: skip
@@ -704,6 +721,7 @@ async def test_a_sentinel_failover_on_the_real_node_is_followed_and_fenced(
         raise E2EError(f"{err}\n{diagnose(cluster, ns)}") from None
     finally:
         cluster.kubectl("delete", GC, name, "-n", ns, "--wait=true", "--timeout=180s", check=False)
+        cluster.kubectl("delete", "secret", f"{name}-tls", "-n", ns, check=False)
 
 
 @pytest.mark.timeout(600)
