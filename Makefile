@@ -2,7 +2,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CLIENT := clients/python
-HASH := $(shell cat pyproject.toml $(CLIENT)/pyproject.toml | sha1sum | cut -c1-12)
+## The relay's compiled core (core/, Rust): built with cargo and installed next to the relay,
+## which uses it when present (RELAY_CORE=auto) and runs without it. `make venv CORE=` leaves
+## it out (a machine without cargo); the stamp changes with its sources, which rebuilds it.
+CORE ?= ./core
+CORE_FILES := $(if $(CORE),$(wildcard core/pyproject.toml core/Cargo.* core/*.pyi core/src/*.rs))
+HASH := $(shell cat pyproject.toml $(CLIENT)/pyproject.toml $(CORE_FILES) | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-all-$(HASH)
 RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 
@@ -11,18 +16,20 @@ RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 ## Everything: the relay, the operator extra and the dev extra (tests, linters, their tools).
 ## The Python client is its own distribution (clients/python), installed editable next to the
 ## server: the relay CLI depends on it, and the tests and lint see the working tree's client.
-$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CORE_FILES)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e '.[operator,dev]'
+	$(if $(CORE),$(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps $(CORE))
 	@rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
 
 ## The relay's run-time dependencies only (the base of pyproject.toml and the client, no
 ## extras); skipped when the full set above is already installed for these files.
-$(RUN_STAMP): pyproject.toml $(CLIENT)/pyproject.toml
+$(RUN_STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CORE_FILES)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e .
+	$(if $(CORE),$(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps $(CORE))
 	@rm -f $(VENV)/.installed-run-* && touch $@
 
 venv: $(STAMP)
