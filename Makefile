@@ -11,7 +11,7 @@ HASH := $(shell cat pyproject.toml $(CLIENT)/pyproject.toml $(CORE_FILES) | sha1
 STAMP := $(VENV)/.installed-all-$(HASH)
 RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 
-.PHONY: run test lint e2e e2e-pods pods-deps bench system-deps venv js-deps js-build js-vendor
+.PHONY: core-wheel run test lint e2e e2e-pods pods-deps bench system-deps venv js-deps js-build js-vendor
 
 ## Everything: the relay, the operator extra and the dev extra (tests, linters, their tools).
 ## The Python client is its own distribution (clients/python), installed editable next to the
@@ -29,10 +29,19 @@ $(RUN_STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CORE_FILES)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e .
-	$(if $(CORE),$(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps $(CORE))
+	@if [ -z "$(CORE)" ]; then :; elif command -v cargo >/dev/null; then \
+	  $(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps $(CORE); \
+	else echo "no cargo here: the relay runs without its compiled core (pure Python)"; fi
 	@rm -f $(VENV)/.installed-run-* && touch $@
 
 venv: $(STAMP)
+
+## The compiled core's wheel in core/dist, for the container image (Dockerfile): the image
+## build has no Rust toolchain, so the wheel is built here first (cargo, maturin) and copied
+## in; the real-pod tier runs this before it builds the image.
+core-wheel: $(STAMP)
+	rm -rf core/dist
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w core/dist ./core
 
 ## The TypeScript client (clients/js): its pinned dev dependencies from package-lock.json,
 ## reinstalled when the lock file changes.
