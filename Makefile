@@ -29,7 +29,7 @@ $(RUN_STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CORE_FILES)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e .
-	@if [ -z "$(CORE)" ]; then :; elif command -v cargo >/dev/null; then \
+	@if test -z "$(CORE)"; then :; elif command -v cargo >/dev/null; then \
 	  $(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps $(CORE); \
 	else echo "no cargo here: the relay runs without its compiled core (pure Python)"; fi
 	@rm -f $(VENV)/.installed-run-* && touch $@

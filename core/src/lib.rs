@@ -15,6 +15,8 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 
+mod outbox;
+
 const OP_CONT: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
@@ -323,6 +325,8 @@ impl FrameReader {
 #[pymodule]
 fn gamecluster_core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<FrameReader>()?;
+    module.add_class::<outbox::Outbox>()?;
+    module.add_class::<outbox::FlushScheduler>()?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,11 +1,14 @@
 """Which implementation reads the frames of open WebSocket connections (issue #18).
 
-The compiled core (`gamecluster_core`, a Rust extension built from core/) reads a client's
-frames in one call per read: unmasking, framing, fragments and the UTF-8 check of text;
-websockets' sans-I/O parser, pure Python, does the same work a few Python calls per
-frame. Both close a connection for the same faults with the same codes (1002, 1007,
-1009); tests/unit/test_frame_reader.py and the transport tests run both. The core is an
-optional distribution: the relay runs without it, on websockets alone.
+The compiled core (`gamecluster_core`, a Rust extension built from core/) has two pieces:
+- it reads a client's frames in one call per read: unmasking, framing, fragments and the
+  UTF-8 check of text, where websockets' sans-I/O parser, pure Python, makes a few Python
+  calls per frame. Both close a connection for the same faults with the same codes (1002,
+  1007, 1009); tests/unit/test_frame_reader.py and the transport tests run both;
+- the fan-out's send queues (relay.outbox's Outbox and FlushScheduler, same methods, same
+  bound and overflow policy), without a Python frame per recipient; tests/unit/
+  test_outbox.py runs both.
+The core is an optional distribution: the relay runs without it, on the Python classes.
 
 RELAY_CORE: `auto` (the default) uses the core when it is installed; `off` never does (to
 compare, or to rule it out); `on` requires it (the relay refuses to start without it).
@@ -14,6 +17,7 @@ compare, or to rule it out); `on` requires it (the relay refuses to start withou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Literal, Protocol
 
 CoreMode = Literal["auto", "on", "off"]
@@ -48,6 +52,8 @@ class Core:
     name: Literal["rust", "python"]
     why: str
     """Why this one, for the start-up log line."""
+    module: ModuleType | None = None
+    """gamecluster_core when in use: its Outbox and FlushScheduler (relay.outbox)."""
 
 
 def select(mode: CoreMode) -> Core:
@@ -66,4 +72,5 @@ def select(mode: CoreMode) -> Core:
         gamecluster_core.FrameReader,
         "rust",
         f"gamecluster-core {gamecluster_core.__version__}, RELAY_CORE={mode}",
+        gamecluster_core,
     )

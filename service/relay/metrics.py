@@ -21,9 +21,9 @@ class Metrics:
         self.rooms = Gauge("relay_rooms", "Rooms with at least one local member.", registry=r)
         self.core = Gauge(
             "relay_core_info",
-            "1 for what reads client frames here: rust (the compiled core, relay.core) "
-            "or python (websockets).",
-            ["frames"],
+            "1 for what reads client frames and fans events out here: rust (the compiled "
+            "core, relay.core) or python (websockets and relay.outbox).",
+            ["impl"],
             registry=r,
         )
         self.published = Counter(

@@ -117,7 +117,7 @@ class AdminServer(uvicorn.Server):
 
 def build_server(settings: Settings) -> RelayServer:
     chosen = core.select(settings.core)  # CoreMissing: RELAY_CORE=on without the core
-    log.info("client frames read by %s (%s)", chosen.name, chosen.why)
+    log.info("frame reader and fan-out: %s (%s)", chosen.name, chosen.why)
     app = create_app(settings)
     metrics = app.state.node.metrics
     metrics.core.labels(chosen.name).set(1)

@@ -33,8 +33,8 @@ async def test_the_frame_reader_in_use_is_logged_once_and_exposed(relay_factory,
         assert (await client.ping())["op"] == "pong"
     async with httpx.AsyncClient(timeout=10) as admin:
         metrics = (await admin.get(f"{pod.admin}/metrics")).text
-    assert f'relay_core_info{{frames="{frames}"}} 1.0' in metrics, metrics
-    assert pod.log.read_text().count(f"client frames read by {frames} (") == 1
+    assert f'relay_core_info{{impl="{frames}"}} 1.0' in metrics, metrics
+    assert pod.log.read_text().count(f"frame reader and fan-out: {frames} (") == 1
 
 
 def test_relay_core_on_without_the_core_refuses_to_start(tmp_path) -> None:
