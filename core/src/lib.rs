@@ -52,6 +52,8 @@ pub struct FrameReader {
     /// 1.4 and 7.1.7), as websockets' `discard()` does.
     done: bool,
     error: Option<Failure>,
+    /// A failure that ends the connection once the current read is parsed.
+    deferred: Option<Failure>,
 }
 
 enum Step {
@@ -163,7 +165,7 @@ impl FrameReader {
                     let mut scratch = std::mem::take(&mut self.scratch);
                     scratch.clear();
                     unmask_into(&mut scratch, payload, mask);
-                    let pushed = push_message(py, events, opcode, &scratch);
+                    let pushed = self.push_message(py, events, opcode, &scratch);
                     self.scratch = scratch;
                     pushed?;
                 } else {
@@ -179,7 +181,7 @@ impl FrameReader {
                 unmask_into(buffer, payload, mask);
                 if fin {
                     let (first, buffer) = self.fragments.take().expect("a fragmented message");
-                    push_message(py, events, first, &buffer)?;
+                    self.push_message(py, events, first, &buffer)?;
                 }
             }
             _ => {
@@ -223,6 +225,11 @@ impl FrameReader {
                 }
             }
         }
+        if let Some(failure) = self.deferred.take() {
+            if self.error.is_none() {
+                self.fail(failure);
+            }
+        }
         used
     }
 }
@@ -250,21 +257,34 @@ fn close_within_fragments(payload: &[u8], mask: [u8; 4]) -> Failure {
     (PROTOCOL_ERROR, "incomplete fragmented message".into())
 }
 
-/// A complete message: its text (checked UTF-8) or, for a binary one, None.
-fn push_message<'py>(
-    py: Python<'py>,
-    events: &Bound<'py, PyList>,
-    opcode: u8,
-    payload: &[u8],
-) -> Result<(), Failure> {
-    let appended = if opcode == OP_TEXT {
-        let text = std::str::from_utf8(payload)
-            .map_err(|_| (INVALID_DATA, "invalid UTF-8 in a text message".to_string()))?;
-        events.append(PyString::new(py, text))
-    } else {
-        events.append(py.None())
-    };
-    appended.map_err(|_| (1011, String::new()))
+impl FrameReader {
+    /// A complete message: its text (checked UTF-8) or, for a binary one, None.
+    ///
+    /// Invalid UTF-8 fails the connection (1007) once the rest of this read is parsed,
+    /// as with websockets, which parses a whole read before the relay decodes its texts:
+    /// the control frames after it are answered first (a close frame already echoed
+    /// wins), a protocol error after it wins, and no later message is handed over.
+    fn push_message<'py>(
+        &mut self,
+        py: Python<'py>,
+        events: &Bound<'py, PyList>,
+        opcode: u8,
+        payload: &[u8],
+    ) -> Result<(), Failure> {
+        if self.deferred.is_some() {
+            return Ok(());
+        }
+        let appended = if opcode == OP_TEXT {
+            let Ok(text) = std::str::from_utf8(payload) else {
+                self.deferred = Some((INVALID_DATA, "invalid UTF-8 in a text message".into()));
+                return Ok(());
+            };
+            events.append(PyString::new(py, text))
+        } else {
+            events.append(py.None())
+        };
+        appended.map_err(|_| (1011, String::new()))
+    }
 }
 
 #[pymethods]
@@ -279,6 +299,7 @@ impl FrameReader {
             scratch: Vec::new(),
             done: false,
             error: None,
+            deferred: None,
         }
     }
 

@@ -96,8 +96,38 @@ impl FlushScheduler {
     }
 }
 
+/// A relay.transport.RawSocket's protocol, written to without the socket's Python
+/// methods: `write_paused`, `_state` and `transport` are slots of
+/// RelayWebSocketProtocol, read here as RawSocket.paused, .closed and .send read them.
+/// Only for an uncompressed connection (a compressed one has no shared frames).
+struct Direct {
+    protocol: Py<PyAny>,
+    /// relay.transport._State.OPEN, as read from the protocol when the outbox was made
+    /// (an outbox is made for an open connection).
+    open: Py<PyAny>,
+}
+
+/// One unmasked, final, uncompressed text frame (relay.transport.text_frame).
+fn text_frame<'py>(py: Python<'py>, payload: &[u8]) -> Bound<'py, PyBytes> {
+    let size = payload.len();
+    let mut frame = Vec::with_capacity(size + 10);
+    frame.push(0x81);
+    if size < 126 {
+        frame.push(size as u8);
+    } else if size < 65536 {
+        frame.push(126);
+        frame.extend_from_slice(&(size as u16).to_be_bytes());
+    } else {
+        frame.push(127);
+        frame.extend_from_slice(&(size as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(payload);
+    PyBytes::new(py, &frame)
+}
+
 #[pyclass(module = "gamecluster_core", subclass)]
 pub struct Outbox {
+    direct: Option<Direct>,
     socket: Py<PyAny>,
     scheduler: Py<FlushScheduler>,
     limit: usize,
@@ -115,22 +145,62 @@ impl Outbox {
     // No borrow of the outbox is held across a call into Python: a socket's `close`
     // calls back into `_resumed`.
 
-    fn paused(socket: &Bound<'_, PyAny>) -> PyResult<bool> {
-        socket.getattr(intern!(socket.py(), "paused"))?.is_truthy()
+    fn paused(&self, py: Python<'_>) -> PyResult<bool> {
+        match &self.direct {
+            Some(direct) => {
+                direct.protocol.bind(py).getattr(intern!(py, "write_paused"))?.is_truthy()
+            }
+            None => self.socket.bind(py).getattr(intern!(py, "paused"))?.is_truthy(),
+        }
+    }
+
+    /// RawSocket.send(payload, frames) for a lone message, written here when direct.
+    fn send_shared(
+        slf: &Bound<'_, Self>,
+        socket: &Bound<'_, PyAny>,
+        payload: Py<PyBytes>,
+        frames: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let (protocol, open) = match (&slf.borrow().direct, frames) {
+            (Some(direct), Some(_)) => {
+                (direct.protocol.bind(py).clone(), direct.open.bind(py).clone())
+            }
+            _ => {
+                socket.call_method1(intern!(py, "send"), (payload, frames))?;
+                return Ok(());
+            }
+        };
+        let frames = frames.expect("frames");
+        if !protocol.getattr(intern!(py, "_state"))?.is(&open) {
+            return Ok(()); // closing or closed: RawSocket.send writes nothing either
+        }
+        let transport = protocol.getattr(intern!(py, "transport"))?;
+        if transport.call_method0(intern!(py, "is_closing"))?.is_truthy()? {
+            return Ok(());
+        }
+        let payload = payload.bind(py);
+        let frame = match frames.get_item(payload)? {
+            Some(frame) => frame,
+            None => {
+                let frame = text_frame(py, payload.as_bytes()).into_any();
+                frames.set_item(payload, &frame)?;
+                frame
+            }
+        };
+        transport.call_method1(intern!(py, "write"), (frame,))?;
+        Ok(())
     }
 
     fn flush_with(slf: &Bound<'_, Self>, frames: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
         let py = slf.py();
         let socket = {
             let this = slf.borrow();
-            if this.closed || this.pending.is_empty() {
+            if this.closed || this.pending.is_empty() || this.paused(py)? {
                 return Ok(());
             }
             this.socket.bind(py).clone()
         };
-        if Self::paused(&socket)? {
-            return Ok(());
-        }
         Self::write_all(slf, &socket, frames)
     }
 
@@ -144,7 +214,7 @@ impl Outbox {
         let mut pending = std::mem::take(&mut slf.borrow_mut().pending);
         if pending.len() == 1 {
             let payload = pending.pop().expect("one message");
-            socket.call_method1(send, (payload, frames))?;
+            Self::send_shared(slf, socket, payload, frames)?;
             return Self::wake(slf);
         }
         let mut batch: Vec<u8> = Vec::new();
@@ -193,13 +263,26 @@ impl Outbox {
     #[new]
     #[pyo3(signature = (socket, scheduler, *, limit, on_overflow))]
     fn new(
-        socket: Py<PyAny>,
+        socket: Bound<'_, PyAny>,
         scheduler: Py<FlushScheduler>,
         limit: usize,
         on_overflow: Py<PyAny>,
-    ) -> Self {
-        Outbox {
-            socket,
+    ) -> PyResult<Self> {
+        let py = socket.py();
+        // A RawSocket of an open, uncompressed connection is written to directly.
+        let direct = match socket.getattr(intern!(py, "_protocol")) {
+            Ok(protocol)
+                if !protocol.getattr(intern!(py, "closing"))?.is_truthy()?
+                    && !protocol.getattr(intern!(py, "compressed"))?.is_truthy()? =>
+            {
+                let open = protocol.getattr(intern!(py, "_state"))?.unbind();
+                Some(Direct { protocol: protocol.unbind(), open })
+            }
+            _ => None,
+        };
+        Ok(Outbox {
+            direct,
+            socket: socket.unbind(),
             scheduler,
             limit,
             on_overflow,
@@ -207,21 +290,20 @@ impl Outbox {
             closed: false,
             close_code: None,
             waiter: None,
-        }
+        })
     }
 
     fn push(slf: &Bound<'_, Self>, payload: Bound<'_, PyBytes>) -> PyResult<()> {
         let py = slf.py();
-        let (socket, queued, limit) = {
+        let (paused, queued, limit) = {
             let this = slf.borrow();
             if this.closed {
                 return Ok(());
             }
-            (this.socket.bind(py).clone(), this.pending.len(), this.limit)
+            // Only a paused socket (its client is not reading) makes messages wait; a
+            // burst pushed within one loop turn must not count as a slow consumer.
+            (this.paused(py)?, this.pending.len(), this.limit)
         };
-        // Only a paused socket (its client is not reading) makes messages wait; a burst
-        // pushed within one loop turn must not count as a slow consumer.
-        let paused = Self::paused(&socket)?;
         if queued >= limit && paused {
             let on_overflow = slf.borrow().on_overflow.clone_ref(py);
             on_overflow.call0(py)?;
@@ -292,6 +374,10 @@ impl Outbox {
     // other: the garbage collector must see these references, or no connection's objects
     // would ever be freed.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(direct) = &self.direct {
+            visit.call(&direct.protocol)?;
+            visit.call(&direct.open)?;
+        }
         visit.call(&self.socket)?;
         visit.call(&self.scheduler)?;
         visit.call(&self.on_overflow)?;

@@ -243,6 +243,17 @@ async def test_faults_close_alike(case: str) -> None:
     assert outcome.ended == [code]
 
 
+async def test_a_read_is_parsed_whole_before_its_bad_text_fails_the_connection() -> None:
+    """websockets answers every control frame of a read before the relay decodes its
+    texts: a close frame after invalid UTF-8 is echoed (no 1007), and a ping is answered
+    before the 1007 close."""
+    outcome = await both([frame(0x1, b"\xff") + frame(0x8) + frame(0x1, b"later")])
+    assert (outcome.messages, outcome.written, outcome.ended) == ([], b"\x88\x00", [1005])
+    outcome = await both([frame(0x1, b"\xff") + frame(0x9, b"p") + frame(0x1, b"later")])
+    assert outcome.messages == []
+    assert outcome.written == b"\x8a\x01p" + close_frame(1007, b"invalid UTF-8 in a text message")
+
+
 async def test_an_oversize_frame_is_refused_from_its_header() -> None:
     """The reader fails as soon as the length is known: nothing of it is buffered."""
     reader_cls = reader_type("rust")
