@@ -14,6 +14,9 @@ class FrameReader:
         """Why the reader stopped (close code, reason), or None."""
     @property
     def buffered(self) -> int: ...
+    @property
+    def allocated(self) -> int:
+        """Capacity of the reader's buffers: what it keeps between reads."""
 
 class FlushScheduler:
     """relay.outbox.FlushScheduler: writes the dirty outboxes once per loop turn."""

@@ -28,6 +28,12 @@ const PROTOCOL_ERROR: u16 = 1002;
 const INVALID_DATA: u16 = 1007;
 const MESSAGE_TOO_BIG: u16 = 1009;
 
+/// Capacity a reader's buffers keep between reads. One large message must not leave a
+/// buffer of its size behind: an idle connection would hold up to 2 x ws_max_size (the
+/// unmasked copy and the read buffer) for as long as it lives, 500 KB at the relay's
+/// defaults where an idle connection is ~6 KB. Above this, a buffer is freed once used.
+const KEEP: usize = 4096;
+
 /// What stopped the reader: a close code and its reason (websockets' wording).
 type Failure = (u16, String);
 
@@ -37,7 +43,8 @@ type Failure = (u16, String);
 /// checked against the limit as soon as its header is complete (before its payload is
 /// waited for), so it holds at most `max_size` + 14 header bytes; `fragments` holds one
 /// fragmented message, at most `max_size` bytes. Over the limit: close 1009, as
-/// websockets does, and the reader holds nothing more.
+/// websockets does, and the reader holds nothing more. Between reads it keeps at most
+/// KEEP bytes of spare capacity.
 #[pyclass(module = "gamecluster_core")]
 pub struct FrameReader {
     max_size: Option<usize>,
@@ -134,9 +141,14 @@ impl FrameReader {
                 return Err(too_big(length, max_size, current));
             }
         }
-        // Within the limit, so it fits a usize (the limit is one).
-        let length = usize::try_from(length).map_err(|_| too_big(length, usize::MAX, None))?;
-        if data.len() < at + 4 + length {
+        // Within the limit, so it fits a usize (the limit is one). Without a limit, a
+        // length past the address space is refused (no buffer could hold it) rather than
+        // overflowing `at + 4 + length` (a slice-index panic in a release build).
+        let Some(end) = usize::try_from(length).ok().and_then(|n| n.checked_add(at + 4)) else {
+            return Err(too_big(length, usize::MAX - at - 4, None));
+        };
+        let length = end - at - 4;
+        if data.len() < end {
             return Ok(Step::More);
         }
         let mask: [u8; 4] = data[at..at + 4].try_into().expect("4 bytes");
@@ -166,7 +178,9 @@ impl FrameReader {
                     scratch.clear();
                     unmask_into(&mut scratch, payload, mask);
                     let pushed = self.push_message(py, events, opcode, &scratch);
-                    self.scratch = scratch;
+                    if scratch.capacity() <= KEEP {
+                        self.scratch = scratch; // reused: no allocation per small message
+                    }
                     pushed?;
                 } else {
                     let mut buffer = Vec::with_capacity(length);
@@ -323,6 +337,14 @@ impl FrameReader {
             let used = self.read_all(py, &pending, &events);
             if !self.done {
                 pending.drain(..used);
+                if pending.capacity() > KEEP && pending.len() <= pending.capacity() / 2 {
+                    // What a large frame left: keep the rest of the read, not its size.
+                    if pending.is_empty() {
+                        pending = Vec::new();
+                    } else {
+                        pending.shrink_to(KEEP);
+                    }
+                }
                 self.pending = pending;
             }
         }
@@ -340,6 +362,15 @@ impl FrameReader {
     #[getter]
     fn buffered(&self) -> usize {
         self.pending.len() + self.fragments.as_ref().map_or(0, |(_, buffer)| buffer.len())
+    }
+
+    /// Bytes allocated for the buffers (their capacity): what the reader keeps between
+    /// reads, for the tests of KEEP.
+    #[getter]
+    fn allocated(&self) -> usize {
+        self.pending.capacity()
+            + self.scratch.capacity()
+            + self.fragments.as_ref().map_or(0, |(_, buffer)| buffer.capacity())
     }
 }
 

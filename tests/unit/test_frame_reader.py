@@ -320,3 +320,34 @@ async def test_random_streams_are_read_alike(
     points = sorted({c for c in cuts if 0 < c < len(data)})
     reads = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     await both([r for r in reads if r], max_size)
+
+
+async def test_a_large_message_leaves_no_buffer_of_its_size() -> None:
+    """Review of #18: the reader kept the capacity of its unmasked copy and of its read
+    buffer after a large message, ~2 x ws_max_size per connection for its lifetime (an
+    idle connection is ~6 KB). Now it keeps at most 4 KiB between reads."""
+    reader_cls = reader_type("rust")
+    assert reader_cls is not None
+    limit = 1 << 20
+    large = frame(0x2, b"x" * limit)
+    for reads in (
+        [large],  # one read: the unmasked copy
+        [large[: limit // 2], large[limit // 2 :]],  # two reads: the read buffer too
+        [large[i : i + 65536] for i in range(0, len(large), 65536)] + [frame(0x1, b"hi")],
+    ):
+        reader = reader_cls(limit)
+        for data in reads:
+            reader.feed(data)
+        assert reader.error is None
+        assert reader.allocated <= 4096, reader.allocated
+
+
+async def test_a_length_past_the_address_space_fails_cleanly_without_a_limit() -> None:
+    """Review of #18: with max_size None a 64-bit length near 2**64 overflowed
+    `at + 4 + length` and panicked (PanicException, a BaseException: the loop aborts the
+    connection without a close frame and logs a Rust backtrace). It is a 1009 now."""
+    reader_cls = reader_type("rust")
+    assert reader_cls is not None
+    reader = reader_cls(None)
+    assert reader.feed(struct.pack("!BBQ", 0x81, 0xFF, 2**64 - 1) + b"\x00" * 20) == []
+    assert reader.error is not None and reader.error[0] == 1009
