@@ -145,13 +145,18 @@ impl Outbox {
     // No borrow of the outbox is held across a call into Python: a socket's `close`
     // calls back into `_resumed`.
 
-    fn paused(&self, py: Python<'_>) -> PyResult<bool> {
-        match &self.direct {
-            Some(direct) => {
-                direct.protocol.bind(py).getattr(intern!(py, "write_paused"))?.is_truthy()
+    /// RawSocket.paused: read with no borrow of the outbox held (the socket's `paused`
+    /// is Python code).
+    fn paused(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let (target, name) = {
+            let this = slf.borrow();
+            match &this.direct {
+                Some(direct) => (direct.protocol.clone_ref(py), intern!(py, "write_paused")),
+                None => (this.socket.clone_ref(py), intern!(py, "paused")),
             }
-            None => self.socket.bind(py).getattr(intern!(py, "paused"))?.is_truthy(),
-        }
+        };
+        target.bind(py).getattr(name)?.is_truthy()
     }
 
     /// RawSocket.send(payload, frames) for a lone message, written here when direct.
@@ -162,10 +167,16 @@ impl Outbox {
         frames: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let py = slf.py();
-        let (protocol, open) = match (&slf.borrow().direct, frames) {
-            (Some(direct), Some(_)) => {
-                (direct.protocol.bind(py).clone(), direct.open.bind(py).clone())
-            }
+        // Taken out of the borrow before any call into Python: `send` may come back into
+        // this outbox (a `push` from there panicked with "Already borrowed", and the
+        // exception ended the whole flush, leaving every later outbox of that loop turn
+        // unflushed).
+        let direct = {
+            let this = slf.borrow();
+            this.direct.as_ref().map(|d| (d.protocol.clone_ref(py), d.open.clone_ref(py)))
+        };
+        let (protocol, open) = match (direct, frames) {
+            (Some((protocol, open)), Some(_)) => (protocol.into_bound(py), open.into_bound(py)),
             _ => {
                 socket.call_method1(intern!(py, "send"), (payload, frames))?;
                 return Ok(());
@@ -196,11 +207,14 @@ impl Outbox {
         let py = slf.py();
         let socket = {
             let this = slf.borrow();
-            if this.closed || this.pending.is_empty() || this.paused(py)? {
+            if this.closed || this.pending.is_empty() {
                 return Ok(());
             }
             this.socket.bind(py).clone()
         };
+        if Self::paused(slf)? {
+            return Ok(());
+        }
         Self::write_all(slf, &socket, frames)
     }
 
@@ -295,15 +309,16 @@ impl Outbox {
 
     fn push(slf: &Bound<'_, Self>, payload: Bound<'_, PyBytes>) -> PyResult<()> {
         let py = slf.py();
-        let (paused, queued, limit) = {
+        let (queued, limit) = {
             let this = slf.borrow();
             if this.closed {
                 return Ok(());
             }
-            // Only a paused socket (its client is not reading) makes messages wait; a
-            // burst pushed within one loop turn must not count as a slow consumer.
-            (this.paused(py)?, this.pending.len(), this.limit)
+            (this.pending.len(), this.limit)
         };
+        // Only a paused socket (its client is not reading) makes messages wait; a burst
+        // pushed within one loop turn must not count as a slow consumer.
+        let paused = Self::paused(slf)?;
         if queued >= limit && paused {
             let on_overflow = slf.borrow().on_overflow.clone_ref(py);
             on_overflow.call0(py)?;

@@ -173,3 +173,22 @@ async def test_a_closed_connections_outbox_and_socket_are_collected(make: Make) 
     await loop_turns()  # the scheduled flush lets go of the outbox
     gc.collect()
     assert gone() is None
+
+
+async def test_a_push_from_inside_a_send_is_queued_not_a_crash(make: Make) -> None:
+    """Review of #18: the compiled core held a borrow of the outbox while a lone message
+    was sent, so a `push` coming back from the socket's `send` panicked ("Already
+    borrowed", a PanicException out of the loop's flush callback) and the message was
+    lost; the Python outbox queues it for the next flush."""
+    outbox, socket, _ = make()
+    send = socket.send
+
+    def send_then_push(payload: bytes, frames: dict[bytes, bytes] | None = None) -> None:
+        send(payload, frames)
+        if payload == b"first":
+            outbox.push(b"pushed while sending")
+
+    socket.send = send_then_push  # type: ignore[method-assign]
+    outbox.push(b"first")
+    await loop_turns()
+    assert socket.sent == [b"first", b"pushed while sending"]
