@@ -6,6 +6,11 @@ CLIENT := clients/python
 ## which uses it when present (RELAY_CORE=auto) and runs without it. `make venv CORE=` leaves
 ## it out (a machine without cargo); the stamp changes with its sources, which rebuilds it.
 CORE ?= ./core
+## Without cargo, maturin's build backend would download a Rust toolchain (puccinialin, into
+## ~/.cache, unpinned, ~650 MB) instead of failing: a missing cargo fails here, clearly.
+export MATURIN_NO_INSTALL_RUST := 1
+NO_CARGO := make venv builds the relay's compiled core (core/, Rust) with cargo, not found on PATH: \
+  install rustup (its cargo is in ~/.cargo/bin) or leave the core out with 'make venv CORE='
 CORE_FILES := $(if $(CORE),$(wildcard core/pyproject.toml core/Cargo.* core/*.pyi core/src/*.rs))
 HASH := $(shell cat pyproject.toml $(CLIENT)/pyproject.toml $(CORE_FILES) | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-all-$(HASH)
@@ -17,6 +22,7 @@ RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 ## The Python client is its own distribution (clients/python), installed editable next to the
 ## server: the relay CLI depends on it, and the tests and lint see the working tree's client.
 $(STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CORE_FILES)
+	$(if $(CORE),@command -v cargo >/dev/null || { echo "$(NO_CARGO)" >&2; exit 1; })
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e '.[operator,dev]'
