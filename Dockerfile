@@ -29,13 +29,25 @@ COPY operator ./operator
 # The Python client is its own distribution; the relay CLI (publish, tail, check)
 # depends on it, so its wheel is built from here next to ours.
 COPY clients/python ./clients/python
+# The relay's compiled core (core/, Rust) as a wheel built beforehand on the host with
+# `make core-wheel` (core/dist): this stage has no Rust toolchain. dis[t]: without that
+# wheel the image still builds, and its relay runs the pure-Python path (RELAY_CORE=auto;
+# its start-up log and relay_core_info say which).
+COPY core/pyproject.toml core/dis[t] ./core/
 # Every wheel (ours, the client's and the pinned dependencies) is built here, so the
 # runtime stage installs offline from /wheels and needs no compiler.
 # `[operator]`: the operator's extra (kopf, kubernetes), so both entrypoints work.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python ".[operator]" \
  && python -m venv --without-pip /opt/venv \
  && pip --python /opt/venv/bin/python install --no-cache-dir --no-index \
-        --find-links /wheels "gamecluster[operator]==0.1.0"
+        --find-links /wheels "gamecluster[operator]==0.1.0" \
+ && if [ -n "$(find ./core -name 'gamecluster_core-*.whl')" ]; then \
+      pip --python /opt/venv/bin/python install --no-cache-dir --no-index \
+          --find-links ./core "gamecluster-core==0.1.0"; \
+    else \
+      echo "WARNING: no core/dist/gamecluster_core-*.whl (run 'make core-wheel' first):" \
+           "this image has no compiled core; its relay runs the pure-Python path" >&2; \
+    fi
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="gamecluster" \

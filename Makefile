@@ -2,30 +2,52 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CLIENT := clients/python
-HASH := $(shell cat pyproject.toml $(CLIENT)/pyproject.toml | sha1sum | cut -c1-12)
+## The relay's compiled core (core/, Rust): built with cargo and installed next to the relay,
+## which uses it when present (RELAY_CORE=auto) and runs without it. `make venv CORE=` leaves
+## it out (a machine without cargo); the stamp changes with its sources, which rebuilds it.
+CORE ?= ./core
+## Without cargo, maturin's build backend would download a Rust toolchain (puccinialin, into
+## ~/.cache, unpinned, ~650 MB) instead of failing: a missing cargo fails here, clearly.
+export MATURIN_NO_INSTALL_RUST := 1
+NO_CARGO := make venv builds the relay's compiled core (core/, Rust) with cargo, not found on PATH: \
+  install rustup (its cargo is in ~/.cargo/bin) or leave the core out with 'make venv CORE='
+CORE_FILES := $(if $(CORE),$(wildcard core/pyproject.toml core/Cargo.* core/*.pyi core/src/*.rs))
+HASH := $(shell cat pyproject.toml $(CLIENT)/pyproject.toml $(CORE_FILES) | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-all-$(HASH)
 RUN_STAMP := $(VENV)/.installed-run-$(HASH)
 
-.PHONY: run test lint e2e e2e-pods pods-deps bench system-deps venv js-deps js-build js-vendor
+.PHONY: core-wheel run test lint e2e e2e-pods pods-deps bench system-deps venv js-deps js-build js-vendor
 
 ## Everything: the relay, the operator extra and the dev extra (tests, linters, their tools).
 ## The Python client is its own distribution (clients/python), installed editable next to the
 ## server: the relay CLI depends on it, and the tests and lint see the working tree's client.
-$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CORE_FILES)
+	$(if $(CORE),@command -v cargo >/dev/null || { echo "$(NO_CARGO)" >&2; exit 1; })
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e '.[operator,dev]'
+	$(if $(CORE),$(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps $(CORE))
 	@rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
 
 ## The relay's run-time dependencies only (the base of pyproject.toml and the client, no
 ## extras); skipped when the full set above is already installed for these files.
-$(RUN_STAMP): pyproject.toml $(CLIENT)/pyproject.toml
+$(RUN_STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(CORE_FILES)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e $(CLIENT) -e .
+	@if test -z "$(CORE)"; then :; elif command -v cargo >/dev/null; then \
+	  $(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps $(CORE); \
+	else echo "no cargo here: the relay runs without its compiled core (pure Python)"; fi
 	@rm -f $(VENV)/.installed-run-* && touch $@
 
 venv: $(STAMP)
+
+## The compiled core's wheel in core/dist, for the container image (Dockerfile): the image
+## build has no Rust toolchain, so the wheel is built here first (cargo, maturin) and copied
+## in; the real-pod tier runs this before it builds the image.
+core-wheel: $(STAMP)
+	rm -rf core/dist
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w core/dist ./core
 
 ## The TypeScript client (clients/js): its pinned dev dependencies from package-lock.json,
 ## reinstalled when the lock file changes.

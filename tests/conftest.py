@@ -74,3 +74,13 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
     yield make
     for relay in started:
         relay.kill()
+
+
+@pytest.fixture(params=["rust", "python"])
+def frames(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once with each implementation of the frame reader and the fan-out's
+    outboxes (relay.core): the compiled core (RELAY_CORE=on: a relay without it refuses
+    to start, so a missing core fails here rather than passing on Python twice) and the
+    pure-Python path (RELAY_CORE=off). The relay processes the test starts inherit it."""
+    monkeypatch.setenv("RELAY_CORE", "on" if request.param == "rust" else "off")
+    return str(request.param)

@@ -138,9 +138,14 @@ def _serve(host: str | None, port: int | None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from relay.core import CoreMissing
     from relay.server import serve  # uvicorn and the app load only for `serve`
 
-    serve(settings)
+    try:
+        serve(settings)
+    except CoreMissing as exc:
+        print(f"relay serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

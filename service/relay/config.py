@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relay.core import CoreMode
 from relay.rooms import RoomPolicy
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -215,6 +216,9 @@ class Settings(BaseSettings):
     """Name of this relay server, sent in `welcome` and on every envelope."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the relay and of uvicorn."""
+    core: CoreMode = "auto"
+    """The compiled core (relay.core): `auto` uses it when installed, `off` never, `on`
+    requires it."""
     compression: bool = False
     """Offer permessage-deflate. Off by default: it about doubles CPU per delivered message."""
     max_message_bytes: int = Field(65536, ge=256, le=16 * 1024 * 1024)

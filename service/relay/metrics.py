@@ -19,6 +19,13 @@ class Metrics:
         r = self.registry
         self.connections = Gauge("relay_connections", "Open WebSocket sessions.", registry=r)
         self.rooms = Gauge("relay_rooms", "Rooms with at least one local member.", registry=r)
+        self.core = Gauge(
+            "relay_core_info",
+            "1 for what reads client frames and fans events out here: rust (the compiled "
+            "core, relay.core) or python (websockets and relay.outbox).",
+            ["impl"],
+            registry=r,
+        )
         self.published = Counter(
             "relay_events_published", "Events published through this server.", registry=r
         )

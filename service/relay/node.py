@@ -9,7 +9,7 @@ import logging
 from redis.exceptions import RedisError
 from starlette.responses import PlainTextResponse
 
-from relay import __version__, auth, control, tracing
+from relay import __version__, auth, control, outbox, tracing
 from relay.broker import Broker, BrokerUnavailable, describe, shardmap
 from relay.broker.connection import Connector
 from relay.broker.memory import MemoryBroker
@@ -18,9 +18,9 @@ from relay.broker.shardmap import PHASES, MapState, ShardMapError, now_ms
 from relay.broker.slots import RedisClusterBroker
 from relay.cluster import ClusterState, NodeReport, make_state
 from relay.config import Settings
+from relay.core import select
 from relay.hub import Hub
 from relay.metrics import Metrics
-from relay.outbox import FlushScheduler
 from relay.presence import Presence
 from relay.protocol import CloseCode
 from relay.rooms import RoomPolicies
@@ -97,7 +97,7 @@ class RelayNode:
             self.broker,
             self.hub,
             self.metrics,
-            FlushScheduler(),
+            outbox.scheduler(select(settings.core)),
             policies,
             self._ended,
             self.presence,

@@ -21,11 +21,42 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any, Protocol
 
+from relay.core import Core
 from relay.transport import RawSocket
 
 BATCH_BYTES = 64 * 1024
 """Largest batched frame; a batch is split before it would pass this size."""
+
+
+class SendQueue(Protocol):
+    """One connection's outbox, whichever implementation (Outbox, or the compiled core's)."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def close_code(self) -> int | None: ...
+    def push(self, payload: bytes) -> None: ...
+    async def replay(self, payloads: list[bytes]) -> None: ...
+    def close(self, final: bytes | None, code: int, *, drop_pending: bool = False) -> None: ...
+
+
+class Scheduler(Protocol):
+    """A relay server's flush scheduler, which makes its connections' outboxes."""
+
+    def outbox(
+        self, socket: RawSocket, *, limit: int, on_overflow: Callable[[], None]
+    ) -> SendQueue: ...
+
+
+def scheduler(core: Core) -> Scheduler:
+    """The compiled core's scheduler and outboxes when it is in use (relay.core), else
+    the ones below: the same behaviour, the same tests (tests/unit/test_outbox.py)."""
+    if core.module is not None:
+        made: Scheduler = _core_classes(core.module)[1]()
+        return made
+    return FlushScheduler()
 
 
 class FlushScheduler:
@@ -53,6 +84,9 @@ class FlushScheduler:
         frames: dict[bytes, bytes] = {}  # event bytes -> frame, shared across sockets
         for outbox in dirty:
             outbox.flush(frames)
+
+    def outbox(self, socket: RawSocket, *, limit: int, on_overflow: Callable[[], None]) -> Outbox:
+        return Outbox(socket, self, limit=limit, on_overflow=on_overflow)
 
 
 class Outbox:
@@ -178,3 +212,62 @@ class Outbox:
         if self._pending and not self.closed:
             self._scheduler.mark(self)
         self._wake()
+
+
+_CORE_CLASSES: dict[int, tuple[type, type]] = {}
+
+
+def _core_classes(module: object) -> tuple[type, type]:
+    """The compiled core's Outbox and FlushScheduler (gamecluster_core, Rust) with what
+    stays in Python: the async replay, paced by the socket, as Outbox.replay above."""
+    if id(module) in _CORE_CLASSES:
+        return _CORE_CLASSES[id(module)]
+    base_outbox: Any = module.Outbox  # type: ignore[attr-defined]
+    base_scheduler: Any = module.FlushScheduler  # type: ignore[attr-defined]
+
+    class CoreOutbox(base_outbox):  # type: ignore[misc]
+        __slots__ = ()
+
+        def __init__(
+            self,
+            socket: RawSocket,
+            scheduler: object,
+            *,
+            limit: int,
+            on_overflow: Callable[[], None],
+        ) -> None:
+            socket.on_resume = self._resumed
+
+        async def replay(self, payloads: list[bytes]) -> None:
+            start = 0
+            while start < len(payloads):
+                await self._drained()
+                if self.closed or self._socket.closed:
+                    return
+                end, size = start, 0
+                while end < len(payloads) and end - start < self._limit and size < BATCH_BYTES:
+                    size += len(payloads[end])
+                    end += 1
+                self._queue_chunk(payloads[start:end])
+                start = end
+
+        async def _drained(self) -> None:
+            socket = self._socket
+            while (self._has_pending or socket.paused) and not (self.closed or socket.closed):
+                waiter: asyncio.Future[None] | None = self._waiter
+                if waiter is None or waiter.done():
+                    waiter = asyncio.get_running_loop().create_future()
+                    setattr(self, "_waiter", waiter)  # noqa: B010 (the core's property)
+                await waiter
+
+    class CoreFlushScheduler(base_scheduler):  # type: ignore[misc]
+        __slots__ = ()
+
+        def outbox(
+            self, socket: RawSocket, *, limit: int, on_overflow: Callable[[], None]
+        ) -> SendQueue:
+            queue: SendQueue = CoreOutbox(socket, self, limit=limit, on_overflow=on_overflow)
+            return queue
+
+    _CORE_CLASSES[id(module)] = (CoreOutbox, CoreFlushScheduler)
+    return CoreOutbox, CoreFlushScheduler

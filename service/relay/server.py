@@ -14,7 +14,7 @@ from types import FrameType
 
 import uvicorn
 
-from relay import transport
+from relay import core, transport
 from relay.app import create_admin_app, create_app
 from relay.config import Settings
 from relay.node import RelayNode
@@ -116,12 +116,17 @@ class AdminServer(uvicorn.Server):
 
 
 def build_server(settings: Settings) -> RelayServer:
+    chosen = core.select(settings.core)  # CoreMissing: RELAY_CORE=on without the core
+    log.info("frame reader and fan-out: %s (%s)", chosen.name, chosen.why)
     app = create_app(settings)
-    refusals = app.state.node.metrics.handshake_refusals
+    metrics = app.state.node.metrics
+    metrics.core.labels(chosen.name).set(1)
+    refusals = metrics.handshake_refusals
     http_protocol, ws_protocol = transport.protocols(
         app.state.node,
         lambda status: refusals.labels(str(status)).inc(),
         settings.handshake_seconds,
+        chosen.frame_reader,
     )
     config = uvicorn.Config(
         app,

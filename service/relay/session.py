@@ -24,7 +24,7 @@ from relay.broker import Broker, BrokerUnavailable, NotReplicated
 from relay.config import Settings
 from relay.hub import Hub, JoinResult
 from relay.metrics import Metrics
-from relay.outbox import FlushScheduler, Outbox
+from relay.outbox import Scheduler
 from relay.presence import Presence
 from relay.protocol import CloseCode, ErrorCode, ProtocolError
 from relay.ratelimit import TokenBucket
@@ -49,7 +49,7 @@ class Services:
     broker: Broker
     hub: Hub
     metrics: Metrics
-    scheduler: FlushScheduler
+    scheduler: Scheduler
     policies: RoomPolicies
     ended: Callable[[Session], None]
     """Told once when a session is over: its connection closed and it left its rooms."""
@@ -92,11 +92,8 @@ class Session:
         self._publishes = TokenBucket(self._settings.publish_rate, self._settings.publish_burst)
         self._ops = TokenBucket(self._settings.op_rate, self._settings.op_burst)
         self._refusals = TokenBucket(ABUSE_RATE, ABUSE_BURST)
-        self.outbox = Outbox(
-            socket,
-            services.scheduler,
-            limit=self._settings.send_queue,
-            on_overflow=self._slow_consumer,
+        self.outbox = services.scheduler.outbox(
+            socket, limit=self._settings.send_queue, on_overflow=self._slow_consumer
         )
         self.push: Callable[[bytes], None] = self.outbox.push
         """Queue one message (no await): the outbox's own method, so that the fan-out

@@ -49,6 +49,7 @@ from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
 
 from relay import contract
+from relay.core import FrameReader, FrameReaderType
 
 log = logging.getLogger("uvicorn.error")
 """uvicorn's logger, as uvicorn's own WebSocket protocol used: the handshake lines keep
@@ -247,6 +248,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_fragment_opcode",
         "_fragments",
         "_ping_payload",
+        "_reader",
         "_receiver",
         "_server_state",
         "_state",
@@ -260,6 +262,8 @@ class RelayWebSocketProtocol(asyncio.Protocol):
 
     endpoint: ClassVar[Endpoint]
     on_refusal: ClassVar[Refusal | None] = None
+    frame_reader: ClassVar[FrameReaderType | None] = None
+    """The compiled core's frame reader (relay.core), or None: websockets parses frames."""
 
     conn: ServerProtocol
     """websockets' state of the open connection (frames); set when the upgrade is accepted."""
@@ -281,6 +285,8 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         its size is what websockets bounds (ws_max_size), whatever the frame count (a
         list of frames would grow by a slot per empty continuation frame, unbounded)."""
         self._fragment_opcode = Opcode.TEXT
+        self._reader: FrameReader | None = None
+        """The compiled core's reader of this connection's frames, when it has one."""
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.socket: RawSocket | None = None
         self.read_paused = False
@@ -304,6 +310,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         if self._state is _State.HANDSHAKE:
             self._handshake(data)
             return
+        if self._reader is not None:
+            self._read(self._reader, data)
+            return
         conn = self.conn
         conn.receive_data(data)
         for event in conn.events_received():
@@ -313,6 +322,33 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self._failed()
             return
         self.flush()  # pongs to the peer's pings, the echo of its close frame
+
+    def _read(self, reader: FrameReader, data: bytes) -> None:
+        """`data_received` with the compiled core: it hands over whole messages, and
+        control frames as they came, which go to websockets' protocol object as before
+        (pongs, the closing handshake and its checks stay there, in one place)."""
+        for event in reader.feed(data):
+            if event.__class__ is str:
+                if self._state is _State.OPEN and self._receiver is not None:
+                    self._receiver.receive(event)
+            elif event is None:
+                if self._state is _State.OPEN and self._receiver is not None:
+                    self._receiver.receive(None)
+            else:
+                conn = self.conn
+                conn.receive_data(cast(bytes, event))
+                for frame in conn.events_received():
+                    if isinstance(frame, Frame) and self._state is _State.OPEN:
+                        self._frame(frame)
+                if conn.parser_exc is not None and self._state is _State.OPEN:
+                    self._failed()
+                    return
+        error = reader.error
+        if error is not None and self._state is _State.OPEN:
+            self.conn.fail(*error)  # queues the close frame, as websockets' parser does
+            self._failed()
+            return
+        self.flush()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: a WebSocket has no half-open state
@@ -405,6 +441,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self.transport.write(b"".join(handshake.data_to_send()))
         self.conn = ServerProtocol(state=State.OPEN, max_size=self._config.ws_max_size, logger=log)
         self.conn.extensions = handshake.extensions  # as negotiated (permessage-deflate)
+        if self.frame_reader is not None and not self.conn.extensions:
+            # Compressed frames (RSV1) are websockets' to decode: no core for those.
+            self._reader = self.frame_reader(self._config.ws_max_size)
         self._state = _State.OPEN
         self.socket = RawSocket(self)
         self._schedule_ping()
@@ -730,9 +769,12 @@ def protocols(
     endpoint: Endpoint,
     on_refusal: Refusal,
     handshake_seconds: float = HANDSHAKE_SECONDS,
+    frame_reader: FrameReaderType | None = None,
 ) -> tuple[type[RelayHttpProtocol], type[RelayWebSocketProtocol]]:
     """The HTTP and WebSocket protocols for uvicorn: `/ws` upgrades go to `endpoint`
-    (with uvicorn's ws_* settings); refusals are reported to `on_refusal`."""
+    (with uvicorn's ws_* settings); refusals are reported to `on_refusal`; open
+    connections' frames are read by `frame_reader` (the compiled core) or, when None,
+    by websockets."""
     hook = {"on_refusal": staticmethod(on_refusal)}
     http_protocol = type(
         "RelayHttp", (RelayHttpProtocol,), {**hook, "handshake_seconds": handshake_seconds}
@@ -740,6 +782,11 @@ def protocols(
     ws_protocol = type(
         "RelayWebSocket",
         (RelayWebSocketProtocol,),
-        {**hook, "__slots__": (), "endpoint": endpoint},
+        {
+            **hook,
+            "__slots__": (),
+            "endpoint": endpoint,
+            "frame_reader": staticmethod(frame_reader) if frame_reader else None,
+        },
     )
     return http_protocol, ws_protocol

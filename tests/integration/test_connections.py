@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import struct
+import subprocess
+import sys
 
+import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -15,12 +19,36 @@ from gamecluster_client import Connection as RelayClient
 from support.processes import LOOPBACK
 from support.wsraw import TEXT, client_frame, rss, upgrade
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("frames")]
 
 IDLE = 1000
 IDLE_BOUND = 12 * 1024
 """Bytes of relay RSS per idle joined connection: about 6 KB measured with
 bench/compare.py, 33 KB when every connection held an ASGI task and its queue."""
+
+
+async def test_the_frame_reader_in_use_is_logged_once_and_exposed(relay_factory, frames) -> None:
+    pod = relay_factory("a")
+    async with RelayClient(pod.url) as client:
+        assert (await client.ping())["op"] == "pong"
+    async with httpx.AsyncClient(timeout=10) as admin:
+        metrics = (await admin.get(f"{pod.admin}/metrics")).text
+    assert f'relay_core_info{{impl="{frames}"}} 1.0' in metrics, metrics
+    assert pod.log.read_text().count(f"frame reader and fan-out: {frames} (") == 1
+
+
+def test_relay_core_on_without_the_core_refuses_to_start(tmp_path) -> None:
+    """RELAY_CORE=on where gamecluster_core cannot be imported: one clear line, exit 2."""
+    blocker = tmp_path / "gamecluster_core.py"
+    blocker.write_text("raise ImportError('not built here')\n")  # shadows the installed core
+    env = {**os.environ, "RELAY_CORE": "on", "RELAY_AUTH": "none", "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "serve"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert b"RELAY_CORE=on but the compiled core cannot be imported (not built here)" in (
+        done.stderr
+    )
 
 
 async def test_an_upgrade_to_another_path_is_refused_with_404(relay_factory) -> None:

@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 
 from support.wsraw import client_frame, read_frame, rss, upgrade
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("frames")]
 
 
 async def test_a_server_close_waits_for_the_peers_close_frame(relay_factory) -> None:

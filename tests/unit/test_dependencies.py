@@ -24,7 +24,8 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 EXTRAS: dict[str, list[str]] = PROJECT.get("optional-dependencies", {})
-FIRST_PARTY = {"relay", "gamecluster"}
+FIRST_PARTY = {"relay", "gamecluster", "gamecluster_core"}
+"""gamecluster_core: the relay's compiled core, built from this repository (core/)."""
 
 
 def normalised(name: str) -> str:

@@ -1,9 +1,14 @@
 import asyncio
+import gc
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from relay.outbox import BATCH_BYTES, FlushScheduler, Outbox
+from relay import outbox as outbox_module
+from relay.core import select
+from relay.outbox import BATCH_BYTES, FlushScheduler
 
 pytestmark = pytest.mark.unit
 
@@ -36,16 +41,32 @@ class FakeSocket:
             self.on_resume()
 
 
-def make(limit: int = 10) -> tuple[Outbox, FakeSocket, list[str]]:
-    overflows: list[str] = []
-    socket = FakeSocket()
-    outbox = Outbox(
-        socket, FlushScheduler(), limit=limit, on_overflow=lambda: overflows.append("!")
-    )  # type: ignore[arg-type]
-    return outbox, socket, overflows
+Make = Callable[..., tuple[Any, FakeSocket, list[str]]]
 
 
-async def test_pending_messages_are_batched_into_one_frame() -> None:
+@pytest.fixture(params=["rust", "python"])
+def make(request: pytest.FixtureRequest) -> Make:
+    """Outboxes of the compiled core's scheduler (relay.core) or of relay.outbox's: every
+    test here runs against both."""
+    chosen = select("on" if request.param == "rust" else "off")
+    assert chosen.name == request.param
+    scheduler = outbox_module.scheduler(chosen)
+    assert isinstance(scheduler, FlushScheduler) == (request.param == "python")
+
+    def made(limit: int = 10) -> tuple[Any, FakeSocket, list[str]]:
+        overflows: list[str] = []
+        socket = FakeSocket()
+        outbox = scheduler.outbox(
+            socket,  # type: ignore[arg-type]
+            limit=limit,
+            on_overflow=lambda: overflows.append("!"),
+        )
+        return outbox, socket, overflows
+
+    return made
+
+
+async def test_pending_messages_are_batched_into_one_frame(make: Make) -> None:
     outbox, socket, _ = make()
     for n in range(3):
         outbox.push(b'{"n":%d}' % n)
@@ -53,14 +74,14 @@ async def test_pending_messages_are_batched_into_one_frame() -> None:
     assert socket.sent == [b'{"n":0}\n{"n":1}\n{"n":2}']
 
 
-async def test_a_lone_message_uses_the_shared_frame_cache() -> None:
+async def test_a_lone_message_uses_the_shared_frame_cache(make: Make) -> None:
     outbox, socket, _ = make()
     outbox.push(b"{}")
     outbox.flush({})
     assert socket.frames_shared == [True]
 
 
-async def test_batches_are_split_at_the_batch_size() -> None:
+async def test_batches_are_split_at_the_batch_size(make: Make) -> None:
     outbox, socket, _ = make(limit=100)
     big = b"x" * (BATCH_BYTES // 3)
     for _ in range(4):
@@ -70,7 +91,9 @@ async def test_batches_are_split_at_the_batch_size() -> None:
     assert all(len(frame) <= BATCH_BYTES for frame in socket.sent)
 
 
-async def test_nothing_is_written_while_paused_and_overflow_is_reported_once_full() -> None:
+async def test_nothing_is_written_while_paused_and_overflow_is_reported_once_full(
+    make: Make,
+) -> None:
     outbox, socket, overflows = make(limit=3)
     socket.paused = True
     for n in range(3):
@@ -81,7 +104,7 @@ async def test_nothing_is_written_while_paused_and_overflow_is_reported_once_ful
     assert overflows == ["!"]
 
 
-async def test_close_drops_or_flushes_pending_then_sends_final_message() -> None:
+async def test_close_drops_or_flushes_pending_then_sends_final_message(make: Make) -> None:
     outbox, socket, _ = make()
     outbox.push(b"a")
     outbox.close(b"bye", 1012)
@@ -96,7 +119,7 @@ async def test_close_drops_or_flushes_pending_then_sends_final_message() -> None
     assert socket.sent == [b"slow"]
 
 
-async def test_a_burst_within_one_turn_is_not_a_slow_consumer() -> None:
+async def test_a_burst_within_one_turn_is_not_a_slow_consumer(make: Make) -> None:
     outbox, socket, overflows = make(limit=3)
     for n in range(10):  # e.g. a resume replaying more than the queue limit
         outbox.push(b"%d" % n)
@@ -111,7 +134,7 @@ async def loop_turns(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
-async def test_a_replay_goes_out_a_send_queue_at_a_time_as_the_socket_drains() -> None:
+async def test_a_replay_goes_out_a_send_queue_at_a_time_as_the_socket_drains(make: Make) -> None:
     outbox, socket, overflows = make(limit=3)
     socket.pause_on_send = True
     replay = asyncio.create_task(outbox.replay([b"%d" % n for n in range(10)]))
@@ -127,7 +150,7 @@ async def test_a_replay_goes_out_a_send_queue_at_a_time_as_the_socket_drains() -
     assert overflows == []
 
 
-async def test_a_replay_to_a_socket_that_never_drains_ends_when_it_closes() -> None:
+async def test_a_replay_to_a_socket_that_never_drains_ends_when_it_closes(make: Make) -> None:
     outbox, socket, _ = make(limit=3)
     socket.pause_on_send = True
     replay = asyncio.create_task(outbox.replay([b"%d" % n for n in range(10)]))
@@ -136,3 +159,36 @@ async def test_a_replay_to_a_socket_that_never_drains_ends_when_it_closes() -> N
     outbox.close(None, 4008, drop_pending=True)
     await asyncio.wait_for(replay, 1)
     assert len(socket.sent) == 1
+
+
+async def test_a_closed_connections_outbox_and_socket_are_collected(make: Make) -> None:
+    """The outbox and its socket refer to each other (`on_resume`), as a session and its
+    outbox do (`on_overflow`): the garbage collector must see through the compiled core's
+    outbox too, or every connection would leak them."""
+    outbox, socket, _ = make()
+    outbox.push(b"x")
+    outbox.close(b"bye", 1000)
+    gone = weakref.ref(socket)
+    del outbox, socket
+    await loop_turns()  # the scheduled flush lets go of the outbox
+    gc.collect()
+    assert gone() is None
+
+
+async def test_a_push_from_inside_a_send_is_queued_not_a_crash(make: Make) -> None:
+    """Review of #18: the compiled core held a borrow of the outbox while a lone message
+    was sent, so a `push` coming back from the socket's `send` panicked ("Already
+    borrowed", a PanicException out of the loop's flush callback) and the message was
+    lost; the Python outbox queues it for the next flush."""
+    outbox, socket, _ = make()
+    send = socket.send
+
+    def send_then_push(payload: bytes, frames: dict[bytes, bytes] | None = None) -> None:
+        send(payload, frames)
+        if payload == b"first":
+            outbox.push(b"pushed while sending")
+
+    socket.send = send_then_push  # type: ignore[method-assign]
+    outbox.push(b"first")
+    await loop_turns()
+    assert socket.sent == [b"first", b"pushed while sending"]

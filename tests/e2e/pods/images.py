@@ -202,8 +202,11 @@ def ensure_pause(b: Buildah, pause_binary: Path) -> str:
 
 
 def build_project(b: Buildah, context: Path, base: str, node_base: str) -> str:
-    """`buildah bud` of the repository's Dockerfile on the local base images."""
+    """`buildah bud` of the repository's Dockerfile on the local base images, with the
+    compiled core's wheel built first on this machine (`make core-wheel`: the image build
+    has no Rust toolchain; the Dockerfile copies core/dist in)."""
     t0 = time.monotonic()
+    _run(["make", "core-wheel"], b.log, timeout=900, cwd=context)
     b.run(
         "bud",
         "--pull-never",

@@ -28,6 +28,11 @@ def test_dockerfile_builds_and_runs_as_uid_10001(
 @pytest.mark.timeout(600)
 def test_both_entrypoints_run_in_the_image(buildah: images.Buildah, project_image: str) -> None:
     relay_help = images.run_in_image(buildah, project_image, "relay", "--help")
+    # The compiled core is in the image (else the relay would run its pure-Python path).
+    core = images.run_in_image(
+        buildah, project_image, "python", "-c", "import gamecluster_core; print('core')"
+    )
+    assert core == "core", core
     assert "serve" in relay_help, relay_help
     operator_help = images.run_in_image(buildah, project_image, "gamecluster-operator", "--help")
     assert "usage" in operator_help.lower(), operator_help

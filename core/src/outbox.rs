@@ -1,0 +1,426 @@
+//! The fan-out's per-recipient half: send queues and their one flush per loop turn.
+//!
+//! `Outbox` and `FlushScheduler` are relay.outbox's classes of the same names, method for
+//! method (the relay's Python ones are the fallback and the reference:
+//! tests/unit/test_outbox.py runs both), without a Python frame per recipient: a member's
+//! `push` is one call into here, and the flush walks the dirty outboxes here, calling
+//! only the socket's `send`. The async `replay` stays in Python (relay.outbox.CoreOutbox).
+//!
+//! Bound and overflow policy, as in relay.outbox: while the socket is paused (its client
+//! is not reading) an outbox holds at most `limit` messages; one more calls `on_overflow`
+//! (the session drops the slow consumer: `reconnect`, close 4008) and is not queued.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
+use pyo3::types::{PyBytes, PyDict};
+
+/// Largest batched frame (relay.outbox.BATCH_BYTES).
+const BATCH_BYTES: usize = 64 * 1024;
+
+#[pyclass(module = "gamecluster_core", subclass)]
+pub struct FlushScheduler {
+    dirty: Vec<Py<Outbox>>,
+    scheduled: bool,
+    /// The running loop's `call_soon`, looked up once (asyncio.get_running_loop() is a
+    /// getpid() system call on CPython 3.11).
+    call_soon: Option<Py<PyAny>>,
+}
+
+impl FlushScheduler {
+    fn mark_outbox(slf: &Bound<'_, Self>, outbox: Py<Outbox>) -> PyResult<()> {
+        let py = slf.py();
+        let call_soon = {
+            let mut this = slf.borrow_mut();
+            this.dirty.push(outbox);
+            if this.scheduled {
+                return Ok(());
+            }
+            this.scheduled = true;
+            match &this.call_soon {
+                Some(call_soon) => call_soon.clone_ref(py),
+                None => {
+                    let event_loop = py
+                        .import(intern!(py, "asyncio"))?
+                        .call_method0(intern!(py, "get_running_loop"))?;
+                    let call_soon = event_loop.getattr(intern!(py, "call_soon"))?.unbind();
+                    this.call_soon = Some(call_soon.clone_ref(py));
+                    call_soon
+                }
+            }
+        };
+        call_soon.call1(py, (slf.getattr(intern!(py, "_flush"))?,))?;
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl FlushScheduler {
+    #[new]
+    fn new() -> Self {
+        FlushScheduler { dirty: Vec::new(), scheduled: false, call_soon: None }
+    }
+
+    fn mark(slf: &Bound<'_, Self>, outbox: Py<Outbox>) -> PyResult<()> {
+        Self::mark_outbox(slf, outbox)
+    }
+
+    // The garbage collector sees what this holds (outboxes refer back to it).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for outbox in &self.dirty {
+            visit.call(outbox)?;
+        }
+        if let Some(call_soon) = &self.call_soon {
+            visit.call(call_soon)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.dirty.clear();
+        self.call_soon = None;
+    }
+
+    fn _flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let dirty = {
+            let mut this = slf.borrow_mut();
+            this.scheduled = false;
+            std::mem::take(&mut this.dirty)
+        };
+        let frames = PyDict::new(py); // event bytes -> frame, shared across sockets
+        for outbox in dirty {
+            Outbox::flush_with(outbox.bind(py), Some(&frames))?;
+        }
+        Ok(())
+    }
+}
+
+/// A relay.transport.RawSocket's protocol, written to without the socket's Python
+/// methods: `write_paused`, `_state` and `transport` are slots of
+/// RelayWebSocketProtocol, read here as RawSocket.paused, .closed and .send read them.
+/// Only for an uncompressed connection (a compressed one has no shared frames).
+struct Direct {
+    protocol: Py<PyAny>,
+    /// relay.transport._State.OPEN, as read from the protocol when the outbox was made
+    /// (an outbox is made for an open connection).
+    open: Py<PyAny>,
+}
+
+/// One unmasked, final, uncompressed text frame (relay.transport.text_frame).
+fn text_frame<'py>(py: Python<'py>, payload: &[u8]) -> Bound<'py, PyBytes> {
+    let size = payload.len();
+    let mut frame = Vec::with_capacity(size + 10);
+    frame.push(0x81);
+    if size < 126 {
+        frame.push(size as u8);
+    } else if size < 65536 {
+        frame.push(126);
+        frame.extend_from_slice(&(size as u16).to_be_bytes());
+    } else {
+        frame.push(127);
+        frame.extend_from_slice(&(size as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(payload);
+    PyBytes::new(py, &frame)
+}
+
+#[pyclass(module = "gamecluster_core", subclass)]
+pub struct Outbox {
+    direct: Option<Direct>,
+    socket: Py<PyAny>,
+    scheduler: Py<FlushScheduler>,
+    limit: usize,
+    on_overflow: Py<PyAny>,
+    pending: Vec<Py<PyBytes>>,
+    #[pyo3(get)]
+    closed: bool,
+    #[pyo3(get)]
+    close_code: Option<i64>,
+    #[pyo3(get, set, name = "_waiter")]
+    waiter: Option<Py<PyAny>>,
+}
+
+impl Outbox {
+    // No borrow of the outbox is held across a call into Python: a socket's `close`
+    // calls back into `_resumed`.
+
+    /// RawSocket.paused: read with no borrow of the outbox held (the socket's `paused`
+    /// is Python code).
+    fn paused(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let (target, name) = {
+            let this = slf.borrow();
+            match &this.direct {
+                Some(direct) => (direct.protocol.clone_ref(py), intern!(py, "write_paused")),
+                None => (this.socket.clone_ref(py), intern!(py, "paused")),
+            }
+        };
+        target.bind(py).getattr(name)?.is_truthy()
+    }
+
+    /// RawSocket.send(payload, frames) for a lone message, written here when direct.
+    fn send_shared(
+        slf: &Bound<'_, Self>,
+        socket: &Bound<'_, PyAny>,
+        payload: Py<PyBytes>,
+        frames: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        // Taken out of the borrow before any call into Python: `send` may come back into
+        // this outbox (a `push` from there panicked with "Already borrowed", and the
+        // exception ended the whole flush, leaving every later outbox of that loop turn
+        // unflushed).
+        let direct = {
+            let this = slf.borrow();
+            this.direct.as_ref().map(|d| (d.protocol.clone_ref(py), d.open.clone_ref(py)))
+        };
+        let (protocol, open) = match (direct, frames) {
+            (Some((protocol, open)), Some(_)) => (protocol.into_bound(py), open.into_bound(py)),
+            _ => {
+                socket.call_method1(intern!(py, "send"), (payload, frames))?;
+                return Ok(());
+            }
+        };
+        let frames = frames.expect("frames");
+        if !protocol.getattr(intern!(py, "_state"))?.is(&open) {
+            return Ok(()); // closing or closed: RawSocket.send writes nothing either
+        }
+        let transport = protocol.getattr(intern!(py, "transport"))?;
+        if transport.call_method0(intern!(py, "is_closing"))?.is_truthy()? {
+            return Ok(());
+        }
+        let payload = payload.bind(py);
+        let frame = match frames.get_item(payload)? {
+            Some(frame) => frame,
+            None => {
+                let frame = text_frame(py, payload.as_bytes()).into_any();
+                frames.set_item(payload, &frame)?;
+                frame
+            }
+        };
+        transport.call_method1(intern!(py, "write"), (frame,))?;
+        Ok(())
+    }
+
+    fn flush_with(slf: &Bound<'_, Self>, frames: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        let py = slf.py();
+        let socket = {
+            let this = slf.borrow();
+            if this.closed || this.pending.is_empty() {
+                return Ok(());
+            }
+            this.socket.bind(py).clone()
+        };
+        if Self::paused(slf)? {
+            return Ok(());
+        }
+        Self::write_all(slf, &socket, frames)
+    }
+
+    fn write_all(
+        slf: &Bound<'_, Self>,
+        socket: &Bound<'_, PyAny>,
+        frames: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let send = intern!(py, "send");
+        let mut pending = std::mem::take(&mut slf.borrow_mut().pending);
+        if pending.len() == 1 {
+            let payload = pending.pop().expect("one message");
+            Self::send_shared(slf, socket, payload, frames)?;
+            return Self::wake(slf);
+        }
+        let mut batch: Vec<u8> = Vec::new();
+        let mut size = 0usize;
+        for payload in &pending {
+            let bytes = payload.bind(py).as_bytes();
+            if !batch.is_empty() && size + bytes.len() > BATCH_BYTES {
+                socket.call_method1(send, (PyBytes::new(py, &batch),))?;
+                batch.clear();
+                size = 0;
+            }
+            if !batch.is_empty() {
+                batch.push(b'\n');
+            }
+            batch.extend_from_slice(bytes);
+            size += bytes.len() + 1;
+        }
+        if !batch.is_empty() {
+            socket.call_method1(send, (PyBytes::new(py, &batch),))?;
+        }
+        Self::wake(slf)
+    }
+
+    fn wake(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let waiter = match &slf.borrow().waiter {
+            Some(waiter) => waiter.clone_ref(py),
+            None => return Ok(()),
+        };
+        let waiter = waiter.bind(py);
+        if !waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
+            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        Ok(())
+    }
+
+    fn mark(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let scheduler = slf.borrow().scheduler.clone_ref(py);
+        FlushScheduler::mark_outbox(scheduler.bind(py), slf.clone().unbind())
+    }
+}
+
+#[pymethods]
+impl Outbox {
+    #[new]
+    #[pyo3(signature = (socket, scheduler, *, limit, on_overflow))]
+    fn new(
+        socket: Bound<'_, PyAny>,
+        scheduler: Py<FlushScheduler>,
+        limit: usize,
+        on_overflow: Py<PyAny>,
+    ) -> PyResult<Self> {
+        let py = socket.py();
+        // A RawSocket of an open, uncompressed connection is written to directly.
+        let direct = match socket.getattr(intern!(py, "_protocol")) {
+            Ok(protocol)
+                if !protocol.getattr(intern!(py, "closing"))?.is_truthy()?
+                    && !protocol.getattr(intern!(py, "compressed"))?.is_truthy()? =>
+            {
+                let open = protocol.getattr(intern!(py, "_state"))?.unbind();
+                Some(Direct { protocol: protocol.unbind(), open })
+            }
+            _ => None,
+        };
+        Ok(Outbox {
+            direct,
+            socket: socket.unbind(),
+            scheduler,
+            limit,
+            on_overflow,
+            pending: Vec::new(),
+            closed: false,
+            close_code: None,
+            waiter: None,
+        })
+    }
+
+    fn push(slf: &Bound<'_, Self>, payload: Bound<'_, PyBytes>) -> PyResult<()> {
+        let py = slf.py();
+        let (queued, limit) = {
+            let this = slf.borrow();
+            if this.closed {
+                return Ok(());
+            }
+            (this.pending.len(), this.limit)
+        };
+        // Only a paused socket (its client is not reading) makes messages wait; a burst
+        // pushed within one loop turn must not count as a slow consumer.
+        let paused = Self::paused(slf)?;
+        if queued >= limit && paused {
+            let on_overflow = slf.borrow().on_overflow.clone_ref(py);
+            on_overflow.call0(py)?;
+            return Ok(());
+        }
+        slf.borrow_mut().pending.push(payload.unbind());
+        if queued == 0 && !paused {
+            Self::mark(slf)?;
+        }
+        Ok(())
+    }
+
+    #[pyo3(signature = (frames = None))]
+    fn flush(slf: &Bound<'_, Self>, frames: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        Self::flush_with(slf, frames)
+    }
+
+    #[pyo3(signature = (r#final, code, *, drop_pending = false))]
+    fn close(
+        slf: &Bound<'_, Self>,
+        r#final: Option<Bound<'_, PyBytes>>,
+        code: i64,
+        drop_pending: bool,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let socket = {
+            let mut this = slf.borrow_mut();
+            if this.closed {
+                return Ok(());
+            }
+            if drop_pending {
+                this.pending.clear();
+            }
+            this.socket.bind(py).clone()
+        };
+        Self::write_all(slf, &socket, None)?;
+        if let Some(last) = r#final {
+            socket.call_method1(intern!(py, "send"), (last,))?;
+        }
+        {
+            let mut this = slf.borrow_mut();
+            this.closed = true;
+            this.close_code = Some(code);
+        }
+        socket.call_method1(intern!(py, "close"), (code,))?;
+        Self::wake(slf)
+    }
+
+    /// The socket drained below its low-water mark, or the connection is gone.
+    fn _resumed(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let again = {
+            let this = slf.borrow();
+            !this.pending.is_empty() && !this.closed
+        };
+        if again {
+            Self::mark(slf)?;
+        }
+        Self::wake(slf)
+    }
+
+    /// The replay's next chunk (relay.outbox.CoreOutbox.replay): queued, then flushed.
+    fn _queue_chunk(slf: &Bound<'_, Self>, payloads: Vec<Bound<'_, PyBytes>>) -> PyResult<()> {
+        slf.borrow_mut().pending.extend(payloads.into_iter().map(Bound::unbind));
+        Self::mark(slf)
+    }
+
+    // An outbox and its socket (`on_resume`), its session (`on_overflow`) refer to each
+    // other: the garbage collector must see these references, or no connection's objects
+    // would ever be freed.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(direct) = &self.direct {
+            visit.call(&direct.protocol)?;
+            visit.call(&direct.open)?;
+        }
+        visit.call(&self.socket)?;
+        visit.call(&self.scheduler)?;
+        visit.call(&self.on_overflow)?;
+        if let Some(waiter) = &self.waiter {
+            visit.call(waiter)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        // The other objects of a cycle are cleared too; what is left here is freed with
+        // the outbox itself.
+        self.pending.clear();
+        self.waiter = None;
+    }
+
+    #[getter]
+    fn _limit(&self) -> usize {
+        self.limit
+    }
+
+    #[getter]
+    fn _has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    #[getter]
+    fn _socket(&self, py: Python<'_>) -> Py<PyAny> {
+        self.socket.clone_ref(py)
+    }
+}
