@@ -711,3 +711,69 @@ async def join_until_available(
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+# -- review (issue #14, review-cluster branch) ------------------------------------------
+# REVIEW: the tests below FAIL on redis-cluster as of 4f958a5: each one proves a hole
+# found in review. Kept on the review branch as the failing proof for the fix.
+
+
+def _replica_of(cluster: RedisCluster, master: Any) -> Any:
+    return next(
+        node
+        for node in cluster.nodes
+        if node is not master
+        and cluster.client(node).execute_command("ROLE")[0] == b"slave"
+        and int(cluster.client(node).execute_command("ROLE")[2]) == master.port
+    )
+
+
+async def history_when_available(broker: RedisClusterBroker, room: str, after: int) -> Any:
+    for _ in range(100):
+        with contextlib.suppress(BrokerUnavailable):
+            return await broker.history(room, after, DURABLE)
+        await asyncio.sleep(0.1)  # a client's retry pause, not a synchronisation
+    raise AssertionError(f"the history of {room} stayed unavailable")
+
+
+async def test_review_a_relay_that_missed_the_failover_still_changes_the_epoch(
+    replicated_cluster: RedisCluster,
+) -> None:
+    """REVIEW (high, fails now): the fence runs only when a relay server compares a slot
+    map with the one it read before (`refresh`: `if previous is not None`). A relay
+    server (re)started while its room's master failed over has no previous map: it
+    installs the promoted replica's map as is and serves the replica's shorter history
+    under the old epoch. Here: 3 events acked and replicated, the replica stopped, 3
+    more acked (on the master only), the master SIGKILLed, the replica promoted; then a
+    fresh relay server (every relay restarted meanwhile, e.g. a rollout or a single pod)
+    reads the room: acked events 4..6 are gone and the epoch is the same one, so a resume
+    from offset 3 is `recovered: true` with nothing, and the next publish reuses offset 4:
+    a silent gap (docs/protocol.md: an acked event is there or the epoch changes)."""
+    cluster = replicated_cluster
+    room = "missed-failover"
+    master = cluster.owner(keys.slot_of_room(room))
+    replica = _replica_of(cluster, master)
+    assert replica.proc is not None
+    async with brokers(cluster, "before") as (broker,):
+        kept = [await publish_acked(broker, room, n) for n in range(3)]
+        epoch = kept[0][1]
+        assert cluster.client(master).execute_command("WAIT", 1, 5000) == 1
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        # The replication link cut while the replica cannot reconnect: 4..6 stay on the
+        # master (a stopped replica alone would still read them from its socket buffer).
+        cluster.client(master).execute_command("CLIENT KILL TYPE replica")
+        try:
+            lost = [await publish_acked(broker, room, n) for n in range(3, 6)]
+        except BaseException:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+            raise
+    assert [offset for offset, _ in kept + lost] == [1, 2, 3, 4, 5, 6]
+    master.kill()  # the replica never received 4..6
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    assert await asyncio.to_thread(cluster.wait_failover, master) is replica
+    async with brokers(cluster, "after") as (fresh,):
+        history = await history_when_available(fresh, room, 3)
+        # Either the acked events are there, or the room's epoch changed.
+        assert history.epoch != epoch or history.top >= 6, (
+            f"acked offsets 4..6 lost under the same epoch {epoch}: top {history.top}"
+        )
