@@ -777,3 +777,39 @@ async def test_review_a_relay_that_missed_the_failover_still_changes_the_epoch(
         assert history.epoch != epoch or history.top >= 6, (
             f"acked offsets 4..6 lost under the same epoch {epoch}: top {history.top}"
         )
+
+
+async def test_review_a_fence_that_failed_midway_is_finished_by_its_claimer_at_once(
+    replicated_cluster: RedisCluster,
+) -> None:
+    """REVIEW (medium, availability): a fence that fails after its claim (here the ACL of
+    the promoted node refuses HSET until the test grants it again; in production a lost
+    connection mid-SCAN) left the claimer waiting for its own claim, "another relay server
+    is starting its rooms' new epochs", until the claim expired (FENCE_SECONDS, 30 s):
+    every room of the promoted master `unavailable` on every relay for that long. The
+    claimer now finishes its own claim on the next slot map read."""
+    cluster = replicated_cluster
+    room = "fence-retry"
+    master = cluster.owner(keys.slot_of_room(room))
+    replica = _replica_of(cluster, master)
+    promoted = cluster.client(replica)
+    async with brokers(cluster, "solo") as (broker,):
+        _, epoch = await publish_acked(broker, room, 1)
+        promoted.execute_command("ACL", "SETUSER", contract.RELAY_REDIS_USER, "-hset")
+        master.kill()
+        assert await asyncio.to_thread(cluster.wait_failover, master) is replica
+        claim = f"{contract.CLUSTER_KEY_PREFIX}failover:*"
+        await eventually(lambda: promoted.keys(claim) != [], 15, "the fence's claim")
+        assert [promoted.get(name) for name in promoted.keys(claim)] == [b"solo"]
+        promoted.execute_command("ACL", "SETUSER", contract.RELAY_REDIS_USER, "+hset")
+        started = time.monotonic()
+        while True:  # the client's retries, until acked (or well past the claim's 30 s)
+            try:
+                result = await broker.publish(room, 2, ts=1, policy=DURABLE, msg_id="m2")
+                break
+            except BrokerUnavailable:
+                assert time.monotonic() - started < 45, "never acked"
+                await asyncio.sleep(0.1)  # a client's retry pause, not a synchronisation
+        # A slot map read or two (refresh pause 0.2 s, 1 s here), not the claim's 30 s.
+        assert time.monotonic() - started < 10, f"acked after {time.monotonic() - started:.1f} s"
+        assert result.epoch != epoch
