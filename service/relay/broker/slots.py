@@ -322,17 +322,25 @@ class RedisClusterBroker(Broker):
         the mark (raising: the slot map is read again shortly) rather than write under
         the old epochs meanwhile. A claimer that dies mid-way leaves a claim that expires
         after FENCE_SECONDS; the next relay server then claims and starts epochs again (a
-        second new epoch is harmless)."""
+        second new epoch is harmless); a claimer whose fence failed mid-way (it is alive)
+        finishes its own claim on its next slot map read."""
         claim = keys.failover_claim(f"{{{keys.slot_tag(slot)}}}", old.node_id, new.node_id)
         epoch, rooms = secrets.token_hex(4), 0
         try:
             claimed = await node.commands.set(claim, self._node_id, nx=True, ex=FENCE_SECONDS)
+            holder = None if claimed else await node.commands.get(claim)
+            if holder == self._node_id.encode():
+                # This server's own claim, left by its fence failing midway (a lost
+                # connection, a refused HSET): finish it now (renewed) rather than wait
+                # FENCE_SECONDS for it to expire with the promoted master's rooms refused.
+                claimed = await node.commands.set(claim, self._node_id, xx=True, ex=FENCE_SECONDS)
+                holder = None if claimed else await node.commands.get(claim)
             if claimed:
                 async for key in node.commands.scan_iter(match=keys.META_PATTERN, count=500):
                     await node.commands.hset(key, "epoch", epoch)
                     rooms += 1
                 await node.commands.set(claim, FENCE_DONE, ex=FAILOVER_CLAIM_SECONDS)
-            elif await node.commands.get(claim) != FENCE_DONE:
+            elif holder != FENCE_DONE:
                 self.refresh_soon()
                 raise BrokerUnavailable(
                     f"{new.address} replaced {old.address}: another relay server is starting "
