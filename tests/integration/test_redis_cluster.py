@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import redis
 from pydantic import SecretStr
+from redis.crc import key_slot
 
 from gamecluster.load import ReadyPod, RedisAuth, RedisLoadSource
 from gamecluster_client import Connection as RelayClient
@@ -813,3 +814,66 @@ async def test_review_a_fence_that_failed_midway_is_finished_by_its_claimer_at_o
         # A slot map read or two (refresh pause 0.2 s, 1 s here), not the claim's 30 s.
         assert time.monotonic() - started < 10, f"acked after {time.monotonic() - started:.1f} s"
         assert result.epoch != epoch
+
+
+async def test_review_a_relay_that_cannot_fence_one_node_still_follows_a_migration(
+    replicated_cluster: RedisCluster,
+) -> None:
+    """REVIEW (medium-high, fails now): `refresh` installs nothing while any fence fails,
+    so a relay server that cannot fence one promoted master (here its ACL user may not SET
+    there; in production a partition from that node, an ACL or certificate that differs on
+    it) keeps its old slot map for every slot. A room of another master then migrates: the
+    old owner's `sunsubscribe` leaves the room's channel homeless until a map is installed,
+    which never happens. The other relay publishes to the room on its new owner (acked);
+    the stuck relay's member never gets it, and the stuck relay stays ready (its old map
+    is complete and half of its masters live): a member silently deaf, nothing told."""
+    cluster = replicated_cluster
+    stuck_password = "relay-stuck-" + token_urlsafe(16)
+    for node in cluster.nodes:
+        cluster.client(node).execute_command(
+            "ACL", "SETUSER", "relay-stuck", "reset", "on", f">{stuck_password}",
+            *contract.RELAY_CLUSTER_ACL_RULES,
+        )  # fmt: skip
+    control = cluster.owner(key_slot(keys.SLOTTED.alive.encode()))
+    masters = [n for n in cluster.nodes if n.port in cluster.master_ports()]
+    room = next(
+        f"deaf:{n}"
+        for n in range(10_000)
+        if cluster.owner(keys.slot_of_room(f"deaf:{n}")) is not control
+    )
+    home = cluster.owner(keys.slot_of_room(room))
+    victim = next(n for n in masters if n not in (control, home))
+    cluster.client(_replica_of(cluster, victim)).execute_command(
+        "ACL", "SETUSER", "relay-stuck", "-set"
+    )
+    stuck = RedisClusterBroker(
+        [cluster.nodes[0].url],
+        "stuck",
+        connector=Connector(username="relay-stuck", password=SecretStr(stuck_password)),
+        timeout=1.0,
+        probe_interval=0.3,
+        probe_timeout=1.5,
+        refresh_seconds=1.0,
+    )
+    got: list[Delivery] = []
+    stuck.set_listener(got.append)
+    await stuck.start()
+    try:
+        await eventually(lambda: stuck.ready, 15, "the stuck broker to be ready")
+        await stuck.subscribe(room)
+        async with brokers(cluster, "pub") as (publisher,):
+            victim.kill()
+            await asyncio.to_thread(cluster.wait_failover, victim)
+            await eventually(lambda: publisher.failovers == 1, 15, "the publisher's fence")
+            await asyncio.to_thread(cluster.migrate_slot, keys.slot_of_room(room), control)
+            offset, _ = await publish_acked(publisher, room, 1)
+            assert publisher.placement(room).endswith(f":{control.port}")
+
+            def delivered_or_unready() -> bool:
+                return any(d.offset == offset for d in got) or not stuck.ready
+
+            await eventually(
+                delivered_or_unready, 15, "the acked event at the member, or the relay unready"
+            )
+    finally:
+        await stuck.close()
