@@ -119,17 +119,15 @@ def desired(spec: GameClusterSpec, meta: Mapping[str, Any], inputs: Inputs) -> l
         manifests.append(secrets.acl_secret(owner, passwords))
         manifests.append(redis_manifests.headless_service(spec, owner))
         replicas = spec.redis.replicas > 0
+        tls_digest = redis_tls.certificate_digest(inputs.redis_tls) if inputs.redis_tls else None
         if replicas:
             manifests.append(redis_ha.sentinel_service(owner))
             manifests.extend(
-                redis_ha.shard_statefulset(spec, owner, shard, digest)
+                redis_ha.shard_statefulset(spec, owner, shard, digest, tls_digest)
                 for shard in range(spec.redis.shards)
             )
-            manifests.append(redis_ha.sentinel_statefulset(spec, owner, digest))
+            manifests.append(redis_ha.sentinel_statefulset(spec, owner, digest, tls_digest))
         else:
-            tls_digest = (
-                redis_tls.certificate_digest(inputs.redis_tls) if inputs.redis_tls else None
-            )
             manifests.append(redis_manifests.statefulset(spec, owner, digest, tls_digest))
         manifests.append(
             redis_access.network_policy(owner, inputs.operator_namespace, replicas=replicas)

@@ -48,6 +48,9 @@ class RedisAuth:
     cluster: bool = False
     """An external Redis Cluster: the reports are in the cluster keys' slot
     (``contract.load_report_key(cluster=True)``), read on the node that owns it."""
+    sentinel_tls: bool = False
+    """TLS to the Sentinels and the masters they name (a managed Redis with replicas and
+    ``spec.redis.tls``), verified against ``ca_pem`` with the hostname checked."""
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,17 @@ class RedisLoadSource:
         if master is not None:
             # The Sentinels' password goes to the Sentinels only (sentinel_kwargs), the
             # operator user's to the master they name.
+            over_tls: dict[str, Any] = {}
+            if auth.sentinel_tls:
+                over_tls = {
+                    "ssl": True,
+                    "ssl_cert_reqs": "required",
+                    "ssl_check_hostname": True,
+                    "ssl_ca_data": auth.ca_pem,
+                }
             to_sentinels = {
                 **timeouts,
+                **over_tls,
                 "username": auth.sentinel_username,
                 "password": auth.sentinel_password,
             }
@@ -169,7 +181,7 @@ class RedisLoadSource:
                 list(auth.sentinels), sentinel_kwargs=to_sentinels, **timeouts
             )
             client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-                master, username=auth.username, password=auth.password, **timeouts
+                master, username=auth.username, password=auth.password, **timeouts, **over_tls
             )
         else:
             client = redis.Redis.from_url(

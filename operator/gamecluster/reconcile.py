@@ -23,7 +23,8 @@ One pass for one GameCluster, in order:
 5. Compute status from the children and patch it when it changed.
 
 Passes for the same GameCluster are serialised by a per-object lock, since kopf may run a
-handler, a timer and a child event for it in different worker threads at once.
+handler, a timer and a child event for it in different worker threads at once; each pass
+reads the GameCluster again once it holds the lock (the one before may have moved status on).
 
 Operator upgrades roll relay images one GameCluster at a time. A GameCluster without
 ``spec.image`` runs the operator's own image, recorded in ``status.relayImage``. When a new
@@ -98,7 +99,12 @@ def _shard_work(state: ShardState | None) -> tuple[str, str] | None:
     """A shard change in flight, for the Reconciling condition."""
     if state is None or state.phase == "Stable":
         return None
-    reason = "ShardSwitchStalled" if state.stalled else f"Shards{state.phase}"
+    if state.stalled:
+        reason = "ShardSwitchStalled"
+    elif state.phase == "Rolling" and state.attempts:
+        reason = "ShardSwitchRetrying"  # the message says when
+    else:
+        reason = f"Shards{state.phase}"
     return reason, f"{state.active} -> {state.target} shards: {state.message}"
 
 
@@ -182,10 +188,11 @@ class Reconciler:
         load_unknown: str | None = None,
     ) -> Outcome:
         """One pass (see the module docstring). Raises ClusterError when the API fails."""
-        meta = body["metadata"]
-        owner = Owner.from_meta(meta)
-        previous = body.get("status") or {}
+        owner = Owner.from_meta(body["metadata"])
         with self._lock(owner):
+            body = self._latest(owner, body)
+            meta = body["metadata"]
+            previous = body.get("status") or {}
             try:
                 spec = parse(body.get("spec") or {})
             except InvalidSpec as exc:
@@ -286,6 +293,21 @@ class Reconciler:
             retryable = all(is_retryable for _, is_retryable in failures)
             return Outcome(first[0], retryable, tuple(applied), status)
 
+    def _latest(self, owner: Owner, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The GameCluster as stored now, else ``body``.
+
+        Passes queue on the lock with the body they were handed (a watch event, a read
+        before the wait), and the pass before may have written status since: acting on the
+        older status would ask the relays for a switch again (a second one, past an
+        aborted switch's backoff), and an older spec would undo a stage of a shard change.
+        """
+        current = self.cluster.get(
+            ChildRef(names.API_VERSION, names.KIND, owner.namespace, owner.name)
+        )
+        if current is None or (current.get("metadata") or {}).get("uid") != owner.uid:
+            return body  # deleted meanwhile (the garbage collector takes the children)
+        return current
+
     def _check_references(self, spec: GameClusterSpec, owner: Owner) -> Problem | None:
         """A named Secret must exist and hold the key the relay will read."""
         if not spec.auth.secret_name:
@@ -335,17 +357,19 @@ class Reconciler:
                 logger.warning("%s/%s: relay pods: %s", owner.namespace, owner.name, exc)
                 return dataclasses.replace(state, message=f"cannot list the relay pods: {exc}")
             complete = shards_mod.rollout_complete(deployment, replicas, pods)
-        state, action = shards_mod.after_rollout(state, complete)
+        now = self.clock()
+        state, action = shards_mod.after_rollout(state, complete, now=now)
         if state.phase != "Switching":
             return state
         target = shard_names(spec, owner, state.target)
         try:
             if action == "switch":
                 logger.info(
-                    "%s/%s: switching the shard map to %d shards",
+                    "%s/%s: switching the shard map to %d shards (attempt %d)",
                     owner.namespace,
                     owner.name,
                     state.target,
+                    state.attempts + 1,
                 )
                 reading = self.relay_admin.switch(
                     owner, api_key, target, shards_mod.SWITCH_TIMEOUT_SECONDS
@@ -355,7 +379,8 @@ class Reconciler:
         except RelayAdminError as exc:
             logger.warning("%s/%s: shard map: %s", owner.namespace, owner.name, exc)
             if action == "switch" and exc.refused:
-                # Refused: nothing started; ask again at the next pass.
+                # Refused: nothing started (no room was refused either, so no backoff);
+                # ask again at the next pass.
                 return dataclasses.replace(
                     state, phase="Rolling", message=f"cannot ask a relay: {exc}", stalled=False
                 )
@@ -367,7 +392,7 @@ class Reconciler:
                 state, phase="Switching", message=f"cannot ask a relay: {exc}", stalled=False
             )
         moved = shards_mod.after_reading(
-            state, reading, lambda count: shard_names(spec, owner, count)
+            state, reading, lambda count: shard_names(spec, owner, count), now=now
         )
         if (moved.phase, moved.stalled) != (state.phase, state.stalled):
             log = logger.warning if moved.stalled or moved.phase == "Rolling" else logger.info

@@ -166,6 +166,7 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
             None if tls is None else tls[redis_tls.CA_KEY],
             sentinels=sentinels,
             sentinel_password=sentinel_password.strip() if sentinel_password else None,
+            sentinel_tls=bool(sentinels) and tls is not None,
         )
     ref = spec.redis.external.secret_ref if spec.redis.external else None
     in_cluster = bool(spec.redis.external and spec.redis.external.cluster)

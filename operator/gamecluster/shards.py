@@ -13,7 +13,8 @@ it was (managed shards are the first N of a fixed sequence of names, so counts s
    relay (``POST /api/v1/shards/switch``) to switch the map to the M shards, then reads
    ``GET /api/v1/shards`` every pass until it is ``stable``. A switch the relays aborted
    (its ``last`` says why: a relay without the new shard, a deadline) leaves the old map;
-   the operator goes back to ``Rolling`` and asks again once the rollout is complete.
+   the operator goes back to ``Rolling`` and asks again once the rollout is complete and
+   its backoff has passed (``retry_delay``: each abort doubles the wait).
 3. ``Shrinking`` (M < N only): the map is the M shards; the relays roll onto the M
    shards, and only once that rollout is complete does Redis shrink to M.
 4. ``Stable``: active == target.
@@ -23,14 +24,16 @@ has finished moving); during ``Switching`` it waits until the switch has ended, 
 switch in flight cannot be cancelled.
 
 Everything here is pure: the reconciler does the I/O (``relay_admin``) and passes in what
-it read.
+it read and the time.
 """
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from gamecluster import names
+from gamecluster.autoscaling import format_time
 
 Phase = Literal["Stable", "Rolling", "Switching", "Shrinking"]
 PHASES: Final[tuple[Phase, ...]] = ("Stable", "Rolling", "Switching", "Shrinking")
@@ -39,6 +42,22 @@ MESSAGE_MAX: Final = 2048
 SWITCH_TIMEOUT_SECONDS: Final = 60.0
 """The relays' bound on a switch: an unfinished prepare phase aborts (and the operator asks
 again), a move phase past it is reported stalled."""
+RETRY_FIRST_SECONDS: Final = 10.0
+RETRY_MAX_SECONDS: Final = 300.0
+"""The wait before asking again after an aborted switch: 10 s, doubling per abort, at most
+5 min. Every attempt refuses publishes of the moving rooms (``unavailable``) for its
+prepare phase, up to SWITCH_TIMEOUT_SECONDS, so a switch that keeps aborting costs those
+rooms at most 60 / (60 + 300) = 17 % of the time at the cap (asking at every pass: most of
+it). The first waits are short because the usual causes pass by themselves within seconds
+(a replaced relay that the barrier counts until its load reports stop, a pod restarting);
+the cap bounds how late the switch happens once the cause is fixed. Retries happen at the
+first operator pass after the wait (the resync timer, GAMECLUSTER_RESYNC_SECONDS)."""
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """The wait after the ``attempts``-th aborted switch in a row (1: the first)."""
+    seconds = RETRY_FIRST_SECONDS * 2 ** min(max(attempts - 1, 0), 16)
+    return timedelta(seconds=min(seconds, RETRY_MAX_SECONDS))
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,12 @@ class ShardState:
     draining: int = 0
     """``Shrinking``: the shards Redis still runs until the relays have left the removed
     ones (0 otherwise). Integers, not None: a merge patch would delete a None field."""
+    attempts: int = 0
+    """Switches to this target the relays aborted in a row (0 once one completes or the
+    target changes)."""
+    retry_after: datetime | None = None
+    """After an abort: no switch is asked before this time (kept in status, so a restarted
+    operator keeps the backoff)."""
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any], *, fallback: int) -> "ShardState":
@@ -95,6 +120,8 @@ class ShardState:
             stalled=bool(recorded.get("stalled") or False),
             version=int(recorded.get("mapVersion") or 0),
             draining=int(recorded.get("draining") or 0),
+            attempts=int(recorded.get("attempts") or 0),
+            retry_after=_parse_time(recorded.get("retryAfter")),
         )
 
     def to_status(self) -> dict[str, Any]:
@@ -106,6 +133,9 @@ class ShardState:
             "stalled": self.stalled,
             "mapVersion": self.version,
             "draining": self.draining,
+            "attempts": self.attempts,
+            # "" rather than None, for the same reason as the integers.
+            "retryAfter": format_time(self.retry_after) if self.retry_after else "",
         }
 
     @property
@@ -130,7 +160,15 @@ def begin(state: ShardState, wanted: int) -> ShardState:
         return state
     if wanted == state.active and state.phase == "Rolling":
         # Back to the active map before it moved: nothing to switch, roll back to it.
-        return replace(state, target=wanted, phase="Stable", message="", stalled=False)
+        return replace(
+            state,
+            target=wanted,
+            phase="Stable",
+            message="",
+            stalled=False,
+            attempts=0,
+            retry_after=None,
+        )
     # From Shrinking, the shards being drained stop at once: the map has not named them
     # since the switch ended (its cleanup is done), so no room lives there; a relay still
     # listing one only loses a connection it no longer uses.
@@ -148,19 +186,32 @@ def begin(state: ShardState, wanted: int) -> ShardState:
 Action = Literal["switch"] | None
 
 
-def after_rollout(state: ShardState, rolled_out: bool) -> tuple[ShardState, Action]:
-    """After the children were applied: whether the relays are ready for the next stage."""
+def after_rollout(
+    state: ShardState, rolled_out: bool, *, now: datetime
+) -> tuple[ShardState, Action]:
+    """After the children were applied: whether the relays are ready for the next stage.
+
+    ``Rolling`` after an abort waits for ``retry_after`` (its message already says when)."""
     if not rolled_out:
         return state, None
     if state.phase == "Rolling":
-        return replace(state, phase="Switching", message="switch requested"), "switch"
+        if state.retry_after is not None and now < state.retry_after:
+            return state, None
+        message = "switch requested"
+        if state.attempts:
+            message += f" (attempt {state.attempts + 1})"
+        return replace(state, phase="Switching", message=message), "switch"
     if state.phase == "Shrinking":
         return replace(state, phase="Stable", message="", stalled=False, draining=0), None
     return state, None
 
 
 def after_reading(
-    state: ShardState, reading: MapReading, names_of: Callable[[int], Sequence[str]]
+    state: ShardState,
+    reading: MapReading,
+    names_of: Callable[[int], Sequence[str]],
+    *,
+    now: datetime,
 ) -> ShardState:
     """``Switching``: what a relay's answer about the map means for the next stage."""
     if state.phase != "Switching":
@@ -182,14 +233,25 @@ def after_reading(
             draining=state.redis_shards if shrinking else 0,
         )
     if reading.shards == tuple(names_of(state.active)):
-        # Aborted (or not begun): the old map stays, nothing moved; ask again after a pass.
+        # Aborted (or not begun: a request whose answer was lost may not have started one;
+        # counted all the same, as it cannot be told apart). The old map stays, nothing
+        # moved; ask again after the backoff. When first: the message is cut to fit.
         why = reading.last or "the switch did not happen"
+        attempts = state.attempts + 1
+        delay = retry_delay(attempts)
+        retry_after = now + delay
         return replace(
             state,
             phase="Rolling",
-            message=f"switch to {state.target} shards did not complete: {why}; retrying",
+            message=(
+                f"switch to {state.target} shards did not complete (attempt {attempts}); "
+                f"next attempt at {format_time(retry_after)} (in {delay.total_seconds():.0f} s)"
+                f": {why}"
+            ),
             stalled=False,
             version=reading.version,
+            attempts=attempts,
+            retry_after=retry_after,
         )
     return replace(
         state,
@@ -201,6 +263,17 @@ def after_reading(
         stalled=True,
         version=reading.version,
     )
+
+
+def _parse_time(value: object) -> datetime | None:
+    """``status.shards.retryAfter`` ("" or unreadable: no backoff)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def rollout_complete(

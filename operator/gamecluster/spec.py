@@ -362,12 +362,6 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
             "spec.redis.tls is for the managed Redis; an external one uses rediss:// URLs "
             "and spec.redis.external.secretRef.caKey",
         )
-    if spec.redis.tls is not None and spec.redis.replicas > 0:
-        raise InvalidSpec(
-            "TLSWithReplicas",
-            "spec.redis.tls with spec.redis.replicas > 0 is not supported yet (replication "
-            "and Sentinel over TLS): use replicas 0, or an external Redis",
-        )
     if spec.auth.algorithm == "RS256" and not spec.auth.secret_name:
         raise InvalidSpec(
             "PublicKeySecretMissing", "spec.auth.algorithm RS256 needs spec.auth.secretName"

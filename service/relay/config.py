@@ -206,6 +206,11 @@ class Settings(BaseSettings):
     one. Never the Redis password: Sentinels and Redis servers have their own users."""
     redis_sentinel_password_file: OptionalText = None
     """A file holding the Sentinels' password, read on every new Sentinel connection."""
+    redis_sentinel_tls: bool = False
+    """TLS to the Sentinels and to the masters and replicas they name, each verified against
+    RELAY_REDIS_CA_FILE (unset: the system CAs) with its hostname checked: the Sentinels must
+    name servers by the DNS names their certificates carry (`replica-announce-ip`, Sentinel
+    `resolve-hostnames` and `announce-hostnames`), not by IP."""
     node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     """Name of this relay server, sent in `welcome` and on every envelope."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -376,11 +381,19 @@ class Settings(BaseSettings):
                 f"RELAY_REDIS_URLS names Sentinel master {masters[0]!r} but "
                 "RELAY_REDIS_SENTINELS is empty: list the Sentinels (host:port)"
             )
-        if self.redis_ca_file and not any(
-            u.url.startswith("rediss:") for u in self.redis_endpoints
+        if self.redis_sentinel_tls and not self.redis_sentinels:
+            raise ValueError(
+                "RELAY_REDIS_SENTINEL_TLS is set but RELAY_REDIS_SENTINELS is empty: list the "
+                "Sentinels (host:port) or unset it"
+            )
+        if (
+            self.redis_ca_file
+            and not self.redis_sentinel_tls
+            and not any(u.url.startswith("rediss:") for u in self.redis_endpoints)
         ):
             raise ValueError(
-                "RELAY_REDIS_CA_FILE is set but no shard in RELAY_REDIS_URLS uses rediss:// (TLS)"
+                "RELAY_REDIS_CA_FILE is set but no shard in RELAY_REDIS_URLS uses rediss:// (TLS) "
+                "and RELAY_REDIS_SENTINEL_TLS is not set"
             )
         return self
 

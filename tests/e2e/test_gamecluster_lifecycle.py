@@ -403,10 +403,6 @@ INVALID = {
         {"redis": {"mode": "external"}},
         ["spec.redis.external", "redis.mode external needs redis.external.urls"],
     ),
-    "tls-with-replicas": (
-        {"redis": {"replicas": 1, "tls": {"secretName": "arena-tls"}}},
-        ["spec.redis.tls", "redis.tls with redis.replicas > 0 is not supported yet"],
-    ),
     "external-sentinel-without-sentinels": (
         {"redis": {"mode": "external", "external": {"urls": ["sentinel://gc"]}}},
         ["spec.redis.external.sentinels", "sentinel:// URLs need redis.external.sentinels"],

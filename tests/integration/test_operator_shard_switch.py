@@ -10,6 +10,7 @@ request completes the change.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -60,22 +61,29 @@ async def test_an_aborted_switch_is_retried_by_the_operator_and_completes(
     first = await asyncio.to_thread(admin.shards, OWNER, KEY)
     assert (first.shards, first.phase) == ((names[0],), "stable")
 
-    state, action = after_rollout(begin(ShardState(active=1, target=1), 2), rolled_out=True)
+    # The operator's clock: the state machine takes the time as an input, and the relays
+    # do not read it, so the test moves it on instead of waiting out the backoff.
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    state, action = after_rollout(
+        begin(ShardState(active=1, target=1), 2), rolled_out=True, now=now
+    )
     assert action == "switch"
     started = await asyncio.to_thread(admin.switch, OWNER, KEY, names_of(2), 1.0)
-    state = after_reading(state, started, names_of)
+    state = after_reading(state, started, names_of, now=now)
     assert state.phase == "Switching"
 
     async def ended() -> bool:
         nonlocal state
         reading = await asyncio.to_thread(admin.shards, OWNER, KEY)
-        state = after_reading(state, reading, names_of)
+        state = after_reading(state, reading, names_of, now=now)
         return reading.phase == "stable"
 
     await eventually(ended, 15, "the switch to abort")
     aborted = state
     assert aborted.phase == "Rolling" and "blind" in aborted.message
     assert (aborted.active, aborted.redis_shards, aborted.relay_shards) == (1, 2, 2)
+    assert aborted.attempts == 1 and aborted.retry_after == now + timedelta(seconds=10)
+    assert after_rollout(aborted, rolled_out=True, now=now) == (aborted, None)
 
     # The relay that lacked shard b is replaced (as the rollout onto the union does).
     blind.kill()
@@ -85,13 +93,14 @@ async def test_an_aborted_switch_is_retried_by_the_operator_and_completes(
 
     async def switched() -> bool:
         """One operator pass: ask for the switch in Rolling, read the map in Switching."""
-        nonlocal state
-        state, action = after_rollout(state, rolled_out=True)
+        nonlocal state, now
+        now = max(now, state.retry_after or now)  # the backoff's wait, passed
+        state, action = after_rollout(state, rolled_out=True, now=now)
         if action == "switch":
             reading = await asyncio.to_thread(admin.switch, OWNER, KEY, names_of(2), 1.0)
         else:
             reading = await asyncio.to_thread(admin.shards, OWNER, KEY)
-        state = after_reading(state, reading, names_of)
+        state = after_reading(state, reading, names_of, now=now)
         return state.phase == "Stable"
 
     # Until the killed relay is dead_after silent it is still in the barrier: the switch
@@ -99,7 +108,7 @@ async def test_an_aborted_switch_is_retried_by_the_operator_and_completes(
     await eventually(switched, 30, "the retried switch to complete", step=0.2)
     done = state
     assert (done.active, done.target, done.redis_shards, done.relay_shards) == (2, 2, 2, 2)
-    assert done.version >= 2
+    assert done.version >= 2 and (done.attempts, done.retry_after) == (0, None)
 
 
 async def test_a_wrong_key_is_a_clear_error_without_the_key(redis, relay_factory) -> None:

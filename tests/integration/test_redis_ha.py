@@ -19,6 +19,7 @@ first reply, never as a second master.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import signal
@@ -33,17 +34,19 @@ from typing import Any
 import pytest
 import redis
 
+from gamecluster.children import REDIS_PORT, SENTINEL_PORT
 from gamecluster.desired import Inputs, desired
 from gamecluster.load import ReadyPod, RedisAuth, RedisLoadSource
-from gamecluster.manifests import secrets
+from gamecluster.manifests import redis_tls, secrets
 from gamecluster.manifests.redis import ACL_DIR
 from gamecluster.manifests.redis_ha import SENTINEL_DIR
 from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.spec import parse
 from gamecluster_client import Connection as RelayClient
 from relay import contract
+from support import tls as test_tls
 from support.processes import LOOPBACK, _port_open, free_port, stop_process, wait_until
-from support.sentinel import publish_until_acked
+from support.sentinel import TLS_HOST, publish_until_acked
 from support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -62,21 +65,23 @@ FAILOVER_SECONDS = 30
 TIMINGS = {"SENTINEL_DOWN_AFTER_MS": "1000", "SENTINEL_FAILOVER_TIMEOUT_MS": "3000"}
 
 
-def rendered() -> dict[str, Any]:
+def rendered(redis: dict[str, Any]) -> dict[str, Any]:
     inputs = Inputs(relay_image="img", jwt_secret="j" * 40, redis_passwords=PASSWORDS)
-    children = desired(parse({"redis": {"replicas": 1}}), META, inputs)
+    children = desired(parse({"redis": redis}), META, inputs)
     return {f"{m['kind']}/{m['metadata']['name']}": m for m in children}
 
 
-CHILDREN = rendered()
+CHILDREN = rendered({"replicas": 1})
+TLS_CHILDREN = rendered({"replicas": 1, "tls": {"secretName": "gc-tls"}})
+"""spec.redis.tls as well: every server and Sentinel TLS-only."""
 
 
 def secret_value(key: str) -> str:
     return base64.b64decode(CHILDREN["Secret/gc-redis"]["data"][key]).decode()
 
 
-def container(key: str) -> dict[str, Any]:
-    (found,) = CHILDREN[key]["spec"]["template"]["spec"]["containers"]
+def container(key: str, children: dict[str, Any] = CHILDREN) -> dict[str, Any]:
+    (found,) = children[key]["spec"]["template"]["spec"]["containers"]
     return found  # type: ignore[no-any-return]
 
 
@@ -122,37 +127,48 @@ class Pod:
 
 
 class Shard:
-    """The rendered shard 0 (pod 0 and pod 1) and the three rendered Sentinels, on loopback."""
+    """The rendered shard 0 (pod 0 and pod 1) and the three rendered Sentinels, on loopback.
 
-    def __init__(self, workdir: Path) -> None:
+    ``tls``: a directory with support.tls.make_pki's files for ``localhost``, standing in
+    for the mounted TLS Secret; the TLS rendering then runs, and every process is reached
+    and announced as ``localhost`` (the certificate's only name, as pods' DNS names are)."""
+
+    def __init__(self, workdir: Path, tls: Path | None = None) -> None:
         self.workdir = workdir
+        self.tls = tls
+        children = CHILDREN if tls is None else TLS_CHILDREN
+        host = LOOPBACK if tls is None else TLS_HOST
+
+        def local(value: str) -> str:
+            """A path of the pod on this machine."""
+            value = value.replace(ACL_DIR, str(workdir))
+            return value if tls is None else value.replace(redis_tls.DIR, str(tls))
+
         acl = workdir / "users.acl"
         acl_b64 = CHILDREN["Secret/gc-redis-acl"]["data"][secrets.ACL_FILE_KEY]
         acl.write_text(base64.b64decode(acl_b64).decode())
         self.redis_ports = [free_port(), free_port()]
         self.sentinel_ports = [free_port() for _ in range(3)]
-        sentinels = " ".join(f"{LOOPBACK}:{port}" for port in self.sentinel_ports)
-        redis_spec = container("StatefulSet/gc-rs0")
+        sentinels = " ".join(f"{host}:{port}" for port in self.sentinel_ports)
+        redis_spec = container("StatefulSet/gc-rs0", children)
         self.shard_name = environment(redis_spec, "gc-rs0-0", {})["REDIS_SHARD"]
         self.pods = []
         for ordinal, port in enumerate(self.redis_ports):
             data = workdir / f"pod{ordinal}"
             data.mkdir()
-            args = [
-                str(data) if arg == "/data" else arg.replace(ACL_DIR, str(workdir))
-                for arg in redis_spec["args"]
-            ]
+            args = [str(data) if arg == "/data" else local(arg) for arg in redis_spec["args"]]
             log = workdir / f"redis-pod{ordinal}.log"
             env = environment(
                 redis_spec,
                 f"gc-rs0-{ordinal}",
                 {
-                    "REDIS_HOST": LOOPBACK,
+                    "REDIS_HOST": host,
                     "REDIS_PORT": str(port),
-                    "REDIS_MASTER0": f"{LOOPBACK} {self.redis_ports[0]}",
+                    "REDIS_MASTER0": f"{host} {self.redis_ports[0]}",
                     "REDIS_SENTINELS": sentinels,
                 },
             )
+            env = {name: local(value) for name, value in env.items()}
             command = [
                 *redis_spec["command"],
                 *args,
@@ -160,7 +176,7 @@ class Shard:
                 "--logfile", str(workdir / f"redis-server-pod{ordinal}.log"),
             ]  # fmt: skip
             self.pods.append(Pod(f"pod{ordinal}", command, env, port, log))
-        sentinel_spec = container("StatefulSet/gc-sent")
+        sentinel_spec = container("StatefulSet/gc-sent", children)
         self.sentinels = []
         for index, port in enumerate(self.sentinel_ports):
             directory = workdir / f"sentinel{index}"
@@ -169,22 +185,29 @@ class Shard:
                 sentinel_spec,
                 f"gc-sent-{index}",
                 {
-                    "SENTINEL_HOST": LOOPBACK,
+                    "SENTINEL_HOST": host,
                     "SENTINEL_PORT": str(port),
                     "SENTINEL_PEERS": sentinels,
-                    "SENTINEL_SHARDS": f"{self.shard_name}={LOOPBACK}:{self.redis_ports[0]}",
+                    "SENTINEL_SHARDS": f"{self.shard_name}={host}:{self.redis_ports[0]}",
                     "SENTINEL_DIR": str(directory),
                     **TIMINGS,
                 },
             )
+            env = {name: local(value) for name, value in env.items()}
             assert env["SENTINEL_DIR"] != SENTINEL_DIR
             command = [
                 *sentinel_spec["command"],
+                *(local(arg) for arg in sentinel_spec.get("args", [])),
                 "--bind", LOOPBACK,
                 "--logfile", str(workdir / f"sentinel-server-{index}.log"),
             ]  # fmt: skip
             log = workdir / f"sentinel-script-{index}.log"
             self.sentinels.append(Pod(f"sentinel{index}", command, env, port, log))
+
+    def _tls(self) -> dict[str, Any]:
+        if self.tls is None:
+            return {}
+        return {"host": TLS_HOST, "ssl": True, "ssl_ca_certs": str(self.tls / redis_tls.CA_KEY)}
 
     def client(self, pod: int) -> redis.Redis:
         """As the rendered sentinel ACL user (it may read INFO and ROLE)."""
@@ -193,13 +216,16 @@ class Shard:
             username=secrets.SENTINEL_USER,
             password=PASSWORDS.sentinel,
             socket_timeout=2,
+            **self._tls(),
         )
 
     def sentinel(
         self, index: int = 0, password: str | None = PASSWORDS.sentinel_auth
     ) -> redis.Redis:
         """A client of one Sentinel, with the Sentinels' own password (their requirepass)."""
-        return redis.Redis(port=self.sentinel_ports[index], password=password, socket_timeout=2)
+        return redis.Redis(
+            port=self.sentinel_ports[index], password=password, socket_timeout=2, **self._tls()
+        )
 
     def master_port(self, index: int = 0) -> int | None:
         try:
@@ -380,3 +406,106 @@ def no_password_in_logs(directory: Path) -> None:
         for password in (PASSWORDS.replication, PASSWORDS.sentinel, PASSWORDS.sentinel_auth):
             assert password is not None and password not in text, log.name
         assert WRONG_SENTINEL_PASSWORD not in text, log.name
+
+
+@pytest.fixture
+def tls_shard(tmp_path: Path) -> Iterator[Shard]:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    test_tls.make_pki(pki, dns_names=[TLS_HOST])
+    found = Shard(tmp_path, tls=pki)
+    yield found
+    found.stop()
+
+
+async def test_with_tls_a_shard_replicates_fails_over_and_serves_relays_over_tls_only(
+    tls_shard: Shard, relay_factory, tmp_path: Path
+) -> None:
+    """spec.redis.tls with replicas, as rendered: replication, Sentinels, the scripts' and
+    probes' redis-cli, the relay and the load reader all over TLS, hostnames checked
+    against a certificate naming `localhost` only; plain ports off; a failover followed
+    with the fence's new epoch."""
+    shard = tls_shard
+    assert shard.tls is not None
+    pod0, pod1 = shard.pods
+    pod0.start()
+    pod1.start()
+    wait_until(lambda: shard.synced(0, 1), 15, "pod 1 to replicate pod 0 over TLS")
+    for sentinel in shard.sentinels:
+        sentinel.start()
+    wait_until(
+        lambda: all(
+            len(shard.sentinel(i).sentinel_slaves(shard.shard_name)) == 1
+            and shard.sentinel(i).sentinel_master(shard.shard_name)["num-other-sentinels"] == 2
+            for i in range(3)
+        ),
+        30,
+        "every Sentinel to see the replica and the other Sentinels over TLS",
+    )
+    # Addresses handed out by name, never by IP: what the certificate can be checked against.
+    found = shard.sentinel(0).sentinel_get_master_addr_by_name(shard.shard_name)
+    assert (found[0].decode(), int(found[1])) == (TLS_HOST, pod0.port)
+    for port in (*shard.redis_ports, *shard.sentinel_ports):  # TLS only: no plain answer
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(port=port, socket_timeout=2).ping()
+    # The rendered probes, run as the kubelet would (with the pod's environment).
+    for spec, pod in (("StatefulSet/gc-rs0", pod0), ("StatefulSet/gc-sent", shard.sentinels[0])):
+        probe = container(spec, TLS_CHILDREN)["readinessProbe"]["exec"]["command"]
+        command = [
+            part.replace(f"-p {REDIS_PORT} ", f"-p {pod.port} ")
+            .replace(f"-p {SENTINEL_PORT} ", f"-p {pod.port} ")
+            .replace(redis_tls.DIR, str(shard.tls))
+            for part in probe
+        ]
+        assert any(f"-p {pod.port} " in part for part in command), command
+        env = {**pod.env, "REDISCLI_AUTH": PASSWORDS.operator}
+        ran = await asyncio.to_thread(subprocess.run, command, env=env, timeout=10)
+        assert ran.returncode == 0, spec
+
+    relay_env = {
+        item["name"]: item.get("value")
+        for item in container("Deployment/gc-relay", TLS_CHILDREN)["env"]
+    }
+    assert relay_env[contract.ENV_REDIS_SENTINEL_TLS] == "true"
+    assert relay_env[contract.ENV_REDIS_CA_FILE]
+    config = TLS_CHILDREN["ConfigMap/gc-relay"]["data"]
+    settings = {
+        contract.ENV_REDIS_SENTINELS: ",".join(f"{TLS_HOST}:{p}" for p in shard.sentinel_ports),
+        contract.ENV_REDIS_SENTINEL_TLS: "true",
+        contract.ENV_REDIS_CA_FILE: str(shard.tls / redis_tls.CA_KEY),
+        contract.ENV_REDIS_SENTINEL_PASSWORD: PASSWORDS.sentinel_auth,
+        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+        contract.ENV_REDIS_PASSWORD: PASSWORDS.relay,
+        contract.ENV_LOAD_REPORT_SECONDS: "0.2",
+    }
+    urls = config[contract.ENV_REDIS_URLS].split(",")
+    pod = relay_factory("a", redis_urls=urls, env=settings)
+    auth = RedisAuth(
+        contract.OPERATOR_REDIS_USER,
+        PASSWORDS.operator,
+        (shard.tls / redis_tls.CA_KEY).read_text(),
+        sentinels=tuple((TLS_HOST, port) for port in shard.sentinel_ports),
+        sentinel_password=PASSWORDS.sentinel_auth,
+        sentinel_tls=True,
+    )
+    reader, ready = RedisLoadSource(), [ReadyPod("a", None)]
+    await eventually(
+        lambda: reader.read(urls[0], ready, datetime.now(UTC), auth).total == 0,
+        10,
+        "the load report read through the Sentinels over TLS",
+    )
+    async with RelayClient(pod.url) as publisher:
+        epoch = (await publisher.join("match"))["epoch"]
+        for n in range(1, 4):
+            await publisher.publish("match", n, id=f"e{n}")
+        wait_until(lambda: shard.synced(0, 1), 10, "events 1-3 on the replica")
+        pod0.kill()
+        ack = await publish_until_acked(publisher, "match", "after", "after-failover")
+        assert {shard.master_port(i) for i in range(3)} == {pod1.port}
+    async with RelayClient(pod.url) as resuming:
+        joined = await resuming.join("match", since={"epoch": epoch, "offset": 3})
+        assert joined["recovered"] is False and joined["epoch"] != epoch
+        assert joined["offset"] >= ack["offset"]
+    assert "failed over from" in pod.log.read_text()
+    pod.stop()
+    no_password_in_logs(tmp_path)

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,32 @@ async def switch(pod: RelayProcess, *shards: RedisProcess, wait: bool = True) ->
     assert done.returncode == 0, done.stdout + done.stderr
     shown: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
     return shown
+
+
+@contextlib.asynccontextmanager
+async def looking_alive(control: RedisProcess, *nodes: str) -> AsyncIterator[set[str]]:
+    """Renew these relays' liveness on the control shard every 0.2 s while the block runs,
+    as a pod whose event loop is blocked in one task (or that no longer hears the control
+    shard, yet still reports) could look: a SIGSTOPped relay then holds a switch's barrier
+    for as long as the test needs. Yields the renewed set, which the test may change; no
+    renewal is written after the block."""
+    renewed = set(nodes)
+    done = asyncio.Event()
+
+    async def renew() -> None:
+        while not done.is_set():
+            for node in list(renewed):
+                now = str(int(time.time() * 1000))
+                await asyncio.to_thread(control.cli, "ZADD", "gamecluster:alive", now, node)
+            with contextlib.suppress(TimeoutError):  # a period, not a synchronisation
+                await asyncio.wait_for(done.wait(), 0.2)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        yield renewed
+    finally:
+        done.set()
+        await renewing
 
 
 def listeners(shard: RedisProcess, room: str) -> int:
@@ -210,42 +237,32 @@ async def test_a_relay_killed_mid_switch_drops_out_and_one_started_mid_switch_jo
     stuck = relay_factory("stuck", redis_urls=[a.url, b.url], env=slow)
     assert stuck.proc is not None
     stuck.proc.send_signal(signal.SIGSTOP)  # acks nothing
-    # Hung but looking alive (its liveness renewed, as a pod whose event loop is blocked
-    # in one task could): it holds the barrier for as long as this test needs.
-    hung = asyncio.Event()
-
-    async def renew() -> None:
-        while not hung.is_set():
-            now = str(int(time.time() * 1000))
-            await asyncio.to_thread(a.cli, "ZADD", "gamecluster:alive", now, "stuck")
-            await asyncio.sleep(0.2)
-
-    renewing = asyncio.create_task(renew())
     try:
-        assert (await switch(pods[0], a, b, wait=False))["phase"] == "prepare"
-        # Meanwhile the moving room's publishes are refused (retryable), the others not.
-        still = next(r for r in ROOMS if two.place(r) == name(a))
-        async with Connection(pods[1].url) as raw:
-            with pytest.raises(UnavailableError):
-                await raw.publish(room, 1, id="during")
-            acked = await raw.publish(still, 1, id="during")
-            assert acked is not None and acked["op"] == "ack", acked
-        # A relay started now reads the switch from Redis and takes part in it.
-        # (In a thread: the renewals above must go on while it starts.)
-        late = await asyncio.to_thread(relay_factory, "late", redis_urls=[a.url, b.url], env=slow)
-        shown = await asyncio.to_thread(show, late)
-        assert shown["phase"] == "prepare"  # the hung relay holds the barrier
-        # ... and acks its prepare: it is one of the relays the barrier waits for.
-        acks = f"{MAP_KEY}:ack:{a.cli('HGET', MAP_KEY, 'switch')}:prepare"
-        await eventually(lambda: "late" in a.cli("SMEMBERS", acks).split(), 5, "late's ack")
-        hung.set()
-        await renewing
+        # Hung but looking alive: it holds the barrier for as long as this block runs.
+        async with looking_alive(a, "stuck"):
+            assert (await switch(pods[0], a, b, wait=False))["phase"] == "prepare"
+            # Meanwhile the moving room's publishes are refused (retryable), the others not.
+            still = next(r for r in ROOMS if two.place(r) == name(a))
+            async with Connection(pods[1].url) as raw:
+                with pytest.raises(UnavailableError):
+                    await raw.publish(room, 1, id="during")
+                acked = await raw.publish(still, 1, id="during")
+                assert acked is not None and acked["op"] == "ack", acked
+            # A relay started now reads the switch from Redis and takes part in it.
+            # (In a thread: the renewals above must go on while it starts.)
+            late = await asyncio.to_thread(
+                relay_factory, "late", redis_urls=[a.url, b.url], env=slow
+            )
+            shown = await asyncio.to_thread(show, late)
+            assert shown["phase"] == "prepare"  # the hung relay holds the barrier
+            # ... and acks its prepare: it is one of the relays the barrier waits for.
+            acks = f"{MAP_KEY}:ack:{a.cli('HGET', MAP_KEY, 'switch')}:prepare"
+            await eventually(lambda: "late" in a.cli("SMEMBERS", acks).split(), 5, "late's ack")
         stuck.proc.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         await eventually(lambda: show(pods[0])["phase"] == "stable", 15, "the switch to end")
         assert time.monotonic() - killed < 10  # dead_after (3 s) and a poll, under load
     finally:
-        hung.set()
         stuck.kill()
     assert show(late)["version"] == 2
     # The late relay's member of the moved room listens on its new shard: a publish
@@ -404,44 +421,34 @@ async def test_nothing_a_relay_still_on_the_old_map_writes_stays_on_the_old_shar
     assert stuck.proc is not None
     room = next(r for r in ROOMS if ShardMap(1, ("a", "b")).place(r) == "b")
     presence = f"room:{{{room}}}:presence"
-    # Relays that look alive while they ack nothing (their liveness renewed here).
-    renewed = {"stuck"}
-    done = asyncio.Event()
-
-    async def renew() -> None:
-        while not done.is_set():
-            for node in list(renewed):
-                now = str(int(time.time() * 1000))
-                await asyncio.to_thread(a.cli, "ZADD", "gamecluster:alive", now, node)
-            await asyncio.sleep(0.2)
-
-    renewing = asyncio.create_task(renew())
     try:
-        stuck.proc.send_signal(signal.SIGSTOP)
-        started = await asyncio.to_thread(p2.cli, "shards", "switch", "a")
-        assert started.returncode == 0, started.stderr
-        acks = f"{MAP_KEY}:ack:{a.cli('HGET', MAP_KEY, 'switch')}:prepare"
-        await eventually(lambda: set(a.cli("SMEMBERS", acks).split()) == {"p1", "p2"}, 10, "acks")
-        # p2 has prepared; now it stops hearing the control shard (and so the flip) but
-        # stays in the barrier; the stuck relay leaves it, and the map flips.
-        cut.stall()
-        renewed.add("p2")
-        renewed.discard("stuck")
-        stuck.proc.send_signal(signal.SIGKILL)
-        await eventually(lambda: a.cli("HGET", MAP_KEY, "phase") == "move", 10, "the flip")
-        async with Connection(p2.url) as member:
-            # p2 still places the room on b: its member's presence is written there.
-            await member.join(room)
-            await eventually(lambda: b.cli("HLEN", presence) == "1", 5, "presence on b")
-            cut.flow()
-            renewed.discard("p2")
-            await eventually(lambda: a.cli("HGET", MAP_KEY, "phase") == "stable", 15, "stable")
-            # The member is listed where the room is now, and nothing is left on b.
-            assert a.cli("HLEN", presence) == "1"
-            assert b.cli("EXISTS", presence) == "0"
+        # Relays that look alive while they ack nothing (their liveness renewed here).
+        async with looking_alive(a, "stuck") as renewed:
+            stuck.proc.send_signal(signal.SIGSTOP)
+            started = await asyncio.to_thread(p2.cli, "shards", "switch", "a")
+            assert started.returncode == 0, started.stderr
+            acks = f"{MAP_KEY}:ack:{a.cli('HGET', MAP_KEY, 'switch')}:prepare"
+            await eventually(
+                lambda: set(a.cli("SMEMBERS", acks).split()) == {"p1", "p2"}, 10, "acks"
+            )
+            # p2 has prepared; now it stops hearing the control shard (and so the flip) but
+            # stays in the barrier; the stuck relay leaves it, and the map flips.
+            cut.stall()
+            renewed.add("p2")
+            renewed.discard("stuck")
+            stuck.proc.send_signal(signal.SIGKILL)
+            await eventually(lambda: a.cli("HGET", MAP_KEY, "phase") == "move", 10, "the flip")
+            async with Connection(p2.url) as member:
+                # p2 still places the room on b: its member's presence is written there.
+                await member.join(room)
+                await eventually(lambda: b.cli("HLEN", presence) == "1", 5, "presence on b")
+                cut.flow()
+                renewed.discard("p2")
+                await eventually(lambda: a.cli("HGET", MAP_KEY, "phase") == "stable", 15, "stable")
+                # The member is listed where the room is now, and nothing is left on b.
+                assert a.cli("HLEN", presence) == "1"
+                assert b.cli("EXISTS", presence) == "0"
     finally:
-        done.set()
-        await renewing
         stuck.kill()
         cut.close()
 
@@ -499,35 +506,26 @@ async def test_the_move_phase_waits_for_a_hung_relay_and_reports_the_stall(
     hung = relay_factory("hung", redis_urls=[a.url, b.url], env=QUICK)
     assert hung.proc is not None
     hung.proc.send_signal(signal.SIGSTOP)
-    gone = asyncio.Event()
 
-    async def renew() -> None:  # hung, yet looking alive (see the test above)
-        while not gone.is_set():
-            now = str(int(time.time() * 1000))
-            await asyncio.to_thread(a.cli, "ZADD", "gamecluster:alive", now, "hung")
-            await asyncio.sleep(0.2)
-
-    renewing = asyncio.create_task(renew())
     try:
-        names = f"{name(a)},{name(b)}"
-        started = await asyncio.to_thread(pod.cli, "shards", "switch", names, "--timeout", "3")
-        assert started.returncode == 0, started.stderr
-        # As if it had acked the prepare and hung right after: the map flips, and the
-        # move phase waits for it.
-        switch_id = await asyncio.to_thread(a.cli, "HGET", MAP_KEY, "switch")
-        await asyncio.to_thread(a.cli, "SADD", f"{MAP_KEY}:ack:{switch_id}:prepare", "hung")
-        await eventually(lambda: show(pod)["phase"] == "move", 10, "the flip")
-        two = ShardMap(2, (name(a), name(b)))
-        room = next(r for r in ROOMS if two.place(r) == name(b))
-        async with Connection(pod.url) as raw:
-            with pytest.raises(UnavailableError):  # the hung relay may still listen on a
-                await raw.publish(room, 1, id="during")
-        await eventually(lambda: show(pod)["stalled"] is True, 15, "the stall past 3 s")
-        assert show(pod)["phase"] == "move"  # not aborted: relays have moved
-        assert "relay_shard_switch_stalled 1.0" in pod.metrics()
+        async with looking_alive(a, "hung"):  # hung, yet looking alive
+            names = f"{name(a)},{name(b)}"
+            started = await asyncio.to_thread(pod.cli, "shards", "switch", names, "--timeout", "3")
+            assert started.returncode == 0, started.stderr
+            # As if it had acked the prepare and hung right after: the map flips, and the
+            # move phase waits for it.
+            switch_id = await asyncio.to_thread(a.cli, "HGET", MAP_KEY, "switch")
+            await asyncio.to_thread(a.cli, "SADD", f"{MAP_KEY}:ack:{switch_id}:prepare", "hung")
+            await eventually(lambda: show(pod)["phase"] == "move", 10, "the flip")
+            two = ShardMap(2, (name(a), name(b)))
+            room = next(r for r in ROOMS if two.place(r) == name(b))
+            async with Connection(pod.url) as raw:
+                with pytest.raises(UnavailableError):  # the hung relay may still listen on a
+                    await raw.publish(room, 1, id="during")
+            await eventually(lambda: show(pod)["stalled"] is True, 15, "the stall past 3 s")
+            assert show(pod)["phase"] == "move"  # not aborted: relays have moved
+            assert "relay_shard_switch_stalled 1.0" in pod.metrics()
     finally:
-        gone.set()
-        await renewing
         hung.kill()
     await eventually(lambda: show(pod)["phase"] == "stable", 15, "the hung relay to drop out")
     assert "relay_shard_switch_stalled 0.0" in pod.metrics()
@@ -544,36 +542,27 @@ async def test_switch_wait_gives_up_on_a_stalled_move_phase_naming_who_it_waits_
     hung = relay_factory("hung", redis_urls=[a.url, b.url], env=QUICK)
     assert hung.proc is not None
     hung.proc.send_signal(signal.SIGSTOP)
-    gone = asyncio.Event()
-
-    async def renew() -> None:  # hung, yet looking alive (see the test above)
-        while not gone.is_set():
-            now = str(int(time.time() * 1000))
-            await asyncio.to_thread(a.cli, "ZADD", "gamecluster:alive", now, "hung")
-            await asyncio.sleep(0.2)
 
     async def prepared_by_the_hung_relay() -> None:  # it acked the prepare, then hung
         await eventually(lambda: a.cli("HGET", MAP_KEY, "phase") == "prepare", 10, "a switch")
         switch_id = await asyncio.to_thread(a.cli, "HGET", MAP_KEY, "switch")
         await asyncio.to_thread(a.cli, "SADD", f"{MAP_KEY}:ack:{switch_id}:prepare", "hung")
 
-    renewing = asyncio.create_task(renew())
     try:
-        names = f"{name(a)},{name(b)}"
-        args = ("shards", "switch", names, "--timeout", "2", "--wait", "--wait-timeout", "4")
-        started = time.monotonic()
-        done, _ = await asyncio.gather(
-            asyncio.to_thread(pod.cli, *args, timeout=30), prepared_by_the_hung_relay()
-        )
-        took = time.monotonic() - started
-        assert done.returncode == 1, done.stdout + done.stderr
-        assert 4 <= took < 15, took
-        assert "still in its move phase (stalled" in done.stderr, done.stderr
-        assert "waiting for hung (seen" in done.stderr and "p1" not in done.stderr, done.stderr
-        assert show(pod)["phase"] == "move"  # the switch itself goes on
+        async with looking_alive(a, "hung"):  # hung, yet looking alive
+            names = f"{name(a)},{name(b)}"
+            args = ("shards", "switch", names, "--timeout", "2", "--wait", "--wait-timeout", "4")
+            started = time.monotonic()
+            done, _ = await asyncio.gather(
+                asyncio.to_thread(pod.cli, *args, timeout=30), prepared_by_the_hung_relay()
+            )
+            took = time.monotonic() - started
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert 4 <= took < 15, took
+            assert "still in its move phase (stalled" in done.stderr, done.stderr
+            assert "waiting for hung (seen" in done.stderr and "p1" not in done.stderr, done.stderr
+            assert show(pod)["phase"] == "move"  # the switch itself goes on
     finally:
-        gone.set()
-        await renewing
         hung.kill()
     await eventually(lambda: show(pod)["phase"] == "stable", 15, "the hung relay to drop out")
 

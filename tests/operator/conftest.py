@@ -11,7 +11,14 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kopf_harness import RELAY_IMAGE, FakeLoad, FakeRelayAdmin, Harness, declare_resources
+from kopf_harness import (
+    RELAY_IMAGE,
+    FakeLoad,
+    FakeRelayAdmin,
+    Harness,
+    OperatorClock,
+    declare_resources,
+)
 from kubernetes import client as k8s
 
 from gamecluster import handlers
@@ -39,9 +46,13 @@ async def harness(kmock: kmock.KubernetesEmulator, load: FakeLoad) -> AsyncItera
     configuration = k8s.Configuration(host=server)
     api = k8s.ApiClient(configuration)
     relay_admin = FakeRelayAdmin()
+    clock = OperatorClock()
     context = handlers.Context(
         reconciler=Reconciler(
-            KubeCluster(api, timeout_seconds=5), relay_image=RELAY_IMAGE, relay_admin=relay_admin
+            KubeCluster(api, timeout_seconds=5),
+            relay_image=RELAY_IMAGE,
+            relay_admin=relay_admin,
+            clock=clock,
         ),
         load=load,
     )
@@ -66,7 +77,7 @@ async def harness(kmock: kmock.KubernetesEmulator, load: FakeLoad) -> AsyncItera
     thread.start()
     assert await asyncio.to_thread(ready.wait, 10), "kopf did not start"
     try:
-        yield Harness(kmock, load, context.metrics, relay_admin)
+        yield Harness(kmock, load, context.metrics, relay_admin, clock)
     finally:
         stop.set()
         try:

@@ -23,7 +23,7 @@ import importlib.resources
 import pathlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -109,11 +109,26 @@ class FakeRelayAdmin:
             self.map = MapReading(self.map.version, self.map.shards, "prepare")
         return self.map
 
-    def finish(self) -> None:
-        self.map = MapReading(self.map.version + 1, self.next, "stable")
+    def finish(self, *, abort: str | None = None) -> None:
+        """The switch ends: done, or aborted with the relays' reason (the old map stays)."""
+        if abort is not None:
+            self.map = MapReading(self.map.version, self.map.shards, "stable", last=abort)
+        else:
+            self.map = MapReading(self.map.version + 1, self.next, "stable")
 
     def posts(self) -> list[tuple[str, ...]]:
         return [shards for method, shards in self.calls if method == "POST"]
+
+
+@dataclass
+class OperatorClock:
+    """The reconciler's clock: wall time plus ``ahead``, which a test moves on to pass a
+    wait of the operator's own (a switch's backoff) without sleeping through it."""
+
+    ahead: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
 
 
 def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
@@ -141,6 +156,8 @@ class Harness:
     """The running operator's own metrics (handlers.Context.metrics)."""
     relay_admin: FakeRelayAdmin = field(default_factory=FakeRelayAdmin)
     """The relays' server API as the operator's reconciler sees it."""
+    clock: OperatorClock = field(default_factory=OperatorClock)
+    """The reconciler's clock."""
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of the operator's /metrics exposition, parsed as Prometheus would;

@@ -1,5 +1,6 @@
 """The operator as it runs: kopf handlers, the SSA client, the reconciler, against kmock."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -385,6 +386,54 @@ async def test_shard_change_switches_the_map_between_relay_rollouts(harness: Har
         ),
         what="Redis shrunk once the relays rolled",
     )
+
+
+async def test_a_switch_that_keeps_aborting_backs_off(harness: Harness) -> None:
+    admin = harness.relay_admin
+    admin.map = admin.map.__class__(1, shard_names(1), "stable")
+    await harness.create_gamecluster("arena", {"redis": {"shards": 1}})
+    await harness.eventually(lambda: deployment(harness))
+    await harness.patch(
+        gc_path("arena"), {"metadata": {"generation": 2}, "spec": {"redis": {"shards": 2}}}
+    )
+    await harness.eventually(lambda: relay_url_count(harness) == 2, what="the union")
+    await set_rolled_out(harness, True)
+    await harness.eventually(lambda: admin.posts() == [shard_names(2)], what="the first switch")
+    admin.finish(abort="aborted: relay arena-relay-x lacks shard arena-redis-1")
+    waiting = await harness.eventually(
+        lambda: (s := shards_status(harness))["phase"] == "Rolling" and s["attempts"] == 1 and s,
+        what="the abort recorded",
+    )
+    retry_after = datetime.fromisoformat(waiting["retryAfter"])
+    # Truncated to the second and read a moment after it was written: at most 10 s ahead.
+    assert 0 < (retry_after - datetime.now(UTC)).total_seconds() <= 10
+    assert f"next attempt at {waiting['retryAfter']}" in waiting["message"]
+    assert "lacks shard arena-redis-1" in waiting["message"]
+    reconciling = next(
+        c
+        for c in harness.gamecluster("arena")["status"]["conditions"]
+        if c["type"] == "Reconciling"
+    )
+    assert reconciling["reason"] == "ShardSwitchRetrying"
+    # Passes go on (the resync timer, 0.5 s here); none asks the relays again meanwhile.
+    passes = harness.metric("gamecluster_reconciles_total", kind="drift")
+    await harness.eventually(
+        lambda: harness.metric("gamecluster_reconciles_total", kind="drift") >= passes + 5,
+        what="five more passes",
+    )
+    assert admin.posts() == [shard_names(2)]
+    assert shards_status(harness)["retryAfter"] == waiting["retryAfter"]
+    # Past the wait: asked again, at the next pass.
+    harness.clock.ahead = timedelta(seconds=10)
+    await harness.eventually(
+        lambda: len(admin.posts()) == 2 and shards_status(harness)["phase"] == "Switching",
+        what="the second attempt",
+    )
+    admin.finish()
+    done = await harness.eventually(
+        lambda: (s := shards_status(harness))["phase"] == "Stable" and s, what="Stable"
+    )
+    assert (done["active"], done["attempts"], done["retryAfter"]) == (2, 0, "")
 
 
 async def test_autoscaler_follows_the_load_reports(harness: Harness) -> None:

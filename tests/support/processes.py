@@ -76,6 +76,7 @@ class RedisProcess:
         port: int | None = None,
         extra_args: Sequence[str] = (),
         cli_auth: tuple[str, str] | None = None,
+        cli_args: Sequence[str] = (),
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -88,6 +89,8 @@ class RedisProcess:
         """More redis-server options (`--aclfile`, `--maxmemory`, ...), appended as given."""
         self.cli_auth = cli_auth
         """(user, password) for `cli()` when the default user is off."""
+        self.cli_args = list(cli_args)
+        """More redis-cli options for `cli()` (`--tls --cacert ...` for a TLS-only server)."""
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / f"redis-{self.port}.log"
 
@@ -133,7 +136,7 @@ class RedisProcess:
             auth = ["--user", self.cli_auth[0]]
             env["REDISCLI_AUTH"] = self.cli_auth[1]  # not on the command line (ps)
         out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *auth, *args],
+            ["redis-cli", "-p", str(self.port), *self.cli_args, *auth, *args],
             capture_output=True,
             text=True,
             timeout=10,

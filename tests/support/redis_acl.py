@@ -35,7 +35,11 @@ def write_acl_file(path: Path) -> Path:
 
 
 def acl_redis(
-    workdir: Path, extra_args: Sequence[str] = (), *, port: int | None = None
+    workdir: Path,
+    extra_args: Sequence[str] = (),
+    *,
+    port: int | None = None,
+    cli_args: Sequence[str] = (),
 ) -> RedisProcess:
     """A started redis-server with that ACL file and protected mode on; `cli()` is the admin."""
     acl = write_acl_file(workdir / f"users-{token_urlsafe(4)}.acl")
@@ -44,6 +48,7 @@ def acl_redis(
         port=port,
         extra_args=["--aclfile", str(acl), "--protected-mode", "yes", *extra_args],
         cli_auth=(ADMIN_USER, ADMIN_PASSWORD),
+        cli_args=cli_args,
     ).start()
 
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gamecluster.manifests import redis_tls
 from gamecluster_client import Connection as RelayClient
 from gamecluster_client import ServerError as RelayError
 from support import redis_acl
@@ -29,13 +30,40 @@ FAILOVER_SECONDS = 30
 """Bound on the Sentinels noticing the master is gone (1 s) and promoting the replica."""
 
 
-def replicated(workdir: Path) -> tuple[RedisProcess, RedisProcess]:
-    """A started master and a replica that has synced with it."""
+TLS_HOST = "localhost"
+"""With TLS: the one name the servers' and Sentinels' certificate carries (not 127.0.0.1),
+which they announce and the Sentinels hand out, as the operator's pods do with their DNS
+names."""
+
+
+def tls_flags(tls: Path) -> list[str]:
+    """The operator's TLS flags for the PKI in `tls` (support.tls.make_pki: ca.crt,
+    tls.crt, tls.key) without its ports, plus TLS for replication (and, in a Sentinel, for
+    its connections to servers and other Sentinels)."""
+    return [*redis_tls.certificate_args(str(tls)), "--tls-replication", "yes"]
+
+
+def replicated(workdir: Path, tls: Path | None = None) -> tuple[RedisProcess, RedisProcess]:
+    """A started master and a replica that has synced with it; with `tls` (a directory
+    with support.tls.make_pki's files for TLS_HOST), both serve and replicate over TLS only
+    and announce themselves as TLS_HOST."""
     replication = ["--masteruser", redis_acl.ADMIN_USER, "--masterauth", redis_acl.ADMIN_PASSWORD]
-    master = redis_acl.acl_redis(workdir, replication)
-    replica = redis_acl.acl_redis(
-        workdir, [*replication, "--replicaof", LOOPBACK, str(master.port)]
-    )
+    host, cli_args = LOOPBACK, []
+    if tls is not None:
+        host, cli_args = TLS_HOST, ["--tls", "--cacert", str(tls / redis_tls.CA_KEY)]
+
+    def server(args: list[str]) -> RedisProcess:
+        if tls is None:
+            return redis_acl.acl_redis(workdir, args)
+        port = free_port()
+        listen = ["--port", "0", "--tls-port", str(port), *tls_flags(tls)]
+        announce = ["--replica-announce-ip", TLS_HOST]
+        return redis_acl.acl_redis(
+            workdir, [*listen, *announce, *args], port=port, cli_args=cli_args
+        )
+
+    master = server(replication)
+    replica = server([*replication, "--replicaof", host, str(master.port)])
     wait_until(
         lambda: "master_link_status:up" in replica.cli("INFO", "replication"),
         10,
@@ -49,7 +77,13 @@ class SentinelProcess:
     Sentinel ACL lines (Redis 6.2+) that, with `user default off`, make it require a login."""
 
     def __init__(
-        self, workdir: Path, master_port: int, *, quorum: int = 1, users: str = ""
+        self,
+        workdir: Path,
+        master_port: int,
+        *,
+        quorum: int = 1,
+        users: str = "",
+        tls: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.config = workdir / f"sentinel-{self.port}.conf"
@@ -61,9 +95,24 @@ class SentinelProcess:
                 "run `make system-deps`"
             )
         self.binary = binary
+        listen, host = f"port {self.port}\n", LOOPBACK
+        self.cli_args: list[str] = []
+        if tls is not None:
+            # TLS only, to clients, servers and the other Sentinels; addresses handed out
+            # as TLS_HOST (resolve-hostnames before the monitor line that names it).
+            flags = tls_flags(tls)
+            pairs = zip(flags[::2], flags[1::2], strict=True)
+            listen = f"port 0\ntls-port {self.port}\n" + "".join(
+                f"{flag.removeprefix('--')} {value}\n" for flag, value in pairs
+            )
+            listen += (
+                "sentinel resolve-hostnames yes\nsentinel announce-hostnames yes\n"
+                f"sentinel announce-ip {TLS_HOST}\n"
+            )
+            host, self.cli_args = TLS_HOST, ["--tls", "--cacert", str(tls / redis_tls.CA_KEY)]
         self.config.write_text(
-            f"port {self.port}\nbind {LOOPBACK}\ndir {workdir}\nlogfile {self.log}\n"
-            f"sentinel monitor {MASTER} {LOOPBACK} {master_port} {quorum}\n"
+            f"{listen}bind {LOOPBACK}\ndir {workdir}\nlogfile {self.log}\n"
+            f"sentinel monitor {MASTER} {host} {master_port} {quorum}\n"
             f"sentinel auth-user {MASTER} {redis_acl.ADMIN_USER}\n"
             f"sentinel auth-pass {MASTER} {redis_acl.ADMIN_PASSWORD}\n"
             f"sentinel down-after-milliseconds {MASTER} 1000\n"
@@ -94,12 +143,17 @@ class SentinelProcess:
             auth = ["--user", self.cli_auth[0]]
             env["REDISCLI_AUTH"] = self.cli_auth[1]  # not on the command line (ps)
         return subprocess.run(
-            ["redis-cli", "-p", str(self.port), *auth, *args],
+            ["redis-cli", "-p", str(self.port), *self.cli_args, *auth, *args],
             capture_output=True,
             text=True,
             timeout=10,
             env=env,
         ).stdout.strip()
+
+    def master(self) -> tuple[str, int] | None:
+        """The master's address as this Sentinel hands it out."""
+        out = self.cli("SENTINEL", "get-master-addr-by-name", MASTER).split()
+        return (out[0], int(out[1])) if len(out) == 2 else None
 
     def master_port(self) -> int | None:
         out = self.cli("SENTINEL", "get-master-addr-by-name", MASTER).split()

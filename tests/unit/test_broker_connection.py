@@ -36,3 +36,25 @@ def test_the_client_connects_to_the_clean_url_with_the_provider() -> None:
     assert kwargs["host"] == "a" and kwargs["db"] == 2
     assert "password" not in kwargs or kwargs["password"] is None
     assert "s3cret" not in repr(client) and "s3cret" not in repr(kwargs)
+
+
+def test_sentinel_tls_verifies_the_sentinels_and_the_servers_they_name() -> None:
+    """TLS arguments for the Sentinels and the masters (and a fenced master's direct client):
+    the CA file, the hostname checked; none of it without RELAY_REDIS_SENTINEL_TLS."""
+    endpoint = RedisEndpoint.parse("sentinel://gc/0")
+    wanted = {"ssl_cert_reqs": "required", "ssl_check_hostname": True, "ssl_ca_certs": "/ca.pem"}
+    tls = Connector(sentinels=(("s1", 26379),), ca_file="/ca.pem", sentinel_tls=True)
+    (sentinel,) = tls._sentinel(1.0).sentinels
+    assert wanted.items() <= sentinel.connection_pool.connection_kwargs.items()
+    assert sentinel.connection_pool.connection_class.__name__ == "SSLConnection"
+    master = tls.client(endpoint, timeout=1.0, retries=0)
+    assert master.connection_pool.connection_class.__name__ == "SentinelManagedSSLConnection"
+    assert wanted.items() <= master.connection_pool.connection_kwargs.items()
+    direct = tls.direct(endpoint, ("redis-0.svc", 6379), timeout=1.0)
+    assert wanted.items() <= direct.connection_pool.connection_kwargs.items()
+    assert direct.connection_pool.connection_class.__name__ == "SSLConnection"
+    plain = Connector(sentinels=(("s1", 26379),))
+    (sentinel,) = plain._sentinel(1.0).sentinels
+    assert sentinel.connection_pool.connection_class.__name__ == "Connection"
+    master = plain.client(endpoint, timeout=1.0, retries=0)
+    assert master.connection_pool.connection_class.__name__ == "SentinelManagedConnection"

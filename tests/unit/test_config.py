@@ -124,6 +124,25 @@ def test_sentinel_shards_name_a_master_and_need_the_sentinels(
         load_settings()
 
 
+def test_sentinel_tls_needs_the_sentinels_and_takes_the_ca_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RELAY_AUTH", "none")
+    monkeypatch.setenv("RELAY_REDIS_URLS", "rediss://a:1/0")
+    monkeypatch.setenv("RELAY_REDIS_SENTINEL_TLS", "true")
+    monkeypatch.setenv("RELAY_REDIS_CA_FILE", __file__)
+    with pytest.raises(ConfigError, match="RELAY_REDIS_SENTINEL_TLS is set but RELAY_REDIS_SENT"):
+        load_settings()
+    monkeypatch.setenv("RELAY_REDIS_URLS", "sentinel://gc")
+    monkeypatch.setenv("RELAY_REDIS_SENTINELS", "s1:26379")
+    settings = load_settings()
+    assert settings.redis_sentinel_tls and settings.redis_ca_file == __file__
+    # Without it, a CA file with no rediss:// shard is still a mistake worth saying.
+    monkeypatch.delenv("RELAY_REDIS_SENTINEL_TLS")
+    with pytest.raises(ConfigError, match="RELAY_REDIS_SENTINEL_TLS is not set"):
+        load_settings()
+
+
 def test_admin_port_and_api_keys_are_checked_and_keys_never_shown(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

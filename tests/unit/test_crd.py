@@ -329,10 +329,6 @@ INVALID = [
         },
         "redis.tls is for the managed Redis",
     ),
-    (
-        {"redis": {"replicas": 1, "tls": {"secretName": "arena-tls"}}},
-        "redis.tls with redis.replicas > 0 is not supported yet",
-    ),
     ({"auth": {"algorithm": "RS256"}}, "RS256 needs auth.secretName"),
     ({"tracing": {"enabled": True}}, "tracing.enabled needs tracing.otlpEndpoint"),
     ({"redis": {"ackReplicas": 1}}, "ackReplicas cannot exceed redis.replicas"),

@@ -3,7 +3,7 @@
 import base64
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -266,13 +266,15 @@ class ShardRun:
 
     def __init__(self, cluster: MemoryCluster, admin: FakeRelayAdmin) -> None:
         self.cluster, self.admin = cluster, admin
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+        """The operator's clock (tests move it on)."""
         self.restart()
 
     def restart(self) -> None:
         self.reconciler = Reconciler(
             self.cluster,
             relay_image="img",
-            clock=lambda: datetime(2026, 1, 1, tzinfo=UTC),
+            clock=lambda: self.now,
             new_secret=lambda: "s" * 48,
             relay_admin=self.admin,
         )
@@ -408,8 +410,47 @@ def test_an_aborted_or_unasked_switch_is_reported_and_asked_again() -> None:
     shards = passes({"redis": {"shards": 2}})
     assert shards["phase"] == "Rolling" and "did not ack prepare" in shards["message"]
     assert cluster.objects[("StatefulSet", "arena-redis")]["spec"]["replicas"] == 2
+    # The refused request (nothing started) was no attempt; the aborted switch was.
+    assert (shards["attempts"], shards["retryAfter"]) == (1, "2026-01-01T00:00:10Z")
+    reconciling = conditions(cluster.status)["Reconciling"]
+    assert reconciling["reason"] == "ShardSwitchRetrying"
+    assert "next attempt at 2026-01-01T00:00:10Z" in reconciling["message"]
+    # Not asked again before then, by this operator or a restarted one.
+    passes.now += timedelta(seconds=9)
+    assert passes({"redis": {"shards": 2}})["phase"] == "Rolling"
+    passes.restart()
+    assert passes({"redis": {"shards": 2}}, full=True)["phase"] == "Rolling"
+    assert [call for call, _ in admin.calls] == ["POST", "POST", "GET"]
+    passes.now += timedelta(seconds=1)
     assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
     assert [call for call, _ in admin.calls] == ["POST", "POST", "GET", "POST"]
+    # Aborted again: twice the wait.
+    admin.finish(abort="aborted: relay arena-relay-x did not ack prepare")
+    shards = passes({"redis": {"shards": 2}})
+    assert (shards["attempts"], shards["retryAfter"]) == (2, "2026-01-01T00:00:30Z")
+    passes.now += timedelta(seconds=20)
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
+    admin.finish()
+    shards = passes({"redis": {"shards": 2}})
+    assert (shards["phase"], shards["attempts"], shards["retryAfter"]) == ("Stable", 0, "")
+
+
+def test_a_pass_handed_an_older_body_acts_on_the_stored_status() -> None:
+    """Passes queue on the reconciler's lock with the body they were handed: one from
+    before the switch was asked must not ask again (a second switch, past any backoff)."""
+    cluster, admin = MemoryCluster(), FakeRelayAdmin(names(1))
+    passes = ShardRun(cluster, admin)
+    passes({"redis": {"shards": 1}}, full=True)
+    passes({"redis": {"shards": 2}}, full=True)
+    roll_out(cluster)
+    stale = {"metadata": META, "spec": {"redis": {"shards": 2}}, "status": dict(cluster.status)}
+    assert stale["status"]["shards"]["phase"] == "Rolling"
+    # The API server's copy: its status is the one the passes write.
+    cluster.objects[("GameCluster", "arena")] = {**stale, "status": cluster.status}
+    assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
+    passes.reconciler.run(stale, full=True)
+    assert cluster.status["shards"]["phase"] == "Switching"
+    assert [call for call, _ in admin.calls] == ["POST", "GET"]
 
 
 def test_a_switch_whose_answer_was_lost_is_read_before_anything_shrinks() -> None:
@@ -440,6 +481,10 @@ def test_a_request_that_started_nothing_is_asked_again_after_a_read() -> None:
     admin.down = None
     shards = passes({"redis": {"shards": 2}})  # the map is the old one, stable
     assert shards["phase"] == "Rolling" and admin.calls[-1] == ("GET", ())
+    # It may have started and aborted (the relays' prepare phase refused the moving
+    # rooms): counted as an attempt, so it waits as one.
+    assert shards["attempts"] == 1
+    passes.now += timedelta(seconds=10)
     assert passes({"redis": {"shards": 2}})["phase"] == "Switching"
     assert admin.calls[-1] == ("POST", tuple(names(2)))
 

@@ -484,3 +484,66 @@ def test_an_external_redis_behind_sentinels_gets_their_addresses_and_password_fr
     problem = check_external(Secrets(stored), parse(spec), owner)  # type: ignore[arg-type]
     assert problem is not None and problem.reason == "RedisSecretKeyMissing"
     assert "'sentinel-password'" in problem.message
+
+
+TLS_HA = {"redis": {"shards": 2, "replicas": 1, "tls": {"secretName": "arena-tls"}}}
+CERTIFICATE = {"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA"}
+
+
+def test_with_tls_servers_replication_sentinels_probes_and_relays_use_tls_only() -> None:
+    """The TLS wiring of a shard with replicas (run for real in test_redis_ha.py)."""
+    inputs = Inputs(
+        relay_image="img", jwt_secret="s3cret", redis_passwords=PASSWORDS, redis_tls=CERTIFICATE
+    )
+    built = {
+        f"{m['kind']}/{m['metadata']['name']}": m for m in desired(parse(TLS_HA), META, inputs)
+    }
+    mount = {"name": "tls", "mountPath": "/etc/gamecluster/redis-tls", "readOnly": True}
+    for key in ("StatefulSet/arena-rs0", "StatefulSet/arena-rs1", "StatefulSet/arena-sent"):
+        pod = built[key]["spec"]["template"]
+        found = container(built, key)
+        env = {item["name"]: item.get("value") for item in found["env"]}
+        # Every redis-cli of the scripts and probes speaks TLS, checking the chain.
+        assert env["REDIS_CLI_TLS"] == "--tls --cacert /etc/gamecluster/redis-tls/ca.crt"
+        assert mount in found["volumeMounts"]
+        assert {"name": "tls", "secret": {"secretName": "arena-tls", "defaultMode": 0o440}} in pod[
+            "spec"
+        ]["volumes"]
+        # A renewed certificate rolls the servers and the Sentinels.
+        assert "gamecluster.io/redis-tls" in pod["metadata"]["annotations"]
+        assert "${REDIS_CLI_TLS:-}" in found["readinessProbe"]["exec"]["command"][2] or (
+            "--tls" in found["readinessProbe"]["exec"]["command"][2]
+        )
+        # The start scripts write `port 0` + `tls-port`; the certificate comes as options.
+        assert env["SENTINEL_TLS" if key == "StatefulSet/arena-sent" else "REDIS_TLS"] == "yes"
+        args = found["args"]
+        assert args[args.index("--tls-replication") + 1] == "yes"
+        assert args[args.index("--tls-cert-file") + 1] == "/etc/gamecluster/redis-tls/tls.crt"
+        assert "--port" not in args
+    assert "port 0\ntls-port $REDIS_PORT" in redis_ha.REDIS_START
+    assert 'echo "tls-port $SENTINEL_PORT"' in redis_ha.SENTINEL_START
+    relay = {item["name"]: item for item in container(built, "Deployment/arena-relay")["env"]}
+    assert relay[contract.ENV_REDIS_SENTINEL_TLS]["value"] == "true"
+    assert relay[contract.ENV_REDIS_CA_FILE]["value"] == "/etc/gamecluster/redis-ca/ca.crt"
+    # Without TLS, none of it.
+    plain = build(HA)
+    for key in ("StatefulSet/arena-rs0", "StatefulSet/arena-sent"):
+        names_ = {item["name"] for item in container(plain, key)["env"]}
+        assert not names_ & {"REDIS_TLS", "REDIS_CLI_TLS", "SENTINEL_TLS"}
+    assert "args" not in container(plain, "StatefulSet/arena-sent")  # as before TLS existed
+    plain_relay = {item["name"] for item in container(plain, "Deployment/arena-relay")["env"]}
+    assert contract.ENV_REDIS_SENTINEL_TLS not in plain_relay
+
+
+def test_with_tls_the_load_reader_speaks_tls_to_the_sentinels() -> None:
+    owner = Owner("arena", "games", "u")
+    stored = {
+        "data": {
+            key: base64.b64encode(value.encode()).decode()
+            for key, value in ({"operatorPassword": "op"} | CERTIFICATE).items()
+        }
+    }
+    auth = operator_auth(Secrets(stored), parse(TLS_HA), owner)  # type: ignore[arg-type]
+    assert auth is not None and auth.sentinel_tls and auth.ca_pem == "CA"
+    plain = operator_auth(Secrets(stored), parse(HA), owner)  # type: ignore[arg-type]
+    assert plain is not None and not plain.sentinel_tls

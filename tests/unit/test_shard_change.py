@@ -1,7 +1,9 @@
 """A change of spec.redis.shards: the state machine (gamecluster.shards) and the children
 desired at each of its stages."""
 
+import dataclasses
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
@@ -13,11 +15,13 @@ from gamecluster.children import Owner
 from gamecluster.desired import Inputs, desired, shard_names
 from gamecluster.manifests.secrets import RedisPasswords
 from gamecluster.shards import (
+    MESSAGE_MAX,
     MapReading,
     ShardState,
     after_reading,
     after_rollout,
     begin,
+    retry_delay,
     rollout_complete,
 )
 from gamecluster.spec import parse
@@ -27,6 +31,7 @@ pytestmark = pytest.mark.unit
 
 META = {"name": "arena", "namespace": "games", "uid": "uid-1", "generation": 3}
 OWNER = Owner.from_meta(META)
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 INPUTS = Inputs(
     relay_image="img",
     jwt_secret="s3cret",
@@ -56,13 +61,13 @@ def test_growing_runs_the_union_switches_after_the_rollout_then_is_stable() -> N
     state = begin(ShardState(active=1, target=1), 2)
     assert (state.phase, state.redis_shards, state.relay_shards) == ("Rolling", 2, 2)
     # Relays still rolling onto the union: nothing is asked of them.
-    assert after_rollout(state, rolled_out=False) == (state, None)
-    state, action = after_rollout(state, rolled_out=True)
+    assert after_rollout(state, rolled_out=False, now=T0) == (state, None)
+    state, action = after_rollout(state, rolled_out=True, now=T0)
     assert (state.phase, action) == ("Switching", "switch")
     moving = MapReading(version=2, shards=tuple(names_of(1)), phase="prepare")
-    state = after_reading(state, moving, names_of)
+    state = after_reading(state, moving, names_of, now=T0)
     assert (state.phase, state.active, state.stalled) == ("Switching", 1, False)
-    state = after_reading(state, stable(names_of(2)), names_of)
+    state = after_reading(state, stable(names_of(2)), names_of, now=T0)
     # Nothing to remove: the relays already list exactly the target.
     assert state == ShardState(active=2, target=2, phase="Stable", version=2)
     assert (state.redis_shards, state.relay_shards) == (2, 2)
@@ -71,36 +76,107 @@ def test_growing_runs_the_union_switches_after_the_rollout_then_is_stable() -> N
 def test_shrinking_rolls_relays_off_the_removed_shards_before_redis_shrinks() -> None:
     state = begin(ShardState(active=3, target=3), 1)
     assert (state.redis_shards, state.relay_shards) == (3, 3)
-    state, _ = after_rollout(state, rolled_out=True)
-    state = after_reading(state, stable(names_of(1)), names_of)
+    state, _ = after_rollout(state, rolled_out=True, now=T0)
+    state = after_reading(state, stable(names_of(1)), names_of, now=T0)
     assert (state.phase, state.active) == ("Shrinking", 1)
     # The map no longer names shards 1 and 2: the relays drop them, Redis still runs them.
     assert (state.redis_shards, state.relay_shards) == (3, 1)
-    assert after_rollout(state, rolled_out=False)[0].phase == "Shrinking"
-    state, action = after_rollout(state, rolled_out=True)
+    assert after_rollout(state, rolled_out=False, now=T0)[0].phase == "Shrinking"
+    state, action = after_rollout(state, rolled_out=True, now=T0)
     assert (state.phase, action, state.redis_shards, state.relay_shards) == ("Stable", None, 1, 1)
 
 
 def test_an_aborted_switch_goes_back_to_rolling_with_the_relays_reason() -> None:
-    state, _ = after_rollout(begin(ShardState(active=1, target=1), 2), rolled_out=True)
+    state, _ = after_rollout(begin(ShardState(active=1, target=1), 2), rolled_out=True, now=T0)
     why = "aborted: relay pod-a lacks shard arena-redis-1"
-    state = after_reading(state, stable(names_of(1), last=why), names_of)
+    state = after_reading(state, stable(names_of(1), last=why), names_of, now=T0)
     assert state.phase == "Rolling" and why in state.message
-    # Union kept; asked again once the rollout is (still) complete.
+    # Union kept; asked again once the rollout is (still) complete and the backoff passed.
     assert (state.redis_shards, state.relay_shards) == (2, 2)
-    assert after_rollout(state, rolled_out=True)[1] == "switch"
+    assert after_rollout(state, rolled_out=True, now=T0 + timedelta(seconds=10))[1] == "switch"
+
+
+def abort(state: ShardState, now: datetime) -> ShardState:
+    """One aborted attempt: asked at ``now``, the relays answer with the old map."""
+    state, action = after_rollout(state, rolled_out=True, now=now)
+    assert (state.phase, action) == ("Switching", "switch")
+    return after_reading(state, stable(names_of(1), last="aborted: deadline"), names_of, now=now)
+
+
+def test_a_switch_that_keeps_aborting_waits_longer_each_time_up_to_the_cap() -> None:
+    state = begin(ShardState(active=1, target=1), 2)
+    now, waits = T0, []
+    for attempt in range(1, 8):
+        state = abort(state, now)
+        assert state.attempts == attempt and state.retry_after is not None
+        wait = state.retry_after - now
+        waits.append(wait.total_seconds())
+        # Not asked before the time (the relays stay unbothered), asked at it.
+        assert after_rollout(state, rolled_out=True, now=now + wait / 2) == (state, None)
+        assert (
+            after_rollout(state, rolled_out=True, now=state.retry_after - timedelta(seconds=1))[1]
+            is None
+        )
+        now = state.retry_after
+    assert waits == [10, 20, 40, 80, 160, 300, 300]
+    assert [retry_delay(n).total_seconds() for n in (1, 6, 100)] == [10, 300, 300]
+    # The message says which attempt failed and when the next is, before the relays' reason
+    # (which may be cut to fit the status).
+    assert state.message.startswith(
+        "switch to 2 shards did not complete (attempt 7); next attempt at "
+        f"{(now).strftime('%Y-%m-%dT%H:%M:%SZ')} (in 300 s): aborted: deadline"
+    )
+    asked, _ = after_rollout(state, rolled_out=True, now=now)
+    assert asked.message == "switch requested (attempt 8)"
+
+
+def test_the_backoff_resets_when_a_switch_completes_or_the_target_changes() -> None:
+    failed = abort(abort(begin(ShardState(active=1, target=1), 2), T0), T0 + timedelta(seconds=10))
+    assert failed.attempts == 2
+    # Completed: nothing left to wait for.
+    switching, _ = after_rollout(failed, rolled_out=True, now=T0 + timedelta(seconds=30))
+    done = after_reading(switching, stable(names_of(2), version=3), names_of, now=T0)
+    assert (done.phase, done.attempts, done.retry_after) == ("Stable", 0, None)
+    # A new target is a new change: asked as soon as the relays run its union.
+    retargeted = begin(failed, 3)
+    assert (retargeted.attempts, retargeted.retry_after) == (0, None)
+    assert after_rollout(retargeted, rolled_out=True, now=T0)[1] == "switch"
+    back = begin(failed, 1)
+    assert (back.phase, back.attempts, back.retry_after) == ("Stable", 0, None)
+    # Still failing on the same target: the count goes on.
+    assert begin(failed, 2) == failed
+
+
+def test_the_backoff_survives_a_restart_through_status() -> None:
+    failed = abort(begin(ShardState(active=1, target=1), 2), T0)
+    written = failed.to_status()
+    assert (written["attempts"], written["retryAfter"]) == (1, "2026-12-01T12:00:10Z")
+    resumed = ShardState.from_status({"shards": written}, fallback=9)
+    assert resumed == failed
+    assert after_rollout(resumed, rolled_out=True, now=T0 + timedelta(seconds=5))[1] is None
+    # Before this state existed (or unreadable): no backoff.
+    assert (
+        ShardState.from_status({"shards": {**written, "retryAfter": ""}}, fallback=9).retry_after
+        is None
+    )
+    assert (
+        ShardState.from_status(
+            {"shards": {**written, "retryAfter": "soon"}}, fallback=9
+        ).retry_after
+        is None
+    )
 
 
 def test_a_stalled_move_is_reported_and_keeps_waiting() -> None:
-    state, _ = after_rollout(begin(ShardState(active=1, target=1), 2), rolled_out=True)
+    state, _ = after_rollout(begin(ShardState(active=1, target=1), 2), rolled_out=True, now=T0)
     reading = MapReading(version=3, shards=tuple(names_of(2)), phase="move", stalled=True)
-    state = after_reading(state, reading, names_of)
+    state = after_reading(state, reading, names_of, now=T0)
     assert state.phase == "Switching" and state.stalled and "deadline" in state.message
 
 
 def test_a_map_switched_by_hand_is_reported_not_overridden() -> None:
-    state, _ = after_rollout(begin(ShardState(active=1, target=1), 3), rolled_out=True)
-    state = after_reading(state, stable(names_of(3)[1:]), names_of)
+    state, _ = after_rollout(begin(ShardState(active=1, target=1), 3), rolled_out=True, now=T0)
+    state = after_reading(state, stable(names_of(3)[1:]), names_of, now=T0)
     assert state.phase == "Switching" and state.stalled and "by hand" in state.message
 
 
@@ -199,9 +275,12 @@ def test_status_shards_fits_the_crd_and_survives_pruning() -> None:
     for state in (
         ShardState(active=3, target=1, phase="Shrinking", version=7, draining=3),
         ShardState(active=1, target=2, phase="Rolling", message=long_reason, stalled=True),
+        ShardState(active=1, target=2, phase="Rolling", attempts=3, retry_after=T0),
     ):
         written = {"shards": state.to_status()}
         jsonschema.validate(written, status_schema)
         kept, dropped = prune(status_schema, written)
         assert dropped == []
-        assert ShardState.from_status(kept, fallback=9).phase == state.phase
+        assert ShardState.from_status(kept, fallback=9) == dataclasses.replace(
+            state, message=state.message[:MESSAGE_MAX]
+        )

@@ -48,6 +48,9 @@ def relay_env(spec: GameClusterSpec, owner: Owner) -> list[dict[str, Any]]:
             )
             sentinel["valueFrom"]["secretKeyRef"]["optional"] = True
             env.append(sentinel)
+            if spec.redis.tls is not None:
+                # The Sentinels and the servers they name serve TLS only (manifests.redis_ha).
+                env.append({"name": contract.ENV_REDIS_SENTINEL_TLS, "value": "true"})
         return env
     ref = spec.redis.external.secret_ref if spec.redis.external else None
     if ref is None:

@@ -20,6 +20,12 @@ Every address is a DNS name (``resolve-hostnames``/``announce-hostnames``, repli
 their pod's name): a pod restarted on a new IP is the same instance to Sentinel and to the
 relays, so only a real failover changes a shard's master address (the relay's epoch fence).
 
+With ``spec.redis.tls`` every server and Sentinel serves TLS only, replicates over it
+(``tls-replication yes``: replicas to masters, Sentinels to servers and to each other) with
+the one certificate of the Secret, which must name both headless Services' pods; the
+scripts' and probes' redis-cli gets ``REDIS_CLI_TLS`` (``--tls --cacert ...``). Sentinel
+hands out the DNS names above, so clients verify the certificate with the hostname checked.
+
 Passwords never reach a command line: the replication password goes to redis-server on
 stdin (``redis-server -``), the Sentinel's into its config file in the pod's own emptyDir,
 and redis-cli gets the Sentinels' password from ``REDISCLI_AUTH``. The Sentinels require
@@ -40,7 +46,7 @@ from gamecluster.children import (
     Manifest,
     Owner,
 )
-from gamecluster.manifests import redis_access, secrets
+from gamecluster.manifests import redis_access, redis_tls, secrets
 from gamecluster.manifests.redis import ACL_DIR, REDIS_UID, memory_args
 from gamecluster.manifests.redis import statefulset as standalone_statefulset
 from gamecluster.manifests.security import container_security_context, pod_security_context
@@ -66,13 +72,15 @@ _ASK_SENTINEL: Final = r"""
 # (bounded: a Sentinel that does not answer within 3 s is skipped). The Sentinels'
 # password, when they have one, goes in REDISCLI_AUTH (never on the command line), and
 # never a Redis user's password (the container's own REDISCLI_AUTH is dropped).
+# REDIS_CLI_TLS: redis-cli's TLS flags, empty without TLS (split into words on purpose).
 ask() {
   if [ -n "${SENTINEL_AUTH_PASSWORD:-}" ]; then
-    reply=$(REDISCLI_AUTH="$SENTINEL_AUTH_PASSWORD" timeout 3 redis-cli -h "${1%:*}" \
-      -p "${1##*:}" --raw SENTINEL get-master-addr-by-name "$2" 2>/dev/null) || return 1
+    reply=$(REDISCLI_AUTH="$SENTINEL_AUTH_PASSWORD" timeout 3 redis-cli ${REDIS_CLI_TLS:-} \
+      -h "${1%:*}" -p "${1##*:}" --raw SENTINEL get-master-addr-by-name "$2" 2>/dev/null) \
+      || return 1
   else
-    reply=$(env -u REDISCLI_AUTH timeout 3 redis-cli -h "${1%:*}" -p "${1##*:}" --raw \
-      SENTINEL get-master-addr-by-name "$2" 2>/dev/null) || return 1
+    reply=$(env -u REDISCLI_AUTH timeout 3 redis-cli ${REDIS_CLI_TLS:-} -h "${1%:*}" \
+      -p "${1##*:}" --raw SENTINEL get-master-addr-by-name "$2" 2>/dev/null) || return 1
   fi
   host=$(echo "$reply" | sed -n 1p)
   port=$(echo "$reply" | sed -n 2p)
@@ -87,7 +95,7 @@ REDIS_START: Final = (
 # Environment: POD_NAME (ordinal suffix), REDIS_HOST/REDIS_PORT (this pod's address),
 # REDIS_SHARD (Sentinel master name), REDIS_MASTER0 ("host port" of pod 0),
 # REDIS_SENTINELS ("host:port ..."), REDIS_REPLICATION_PASSWORD, SENTINEL_AUTH_PASSWORD
-# (optional); "$@": redis-server options.
+# (optional), REDIS_TLS and REDIS_CLI_TLS (optional); "$@": redis-server options.
 """
     + _ASK_SENTINEL
     + r"""
@@ -108,8 +116,12 @@ else
 fi
 role=""
 if [ "$master" != "$REDIS_HOST $REDIS_PORT" ]; then role="replicaof $master"; fi
+# REDIS_TLS: TLS only on REDIS_PORT (the certificate options are in "$@").
+listen="port $REDIS_PORT"
+if [ -n "${REDIS_TLS:-}" ]; then listen="port 0
+tls-port $REDIS_PORT"; fi
 exec redis-server - "$@" <<EOF
-port $REDIS_PORT
+$listen
 replica-announce-ip $REDIS_HOST
 replica-announce-port $REDIS_PORT
 masteruser """
@@ -127,14 +139,21 @@ SENTINEL_START: Final = (
 # pod), SENTINEL_PEERS ("host:port ..." of all Sentinels), SENTINEL_SHARDS ("name=host:port
 # ..." of each shard's pod 0), SENTINEL_QUORUM, SENTINEL_DOWN_AFTER_MS,
 # SENTINEL_FAILOVER_TIMEOUT_MS, SENTINEL_DIR, SENTINEL_PASSWORD (to the Redis pods),
-# SENTINEL_AUTH_PASSWORD (optional: this Sentinel's own); "$@": redis-sentinel options.
+# SENTINEL_AUTH_PASSWORD (optional: this Sentinel's own), SENTINEL_TLS (optional: TLS only;
+# the certificate options are in "$@"), REDIS_CLI_TLS; "$@": more Sentinel options.
 """
     + _ASK_SENTINEL
     + r"""
 umask 077
 conf="$SENTINEL_DIR/sentinel.conf"
 {
-  echo "port $SENTINEL_PORT"
+  if [ -n "${SENTINEL_TLS:-}" ]; then
+    # TLS only (to the servers and the other Sentinels too: tls-replication in "$@").
+    echo "port 0"
+    echo "tls-port $SENTINEL_PORT"
+  else
+    echo "port $SENTINEL_PORT"
+  fi
   echo "sentinel resolve-hostnames yes"
   echo "sentinel announce-hostnames yes"
   echo "sentinel announce-ip $SENTINEL_HOST"
@@ -155,8 +174,8 @@ for shard in $SENTINEL_SHARDS; do
   if [ -z "$master" ]; then master="${first%:*} ${first##*:}"; fi
   # Sentinel refuses a master whose name does not resolve yet: wait (bounded) for its pod.
   tries=0
-  until env -u REDISCLI_AUTH timeout 3 redis-cli -h "${master% *}" -p "${master#* }" \
-      PING >/dev/null 2>&1 || [ "$tries" -ge 60 ]; do
+  until env -u REDISCLI_AUTH timeout 3 redis-cli ${REDIS_CLI_TLS:-} -h "${master% *}" \
+      -p "${master#* }" PING >/dev/null 2>&1 || [ "$tries" -ge 60 ]; do
     tries=$((tries + 1))
     sleep 1
   done
@@ -172,7 +191,10 @@ for shard in $SENTINEL_SHARDS; do
     echo "sentinel parallel-syncs $name 1"
   } >> "$conf"
 done
-exec redis-sentinel "$conf" "$@"
+# `redis-server --sentinel`, not `redis-sentinel`: the same program, and every Redis image
+# has redis-server, while the redis-sentinel link is missing from some (Debian's
+# redis-server package: the real-pod tier's Sentinels crash-looped on "not found").
+exec redis-server "$conf" --sentinel "$@"
 """
 )
 
@@ -219,9 +241,19 @@ def shard_selector(owner: Owner, shard: int) -> dict[str, str]:
     return {**owner.selector(names.COMPONENT_REDIS), names.LABEL_SHARD: str(shard)}
 
 
+def tls_args(spec: GameClusterSpec) -> list[str]:
+    """With spec.redis.tls, the redis-server and redis-sentinel options for the certificate
+    (the ports are the start scripts') and for replication (a Sentinel: its connections to
+    servers and peers) over TLS."""
+    if spec.redis.tls is None:
+        return []
+    return [*redis_tls.certificate_args(), "--tls-replication", "yes"]
+
+
 def redis_args(spec: GameClusterSpec) -> list[str]:
-    """redis-server options of every pod of a shard (the script adds port and role)."""
+    """redis-server options of every pod of a shard (the script adds the ports and role)."""
     return [
+        *tls_args(spec),
         "--dir", "/data",
         "--appendonly", "yes",
         "--appendfsync", "everysec",
@@ -232,12 +264,28 @@ def redis_args(spec: GameClusterSpec) -> list[str]:
     ]  # fmt: skip
 
 
+def _cli_tls_env(spec: GameClusterSpec) -> list[dict[str, Any]]:
+    """REDIS_CLI_TLS for the scripts' and probes' redis-cli (nothing without TLS)."""
+    return [] if spec.redis.tls is None else [_env("REDIS_CLI_TLS", redis_tls.cli_flags())]
+
+
+def _redis_tls_env(spec: GameClusterSpec) -> list[dict[str, Any]]:
+    """REDIS_TLS: REDIS_START serves TLS only (nothing without TLS)."""
+    return [] if spec.redis.tls is None else [_env("REDIS_TLS", "yes")]
+
+
 def shard_statefulset(
-    spec: GameClusterSpec, owner: Owner, shard: int, credentials_digest: str | None
+    spec: GameClusterSpec,
+    owner: Owner,
+    shard: int,
+    credentials_digest: str | None,
+    tls_digest: str | None = None,
 ) -> Manifest:
     """One shard: the standalone StatefulSet's pod (volumes, probes, security, overlay) with
-    1 + replicas pods, its own selector and the role-deciding start script."""
-    sts = standalone_statefulset(spec, owner, credentials_digest)
+    1 + replicas pods, its own selector and the role-deciding start script.
+
+    ``tls_digest``: manifests.redis_tls.certificate_digest of spec.redis.tls's Secret."""
+    sts = standalone_statefulset(spec, owner, credentials_digest, tls_digest)
     sts["metadata"]["name"] = owner.redis_shard(shard)
     sts["metadata"]["labels"][names.LABEL_SHARD] = str(shard)
     sts_spec = sts["spec"]
@@ -266,6 +314,8 @@ def shard_statefulset(
         _env("REDIS_SENTINELS", sentinels),
         _secret_env("REDIS_REPLICATION_PASSWORD", owner, secrets.REPLICATION_PASSWORD_KEY),
         sentinel_auth_env(owner),
+        *_redis_tls_env(spec),
+        *_cli_tls_env(spec),
         *container["env"],
     ]
     return sts
@@ -288,7 +338,10 @@ def sentinel_service(owner: Owner) -> Manifest:
 
 
 def sentinel_statefulset(
-    spec: GameClusterSpec, owner: Owner, credentials_digest: str | None
+    spec: GameClusterSpec,
+    owner: Owner,
+    credentials_digest: str | None,
+    tls_digest: str | None = None,
 ) -> Manifest:
     selector = owner.selector(names.COMPONENT_SENTINEL)
     shards = " ".join(
@@ -298,8 +351,9 @@ def sentinel_statefulset(
     probe = (
         'if [ -n "${SENTINEL_AUTH_PASSWORD:-}" ]; then '
         'export REDISCLI_AUTH="$SENTINEL_AUTH_PASSWORD"; fi; '
-        f"redis-cli -p {SENTINEL_PORT} ping | grep -q PONG"
+        f"redis-cli ${{REDIS_CLI_TLS:-}} -p {SENTINEL_PORT} ping | grep -q PONG"
     )
+    tls = spec.redis.tls is not None
     container: dict[str, Any] = {
         "name": "sentinel",
         "image": spec.redis.image,
@@ -317,6 +371,8 @@ def sentinel_statefulset(
             _env("SENTINEL_DIR", SENTINEL_DIR),
             _secret_env("SENTINEL_PASSWORD", owner, secrets.SENTINEL_PASSWORD_KEY),
             sentinel_auth_env(owner),
+            *([_env("SENTINEL_TLS", "yes")] if tls else []),
+            *_cli_tls_env(spec),
         ],
         "ports": [{"name": "sentinel", "containerPort": SENTINEL_PORT}],
         "readinessProbe": {
@@ -331,8 +387,15 @@ def sentinel_statefulset(
         },
         "resources": SENTINEL_RESOURCES,
         "securityContext": container_security_context(REDIS_UID),
-        "volumeMounts": [{"name": "data", "mountPath": SENTINEL_DIR}],
+        "volumeMounts": [
+            {"name": "data", "mountPath": SENTINEL_DIR},
+            *([redis_tls.mount()] if tls else []),
+        ],
     }
+    if tls:
+        # Not an empty list without TLS: the API server drops one, and the drift check
+        # would then see a difference on every pass.
+        container["args"] = tls_args(spec)
     template: dict[str, Any] = {
         "metadata": {"labels": owner.labels(names.COMPONENT_SENTINEL)},
         "spec": {
@@ -341,13 +404,19 @@ def sentinel_statefulset(
             "securityContext": pod_security_context(REDIS_UID),
             "affinity": _spread(selector),
             "containers": [container],
-            "volumes": [{"name": "data", "emptyDir": {}}],
+            "volumes": [
+                {"name": "data", "emptyDir": {}},
+                *([redis_tls.volume(spec)] if tls else []),
+            ],
         },
     }
+    annotations = {}
     if credentials_digest is not None:
-        template["metadata"]["annotations"] = {
-            redis_access.ANNOTATION_REDIS_CREDENTIALS: credentials_digest
-        }
+        annotations[redis_access.ANNOTATION_REDIS_CREDENTIALS] = credentials_digest
+    if tls and tls_digest is not None:
+        annotations[redis_tls.ANNOTATION] = tls_digest  # a renewal rolls the Sentinels too
+    if annotations:
+        template["metadata"]["annotations"] = annotations
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

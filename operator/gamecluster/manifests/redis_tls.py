@@ -28,11 +28,13 @@ ANNOTATION: Final = "gamecluster.io/redis-tls"
 
 def server_args(port: int, directory: str = DIR) -> list[str]:
     """redis-server flags: TLS on ``port``, the plain port off; the Secret in ``directory``."""
+    return ["--port", "0", "--tls-port", str(port), *certificate_args(directory)]
+
+
+def certificate_args(directory: str = DIR) -> list[str]:
+    """redis-server (and redis-sentinel) flags for the Secret's files in ``directory``;
+    clients need no certificate of their own (they log in with their ACL password)."""
     return [
-        "--port",
-        "0",
-        "--tls-port",
-        str(port),
         "--tls-cert-file",
         f"{directory}/{CERT_KEY}",
         "--tls-key-file",

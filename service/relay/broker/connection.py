@@ -126,6 +126,8 @@ class Connector:
     sentinel_password_file: str | None = None
     """How this relay logs in to the Sentinels (RELAY_REDIS_SENTINEL_*): their own users,
     never the Redis servers' (a Sentinel's `requirepass` or its ACL users)."""
+    sentinel_tls: bool = False
+    """TLS to the Sentinels and to the servers they name (RELAY_REDIS_SENTINEL_TLS)."""
     _sentinel_clients: dict[float, Sentinel] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -139,6 +141,7 @@ class Connector:
             sentinel_username=settings.redis_sentinel_username,
             sentinel_password=settings.redis_sentinel_password,
             sentinel_password_file=settings.redis_sentinel_password_file,
+            sentinel_tls=settings.redis_sentinel_tls,
         )
 
     def credentials(self, endpoint: RedisEndpoint) -> Credentials | None:
@@ -173,6 +176,7 @@ class Connector:
         if endpoint.url.startswith("rediss://") and self.ca_file is not None:
             options["ssl_ca_certs"] = self.ca_file
         if endpoint.master is not None:
+            options.update(self._sentinel_named_tls())
             # Every new connection asks the Sentinels for the master and checks its role,
             # so a client follows a failover on its next reconnect.
             db = int(endpoint.url.rpartition("/")[2])
@@ -204,7 +208,22 @@ class Connector:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             credential_provider=self.credentials(endpoint),
+            **self._sentinel_named_tls(),
         )
+
+    def _sentinel_named_tls(self) -> dict[str, Any]:
+        """redis-py's TLS arguments for a Sentinel or a server a Sentinel named (none
+        without RELAY_REDIS_SENTINEL_TLS): the chain verified against the CA file (else the
+        system CAs) and the hostname checked, so a certificate must name the address the
+        Sentinels give (a DNS name when they announce hostnames)."""
+        if not self.sentinel_tls:
+            return {}
+        return {
+            "ssl": True,
+            "ssl_cert_reqs": "required",
+            "ssl_check_hostname": True,
+            "ssl_ca_certs": self.ca_file,
+        }
 
     async def aclose(self) -> None:
         """Close the connections to the Sentinels (bounded: one socket timeout each)."""
@@ -232,7 +251,7 @@ class Connector:
             sockets = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
             # sentinel_kwargs: how the Sentinels themselves are reached; the remaining
             # arguments are for the masters they name (with the Redis credentials).
-            to_sentinels: dict[str, Any] = dict(sockets)
+            to_sentinels: dict[str, Any] = {**sockets, **self._sentinel_named_tls()}
             credentials = self.sentinel_credentials()
             if credentials is not None:
                 to_sentinels["credential_provider"] = credentials

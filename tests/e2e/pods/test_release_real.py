@@ -29,6 +29,7 @@ from gamecluster_client import (
     Recovered,
     Room,
     RoomMessage,
+    UnavailableError,
 )
 from gamecluster_client import Connection as RelayClient
 from relay.broker.shardmap import ShardMap
@@ -339,6 +340,40 @@ def relays_of(name: str) -> str:
     return f"app.kubernetes.io/instance={name},app.kubernetes.io/component=relay"
 
 
+def arena(inst: Installed, name: str, relays: int, redis: dict[str, Any]) -> dict[str, Any]:
+    """A GameCluster beside the demo, on the demo's image; its Redis keeps no data on disk
+    (these rooms live as long as their test)."""
+    demo = inst.cluster.get_json(GC, "demo", "-n", inst.namespace)["spec"]
+    return {
+        "apiVersion": "gamecluster.io/v1alpha1",
+        "kind": "GameCluster",
+        "metadata": {"name": name, "namespace": inst.namespace},
+        "spec": {
+            "replicas": relays,
+            "image": demo["image"],
+            "imagePullPolicy": demo["imagePullPolicy"],
+            "redis": {**redis, "persistence": {"enabled": False}},
+        },
+    }
+
+
+def tls_secret(directory: Path, ns: str, secret: str, dns_names: list[str]) -> dict[str, Any]:
+    """A kubernetes.io/tls Secret as cert-manager writes it: a certificate for `dns_names`
+    and the CA that signed it."""
+    ca, cert, key = tls.make_pki(directory, dns_names=dns_names)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": secret, "namespace": ns},
+        "stringData": {
+            "ca.crt": ca.read_text(),
+            "tls.crt": cert.read_text(),
+            "tls.key": key.read_text(),
+        },
+    }
+
+
 def column(cluster: Cluster, ns: str, name: str, header: str) -> str:
     """One cell of `kubectl get gc NAME` (the printer columns a user sees); "" when empty."""
     out = cluster.kubectl("get", GC, name, "-n", ns).stdout
@@ -493,31 +528,8 @@ async def test_a_gamecluster_with_tls_redis_serves_on_the_real_node(
     operator reads the load report over TLS (CONNECTIONS), and events flow."""
     cluster, ns = installed.cluster, installed.namespace
     name = "tlsarena"
-    ca, cert, key = tls.make_pki(tmp_path, dns_names=[f"*.{name}-redis.{ns}.svc"])
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": f"{name}-tls", "namespace": ns},
-        "stringData": {
-            "ca.crt": ca.read_text(),
-            "tls.crt": cert.read_text(),
-            "tls.key": key.read_text(),
-        },
-    }
-    demo = cluster.get_json(GC, "demo", "-n", ns)["spec"]
-    spec = {
-        "replicas": 1,
-        "image": demo["image"],
-        "imagePullPolicy": demo["imagePullPolicy"],
-        "redis": {"tls": {"secretName": f"{name}-tls"}, "persistence": {"enabled": False}},
-    }
-    gamecluster = {
-        "apiVersion": "gamecluster.io/v1alpha1",
-        "kind": "GameCluster",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": spec,
-    }
+    secret = tls_secret(tmp_path, ns, f"{name}-tls", [f"*.{name}-redis.{ns}.svc"])
+    gamecluster = arena(installed, name, 1, {"tls": {"secretName": f"{name}-tls"}})
     for manifest in (secret, gamecluster):
         cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     try:
@@ -559,18 +571,7 @@ async def test_a_shard_added_on_the_real_node_moves_rooms_through_the_shard_map(
     each other's events in rooms on both shards."""
     cluster, ns = installed.cluster, installed.namespace
     name = "shardarena"
-    demo = cluster.get_json(GC, "demo", "-n", ns)["spec"]
-    gamecluster = {
-        "apiVersion": "gamecluster.io/v1alpha1",
-        "kind": "GameCluster",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "replicas": 2,
-            "image": demo["image"],
-            "imagePullPolicy": demo["imagePullPolicy"],
-            "redis": {"shards": 1, "persistence": {"enabled": False}},
-        },
-    }
+    gamecluster = arena(installed, name, 2, {"shards": 1})
     instance = f"app.kubernetes.io/instance={name}"
     relays_selector = f"{instance},app.kubernetes.io/component=relay"
     cluster.kubectl("apply", "-f", "-", input=json.dumps(gamecluster))
@@ -632,6 +633,95 @@ async def test_a_shard_added_on_the_real_node_moves_rooms_through_the_shard_map(
                 assert event.get("data") == f"after in {room}", event
     finally:
         cluster.kubectl("delete", GC, name, "-n", ns, "--wait=true", "--timeout=180s", check=False)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("over_tls", [False, True], ids=["plain", "tls"])
+async def test_a_sentinel_failover_on_the_real_node_is_followed_and_fenced(
+    installed: Installed, tmp_path: Path, over_tls: bool
+) -> None:
+    """`redis.replicas: 1` with `ackReplicas: 1` on real pods: the shard's master and
+    replica, three Sentinels (their own password) and a relay that finds the master
+    through them. A durable publish is acked once the replica has it (WAIT). Then the
+    Sentinels fail the shard over (SENTINEL FAILOVER, as an operator would before a node
+    drain): the relay follows the new master, fences the shard (a resume from before is
+    told `recovered: false` with a new epoch, never a silent gap), and acks again only
+    once the old master, back as a replica, confirms its writes. With `redis.tls` too:
+    servers, replication and Sentinels TLS only, one certificate naming the shard and the
+    Sentinel pods, the relay checking hostnames on both."""
+    cluster, ns = installed.cluster, installed.namespace
+    name = "hatls" if over_tls else "haarena"
+    redis: dict[str, Any] = {"replicas": 1, "ackReplicas": 1}
+    if over_tls:
+        domains = [f"*.{name}-redis.{ns}.svc", f"*.{name}-sent.{ns}.svc"]
+        secret = tls_secret(tmp_path, ns, f"{name}-tls", domains)
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
+        redis["tls"] = {"secretName": f"{name}-tls"}
+    instance = f"app.kubernetes.io/instance={name}"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(arena(installed, name, 1, redis)))
+
+    def ask_sentinel(*command: str) -> str:
+        """A command to the first Sentinel, logged in with its password (never on a
+        command line: REDISCLI_AUTH from the container's own environment)."""
+        script = (  # REDIS_CLI_TLS: the container's TLS flags for redis-cli, if any
+            'REDISCLI_AUTH="$SENTINEL_AUTH_PASSWORD" '
+            'redis-cli ${REDIS_CLI_TLS:-} -p 26379 --raw "$@"'
+        )
+        return cluster.kubectl(
+            "exec", "-n", ns, f"{name}-sent-0", "--", "sh", "-c", script, "sh", *command
+        ).stdout.strip()  # fmt: skip
+
+    def master() -> str:
+        return ask_sentinel("SENTINEL", "get-master-addr-by-name", "shard-0").split()[0]
+
+    try:
+        wait_pods_ready(installed, f"{instance},app.kubernetes.io/component=redis", 2, "Redis")
+        wait_pods_ready(
+            installed, f"{instance},app.kubernetes.io/component=redis-sentinel", 3, "Sentinels"
+        )
+        (relay,) = wait_pods_ready(
+            installed, f"{instance},app.kubernetes.io/component=relay", 1, "relay via Sentinel"
+        )
+        token = mint_token(installed, relay["metadata"]["name"], "ha")
+        url = f"ws://{relay['status']['podIP']}:8080/ws"
+        async with RelayClient(url, token=token) as client:
+            before = await client.join("chat:ha")
+            for n in range(3):
+                ack = await client.publish("chat:ha", f"before {n}", id=f"b{n}")
+                assert ack is not None and ack["offset"] == n + 1, ack  # WAIT 1 answered
+        old = master()
+        assert old.startswith(f"{name}-rs0-0."), old  # pod 0 starts as master
+        assert ask_sentinel("SENTINEL", "failover", "shard-0") == "OK"
+        await asyncio.to_thread(
+            cluster.wait_for, "the Sentinels to promote the replica",
+            lambda: master() if master() != old else None, 120.0,
+        )  # fmt: skip
+        assert master().startswith(f"{name}-rs0-1."), master()
+
+        async def publish_after() -> dict[str, Any]:
+            # Refused (`unavailable`, retryable) until the relay has fenced the shard and
+            # the old master replicates the new one (ackReplicas 1); then acked.
+            while True:
+                async with RelayClient(url, token=token) as publisher:
+                    try:
+                        ack = await publisher.publish("chat:ha", "after", id="after")
+                    except UnavailableError:
+                        await asyncio.sleep(1)  # the client's retry period
+                        continue
+                    assert ack is not None, ack
+                    return ack
+
+        after = await asyncio.wait_for(publish_after(), 120)
+        async with RelayClient(url, token=token) as client:
+            resumed = await client.join("chat:ha", since={"epoch": before["epoch"], "offset": 0})
+            assert resumed["recovered"] is False, resumed  # the fence: assume the worst
+            assert resumed["epoch"] != before["epoch"], resumed
+            assert resumed["offset"] == after["offset"], (resumed, after)  # the room goes on
+    except E2EError as err:
+        raise E2EError(f"{err}\n{diagnose(cluster, ns)}") from None
+    finally:
+        cluster.kubectl("delete", GC, name, "-n", ns, "--wait=true", "--timeout=180s", check=False)
+        cluster.kubectl("delete", "secret", f"{name}-tls", "-n", ns, check=False)
 
 
 @pytest.mark.timeout(600)
