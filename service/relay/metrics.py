@@ -66,6 +66,12 @@ class Metrics:
             "1 while a shard map switch is past its deadline (docs/operations.md).",
             registry=r,
         )
+        self.channels_unplaced = Gauge(
+            "relay_redis_channels_unplaced",
+            "Redis Cluster: room channels subscribed on no node (their slot's new master not "
+            "yet named, reachable or fenced): those rooms' members get no live event.",
+            registry=r,
+        )
         self.handshake_refusals = Counter(
             "relay_handshake_refusals",
             "Connections refused before the upgrade: authentication (401), origin check "

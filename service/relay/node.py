@@ -209,13 +209,16 @@ class RelayNode:
         await self.presence.moved(rooms)
 
     def update_gauges(self) -> None:
-        """Gauges read at scrape time: rooms, and the shard map's version and switch."""
+        """Gauges read at scrape time: rooms, the shard map's version and switch, and (Redis
+        Cluster) the room channels subscribed nowhere."""
         self.metrics.rooms.set(self.hub.room_count)
         if isinstance(self.broker, RedisBroker) and self.broker.shard_map.state is not None:
             state = self.broker.shard_map.state
             self.metrics.shard_map_version.set(state.active.version)
             self.metrics.shard_switch_phase.set(PHASES.index(state.phase))
             self.metrics.shard_switch_stalled.set(int(state.stalled(now_ms())))
+        if isinstance(self.broker, RedisClusterBroker):
+            self.metrics.channels_unplaced.set(self.broker.unplaced)
 
     def shards_down(self) -> list[str]:
         """Names of the Redis shards not live on this server: their rooms get `unavailable`;

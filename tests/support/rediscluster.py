@@ -165,7 +165,9 @@ class RedisCluster:
             self.client(node).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         for node in self.nodes:
             if node.proc is not None and node.proc.poll() is None and node not in (target, source):
-                self.client(node).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+                client = self.client(node)
+                if client.execute_command("ROLE")[0] == b"master":  # replicas: by gossip
+                    client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
 
     def wait_failover(self, old_master: RedisProcess, timeout: float = 30) -> RedisProcess:
         """After `old_master` died: the replica promoted in its place, once every live node

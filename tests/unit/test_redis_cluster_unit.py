@@ -89,8 +89,8 @@ def test_a_promoted_replica_is_a_failover_and_another_master_is_a_migration() ->
     assert list(found) == ["10.0.0.4:7000"]
     old, new = found["10.0.0.4:7000"]
     assert (old.node_id, new.node_id) == ("id-a", "id-a2")
-    # A migration alone is no failover; nor is an unchanged map.
-    migrated = SlotMap.parse(_reply((0, 8191, C, []), (8192, 16383, B, [])))
+    # A migration to another master alone is no failover; nor is an unchanged map.
+    migrated = SlotMap.parse(_reply((0, 8191, B, []), (8192, 16383, B, [])))
     assert _failovers(before, migrated) == {} and _failovers(before, before) == {}
     # A map with unassigned slots is not complete (the broker stays unready on it).
     assert not SlotMap.parse(_reply((0, 100, A, []))).complete
@@ -219,3 +219,69 @@ def test_a_cluster_with_sentinels_is_refused() -> None:
     with pytest.raises(InvalidSpec) as error:
         parse(spec)
     assert error.value.reason == "ClusterWithSentinels"
+
+
+def test_a_new_owner_that_was_no_master_before_is_fenced_too() -> None:
+    """The previous map's replica list may be stale (a replica moved to another master,
+    then promoted): a slot's new owner that was no master in the previous map is fenced
+    as well. The cost: a slot migrated to a brand-new master restarts its epochs."""
+    before = SlotMap.parse(_reply((0, 8191, A, []), (8192, 16383, B, [])))
+    after = SlotMap.parse(_reply((0, 8191, C, []), (8192, 16383, B, [])))
+    found = _failovers(before, after)
+    assert list(found) == ["10.0.0.3:7000"]
+    assert [node.node_id for node in found["10.0.0.3:7000"]] == ["id-a", "id-c"]
+
+
+async def test_a_fence_that_fails_refuses_its_node_only_and_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A promoted master this server cannot fence: the new map is used for every other
+    slot, that node's slots are refused and it counts as down; the next read tries the
+    fence again (though the installed map no longer shows the promotion)."""
+    broker = RedisClusterBroker(
+        ["redis://10.0.0.1:7000"], "n", timeout=1.0, probe_interval=1.0, probe_timeout=1.0
+    )
+    before = SlotMap.parse(
+        _reply((0, 8191, A, [A_REPLICA]), (8192, 12000, B, []), (12001, 16383, C, []))
+    )
+    # A failed over to its replica; slot 9000 (B's) migrated to C meanwhile.
+    after = SlotMap.parse(
+        _reply((0, 8191, A_REPLICA, []), (8192, 8999, B, []), (9000, 9000, C, []),
+               (9001, 12000, B, []), (12001, 16383, C, []))
+    )  # fmt: skip
+    broker._map = before
+    fenced: list[tuple[str, str]] = []
+    failing = True
+
+    async def read() -> SlotMap:
+        return after
+
+    async def fence(node: Any, slot: int, old: Any, new: Any) -> None:
+        fenced.append((old.node_id, new.node_id))
+        if failing:
+            raise BrokerUnavailable("new epochs on 10.0.0.4:7000 after its failover failed")
+
+    async def install(found: SlotMap) -> None:
+        broker._map = found
+
+    monkeypatch.setattr(broker, "_read_slot_map", read)
+    monkeypatch.setattr(broker, "_fence", fence)
+    monkeypatch.setattr(broker, "_install", install)
+    monkeypatch.setattr(broker, "_node", lambda address, found: None)
+    with pytest.raises(BrokerUnavailable, match="every other slot follows the new map"):
+        await broker.refresh()
+    assert broker._map is after  # installed: the migrated slot follows C
+    assert broker.placement(_room_in_slot(9000)) == "10.0.0.3:7000"
+    assert broker.shards()["10.0.0.4:7000"] is False
+    with pytest.raises(BrokerUnavailable, match="new epochs are not started"):
+        broker.shard_for(_room_in_slot(100))
+    assert broker.unplaced == 0
+    failing = False
+    await broker.refresh()  # the installed map shows no promotion: tried from memory
+    assert fenced == [("id-a", "id-a2"), ("id-a", "id-a2")]
+    assert broker._unfenced == {}
+    await broker.close()
+
+
+def _room_in_slot(slot: int) -> str:
+    return next(f"r{n}" for n in range(200_000) if keys.slot_of_room(f"r{n}") == slot)

@@ -16,12 +16,15 @@ the node this server's slot map names; a MOVED/ASK/TRYAGAIN/CLUSTERDOWN reply ra
 nothing, fails that request with SlotMoved (the client retries with its id: the dedupe
 key keeps a retry single) and makes the server read the slot map again. Reading it:
 
-- A slot whose master is now a node that was one of its replicas has **failed over**:
-  replication is asynchronous, so the new master may lack events the old one acked.
-  Before the slot map naming it is used, the first relay server to see it (a SET NX
-  claim on the new master) gives every room on the new master a new epoch; members and
-  resuming clients get `recovered: false` (the Sentinel rule of relay.broker.redis,
-  per slot owner). Until then the old master (dead, or a replica now) refuses the rooms.
+- A slot whose master is now a node that was one of its replicas, or no master at all,
+  in the previous map has **failed over**: replication is asynchronous, so the new
+  master may lack events the old one acked. Before its slots are served, the first relay
+  server to see it (a SET NX claim on the new master) gives every room on the new master
+  a new epoch; members and resuming clients get `recovered: false` (the Sentinel rule of
+  relay.broker.redis, per slot owner). Until then its slots are refused and their
+  channels unsubscribed here (the fence is tried again at every read), while every other
+  slot follows the new map. A server with no previous map (started after the promotion)
+  sees no failover: the known limit of docs/operations.md.
 - A slot whose master is any other node was **migrated** (resharding): MIGRATE moves
   each key whole, with its history, offsets and epoch, and while the slot is half moved
   every script of a room whose keys are on the other side is refused (ASK, TRYAGAIN):
@@ -175,6 +178,11 @@ class RedisClusterBroker(Broker):
         self._control_node: str | None = None
         self._ask_first: set[str] = set()
         """Nodes whose slot map is read first next time (they just gave a slot away)."""
+        self._unfenced: dict[str, tuple[Node, Node]] = {}
+        """Promoted masters whose fence failed here (new address -> (old, new master)):
+        their slots are refused and their channels left unsubscribed until a later slot map
+        read fences them; every other slot follows the map. Bounded by MAX_NODES."""
+        self._unplaced_logged = 0
         self._refresh_wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.failovers = 0
@@ -190,14 +198,27 @@ class RedisClusterBroker(Broker):
         if self._map is None or not self._map.complete or self._control_node is None:
             return False
         control = self._nodes.get(self._control_node)
-        masters = [self._nodes[a] for a in self._map.nodes() if a in self._nodes]
-        live = sum(node.ready for node in masters)
+        masters = list(self._map.nodes())
+        live = sum(self._live(address) for address in masters)
         return control is not None and control.ready and 2 * live >= len(masters) > 0
 
     def shards(self) -> dict[str, bool]:
+        """Per master: live, and (a promoted one) fenced; a node waiting for its fence
+        counts as down here, in `relay_redis_shard_up` and in /readyz's `shardsDown`."""
         if self._map is None:
             return {}
-        return {address: self._nodes[address].ready for address in self._map.nodes()}
+        return {address: self._live(address) for address in self._map.nodes()}
+
+    def _live(self, address: str) -> bool:
+        node = self._nodes.get(address)
+        return node is not None and node.ready and address not in self._unfenced
+
+    @property
+    def unplaced(self) -> int:
+        """Room channels subscribed nowhere, waiting for their slot's owner to be named,
+        reachable or fenced: their members get no live event meanwhile (a metric, and a
+        warning in the log while it is not 0)."""
+        return sum(keys.room_of(channel) is not None for channel in self._homeless)
 
     def placement(self, room: str) -> str:
         if self._map is None:
@@ -211,6 +232,13 @@ class RedisClusterBroker(Broker):
             raise BrokerUnavailable("the Redis Cluster slot map has not been read yet")
         slot = keys.slot_of_room(room)
         node = self._map.masters[slot]
+        if node is not None and node.address in self._unfenced:
+            # Its rooms' history may lack acked events until they have new epochs.
+            self.refresh_soon()  # the fence is tried again at the next read
+            raise BrokerUnavailable(
+                f"slot {slot}'s master {node.address} was promoted and its rooms' new "
+                "epochs are not started yet"
+            )
         shard = None if node is None else self._nodes.get(node.address)
         if shard is None:
             raise SlotMoved(f"slot {slot} has no master in the Redis Cluster slot map")
@@ -280,10 +308,31 @@ class RedisClusterBroker(Broker):
                 "the Redis Cluster slot map read leaves slots without a master; "
                 "keeping the last complete one"
             )
-        if previous is not None:
-            for address, (old, new) in _failovers(previous, found).items():
+        failovers = {} if previous is None else _failovers(previous, found)
+        # A fence that failed before is tried again while its node still masters slots
+        # (the installed map no longer shows that node's promotion).
+        masters = found.nodes()
+        for address, (old, new) in self._unfenced.items():
+            if address in masters and masters[address].node_id == new.node_id:
+                failovers.setdefault(address, (old, new))
+        unfenced: dict[str, tuple[Node, Node]] = {}
+        errors: list[str] = []
+        for address, (old, new) in failovers.items():
+            try:
                 await self._fence(self._node(address, found), found.first_slot(address), old, new)
+            except BrokerUnavailable as exc:
+                unfenced[address] = (old, new)
+                errors.append(str(exc))
+        # The map is used for every slot even while a fence fails: one node this server
+        # cannot fence must not freeze the others' slots (a migrated room would stay
+        # unsubscribed here); the unfenced node's slots stay refused (shard_for).
+        self._unfenced = unfenced
         await self._install(found)
+        if errors:
+            raise BrokerUnavailable(
+                f"{'; '.join(errors)}; their rooms get unavailable until a slot map read "
+                "fences them, every other slot follows the new map"
+            )
 
     async def _read_slot_map(self) -> SlotMap:
         """CLUSTER SLOTS from a live node this server knows, else from a seed, else from
@@ -322,17 +371,25 @@ class RedisClusterBroker(Broker):
         the mark (raising: the slot map is read again shortly) rather than write under
         the old epochs meanwhile. A claimer that dies mid-way leaves a claim that expires
         after FENCE_SECONDS; the next relay server then claims and starts epochs again (a
-        second new epoch is harmless)."""
+        second new epoch is harmless); a claimer whose fence failed mid-way (it is alive)
+        finishes its own claim on its next slot map read."""
         claim = keys.failover_claim(f"{{{keys.slot_tag(slot)}}}", old.node_id, new.node_id)
         epoch, rooms = secrets.token_hex(4), 0
         try:
             claimed = await node.commands.set(claim, self._node_id, nx=True, ex=FENCE_SECONDS)
+            holder = None if claimed else await node.commands.get(claim)
+            if holder == self._node_id.encode():
+                # This server's own claim, left by its fence failing midway (a lost
+                # connection, a refused HSET): finish it now (renewed) rather than wait
+                # FENCE_SECONDS for it to expire with the promoted master's rooms refused.
+                claimed = await node.commands.set(claim, self._node_id, xx=True, ex=FENCE_SECONDS)
+                holder = None if claimed else await node.commands.get(claim)
             if claimed:
                 async for key in node.commands.scan_iter(match=keys.META_PATTERN, count=500):
                     await node.commands.hset(key, "epoch", epoch)
                     rooms += 1
                 await node.commands.set(claim, FENCE_DONE, ex=FAILOVER_CLAIM_SECONDS)
-            elif await node.commands.get(claim) != FENCE_DONE:
+            elif holder != FENCE_DONE:
                 self.refresh_soon()
                 raise BrokerUnavailable(
                     f"{new.address} replaced {old.address}: another relay server is starting "
@@ -406,8 +463,8 @@ class RedisClusterBroker(Broker):
         for channel in sorted(self._homeless):
             owner = found.masters[key_slot(channel)]
             target = None if owner is None else self._nodes.get(owner.address)
-            if target is None:
-                continue
+            if owner is None or target is None or owner.address in self._unfenced:
+                continue  # subscribed (and its members resynced) once the node is fenced
             if target.ready:
                 try:
                     await target.subscribe(channel)
@@ -423,6 +480,11 @@ class RedisClusterBroker(Broker):
         if moved:
             log.info("Redis Cluster slots moved: %d rooms resubscribed", len(moved))
             self._gap(moved)
+        if self.unplaced != self._unplaced_logged:
+            # Members of these rooms hear nothing live meanwhile: not silently.
+            level = logging.WARNING if self.unplaced else logging.INFO
+            log.log(level, "Redis Cluster: %d room channels subscribed nowhere", self.unplaced)
+            self._unplaced_logged = self.unplaced
         # Masters no more (demoted, removed) and holding nothing: closed.
         for address in [a for a, n in self._nodes.items() if a not in masters and not n.channels]:
             await self._nodes.pop(address).close()
@@ -527,12 +589,17 @@ class RedisClusterBroker(Broker):
 
 def _failovers(before: SlotMap, after: SlotMap) -> dict[str, tuple[Node, Node]]:
     """New master address -> (old master, new master), for every slot whose new master
-    was one of its replicas in `before` (a promotion, not a migration)."""
+    was one of its replicas in `before`, or no master at all there (a promotion the
+    previous map did not show, e.g. of a replica that moved between masters), rather
+    than another master of `before` (a migration). The cost: a slot migrated to a
+    brand-new master (a node added, then resharded onto) restarts its rooms' epochs."""
+    was_master = {node.node_id for node in before.masters if node is not None}
     found: dict[str, tuple[Node, Node]] = {}
     for slot, (old, new) in enumerate(zip(before.masters, after.masters, strict=True)):
         if old is None or new is None or old.node_id == new.node_id:
             continue
-        if new.node_id in before.replicas[slot] and new.address not in found:
+        promoted = new.node_id in before.replicas[slot] or new.node_id not in was_master
+        if promoted and new.address not in found:
             found[new.address] = (old, new)
     return found
 
