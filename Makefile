@@ -91,12 +91,16 @@ run: $(RUN_STAMP)
 test: venv system-deps
 	$(PY) -m pytest
 
+## Python (ruff, mypy, import layers), TypeScript (eslint, tsc) and the compiled core (rustfmt,
+## clippy with warnings as errors; skipped with CORE=).
 lint: venv js-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy service/relay operator/gamecluster clients/python/src/gamecluster_client
 	$(VENV)/bin/lint-imports
 	cd $(JS) && npm run --silent lint
+	$(if $(CORE),cargo fmt --check --manifest-path core/Cargo.toml)
+	$(if $(CORE),cargo clippy --quiet --manifest-path core/Cargo.toml -- -D warnings)
 
 e2e: venv system-deps
 	$(PY) -m pytest -m e2e

@@ -112,7 +112,10 @@ impl FrameReader {
         }
         let (head1, head2) = (data[0], data[1]);
         let opcode = head1 & 0x0F;
-        if !matches!(opcode, OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
+        if !matches!(
+            opcode,
+            OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
+        ) {
             return Err((PROTOCOL_ERROR, "invalid opcode".into()));
         }
         if head2 & 0x80 == 0 {
@@ -130,7 +133,10 @@ impl FrameReader {
                 if data.len() < 10 {
                     return Ok(Step::More);
                 }
-                (u64::from_be_bytes(data[2..10].try_into().expect("8 bytes")), 10)
+                (
+                    u64::from_be_bytes(data[2..10].try_into().expect("8 bytes")),
+                    10,
+                )
             }
             short => (u64::from(short), 2),
         };
@@ -144,7 +150,10 @@ impl FrameReader {
         // Within the limit, so it fits a usize (the limit is one). Without a limit, a
         // length past the address space is refused (no buffer could hold it) rather than
         // overflowing `at + 4 + length` (a slice-index panic in a release build).
-        let Some(end) = usize::try_from(length).ok().and_then(|n| n.checked_add(at + 4)) else {
+        let Some(end) = usize::try_from(length)
+            .ok()
+            .and_then(|n| n.checked_add(at + 4))
+        else {
             return Err(too_big(length, usize::MAX - at - 4, None));
         };
         let length = end - at - 4;
@@ -361,7 +370,11 @@ impl FrameReader {
     /// tests).
     #[getter]
     fn buffered(&self) -> usize {
-        self.pending.len() + self.fragments.as_ref().map_or(0, |(_, buffer)| buffer.len())
+        self.pending.len()
+            + self
+                .fragments
+                .as_ref()
+                .map_or(0, |(_, buffer)| buffer.len())
     }
 
     /// Bytes allocated for the buffers (their capacity): what the reader keeps between
@@ -370,7 +383,10 @@ impl FrameReader {
     fn allocated(&self) -> usize {
         self.pending.capacity()
             + self.scratch.capacity()
-            + self.fragments.as_ref().map_or(0, |(_, buffer)| buffer.capacity())
+            + self
+                .fragments
+                .as_ref()
+                .map_or(0, |(_, buffer)| buffer.capacity())
     }
 }
 

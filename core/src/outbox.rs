@@ -12,8 +12,8 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::{PyTraverseError, PyVisit};
 use pyo3::types::{PyBytes, PyDict};
+use pyo3::{PyTraverseError, PyVisit};
 
 /// Largest batched frame (relay.outbox.BATCH_BYTES).
 const BATCH_BYTES: usize = 64 * 1024;
@@ -58,7 +58,11 @@ impl FlushScheduler {
 impl FlushScheduler {
     #[new]
     fn new() -> Self {
-        FlushScheduler { dirty: Vec::new(), scheduled: false, call_soon: None }
+        FlushScheduler {
+            dirty: Vec::new(),
+            scheduled: false,
+            call_soon: None,
+        }
     }
 
     fn mark(slf: &Bound<'_, Self>, outbox: Py<Outbox>) -> PyResult<()> {
@@ -173,7 +177,9 @@ impl Outbox {
         // unflushed).
         let direct = {
             let this = slf.borrow();
-            this.direct.as_ref().map(|d| (d.protocol.clone_ref(py), d.open.clone_ref(py)))
+            this.direct
+                .as_ref()
+                .map(|d| (d.protocol.clone_ref(py), d.open.clone_ref(py)))
         };
         let (protocol, open) = match (direct, frames) {
             (Some((protocol, open)), Some(_)) => (protocol.into_bound(py), open.into_bound(py)),
@@ -187,7 +193,10 @@ impl Outbox {
             return Ok(()); // closing or closed: RawSocket.send writes nothing either
         }
         let transport = protocol.getattr(intern!(py, "transport"))?;
-        if transport.call_method0(intern!(py, "is_closing"))?.is_truthy()? {
+        if transport
+            .call_method0(intern!(py, "is_closing"))?
+            .is_truthy()?
+        {
             return Ok(());
         }
         let payload = payload.bind(py);
@@ -290,7 +299,10 @@ impl Outbox {
                     && !protocol.getattr(intern!(py, "compressed"))?.is_truthy()? =>
             {
                 let open = protocol.getattr(intern!(py, "_state"))?.unbind();
-                Some(Direct { protocol: protocol.unbind(), open })
+                Some(Direct {
+                    protocol: protocol.unbind(),
+                    open,
+                })
             }
             _ => None,
         };
@@ -381,7 +393,9 @@ impl Outbox {
 
     /// The replay's next chunk (relay.outbox.CoreOutbox.replay): queued, then flushed.
     fn _queue_chunk(slf: &Bound<'_, Self>, payloads: Vec<Bound<'_, PyBytes>>) -> PyResult<()> {
-        slf.borrow_mut().pending.extend(payloads.into_iter().map(Bound::unbind));
+        slf.borrow_mut()
+            .pending
+            .extend(payloads.into_iter().map(Bound::unbind));
         Self::mark(slf)
     }
 
