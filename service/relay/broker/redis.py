@@ -474,7 +474,27 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-class RedisBroker(Broker):
+class EnvelopeReader(Broker):
+    """What both Redis brokers do with a room channel's message and with rooms that were
+    resubscribed after a loss (their members re-read the history they may have missed)."""
+
+    def _resubscribed(self, channels: list[bytes]) -> None:
+        self._gap([room for room in map(keys.room_of, channels) if room is not None])
+
+    def _received(self, message: bytes) -> None:
+        try:
+            delivery = envelope.unpack(message)
+        except envelope.EnvelopeError as exc:
+            log.warning("dropped a message that is not an envelope: %s", exc)
+            return
+        try:
+            self._deliver(delivery)
+        except Exception:
+            # One bad message must not end the reader: that would leave this shard deaf.
+            log.exception("delivery of an event of room %r failed", delivery.room)
+
+
+class RedisBroker(EnvelopeReader):
     """Rooms mapped to shards by rendezvous hashing over the active shard map's names.
 
     Rendezvous hashing moves only the rooms whose best shard is a new one (about 1/N of
@@ -747,21 +767,6 @@ class RedisBroker(Broker):
             await self._shards[0].commands.set(key, connections, ex=LOAD_REPORT_TTL_SECONDS)
         except (RedisError, OSError) as exc:
             log.debug("load report failed: %r", exc)
-
-    def _resubscribed(self, channels: list[bytes]) -> None:
-        self._gap([room for room in map(keys.room_of, channels) if room is not None])
-
-    def _received(self, message: bytes) -> None:
-        try:
-            delivery = envelope.unpack(message)
-        except envelope.EnvelopeError as exc:
-            log.warning("dropped a message that is not an envelope: %s", exc)
-            return
-        try:
-            self._deliver(delivery)
-        except Exception:
-            # One bad message must not end the reader: that would leave this shard deaf.
-            log.exception("delivery of an event of room %r failed", delivery.room)
 
 
 class RoomWriter:

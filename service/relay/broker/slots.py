@@ -53,9 +53,8 @@ from typing import Any
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from relay.broker import envelope, keys
+from relay.broker import keys
 from relay.broker.base import (
-    Broker,
     BrokerUnavailable,
     History,
     PublishResult,
@@ -66,6 +65,7 @@ from relay.broker.connection import Connector
 from relay.broker.redis import (
     FAILOVER_CLAIM_SECONDS,
     SHARDED_SCRIPTS,
+    EnvelopeReader,
     RedisShard,
     RoomWriter,
 )
@@ -132,7 +132,7 @@ class SlotMap:
         )
 
 
-class RedisClusterBroker(Broker):
+class RedisClusterBroker(EnvelopeReader):
     """Rooms on the master node of their slot, per this server's slot map."""
 
     def __init__(
@@ -571,20 +571,6 @@ class RedisClusterBroker(Broker):
             await self.control_shard.commands.set(key, connections, ex=LOAD_REPORT_TTL_SECONDS)
         except (RedisError, OSError, BrokerUnavailable) as exc:
             log.debug("load report failed: %r", exc)
-
-    def _resubscribed(self, channels: list[bytes]) -> None:
-        self._gap([room for room in map(keys.room_of, channels) if room is not None])
-
-    def _received(self, message: bytes) -> None:
-        try:
-            delivery = envelope.unpack(message)
-        except envelope.EnvelopeError as exc:
-            log.warning("dropped a message that is not an envelope: %s", exc)
-            return
-        try:
-            self._deliver(delivery)
-        except Exception:
-            log.exception("delivery of an event of room %r failed", delivery.room)
 
 
 def _failovers(before: SlotMap, after: SlotMap) -> dict[str, tuple[Node, Node]]:
