@@ -40,6 +40,7 @@ from support.sentinel import (
     FAILOVER_SECONDS,
     MASTER,
     SentinelProcess,
+    fail_over_past_acked_writes,
     publish_until_acked,
     replicated,
 )
@@ -91,17 +92,7 @@ async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epo
         },
     )
     async with RelayClient(pod.url) as publisher:
-        epoch = (await publisher.join("match"))["epoch"]
-        for n in range(1, 4):
-            await publisher.publish("match", n, id=f"e{n}")
-        assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
-        # The replica stops; events 4 and 5 are acked by the master alone.
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        acks = [await publisher.publish("match", n, id=f"e{n}") for n in (4, 5)]
-        assert [ack["offset"] for ack in acks if ack] == [4, 5]
-        master.kill()
-        os.kill(replica.proc.pid, signal.SIGCONT)
-        ack = await publish_until_acked(publisher, "match", "after", "after-failover")
+        epoch, ack = await fail_over_past_acked_writes(publisher, "match", master, replica)
         assert sentinel.master_port() == replica.port  # promoted
     # The promoted replica had only offsets 1-3: the same epoch there would reuse 4 and 5
     # for other events. A client resuming from what it was acked learns history broke.

@@ -30,7 +30,7 @@ from support.sentinel import (
     MASTER,
     TLS_HOST,
     SentinelProcess,
-    publish_until_acked,
+    fail_over_past_acked_writes,
     replicated,
 )
 from support.waiting import eventually
@@ -85,17 +85,7 @@ async def test_a_relay_follows_a_failover_over_tls_with_names_checked(
     )
     pod = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=relay_env(sentinels, ca))
     async with RelayClient(pod.url) as publisher:
-        epoch = (await publisher.join("match"))["epoch"]
-        for n in range(1, 4):
-            await publisher.publish("match", n, id=f"e{n}")
-        assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
-        # The replica stops; events 4 and 5 are acked by the master alone.
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        acks = [await publisher.publish("match", n, id=f"e{n}") for n in (4, 5)]
-        assert [ack["offset"] for ack in acks if ack] == [4, 5]
-        master.kill()
-        os.kill(replica.proc.pid, signal.SIGCONT)
-        ack = await publish_until_acked(publisher, "match", "after", "after-failover")
+        epoch, ack = await fail_over_past_acked_writes(publisher, "match", master, replica)
         await eventually(
             lambda: sentinels[0].master() == (TLS_HOST, replica.port),
             FAILOVER_SECONDS,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -172,3 +173,23 @@ async def publish_until_acked(client: RelayClient, room: str, data: Any, id: str
             if error.code != "unavailable" or time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.2)  # a client's retry pause, not a synchronisation
+
+
+async def fail_over_past_acked_writes(
+    publisher: RelayClient, room: str, master: RedisProcess, replica: RedisProcess
+) -> tuple[str, dict[str, Any]]:
+    """Make Sentinel promote a replica that lacks acked events: events 1-3 replicated, 4 and
+    5 acked by the master alone (its replica SIGSTOPped), then the master SIGKILLed and the
+    replica resumed. Returns the room's epoch from before and the first ack after (a
+    publish retried through the failover)."""
+    assert replica.proc is not None
+    epoch: str = (await publisher.join(room))["epoch"]
+    for n in range(1, 4):
+        await publisher.publish(room, n, id=f"e{n}")
+    assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    acks = [await publisher.publish(room, n, id=f"e{n}") for n in (4, 5)]
+    assert [ack["offset"] for ack in acks if ack] == [4, 5]
+    master.kill()
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    return epoch, await publish_until_acked(publisher, room, "after", "after-failover")
