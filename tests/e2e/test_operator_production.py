@@ -322,7 +322,7 @@ def test_the_managed_redis_is_secured_bounded_and_persistent(
     assert len(relay_password) >= 32 and len(operator_password) >= 32
     acl = secret_text(cluster.get_json("secret", "vault-redis-acl", "-n", namespace), "users.acl")
     lines = acl.splitlines()
-    assert lines[0] == "user default reset off"
+    assert lines[0] == "user default reset off ~* &* +@all"  # off: nobody logs in as it
     assert lines[1].startswith("user relay reset on #") and "-@all" in lines[1]
     assert lines[2].startswith("user gamecluster-operator reset on #")
     assert relay_password not in acl and operator_password not in acl

@@ -381,3 +381,72 @@ def test_redis_starts_with_the_operators_arguments_and_its_probe_tells_ready(
     finally:
         stop_process(server)
     no_secret_in_logs(tmp_path)
+
+
+async def test_durable_history_survives_a_restart_with_the_operators_acl_file_and_aof(
+    tmp_path: Path, relay_factory
+) -> None:
+    """The operator's Redis (its arguments: AOF, everysec; its ACL file) restarted cleanly
+    keeps every room's history and epoch. Redis replays the AOF as the default user; with
+    that user bare `off` it refused every logged script (MULTI/EXEC, NOPERM), so each
+    restart lost every durable publish (secrets.DEFAULT_USER)."""
+    passwords = RedisPasswords(RELAY_PASSWORD, OPERATOR_PASSWORD)
+    children = desired(
+        parse({}),
+        {"name": "arena", "namespace": "games", "uid": "u"},
+        Inputs(relay_image="img", jwt_secret="s", redis_passwords=passwords),
+    )
+    (sts,) = [m for m in children if m["kind"] == "StatefulSet"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert "--appendonly" in container["args"]
+    (tmp_path / "acl").mkdir()
+    (tmp_path / "acl" / secrets.ACL_FILE_KEY).write_text(acl_file(passwords))
+    port = free_port()
+    args = [
+        a.replace(ACL_DIR, str(tmp_path / "acl")).replace("/data", str(tmp_path))
+        for a in container["args"]
+    ]
+    args[args.index("--port") + 1] = str(port)
+    log = tmp_path / "redis-aof.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        server = subprocess.Popen(
+            [*args, "--bind", "127.0.0.1", "--logfile", str(log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        client = operator_client_at(port)  # the user the readiness probe pings as
+        wait_until(lambda: _pings(client), 10, "redis-server to answer")
+        return server
+
+    server = start()
+    try:
+        url = f"redis://{contract.RELAY_REDIS_USER}:{RELAY_PASSWORD}@127.0.0.1:{port}"
+        pod = relay_factory("a", redis_urls=[url])
+        async with RelayClient(pod.url) as client:
+            joined = await client.join("kept")
+            for n in range(3):
+                await client.publish("kept", n, id=f"k{n}")
+        server.terminate()  # SIGTERM: Redis's clean shutdown
+        assert server.wait(timeout=10) == 0
+        server = start()
+        await eventually(lambda: pod.status() == 200, 15, "the relay to reconnect")
+        async with RelayClient(pod.url) as client:
+            since = {"epoch": joined["epoch"], "offset": 0}
+            resumed = await client.join("kept", since=since)
+            assert resumed["recovered"] is True, resumed  # same epoch, history kept
+            assert [(await client.receive(timeout=5))["data"] for _ in range(3)] == [0, 1, 2]
+        assert "NOPERM" not in log.read_text()
+    finally:
+        stop_process(server)
+
+
+def operator_client_at(port: int) -> redis.Redis:
+    return redis.Redis(port=port, username=contract.OPERATOR_REDIS_USER, password=OPERATOR_PASSWORD)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False

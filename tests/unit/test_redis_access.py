@@ -73,7 +73,7 @@ def test_the_acl_file_has_the_default_user_off_and_the_rules_from_the_contract()
     children = build(passwords=RedisPasswords("new-pw", "op-pw", previous="old-pw"))
     acl = decoded(children["Secret/arena-redis-acl"], secrets.ACL_FILE_KEY)
     lines = acl.splitlines()
-    assert lines[0] == "user default reset off"
+    assert lines[0] == secrets.DEFAULT_USER
     relay = lines[1].split()
     assert relay[:4] == ["user", contract.RELAY_REDIS_USER, "reset", "on"]
     assert relay[-len(contract.RELAY_ACL_RULES) :] == list(contract.RELAY_ACL_RULES)

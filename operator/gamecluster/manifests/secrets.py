@@ -13,7 +13,8 @@ Two Secrets, two owners of their content:
   before it existed has no such key, and its Sentinels stay open until one is added).
 - ``<name>-redis-acl`` holds Redis's ACL file, rendered by the operator from the first on
   every pass. It carries SHA-256 digests of the passwords, never the passwords, and the
-  rules from ``relay.contract`` (the relay and the operator's user); the default user is off.
+  rules from ``relay.contract`` (the relay and the operator's user); the default user is off
+  (``DEFAULT_USER``: with the permissions the AOF replay needs).
   With replicas, two more users: ``REPLICATION_USER`` and ``SENTINEL_USER``, each allowed only
   what Redis's replication and Sentinel send (no key, no channel but Sentinel's hello).
 """
@@ -98,13 +99,21 @@ def acl_line(user: str, passwords: Sequence[str], rules: Sequence[str]) -> str:
     return " ".join(("user", user, "reset", "on", *map(_sha, passwords), *rules))
 
 
+DEFAULT_USER: Final = "user default reset off ~* &* +@all"
+"""Off (no client can log in as it, unauthenticated connections get NOAUTH), yet with every
+permission: Redis 7 replays the AOF as the default user and refuses a MULTI/EXEC block (how
+it logs a script's writes) that user may not run, "NOPERM ACLs rules changed" (redis/redis
+#14156). With a bare ``off`` every durable publish (a script) was dropped at each restart:
+the rooms came back with new epochs and no history."""
+
+
 def acl_file(passwords: RedisPasswords) -> str:
     """Redis's ACL file: default user off, the relay user, the operator's user."""
     relay_passwords = [passwords.relay]
     if passwords.previous:
         relay_passwords.append(passwords.previous)
     lines = [
-        "user default reset off",
+        DEFAULT_USER,
         acl_line(contract.RELAY_REDIS_USER, relay_passwords, contract.RELAY_ACL_RULES),
         acl_line(contract.OPERATOR_REDIS_USER, [passwords.operator], contract.OPERATOR_ACL_RULES),
     ]
