@@ -84,15 +84,12 @@ async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epo
 ) -> None:
     master, replica, sentinel = sentinel_set
     assert replica.proc is not None
-    pod = relay_factory(
-        "a",
-        redis_urls=[f"sentinel://{MASTER}"],
-        env={
-            contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
-            contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
-            contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
-        },
-    )
+    env = {
+        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
+        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
+    }
+    pod = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
     async with RelayClient(pod.url) as publisher:
         epoch = (await publisher.join("match"))["epoch"]
         for n in range(1, 4):
@@ -103,6 +100,9 @@ async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epo
         acks = [await publisher.publish("match", n, id=f"e{n}") for n in (4, 5)]
         assert [ack["offset"] for ack in acks if ack] == [4, 5]
         master.kill()
+        # A second server starts during the failover: it never sees the old master, and
+        # races the first one (which did) to the fence.
+        late = relay_factory("b", redis_urls=[f"sentinel://{MASTER}"], env=env, ready=False)
         os.kill(replica.proc.pid, signal.SIGCONT)
         ack = await publish_until_acked(publisher, "match", "after", "after-failover")
         assert sentinel.master_port() == replica.port  # promoted
@@ -115,6 +115,13 @@ async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epo
         assert joined["offset"] >= ack["offset"]
     assert pod.status() == 200
     assert "failed over from" in pod.log.read_text()
+    await eventually(lambda: late.status() == 200, 15, "the late server ready")
+    async with RelayClient(late.url) as resuming:
+        again = await resuming.join("match", since={"epoch": epoch, "offset": 5})
+        assert again["recovered"] is False and again["epoch"] == joined["epoch"]
+    # One fence for the two servers: one new epoch, not two.
+    logs = [server.log.read_text() for server in (pod, late)]
+    assert sum(text.count("rooms start epoch") for text in logs) == 1, logs
     # The fence (SET NX claim, SCAN of the meta hashes, HSET of their epochs) ran as the
     # relay's ACL user on the promoted replica, and nothing was refused there.
     ran, refused = redis_acl.commands_run(replica)
