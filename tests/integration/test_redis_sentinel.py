@@ -175,6 +175,45 @@ async def test_a_relay_started_after_a_promotion_that_lost_acked_writes_starts_a
     redis_acl.no_secret_in_logs(tmp_path)
 
 
+async def test_a_promoted_replica_of_an_unmarked_history_starts_a_new_epoch(
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess],
+    relay_factory,
+) -> None:
+    """No marker on the promoted replica (its master's history was never marked: a fleet
+    upgraded to the marker, or a replica behind when it was first set) is not a new
+    Redis: the replica continued a history (its `master_replid2`) and may lack acked
+    writes, so a relay that never saw the old master starts new epochs there too."""
+    master, replica, sentinel = sentinel_set
+    assert replica.proc is not None
+    env = {
+        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
+        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
+    }
+    first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
+    async with RelayClient(first.url) as publisher:
+        epoch = (await publisher.join("match"))["epoch"]
+        await publisher.publish("match", 1, id="e1")
+        # The history as a relay without the marker left it (the relay does not look
+        # again until its connection is lost).
+        master.cli("DEL", keys.HISTORY_MARKER)
+        assert master.cli("WAIT", "1", "5000") == "1"  # the replica has event 1, no marker
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        acked = await publisher.publish("match", 2, id="e2")
+        assert acked is not None and acked["offset"] == 2  # on the master alone
+    first.stop()
+    master.kill()
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    await eventually(
+        lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the promotion"
+    )
+    later = relay_factory("b", redis_urls=[f"sentinel://{MASTER}"], env=env)
+    async with RelayClient(later.url) as resuming:
+        joined = await resuming.join("match", since={"epoch": epoch, "offset": 2})
+        assert joined["recovered"] is False and joined["epoch"] != epoch
+    assert "failed over from an unmarked master" in later.log.read_text()
+
+
 async def test_a_master_restarted_cleanly_keeps_its_rooms_epochs(
     redis_factory, relay_factory
 ) -> None:

@@ -378,7 +378,8 @@ class RedisShard:
         - its previous id (`master_replid2`): a replica promoted in place of the marked
           master, which may lack acked writes: new epochs (one server: a SET NX claim);
         - none: a new or emptied Redis (a room whose keys are gone starts a new epoch
-          anyway): marked now;
+          anyway): marked now; but new epochs first when the master continued another
+          history (a `master_replid2`: promoted, its old master unmarked);
         - another id: the master restarted (its id changes on every restart, a clean
           SHUTDOWN too): the rooms keep their epochs, as without the marker (the crash
           window of appendfsync everysec, docs/operations.md); marked now, and logged.
@@ -389,12 +390,12 @@ class RedisShard:
         where = self.url if master is None else f"{master[0]}:{master[1]}"
         previous = self._master
         moved = previous is not None and master is not None and master != previous
-        info = await fence.info("replication")
+        info = await _replication(fence)
         if info.get("role") != "master":
             raise RedisConnectionError(
                 f"shard {self.name}: {where} is a replica, not a master; waiting for one"
             )
-        replid, replid2 = str(info["master_replid"]), str(info["master_replid2"])
+        replid, replid2 = info["master_replid"], info["master_replid2"]
         for _ in range(2):  # a second look if another server marked it meanwhile
             found = await fence.get(keys.HISTORY_MARKER)
             marker = None if found is None else _text(found)
@@ -410,9 +411,13 @@ class RedisShard:
                 await self._new_epochs(fence, claim, replid, old, where)
                 return
             if marker is None:
-                if moved:  # a master that never had the marker (a fleet being upgraded)
-                    claim = keys.failover_claim(self.name, _at(previous), where)
-                    await self._new_epochs(fence, claim, replid, _at(previous), where)
+                # A promoted replica whose history was never marked (a fleet upgraded to
+                # the marker, a replica that was behind when it was first set) may lack
+                # acked writes too: only a master that continued no history is new.
+                if moved or replid2 != NO_HISTORY:
+                    old = _at(previous) if moved else f"an unmarked master {replid2[:8]}"
+                    claim = keys.failover_claim(self.name, "unmarked", replid)
+                    await self._new_epochs(fence, claim, replid, old, where)
                     return
                 if await fence.set(keys.HISTORY_MARKER, replid, nx=True):
                     log.info("shard %s: %s marked as history %s", self.name, where, replid[:8])
@@ -990,6 +995,17 @@ class RoomWriter:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def _replication(client: Redis) -> dict[str, str]:
+    """INFO replication's fields as the server spelled them. Not redis-py's parsed INFO:
+    it turns a value of digits into a number, so `master_replid2` of a master that
+    continued no history (forty zeros) would read as 0, and a replication id of digits
+    and one `e` as a float. `client` must be the caller's own: its INFO reply is left raw."""
+    client.set_response_callback("INFO", lambda response, **options: response)
+    raw = await client.execute_command("INFO", "replication")  # type: ignore[no-untyped-call]
+    lines = _text(raw).splitlines()
+    return dict(line.split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
 
 
 def _at(address: tuple[str, int] | None) -> str:
