@@ -10,6 +10,7 @@ for the replication and Sentinel users an operator-run Sentinel would need.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import secrets
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from redis import Redis
 
 from gamecluster.children import Owner
 from gamecluster.desired import Inputs, desired
@@ -29,6 +31,7 @@ from gamecluster.redis_auth import operator_auth
 from gamecluster.spec import parse
 from gamecluster_client import Connection as RelayClient
 from relay import contract
+from relay.broker import keys
 from relay.broker.base import BrokerUnavailable
 from relay.broker.connection import Connector
 from relay.broker.redis import RedisBroker
@@ -82,17 +85,23 @@ async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epo
 ) -> None:
     master, replica, sentinel = sentinel_set
     assert replica.proc is not None
-    pod = relay_factory(
-        "a",
-        redis_urls=[f"sentinel://{MASTER}"],
-        env={
-            contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
-            contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
-            contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
-        },
-    )
+    env = {
+        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
+        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
+    }
+    pod = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
     async with RelayClient(pod.url) as publisher:
-        epoch, ack = await fail_over_past_acked_writes(publisher, "match", master, replica)
+        # A second server starts during the failover: it never sees the old master, and
+        # races the first one (which did) to the fence.
+        started: list[Any] = []
+        epoch, ack = await fail_over_past_acked_writes(
+            publisher, "match", master, replica,
+            while_down=lambda: started.append(
+                relay_factory("b", redis_urls=[f"sentinel://{MASTER}"], env=env, ready=False)
+            ),
+        )  # fmt: skip
+        late = started[0]
         assert sentinel.master_port() == replica.port  # promoted
     # The promoted replica had only offsets 1-3: the same epoch there would reuse 4 and 5
     # for other events. A client resuming from what it was acked learns history broke.
@@ -103,6 +112,13 @@ async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epo
         assert joined["offset"] >= ack["offset"]
     assert pod.status() == 200
     assert "failed over from" in pod.log.read_text()
+    await eventually(lambda: late.status() == 200, 15, "the late server ready")
+    async with RelayClient(late.url) as resuming:
+        again = await resuming.join("match", since={"epoch": epoch, "offset": 5})
+        assert again["recovered"] is False and again["epoch"] == joined["epoch"]
+    # One fence for the two servers: one new epoch, not two.
+    logs = [server.log.read_text() for server in (pod, late)]
+    assert sum(text.count("rooms start epoch") for text in logs) == 1, logs
     # The fence (SET NX claim, SCAN of the meta hashes, HSET of their epochs) ran as the
     # relay's ACL user on the promoted replica, and nothing was refused there.
     ran, refused = redis_acl.commands_run(replica)
@@ -111,15 +127,136 @@ async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epo
     redis_acl.no_secret_in_logs(tmp_path)
 
 
+async def test_a_relay_started_after_a_promotion_that_lost_acked_writes_starts_a_new_epoch(
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess],
+    relay_factory,
+    tmp_path: Path,
+) -> None:
+    """No relay server runs while the shard fails over, so none holds the old master in
+    memory: the one started after the promotion still sees, from the history marker
+    (keys.HISTORY_MARKER, replicated: the promoted replica's `master_replid2`), that the
+    new master continued the marked history and may lack acked writes, and starts new
+    epochs before it serves anything there."""
+    master, replica, sentinel = sentinel_set
+    assert replica.proc is not None
+    env = {
+        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
+        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
+    }
+    first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
+    async with RelayClient(first.url) as publisher:
+        epoch = (await publisher.join("match"))["epoch"]
+        for n in range(1, 4):
+            await publisher.publish("match", n, id=f"e{n}")
+        assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        acks = [await publisher.publish("match", n, id=f"e{n}") for n in (4, 5)]
+        assert [ack["offset"] for ack in acks if ack] == [4, 5]  # on the master alone
+    first.stop()  # the whole fleet is gone during the failover
+    master.kill()
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    await eventually(
+        lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the promotion"
+    )
+    later = relay_factory("b", redis_urls=[f"sentinel://{MASTER}"], env=env)
+    async with RelayClient(later.url) as resuming:
+        joined = await resuming.join("match", since={"epoch": epoch, "offset": 5})
+        # Without the marker: the same epoch, offsets 4 and 5 silently gone.
+        assert joined["recovered"] is False
+        assert joined["epoch"] != epoch
+        ack = await resuming.publish("match", "after", id="after")
+        assert ack is not None and ack["offset"] == joined["offset"] + 1
+    assert "failed over from the master of history" in later.log.read_text()
+    assert redis_acl.acl_denials(replica) == []
+    redis_acl.no_secret_in_logs(tmp_path)
+
+
+async def test_a_promoted_replica_of_an_unmarked_history_starts_a_new_epoch(
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess],
+    relay_factory,
+) -> None:
+    """No marker on the promoted replica (its master's history was never marked: a fleet
+    upgraded to the marker, or a replica behind when it was first set) is not a new
+    Redis: the replica continued a history (its `master_replid2`) and may lack acked
+    writes, so a relay that never saw the old master starts new epochs there too."""
+    master, replica, sentinel = sentinel_set
+    assert replica.proc is not None
+    env = {
+        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
+        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
+    }
+    first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
+    async with RelayClient(first.url) as publisher:
+        epoch = (await publisher.join("match"))["epoch"]
+        await publisher.publish("match", 1, id="e1")
+        # The history as a relay without the marker left it (the relay does not look
+        # again until its connection is lost).
+        master.cli("DEL", keys.HISTORY_MARKER)
+        assert master.cli("WAIT", "1", "5000") == "1"  # the replica has event 1, no marker
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        acked = await publisher.publish("match", 2, id="e2")
+        assert acked is not None and acked["offset"] == 2  # on the master alone
+    first.stop()
+    master.kill()
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    await eventually(
+        lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the promotion"
+    )
+    later = relay_factory("b", redis_urls=[f"sentinel://{MASTER}"], env=env)
+    async with RelayClient(later.url) as resuming:
+        joined = await resuming.join("match", since={"epoch": epoch, "offset": 2})
+        assert joined["recovered"] is False and joined["epoch"] != epoch
+    assert "failed over from an unmarked master" in later.log.read_text()
+
+
+async def test_a_master_restarted_cleanly_keeps_its_rooms_epochs(
+    redis_factory, relay_factory
+) -> None:
+    """A master's replication id changes on every restart, a clean one too: the marker
+    then names neither of its ids, which is a restart, not a promotion. The rooms keep
+    their epochs (no needless `recovered: false`), and the marker names the new id, so a
+    failover later is still recognised. (Without the ACL file: Redis 7.0 refuses a
+    MULTI/EXEC of its append-only file with `user default off`, see the report of issue
+    #14's fence-marker branch.)"""
+    server = redis_factory(aof=True)  # appendfsync always: nothing lost by the restart
+    pod = relay_factory("a", redis_urls=[f"shard-a={server.url}"])
+    admin = Redis(port=server.port)
+    before = admin.info("replication")["master_replid"]
+    await eventually(
+        lambda: admin.get(keys.HISTORY_MARKER) == before.encode(), 10, "the marker set"
+    )
+    async with RelayClient(pod.url) as publisher:
+        epoch = (await publisher.join("match"))["epoch"]
+        for n in range(1, 4):
+            await publisher.publish("match", n, id=f"e{n}")
+    server.stop()  # SIGTERM: a clean SHUTDOWN
+    server.start()
+    admin = Redis(port=server.port)
+    after = admin.info("replication")["master_replid"]
+    assert after != before  # what makes a restart look like another history
+    await eventually(
+        lambda: admin.get(keys.HISTORY_MARKER) == after.encode(), 15, "the marker renewed"
+    )
+    await eventually(lambda: pod.status() == 200, 15, "the relay ready again")
+    assert "restarted (history" in pod.log.read_text()
+    async with RelayClient(pod.url) as resuming:
+        joined = await resuming.join("match", since={"epoch": epoch, "offset": 2})
+        assert joined["recovered"] is True and joined["epoch"] == epoch, (joined, epoch)
+        assert joined["offset"] == 3
+    assert "rooms start epoch" not in pod.log.read_text()
+
+
 async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
     sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess], tmp_path: Path
 ) -> None:
     """The publish connection (relay.broker.commands) asks Sentinel for the master on every
     connect and passes the shard's fence: after a failover it reaches the new master only
-    once that master's rooms have new epochs, so no publish reuses an offset the old master
-    acked. The fence is run by the shard's Pub/Sub session: held back here (the broker is
-    not started), every publish is refused, deterministically; started, publishes land
-    on the new master in a new epoch."""
+    acked. The fence is run by the shard's Pub/Sub session: before it has checked the
+    first master's history, and held back after the failover (the session stopped), every
+    publish is refused, deterministically; started again, publishes land on the new master
+    in a new epoch."""
     master, replica, sentinel = sentinel_set
     connector = Connector(
         username=contract.RELAY_REDIS_USER,
@@ -141,9 +278,21 @@ async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
     shard = broker.control_shard
     shard._ready = True
     try:
+        # Even the first master this server sees: not before its history is checked (it
+        # could be a promoted replica).
+        with pytest.raises(BrokerUnavailable, match="is not checked yet"):
+            await broker.publish("match", 1, ts=1, policy=policy, msg_id="e1")
+        shard._ready = False
+        await broker.start()
+        await eventually(lambda: broker.ready, 15, "the shard to be ready on the master")
         first = await broker.publish("match", 1, ts=1, policy=policy, msg_id="e1")
         assert first.offset == 1
         assert master.cli("WAIT", "1", "5000") == "1"
+        # The session held back from here on: nothing fences the new master.
+        assert shard._task is not None
+        shard._task.cancel()
+        await asyncio.wait({shard._task})
+        shard._ready = True
         master.kill()
         await eventually(
             lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the promotion"
@@ -161,7 +310,7 @@ async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
         await eventually(fenced, 15, "a publish refused by the fence")
         assert await fenced() and await fenced()  # and it stays refused
         shard._ready = False
-        await broker.start()  # the Pub/Sub session fences the new master, then is ready
+        shard.start()  # the Pub/Sub session fences the new master, then is ready
         await eventually(lambda: broker.ready, 15, "the shard to be ready on the new master")
         second = await broker.publish("match", 2, ts=1, policy=policy, msg_id="e2")
         assert second.epoch != first.epoch and second.offset == 2

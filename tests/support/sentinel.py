@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -176,12 +177,16 @@ async def publish_until_acked(client: RelayClient, room: str, data: Any, id: str
 
 
 async def fail_over_past_acked_writes(
-    publisher: RelayClient, room: str, master: RedisProcess, replica: RedisProcess
+    publisher: RelayClient,
+    room: str,
+    master: RedisProcess,
+    replica: RedisProcess,
+    while_down: Callable[[], object] = lambda: None,
 ) -> tuple[str, dict[str, Any]]:
     """Make Sentinel promote a replica that lacks acked events: events 1-3 replicated, 4 and
-    5 acked by the master alone (its replica SIGSTOPped), then the master SIGKILLed and the
-    replica resumed. Returns the room's epoch from before and the first ack after (a
-    publish retried through the failover)."""
+    5 acked by the master alone (its replica SIGSTOPped), then the master SIGKILLed
+    (`while_down` runs then) and the replica resumed. Returns the room's epoch from before
+    and the first ack after (a publish retried through the failover)."""
     assert replica.proc is not None
     epoch: str = (await publisher.join(room))["epoch"]
     for n in range(1, 4):
@@ -191,5 +196,6 @@ async def fail_over_past_acked_writes(
     acks = [await publisher.publish(room, n, id=f"e{n}") for n in (4, 5)]
     assert [ack["offset"] for ack in acks if ack] == [4, 5]
     master.kill()
+    while_down()
     os.kill(replica.proc.pid, signal.SIGCONT)
     return epoch, await publish_until_acked(publisher, room, "after", "after-failover")

@@ -60,6 +60,13 @@ META_PATTERN = f"{_OPEN}*{_CLOSE}:meta"
 """Matches every room's meta hash (SCAN MATCH): the failover fence rewrites their epochs."""
 
 
+HISTORY_MARKER = f"{CLUSTER_KEY_PREFIX}history"
+"""On each shard's master: the replication id (`master_replid` of INFO replication) of the
+history its rooms' current epochs were started on. It replicates, so a promoted replica
+holds its old master's id as its `master_replid2`: the failover fence of a relay server
+that never saw the old master (relay.broker.redis, RedisShard._check_history)."""
+
+
 def failover_claim(shard: str, old: str, new: str) -> str:
     """Claimed (SET NX) by the one relay server that starts new epochs after a failover."""
     return f"{CLUSTER_KEY_PREFIX}failover:{shard}:{old}->{new}"

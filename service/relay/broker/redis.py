@@ -59,6 +59,14 @@ length must not grow 2**failures past what a float holds."""
 
 FAILOVER_CLAIM_SECONDS = 300
 """How long a failover's claim keeps other relay servers from starting epochs a second time."""
+FENCE_SECONDS = 30
+"""How long a failover's claim holds while its relay server starts the new epochs; past
+it (a claimer that died) another one claims."""
+FENCE_DONE = b"done"
+"""The claim's value once every room of the promoted master has its new epoch; kept for
+FAILOVER_CLAIM_SECONDS so late relay servers do not start epochs a second time."""
+NO_HISTORY = "0" * 40
+"""`master_replid2` of a master that continued no earlier history (INFO replication)."""
 
 
 @dataclass(frozen=True)
@@ -337,55 +345,142 @@ class RedisShard:
             await asyncio.wait({asyncio.create_task(client.aclose())}, timeout=1.0)
 
     async def _after_failover(self) -> None:
-        """Start a new epoch in every room of this shard when its master has changed.
+        """Check the master's history before this server reads or writes anything there;
+        start a new epoch in every room of this shard when it is not the rooms' history.
 
         Replication is asynchronous: a promoted replica may lack the last events acked by
         the old master, and its offsets would then go backwards and be reused for new
-        events, a gap no client could see. So the first relay server to see the new master
-        (a SET NX claim) gives every room on it a new epoch: members and resuming clients
-        get `recovered: false`. Raises (and the session is retried) until it is done.
+        events, a gap no client could see. The master keeps a marker (keys.HISTORY_MARKER:
+        the replication id its rooms' epochs were started on), so a server sees a promotion
+        on first sight too, started after it or restarted during it, not only when it held
+        the old master's address in memory (docs/operations.md, "Failover guarantee").
+        Raises (and the session is retried) until the check has passed.
         """
+        if self._on_slot_left is not None:
+            return  # a Redis Cluster node: relay.broker.slots fences its failovers
         master = await self._connector.master_address(self._endpoint, timeout=self._timeout)
-        if master is None or master == self._master:
-            return
-        previous = self._master
-        if previous is not None:
-            old, new = (f"{host}:{port}" for host, port in (previous, master))
-            # Until self._master moves, _check_master keeps every other connection of this
-            # shard off the new master: the fence goes there directly.
+        # Until self._master names it, _check_master keeps every other connection of this
+        # shard off the master (Sentinel): the check goes there directly.
+        if master is None:
+            fence = self._connector.client(self._endpoint, timeout=self._timeout, retries=0)
+        else:
             fence = self._connector.direct(self._endpoint, master, timeout=self._timeout)
-            try:
-                claimed = await fence.set(
-                    keys.failover_claim(self.name, old, new),
-                    self._node_channel,
-                    nx=True,
-                    ex=FAILOVER_CLAIM_SECONDS,
-                )
-                epoch, rooms = secrets.token_hex(4), 0
-                if claimed:
-                    async for key in fence.scan_iter(match=keys.META_PATTERN, count=500):
-                        await fence.hset(key, "epoch", epoch)
-                        rooms += 1
-            finally:
-                await asyncio.wait({asyncio.create_task(fence.aclose())}, timeout=1.0)
-            if claimed:
-                log.warning(
-                    "shard %s failed over from %s to %s: %d rooms start epoch %s",
-                    self.name, old, new, rooms, epoch,
-                )  # fmt: skip
-            else:
-                log.warning("shard %s failed over from %s to %s", self.name, old, new)
+        try:
+            await self._check_history(fence, master)
+        finally:
+            await asyncio.wait({asyncio.create_task(fence.aclose())}, timeout=1.0)
         self._master = master
 
-    def _check_master(self, address: tuple[str, int]) -> None:
-        """Refuse a connection to a new master until _after_failover has dealt with it."""
-        if self._master is None:
-            self._master = address  # the first master this server sees: nothing to fence
-        elif address != self._master:
+    async def _check_history(self, fence: Redis, master: tuple[str, int] | None) -> None:
+        """The marker against the master's replication ids (see _after_failover):
+
+        - the master's own id: the rooms' history, nothing to do;
+        - its previous id (`master_replid2`): a replica promoted in place of the marked
+          master, which may lack acked writes: new epochs (one server: a SET NX claim);
+        - none: a new or emptied Redis (a room whose keys are gone starts a new epoch
+          anyway): marked now; but new epochs first when the master continued another
+          history (a `master_replid2`: promoted, its old master unmarked);
+        - another id: the master restarted (its id changes on every restart, a clean
+          SHUTDOWN too): the rooms keep their epochs, as without the marker (the crash
+          window of appendfsync everysec, docs/operations.md); marked now, and logged.
+
+        A server that held another master's address in memory (it saw the failover) starts
+        new epochs whatever the marker says, unless another server already marked this
+        history (the fence ran once)."""
+        where = self.url if master is None else f"{master[0]}:{master[1]}"
+        previous = self._master
+        moved = previous is not None and master is not None and master != previous
+        info = await _replication(fence)
+        if info.get("role") != "master":
             raise RedisConnectionError(
-                f"shard {self.name}: master moved to {address[0]}:{address[1]}; "
-                "waiting for its rooms' new epochs"
+                f"shard {self.name}: {where} is a replica, not a master; waiting for one"
             )
+        replid, replid2 = info["master_replid"], info["master_replid2"]
+        for _ in range(2):  # a second look if another server marked it meanwhile
+            found = await fence.get(keys.HISTORY_MARKER)
+            marker = None if found is None else _text(found)
+            if marker == replid:
+                if moved:
+                    log.warning(
+                        "shard %s failed over from %s to %s", self.name, _at(previous), where
+                    )
+                return
+            if marker is not None and (moved or marker == replid2 != NO_HISTORY):
+                old = _at(previous) if moved else f"the master of history {marker[:8]}"
+                claim = keys.failover_claim(self.name, marker, replid)
+                await self._new_epochs(fence, claim, replid, old, where)
+                return
+            if marker is None:
+                # A promoted replica whose history was never marked (a fleet upgraded to
+                # the marker, a replica that was behind when it was first set) may lack
+                # acked writes too: only a master that continued no history is new.
+                if moved or replid2 != NO_HISTORY:
+                    old = _at(previous) if moved else f"an unmarked master {replid2[:8]}"
+                    claim = keys.failover_claim(self.name, "unmarked", replid)
+                    await self._new_epochs(fence, claim, replid, old, where)
+                    return
+                if await fence.set(keys.HISTORY_MARKER, replid, nx=True):
+                    log.info("shard %s: %s marked as history %s", self.name, where, replid[:8])
+                    return
+                continue
+            log.warning(
+                "shard %s: %s restarted (history %s, its rooms' epochs were started on %s): "
+                "the rooms keep their epochs",
+                self.name, where, replid[:8], marker[:8],
+            )  # fmt: skip
+            await fence.set(keys.HISTORY_MARKER, replid)
+            return
+        raise RedisConnectionError(
+            f"shard {self.name}: the history marker on {where} keeps changing"
+        )
+
+    async def _new_epochs(self, fence: Redis, claim: str, replid: str, old: str, new: str) -> None:
+        """A new epoch in every room on the master `fence` reaches, then the marker names its
+        history. One relay server does it (a SET NX claim); the others wait (raising: the
+        session is retried) until the marker or the claim's done mark says it is done. A
+        claimer that died leaves a claim that expires after FENCE_SECONDS, and the next
+        server starts epochs again (a second new epoch is harmless); a claim of this
+        server's own, left by a fence that failed midway, is finished now."""
+        me = self._node_channel
+        claimed = await fence.set(claim, me, nx=True, ex=FENCE_SECONDS)
+        holder = None if claimed else await fence.get(claim)
+        if holder == me:
+            claimed = await fence.set(claim, me, xx=True, ex=FENCE_SECONDS)
+            holder = None if claimed else await fence.get(claim)
+        if not claimed:
+            if holder == FENCE_DONE:
+                log.warning("shard %s failed over from %s to %s", self.name, old, new)
+                return
+            raise RedisConnectionError(
+                f"shard {self.name}: another relay server is starting the new epochs of "
+                f"the rooms on {new}; waiting for it"
+            )
+        epoch, rooms = secrets.token_hex(4), 0
+        async for key in fence.scan_iter(match=keys.META_PATTERN, count=500):
+            await fence.hset(key, "epoch", epoch)
+            rooms += 1
+        # The marker after the epochs: a server that reads it marked serves this history.
+        await fence.set(keys.HISTORY_MARKER, replid)
+        await fence.set(claim, FENCE_DONE, ex=FAILOVER_CLAIM_SECONDS)
+        log.warning(
+            "shard %s failed over from %s to %s: %d rooms start epoch %s",
+            self.name, old, new, rooms, epoch,
+        )  # fmt: skip
+
+    def _check_master(self, address: tuple[str, int]) -> None:
+        """Refuse a connection to a master until _after_failover has checked its history
+        (a server's first master included: it may be a promoted replica)."""
+        if address == self._master:
+            return
+        if self._master is None:
+            raise RedisConnectionError(
+                f"shard {self.name}: the history of master {address[0]}:{address[1]} is "
+                "not checked yet"
+            )
+        raise RedisConnectionError(
+            f"shard {self.name}: master moved to {address[0]}:{address[1]}; "
+            "waiting for its rooms' new epochs"
+        )
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         """One message of a channel: a room's event, this server's probe or a command."""
@@ -900,3 +995,18 @@ class RoomWriter:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def _replication(client: Redis) -> dict[str, str]:
+    """INFO replication's fields as the server spelled them. Not redis-py's parsed INFO:
+    it turns a value of digits into a number, so `master_replid2` of a master that
+    continued no history (forty zeros) would read as 0, and a replication id of digits
+    and one `e` as a float. `client` must be the caller's own: its INFO reply is left raw."""
+    client.set_response_callback("INFO", lambda response, **options: response)
+    raw = await client.execute_command("INFO", "replication")  # type: ignore[no-untyped-call]
+    lines = _text(raw).splitlines()
+    return dict(line.split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
+
+
+def _at(address: tuple[str, int] | None) -> str:
+    return "?" if address is None else f"{address[0]}:{address[1]}"

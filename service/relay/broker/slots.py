@@ -64,6 +64,8 @@ from relay.broker.base import (
 from relay.broker.connection import Connector
 from relay.broker.redis import (
     FAILOVER_CLAIM_SECONDS,
+    FENCE_DONE,
+    FENCE_SECONDS,
     SHARDED_SCRIPTS,
     EnvelopeReader,
     RedisShard,
@@ -74,13 +76,6 @@ from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
 from relay.rooms import RoomPolicy
 
 log = logging.getLogger("relay.broker.slots")
-
-FENCE_SECONDS = 30
-"""How long a failover's claim holds while its relay server starts the new epochs; past
-it (a claimer that died) another one claims."""
-FENCE_DONE = b"done"
-"""The claim's value once every room of the promoted master has its new epoch; kept for
-FAILOVER_CLAIM_SECONDS so late relay servers do not start epochs a second time."""
 
 REFRESH_SECONDS = 5.0
 """How often the slot map is read when nothing asked for it (a redirect, a lost
