@@ -67,6 +67,12 @@ holds its old master's id as its `master_replid2`: the failover fence of a relay
 that never saw the old master (relay.broker.redis, RedisShard._check_history)."""
 
 
+def node_history_marker(tag: str) -> str:
+    """Redis Cluster: a master node's HISTORY_MARKER, in the slot of hash tag `tag` (see
+    `slot_tag`): the node's lowest slot, per relay.broker.slots, which says why."""
+    return f"{HISTORY_MARKER}:{{{tag}}}"
+
+
 def failover_claim(shard: str, old: str, new: str) -> str:
     """Claimed (SET NX) by the one relay server that starts new epochs after a failover."""
     return f"{CLUSTER_KEY_PREFIX}failover:{shard}:{old}->{new}"

@@ -29,7 +29,7 @@ from redis.exceptions import AskError, ClusterDownError, RedisError, TryAgainErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from relay import protocol
-from relay.broker import commands, envelope, keys, lua, replicas, shardmap
+from relay.broker import commands, envelope, history, keys, lua, replicas, shardmap
 from relay.broker.base import (
     Broker,
     BrokerUnavailable,
@@ -41,6 +41,7 @@ from relay.broker.base import (
     describe,
 )
 from relay.broker.connection import Connector
+from relay.broker.history import Verdict
 from relay.broker.pubsub import PubSubConnection
 from relay.config import RedisEndpoint
 from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
@@ -55,18 +56,6 @@ RECONNECT_BACKOFF = FullJitterBackoff(cap=2.0, base=0.05)
 MAX_BACKOFF_EXPONENT = 16
 """Failures counted into the backoff (0.05 * 2**16 is far past the cap); an outage of any
 length must not grow 2**failures past what a float holds."""
-
-
-FAILOVER_CLAIM_SECONDS = 300
-"""How long a failover's claim keeps other relay servers from starting epochs a second time."""
-FENCE_SECONDS = 30
-"""How long a failover's claim holds while its relay server starts the new epochs; past
-it (a claimer that died) another one claims."""
-FENCE_DONE = b"done"
-"""The claim's value once every room of the promoted master has its new epoch; kept for
-FAILOVER_CLAIM_SECONDS so late relay servers do not start epochs a second time."""
-NO_HISTORY = "0" * 40
-"""`master_replid2` of a master that continued no earlier history (INFO replication)."""
 
 
 @dataclass(frozen=True)
@@ -390,7 +379,7 @@ class RedisShard:
         where = self.url if master is None else f"{master[0]}:{master[1]}"
         previous = self._master
         moved = previous is not None and master is not None and master != previous
-        info = await _replication(fence)
+        info = await history.replication(fence)
         if info.get("role") != "master":
             raise RedisConnectionError(
                 f"shard {self.name}: {where} is a replica, not a master; waiting for one"
@@ -399,26 +388,27 @@ class RedisShard:
         for _ in range(2):  # a second look if another server marked it meanwhile
             found = await fence.get(keys.HISTORY_MARKER)
             marker = None if found is None else _text(found)
-            if marker == replid:
+            verdict = history.classify(marker, replid, replid2, moved=moved)
+            if verdict is Verdict.SAME:
                 if moved:
                     log.warning(
                         "shard %s failed over from %s to %s", self.name, _at(previous), where
                     )
                 return
-            if marker is not None and (moved or marker == replid2 != NO_HISTORY):
-                old = _at(previous) if moved else f"the master of history {marker[:8]}"
-                claim = keys.failover_claim(self.name, marker, replid)
+            if verdict.fences:
+                if moved:
+                    old = _at(previous)
+                elif verdict is Verdict.PROMOTED:
+                    old = f"the master of history {(marker or '')[:8]}"
+                else:
+                    # A promoted replica whose history was never marked (a fleet upgraded
+                    # to the marker, a replica that was behind when it was first set) may
+                    # lack acked writes too: only a master that continued no history is new.
+                    old = f"an unmarked master {replid2[:8]}"
+                claim = history.claim_name(self.name, marker, replid)
                 await self._new_epochs(fence, claim, replid, old, where)
                 return
-            if marker is None:
-                # A promoted replica whose history was never marked (a fleet upgraded to
-                # the marker, a replica that was behind when it was first set) may lack
-                # acked writes too: only a master that continued no history is new.
-                if moved or replid2 != NO_HISTORY:
-                    old = _at(previous) if moved else f"an unmarked master {replid2[:8]}"
-                    claim = keys.failover_claim(self.name, "unmarked", replid)
-                    await self._new_epochs(fence, claim, replid, old, where)
-                    return
+            if verdict is Verdict.NEW:
                 if await fence.set(keys.HISTORY_MARKER, replid, nx=True):
                     log.info("shard %s: %s marked as history %s", self.name, where, replid[:8])
                     return
@@ -426,7 +416,7 @@ class RedisShard:
             log.warning(
                 "shard %s: %s restarted (history %s, its rooms' epochs were started on %s): "
                 "the rooms keep their epochs",
-                self.name, where, replid[:8], marker[:8],
+                self.name, where, replid[:8], (marker or "")[:8],
             )  # fmt: skip
             await fence.set(keys.HISTORY_MARKER, replid)
             return
@@ -435,33 +425,22 @@ class RedisShard:
         )
 
     async def _new_epochs(self, fence: Redis, claim: str, replid: str, old: str, new: str) -> None:
-        """A new epoch in every room on the master `fence` reaches, then the marker names its
-        history. One relay server does it (a SET NX claim); the others wait (raising: the
-        session is retried) until the marker or the claim's done mark says it is done. A
-        claimer that died leaves a claim that expires after FENCE_SECONDS, and the next
-        server starts epochs again (a second new epoch is harmless); a claim of this
-        server's own, left by a fence that failed midway, is finished now."""
-        me = self._node_channel
-        claimed = await fence.set(claim, me, nx=True, ex=FENCE_SECONDS)
-        holder = None if claimed else await fence.get(claim)
-        if holder == me:
-            claimed = await fence.set(claim, me, xx=True, ex=FENCE_SECONDS)
-            holder = None if claimed else await fence.get(claim)
-        if not claimed:
-            if holder == FENCE_DONE:
-                log.warning("shard %s failed over from %s to %s", self.name, old, new)
-                return
+        """history.new_epochs, logged; raising (the session is retried) while another relay
+        server is starting them."""
+        try:
+            started = await history.new_epochs(
+                fence, claim=claim, holder=self._node_channel, marker=keys.HISTORY_MARKER,
+                replid=replid,
+            )  # fmt: skip
+        except history.FenceBusy:
             raise RedisConnectionError(
                 f"shard {self.name}: another relay server is starting the new epochs of "
                 f"the rooms on {new}; waiting for it"
-            )
-        epoch, rooms = secrets.token_hex(4), 0
-        async for key in fence.scan_iter(match=keys.META_PATTERN, count=500):
-            await fence.hset(key, "epoch", epoch)
-            rooms += 1
-        # The marker after the epochs: a server that reads it marked serves this history.
-        await fence.set(keys.HISTORY_MARKER, replid)
-        await fence.set(claim, FENCE_DONE, ex=FAILOVER_CLAIM_SECONDS)
+            ) from None
+        if started is None:
+            log.warning("shard %s failed over from %s to %s", self.name, old, new)
+            return
+        epoch, rooms = started
         log.warning(
             "shard %s failed over from %s to %s: %d rooms start epoch %s",
             self.name, old, new, rooms, epoch,
@@ -995,17 +974,6 @@ class RoomWriter:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-async def _replication(client: Redis) -> dict[str, str]:
-    """INFO replication's fields as the server spelled them. Not redis-py's parsed INFO:
-    it turns a value of digits into a number, so `master_replid2` of a master that
-    continued no history (forty zeros) would read as 0, and a replication id of digits
-    and one `e` as a float. `client` must be the caller's own: its INFO reply is left raw."""
-    client.set_response_callback("INFO", lambda response, **options: response)
-    raw = await client.execute_command("INFO", "replication")  # type: ignore[no-untyped-call]
-    lines = _text(raw).splitlines()
-    return dict(line.split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
 
 
 def _at(address: tuple[str, int] | None) -> str:

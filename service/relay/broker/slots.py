@@ -62,10 +62,8 @@ from relay.broker.base import (
     describe,
 )
 from relay.broker.connection import Connector
+from relay.broker.history import FAILOVER_CLAIM_SECONDS, FENCE_DONE, FENCE_SECONDS
 from relay.broker.redis import (
-    FAILOVER_CLAIM_SECONDS,
-    FENCE_DONE,
-    FENCE_SECONDS,
     SHARDED_SCRIPTS,
     EnvelopeReader,
     RedisShard,

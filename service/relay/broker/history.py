@@ -1,0 +1,128 @@
+"""A Redis master's history: is it the one its rooms' epochs were started on?
+
+Replication is asynchronous: a promoted replica may lack the last events acked by the
+old master, and its offsets would then go backwards and be reused for new events, a gap
+no client could see. So each master keeps a **history marker** (relay.broker.keys): the
+replication id (`master_replid` of INFO replication) of the history its rooms' epochs
+were started on. It replicates, so a promoted replica holds it as its `master_replid2`.
+A relay server compares the two before it serves a master (`classify`), and where the
+history may have lost acked events it gives every room on the master a new epoch
+(`new_epochs`, once per failover across every relay server: a SET NX claim).
+
+Shared by both brokers that see failovers: Sentinel and standalone shards
+(relay.broker.redis, RedisShard._check_history: one marker per shard) and Redis Cluster
+nodes (relay.broker.slots: one marker per master node, in one of its slots).
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+
+from redis.asyncio import Redis
+
+from relay.broker import keys
+
+FAILOVER_CLAIM_SECONDS = 300
+"""How long a failover's claim keeps other relay servers from starting epochs a second time."""
+FENCE_SECONDS = 30
+"""How long a failover's claim holds while its relay server starts the new epochs; past
+it (a claimer that died) another one claims."""
+FENCE_DONE = b"done"
+"""The claim's value once every room of the promoted master has its new epoch; kept for
+FAILOVER_CLAIM_SECONDS so late relay servers do not start epochs a second time."""
+NO_HISTORY = "0" * 40
+"""`master_replid2` of a master that continued no earlier history (INFO replication)."""
+
+
+class Verdict(enum.Enum):
+    """What a master's marker and replication ids say (`classify`)."""
+
+    SAME = "same"
+    """The marker is the master's own id: the rooms' history, nothing to do."""
+    PROMOTED = "promoted"
+    """The marker is the master's previous id (a replica promoted in place of the marked
+    master), or this server saw the master change: new epochs, claimed by the marker."""
+    UNMARKED = "unmarked"
+    """No marker, but the master continued another history (promoted in place of a
+    master that was never marked), or this server saw the master change: new epochs."""
+    NEW = "new"
+    """No marker and no earlier history: a new or emptied Redis (a room whose keys are
+    gone starts a new epoch anyway): mark it (SET NX)."""
+    RESTARTED = "restarted"
+    """Another id: the master restarted (its id changes on every restart, a clean
+    SHUTDOWN too): the rooms keep their epochs (the crash window of appendfsync
+    everysec is not fenced, docs/operations.md); renew the marker, and log it."""
+
+    @property
+    def fences(self) -> bool:
+        return self in (Verdict.PROMOTED, Verdict.UNMARKED)
+
+
+def classify(marker: str | None, replid: str, replid2: str, *, moved: bool) -> Verdict:
+    """The verdict on a master whose marker is `marker` (None: no marker) and whose
+    replication ids are `replid` and `replid2` (NO_HISTORY: none). `moved`: this relay
+    server saw the master change (another address, another cluster node): new epochs
+    whatever the marker says, unless another server already marked this history."""
+    if marker == replid:
+        return Verdict.SAME
+    if marker is None:
+        return Verdict.UNMARKED if moved or replid2 != NO_HISTORY else Verdict.NEW
+    if moved or marker == replid2 != NO_HISTORY:
+        return Verdict.PROMOTED
+    return Verdict.RESTARTED
+
+
+def claim_name(where: str, marker: str | None, replid: str) -> str:
+    """The failover claim of the fence from history `marker` to `replid`: the same name on
+    every relay server that sees this failover, whether it saw the map change or not."""
+    return keys.failover_claim(where, "unmarked" if marker is None else marker, replid)
+
+
+async def replication(client: Redis) -> dict[str, str]:
+    """INFO replication's fields as the server spelled them. Not redis-py's parsed INFO:
+    it turns a value of digits into a number, so `master_replid2` of a master that
+    continued no history (forty zeros) would read as 0, and a replication id of digits
+    and one `e` as a float. `client` must be the caller's own: its INFO reply is left raw."""
+    client.set_response_callback("INFO", lambda response, **options: response)
+    raw = await client.execute_command("INFO", "replication")  # type: ignore[no-untyped-call]
+    lines = _text(raw).splitlines()
+    return dict(line.split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
+
+
+class FenceBusy(Exception):
+    """Another relay server holds the failover's claim and is starting the new epochs."""
+
+
+async def new_epochs(
+    client: Redis, *, claim: str, holder: bytes, marker: str, replid: str
+) -> tuple[str, int] | None:
+    """A new epoch in every room on the master `client` reaches, then `marker` (the key)
+    names history `replid`; returns (the epoch, rooms), or None when another relay server
+    had done it (the claim's done mark). One relay server does it (a SET NX claim held
+    by `holder`); the others get FenceBusy until it is done and retry. A claimer that
+    died leaves a claim that expires after FENCE_SECONDS, and the next server starts
+    epochs again (a second new epoch is harmless); a claim of the caller's own, left by
+    a fence that failed midway (a lost connection, a refused HSET), is finished now
+    rather than waited for with the master's rooms refused. Redis errors propagate."""
+    claimed = await client.set(claim, holder, nx=True, ex=FENCE_SECONDS)
+    held = None if claimed else await client.get(claim)
+    if held == holder:
+        claimed = await client.set(claim, holder, xx=True, ex=FENCE_SECONDS)
+        held = None if claimed else await client.get(claim)
+    if not claimed:
+        if held == FENCE_DONE:
+            return None
+        raise FenceBusy(claim)
+    epoch, rooms = secrets.token_hex(4), 0
+    async for key in client.scan_iter(match=keys.META_PATTERN, count=500):
+        await client.hset(key, "epoch", epoch)
+        rooms += 1
+    # The marker after the epochs: a server that reads it marked serves this history.
+    await client.set(marker, replid)
+    await client.set(claim, FENCE_DONE, ex=FAILOVER_CLAIM_SECONDS)
+    return epoch, rooms
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
