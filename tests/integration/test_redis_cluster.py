@@ -13,6 +13,9 @@ exactly the documented rules (contract.RELAY_CLUSTER_ACL_RULES). What is proven:
   killed master's rooms change epoch and a resume from an acked position gets
   `recovered: false`; the other masters' rooms resume with every acked event; never a
   silent gap. A planned CLUSTER FAILOVER: subscriptions follow, a new epoch;
+- the history marker (relay.broker.history): a relay started after a promotion still
+  changes the epoch of a replica that missed acked events; a master restarted cleanly
+  keeps its rooms' epochs;
 - presence, node reports and a dead pod's reaping through the `{gamecluster}` slot; the
   operator's load reader following the one redirect to it.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -715,8 +719,8 @@ def _text(value: bytes | str) -> str:
 
 
 # -- review (issue #14, review-cluster branch) ------------------------------------------
-# Each test below proves a hole found in review; the first is a known limit (strict
-# xfail: it must start passing, and be unmarked, when the limit is lifted).
+# Each test below proves a hole found in review (the first one was a known limit until
+# the history marker: relay.broker.history).
 
 
 def _replica_of(cluster: RedisCluster, master: Any) -> Any:
@@ -737,28 +741,20 @@ async def history_when_available(broker: RedisClusterBroker, room: str, after: i
     raise AssertionError(f"the history of {room} stayed unavailable")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (issue #14, docs/operations.md Redis Cluster): the fence compares a "
-    "slot map with the one held in memory, so a relay server started after a promotion, or "
-    "a fleet restarted during one, sees no failover and serves the promoted replica's "
-    "history under the old epoch: acked events it missed are a silent gap. The way out: a "
-    "per-node fence marker in Redis keyed by master_replid/master_replid2 (INFO "
-    "replication), checked on first sight too.",
-)
 async def test_review_a_relay_that_missed_the_failover_still_changes_the_epoch(
     replicated_cluster: RedisCluster,
 ) -> None:
-    """REVIEW (high, a known limit for now): the fence runs only when a relay server compares a slot
-    map with the one it read before (`refresh`: `if previous is not None`). A relay
-    server (re)started while its room's master failed over has no previous map: it
-    installs the promoted replica's map as is and serves the replica's shorter history
-    under the old epoch. Here: 3 events acked and replicated, the replica stopped, 3
-    more acked (on the master only), the master SIGKILLed, the replica promoted; then a
-    fresh relay server (every relay restarted meanwhile, e.g. a rollout or a single pod)
-    reads the room: acked events 4..6 are gone and the epoch is the same one, so a resume
-    from offset 3 is `recovered: true` with nothing, and the next publish reuses offset 4:
-    a silent gap (docs/protocol.md: an acked event is there or the epoch changes)."""
+    """REVIEW (high, fixed by the history marker): the fence ran only when a relay server
+    compared a slot map with the one it read before, so a relay server (re)started while
+    its room's master failed over installed the promoted replica's map as is and served
+    the replica's shorter history under the old epoch. Here: 3 events acked and
+    replicated, the replica stopped, 3 more acked (on the master only), the master
+    SIGKILLed, the replica promoted; then a fresh relay server (every relay restarted
+    meanwhile, e.g. a rollout or a single pod) reads the room. Before the marker: acked
+    events 4..6 gone under the same epoch, a resume from offset 3 `recovered: true` with
+    nothing, the next publish reusing offset 4: a silent gap (docs/protocol.md: an acked
+    event is there or the epoch changes). Now the fresh server finds the old master's
+    marker on the promoted replica (its `master_replid2`) and starts new epochs."""
     cluster = replicated_cluster
     room = "missed-failover"
     master = cluster.owner(keys.slot_of_room(room))
@@ -787,6 +783,9 @@ async def test_review_a_relay_that_missed_the_failover_still_changes_the_epoch(
         assert history.epoch != epoch or history.top >= 6, (
             f"acked offsets 4..6 lost under the same epoch {epoch}: top {history.top}"
         )
+        # The replica lacked them: the epoch changed (seen by the marker alone).
+        assert history.epoch != epoch and history.top == 3
+        assert fresh.failovers == 1
 
 
 async def test_review_a_fence_that_failed_midway_is_finished_by_its_claimer_at_once(
@@ -835,7 +834,10 @@ async def test_review_a_relay_that_cannot_fence_one_node_still_follows_a_migrati
     unsubscribed (the old owner's `sunsubscribe` left its channel homeless), its member
     never got the other relay's acked event, and the relay stayed ready. Now the map is
     installed for every slot but the unfenced node's: the member gets the event; the
-    unfenced node's rooms are refused and the node reported down."""
+    unfenced node's rooms are refused and the node reported down. (The promoted node
+    refuses this user INFO: with the history marker, a SET refused there would no longer
+    keep this server from the node once the other relay server has fenced and marked it;
+    without INFO it cannot check the node's history at all.)"""
     cluster = replicated_cluster
     stuck_password = "relay-stuck-" + token_urlsafe(16)
     for node in cluster.nodes:
@@ -858,7 +860,7 @@ async def test_review_a_relay_that_cannot_fence_one_node_still_follows_a_migrati
         if cluster.owner(keys.slot_of_room(f"victim:{n}")) is victim
     )
     cluster.client(_replica_of(cluster, victim)).execute_command(
-        "ACL", "SETUSER", "relay-stuck", "-set"
+        "ACL", "SETUSER", "relay-stuck", "-info"
     )
     stuck = RedisClusterBroker(
         [cluster.nodes[0].url],
@@ -898,3 +900,62 @@ async def test_review_a_relay_that_cannot_fence_one_node_still_follows_a_migrati
                 await stuck.publish(victim_room, 1, ts=1, policy=DURABLE, msg_id="v1")
     finally:
         await stuck.close()
+
+
+@pytest.fixture
+def aof_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """3 masters, each with an append-only file (appendfsync always): a node restarted
+    cleanly loses nothing (function scope: the test restarts a node)."""
+    cluster = RedisCluster(tmp_path, aof=True).start()
+    acl_user(cluster)
+    yield cluster
+    cluster.stop()
+
+
+def _lowest_slot(cluster: RedisCluster, node: Any) -> int:
+    ranges = cluster.client(node).execute_command("CLUSTER SLOTS")
+    return min(int(start) for start, _, master, *_ in ranges if int(master[1]) == node.port)
+
+
+async def test_a_master_restarted_cleanly_keeps_its_rooms_epochs(
+    aof_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node's replication id changes on every restart, a clean SHUTDOWN too: its marker
+    then names neither of its ids, which is a restart, not a promotion. A running relay
+    server checks the node again when its session ends, one started later on first
+    sight: both keep the rooms' epochs (no needless `recovered: false`) and renew the
+    marker, so a promotion later is still recognised (`master_replid2`)."""
+    caplog.set_level(logging.INFO, logger="relay.broker.slots")
+    cluster = aof_cluster
+    room = "restarted"
+    node = cluster.owner(keys.slot_of_room(room))
+    marker = keys.node_history_marker(keys.slot_tag(_lowest_slot(cluster, node)))
+
+    def replid() -> bytes:
+        return str(cluster.client(node).info("replication")["master_replid"]).encode()
+
+    def marked(value: bytes) -> bool:
+        return cluster.client(node).get(marker) == value
+
+    first = replid()
+    async with brokers(cluster, "running") as (broker,):
+        assert marked(first)  # checked (and marked) before the broker was ready
+        acked = [await publish_acked(broker, room, n) for n in range(3)]
+        epoch = acked[0][1]
+        await asyncio.to_thread(cluster.restart, node)
+        acl_user(cluster)  # ACL SETUSER users do not survive a restart
+        second = replid()
+        assert second != first  # what makes a restart look like another history
+        await eventually(lambda: marked(second), 20, "the marker renewed by the running relay")
+        assert await publish_acked(broker, room, 3) == (4, epoch)
+        assert broker.failovers == 0
+    await asyncio.to_thread(cluster.restart, node)
+    acl_user(cluster)
+    third = replid()
+    async with brokers(cluster, "started-later") as (fresh,):
+        assert marked(third)
+        history = await history_when_available(fresh, room, 0)
+        assert history.epoch == epoch and [d.offset for d in history.entries] == [1, 2, 3, 4]
+        assert fresh.failovers == 0
+    assert caplog.text.count("restarted (history") == 2
+    assert "rooms start epoch" not in caplog.text

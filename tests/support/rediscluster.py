@@ -36,6 +36,7 @@ class RedisCluster:
         replicas: int = 0,
         extra_args: Sequence[str] = (),
         tls: bool = False,
+        aof: bool = False,
     ) -> None:
         if shutil.which("redis-cli") is None:
             raise RuntimeError("redis-cli is not installed: run `make system-deps`")
@@ -44,6 +45,7 @@ class RedisCluster:
         self.replicas = replicas
         self.nodes: list[RedisProcess] = []
         self._extra = list(extra_args)
+        self._aof = aof
         self.cli_auth: tuple[str, str] | None = None
         self.ca: Path | None = None
         if tls:
@@ -61,6 +63,7 @@ class RedisCluster:
             node = RedisProcess(
                 self.workdir,
                 port=port,
+                aof=self._aof,
                 extra_args=[
                     "--cluster-enabled", "yes",
                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
@@ -196,6 +199,14 @@ class RedisCluster:
             for node in self.nodes
             if node.proc is not None and node.proc.poll() is None
         )
+
+    def restart(self, node: RedisProcess) -> None:
+        """SIGTERM (a clean SHUTDOWN), start again (its slots and node id are in its
+        cluster config file), until every node says the cluster is ok. Users made with
+        ACL SETUSER are gone: the caller makes them again."""
+        node.stop()
+        node.start()
+        wait_until(self._consistent, 30, "the cluster to be ok again on every node")
 
     def flush(self) -> None:
         """Empty every master (FLUSHALL runs on one node only in a cluster)."""

@@ -18,7 +18,7 @@ from gamecluster.redis_auth import operator_auth
 from gamecluster.spec import InvalidSpec, parse
 from relay import contract
 from relay.broker import BrokerUnavailable, keys, lua
-from relay.broker.slots import RedisClusterBroker, SlotMap, _failovers
+from relay.broker.slots import Checked, RedisClusterBroker, SlotMap, _failovers
 from relay.config import ConfigError, load_settings
 
 pytestmark = pytest.mark.unit
@@ -256,18 +256,19 @@ async def test_a_fence_that_fails_refuses_its_node_only_and_is_tried_again(
     async def read() -> SlotMap:
         return after
 
-    async def fence(node: Any, slot: int, old: Any, new: Any) -> None:
-        fenced.append((old.node_id, new.node_id))
+    async def check(node: Any, slot: int, old: Any) -> None:
+        if old is None:
+            return  # first sight of B and C: their history checked
+        fenced.append((old.node_id, node.node_id))
         if failing:
-            raise BrokerUnavailable("new epochs on 10.0.0.4:7000 after its failover failed")
+            raise BrokerUnavailable("checking the history of 10.0.0.4:7000 failed")
 
     async def install(found: SlotMap) -> None:
         broker._map = found
 
     monkeypatch.setattr(broker, "_read_slot_map", read)
-    monkeypatch.setattr(broker, "_fence", fence)
+    monkeypatch.setattr(broker, "_check", check)
     monkeypatch.setattr(broker, "_install", install)
-    monkeypatch.setattr(broker, "_node", lambda address, found: None)
     with pytest.raises(BrokerUnavailable, match="every other slot follows the new map"):
         await broker.refresh()
     assert broker._map is after  # installed: the migrated slot follows C
@@ -280,6 +281,49 @@ async def test_a_fence_that_fails_refuses_its_node_only_and_is_tried_again(
     await broker.refresh()  # the installed map shows no promotion: tried from memory
     assert fenced == [("id-a", "id-a2"), ("id-a", "id-a2")]
     assert broker._unfenced == {}
+    await broker.close()
+
+
+async def test_a_master_seen_first_is_refused_until_its_history_is_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server with no previous map (started after a promotion, perhaps) serves no slot of
+    a master before its history marker is checked (relay.broker.history); a master whose
+    check fails is refused alone, with its own reason, and checked again at the next read."""
+    broker = RedisClusterBroker(
+        ["redis://10.0.0.1:7000"], "n", timeout=1.0, probe_interval=1.0, probe_timeout=1.0
+    )
+    found = SlotMap.parse(_reply((0, 8191, A, []), (8192, 16383, B, [])))
+    checked: list[tuple[str, int, Any]] = []
+    failing = {"10.0.0.1:7000"}
+
+    async def read() -> SlotMap:
+        return found
+
+    async def check(node: Any, slot: int, old: Any) -> None:
+        checked.append((node.address, slot, old))
+        if node.address in failing:
+            raise BrokerUnavailable(f"checking the history of {node.address} failed")
+        broker._checked[node.address] = Checked(node.node_id, slot, "r")
+
+    async def install(found: SlotMap) -> None:
+        broker._map = found
+
+    monkeypatch.setattr(broker, "_read_slot_map", read)
+    monkeypatch.setattr(broker, "_check", check)
+    monkeypatch.setattr(broker, "_install", install)
+    with pytest.raises(BrokerUnavailable, match=r"checking the history of 10\.0\.0\.1:7000"):
+        await broker.refresh()
+    assert checked == [("10.0.0.1:7000", 0, None), ("10.0.0.2:7000", 8192, None)]
+    with pytest.raises(BrokerUnavailable, match="is not checked yet"):
+        broker.shard_for(_room_in_slot(100))
+    assert broker.shards()["10.0.0.1:7000"] is False
+    failing.clear()
+    await broker.refresh()  # only the unchecked one again
+    assert checked[2:] == [("10.0.0.1:7000", 0, None)]
+    assert broker._unfenced == {}
+    await broker.refresh()  # nothing to check
+    assert len(checked) == 3
     await broker.close()
 
 

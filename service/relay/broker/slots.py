@@ -16,15 +16,22 @@ the node this server's slot map names; a MOVED/ASK/TRYAGAIN/CLUSTERDOWN reply ra
 nothing, fails that request with SlotMoved (the client retries with its id: the dedupe
 key keeps a retry single) and makes the server read the slot map again. Reading it:
 
+- Every master's **history** is checked before its slots are served (relay.broker.
+  history: a marker per node, in its lowest slot, naming the replication id its rooms'
+  epochs were started on; see `_check`): on first sight, so a server started after a
+  promotion, or a fleet restarted during one, still sees that a promoted replica's
+  history may lack acked events; and again when its marker's slot changes or its
+  Pub/Sub session ends (a restarted node: the rooms keep their epochs, the marker is
+  renewed).
 - A slot whose master is now a node that was one of its replicas, or no master at all,
   in the previous map has **failed over**: replication is asynchronous, so the new
   master may lack events the old one acked. Before its slots are served, the first relay
-  server to see it (a SET NX claim on the new master) gives every room on the new master
-  a new epoch; members and resuming clients get `recovered: false` (the Sentinel rule of
-  relay.broker.redis, per slot owner). Until then its slots are refused and their
-  channels unsubscribed here (the fence is tried again at every read), while every other
-  slot follows the new map. A server with no previous map (started after the promotion)
-  sees no failover: the known limit of docs/operations.md.
+  server to see it (a SET NX claim on the new master, named by the histories, so the same
+  claim as a server that sees the promotion by the marker alone) gives every room on the
+  new master a new epoch; members and resuming clients get `recovered: false` (the
+  Sentinel rule of relay.broker.redis, per slot owner). Until then its slots are refused
+  and their channels unsubscribed here (the check is tried again at every read), while
+  every other slot follows the new map.
 - A slot whose master is any other node was **migrated** (resharding): MIGRATE moves
   each key whole, with its history, offsets and epoch, and while the slot is half moved
   every script of a room whose keys are on the other side is refused (ASK, TRYAGAIN):
@@ -44,16 +51,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from relay.broker import keys
+from relay.broker import history, keys
 from relay.broker.base import (
     BrokerUnavailable,
     History,
@@ -62,7 +70,7 @@ from relay.broker.base import (
     describe,
 )
 from relay.broker.connection import Connector
-from relay.broker.history import FAILOVER_CLAIM_SECONDS, FENCE_DONE, FENCE_SECONDS
+from relay.broker.history import Verdict
 from relay.broker.redis import (
     SHARDED_SCRIPTS,
     EnvelopeReader,
@@ -93,6 +101,17 @@ class Node:
     node_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A master whose history this server checked (and marked)."""
+
+    node_id: str
+    slot: int
+    """The slot its marker is in: its lowest (see `RedisClusterBroker._check`)."""
+    replid: str
+    """Its replication id then: while it is still the node's, so is the history."""
+
+
 @dataclass(frozen=True)
 class SlotMap:
     """One reading of CLUSTER SLOTS: per slot its master and that master's replicas."""
@@ -120,9 +139,17 @@ class SlotMap:
         return {node.address: node for node in self.masters if node is not None}
 
     def first_slot(self, address: str) -> int:
-        return next(
-            slot for slot, node in enumerate(self.masters) if node and node.address == address
-        )
+        """The lowest slot of master `address` (its probe channel's and its marker's)."""
+        return self._first_slots[address]
+
+    @functools.cached_property
+    def _first_slots(self) -> dict[str, int]:
+        # One pass over the slots for every master, not one per master and per read.
+        found: dict[str, int] = {}
+        for slot, node in enumerate(self.masters):
+            if node is not None:
+                found.setdefault(node.address, slot)
+        return found
 
 
 class RedisClusterBroker(EnvelopeReader):
@@ -171,10 +198,18 @@ class RedisClusterBroker(EnvelopeReader):
         self._control_node: str | None = None
         self._ask_first: set[str] = set()
         """Nodes whose slot map is read first next time (they just gave a slot away)."""
-        self._unfenced: dict[str, tuple[Node, Node]] = {}
-        """Promoted masters whose fence failed here (new address -> (old, new master)):
-        their slots are refused and their channels left unsubscribed until a later slot map
-        read fences them; every other slot follows the map. Bounded by MAX_NODES."""
+        self._unfenced: dict[str, tuple[Node | None, Node]] = {}
+        """Masters whose history is not checked here yet (address -> (the master it
+        replaced in the slot map, or None: first sight; the master)): a promoted one
+        whose fence failed, a new one whose check failed. Their slots are refused and
+        their channels left unsubscribed until a later slot map read checks them; every
+        other slot follows the map. Bounded by MAX_NODES."""
+        self._checked: dict[str, Checked] = {}
+        """Per master address: the history checked there (pruned to the map's masters:
+        bounded by MAX_NODES)."""
+        self._recheck: set[str] = set()
+        """Checked masters to check again at the next read (their Pub/Sub session ended:
+        a restart changes the node's replication id, and the marker must follow it)."""
         self._unplaced_logged = 0
         self._refresh_wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -227,7 +262,11 @@ class RedisClusterBroker(EnvelopeReader):
         node = self._map.masters[slot]
         if node is not None and node.address in self._unfenced:
             # Its rooms' history may lack acked events until they have new epochs.
-            self.refresh_soon()  # the fence is tried again at the next read
+            self.refresh_soon()  # the check is tried again at the next read
+            if self._unfenced[node.address][0] is None:
+                raise BrokerUnavailable(
+                    f"the history of slot {slot}'s master {node.address} is not checked yet"
+                )
             raise BrokerUnavailable(
                 f"slot {slot}'s master {node.address} was promoted and its rooms' new "
                 "epochs are not started yet"
@@ -289,7 +328,8 @@ class RedisClusterBroker(EnvelopeReader):
             await asyncio.sleep(REFRESH_PAUSE)
 
     async def refresh(self) -> None:
-        """Read the slot map, start new epochs on failed-over masters, then use it."""
+        """Read the slot map, check the masters' histories (new epochs on failed-over
+        ones), then use it."""
         found = await self._read_slot_map()
         if len(found.nodes()) > MAX_NODES:
             raise BrokerUnavailable(f"the Redis Cluster has more than {MAX_NODES} masters")
@@ -301,31 +341,72 @@ class RedisClusterBroker(EnvelopeReader):
                 "the Redis Cluster slot map read leaves slots without a master; "
                 "keeping the last complete one"
             )
-        failovers = {} if previous is None else _failovers(previous, found)
-        # A fence that failed before is tried again while its node still masters slots
+        failovers: dict[str, tuple[Node | None, Node]] = {}
+        if previous is not None:
+            failovers.update(_failovers(previous, found))
+        # A check that failed before is tried again while its node still masters slots
         # (the installed map no longer shows that node's promotion).
         masters = found.nodes()
         for address, (old, new) in self._unfenced.items():
             if address in masters and masters[address].node_id == new.node_id:
                 failovers.setdefault(address, (old, new))
-        unfenced: dict[str, tuple[Node, Node]] = {}
+        # Every master is checked before its slots are served: on first sight (this
+        # server may have started after a promotion), when the slot map shows it promoted,
+        # and again when its marker's slot changed or its session ended (a restart).
+        checks = {
+            address: failovers[address][0] if address in failovers else None
+            for address, node in masters.items()
+            if address in failovers or self._stale(node, found)
+        }
+        served = {
+            address
+            for address, old in checks.items()
+            if old is None
+            and (checked := self._checked.get(address)) is not None
+            and checked.node_id == masters[address].node_id
+        }
+        # At once: a node that does not answer costs one timeout, not one per node.
+        results = await asyncio.gather(
+            *(self._check(masters[a], found.first_slot(a), old) for a, old in checks.items()),
+            return_exceptions=True,
+        )
+        unfenced: dict[str, tuple[Node | None, Node]] = {}
         errors: list[str] = []
-        for address, (old, new) in failovers.items():
-            try:
-                await self._fence(self._node(address, found), found.first_slot(address), old, new)
-            except BrokerUnavailable as exc:
-                unfenced[address] = (old, new)
-                errors.append(str(exc))
-        # The map is used for every slot even while a fence fails: one node this server
-        # cannot fence must not freeze the others' slots (a migrated room would stay
-        # unsubscribed here); the unfenced node's slots stay refused (shard_for).
+        for (address, old), result in zip(checks.items(), results, strict=True):
+            if result is None:
+                continue
+            if not isinstance(result, BrokerUnavailable):
+                raise result
+            if address in served:
+                # A node checked here before, checked again (a restart, its marker's slot
+                # moved away): still served, and checked again at the next read.
+                log.info("checking the history of %s again failed: %s", address, result)
+                self._recheck.add(address)
+                continue
+            unfenced[address] = (old, masters[address])
+            errors.append(str(result))
+        # The map is used for every slot even while a check fails: one node this server
+        # cannot check must not freeze the others' slots (a migrated room would stay
+        # unsubscribed here); the unchecked node's slots stay refused (shard_for).
         self._unfenced = unfenced
+        self._checked = {a: c for a, c in self._checked.items() if a in masters}
+        self._recheck &= masters.keys()
         await self._install(found)
         if errors:
             raise BrokerUnavailable(
                 f"{'; '.join(errors)}; their rooms get unavailable until a slot map read "
-                "fences them, every other slot follows the new map"
+                "checks them, every other slot follows the new map"
             )
+
+    def _stale(self, node: Node, found: SlotMap) -> bool:
+        """The master's history is to be checked (again) before (or while) it is served."""
+        checked = self._checked.get(node.address)
+        return (
+            checked is None
+            or checked.node_id != node.node_id
+            or checked.slot != found.first_slot(node.address)
+            or node.address in self._recheck
+        )
 
     async def _read_slot_map(self) -> SlotMap:
         """CLUSTER SLOTS from a live node this server knows, else from a seed, else from
@@ -357,67 +438,147 @@ class RedisClusterBroker(EnvelopeReader):
             return partial
         raise BrokerUnavailable(f"no Redis Cluster node answered CLUSTER SLOTS: {errors[:3]}")
 
-    async def _fence(self, node: RedisShard, slot: int, old: Node, new: Node) -> None:
-        """New epochs for every room on `new`, a replica of `old` promoted in its place
-        (see the module's docstring). One relay server does it: a SET NX claim on `new` (in
-        its slot `slot`), marked done once every room has its epoch. The others wait for
-        the mark (raising: the slot map is read again shortly) rather than write under
-        the old epochs meanwhile. A claimer that dies mid-way leaves a claim that expires
-        after FENCE_SECONDS; the next relay server then claims and starts epochs again (a
-        second new epoch is harmless); a claimer whose fence failed mid-way (it is alive)
-        finishes its own claim on its next slot map read."""
-        claim = keys.failover_claim(f"{{{keys.slot_tag(slot)}}}", old.node_id, new.node_id)
-        epoch, rooms = secrets.token_hex(4), 0
+    async def _check(self, node: Node, slot: int, old: Node | None) -> None:
+        """The history marker of master `node` against its replication ids (relay.broker.
+        history): new epochs for every room on it when its history may lack acked events
+        (one relay server does it, the others wait: raising, the slot map is read again
+        shortly), else it is marked. `old`: the master it replaced in the slot map.
+
+        Where the marker lives: a node owns no key of its own, only slots, and any slot
+        can migrate. The marker is in the node's lowest slot (keys.node_history_marker):
+        a promoted replica takes every slot of its master, so it finds its master's marker
+        there, replicated with the rest. When that slot migrates away the marker goes with
+        it and the node's lowest slot changes: the node is checked again there, and a
+        server that checked this very history (the same replication id: no restart, no
+        promotion since) marks it again; one that did not (started after the migration)
+        finds no marker, which is new epochs on a node that once was promoted (a needless
+        fence, never a missed one) and a mark on any other. A marker that migrated into
+        another node's lowest slot names a history of neither of its ids: a restart,
+        renewed (docs/operations.md, "Redis Cluster", says what this leaves)."""
+        tag = keys.slot_tag(slot)
+        marker_key = keys.node_history_marker(tag)
+        checked = self._checked.get(node.address)
+        same_node = old is None and checked is not None and checked.node_id == node.node_id
+        known = checked.replid if same_node and checked is not None else None
+        # A client of its own: history.replication leaves INFO raw on it.
+        client = self._connector.client(
+            self._endpoint(node.address), timeout=self._timeout, retries=0
+        )
         try:
-            claimed = await node.commands.set(claim, self._node_id, nx=True, ex=FENCE_SECONDS)
-            holder = None if claimed else await node.commands.get(claim)
-            if holder == self._node_id.encode():
-                # This server's own claim, left by its fence failing midway (a lost
-                # connection, a refused HSET): finish it now (renewed) rather than wait
-                # FENCE_SECONDS for it to expire with the promoted master's rooms refused.
-                claimed = await node.commands.set(claim, self._node_id, xx=True, ex=FENCE_SECONDS)
-                holder = None if claimed else await node.commands.get(claim)
-            if claimed:
-                async for key in node.commands.scan_iter(match=keys.META_PATTERN, count=500):
-                    await node.commands.hset(key, "epoch", epoch)
-                    rooms += 1
-                await node.commands.set(claim, FENCE_DONE, ex=FAILOVER_CLAIM_SECONDS)
-            elif holder != FENCE_DONE:
-                self.refresh_soon()
-                raise BrokerUnavailable(
-                    f"{new.address} replaced {old.address}: another relay server is starting "
-                    "its rooms' new epochs; waiting for it"
-                )
+            info = await history.replication(client)
+            if info.get("role") != "master":
+                raise BrokerUnavailable(f"{node.address} is a replica, not a master")
+            replid, replid2 = info["master_replid"], info["master_replid2"]
+            await self._mark(client, marker_key, tag, node, old, replid, replid2, known)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(
-                f"new epochs on {new.address} after its failover failed: {describe(exc)}"
+                f"checking the history of {node.address} failed: {describe(exc)}"
             ) from exc
-        self.failovers += 1
-        if claimed:
+        finally:
+            await asyncio.wait({asyncio.create_task(client.aclose())}, timeout=1.0)
+        self._checked[node.address] = Checked(node.node_id, slot, replid)
+        self._recheck.discard(node.address)
+
+    async def _mark(
+        self,
+        client: Redis,
+        marker_key: str,
+        tag: str,
+        node: Node,
+        old: Node | None,
+        replid: str,
+        replid2: str,
+        known: str | None,
+    ) -> None:
+        for _ in range(2):  # a second look if another server marked it meanwhile
+            found = await client.get(marker_key)
+            marker = None if found is None else _text(found)
+            if known == replid:
+                # The history this server checked before (no restart, no promotion since):
+                # only the marker moved (its slot migrated away, another node's came in).
+                if marker != replid:
+                    await client.set(marker_key, replid)
+                return
+            verdict = history.classify(marker, replid, replid2, moved=old is not None)
+            if verdict is Verdict.SAME:
+                if old is not None:  # another relay server fenced it
+                    self.failovers += 1
+                    log.warning("Redis Cluster failover: %s replaced %s", node.address, old.address)
+                return
+            if verdict.fences:
+                await self._fence(client, tag, marker_key, node, old, marker, replid, replid2)
+                return
+            if verdict is Verdict.NEW:
+                if await client.set(marker_key, replid, nx=True):
+                    log.info("Redis Cluster: %s marked as history %s", node.address, replid[:8])
+                    return
+                continue
             log.warning(
-                "Redis Cluster failover: %s replaced %s; %d rooms start epoch %s",
-                new.address, old.address, rooms, epoch,
+                "Redis Cluster: %s restarted (history %s, its rooms' epochs were started on "
+                "%s): the rooms keep their epochs",
+                node.address, replid[:8], (marker or "")[:8],
             )  # fmt: skip
+            await client.set(marker_key, replid)
+            return
+        raise BrokerUnavailable(f"the history marker on {node.address} keeps changing")
+
+    async def _fence(
+        self,
+        client: Redis,
+        tag: str,
+        marker_key: str,
+        node: Node,
+        old: Node | None,
+        marker: str | None,
+        replid: str,
+        replid2: str,
+    ) -> None:
+        """New epochs for every room on `node`, a replica promoted in place of `old` (or,
+        `old` None, of the master its marker names: seen by its history alone) (see the
+        module's docstring): history.new_epochs, with its claim in the node's slot of
+        `tag`, named by the histories (the same on every relay server, whether it saw
+        the slot map change or not: one new epoch per failover)."""
+        claim = history.claim_name(f"{{{tag}}}", marker, replid)
+        if old is not None:
+            whence = old.address
+        elif marker is not None:
+            whence = f"the master of history {marker[:8]}"
         else:
-            log.warning("Redis Cluster failover: %s replaced %s", new.address, old.address)
+            whence = f"an unmarked master {replid2[:8]}"
+        try:
+            started = await history.new_epochs(
+                client, claim=claim, holder=self._node_id.encode(), marker=marker_key,
+                replid=replid,
+            )  # fmt: skip
+        except history.FenceBusy:
+            self.refresh_soon()
+            raise BrokerUnavailable(
+                f"{node.address} replaced {whence}: another relay server is starting its "
+                "rooms' new epochs; waiting for it"
+            ) from None
+        self.failovers += 1
+        if started is None:
+            log.warning("Redis Cluster failover: %s replaced %s", node.address, whence)
+            return
+        epoch, rooms = started
+        log.warning(
+            "Redis Cluster failover: %s replaced %s; %d rooms start epoch %s",
+            node.address, whence, rooms, epoch,
+        )  # fmt: skip
 
     def _node(self, address: str, found: SlotMap) -> RedisShard:
         """The connections of master `address`, made (and started) on first sight."""
         shard = self._nodes.get(address)
         if shard is None:
-            seed = self._seeds[0]
-            endpoint = RedisEndpoint(
-                address, f"{self._scheme}://{address}", seed.username, seed.password
-            )
             shard = RedisShard(
-                endpoint,
+                self._endpoint(address),
                 self._node_id,
                 connector=self._connector,
                 timeout=self._timeout,
                 probe_interval=self._probe_interval,
                 probe_timeout=self._probe_timeout,
                 on_message=self._received,
-                on_reconnect=self._reconnected,
+                on_reconnect=lambda: self._reconnected(address),
                 on_resubscribed=self._resubscribed,
                 ack_replicas=self._ack_replicas,
                 ack_timeout=self._ack_timeout,
@@ -427,6 +588,10 @@ class RedisClusterBroker(EnvelopeReader):
             self._nodes[address] = shard
             shard.start()
         return shard
+
+    def _endpoint(self, address: str) -> RedisEndpoint:
+        seed = self._seeds[0]
+        return RedisEndpoint(address, f"{self._scheme}://{address}", seed.username, seed.password)
 
     def _probe_channel(self, address: str, found: SlotMap) -> bytes:
         return keys.node_channel(self._node_id, keys.slot_tag(found.first_slot(address)))
@@ -490,7 +655,12 @@ class RedisClusterBroker(EnvelopeReader):
         self._ask_first.add(node.name)
         self.refresh_soon()
 
-    def _reconnected(self) -> None:
+    def _reconnected(self, address: str) -> None:
+        """A master's Pub/Sub session ended: perhaps a restart, which changes the node's
+        replication id; its history is checked again at the next read (the marker follows
+        the new id, so a later promotion is still recognised by its `master_replid2`)."""
+        if address in self._checked:
+            self._recheck.add(address)
         self._on_reconnect()
         self.refresh_soon()
 
