@@ -959,3 +959,42 @@ async def test_a_master_restarted_cleanly_keeps_its_rooms_epochs(
         assert fresh.failovers == 0
     assert caplog.text.count("restarted (history") == 2
     assert "rooms start epoch" not in caplog.text
+
+
+async def test_the_marker_follows_its_node_when_its_slot_migrates_away(
+    replicated_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The marker lives in its node's lowest slot, and a slot can migrate: after a failover
+    (the promoted node's `master_replid2` set, so a missing marker would mean new epochs)
+    its lowest slot is moved to another master. The running relay server, which checked
+    this very history, marks the node again in its new lowest slot: no second new epoch;
+    and a relay server started afterwards finds every marker in place: none either."""
+    caplog.set_level(logging.INFO, logger="relay.broker.slots")
+    cluster = replicated_cluster
+    room = "migrated-marker"
+    master = cluster.owner(keys.slot_of_room(room))
+    async with brokers(cluster, "watching") as (broker,):
+        await publish_acked(broker, room, 0)
+        master.kill()
+        promoted = await asyncio.to_thread(cluster.wait_failover, master)
+        _, epoch = await publish_acked(broker, room, 1)  # the new epoch, after the fence
+        assert broker.failovers == 1
+        lowest = _lowest_slot(cluster, promoted)
+        assert lowest != keys.slot_of_room(room)
+        other = next(
+            n for n in cluster.nodes if n.port in cluster.master_ports() and n is not promoted
+        )
+        await asyncio.to_thread(cluster.migrate_slot, lowest, other)
+        moved_to = keys.node_history_marker(keys.slot_tag(_lowest_slot(cluster, promoted)))
+        replid = str(cluster.client(promoted).info("replication")["master_replid"]).encode()
+
+        def marked_again() -> bool:
+            return cluster.client(promoted).get(moved_to) == replid
+
+        await eventually(marked_again, 15, "the marker in the node's new lowest slot")
+        assert await publish_acked(broker, room, 2) == (3, epoch)
+    async with brokers(cluster, "later") as (fresh,):
+        history = await history_when_available(fresh, room, 0)
+        assert history.epoch == epoch and history.top == 3
+        assert fresh.failovers == 0
+    assert caplog.text.count("rooms start epoch") == 1

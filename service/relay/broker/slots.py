@@ -365,33 +365,38 @@ class RedisClusterBroker(EnvelopeReader):
             and (checked := self._checked.get(address)) is not None
             and checked.node_id == masters[address].node_id
         }
-        # At once: a node that does not answer costs one timeout, not one per node.
+        self._checked = {a: c for a, c in self._checked.items() if a in masters}
+        self._recheck &= masters.keys()
+        # 1. The map is used for every slot at once, the unchecked nodes' slots refused
+        #    (shard_for) and their rooms' channels left unsubscribed: checks wait for
+        #    Redis, and one node this server cannot check (or a slow one) must not hold
+        #    the others' slots (a migrated room would stay unsubscribed here meanwhile).
+        self._unfenced = {a: (old, masters[a]) for a, old in checks.items() if a not in served}
+        await self._install(found)
+        # 2. The checks, at once: a node that does not answer costs one timeout, not one
+        #    per node.
         results = await asyncio.gather(
             *(self._check(masters[a], found.first_slot(a), old) for a, old in checks.items()),
             return_exceptions=True,
         )
-        unfenced: dict[str, tuple[Node | None, Node]] = {}
         errors: list[str] = []
-        for (address, old), result in zip(checks.items(), results, strict=True):
+        placed = False
+        for address, result in zip(checks, results, strict=True):
             if result is None:
+                placed |= self._unfenced.pop(address, None) is not None
                 continue
             if not isinstance(result, BrokerUnavailable):
                 raise result
             if address in served:
                 # A node checked here before, checked again (a restart, its marker's slot
                 # moved away): still served, and checked again at the next read.
-                log.info("checking the history of %s again failed: %s", address, result)
+                log.info("%s; still served, checked again at the next read", result)
                 self._recheck.add(address)
                 continue
-            unfenced[address] = (old, masters[address])
             errors.append(str(result))
-        # The map is used for every slot even while a check fails: one node this server
-        # cannot check must not freeze the others' slots (a migrated room would stay
-        # unsubscribed here); the unchecked node's slots stay refused (shard_for).
-        self._unfenced = unfenced
-        self._checked = {a: c for a, c in self._checked.items() if a in masters}
-        self._recheck &= masters.keys()
-        await self._install(found)
+        # 3. The nodes checked now serve their slots: their rooms' channels placed.
+        if placed:
+            await self._install(found)
         if errors:
             raise BrokerUnavailable(
                 f"{'; '.join(errors)}; their rooms get unavailable until a slot map read "
