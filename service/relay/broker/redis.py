@@ -25,7 +25,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.backoff import FullJitterBackoff
-from redis.exceptions import AskError, ClusterDownError, RedisError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoPermissionError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from relay import protocol
@@ -390,7 +396,16 @@ class RedisShard:
         where = self.url if master is None else f"{master[0]}:{master[1]}"
         previous = self._master
         moved = previous is not None and master is not None and master != previous
-        info = await _replication(fence)
+        try:
+            info = await _replication(fence)
+        except NoPermissionError as exc:
+            # An external Redis whose relay user predates the check (its ACL written from
+            # an older RELAY_REDIS_COMMANDS): say what to grant, not only Redis's NOPERM.
+            raise NoPermissionError(
+                f"shard {self.name}: the relay's ACL user may not run INFO replication, "
+                f"which the history check needs before {where} is used: grant it +info "
+                f"(ACL SETUSER <user> +info; docs/operations.md, ACL users) ({exc})"
+            ) from exc
         if info.get("role") != "master":
             raise RedisConnectionError(
                 f"shard {self.name}: {where} is a replica, not a master; waiting for one"
