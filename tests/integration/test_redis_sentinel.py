@@ -211,6 +211,71 @@ async def test_a_promoted_replica_of_an_unmarked_history_starts_a_new_epoch(
     assert "failed over from an unmarked master" in later.log.read_text()
 
 
+async def test_two_failovers_with_no_relay_running_in_between_start_a_new_epoch(
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess],
+    relay_factory,
+    tmp_path: Path,
+) -> None:
+    """Two promotions and no relay server between them: the marker names the first
+    master's history, the second promoted server continued the first promoted one's
+    (`master_replid2`), so the marker names neither of its ids. A master that continued a
+    history was promoted, not merely restarted (a restart leaves `master_replid2` unset),
+    so that is a failover too: new epochs, not the same history with acked events gone."""
+    master, replica, sentinel = sentinel_set
+    assert replica.proc is not None
+    env = {
+        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
+        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
+    }
+    first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
+    async with RelayClient(first.url) as publisher:
+        epoch = (await publisher.join("match"))["epoch"]
+        for n in range(1, 4):
+            await publisher.publish("match", n, id=f"e{n}")
+        assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
+        marked = redis_acl.admin(master).get(keys.HISTORY_MARKER)
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        # Its link cut too, so events 4 and 5 cannot wait in its socket for it to resume.
+        assert master.cli("CLIENT", "KILL", "TYPE", "replica") == "1"
+        acks = [await publisher.publish("match", n, id=f"e{n}") for n in (4, 5)]
+        assert [ack["offset"] for ack in acks if ack] == [4, 5]  # on the master alone
+    first.stop()  # no relay server runs from here until the end of the second failover
+    master.kill()
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    await eventually(
+        lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the first promotion"
+    )
+    # The old master comes back (empty: no persistence), is made a replica of the new one
+    # by the Sentinel, syncs, and is promoted back.
+    master.start()
+    await eventually(
+        lambda: "master_link_status:up" in master.cli("INFO", "replication"),
+        FAILOVER_SECONDS,
+        "the old master to sync as a replica",
+    )
+    assert "OK" in sentinel.cli("SENTINEL", "FAILOVER", MASTER)
+    await eventually(
+        lambda: sentinel.master_port() == master.port, FAILOVER_SECONDS, "the second promotion"
+    )
+    ids = master.cli("INFO", "replication")
+    assert redis_acl.admin(master).get(keys.HISTORY_MARKER) == marked
+    assert marked is not None and marked.decode() not in ids  # neither of its ids
+    later = relay_factory("b", redis_urls=[f"sentinel://{MASTER}"], env=env)
+    async with RelayClient(later.url) as publisher:
+        for n in (6, 7):
+            await publisher.publish("match", n, id=f"e{n}")
+    async with RelayClient(later.url) as resuming:
+        joined = await resuming.join("match", since={"epoch": epoch, "offset": 5})
+        # Taken for a restart: the same epoch, events 6 and 7 at the offsets 4 and 5
+        # were acked for: a client resuming from 5 is told it missed nothing.
+        assert joined["recovered"] is False and joined["epoch"] != epoch, joined
+        assert joined["offset"] == 5
+    assert "rooms start epoch" in later.log.read_text()
+    assert redis_acl.acl_denials(master) == []
+    redis_acl.no_secret_in_logs(tmp_path)
+
+
 async def test_a_master_restarted_cleanly_keeps_its_rooms_epochs(
     redis_factory, relay_factory
 ) -> None:

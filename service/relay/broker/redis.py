@@ -386,9 +386,13 @@ class RedisShard:
         - none: a new or emptied Redis (a room whose keys are gone starts a new epoch
           anyway): marked now; but new epochs first when the master continued another
           history (a `master_replid2`: promoted, its old master unmarked);
-        - another id: the master restarted (its id changes on every restart, a clean
-          SHUTDOWN too): the rooms keep their epochs, as without the marker (the crash
-          window of appendfsync everysec, docs/operations.md); marked now, and logged.
+        - another id, and the master continued a history (a `master_replid2`): promoted
+          since the marker was written (two failovers, or a restart then a failover, with
+          no relay server connected in between): new epochs, as for its previous id;
+        - another id, no `master_replid2`: the master restarted (its id changes on every
+          restart, a clean SHUTDOWN too, and a restart leaves no previous id): the rooms
+          keep their epochs, as without the marker (the crash window of appendfsync
+          everysec, docs/operations.md); marked now, and logged.
 
         A server that held another master's address in memory (it saw the failover) starts
         new epochs whatever the marker says, unless another server already marked this
@@ -420,7 +424,11 @@ class RedisShard:
                         "shard %s failed over from %s to %s", self.name, _at(previous), where
                     )
                 return
-            if marker is not None and (moved or marker == replid2 != NO_HISTORY):
+            # A master that continued a history (`master_replid2` set) was promoted since
+            # it started: whichever history the marker names, its rooms may lack acked
+            # writes. Only a master that continued none restarted (the branch below): a
+            # promotion never leaves master_replid2 unset, a restart always does.
+            if marker is not None and (moved or replid2 != NO_HISTORY):
                 old = _at(previous) if moved else f"the master of history {marker[:8]}"
                 claim = keys.failover_claim(self.name, marker, replid)
                 await self._new_epochs(fence, claim, replid, old, where)
