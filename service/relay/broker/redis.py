@@ -29,6 +29,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     NoPermissionError,
+    OutOfMemoryError,
     RedisError,
     TryAgainError,
 )
@@ -442,8 +443,10 @@ class RedisShard:
                     claim = keys.failover_claim(self.name, "unmarked", replid)
                     await self._new_epochs(fence, claim, replid, old, where)
                     return
-                if await fence.set(keys.HISTORY_MARKER, replid, nx=True):
-                    log.info("shard %s: %s marked as history %s", self.name, where, replid[:8])
+                marked = await self._mark(fence, replid, where, nx=True)
+                if marked is not False:
+                    if marked:
+                        log.info("shard %s: %s marked as history %s", self.name, where, replid[:8])
                     return
                 continue
             log.warning(
@@ -451,11 +454,30 @@ class RedisShard:
                 "the rooms keep their epochs",
                 self.name, where, replid[:8], marker[:8],
             )  # fmt: skip
-            await fence.set(keys.HISTORY_MARKER, replid)
+            await self._mark(fence, replid, where)
             return
         raise RedisConnectionError(
             f"shard {self.name}: the history marker on {where} keeps changing"
         )
+
+    async def _mark(
+        self, fence: Redis, replid: str, where: str, *, nx: bool = False
+    ) -> bool | None:
+        """Set the marker to `replid` (only if there is none: `nx`); False when another
+        server set it first, None when Redis refused it as full (maxmemory reached,
+        noeviction): then the marker is left as it is and the shard is served all the same,
+        as a full Redis is (reads and deliveries go on, publishes are refused). Safe: the
+        marker is only written for a history that continued none (`master_replid2` unset),
+        and a server promoted later continues this one, so it gets new epochs whatever the
+        marker names."""
+        try:
+            return bool(await fence.set(keys.HISTORY_MARKER, replid, nx=nx))
+        except OutOfMemoryError as exc:
+            log.warning(
+                "shard %s: %s is full, the history marker is left unchanged (%s)",
+                self.name, where, exc,
+            )  # fmt: skip
+            return None
 
     async def _new_epochs(self, fence: Redis, claim: str, replid: str, old: str, new: str) -> None:
         """A new epoch in every room on the master `fence` reaches, then the marker names its
