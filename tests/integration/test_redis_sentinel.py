@@ -315,6 +315,36 @@ async def test_a_master_restarted_cleanly_keeps_its_rooms_epochs(
     assert "rooms start epoch" not in pod.log.read_text()
 
 
+async def test_the_fence_of_many_rooms_takes_a_round_trip_per_scan_batch(
+    redis_factory, relay_factory
+) -> None:
+    """The shard is unavailable while its rooms get their new epochs, and the claim that
+    keeps the other servers waiting expires after FENCE_SECONDS: one round trip per room
+    (measured: 50,000 rooms 8 s on loopback, past the claim at a pod network's ~0.5 ms) is
+    too slow. A promoted server here: a replica of a marked master, then `REPLICAOF NO
+    ONE` (what Sentinel does); Redis counts the reads it processed (`total_reads_processed`):
+    a round trip per room would be one read each."""
+    rooms = 20_000
+    old, promoted = redis_factory(), redis_factory()
+    admin = Redis(port=old.port)
+    writes = admin.pipeline(transaction=False)
+    for n in range(rooms):
+        writes.hset(keys.meta(f"r{n}"), mapping={"epoch": "0badc0de", "offset": 1})
+    writes.set(keys.HISTORY_MARKER, admin.info("replication")["master_replid"])
+    writes.execute()
+    fresh = Redis(port=promoted.port)
+    fresh.replicaof(LOOPBACK, old.port)
+    await eventually(lambda: fresh.dbsize() == rooms + 1, 15, "the replica synced")
+    fresh.replicaof("NO", "ONE")
+    reads = fresh.info("stats")["total_reads_processed"]
+    pod = relay_factory("a", redis_urls=[f"shard-p={promoted.url}"])
+    assert "20000 rooms start epoch" in pod.log.read_text()
+    epochs = {fresh.hget(keys.meta(f"r{n}"), "epoch") for n in (0, rooms // 2, rooms - 1)}
+    assert len(epochs) == 1 and epochs != {b"0badc0de"}
+    fence_reads = fresh.info("stats")["total_reads_processed"] - reads
+    assert fence_reads < rooms / 10, fence_reads
+
+
 async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
     sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess], tmp_path: Path
 ) -> None:
