@@ -386,6 +386,9 @@ class RedisShard:
         - the master's own id: the rooms' history, nothing to do;
         - its previous id (`master_replid2`): a replica promoted in place of the marked
           master, which may lack acked writes: new epochs (one server: a SET NX claim);
+          so is a master with replicas restarted from an RDB snapshot (Redis keeps its
+          old id as master_replid2 then): rightly after a crash, needlessly after a
+          clean SHUTDOWN (docs/operations.md);
         - none: a new or emptied Redis (a room whose keys are gone starts a new epoch
           anyway): marked now; but new epochs first when the master continued another
           history (a `master_replid2`: promoted, its old master unmarked);
@@ -393,8 +396,8 @@ class RedisShard:
           since the marker was written (two failovers, or a restart then a failover, with
           no relay server connected in between): new epochs, as for its previous id;
         - another id, no `master_replid2`: the master restarted (its id changes on every
-          restart, a clean SHUTDOWN too, and a restart leaves no previous id): the rooms
-          keep their epochs, as without the marker (the crash window of appendfsync
+          restart, a clean SHUTDOWN too, and a restart from the AOF leaves no previous
+          id): the rooms keep their epochs, as without the marker (the crash window of appendfsync
           everysec, docs/operations.md); marked now, and logged.
 
         A server that held another master's address in memory (it saw the failover) starts
@@ -428,9 +431,9 @@ class RedisShard:
                     )
                 return
             # A master that continued a history (`master_replid2` set) was promoted since
-            # it started: whichever history the marker names, its rooms may lack acked
-            # writes. Only a master that continued none restarted (the branch below): a
-            # promotion never leaves master_replid2 unset, a restart always does.
+            # it started, whichever history the marker names: its rooms may lack acked
+            # writes. A promotion always sets master_replid2; a restart from the AOF never
+            # does (one from an RDB snapshot with replicas does: see the docstring).
             if marker is not None and (moved or replid2 != NO_HISTORY):
                 old = _at(previous) if moved else f"the master of history {marker[:8]}"
                 claim = keys.failover_claim(self.name, marker, replid)
