@@ -419,6 +419,72 @@ async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
     redis_acl.no_secret_in_logs(tmp_path)
 
 
+async def test_a_master_back_at_the_same_address_takes_no_publish_before_its_check(
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess], tmp_path: Path
+) -> None:
+    """A master that crashed and came back at its address (no failover: Sentinel did not
+    call it down) from an RDB snapshot lacks what was acked after the snapshot, and Redis
+    gives it its old id as `master_replid2`: the history check fences it. The publish
+    connection reconnects as soon as the server is up: it must wait for that check too
+    (the address is the one already checked, but the server behind it is not), or a
+    publish reuses a lost offset under the old epoch. The Pub/Sub session is held back
+    here, as in the test above, so the order is deterministic."""
+    master, _replica, sentinel = sentinel_set
+    # No failover during the restart below: Sentinel waits 30 s before calling it down.
+    sentinel.cli("SENTINEL", "SET", MASTER, "down-after-milliseconds", "30000")
+    connector = Connector(
+        username=contract.RELAY_REDIS_USER,
+        password=SecretStr(redis_acl.RELAY_PASSWORD),
+        sentinels=((LOOPBACK, sentinel.port),),
+    )
+    broker = RedisBroker(
+        [RedisEndpoint.parse(f"sentinel://{MASTER}")],
+        "restarted",
+        connector=connector,
+        timeout=1.0,
+        probe_interval=0.5,
+        probe_timeout=2.0,
+    )
+    policy = RoomPolicy()
+    shard = broker.control_shard
+    try:
+        await broker.start()
+        await eventually(lambda: broker.ready, 15, "the shard to be ready on the master")
+        for n in range(1, 4):
+            await broker.publish("match", n, ts=1, policy=policy, msg_id=f"e{n}")
+        assert master.cli("SAVE") == "OK"  # the snapshot has events 1-3
+        acked = await broker.publish("match", 4, ts=1, policy=policy, msg_id="e4")
+        assert acked.offset == 4  # after the snapshot: lost by the crash below
+        assert shard._task is not None
+        shard._task.cancel()
+        await asyncio.wait({shard._task})
+        shard._ready = True
+        master.kill()  # SIGKILL: no snapshot on the way out
+        master.start()  # the RDB file of the SAVE above: events 1-3
+        assert sentinel.master_port() == master.port  # no failover
+        assert "master_replid2:0000" not in master.cli("INFO", "replication")
+
+        async def held() -> bool:
+            """A publish now: refused by the check (the first may still meet the lost
+            connection); never stored."""
+            try:
+                early = await broker.publish("match", 5, ts=1, policy=policy, msg_id="e5")
+            except BrokerUnavailable as exc:
+                return "not checked yet" in str(exc)
+            raise AssertionError(f"a publish reached the server before its check: {early}")
+
+        await eventually(held, 15, "a publish refused by the check")
+        assert await held()
+        shard._ready = False
+        shard.start()  # the session checks the server: a new epoch, then publishes go on
+        await eventually(lambda: broker.ready, 15, "the shard to be ready again")
+        after = await broker.publish("match", 5, ts=1, policy=policy, msg_id="e5")
+        assert after.epoch != acked.epoch and after.offset == 4
+    finally:
+        await broker.close()
+    redis_acl.no_secret_in_logs(tmp_path)
+
+
 @pytest.mark.parametrize("sentinel_set", [True], indirect=True)
 async def test_an_external_gamecluster_behind_sentinels_with_an_acl_user_follows_a_failover(
     sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess],

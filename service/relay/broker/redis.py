@@ -192,6 +192,10 @@ class RedisShard:
         self._failures = 0
         """Connection attempts since the last live one: the reconnect backoff's exponent."""
         self._task: asyncio.Task[None] | None = None
+        self._checked = False
+        """Sentinel mode: the history of the server at `_master` was checked by the live
+        Pub/Sub session; false again when that session ends (the server may have restarted
+        behind the same address, see _check_master)."""
         self._master: tuple[str, int] | None = None
         """Sentinel mode: the master this server last used; a different one is a failover."""
 
@@ -349,6 +353,7 @@ class RedisShard:
             #    partition would leave a graceful close hanging).
             self._pubsub = None
             self._ready = False
+            self._checked = False
             if pubsub is not None:
                 pubsub.abort()
             await asyncio.wait({asyncio.create_task(client.aclose())}, timeout=1.0)
@@ -366,6 +371,7 @@ class RedisShard:
         Raises (and the session is retried) until the check has passed.
         """
         if self._on_slot_left is not None:
+            self._checked = True
             return  # a Redis Cluster node: relay.broker.slots fences its failovers
         master = await self._connector.master_address(self._endpoint, timeout=self._timeout)
         # Until self._master names it, _check_master keeps every other connection of this
@@ -378,7 +384,7 @@ class RedisShard:
             await self._check_history(fence, master)
         finally:
             await asyncio.wait({asyncio.create_task(fence.aclose())}, timeout=1.0)
-        self._master = master
+        self._master, self._checked = master, True
 
     async def _check_history(self, fence: Redis, master: tuple[str, int] | None) -> None:
         """The marker against the master's replication ids (see _after_failover):
@@ -531,10 +537,15 @@ class RedisShard:
 
     def _check_master(self, address: tuple[str, int]) -> None:
         """Refuse a connection to a master until _after_failover has checked its history
-        (a server's first master included: it may be a promoted replica)."""
-        if address == self._master:
+        (a server's first master included: it may be a promoted replica), and again from
+        when the Pub/Sub session ends until the next one has checked it: the same address
+        may be a restarted server by then (one back from an RDB snapshot, fenced by the
+        check), and the publish connection, reconnecting as soon as it is up, must not
+        reuse a lost offset under the old epoch meanwhile. Connections already open are
+        left alone (a session lost to a probe does not stop publishes in flight)."""
+        if address == self._master and self._checked:
             return
-        if self._master is None:
+        if self._master is None or address == self._master:
             raise RedisConnectionError(
                 f"shard {self.name}: the history of master {address[0]}:{address[1]} is "
                 "not checked yet"
