@@ -451,3 +451,28 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.exceptions.RedisError:
         return False
+
+
+async def test_a_relay_user_without_info_leaves_the_relay_unready_with_a_line_naming_the_grant(
+    acl_redis: RedisProcess, relay_factory, tmp_path: Path
+) -> None:
+    """An external Redis whose relay user was created before the history check (no `+info`,
+    e.g. a fleet upgraded to it): the shard is unready, and the log line says what to grant
+    and why, not only Redis's NOPERM."""
+    assert "+info" in contract.RELAY_ACL_RULES
+    redis_acl.admin(acl_redis).execute_command("ACL", "SETUSER", contract.RELAY_REDIS_USER, "-info")
+    pod: RelayProcess = relay_factory(
+        "noinfo",
+        redis_urls=[f"shard-i=redis://127.0.0.1:{acl_redis.port}/0"],
+        env={
+            contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+            contract.ENV_REDIS_PASSWORD: RELAY_PASSWORD,
+        },
+        ready=False,
+    )
+    await eventually(lambda: "+info" in pod.tail(), 10, "a line naming the grant")
+    assert pod.status() == 503
+    line = next(line for line in pod.tail().splitlines() if "+info" in line)
+    assert f"redis://127.0.0.1:{acl_redis.port}/0" in line and "INFO replication" in line, line
+    pod.stop()
+    no_secret_in_logs(tmp_path)

@@ -184,7 +184,7 @@ async def fail_over_past_acked_writes(
     while_down: Callable[[], object] = lambda: None,
 ) -> tuple[str, dict[str, Any]]:
     """Make Sentinel promote a replica that lacks acked events: events 1-3 replicated, 4 and
-    5 acked by the master alone (its replica SIGSTOPped), then the master SIGKILLed
+    5 acked by the master alone (its replica SIGSTOPped, its link cut), then the master SIGKILLed
     (`while_down` runs then) and the replica resumed. Returns the room's epoch from before
     and the first ack after (a publish retried through the failover)."""
     assert replica.proc is not None
@@ -193,6 +193,9 @@ async def fail_over_past_acked_writes(
         await publisher.publish(room, n, id=f"e{n}")
     assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
     os.kill(replica.proc.pid, signal.SIGSTOP)
+    # Its link cut too: a stopped process's socket still takes what the master sends, and
+    # it would read events 4 and 5 from there once resumed (it would miss nothing).
+    assert master.cli("CLIENT", "KILL", "TYPE", "replica") == "1"
     acks = [await publisher.publish(room, n, id=f"e{n}") for n in (4, 5)]
     assert [ack["offset"] for ack in acks if ack] == [4, 5]
     master.kill()

@@ -30,9 +30,12 @@ OLD, NEW, OTHER = "a" * 40, "b" * 40, "c" * 40
         (None, NEW, NO_HISTORY, False, Verdict.NEW),
         (None, NEW, OLD, False, Verdict.UNMARKED),
         (None, NEW, NO_HISTORY, True, Verdict.UNMARKED),
-        # Neither id: a restart (the id changes on every restart, a clean one too).
+        # Neither id, and no history continued: a restart (the id changes on every
+        # restart, a clean one too; one from the AOF leaves master_replid2 unset).
         (OLD, NEW, NO_HISTORY, False, Verdict.RESTARTED),
-        (OTHER, NEW, OLD, False, Verdict.RESTARTED),
+        # Neither id, but a history continued: promoted since it started (two failovers,
+        # or a restart and a failover, with no relay server checking in between).
+        (OTHER, NEW, OLD, False, Verdict.PROMOTED),
     ],
 )
 def test_classify(

@@ -25,7 +25,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.backoff import FullJitterBackoff
-from redis.exceptions import AskError, ClusterDownError, RedisError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoPermissionError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from relay import protocol
@@ -172,6 +178,10 @@ class RedisShard:
         self._failures = 0
         """Connection attempts since the last live one: the reconnect backoff's exponent."""
         self._task: asyncio.Task[None] | None = None
+        self._checked = False
+        """Sentinel mode: the history of the server at `_master` was checked by the live
+        Pub/Sub session; false again when that session ends (the server may have restarted
+        behind the same address, see _check_master)."""
         self._master: tuple[str, int] | None = None
         """Sentinel mode: the master this server last used; a different one is a failover."""
 
@@ -329,6 +339,7 @@ class RedisShard:
             #    partition would leave a graceful close hanging).
             self._pubsub = None
             self._ready = False
+            self._checked = False
             if pubsub is not None:
                 pubsub.abort()
             await asyncio.wait({asyncio.create_task(client.aclose())}, timeout=1.0)
@@ -346,6 +357,7 @@ class RedisShard:
         Raises (and the session is retried) until the check has passed.
         """
         if self._on_slot_left is not None:
+            self._checked = True
             return  # a Redis Cluster node: relay.broker.slots fences its failovers
         master = await self._connector.master_address(self._endpoint, timeout=self._timeout)
         # Until self._master names it, _check_master keeps every other connection of this
@@ -358,7 +370,7 @@ class RedisShard:
             await self._check_history(fence, master)
         finally:
             await asyncio.wait({asyncio.create_task(fence.aclose())}, timeout=1.0)
-        self._master = master
+        self._master, self._checked = master, True
 
     async def _check_history(self, fence: Redis, master: tuple[str, int] | None) -> None:
         """The marker against the master's replication ids (see _after_failover):
@@ -366,12 +378,19 @@ class RedisShard:
         - the master's own id: the rooms' history, nothing to do;
         - its previous id (`master_replid2`): a replica promoted in place of the marked
           master, which may lack acked writes: new epochs (one server: a SET NX claim);
+          so is a master with replicas restarted from an RDB snapshot (Redis keeps its
+          old id as master_replid2 then): rightly after a crash, needlessly after a
+          clean SHUTDOWN (docs/operations.md);
         - none: a new or emptied Redis (a room whose keys are gone starts a new epoch
           anyway): marked now; but new epochs first when the master continued another
           history (a `master_replid2`: promoted, its old master unmarked);
-        - another id: the master restarted (its id changes on every restart, a clean
-          SHUTDOWN too): the rooms keep their epochs, as without the marker (the crash
-          window of appendfsync everysec, docs/operations.md); marked now, and logged.
+        - another id, and the master continued a history (a `master_replid2`): promoted
+          since the marker was written (two failovers, or a restart then a failover, with
+          no relay server connected in between): new epochs, as for its previous id;
+        - another id, no `master_replid2`: the master restarted (its id changes on every
+          restart, a clean SHUTDOWN too, and a restart from the AOF leaves no previous
+          id): the rooms keep their epochs, as without the marker (the crash window of appendfsync
+          everysec, docs/operations.md); marked now, and logged.
 
         A server that held another master's address in memory (it saw the failover) starts
         new epochs whatever the marker says, unless another server already marked this
@@ -379,7 +398,16 @@ class RedisShard:
         where = self.url if master is None else f"{master[0]}:{master[1]}"
         previous = self._master
         moved = previous is not None and master is not None and master != previous
-        info = await history.replication(fence)
+        try:
+            info = await history.replication(fence)
+        except NoPermissionError as exc:
+            # An external Redis whose relay user predates the check (its ACL written from
+            # an older RELAY_REDIS_COMMANDS): say what to grant, not only Redis's NOPERM.
+            raise NoPermissionError(
+                f"shard {self.name}: the relay's ACL user may not run INFO replication, "
+                f"which the history check needs before {where} is used: grant it +info "
+                f"(ACL SETUSER <user> +info; docs/operations.md, ACL users) ({exc})"
+            ) from exc
         if info.get("role") != "master":
             raise RedisConnectionError(
                 f"shard {self.name}: {where} is a replica, not a master; waiting for one"
@@ -409,8 +437,10 @@ class RedisShard:
                 await self._new_epochs(fence, claim, replid, old, where)
                 return
             if verdict is Verdict.NEW:
-                if await fence.set(keys.HISTORY_MARKER, replid, nx=True):
-                    log.info("shard %s: %s marked as history %s", self.name, where, replid[:8])
+                marked = await self._mark(fence, replid, where, nx=True)
+                if marked is not False:
+                    if marked:
+                        log.info("shard %s: %s marked as history %s", self.name, where, replid[:8])
                     return
                 continue
             log.warning(
@@ -418,11 +448,23 @@ class RedisShard:
                 "the rooms keep their epochs",
                 self.name, where, replid[:8], (marker or "")[:8],
             )  # fmt: skip
-            await fence.set(keys.HISTORY_MARKER, replid)
+            await self._mark(fence, replid, where)
             return
         raise RedisConnectionError(
             f"shard {self.name}: the history marker on {where} keeps changing"
         )
+
+    async def _mark(
+        self, fence: Redis, replid: str, where: str, *, nx: bool = False
+    ) -> bool | None:
+        """history.mark of this shard's marker, a full Redis logged."""
+        marked = await history.mark(fence, keys.HISTORY_MARKER, replid, nx=nx)
+        if marked is None:
+            log.warning(
+                "shard %s: %s is full (maxmemory), the history marker is left unchanged",
+                self.name, where,
+            )  # fmt: skip
+        return marked
 
     async def _new_epochs(self, fence: Redis, claim: str, replid: str, old: str, new: str) -> None:
         """history.new_epochs, logged; raising (the session is retried) while another relay
@@ -448,10 +490,15 @@ class RedisShard:
 
     def _check_master(self, address: tuple[str, int]) -> None:
         """Refuse a connection to a master until _after_failover has checked its history
-        (a server's first master included: it may be a promoted replica)."""
-        if address == self._master:
+        (a server's first master included: it may be a promoted replica), and again from
+        when the Pub/Sub session ends until the next one has checked it: the same address
+        may be a restarted server by then (one back from an RDB snapshot, fenced by the
+        check), and the publish connection, reconnecting as soon as it is up, must not
+        reuse a lost offset under the old epoch meanwhile. Connections already open are
+        left alone (a session lost to a probe does not stop publishes in flight)."""
+        if address == self._master and self._checked:
             return
-        if self._master is None:
+        if self._master is None or address == self._master:
             raise RedisConnectionError(
                 f"shard {self.name}: the history of master {address[0]}:{address[1]} is "
                 "not checked yet"

@@ -459,7 +459,8 @@ class RedisClusterBroker(EnvelopeReader):
         finds no marker, which is new epochs on a node that once was promoted (a needless
         fence, never a missed one) and a mark on any other. A marker that migrated into
         another node's lowest slot names a history of neither of its ids: a restart,
-        renewed (docs/operations.md, "Redis Cluster", says what this leaves)."""
+        renewed, on a node that continued no history; new epochs (needless) on one that
+        was promoted once (docs/operations.md, "Redis Cluster", says what this leaves)."""
         tag = keys.slot_tag(slot)
         marker_key = keys.node_history_marker(tag)
         checked = self._checked.get(node.address)
@@ -502,7 +503,7 @@ class RedisClusterBroker(EnvelopeReader):
                 # The history this server checked before (no restart, no promotion since):
                 # only the marker moved (its slot migrated away, another node's came in).
                 if marker != replid:
-                    await client.set(marker_key, replid)
+                    await self._renew(client, marker_key, node, replid)
                 return
             verdict = history.classify(marker, replid, replid2, moved=old is not None)
             if verdict is Verdict.SAME:
@@ -514,8 +515,10 @@ class RedisClusterBroker(EnvelopeReader):
                 await self._fence(client, tag, marker_key, node, old, marker, replid, replid2)
                 return
             if verdict is Verdict.NEW:
-                if await client.set(marker_key, replid, nx=True):
-                    log.info("Redis Cluster: %s marked as history %s", node.address, replid[:8])
+                marked = await self._renew(client, marker_key, node, replid, nx=True)
+                if marked is not False:
+                    if marked:
+                        log.info("Redis Cluster: %s marked as history %s", node.address, replid[:8])
                     return
                 continue
             log.warning(
@@ -523,9 +526,21 @@ class RedisClusterBroker(EnvelopeReader):
                 "%s): the rooms keep their epochs",
                 node.address, replid[:8], (marker or "")[:8],
             )  # fmt: skip
-            await client.set(marker_key, replid)
+            await self._renew(client, marker_key, node, replid)
             return
         raise BrokerUnavailable(f"the history marker on {node.address} keeps changing")
+
+    async def _renew(
+        self, client: Redis, marker_key: str, node: Node, replid: str, *, nx: bool = False
+    ) -> bool | None:
+        """history.mark of `node`'s marker, a full node logged."""
+        marked = await history.mark(client, marker_key, replid, nx=nx)
+        if marked is None:
+            log.warning(
+                "Redis Cluster: %s is full (maxmemory), its history marker is left unchanged",
+                node.address,
+            )
+        return marked
 
     async def _fence(
         self,
