@@ -294,6 +294,15 @@ INVALID = [
         },
         "a Redis Cluster (cluster true) has redis:// or rediss:// seed URLs and no sentinels",
     ),
+    (
+        {
+            "redis": {
+                "mode": "external",
+                "external": {"urls": ["rediss://a:1"], "sentinelTLS": True},
+            }
+        },
+        "sentinelTLS needs a sentinel:// URL",
+    ),
     ({"autoscaling": {"targetConnectionsPerReplica": 0}}, "minimum"),
     ({"tracing": {"samplingRatio": 1.5}}, "maximum"),
     ({"limits": {"maxMessageBytes": 1}}, "minimum"),
