@@ -226,6 +226,10 @@ class Redis(_Model):
     max_memory: Quantity | None = None
     """Redis ``maxmemory``; absent: MAX_MEMORY_SHARE of the container's memory limit."""
     max_memory_policy: MaxMemoryPolicy = "noeviction"
+    append_fsync: Literal["everysec", "always"] = "everysec"
+    """Managed: Redis ``appendfsync``. ``everysec`` loses nothing acked when Redis crashes,
+    up to about a second of it when the node does; ``always`` loses nothing there either,
+    at an fsync per write (docs/operations.md, bench/append_fsync.py)."""
     tls: RedisTLS | None = None
     """Managed mode, without replicas: the shards serve TLS only (external mode: rediss://
     URLs and secretRef.caKey instead)."""

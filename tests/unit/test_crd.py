@@ -220,6 +220,7 @@ def test_empty_spec_is_fully_defaulted() -> None:
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "persistence": {"enabled": True, "size": "1Gi"},
         "maxMemoryPolicy": "noeviction",
+        "appendFsync": "everysec",
     }
     assert spec["autoscaling"]["enabled"] is False
 
@@ -303,6 +304,7 @@ INVALID = [
         },
         "sentinelTLS needs a sentinel:// URL",
     ),
+    ({"redis": {"appendFsync": "no"}}, "enum"),
     ({"autoscaling": {"targetConnectionsPerReplica": 0}}, "minimum"),
     ({"tracing": {"samplingRatio": 1.5}}, "maximum"),
     ({"limits": {"maxMessageBytes": 1}}, "minimum"),
