@@ -168,10 +168,14 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
             sentinel_password=sentinel_password.strip() if sentinel_password else None,
             sentinel_tls=bool(sentinels) and tls is not None,
         )
-    ref = spec.redis.external.secret_ref if spec.redis.external else None
-    in_cluster = bool(spec.redis.external and spec.redis.external.cluster)
+    external = spec.redis.external
+    ref = external.secret_ref if external else None
+    in_cluster = bool(external and external.cluster)
+    sentinel_tls = bool(external and external.sentinel_tls)
     if ref is None:
-        return RedisAuth(sentinels=_sentinels(spec, owner), cluster=in_cluster)
+        return RedisAuth(
+            sentinels=_sentinels(spec, owner), sentinel_tls=sentinel_tls, cluster=in_cluster
+        )
     secret = cluster.get(ChildRef("v1", "Secret", owner.namespace, ref.name))
     if secret is None:
         return None
@@ -186,5 +190,6 @@ def operator_auth(cluster: Cluster, spec: GameClusterSpec, owner: Owner) -> Redi
         sentinels=_sentinels(spec, owner),
         sentinel_username=key(ref.sentinel_username_key),
         sentinel_password=key(ref.sentinel_password_key),
+        sentinel_tls=sentinel_tls,
         cluster=in_cluster,
     )

@@ -179,6 +179,10 @@ class ExternalRedis(_Model):
     cluster: bool = False
     """The URLs are seed nodes of one Redis Cluster (RELAY_REDIS_CLUSTER): rooms go where
     the cluster places their hash slot; no Sentinel, no shard names."""
+    sentinel_tls: bool = Field(default=False, alias="sentinelTLS")
+    """TLS to the Sentinels and to the masters they name (RELAY_REDIS_SENTINEL_TLS),
+    verified against ``secretRef.caKey`` (else the system CAs) with the hostname checked:
+    the Sentinels must hand out names their certificates carry (``announce-hostnames``)."""
     secret_ref: ExternalRedisSecret | None = None
 
 
@@ -222,6 +226,10 @@ class Redis(_Model):
     max_memory: Quantity | None = None
     """Redis ``maxmemory``; absent: MAX_MEMORY_SHARE of the container's memory limit."""
     max_memory_policy: MaxMemoryPolicy = "noeviction"
+    append_fsync: Literal["everysec", "always"] = "everysec"
+    """Managed: Redis ``appendfsync``. ``everysec`` loses nothing acked when Redis crashes,
+    up to about a second of it when the node does; ``always`` loses nothing there either,
+    at an fsync per write (docs/operations.md, bench/append_fsync.py)."""
     tls: RedisTLS | None = None
     """Managed mode, without replicas: the shards serve TLS only (external mode: rediss://
     URLs and secretRef.caKey instead)."""
@@ -344,6 +352,11 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
             "spec.redis.external.cluster: a Redis Cluster fails over by itself; its URLs "
             "are redis:// or rediss:// seed nodes, without sentinels",
         )
+    if external and external.sentinel_tls and not masters:
+        raise InvalidSpec(
+            "SentinelTLSWithoutSentinels",
+            "spec.redis.external.sentinelTLS is set but no URL uses sentinel://",
+        )
     ref = external.secret_ref if external else None
     if ref and (ref.sentinel_username_key or ref.sentinel_password_key) and not masters:
         raise InvalidSpec(
@@ -351,10 +364,12 @@ def parse(raw: Mapping[str, Any]) -> GameClusterSpec:
             "spec.redis.external.secretRef.sentinelUsernameKey/sentinelPasswordKey are set "
             "but no URL uses sentinel://",
         )
-    if external and ref and ref.ca_key and not any(u.startswith("rediss:") for u in external.urls):
+    tls_urls = any(u.startswith("rediss:") for u in external.urls) if external else False
+    if external and ref and ref.ca_key and not (tls_urls or external.sentinel_tls):
         raise InvalidSpec(
             "CAWithoutTLS",
-            "spec.redis.external.secretRef.caKey is set but no URL uses rediss:// (TLS)",
+            "spec.redis.external.secretRef.caKey is set but no URL uses rediss:// (TLS) "
+            "and sentinelTLS is off",
         )
     if spec.redis.tls is not None and spec.redis.mode != "managed":
         raise InvalidSpec(

@@ -384,16 +384,17 @@ def test_redis_starts_with_the_operators_arguments_and_its_probe_tells_ready(
     no_secret_in_logs(tmp_path)
 
 
+@pytest.mark.parametrize("fsync", ["everysec", "always"])
 async def test_durable_history_survives_a_restart_with_the_operators_acl_file_and_aof(
-    tmp_path: Path, relay_factory
+    tmp_path: Path, relay_factory, fsync: str
 ) -> None:
-    """The operator's Redis (its arguments: AOF, everysec; its ACL file) restarted cleanly
-    keeps every room's history and epoch. Redis replays the AOF as the default user; with
-    that user bare `off` it refused every logged script (MULTI/EXEC, NOPERM), so each
-    restart lost every durable publish (secrets.DEFAULT_USER)."""
+    """The operator's Redis (its arguments: AOF, `redis.appendFsync`; its ACL file)
+    restarted cleanly keeps every room's history and epoch. Redis replays the AOF as the
+    default user; with that user bare `off` it refused every logged script (MULTI/EXEC,
+    NOPERM), so each restart lost every durable publish (secrets.DEFAULT_USER)."""
     passwords = RedisPasswords(RELAY_PASSWORD, OPERATOR_PASSWORD)
     children = desired(
-        parse({}),
+        parse({"redis": {"appendFsync": fsync}}),
         {"name": "arena", "namespace": "games", "uid": "u"},
         Inputs(relay_image="img", jwt_secret="s", redis_passwords=passwords),
     )
@@ -401,7 +402,9 @@ async def test_durable_history_survives_a_restart_with_the_operators_acl_file_an
     (container,) = sts["spec"]["template"]["spec"]["containers"]
     assert "--appendonly" in container["args"]
     (tmp_path / "acl").mkdir()
-    (tmp_path / "acl" / secrets.ACL_FILE_KEY).write_text(acl_file(passwords))
+    # The operator's users, and one of the test's own that may read the configuration.
+    inspector = f"user inspector on >{OPERATOR_PASSWORD} ~* &* +@all\n"
+    (tmp_path / "acl" / secrets.ACL_FILE_KEY).write_text(acl_file(passwords) + inspector)
     port = free_port()
     args = [
         a.replace(ACL_DIR, str(tmp_path / "acl")).replace("/data", str(tmp_path))
@@ -422,6 +425,8 @@ async def test_durable_history_survives_a_restart_with_the_operators_acl_file_an
 
     server = start()
     try:
+        admin = redis.Redis(port=port, username="inspector", password=OPERATOR_PASSWORD)
+        assert admin.config_get("appendfsync") == {"appendfsync": fsync}
         url = f"redis://{contract.RELAY_REDIS_USER}:{RELAY_PASSWORD}@127.0.0.1:{port}"
         pod = relay_factory("a", redis_urls=[url])
         async with RelayClient(pod.url) as client:

@@ -11,7 +11,6 @@ for the replication and Sentinel users an operator-run Sentinel would need.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import secrets
 import signal
@@ -24,11 +23,7 @@ import pytest
 from pydantic import SecretStr
 from redis import Redis
 
-from gamecluster.children import Owner
-from gamecluster.desired import Inputs, desired
 from gamecluster.load import ReadyPod, RedisLoadSource
-from gamecluster.redis_auth import operator_auth
-from gamecluster.spec import parse
 from gamecluster_client import Connection as RelayClient
 from relay import contract
 from relay.broker import keys
@@ -37,7 +32,7 @@ from relay.broker.connection import Connector
 from relay.broker.redis import RedisBroker
 from relay.config import RedisEndpoint
 from relay.rooms import RoomPolicy
-from support import redis_acl
+from support import external, redis_acl
 from support.processes import LOOPBACK, RedisProcess, stop_process
 from support.sentinel import (
     FAILOVER_SECONDS,
@@ -497,41 +492,27 @@ async def test_an_external_gamecluster_behind_sentinels_with_an_acl_user_follows
     same Sentinel with the same keys; a wrong Sentinel password leaves a relay unready with
     a line that says so; no password in any log."""
     master, replica, sentinel = sentinel_set
-    spec = parse(
-        {
-            "redis": {
-                "mode": "external",
-                "external": {
-                    "urls": [f"sentinel://{MASTER}"],
-                    "sentinels": [f"{LOOPBACK}:{sentinel.port}"],
-                    "secretRef": {
-                        "name": "ext",
-                        "usernameKey": "user",
-                        "sentinelUsernameKey": "sentinel-user",
-                        "sentinelPasswordKey": "sentinel-password",
-                    },
-                },
-            }
-        }
-    )
     stored = {
         "user": contract.RELAY_REDIS_USER,
         "password": redis_acl.RELAY_PASSWORD,
         "sentinel-user": WATCHER,
         "sentinel-password": WATCHER_PASSWORD,
     }
-    meta = {"name": "ext", "namespace": "games", "uid": "u1"}
-    inputs = Inputs(relay_image="img", jwt_secret="j" * 40, redis_passwords=None)
-    children = {f"{m['kind']}/{m['metadata']['name']}": m for m in desired(spec, meta, inputs)}
-    config = children["ConfigMap/ext-relay"]["data"]
-    env = {contract.ENV_REDIS_SENTINELS: config[contract.ENV_REDIS_SENTINELS]}
-    (relay,) = children["Deployment/ext-relay"]["spec"]["template"]["spec"]["containers"]
-    for item in relay["env"]:
-        ref = item.get("valueFrom", {}).get("secretKeyRef", {})
-        if ref.get("name") == "ext":
-            env[item["name"]] = stored[ref["key"]]
+    rendered = external.render(
+        {
+            "urls": [f"sentinel://{MASTER}"],
+            "sentinels": [f"{LOOPBACK}:{sentinel.port}"],
+            "secretRef": {
+                "name": external.SECRET,
+                "usernameKey": "user",
+                "sentinelUsernameKey": "sentinel-user",
+                "sentinelPasswordKey": "sentinel-password",
+            },
+        },
+        stored,
+    )
+    env, urls, auth = rendered.env, rendered.urls, rendered.auth
     assert env[contract.ENV_REDIS_SENTINEL_USERNAME] == WATCHER
-    urls = config[contract.ENV_REDIS_URLS].split(",")
     pod = relay_factory("a", redis_urls=urls, env={**env, contract.ENV_LOAD_REPORT_SECONDS: "0.2"})
     wrong_env = {**env, contract.ENV_REDIS_SENTINEL_PASSWORD: WRONG_PASSWORD}
     wrong = relay_factory("wrong", redis_urls=urls, env=wrong_env, ready=False)
@@ -540,9 +521,7 @@ async def test_an_external_gamecluster_behind_sentinels_with_an_acl_user_follows
     assert wrong.status() == 503
     wrong.stop()
 
-    secret = {"data": {k: base64.b64encode(v.encode()).decode() for k, v in stored.items()}}
-    auth = operator_auth(_Secrets(secret), spec, Owner("ext", "games", "u1"))  # type: ignore[arg-type]
-    assert auth is not None and auth.sentinel_username == WATCHER
+    assert auth.sentinel_username == WATCHER
     reader, ready = RedisLoadSource(), [ReadyPod("a", None)]
     await eventually(
         lambda: reader.read(urls[0], ready, datetime.now(UTC), auth).total == 0,
@@ -573,13 +552,3 @@ def no_password_in_logs(directory: Path, *passwords: str) -> None:
         text = log.read_text(errors="replace")
         for password in passwords:
             assert password not in text, log.name
-
-
-class _Secrets:
-    """The one Secret operator_auth reads, as the cluster would return it."""
-
-    def __init__(self, secret: dict[str, Any]) -> None:
-        self._secret = secret
-
-    def get(self, ref: object) -> dict[str, Any]:
-        return self._secret

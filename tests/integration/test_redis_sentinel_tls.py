@@ -5,8 +5,10 @@ Real processes, all TLS-only (plain ports off): a master and a replica replicati
 and three Sentinels (quorum 2). The test CA's server certificate names `localhost` only, not
 127.0.0.1: it verifies because the servers announce themselves and the Sentinels hand out
 addresses by that name (`replica-announce-ip`, `resolve-hostnames`, `announce-hostnames`), as
-the operator's pods do with their DNS names. A failover is followed with the fence/epoch rule
-of test_redis_sentinel.py unchanged; a relay with the wrong CA stays unready and says why.
+the operator's pods do with their DNS names. Relays and the load reader get what the operator
+renders for an external GameCluster with `redis.external.sentinelTLS`. A failover is followed
+with the fence/epoch rule of test_redis_sentinel.py unchanged; a relay with the wrong CA
+stays unready and says why.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from redis.asyncio.sentinel import MasterNotFoundError
 
+from gamecluster.load import ReadyPod, RedisLoadSource
 from gamecluster_client import Connection as RelayClient
 from relay import contract
 from relay.broker.connection import Connector
 from relay.config import RedisEndpoint
-from support import redis_acl, tls
+from support import external, redis_acl, tls
 from support.processes import LOOPBACK, RedisProcess, stop_process
 from support.sentinel import (
     FAILOVER_SECONDS,
@@ -57,14 +61,23 @@ def tls_sentinel_set(tmp_path: Path) -> Iterator[TlsSet]:
         stop_process(process)
 
 
-def relay_env(sentinels: list[SentinelProcess], ca: Path) -> dict[str, str]:
-    return {
-        contract.ENV_REDIS_SENTINELS: ",".join(f"{TLS_HOST}:{s.port}" for s in sentinels),
-        contract.ENV_REDIS_SENTINEL_TLS: "true",
-        contract.ENV_REDIS_CA_FILE: str(ca),
-        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
-        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
-    }
+def as_rendered(sentinels: list[SentinelProcess], ca: Path) -> external.Rendered:
+    """What the operator gives relays and its load reader for an external GameCluster behind
+    these Sentinels with `sentinelTLS` and the CA in its Secret."""
+    return external.render(
+        {
+            "urls": [f"sentinel://{MASTER}"],
+            "sentinels": [f"{TLS_HOST}:{s.port}" for s in sentinels],
+            "sentinelTLS": True,
+            "secretRef": {"name": external.SECRET, "usernameKey": "user", "caKey": "ca.crt"},
+        },
+        {
+            "user": contract.RELAY_REDIS_USER,
+            "password": redis_acl.RELAY_PASSWORD,
+            "ca.crt": ca.read_text(),
+        },
+        ca,
+    )
 
 
 async def test_a_relay_follows_a_failover_over_tls_with_names_checked(
@@ -83,7 +96,16 @@ async def test_a_relay_follows_a_failover_over_tls_with_names_checked(
         20,
         "the three Sentinels to find each other over TLS",
     )
-    pod = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=relay_env(sentinels, ca))
+    rendered = as_rendered(sentinels, ca)
+    assert rendered.env[contract.ENV_REDIS_SENTINEL_TLS] == "true"
+    pod = relay_factory("a", redis_urls=rendered.urls, env=rendered.env)
+    # The operator's load reader asks the same Sentinels over TLS.
+    reader, ready = RedisLoadSource(), [ReadyPod("a", None)]
+    await eventually(
+        lambda: reader.read(rendered.urls[0], ready, datetime.now(UTC), rendered.auth).total == 0,
+        10,
+        "the load report read through the Sentinels over TLS",
+    )
     async with RelayClient(pod.url) as publisher:
         epoch, ack = await fail_over_past_acked_writes(publisher, "match", master, replica)
         await eventually(
@@ -111,7 +133,7 @@ async def test_a_relay_with_the_wrong_ca_stays_unready_and_says_why(
     pod = relay_factory(
         "wrong-ca",
         redis_urls=[f"sentinel://{MASTER}"],
-        env=relay_env(sentinels, wrong_ca),
+        env=as_rendered(sentinels, wrong_ca).env,
         ready=False,
     )
     await eventually(

@@ -163,12 +163,18 @@ async def test_map_change_1_2_1_under_load(redis_factory, relay_factory) -> None
         asyncio.create_task(publish(room, (publisher, other)[k % 2]))
         for k, room in enumerate(ROOMS)
     ]
+
+    async def acked_in_every_room(after: str) -> None:
+        """Until every room has a publish acked that was sent from now on."""
+        sent = {room: len(acks[room]) for room in ROOMS}
+        await eventually(
+            lambda: all(any(f.done() for f in acks[r][sent[r] :]) for r in ROOMS),
+            10,
+            f"a publish acked in every room {after}",
+        )
+
     # The switch starts under load: once every room has had a publish acked.
-    await eventually(
-        lambda: all(any(f.done() for f in acks[room]) for room in ROOMS),
-        10,
-        "publishes acked in every room",
-    )
+    await acked_in_every_room("before the switch")
     assert (await switch(pods[0], a, b))["version"] == 2
     # When the switch is done, every room is listened to on its new shard by both relays
     # (SUBSCRIBE is confirmed before a relay acks); their UNSUBSCRIBEs on the old shard
@@ -180,7 +186,8 @@ async def test_map_change_1_2_1_under_load(redis_factory, relay_factory) -> None
     # The moved rooms' history and epoch left their old shard (a switch back cannot
     # resurrect them).
     assert all(a.cli("EXISTS", f"room:{{{r}}}:meta", f"room:{{{r}}}:log") == "0" for r in moving)
-    await asyncio.sleep(0.5)
+    # Load under the two-shard map, moved rooms included, before switching back.
+    await acked_in_every_room("under two shards")
     # Back through the server API (what the operator calls), polled until done.
     with RelayApi(pods[1].admin, api_key=KEY) as api:
         started = await asyncio.to_thread(api.switch_shards, [name(a)])
@@ -197,7 +204,7 @@ async def test_map_change_1_2_1_under_load(redis_factory, relay_factory) -> None
     await eventually(lambda: all(listeners(b, r) == 0 for r in ROOMS), 5, "rooms off b")
     # Histories and epochs left b (publish ids expire with their dedupe window).
     assert b.cli("KEYS", "room:*:meta").split() == b.cli("KEYS", "room:*:log").split() == []
-    await asyncio.sleep(0.5)
+    await acked_in_every_room("back on one shard")
     stop.set()
     await asyncio.gather(*publishing)
     await asyncio.wait_for(asyncio.gather(*(f for fs in acks.values() for f in fs)), 20)

@@ -220,6 +220,7 @@ def test_empty_spec_is_fully_defaulted() -> None:
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "persistence": {"enabled": True, "size": "1Gi"},
         "maxMemoryPolicy": "noeviction",
+        "appendFsync": "everysec",
     }
     assert spec["autoscaling"]["enabled"] is False
 
@@ -294,6 +295,16 @@ INVALID = [
         },
         "a Redis Cluster (cluster true) has redis:// or rediss:// seed URLs and no sentinels",
     ),
+    (
+        {
+            "redis": {
+                "mode": "external",
+                "external": {"urls": ["rediss://a:1"], "sentinelTLS": True},
+            }
+        },
+        "sentinelTLS needs a sentinel:// URL",
+    ),
+    ({"redis": {"appendFsync": "no"}}, "enum"),
     ({"autoscaling": {"targetConnectionsPerReplica": 0}}, "minimum"),
     ({"tracing": {"samplingRatio": 1.5}}, "maximum"),
     ({"limits": {"maxMessageBytes": 1}}, "minimum"),

@@ -313,8 +313,26 @@ def test_redis_statefulset_one_pod_per_shard_with_aof() -> None:
     assert ":latest" not in container["image"]
     args = container["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendfsync") + 1] == "everysec"
     assert "volumeClaimTemplates" not in sts
     assert sts["template"]["spec"]["volumes"][0] == {"name": "data", "emptyDir": {}}
+
+
+@pytest.mark.parametrize("replicas", [0, 1])
+def test_append_fsync_always_reaches_every_shard_pod(replicas: int) -> None:
+    """spec.redis.appendFsync: the standalone shards and the replicated ones alike (run on a
+    real redis-server by test_redis_security.py)."""
+    built = build({"redis": {"shards": 2, "replicas": replicas, "appendFsync": "always"}})
+    names = (
+        ["StatefulSet/arena-redis"]
+        if replicas == 0
+        else ["StatefulSet/arena-rs0", "StatefulSet/arena-rs1"]
+    )
+    for name in names:
+        (container,) = built[name]["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        assert args[args.index("--appendfsync") + 1] == "always", name
+        assert args.count("--appendfsync") == 1
 
 
 def test_redis_persistence_uses_claim_templates() -> None:

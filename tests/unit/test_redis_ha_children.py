@@ -486,6 +486,43 @@ def test_an_external_redis_behind_sentinels_gets_their_addresses_and_password_fr
     assert "'sentinel-password'" in problem.message
 
 
+def test_an_external_redis_behind_tls_sentinels_gets_tls_and_the_ca_for_them() -> None:
+    """sentinelTLS: the relays and the load reader ask the Sentinels and the masters over
+    TLS, against the CA of the Secret, though no URL is rediss:// (run for real in
+    test_redis_sentinel_tls.py); without it, neither does."""
+    external = {
+        "urls": ["sentinel://gc"],
+        "sentinels": ["s1.example:26379"],
+        "sentinelTLS": True,
+        "secretRef": {"name": "cloud", "caKey": "ca.crt"},
+    }
+    spec = {"redis": {"mode": "external", "external": external}}
+    relay = env(container(build(spec), "Deployment/arena-relay"))
+    assert relay[contract.ENV_REDIS_SENTINEL_TLS] == "true"
+    assert relay[contract.ENV_REDIS_CA_FILE] == "/etc/gamecluster/redis-ca/ca.crt"
+    stored = {"data": {"ca.crt": base64.b64encode(b"CA").decode()}}
+    owner = Owner("arena", "games", "u")
+    auth = operator_auth(Secrets(stored), parse(spec), owner)  # type: ignore[arg-type]
+    assert auth is not None and (auth.sentinel_tls, auth.ca_pem) == (True, "CA")
+    # Without the flag (and so without the CA, which would have nothing to verify).
+    plain = {"redis": {"mode": "external", "external": {**external, "sentinelTLS": False}}}
+    del plain["redis"]["external"]["secretRef"]
+    assert contract.ENV_REDIS_SENTINEL_TLS not in env(
+        container(build(plain), "Deployment/arena-relay")
+    )
+    auth = operator_auth(Secrets(stored), parse(plain), owner)  # type: ignore[arg-type]
+    assert auth is not None and not auth.sentinel_tls
+    with pytest.raises(InvalidSpec, match="caKey is set but no URL uses rediss://"):
+        parse(
+            {
+                "redis": {
+                    "mode": "external",
+                    "external": {**external, "sentinelTLS": False},
+                }
+            }
+        )
+
+
 TLS_HA = {"redis": {"shards": 2, "replicas": 1, "tls": {"secretName": "arena-tls"}}}
 CERTIFICATE = {"tls.crt": "CERT", "tls.key": "KEY", "ca.crt": "CA"}
 

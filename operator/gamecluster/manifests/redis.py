@@ -47,6 +47,12 @@ def max_memory_bytes(spec: GameClusterSpec) -> int | None:
     return None if sized is None else int(quantity_bytes(sized) * MAX_MEMORY_SHARE)
 
 
+def persistence_args(spec: GameClusterSpec) -> list[str]:
+    """AOF on, with or without a volume (a container restart keeps it; a PVC keeps it across
+    pod replacements); no RDB snapshots: the AOF alone is the history."""
+    return ["--appendonly", "yes", "--appendfsync", spec.redis.append_fsync, "--save", ""]
+
+
 def memory_args(spec: GameClusterSpec) -> list[str]:
     limit = max_memory_bytes(spec)
     bound = [] if limit is None else ["--maxmemory", str(limit)]
@@ -88,12 +94,7 @@ def statefulset(
             *listen,
             "--dir",
             "/data",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--save",
-            "",
+            *persistence_args(spec),
             # Default user off, the relay's and the operator's users (manifests.secrets).
             "--aclfile",
             f"{ACL_DIR}/{secrets.ACL_FILE_KEY}",

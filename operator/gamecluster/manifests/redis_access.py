@@ -32,7 +32,8 @@ def _secret_env(env: str, secret: str, key: str) -> dict[str, Any]:
 
 
 def relay_env(spec: GameClusterSpec, owner: Owner) -> list[dict[str, Any]]:
-    """RELAY_REDIS_USERNAME / _PASSWORD / _CA_FILE for the relay container."""
+    """RELAY_REDIS_USERNAME / _PASSWORD / _CA_FILE, and the Sentinels' login and TLS, for
+    the relay container."""
     if spec.redis.mode == "managed":
         env = [
             {"name": contract.ENV_REDIS_USERNAME, "value": contract.RELAY_REDIS_USER},
@@ -52,10 +53,13 @@ def relay_env(spec: GameClusterSpec, owner: Owner) -> list[dict[str, Any]]:
                 # The Sentinels and the servers they name serve TLS only (manifests.redis_ha).
                 env.append({"name": contract.ENV_REDIS_SENTINEL_TLS, "value": "true"})
         return env
-    ref = spec.redis.external.secret_ref if spec.redis.external else None
-    if ref is None:
-        return []
+    external = spec.redis.external
     env = []
+    if external and external.sentinel_tls:
+        env.append({"name": contract.ENV_REDIS_SENTINEL_TLS, "value": "true"})
+    ref = external.secret_ref if external else None
+    if ref is None:
+        return env
     if ref.username_key:
         env.append(_secret_env(contract.ENV_REDIS_USERNAME, ref.name, ref.username_key))
     if ref.password_key:

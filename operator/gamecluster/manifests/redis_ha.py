@@ -47,7 +47,7 @@ from gamecluster.children import (
     Owner,
 )
 from gamecluster.manifests import redis_access, redis_tls, secrets
-from gamecluster.manifests.redis import ACL_DIR, REDIS_UID, memory_args
+from gamecluster.manifests.redis import ACL_DIR, REDIS_UID, memory_args, persistence_args
 from gamecluster.manifests.redis import statefulset as standalone_statefulset
 from gamecluster.manifests.security import container_security_context, pod_security_context
 from gamecluster.manifests.template import overlay
@@ -255,9 +255,7 @@ def redis_args(spec: GameClusterSpec) -> list[str]:
     return [
         *tls_args(spec),
         "--dir", "/data",
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
+        *persistence_args(spec),
         "--aclfile", f"{ACL_DIR}/{secrets.ACL_FILE_KEY}",
         "--protected-mode", "yes",
         *memory_args(spec),
