@@ -138,6 +138,8 @@ ClientMessage = Join | Leave | Publish | Ping | PresenceQuery
 
 def split_frame(text: str) -> list[str]:
     """The messages of one client frame: one JSON object per non-empty line."""
+    if "\n" not in text:  # most frames carry one message: no list of lines to filter
+        return [text] if text.strip() else []
     return [line for line in text.split("\n") if line.strip()]
 
 

@@ -33,7 +33,6 @@ from relay.broker import commands, envelope, keys, lua, replicas, shardmap
 from relay.broker.base import (
     Broker,
     BrokerUnavailable,
-    Delivery,
     History,
     PublishResult,
     ShardDown,
@@ -849,7 +848,7 @@ class RoomWriter:
         trace: dict[str, str] | None,
     ) -> PublishResult:
         payload = protocol.event(room, None, data, ts, subject)
-        message = envelope.pack(Delivery(room, payload, ts, None, None, self._node_id, trace))
+        message = envelope.pack(self._node_id, room, ts, payload, trace)
         if msg_id is None:  # nothing to deduplicate: a plain PUBLISH, no script
             await shard.publishes.call(self._scripts.publish, keys.channel(room), message)
             return _SENT
