@@ -36,10 +36,12 @@ relay-durable-base, the same pods run from another checkout's `service/` directo
 `git archive main service | tar -x -C /tmp/base`, then `--baseline /tmp/base/service`).
 `--repeat N` runs the chosen targets N times, interleaved (A, B, A, B...), and reports
 each step's median (by CPU per delivery, servers + Redis): single short steps on a
-shared machine move by tens of percent. `--profile DIR` samples every server process
-with py-spy (the `bench` extra) during each fixed step and leaves one collapsed-stack
-file per process and step in DIR, for bench/stacks.py; sampling costs CPU, so a profiled
-run's CPU figures are not the ones to compare.
+shared machine move by tens of percent. Both apply to the tracing scenario too: each
+sampling configuration runs on this tree and the baseline, one after the other, N times.
+`--profile DIR` samples every server process with py-spy (the `bench` extra) during
+each fixed step and leaves one collapsed-stack file per process and step in DIR, for
+bench/stacks.py; sampling costs CPU, so a profiled run's CPU figures are not the ones
+to compare.
 
     .venv/bin/python bench/compare.py [--quick] [--only relay-volatile,floor,...]
         [--scenarios fixed,ramp,idle,tracing,storm]
