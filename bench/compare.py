@@ -36,10 +36,12 @@ relay-durable-base, the same pods run from another checkout's `service/` directo
 `git archive main service | tar -x -C /tmp/base`, then `--baseline /tmp/base/service`).
 `--repeat N` runs the chosen targets N times, interleaved (A, B, A, B...), and reports
 each step's median (by CPU per delivery, servers + Redis): single short steps on a
-shared machine move by tens of percent. `--profile DIR` samples every server process
-with py-spy (the `bench` extra) during each fixed step and leaves one collapsed-stack
-file per process and step in DIR, for bench/stacks.py; sampling costs CPU, so a profiled
-run's CPU figures are not the ones to compare.
+shared machine move by tens of percent. Both apply to the tracing scenario too: each
+sampling configuration runs on this tree and the baseline, one after the other, N times.
+`--profile DIR` samples every server process with py-spy (the `bench` extra) during
+each fixed step and leaves one collapsed-stack file per process and step in DIR, for
+bench/stacks.py; sampling costs CPU, so a profiled run's CPU figures are not the ones
+to compare.
 
     .venv/bin/python bench/compare.py [--quick] [--only relay-volatile,floor,...]
         [--scenarios fixed,ramp,idle,tracing,storm]
@@ -413,8 +415,21 @@ SAMPLING = ["disabled", "0", "0.1", "1.0"]
 """Tracing off (OTEL_SDK_DISABLED), then parent-based ratio sampling at each ratio."""
 
 
-def tracing(workdir: Path, load: Load, rate: float) -> dict[str, Step]:
-    """The relay (volatile) at one fixed rate with sampling 0, 0.1 and 1.0."""
+def tracing(
+    workdir: Path,
+    load: Load,
+    rate: float,
+    trees: dict[str, dict[str, str]] | None = None,
+    repeat: int = 1,
+) -> dict[str, Step]:
+    """The relay (volatile) at one fixed rate with sampling 0, 0.1 and 1.0.
+
+    `trees`: name -> extra environment of each relay tree to run ("" is this one; a
+    --baseline adds "base" with its PYTHONPATH), interleaved `repeat` times; each
+    figure is the median run by CPU per delivery. Keys: the sampling, then
+    "<sampling> base" for the baseline's."""
+    trees = trees or {"": {}}
+    runs: dict[str, list[Step]] = {}
     sink_port = free_port()
     sink = subprocess.Popen(
         [sys.executable, "-m", "support.otlp_sink", str(sink_port)],
@@ -425,15 +440,20 @@ def tracing(workdir: Path, load: Load, rate: float) -> dict[str, Step]:
     try:
         pin(sink.pid, GENERATOR_CPU)
         wait_until(listening(sink_port, sink), 20, "the OTLP sink")
-        for sampling in SAMPLING:
+        for n, sampling, tree in (
+            (n, sampling, tree) for n in range(repeat) for sampling in SAMPLING for tree in trees
+        ):
             env = {
                 "OTEL_SDK_DISABLED": "true" if sampling == "disabled" else "false",
                 "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                 "OTEL_TRACES_SAMPLER_ARG": "0" if sampling == "disabled" else sampling,
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{LOOPBACK}:{sink_port}",
                 "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                **trees[tree],
             }
-            print(f"-- tracing, sampling {sampling} (relay, volatile rooms)", flush=True)
+            key = f"{sampling} {tree}".strip()
+            run = f" (run {n + 1})" if repeat > 1 else ""
+            print(f"-- tracing, sampling {key} (relay, volatile rooms){run}", flush=True)
             with relay_target(workdir, "volatile", env) as servers:
                 for pid in [*servers.pids, servers.redis_pid]:
                     assert pid is not None
@@ -441,11 +461,13 @@ def tracing(workdir: Path, load: Load, rate: float) -> dict[str, Step]:
                 gen = Generator(servers, load)
                 try:
                     gen.ask({"cmd": "run", "rate": 2000, "seconds": 1})
-                    out[sampling] = step(gen, servers, rate, load.seconds)
+                    runs.setdefault(key, []).append(step(gen, servers, rate, load.seconds))
                 finally:
                     gen.close()
     finally:
         stop_process(sink)  # type: ignore[arg-type]
+    for key, steps in runs.items():
+        out[key] = sorted(steps, key=_cpu)[len(steps) // 2]
     return out
 
 
@@ -543,13 +565,22 @@ def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> N
                         f"{ratio(n.server_user_us, b.server_user_us)}"
                     )
     if traced:
-        base = traced.get("0")
         print("\n== tracing (relay, volatile rooms; CPU per delivery, servers + Redis)")
-        for name, s in traced.items():
+        for key, s in traced.items():
+            sampling, _, tree = key.partition(" ")
+            base = traced.get(f"0 {tree}".strip())
             vs = f" = {ratio(s.with_redis_us, base.with_redis_us)} of ratio 0" if base else ""
-            name = name if name == "disabled" else f"ratio {name}"
-            cpu = f"{s.with_redis_us:6.1f} us{vs}"
-            print(f"  {name:9}: {cpu}, p99 {s.p99:.1f} ms, loss {s.loss}")
+            name = sampling if sampling == "disabled" else f"ratio {sampling}"
+            name += " (baseline)" if tree else ""
+            other = traced.get(sampling) if tree else traced.get(f"{sampling} base")
+            than = (
+                f", this tree / baseline {ratio(s.with_redis_us, other.with_redis_us)}"
+                f" (user {ratio(s.server_user_us, other.server_user_us)})"
+                if other is not None and not tree
+                else ""
+            )
+            cpu = f"{s.with_redis_us:6.1f} us (user {s.server_user_us:5.1f}){vs}"
+            print(f"  {name:20}: {cpu}, p99 {s.p99:.1f} ms, loss {s.loss}{than}")
 
 
 def main() -> None:
@@ -641,7 +672,8 @@ def main() -> None:
         if "tracing" in scenarios:
             workdir = Path(tmp) / "tracing"
             workdir.mkdir()
-            traced = tracing(workdir, load, 20000)
+            trees = {"": {}} if args.baseline is None else {"": {}, "base": base}
+            traced = tracing(workdir, load, 20000, trees, args.repeat)
         if results or traced:
             report(results, traced, load)
         if "storm" in scenarios:

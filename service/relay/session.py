@@ -61,6 +61,7 @@ class Session:
         "_expiry",
         "_handler",
         "_inbox",
+        "_loop",
         "_ops",
         "_over",
         "_publishes",
@@ -86,6 +87,9 @@ class Session:
         self._services = services
         self._settings = services.settings
         self._socket = socket
+        self._loop = asyncio.get_running_loop()
+        """The loop, looked up once: `asyncio.create_task` per message would look it up
+        again, a getpid() system call each time on CPython 3.11."""
         self.close_code: int | None = None
         """How the connection ended: the peer's close code, or the one the server sent."""
         self._rooms: set[str] = set()
@@ -132,7 +136,7 @@ class Session:
         inbox = self._inbox
         if inbox is None:
             self._inbox = [text]
-            self._handler = asyncio.create_task(self._handle_inbox())
+            self._handler = self._loop.create_task(self._handle_inbox())
         else:
             inbox.append(text)
             self._socket.pause_reading()  # one message at a time: the rest waits unread
@@ -228,43 +232,53 @@ class Session:
             self._refuse(ProtocolError(ErrorCode.INTERNAL, f"internal error {correlation}"))
 
     async def _publish(self, message: protocol.Publish) -> None:
-        ids = {"ref": message.ref, "id": message.id, "room": message.room}
-        if not self.identity.may_publish(message.room):
+        room, msg_id, ref = message.room, message.id, message.ref
+        if not self.identity.may_publish(room):
             raise ProtocolError(
-                ErrorCode.FORBIDDEN, f"the token does not allow publishing to {message.room}", **ids
+                ErrorCode.FORBIDDEN,
+                f"the token does not allow publishing to {room}",
+                ref=ref,
+                id=msg_id,
+                room=room,
             )
         if not self._publishes.take():
             raise ProtocolError(
                 ErrorCode.RATE_LIMITED,
                 f"over {self._settings.publish_rate:g} publishes/s (burst "
                 f"{self._settings.publish_burst})",
-                **ids,
+                ref=ref,
+                id=msg_id,
+                room=room,
             )
-        ts = time.time_ns() // 1_000_000
+        services = self._services
         try:
             with tracing.publishing(message, self.id) as traced:
-                result = await self._services.broker.publish(
-                    message.room,
+                result = await services.broker.publish(
+                    room,
                     message.data,
-                    ts=ts,
-                    policy=self._services.policies.for_room(message.room),
-                    msg_id=message.id,
+                    ts=time.time_ns() // 1_000_000,
+                    policy=services.policies.for_room(room),
+                    msg_id=msg_id,
                     subject=self.subject,
                     trace=traced.context,
                 )
                 traced.sent(result.offset)
         except NotReplicated as exc:
-            self._services.metrics.unreplicated.inc()
-            refusal = protocol.not_replicated(message.id)
-            raise ProtocolError(ErrorCode.UNAVAILABLE, refusal, **ids) from exc
+            services.metrics.unreplicated.inc()
+            refusal = protocol.not_replicated(msg_id)
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, refusal, ref=ref, id=msg_id, room=room
+            ) from exc
         except BrokerUnavailable as exc:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, exc.client_message, **ids) from exc
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, exc.client_message, ref=ref, id=msg_id, room=room
+            ) from exc
         except ProtocolError as exc:
-            raise ProtocolError(exc.code, exc.message, **ids) from exc
+            raise ProtocolError(exc.code, exc.message, ref=ref, id=msg_id, room=room) from exc
         if not result.duplicate:
-            self._services.metrics.published.inc()
-        if message.id is not None:
-            self.push(protocol.ack(message.id, message.room, result.offset, message.ref))
+            services.metrics.published.inc()
+        if msg_id is not None:
+            self.push(protocol.ack(msg_id, room, result.offset, ref))
 
     async def _join(self, message: protocol.Join) -> None:
         room, ref = message.room, message.ref

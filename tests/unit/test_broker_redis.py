@@ -21,16 +21,14 @@ def broker(*urls: str) -> RedisBroker:
 
 
 def test_envelope_round_trip_keeps_the_event_bytes_untouched() -> None:
-    sent = Delivery(
-        "r",
-        b'{"op":"event","room":"r","data":1,"ts":5}',
-        5,
-        3,
-        "e",
-        "node-a",
-        {"traceparent": "00-x"},
-    )
-    assert envelope.unpack(envelope.pack(sent)) == sent
+    payload = b'{"op":"event","room":"r","data":1,"ts":5}'
+    trace = {"traceparent": "00-x"}
+    volatile = envelope.pack("node-a", "r", 5, payload, trace)
+    assert envelope.unpack(volatile) == Delivery("r", payload, 5, None, None, "node-a", trace)
+    # A durable event's header: the script puts `<offset>,"epoch":"<epoch>"` in between.
+    head, tail = envelope.header_parts("node-a", "r", 5, trace)
+    durable = head + b'3,"epoch":"e"' + tail + b"\n" + payload
+    assert envelope.unpack(durable) == Delivery("r", payload, 5, 3, "e", "node-a", trace)
 
 
 @pytest.mark.parametrize("junk", [b"", b"no newline", b'{"v":2}\n{}', b"[]\n{}", b'{"v":1}\n{}'])
@@ -91,13 +89,12 @@ def test_a_failing_delivery_is_logged_and_the_next_one_still_arrives(
         arrived.append(delivery)
 
     redis_broker.set_listener(listener)
-    bad = Delivery("bad", b'{"op":"event"}', 1, None, None, "a")
     good = Delivery("good", b'{"op":"event"}', 2, None, None, "a")
     # The Pub/Sub reader hands every message to _received: had it raised, the reader
     # task would have ended and this shard gone deaf.
     with caplog.at_level(logging.ERROR, logger="relay.broker.redis"):
-        redis_broker._received(envelope.pack(bad))
-    redis_broker._received(envelope.pack(good))
+        redis_broker._received(envelope.pack("a", "bad", 1, b'{"op":"event"}', None))
+    redis_broker._received(envelope.pack("a", "good", 2, good.payload, None))
     assert arrived == [good]
     (record,) = caplog.records
     assert "'bad'" in record.getMessage() and record.exc_info is not None

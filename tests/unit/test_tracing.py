@@ -11,7 +11,8 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBasedTraceIdRatio
 from opentelemetry.trace import SpanKind, StatusCode
 
 from relay import tracing
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.unit
 
 
 def trace_into(exporter: InMemorySpanExporter, node_id: str, system: str) -> TracerProvider:
-    provider = TracerProvider()
+    # The id generator tracing.setup gives its provider: `publishing` asks the sampler first.
+    provider = TracerProvider(id_generator=tracing.LookaheadIds())
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.configure(provider, node_id=node_id, system=system)
     return provider
@@ -263,6 +265,57 @@ def test_an_unsampled_publish_leaves_the_envelope_empty() -> None:
         tracing.configure(None, node_id="", system="")
     assert traced.context is None
     assert exporter.get_finished_spans() == ()
+
+
+class ListedIds(IdGenerator):
+    """Trace ids from a list, in order: which publishes a ratio sampler keeps is known."""
+
+    def __init__(self, trace_ids: list[int]) -> None:
+        self._trace_ids = iter(trace_ids)
+
+    def generate_trace_id(self) -> int:
+        return next(self._trace_ids)
+
+    def generate_span_id(self) -> int:
+        return secrets.randbits(63) + 1
+
+
+def test_a_publish_the_sampler_drops_starts_no_span_and_the_kept_ones_get_their_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ratio 0.5 keeps a root trace id whose low 64 bits are below 2**63.
+    kept = [(1 << 70) | n for n in (5, 6, 7)]
+    dropped = [(1 << 70) | (1 << 63) | n for n in (1, 2, 3)]
+    order = [kept[0], dropped[0], dropped[1], kept[1], dropped[2], kept[2]]
+    exporter = InMemorySpanExporter()
+    ids = tracing.LookaheadIds(ListedIds([*order, 99]))  # 99: drawn ahead, never used
+    provider = TracerProvider(sampler=ParentBasedTraceIdRatio(0.5), id_generator=ids)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(provider, node_id="a", system="redis")
+    assert tracing.tracer is not None
+    started: list[str] = []
+    start_span = tracing.tracer.start_span
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        started.append(name)
+        return start_span(name, *args, **kwargs)
+
+    monkeypatch.setattr(tracing.tracer, "start_span", counted)
+    unsampled_parent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
+    try:
+        contexts = []
+        for trace_id in order:
+            with tracing.publishing(publish(), "s1") as traced:
+                contexts.append(traced.context)
+            if trace_id == dropped[0]:  # a client's unsampled parent: no span, no id used
+                with tracing.publishing(publish(traceparent=unsampled_parent), "s1") as traced:
+                    assert traced.context is None
+    finally:
+        tracing.configure(None, node_id="", system="")
+    exported_ids = [span.get_span_context().trace_id for span in exporter.get_finished_spans()]
+    assert exported_ids == kept  # the SDK's own decision for each id: none lost, none added
+    assert started == ["publish room"] * len(kept)  # nothing started for the dropped ones
+    assert [context is not None for context in contexts] == [t in kept for t in order]
 
 
 @dataclass(eq=False)

@@ -21,19 +21,14 @@ class EnvelopeError(ValueError):
     """Bytes on a room channel that are not an envelope this version understands."""
 
 
-def pack(delivery: Delivery) -> bytes:
-    header: dict[str, Any] = {
-        "v": VERSION,
-        "node": delivery.origin,
-        "room": delivery.room,
-        "ts": delivery.ts,
-    }
-    if delivery.offset is not None:
-        header["offset"] = delivery.offset
-        header["epoch"] = delivery.epoch
-    if delivery.trace:
-        header["tc"] = delivery.trace
-    return orjson.dumps(header) + b"\n" + delivery.payload
+def pack(origin: str, room: str, ts: int, payload: bytes, trace: dict[str, str] | None) -> bytes:
+    """The envelope of an event without an offset (a volatile room's): the only kind a
+    relay packs in Python; a durable event's header gets its offset in the Redis script
+    (header_parts). Fields, not a Delivery: one publish builds no Delivery to pack."""
+    header: dict[str, Any] = {"v": VERSION, "node": origin, "room": room, "ts": ts}
+    if trace:
+        header["tc"] = trace
+    return b"%b\n%b" % (orjson.dumps(header), payload)
 
 
 def header_parts(
