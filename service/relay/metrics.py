@@ -1,89 +1,16 @@
 """Prometheus metrics of one relay server, in a registry of its own.
 
 Counters are bumped once per event and per pod (never per recipient inside the fan-out
-loop), so metrics cost nothing per delivered message. The per-event ones (published,
-delivered, the delivery latency) are `LoopCounter` / `LoopHistogram`: plain numbers the
-event loop's thread bumps, read at scrape time, with no lock per event.
+loop), so metrics cost nothing per delivered message.
 """
 
 from __future__ import annotations
 
-import time
-from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
-
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-class LoopCounter(Collector):
-    """A counter for the event loop's thread only: `inc` adds to a plain int.
-
-    prometheus_client's Counter takes a lock per `inc` (it is thread-safe); bumped once
-    per event and pod, that was about 0.3 us each. Everything that bumps these runs on
-    the relay's one event loop thread (the scrape too, in the admin app), so no lock is
-    needed. Exposed as prometheus_client's Counter is: `<name>_total` and `_created`.
-    """
-
-    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._created = time.time()
-        self.value = 0
-        registry.register(self)
-
-    def inc(self, amount: int = 1) -> None:
-        self.value += amount
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(
-            self._name, self._documentation, value=self.value, created=self._created
-        )
-
-
-class LoopHistogram(Collector):
-    """A histogram for the event loop's thread only (see LoopCounter): `observe` adds to
-    one bucket's plain int and the sum. Exposed as prometheus_client's Histogram is:
-    cumulative `_bucket{le}` (le as that library formats it), `_count`, `_sum`,
-    `_created`. The buckets are fixed at creation: memory does not grow."""
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        buckets: Sequence[float],
-        registry: CollectorRegistry,
-    ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._bounds = tuple(sorted(buckets))
-        # As prometheus_client writes `le` ("0.0005", "1.0"); untyped there.
-        self._labels = [floatToGoString(b) for b in self._bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
-        self._created = time.time()
-        self.counts = [0] * (len(self._bounds) + 1)
-        """Observations per bucket, not cumulative; the last one is +Inf's own."""
-        self.sum = 0.0
-        registry.register(self)
-
-    def observe(self, amount: float) -> None:
-        # bisect_left: the first bound >= amount, as Prometheus's `le` (less or equal).
-        self.counts[bisect_left(self._bounds, amount)] += 1
-        self.sum += amount
-
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        cumulative, total = [], 0
-        for label, count in zip(self._labels, self.counts, strict=True):
-            total += count
-            cumulative.append((label, total))
-        family = HistogramMetricFamily(
-            self._name, self._documentation, buckets=cumulative, sum_value=self.sum
-        )
-        family.add_sample(self._name + "_created", {}, self._created)
-        yield family
 
 
 class Metrics:
@@ -99,10 +26,10 @@ class Metrics:
             ["impl"],
             registry=r,
         )
-        self.published = LoopCounter(
+        self.published = Counter(
             "relay_events_published", "Events published through this server.", registry=r
         )
-        self.delivered = LoopCounter(
+        self.delivered = Counter(
             "relay_events_delivered", "Event messages queued to local members.", registry=r
         )
         self.slow_consumers = Counter(
@@ -120,10 +47,10 @@ class Metrics:
         self.errors = Counter(
             "relay_protocol_errors", "Client messages refused, by code.", ["code"], registry=r
         )
-        self.delivery_latency = LoopHistogram(
+        self.delivery_latency = Histogram(
             "relay_delivery_latency_seconds",
             "Publish-to-delivery delay, from the envelope timestamp to local fan-out.",
-            buckets=LATENCY_BUCKETS,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
         self.shard_map_version = Gauge(
