@@ -340,6 +340,24 @@ async def test_the_fence_of_many_rooms_takes_a_round_trip_per_scan_batch(
     assert fence_reads < rooms / 10, fence_reads
 
 
+def broker_behind(sentinel: SentinelProcess, node_id: str) -> RedisBroker:
+    """A broker on the shard `sentinel://gc` as the relay's ACL user (not started), probing
+    its Pub/Sub session every 0.5 s."""
+    connector = Connector(
+        username=contract.RELAY_REDIS_USER,
+        password=SecretStr(redis_acl.RELAY_PASSWORD),
+        sentinels=((LOOPBACK, sentinel.port),),
+    )
+    return RedisBroker(
+        [RedisEndpoint.parse(f"sentinel://{MASTER}")],
+        node_id,
+        connector=connector,
+        timeout=1.0,
+        probe_interval=0.5,
+        probe_timeout=2.0,
+    )
+
+
 async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
     sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess], tmp_path: Path
 ) -> None:
@@ -350,19 +368,7 @@ async def test_publishes_wait_for_the_failover_fence_then_reach_the_new_master(
     publish is refused, deterministically; started again, publishes land on the new master
     in a new epoch."""
     master, replica, sentinel = sentinel_set
-    connector = Connector(
-        username=contract.RELAY_REDIS_USER,
-        password=SecretStr(redis_acl.RELAY_PASSWORD),
-        sentinels=((LOOPBACK, sentinel.port),),
-    )
-    broker = RedisBroker(
-        [RedisEndpoint.parse(f"sentinel://{MASTER}")],
-        "fenced",
-        connector=connector,
-        timeout=1.0,
-        probe_interval=0.5,
-        probe_timeout=2.0,
-    )
+    broker = broker_behind(sentinel, "fenced")
     policy = RoomPolicy()
     # A shard whose Pub/Sub session is not live refuses its rooms at once (ShardDown),
     # before any connection. With the session held back, the shard is marked live by hand
@@ -427,19 +433,7 @@ async def test_a_master_back_at_the_same_address_takes_no_publish_before_its_che
     master, _replica, sentinel = sentinel_set
     # No failover during the restart below: Sentinel waits 30 s before calling it down.
     sentinel.cli("SENTINEL", "SET", MASTER, "down-after-milliseconds", "30000")
-    connector = Connector(
-        username=contract.RELAY_REDIS_USER,
-        password=SecretStr(redis_acl.RELAY_PASSWORD),
-        sentinels=((LOOPBACK, sentinel.port),),
-    )
-    broker = RedisBroker(
-        [RedisEndpoint.parse(f"sentinel://{MASTER}")],
-        "restarted",
-        connector=connector,
-        timeout=1.0,
-        probe_interval=0.5,
-        probe_timeout=2.0,
-    )
+    broker = broker_behind(sentinel, "restarted")
     policy = RoomPolicy()
     shard = broker.control_shard
     try:
