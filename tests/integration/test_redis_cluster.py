@@ -998,3 +998,56 @@ async def test_the_marker_follows_its_node_when_its_slot_migrates_away(
         assert history.epoch == epoch and history.top == 3
         assert fresh.failovers == 0
     assert caplog.text.count("rooms start epoch") == 1
+
+
+async def test_review_a_master_back_at_its_address_takes_no_publish_before_its_check(
+    replicated_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A master that crashed and came back at its address (no failover: its replica may
+    not take over) from an RDB snapshot lacks what was acked after the snapshot, and
+    Redis gives it its old id as `master_replid2`: its history check fences it. Its
+    Pub/Sub session and publish connection reconnect as soon as it is up: the node was
+    checked before, but the server behind the address is not, and a publish meanwhile
+    would reuse a lost offset under the old epoch. The check is held back here, so the
+    order is deterministic (the Sentinel shard's test has the same shape)."""
+    cluster = replicated_cluster
+    room = "rdb-restarted"
+    node = cluster.owner(keys.slot_of_room(room))
+    replica = _replica_of(cluster, node)
+    cluster.client(replica).config_set("cluster-replica-no-failover", "yes")
+    async with brokers(cluster, "restart") as (broker,):
+        address = broker.placement(room)
+        acked = [await publish_acked(broker, room, n) for n in range(1, 4)]
+        epoch = acked[0][1]
+        assert cluster.client(node).save()  # the snapshot has events 1-3
+        assert await publish_acked(broker, room, 4) == (4, epoch)  # lost by the crash
+        release = asyncio.Event()
+        check = broker._check
+
+        async def held(found: Any, slot: int, old: Any) -> None:
+            if found.address == address:
+                await release.wait()
+            await check(found, slot, old)
+
+        monkeypatch.setattr(broker, "_check", held)
+        shard = broker._nodes[address]
+        node.kill()  # SIGKILL: no snapshot on the way out
+        await asyncio.to_thread(node.start)  # the RDB file of the SAVE: events 1-3
+        acl_user(cluster)  # ACL SETUSER users do not survive a restart
+        assert cluster.owner(keys.slot_of_room(room)) is node  # no failover
+        replid2 = str(cluster.client(node).info("replication")["master_replid2"])
+        assert replid2.strip("0") != ""  # what the check fences
+        await eventually(lambda: shard.ready, 20, "the node's session live again")
+
+        async def refused() -> bool:
+            try:
+                early = await broker.publish(room, 5, ts=1, policy=DURABLE, msg_id="m5")
+            except BrokerUnavailable as exc:
+                return "not checked yet" in str(exc)
+            raise AssertionError(f"a publish reached the node before its check: {early}")
+
+        await eventually(refused, 15, "a publish refused until the node is checked")
+        release.set()
+        offset, after = await publish_acked(broker, room, 5)
+        assert after != epoch and offset == 4
+        assert broker.failovers == 1

@@ -110,6 +110,9 @@ class Checked:
     """The slot its marker is in: its lowest (see `RedisClusterBroker._check`)."""
     replid: str
     """Its replication id then: while it is still the node's, so is the history."""
+    sessions: int
+    """The node's Pub/Sub sessions ended here before the check began: a later end (the
+    server behind the address may have restarted) makes this check stale."""
 
 
 @dataclass(frozen=True)
@@ -208,8 +211,14 @@ class RedisClusterBroker(EnvelopeReader):
         """Per master address: the history checked there (pruned to the map's masters:
         bounded by MAX_NODES)."""
         self._recheck: set[str] = set()
-        """Checked masters to check again at the next read (their Pub/Sub session ended:
-        a restart changes the node's replication id, and the marker must follow it)."""
+        """Checked masters to check again at the next read while still served (a check
+        after their marker's slot moved failed)."""
+        self._session_ends: dict[str, int] = {}
+        """Per master address: its Pub/Sub sessions ended here. A node whose session ended
+        since its check is refused until checked again: the server behind the address
+        may have restarted (its replication id changes, a restart from an RDB snapshot
+        older than the acked events is fenced), and the publish connection reconnects as
+        soon as it is up. Pruned to the map's masters: bounded by MAX_NODES."""
         self._unplaced_logged = 0
         self._refresh_wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -364,8 +373,10 @@ class RedisClusterBroker(EnvelopeReader):
             if old is None
             and (checked := self._checked.get(address)) is not None
             and checked.node_id == masters[address].node_id
+            and checked.sessions == self._session_ends.get(address, 0)
         }
         self._checked = {a: c for a, c in self._checked.items() if a in masters}
+        self._session_ends = {a: n for a, n in self._session_ends.items() if a in masters}
         self._recheck &= masters.keys()
         # 1. The map is used for every slot at once, the unchecked nodes' slots refused
         #    (shard_for) and their rooms' channels left unsubscribed: checks wait for
@@ -383,7 +394,8 @@ class RedisClusterBroker(EnvelopeReader):
         placed = False
         for address, result in zip(checks, results, strict=True):
             if result is None:
-                placed |= self._unfenced.pop(address, None) is not None
+                if self._current(address):
+                    placed |= self._unfenced.pop(address, None) is not None
                 continue
             if not isinstance(result, BrokerUnavailable):
                 raise result
@@ -411,7 +423,13 @@ class RedisClusterBroker(EnvelopeReader):
             or checked.node_id != node.node_id
             or checked.slot != found.first_slot(node.address)
             or node.address in self._recheck
+            or not self._current(node.address)
         )
+
+    def _current(self, address: str) -> bool:
+        """No Pub/Sub session of the master ended since its last check began."""
+        checked = self._checked.get(address)
+        return checked is not None and checked.sessions == self._session_ends.get(address, 0)
 
     async def _read_slot_map(self) -> SlotMap:
         """CLUSTER SLOTS from a live node this server knows, else from a seed, else from
@@ -464,6 +482,7 @@ class RedisClusterBroker(EnvelopeReader):
         tag = keys.slot_tag(slot)
         marker_key = keys.node_history_marker(tag)
         checked = self._checked.get(node.address)
+        sessions = self._session_ends.get(node.address, 0)
         same_node = old is None and checked is not None and checked.node_id == node.node_id
         known = checked.replid if same_node and checked is not None else None
         # A client of its own: history.replication leaves INFO raw on it.
@@ -482,7 +501,7 @@ class RedisClusterBroker(EnvelopeReader):
             ) from exc
         finally:
             await asyncio.wait({asyncio.create_task(client.aclose())}, timeout=1.0)
-        self._checked[node.address] = Checked(node.node_id, slot, replid)
+        self._checked[node.address] = Checked(node.node_id, slot, replid, sessions)
         self._recheck.discard(node.address)
 
     async def _mark(
@@ -677,10 +696,16 @@ class RedisClusterBroker(EnvelopeReader):
 
     def _reconnected(self, address: str) -> None:
         """A master's Pub/Sub session ended: perhaps a restart, which changes the node's
-        replication id; its history is checked again at the next read (the marker follows
-        the new id, so a later promotion is still recognised by its `master_replid2`)."""
-        if address in self._checked:
-            self._recheck.add(address)
+        replication id; its slots are refused until the next read has checked its
+        history again (the marker follows the new id, so a later promotion is still
+        recognised by its `master_replid2`; a restart from an RDB snapshot older than
+        the acked events is fenced), not served meanwhile: the publish connection
+        reconnects as soon as the server is up, and would reuse a lost offset under the
+        old epoch. Connections already open are left alone, as for a Sentinel shard."""
+        self._session_ends[address] = self._session_ends.get(address, 0) + 1
+        checked = self._checked.get(address)
+        if checked is not None and address not in self._unfenced:
+            self._unfenced[address] = (None, Node(address, checked.node_id))
         self._on_reconnect()
         self.refresh_soon()
 
