@@ -49,6 +49,7 @@ from relay.broker.connection import Connector
 from relay.broker.slots import RedisClusterBroker
 from relay.rooms import RoomPolicy
 from support import redis_acl
+from support.processes import wait_until
 from support.rediscluster import RedisCluster
 from support.sentinel import publish_until_acked
 from support.waiting import eventually
@@ -371,9 +372,11 @@ async def publish_acked(broker: RedisClusterBroker, room: str, n: int) -> tuple[
 async def brokers(
     cluster: RedisCluster, *names: str, ack_replicas: int = 0
 ) -> AsyncIterator[list[RedisClusterBroker]]:
+    # A live seed: a test may leave a killed master behind.
+    seed = next(n for n in cluster.nodes if n.proc is not None and n.proc.poll() is None)
     made = [
         RedisClusterBroker(
-            [cluster.nodes[0].url],
+            [seed.url],
             name,
             connector=connector(),
             timeout=1.0,
@@ -932,7 +935,9 @@ async def test_a_master_restarted_cleanly_keeps_its_rooms_epochs(
     marker = keys.node_history_marker(keys.slot_tag(_lowest_slot(cluster, node)))
 
     def replid() -> bytes:
-        return str(cluster.client(node).info("replication")["master_replid"]).encode()
+        """The marker's value: the history, and the node that wrote it."""
+        history = str(cluster.client(node).info("replication")["master_replid"])
+        return f"{history} {cluster.node_id(node)}".encode()
 
     def marked(value: bytes) -> bool:
         return cluster.client(node).get(marker) == value
@@ -986,7 +991,8 @@ async def test_the_marker_follows_its_node_when_its_slot_migrates_away(
         )
         await asyncio.to_thread(cluster.migrate_slot, lowest, other)
         moved_to = keys.node_history_marker(keys.slot_tag(_lowest_slot(cluster, promoted)))
-        replid = str(cluster.client(promoted).info("replication")["master_replid"]).encode()
+        history = str(cluster.client(promoted).info("replication")["master_replid"])
+        replid = f"{history} {cluster.node_id(promoted)}".encode()
 
         def marked_again() -> bool:
             return cluster.client(promoted).get(moved_to) == replid
@@ -1051,3 +1057,72 @@ async def test_review_a_master_back_at_its_address_takes_no_publish_before_its_c
         offset, after = await publish_acked(broker, room, 5)
         assert after != epoch and offset == 4
         assert broker.failovers == 1
+
+
+@pytest.fixture
+def replicated_aof_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """3 masters with one replica each, every node with an append-only file (function
+    scope: the test kills a master and restarts its promoted replica)."""
+    cluster = RedisCluster(tmp_path, replicas=1, aof=True).start()
+    acl_user(cluster)
+    yield cluster
+    cluster.stop()
+
+
+async def test_review_a_promoted_replica_restarted_before_any_check_still_changes_the_epoch(
+    replicated_aof_cluster: RedisCluster,
+) -> None:
+    """The replica promoted in place of a master it lacked acked events of, then restarted
+    (from its AOF, which leaves no `master_replid2`) before any relay server checked it:
+    its marker names the old master's history and its ids say only "restarted", the
+    observations of the old master itself restarted. A relay server started afterwards
+    (a fleet rolled during the failover) must still change the room's epoch: the marker
+    names the node that wrote it, and this node is another one."""
+    cluster = replicated_aof_cluster
+    room = "promoted-then-restarted"
+    master = cluster.owner(keys.slot_of_room(room))
+    replica = _replica_of(cluster, master)
+    assert replica.proc is not None
+    async with brokers(cluster, "before") as (broker,):
+        kept = [await publish_acked(broker, room, n) for n in range(3)]
+        epoch = kept[0][1]
+        assert cluster.client(master).execute_command("WAIT", 1, 5000) == 1
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        cluster.client(master).execute_command("CLIENT KILL TYPE replica")
+        try:
+            lost = [await publish_acked(broker, room, n) for n in range(3, 6)]
+        except BaseException:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+            raise
+    assert [offset for offset, _ in kept + lost] == [1, 2, 3, 4, 5, 6]
+    master.kill()  # the replica never received 4..6
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    assert await asyncio.to_thread(cluster.wait_failover, master) is replica
+    replica.stop()  # a clean SHUTDOWN: its AOF has events 1..3
+    replica.start()
+    await asyncio.to_thread(
+        wait_until_live_ok, cluster, "the promoted replica back as the slot's master"
+    )
+    acl_user_live(cluster)
+    replid2 = str(cluster.client(replica).info("replication")["master_replid2"])
+    assert replid2.strip("0") == ""  # the restart left no trace of the promotion
+    async with brokers(cluster, "after") as (fresh,):
+        history = await history_when_available(fresh, room, 3)
+        assert history.epoch != epoch or history.top >= 6, (
+            f"acked offsets 4..6 lost under the same epoch {epoch}: top {history.top}"
+        )
+        assert history.epoch != epoch and history.top == 3
+
+
+def wait_until_live_ok(cluster: RedisCluster, what: str) -> None:
+    wait_until(cluster._consistent_live, 30, what)
+
+
+def acl_user_live(cluster: RedisCluster) -> None:
+    """acl_user on the nodes still running (one master stays dead here)."""
+    for node in cluster.nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            cluster.client(node).execute_command(
+                "ACL", "SETUSER", contract.RELAY_REDIS_USER, "reset", "on",
+                f">{RELAY_PASSWORD}", *contract.RELAY_CLUSTER_ACL_RULES,
+            )  # fmt: skip
