@@ -1126,3 +1126,36 @@ def acl_user_live(cluster: RedisCluster) -> None:
                 "ACL", "SETUSER", contract.RELAY_REDIS_USER, "reset", "on",
                 f">{RELAY_PASSWORD}", *contract.RELAY_CLUSTER_ACL_RULES,
             )  # fmt: skip
+
+
+async def test_review_a_node_whose_marker_is_half_migrated_is_served_after_a_lost_session(
+    aof_cluster: RedisCluster,
+) -> None:
+    """A node's lowest slot migrating away, its marker key already moved (a GET of it on
+    the node answers ASK until the slot's SETSLOT NODE), when the node's Pub/Sub session
+    ends: the node is refused until checked again, and the check cannot read the marker.
+    Its replication id is the one this server checked (no restart): the history is the
+    same whatever the marker's slot, so it is served again (the marker follows in the new
+    lowest slot once the map names it) rather than refused until the migration ends."""
+    cluster = aof_cluster
+    room = "half-migrated-marker"
+    node = cluster.owner(keys.slot_of_room(room))
+    lowest = _lowest_slot(cluster, node)
+    assert lowest != keys.slot_of_room(room)
+    marker = keys.node_history_marker(keys.slot_tag(lowest))
+    target = next(n for n in cluster.nodes if n is not node)
+    source, dst = cluster.client(node), cluster.client(target)
+    async with brokers(cluster, "migrating") as (broker,):
+        _, epoch = await publish_acked(broker, room, 1)
+        address = broker.placement(room)
+        ended = broker._session_ends.get(address, 0)
+        dst.execute_command("CLUSTER SETSLOT", lowest, "IMPORTING", cluster.node_id(node))
+        source.execute_command("CLUSTER SETSLOT", lowest, "MIGRATING", cluster.node_id(target))
+        source.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", marker)
+        with pytest.raises(redis.exceptions.AskError):
+            source.get(marker)
+        source.execute_command("CLIENT KILL TYPE pubsub")  # the relay's session ends
+        await eventually(
+            lambda: broker._session_ends.get(address, 0) > ended, 10, "the session's end seen"
+        )
+        assert await publish_acked(broker, room, 2) == (2, epoch)

@@ -59,7 +59,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import AskError, RedisError, TryAgainError
 
 from relay.broker import history, keys
 from relay.broker.base import (
@@ -520,7 +520,16 @@ class RedisClusterBroker(EnvelopeReader):
     ) -> None:
         value = _marker_value(replid, node)
         for _ in range(2):  # a second look if another server marked it meanwhile
-            found = await client.get(marker_key)
+            try:
+                found = await client.get(marker_key)
+            except (AskError, TryAgainError):
+                if known != replid:
+                    raise
+                # The marker's slot is half migrated away, the marker gone with it (ASK):
+                # the history is the one checked here all the same (served, not refused
+                # until the migration ends); the marker is written again in the node's
+                # next lowest slot once the slot map names it.
+                return
             if known == replid:
                 # The history this server checked before (no restart, no promotion since):
                 # only the marker moved (its slot migrated away, another node's came in).
