@@ -49,6 +49,7 @@ from relay.broker.connection import Connector
 from relay.broker.slots import RedisClusterBroker
 from relay.rooms import RoomPolicy
 from support import redis_acl
+from support.processes import wait_until
 from support.rediscluster import RedisCluster
 from support.sentinel import publish_until_acked
 from support.waiting import eventually
@@ -371,9 +372,11 @@ async def publish_acked(broker: RedisClusterBroker, room: str, n: int) -> tuple[
 async def brokers(
     cluster: RedisCluster, *names: str, ack_replicas: int = 0
 ) -> AsyncIterator[list[RedisClusterBroker]]:
+    # A live seed: a test may leave a killed master behind.
+    seed = next(n for n in cluster.nodes if n.proc is not None and n.proc.poll() is None)
     made = [
         RedisClusterBroker(
-            [cluster.nodes[0].url],
+            [seed.url],
             name,
             connector=connector(),
             timeout=1.0,
@@ -932,7 +935,9 @@ async def test_a_master_restarted_cleanly_keeps_its_rooms_epochs(
     marker = keys.node_history_marker(keys.slot_tag(_lowest_slot(cluster, node)))
 
     def replid() -> bytes:
-        return str(cluster.client(node).info("replication")["master_replid"]).encode()
+        """The marker's value: the history, and the node that wrote it."""
+        history = str(cluster.client(node).info("replication")["master_replid"])
+        return f"{history} {cluster.node_id(node)}".encode()
 
     def marked(value: bytes) -> bool:
         return cluster.client(node).get(marker) == value
@@ -986,7 +991,8 @@ async def test_the_marker_follows_its_node_when_its_slot_migrates_away(
         )
         await asyncio.to_thread(cluster.migrate_slot, lowest, other)
         moved_to = keys.node_history_marker(keys.slot_tag(_lowest_slot(cluster, promoted)))
-        replid = str(cluster.client(promoted).info("replication")["master_replid"]).encode()
+        history = str(cluster.client(promoted).info("replication")["master_replid"])
+        replid = f"{history} {cluster.node_id(promoted)}".encode()
 
         def marked_again() -> bool:
             return cluster.client(promoted).get(moved_to) == replid
@@ -998,3 +1004,158 @@ async def test_the_marker_follows_its_node_when_its_slot_migrates_away(
         assert history.epoch == epoch and history.top == 3
         assert fresh.failovers == 0
     assert caplog.text.count("rooms start epoch") == 1
+
+
+async def test_review_a_master_back_at_its_address_takes_no_publish_before_its_check(
+    replicated_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A master that crashed and came back at its address (no failover: its replica may
+    not take over) from an RDB snapshot lacks what was acked after the snapshot, and
+    Redis gives it its old id as `master_replid2`: its history check fences it. Its
+    Pub/Sub session and publish connection reconnect as soon as it is up: the node was
+    checked before, but the server behind the address is not, and a publish meanwhile
+    would reuse a lost offset under the old epoch. The check is held back here, so the
+    order is deterministic (the Sentinel shard's test has the same shape)."""
+    cluster = replicated_cluster
+    room = "rdb-restarted"
+    node = cluster.owner(keys.slot_of_room(room))
+    replica = _replica_of(cluster, node)
+    cluster.client(replica).config_set("cluster-replica-no-failover", "yes")
+    async with brokers(cluster, "restart") as (broker,):
+        address = broker.placement(room)
+        acked = [await publish_acked(broker, room, n) for n in range(1, 4)]
+        epoch = acked[0][1]
+        assert cluster.client(node).save()  # the snapshot has events 1-3
+        assert await publish_acked(broker, room, 4) == (4, epoch)  # lost by the crash
+        release = asyncio.Event()
+        check = broker._check
+
+        async def held(found: Any, slot: int, old: Any) -> None:
+            if found.address == address:
+                await release.wait()
+            await check(found, slot, old)
+
+        monkeypatch.setattr(broker, "_check", held)
+        shard = broker._nodes[address]
+        node.kill()  # SIGKILL: no snapshot on the way out
+        await asyncio.to_thread(node.start)  # the RDB file of the SAVE: events 1-3
+        acl_user(cluster)  # ACL SETUSER users do not survive a restart
+        assert cluster.owner(keys.slot_of_room(room)) is node  # no failover
+        replid2 = str(cluster.client(node).info("replication")["master_replid2"])
+        assert replid2.strip("0") != ""  # what the check fences
+        await eventually(lambda: shard.ready, 20, "the node's session live again")
+
+        async def refused() -> bool:
+            try:
+                early = await broker.publish(room, 5, ts=1, policy=DURABLE, msg_id="m5")
+            except BrokerUnavailable as exc:
+                return "not checked yet" in str(exc)
+            raise AssertionError(f"a publish reached the node before its check: {early}")
+
+        await eventually(refused, 15, "a publish refused until the node is checked")
+        release.set()
+        offset, after = await publish_acked(broker, room, 5)
+        assert after != epoch and offset == 4
+        assert broker.failovers == 1
+
+
+@pytest.fixture
+def replicated_aof_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """3 masters with one replica each, every node with an append-only file (function
+    scope: the test kills a master and restarts its promoted replica)."""
+    cluster = RedisCluster(tmp_path, replicas=1, aof=True).start()
+    acl_user(cluster)
+    yield cluster
+    cluster.stop()
+
+
+async def test_review_a_promoted_replica_restarted_before_any_check_still_changes_the_epoch(
+    replicated_aof_cluster: RedisCluster,
+) -> None:
+    """The replica promoted in place of a master it lacked acked events of, then restarted
+    (from its AOF, which leaves no `master_replid2`) before any relay server checked it:
+    its marker names the old master's history and its ids say only "restarted", the
+    observations of the old master itself restarted. A relay server started afterwards
+    (a fleet rolled during the failover) must still change the room's epoch: the marker
+    names the node that wrote it, and this node is another one."""
+    cluster = replicated_aof_cluster
+    room = "promoted-then-restarted"
+    master = cluster.owner(keys.slot_of_room(room))
+    replica = _replica_of(cluster, master)
+    assert replica.proc is not None
+    async with brokers(cluster, "before") as (broker,):
+        kept = [await publish_acked(broker, room, n) for n in range(3)]
+        epoch = kept[0][1]
+        assert cluster.client(master).execute_command("WAIT", 1, 5000) == 1
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        cluster.client(master).execute_command("CLIENT KILL TYPE replica")
+        try:
+            lost = [await publish_acked(broker, room, n) for n in range(3, 6)]
+        except BaseException:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+            raise
+    assert [offset for offset, _ in kept + lost] == [1, 2, 3, 4, 5, 6]
+    master.kill()  # the replica never received 4..6
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    assert await asyncio.to_thread(cluster.wait_failover, master) is replica
+    replica.stop()  # a clean SHUTDOWN: its AOF has events 1..3
+    replica.start()
+    await asyncio.to_thread(
+        wait_until_live_ok, cluster, "the promoted replica back as the slot's master"
+    )
+    acl_user_live(cluster)
+    replid2 = str(cluster.client(replica).info("replication")["master_replid2"])
+    assert replid2.strip("0") == ""  # the restart left no trace of the promotion
+    async with brokers(cluster, "after") as (fresh,):
+        history = await history_when_available(fresh, room, 3)
+        assert history.epoch != epoch or history.top >= 6, (
+            f"acked offsets 4..6 lost under the same epoch {epoch}: top {history.top}"
+        )
+        assert history.epoch != epoch and history.top == 3
+
+
+def wait_until_live_ok(cluster: RedisCluster, what: str) -> None:
+    wait_until(cluster._consistent_live, 30, what)
+
+
+def acl_user_live(cluster: RedisCluster) -> None:
+    """acl_user on the nodes still running (one master stays dead here)."""
+    for node in cluster.nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            cluster.client(node).execute_command(
+                "ACL", "SETUSER", contract.RELAY_REDIS_USER, "reset", "on",
+                f">{RELAY_PASSWORD}", *contract.RELAY_CLUSTER_ACL_RULES,
+            )  # fmt: skip
+
+
+async def test_review_a_node_whose_marker_is_half_migrated_is_served_after_a_lost_session(
+    aof_cluster: RedisCluster,
+) -> None:
+    """A node's lowest slot migrating away, its marker key already moved (a GET of it on
+    the node answers ASK until the slot's SETSLOT NODE), when the node's Pub/Sub session
+    ends: the node is refused until checked again, and the check cannot read the marker.
+    Its replication id is the one this server checked (no restart): the history is the
+    same whatever the marker's slot, so it is served again (the marker follows in the new
+    lowest slot once the map names it) rather than refused until the migration ends."""
+    cluster = aof_cluster
+    room = "half-migrated-marker"
+    node = cluster.owner(keys.slot_of_room(room))
+    lowest = _lowest_slot(cluster, node)
+    assert lowest != keys.slot_of_room(room)
+    marker = keys.node_history_marker(keys.slot_tag(lowest))
+    target = next(n for n in cluster.nodes if n is not node)
+    source, dst = cluster.client(node), cluster.client(target)
+    async with brokers(cluster, "migrating") as (broker,):
+        _, epoch = await publish_acked(broker, room, 1)
+        address = broker.placement(room)
+        ended = broker._session_ends.get(address, 0)
+        dst.execute_command("CLUSTER SETSLOT", lowest, "IMPORTING", cluster.node_id(node))
+        source.execute_command("CLUSTER SETSLOT", lowest, "MIGRATING", cluster.node_id(target))
+        source.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", marker)
+        with pytest.raises(redis.exceptions.AskError):
+            source.get(marker)
+        source.execute_command("CLIENT KILL TYPE pubsub")  # the relay's session ends
+        await eventually(
+            lambda: broker._session_ends.get(address, 0) > ended, 10, "the session's end seen"
+        )
+        assert await publish_acked(broker, room, 2) == (2, epoch)

@@ -257,11 +257,12 @@ async def test_a_fence_that_fails_refuses_its_node_only_and_is_tried_again(
         return after
 
     async def check(node: Any, slot: int, old: Any) -> None:
-        if old is None:
-            return  # first sight of B and C: their history checked
-        fenced.append((old.node_id, node.node_id))
-        if failing:
-            raise BrokerUnavailable("checking the history of 10.0.0.4:7000 failed")
+        if old is not None:
+            fenced.append((old.node_id, node.node_id))
+            if failing:
+                raise BrokerUnavailable("checking the history of 10.0.0.4:7000 failed")
+        # First sight of B and C, or the fence done: their history checked.
+        broker._checked[node.address] = Checked(node.node_id, slot, "r", 0)
 
     async def install(found: SlotMap) -> None:
         broker._map = found
@@ -304,7 +305,7 @@ async def test_a_master_seen_first_is_refused_until_its_history_is_checked(
         checked.append((node.address, slot, old))
         if node.address in failing:
             raise BrokerUnavailable(f"checking the history of {node.address} failed")
-        broker._checked[node.address] = Checked(node.node_id, slot, "r")
+        broker._checked[node.address] = Checked(node.node_id, slot, "r", 0)
 
     async def install(found: SlotMap) -> None:
         broker._map = found
@@ -324,6 +325,57 @@ async def test_a_master_seen_first_is_refused_until_its_history_is_checked(
     assert broker._unfenced == {}
     await broker.refresh()  # nothing to check
     assert len(checked) == 3
+    await broker.close()
+
+
+async def test_a_master_whose_session_ended_is_refused_until_checked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checked master whose Pub/Sub session ends may be a restarted server behind the
+    same address (one back from an RDB snapshot is fenced by its check): its slots are
+    refused from that moment until a check that began after it has passed; a session
+    that ends while a check runs makes that check stale."""
+    broker = RedisClusterBroker(
+        ["redis://10.0.0.1:7000"], "n", timeout=1.0, probe_interval=1.0, probe_timeout=1.0
+    )
+    found = SlotMap.parse(_reply((0, 8191, A, []), (8192, 16383, B, [])))
+    checked: list[str] = []
+    end_during_check = False
+
+    async def read() -> SlotMap:
+        return found
+
+    async def check(node: Any, slot: int, old: Any) -> None:
+        sessions = broker._session_ends.get(node.address, 0)
+        checked.append(node.address)
+        if end_during_check and node.address == "10.0.0.1:7000":
+            broker._reconnected(node.address)
+        broker._checked[node.address] = Checked(node.node_id, slot, "r", sessions)
+
+    async def install(found: SlotMap) -> None:
+        broker._map = found
+
+    monkeypatch.setattr(broker, "_read_slot_map", read)
+    monkeypatch.setattr(broker, "_check", check)
+    monkeypatch.setattr(broker, "_install", install)
+    room = _room_in_slot(100)
+    await broker.refresh()
+    assert broker._unfenced == {}
+    broker._reconnected("10.0.0.1:7000")  # the session ended: refused at once
+    with pytest.raises(BrokerUnavailable, match="is not checked yet"):
+        broker.shard_for(room)
+    assert broker.shards()["10.0.0.1:7000"] is False
+    end_during_check = True
+    await broker.refresh()  # checked, but it ended again meanwhile: still refused
+    assert checked[2:] == ["10.0.0.1:7000"]
+    with pytest.raises(BrokerUnavailable, match="is not checked yet"):
+        broker.shard_for(room)
+    end_during_check = False
+    await broker.refresh()
+    assert checked[3:] == ["10.0.0.1:7000"]
+    assert broker._unfenced == {}
+    await broker.refresh()  # nothing to check
+    assert len(checked) == 4
     await broker.close()
 
 

@@ -101,7 +101,8 @@ async def replication(client: Redis) -> dict[str, str]:
 
 
 async def mark(client: Redis, marker: str, replid: str, *, nx: bool = False) -> bool | None:
-    """Set the marker (the key `marker`) to `replid` (only if there is none: `nx`); False
+    """Set the marker (the key `marker`) to `replid` (the value, as in `new_epochs`;
+    only if there is none: `nx`); False
     when another server set it first, None when Redis refused it as full (maxmemory
     reached, noeviction). Then the marker is left as it is and the master is served all
     the same, as a full Redis is (reads and deliveries go on, publishes are refused),
@@ -123,7 +124,8 @@ async def new_epochs(
     client: Redis, *, claim: str, holder: bytes, marker: str, replid: str
 ) -> tuple[str, int] | None:
     """A new epoch in every room on the master `client` reaches, then `marker` (the key)
-    names history `replid`; returns (the epoch, rooms), or None when another relay server
+    names history `replid` (the marker's value: a Redis Cluster node's adds its node id,
+    relay.broker.slots); returns (the epoch, rooms), or None when another relay server
     had done it (the claim's done mark). One relay server does it (a SET NX claim held
     by `holder`); the others get FenceBusy until it is done and retry. A claimer that
     died leaves a claim that expires after FENCE_SECONDS, and the next server starts

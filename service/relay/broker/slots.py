@@ -59,7 +59,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import AskError, RedisError, TryAgainError
 
 from relay.broker import history, keys
 from relay.broker.base import (
@@ -110,6 +110,9 @@ class Checked:
     """The slot its marker is in: its lowest (see `RedisClusterBroker._check`)."""
     replid: str
     """Its replication id then: while it is still the node's, so is the history."""
+    sessions: int
+    """The node's Pub/Sub sessions ended here before the check began: a later end (the
+    server behind the address may have restarted) makes this check stale."""
 
 
 @dataclass(frozen=True)
@@ -208,8 +211,14 @@ class RedisClusterBroker(EnvelopeReader):
         """Per master address: the history checked there (pruned to the map's masters:
         bounded by MAX_NODES)."""
         self._recheck: set[str] = set()
-        """Checked masters to check again at the next read (their Pub/Sub session ended:
-        a restart changes the node's replication id, and the marker must follow it)."""
+        """Checked masters to check again at the next read while still served (a check
+        after their marker's slot moved failed)."""
+        self._session_ends: dict[str, int] = {}
+        """Per master address: its Pub/Sub sessions ended here. A node whose session ended
+        since its check is refused until checked again: the server behind the address
+        may have restarted (its replication id changes, a restart from an RDB snapshot
+        older than the acked events is fenced), and the publish connection reconnects as
+        soon as it is up. Pruned to the map's masters: bounded by MAX_NODES."""
         self._unplaced_logged = 0
         self._refresh_wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -364,8 +373,10 @@ class RedisClusterBroker(EnvelopeReader):
             if old is None
             and (checked := self._checked.get(address)) is not None
             and checked.node_id == masters[address].node_id
+            and checked.sessions == self._session_ends.get(address, 0)
         }
         self._checked = {a: c for a, c in self._checked.items() if a in masters}
+        self._session_ends = {a: n for a, n in self._session_ends.items() if a in masters}
         self._recheck &= masters.keys()
         # 1. The map is used for every slot at once, the unchecked nodes' slots refused
         #    (shard_for) and their rooms' channels left unsubscribed: checks wait for
@@ -383,7 +394,8 @@ class RedisClusterBroker(EnvelopeReader):
         placed = False
         for address, result in zip(checks, results, strict=True):
             if result is None:
-                placed |= self._unfenced.pop(address, None) is not None
+                if self._current(address):
+                    placed |= self._unfenced.pop(address, None) is not None
                 continue
             if not isinstance(result, BrokerUnavailable):
                 raise result
@@ -411,7 +423,13 @@ class RedisClusterBroker(EnvelopeReader):
             or checked.node_id != node.node_id
             or checked.slot != found.first_slot(node.address)
             or node.address in self._recheck
+            or not self._current(node.address)
         )
+
+    def _current(self, address: str) -> bool:
+        """No Pub/Sub session of the master ended since its last check began."""
+        checked = self._checked.get(address)
+        return checked is not None and checked.sessions == self._session_ends.get(address, 0)
 
     async def _read_slot_map(self) -> SlotMap:
         """CLUSTER SLOTS from a live node this server knows, else from a seed, else from
@@ -457,13 +475,17 @@ class RedisClusterBroker(EnvelopeReader):
         server that checked this very history (the same replication id: no restart, no
         promotion since) marks it again; one that did not (started after the migration)
         finds no marker, which is new epochs on a node that once was promoted (a needless
-        fence, never a missed one) and a mark on any other. A marker that migrated into
-        another node's lowest slot names a history of neither of its ids: a restart,
-        renewed, on a node that continued no history; new epochs (needless) on one that
-        was promoted once (docs/operations.md, "Redis Cluster", says what this leaves)."""
+        fence, never a missed one) and a mark on any other. The marker also names the
+        node that wrote it (`_marker_value`): a promoted replica restarted (from its AOF)
+        before any server checked it has the ids of its old master restarted, no
+        `master_replid2`, but its marker names the old master's node: new epochs. So does
+        a marker that migrated into another node's lowest slot, for a server that did not
+        check that node's history before (one that did marks it again): needless, never
+        missed (docs/operations.md, "Redis Cluster", says what this leaves)."""
         tag = keys.slot_tag(slot)
         marker_key = keys.node_history_marker(tag)
         checked = self._checked.get(node.address)
+        sessions = self._session_ends.get(node.address, 0)
         same_node = old is None and checked is not None and checked.node_id == node.node_id
         known = checked.replid if same_node and checked is not None else None
         # A client of its own: history.replication leaves INFO raw on it.
@@ -482,7 +504,7 @@ class RedisClusterBroker(EnvelopeReader):
             ) from exc
         finally:
             await asyncio.wait({asyncio.create_task(client.aclose())}, timeout=1.0)
-        self._checked[node.address] = Checked(node.node_id, slot, replid)
+        self._checked[node.address] = Checked(node.node_id, slot, replid, sessions)
         self._recheck.discard(node.address)
 
     async def _mark(
@@ -496,16 +518,30 @@ class RedisClusterBroker(EnvelopeReader):
         replid2: str,
         known: str | None,
     ) -> None:
+        value = _marker_value(replid, node)
         for _ in range(2):  # a second look if another server marked it meanwhile
-            found = await client.get(marker_key)
-            marker = None if found is None else _text(found)
+            try:
+                found = await client.get(marker_key)
+            except (AskError, TryAgainError):
+                if known != replid:
+                    raise
+                # The marker's slot is half migrated away, the marker gone with it (ASK):
+                # the history is the one checked here all the same (served, not refused
+                # until the migration ends); the marker is written again in the node's
+                # next lowest slot once the slot map names it.
+                return
             if known == replid:
                 # The history this server checked before (no restart, no promotion since):
                 # only the marker moved (its slot migrated away, another node's came in).
-                if marker != replid:
+                if found is None or _text(found) != value:
                     await self._renew(client, marker_key, node, replid)
                 return
-            verdict = history.classify(marker, replid, replid2, moved=old is not None)
+            marker, writer = (None, "") if found is None else _parse_marker(_text(found))
+            # Written by another node: this one is not the master that marked it, whatever
+            # its ids say (a promoted replica restarted before any server checked it has
+            # no `master_replid2` left, the ids of the old master restarted).
+            moved = old is not None or writer not in ("", node.node_id)
+            verdict = history.classify(marker, replid, replid2, moved=moved)
             if verdict is Verdict.SAME:
                 if old is not None:  # another relay server fenced it
                     self.failovers += 1
@@ -534,7 +570,7 @@ class RedisClusterBroker(EnvelopeReader):
         self, client: Redis, marker_key: str, node: Node, replid: str, *, nx: bool = False
     ) -> bool | None:
         """history.mark of `node`'s marker, a full node logged."""
-        marked = await history.mark(client, marker_key, replid, nx=nx)
+        marked = await history.mark(client, marker_key, _marker_value(replid, node), nx=nx)
         if marked is None:
             log.warning(
                 "Redis Cluster: %s is full (maxmemory), its history marker is left unchanged",
@@ -568,7 +604,7 @@ class RedisClusterBroker(EnvelopeReader):
         try:
             started = await history.new_epochs(
                 client, claim=claim, holder=self._node_id.encode(), marker=marker_key,
-                replid=replid,
+                replid=_marker_value(replid, node),
             )  # fmt: skip
         except history.FenceBusy:
             self.refresh_soon()
@@ -677,10 +713,16 @@ class RedisClusterBroker(EnvelopeReader):
 
     def _reconnected(self, address: str) -> None:
         """A master's Pub/Sub session ended: perhaps a restart, which changes the node's
-        replication id; its history is checked again at the next read (the marker follows
-        the new id, so a later promotion is still recognised by its `master_replid2`)."""
-        if address in self._checked:
-            self._recheck.add(address)
+        replication id; its slots are refused until the next read has checked its
+        history again (the marker follows the new id, so a later promotion is still
+        recognised by its `master_replid2`; a restart from an RDB snapshot older than
+        the acked events is fenced), not served meanwhile: the publish connection
+        reconnects as soon as the server is up, and would reuse a lost offset under the
+        old epoch. Connections already open are left alone, as for a Sentinel shard."""
+        self._session_ends[address] = self._session_ends.get(address, 0) + 1
+        checked = self._checked.get(address)
+        if checked is not None and address not in self._unfenced:
+            self._unfenced[address] = (None, Node(address, checked.node_id))
         self._on_reconnect()
         self.refresh_soon()
 
@@ -771,6 +813,19 @@ def _failovers(before: SlotMap, after: SlotMap) -> dict[str, tuple[Node, Node]]:
         if promoted and new.address not in found:
             found[new.address] = (old, new)
     return found
+
+
+def _marker_value(replid: str, node: Node) -> str:
+    """A master node's marker: the history its rooms' epochs were started on, and the node
+    that wrote it (`_mark`: a marker of another node means this one was promoted, or the
+    marker migrated in with its slot: new epochs, needless only in that second case)."""
+    return f"{replid} {node.node_id}"
+
+
+def _parse_marker(value: str) -> tuple[str, str]:
+    """(history, writer node id) of a marker; the writer "" when not named."""
+    replid, _, writer = value.partition(" ")
+    return replid, writer
 
 
 def _text(value: Any) -> str:
