@@ -273,6 +273,64 @@ async def test_two_failovers_with_no_relay_running_in_between_start_a_new_epoch(
     redis_acl.no_secret_in_logs(tmp_path)
 
 
+async def test_a_promoted_replica_restarted_before_any_check_still_starts_a_new_epoch(
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess],
+    relay_factory,
+    tmp_path: Path,
+) -> None:
+    """A replica promoted in place of a master whose last acked events it lacks, then
+    restarted from its AOF before any relay server checked it: a restart from the AOF
+    leaves no `master_replid2`, so its ids are those of the old master restarted. The
+    marker names the address it was written at, the old master's: this one was promoted,
+    new epochs (not the same history with acked events gone)."""
+    master, replica, sentinel = sentinel_set
+    assert replica.proc is not None
+    env = {
+        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
+        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
+    }
+    # The replica keeps an AOF from here (it restarts with its data below).
+    assert redis_acl.admin(replica).config_set("appendonly", "yes")
+    first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
+    async with RelayClient(first.url) as publisher:
+        epoch = (await publisher.join("match"))["epoch"]
+        for n in range(1, 4):
+            await publisher.publish("match", n, id=f"e{n}")
+        assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
+        marked = redis_acl.admin(master).get(keys.HISTORY_MARKER)
+        assert marked is not None and marked.decode().endswith(f" {LOOPBACK}:{master.port}")
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        assert master.cli("CLIENT", "KILL", "TYPE", "replica") == "1"  # (support.sentinel)
+        acks = [await publisher.publish("match", n, id=f"e{n}") for n in (4, 5)]
+        assert [ack["offset"] for ack in acks if ack] == [4, 5]  # on the master alone
+    first.stop()  # no relay server runs from here until the promoted replica restarted
+    master.kill()
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    await eventually(
+        lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the promotion"
+    )
+    # Restarted cleanly from its AOF, as a master (not the replica it was started as).
+    at = replica.extra_args.index("--replicaof")
+    del replica.extra_args[at : at + 3]
+    replica.aof = True
+    replica.stop()
+    replica.start()
+    ids = redis_acl.admin(replica).info("replication")
+    assert ids["role"] == "master" and str(ids["master_replid2"]).strip("0") == ""
+    assert int(redis_acl.admin(replica).hget(keys.meta("match"), "offset") or 0) == 3
+    await eventually(lambda: sentinel.master_port() == replica.port, 10, "still the master")
+    later = relay_factory("b", redis_urls=[f"sentinel://{MASTER}"], env=env)
+    async with RelayClient(later.url) as resuming:
+        joined = await resuming.join("match", since={"epoch": epoch, "offset": 5})
+        # Taken for a restart of the old master, the same epoch: the next publishes
+        # would take offsets 4 and 5 again, and a client resuming from 5 miss them.
+        assert joined["recovered"] is False and joined["epoch"] != epoch, joined
+    assert "rooms start epoch" in later.log.read_text()
+    assert redis_acl.acl_denials(replica) == []
+    redis_acl.no_secret_in_logs(tmp_path)
+
+
 async def test_a_master_restarted_cleanly_keeps_its_rooms_epochs(
     redis_factory, relay_factory
 ) -> None:

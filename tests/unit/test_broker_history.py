@@ -8,7 +8,15 @@ import pytest
 from redis.crc import key_slot
 
 from relay.broker import keys
-from relay.broker.history import NO_HISTORY, Verdict, claim_name, classify
+from relay.broker.history import (
+    NO_HISTORY,
+    Verdict,
+    claim_name,
+    classify,
+    marker_value,
+    other_writer,
+    parse_marker,
+)
 
 OLD, NEW, OTHER = "a" * 40, "b" * 40, "c" * 40
 
@@ -57,3 +65,16 @@ def test_a_failover_has_one_claim_whoever_sees_it() -> None:
     assert claim_name(f"{{{tag}}}", None, NEW) != seen
     # In the node's slot, as its marker is.
     assert key_slot(seen.encode()) == key_slot(keys.node_history_marker(tag).encode()) == 42
+
+
+def test_a_marker_names_its_writer_and_an_older_one_names_none() -> None:
+    """A Sentinel master's marker names its address, a cluster node's its id; a standalone
+    shard's, and one written before markers named their writer, name none: no writer is
+    never taken for another one."""
+    value = marker_value(NEW, "redis-0.redis:6379")
+    assert parse_marker(value) == (NEW, "redis-0.redis:6379")
+    assert marker_value(NEW, "") == NEW and parse_marker(NEW) == (NEW, "")
+    assert other_writer("redis-0.redis:6379", "redis-1.redis:6379")
+    assert not other_writer("redis-0.redis:6379", "redis-0.redis:6379")
+    assert not other_writer("", "redis-1.redis:6379")  # an older marker: the ids decide
+    assert not other_writer("redis-0.redis:6379", "")  # a standalone shard

@@ -89,6 +89,29 @@ def claim_name(where: str, marker: str | None, replid: str) -> str:
     return keys.failover_claim(where, "unmarked" if marker is None else marker, replid)
 
 
+def marker_value(replid: str, writer: str) -> str:
+    """A marker's value: the history its rooms' epochs were started on, and the master
+    that wrote it (a Redis Cluster node's id, the address a Sentinel names; "" for a
+    standalone shard, whose address says nothing about the server behind it). A marker
+    of another writer means this master is not the one that marked it, whatever its ids
+    say: a promoted replica restarted (from its AOF) before any relay server checked it
+    has no `master_replid2` left, the ids of the old master restarted."""
+    return f"{replid} {writer}" if writer else replid
+
+
+def parse_marker(value: str) -> tuple[str, str]:
+    """(history, writer) of a marker's value; the writer "" when not named (a standalone
+    shard's, or one written before markers named their writer)."""
+    replid, _, writer = value.partition(" ")
+    return replid, writer
+
+
+def other_writer(marked_by: str, writer: str) -> bool:
+    """The marker was written by another master than this one (`marker_value`); unknown
+    when either is not named."""
+    return bool(marked_by) and bool(writer) and marked_by != writer
+
+
 async def replication(client: Redis) -> dict[str, str]:
     """INFO replication's fields as the server spelled them. Not redis-py's parsed INFO:
     it turns a value of digits into a number, so `master_replid2` of a master that

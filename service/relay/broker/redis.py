@@ -396,8 +396,12 @@ class RedisShard:
 
         A server that held another master's address in memory (it saw the failover) starts
         new epochs whatever the marker says, unless another server already marked this
-        history (the fence ran once)."""
+        history (the fence ran once). So does one that finds the marker written at another
+        address than the one the Sentinels name now (history.marker_value): a promoted
+        replica restarted before any relay server checked it (a restart from the AOF
+        leaves no `master_replid2`) is not taken for its old master restarted."""
         where = self.url if master is None else f"{master[0]}:{master[1]}"
+        writer = "" if master is None else where  # a standalone shard's says nothing
         previous = self._master
         moved = previous is not None and master is not None and master != previous
         try:
@@ -417,8 +421,9 @@ class RedisShard:
         replid, replid2 = info["master_replid"], info["master_replid2"]
         for _ in range(2):  # a second look if another server marked it meanwhile
             found = await fence.get(keys.HISTORY_MARKER)
-            marker = None if found is None else _text(found)
-            verdict = history.classify(marker, replid, replid2, moved=moved)
+            marker, marked_by = (None, "") if found is None else history.parse_marker(_text(found))
+            elsewhere = history.other_writer(marked_by, writer)
+            verdict = history.classify(marker, replid, replid2, moved=moved or elsewhere)
             if verdict is Verdict.SAME:
                 if moved:
                     log.warning(
@@ -429,17 +434,18 @@ class RedisShard:
                 if moved:
                     old = _at(previous)
                 elif verdict is Verdict.PROMOTED:
-                    old = f"the master of history {(marker or '')[:8]}"
+                    at = f" at {marked_by}" if marked_by else ""
+                    old = f"the master of history {(marker or '')[:8]}{at}"
                 else:
                     # A promoted replica whose history was never marked (a fleet upgraded
                     # to the marker, a replica that was behind when it was first set) may
                     # lack acked writes too: only a master that continued no history is new.
                     old = f"an unmarked master {replid2[:8]}"
                 claim = history.claim_name(self.name, marker, replid)
-                await self._new_epochs(fence, claim, replid, old, where)
+                await self._new_epochs(fence, claim, replid, writer, old, where)
                 return
             if verdict is Verdict.NEW:
-                marked = await self._mark(fence, replid, where, nx=True)
+                marked = await self._mark(fence, replid, writer, where, nx=True)
                 if marked is not False:
                     if marked:
                         log.info("shard %s: %s marked as history %s", self.name, where, replid[:8])
@@ -450,17 +456,18 @@ class RedisShard:
                 "the rooms keep their epochs",
                 self.name, where, replid[:8], (marker or "")[:8],
             )  # fmt: skip
-            await self._mark(fence, replid, where)
+            await self._mark(fence, replid, writer, where)
             return
         raise RedisConnectionError(
             f"shard {self.name}: the history marker on {where} keeps changing"
         )
 
     async def _mark(
-        self, fence: Redis, replid: str, where: str, *, nx: bool = False
+        self, fence: Redis, replid: str, writer: str, where: str, *, nx: bool = False
     ) -> bool | None:
         """history.mark of this shard's marker, a full Redis logged."""
-        marked = await history.mark(fence, keys.HISTORY_MARKER, replid, nx=nx)
+        value = history.marker_value(replid, writer)
+        marked = await history.mark(fence, keys.HISTORY_MARKER, value, nx=nx)
         if marked is None:
             log.warning(
                 "shard %s: %s is full (maxmemory), the history marker is left unchanged",
@@ -468,13 +475,15 @@ class RedisShard:
             )  # fmt: skip
         return marked
 
-    async def _new_epochs(self, fence: Redis, claim: str, replid: str, old: str, new: str) -> None:
+    async def _new_epochs(
+        self, fence: Redis, claim: str, replid: str, writer: str, old: str, new: str
+    ) -> None:
         """history.new_epochs, logged; raising (the session is retried) while another relay
         server is starting them."""
         try:
             started = await history.new_epochs(
                 fence, claim=claim, holder=self._node_channel, marker=keys.HISTORY_MARKER,
-                replid=replid,
+                replid=history.marker_value(replid, writer),
             )  # fmt: skip
         except history.FenceBusy:
             raise RedisConnectionError(

@@ -476,7 +476,7 @@ class RedisClusterBroker(EnvelopeReader):
         promotion since) marks it again; one that did not (started after the migration)
         finds no marker, which is new epochs on a node that once was promoted (a needless
         fence, never a missed one) and a mark on any other. The marker also names the
-        node that wrote it (`_marker_value`): a promoted replica restarted (from its AOF)
+        node that wrote it (history.marker_value): a promoted replica restarted (from its AOF)
         before any server checked it has the ids of its old master restarted, no
         `master_replid2`, but its marker names the old master's node: new epochs. So does
         a marker that migrated into another node's lowest slot, for a server that did not
@@ -518,7 +518,7 @@ class RedisClusterBroker(EnvelopeReader):
         replid2: str,
         known: str | None,
     ) -> None:
-        value = _marker_value(replid, node)
+        value = history.marker_value(replid, node.node_id)
         for _ in range(2):  # a second look if another server marked it meanwhile
             try:
                 found = await client.get(marker_key)
@@ -536,11 +536,11 @@ class RedisClusterBroker(EnvelopeReader):
                 if found is None or _text(found) != value:
                     await self._renew(client, marker_key, node, replid)
                 return
-            marker, writer = (None, "") if found is None else _parse_marker(_text(found))
+            marker, writer = (None, "") if found is None else history.parse_marker(_text(found))
             # Written by another node: this one is not the master that marked it, whatever
             # its ids say (a promoted replica restarted before any server checked it has
             # no `master_replid2` left, the ids of the old master restarted).
-            moved = old is not None or writer not in ("", node.node_id)
+            moved = old is not None or history.other_writer(writer, node.node_id)
             verdict = history.classify(marker, replid, replid2, moved=moved)
             if verdict is Verdict.SAME:
                 if old is not None:  # another relay server fenced it
@@ -570,7 +570,9 @@ class RedisClusterBroker(EnvelopeReader):
         self, client: Redis, marker_key: str, node: Node, replid: str, *, nx: bool = False
     ) -> bool | None:
         """history.mark of `node`'s marker, a full node logged."""
-        marked = await history.mark(client, marker_key, _marker_value(replid, node), nx=nx)
+        marked = await history.mark(
+            client, marker_key, history.marker_value(replid, node.node_id), nx=nx
+        )
         if marked is None:
             log.warning(
                 "Redis Cluster: %s is full (maxmemory), its history marker is left unchanged",
@@ -604,7 +606,7 @@ class RedisClusterBroker(EnvelopeReader):
         try:
             started = await history.new_epochs(
                 client, claim=claim, holder=self._node_id.encode(), marker=marker_key,
-                replid=_marker_value(replid, node),
+                replid=history.marker_value(replid, node.node_id),
             )  # fmt: skip
         except history.FenceBusy:
             self.refresh_soon()
@@ -813,19 +815,6 @@ def _failovers(before: SlotMap, after: SlotMap) -> dict[str, tuple[Node, Node]]:
         if promoted and new.address not in found:
             found[new.address] = (old, new)
     return found
-
-
-def _marker_value(replid: str, node: Node) -> str:
-    """A master node's marker: the history its rooms' epochs were started on, and the node
-    that wrote it (`_mark`: a marker of another node means this one was promoted, or the
-    marker migrated in with its slot: new epochs, needless only in that second case)."""
-    return f"{replid} {node.node_id}"
-
-
-def _parse_marker(value: str) -> tuple[str, str]:
-    """(history, writer node id) of a marker; the writer "" when not named."""
-    replid, _, writer = value.partition(" ")
-    return replid, writer
 
 
 def _text(value: Any) -> str:
