@@ -38,7 +38,9 @@ from support.sentinel import (
     FAILOVER_SECONDS,
     MASTER,
     SentinelProcess,
+    acked_past_the_replica,
     fail_over_past_acked_writes,
+    promote_the_replica,
     publish_until_acked,
     replicated,
 )
@@ -73,6 +75,15 @@ def sentinel_set(
         stop_process(process)
 
 
+def relay_env(sentinel: SentinelProcess) -> dict[str, str]:
+    """A relay on the shard behind `sentinel`, as the relay's ACL user."""
+    return {
+        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
+        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
+        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
+    }
+
+
 async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epoch(
     sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess],
     relay_factory,
@@ -80,11 +91,7 @@ async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epo
 ) -> None:
     master, replica, sentinel = sentinel_set
     assert replica.proc is not None
-    env = {
-        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
-        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
-        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
-    }
+    env = relay_env(sentinel)
     pod = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
     async with RelayClient(pod.url) as publisher:
         # A second server starts during the failover: it never sees the old master, and
@@ -134,27 +141,12 @@ async def test_a_relay_started_after_a_promotion_that_lost_acked_writes_starts_a
     epochs before it serves anything there."""
     master, replica, sentinel = sentinel_set
     assert replica.proc is not None
-    env = {
-        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
-        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
-        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
-    }
+    env = relay_env(sentinel)
     first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
     async with RelayClient(first.url) as publisher:
-        epoch = (await publisher.join("match"))["epoch"]
-        for n in range(1, 4):
-            await publisher.publish("match", n, id=f"e{n}")
-        assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        assert master.cli("CLIENT", "KILL", "TYPE", "replica") == "1"  # (support.sentinel)
-        acks = [await publisher.publish("match", n, id=f"e{n}") for n in (4, 5)]
-        assert [ack["offset"] for ack in acks if ack] == [4, 5]  # on the master alone
+        epoch = await acked_past_the_replica(publisher, "match", master, replica)
     first.stop()  # the whole fleet is gone during the failover
-    master.kill()
-    os.kill(replica.proc.pid, signal.SIGCONT)
-    await eventually(
-        lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the promotion"
-    )
+    await promote_the_replica(master, replica, sentinel)
     later = relay_factory("b", redis_urls=[f"sentinel://{MASTER}"], env=env)
     async with RelayClient(later.url) as resuming:
         joined = await resuming.join("match", since={"epoch": epoch, "offset": 5})
@@ -179,11 +171,7 @@ async def test_a_promoted_replica_of_an_unmarked_history_starts_a_new_epoch(
     writes, so a relay that never saw the old master starts new epochs there too."""
     master, replica, sentinel = sentinel_set
     assert replica.proc is not None
-    env = {
-        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
-        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
-        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
-    }
+    env = relay_env(sentinel)
     first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
     async with RelayClient(first.url) as publisher:
         epoch = (await publisher.join("match"))["epoch"]
@@ -197,11 +185,7 @@ async def test_a_promoted_replica_of_an_unmarked_history_starts_a_new_epoch(
         acked = await publisher.publish("match", 2, id="e2")
         assert acked is not None and acked["offset"] == 2  # on the master alone
     first.stop()
-    master.kill()
-    os.kill(replica.proc.pid, signal.SIGCONT)
-    await eventually(
-        lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the promotion"
-    )
+    await promote_the_replica(master, replica, sentinel)
     later = relay_factory("b", redis_urls=[f"sentinel://{MASTER}"], env=env)
     async with RelayClient(later.url) as resuming:
         joined = await resuming.join("match", since={"epoch": epoch, "offset": 2})
@@ -221,28 +205,13 @@ async def test_two_failovers_with_no_relay_running_in_between_start_a_new_epoch(
     so that is a failover too: new epochs, not the same history with acked events gone."""
     master, replica, sentinel = sentinel_set
     assert replica.proc is not None
-    env = {
-        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
-        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
-        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
-    }
+    env = relay_env(sentinel)
     first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
     async with RelayClient(first.url) as publisher:
-        epoch = (await publisher.join("match"))["epoch"]
-        for n in range(1, 4):
-            await publisher.publish("match", n, id=f"e{n}")
-        assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
+        epoch = await acked_past_the_replica(publisher, "match", master, replica)
         marked = redis_acl.admin(master).get(keys.HISTORY_MARKER)
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        assert master.cli("CLIENT", "KILL", "TYPE", "replica") == "1"  # (support.sentinel)
-        acks = [await publisher.publish("match", n, id=f"e{n}") for n in (4, 5)]
-        assert [ack["offset"] for ack in acks if ack] == [4, 5]  # on the master alone
     first.stop()  # no relay server runs from here until the end of the second failover
-    master.kill()
-    os.kill(replica.proc.pid, signal.SIGCONT)
-    await eventually(
-        lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the first promotion"
-    )
+    await promote_the_replica(master, replica, sentinel)
     # The old master comes back (empty: no persistence), is made a replica of the new one
     # by the Sentinel, syncs, and is promoted back.
     master.start()
@@ -285,31 +254,16 @@ async def test_a_promoted_replica_restarted_before_any_check_still_starts_a_new_
     new epochs (not the same history with acked events gone)."""
     master, replica, sentinel = sentinel_set
     assert replica.proc is not None
-    env = {
-        contract.ENV_REDIS_SENTINELS: f"{LOOPBACK}:{sentinel.port}",
-        contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
-        contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
-    }
+    env = relay_env(sentinel)
     # The replica keeps an AOF from here (it restarts with its data below).
     assert redis_acl.admin(replica).config_set("appendonly", "yes")
     first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
     async with RelayClient(first.url) as publisher:
-        epoch = (await publisher.join("match"))["epoch"]
-        for n in range(1, 4):
-            await publisher.publish("match", n, id=f"e{n}")
-        assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
+        epoch = await acked_past_the_replica(publisher, "match", master, replica)
         marked = redis_acl.admin(master).get(keys.HISTORY_MARKER)
         assert marked is not None and marked.decode().endswith(f" {LOOPBACK}:{master.port}")
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        assert master.cli("CLIENT", "KILL", "TYPE", "replica") == "1"  # (support.sentinel)
-        acks = [await publisher.publish("match", n, id=f"e{n}") for n in (4, 5)]
-        assert [ack["offset"] for ack in acks if ack] == [4, 5]  # on the master alone
     first.stop()  # no relay server runs from here until the promoted replica restarted
-    master.kill()
-    os.kill(replica.proc.pid, signal.SIGCONT)
-    await eventually(
-        lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the promotion"
-    )
+    await promote_the_replica(master, replica, sentinel)
     # Restarted cleanly from its AOF, as a master (not the replica it was started as).
     at = replica.extra_args.index("--replicaof")
     del replica.extra_args[at : at + 3]

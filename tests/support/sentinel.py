@@ -25,6 +25,7 @@ from gamecluster_client import ServerError as RelayError
 from support import redis_acl
 from support.processes import LOOPBACK, RedisProcess, free_port, wait_until
 from support.processes import _port_open as port_open
+from support.waiting import eventually
 
 MASTER = "gc"
 """The master's name at the Sentinels: shard URL `sentinel://gc`."""
@@ -176,6 +177,42 @@ async def publish_until_acked(client: RelayClient, room: str, data: Any, id: str
         await asyncio.sleep(0.2)  # a client's retry pause, not a synchronisation
 
 
+async def acked_past_the_replica(
+    publisher: RelayClient, room: str, master: RedisProcess, replica: RedisProcess
+) -> str:
+    """Events 1-3 replicated, then 4 and 5 acked by the master alone: its replica
+    SIGSTOPped and its link cut (a stopped process's socket still takes what the master
+    sends, and it would read events 4 and 5 from there once resumed). The replica stays
+    stopped. Returns the room's epoch."""
+    assert replica.proc is not None
+    epoch: str = (await publisher.join(room))["epoch"]
+    for n in range(1, 4):
+        await publisher.publish(room, n, id=f"e{n}")
+    assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    assert master.cli("CLIENT", "KILL", "TYPE", "replica") == "1"
+    acks = [await publisher.publish(room, n, id=f"e{n}") for n in (4, 5)]
+    assert [ack["offset"] for ack in acks if ack] == [4, 5]
+    return epoch
+
+
+async def promote_the_replica(
+    master: RedisProcess,
+    replica: RedisProcess,
+    sentinel: SentinelProcess,
+    while_down: Callable[[], object] = lambda: None,
+) -> None:
+    """The master SIGKILLed (`while_down` runs then), the stopped replica resumed, until
+    the Sentinel names it the master."""
+    assert replica.proc is not None
+    master.kill()
+    while_down()
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    await eventually(
+        lambda: sentinel.master_port() == replica.port, FAILOVER_SECONDS, "the promotion"
+    )
+
+
 async def fail_over_past_acked_writes(
     publisher: RelayClient,
     room: str,
@@ -183,21 +220,12 @@ async def fail_over_past_acked_writes(
     replica: RedisProcess,
     while_down: Callable[[], object] = lambda: None,
 ) -> tuple[str, dict[str, Any]]:
-    """Make Sentinel promote a replica that lacks acked events: events 1-3 replicated, 4 and
-    5 acked by the master alone (its replica SIGSTOPped, its link cut), then the master SIGKILLed
-    (`while_down` runs then) and the replica resumed. Returns the room's epoch from before
-    and the first ack after (a publish retried through the failover)."""
+    """Make Sentinel promote a replica that lacks acked events (acked_past_the_replica),
+    the master SIGKILLed (`while_down` runs then) and the replica resumed, a publish
+    retried through the failover. Returns the room's epoch from before and that
+    publish's ack."""
     assert replica.proc is not None
-    epoch: str = (await publisher.join(room))["epoch"]
-    for n in range(1, 4):
-        await publisher.publish(room, n, id=f"e{n}")
-    assert master.cli("WAIT", "1", "5000") == "1"  # the replica has events 1-3
-    os.kill(replica.proc.pid, signal.SIGSTOP)
-    # Its link cut too: a stopped process's socket still takes what the master sends, and
-    # it would read events 4 and 5 from there once resumed (it would miss nothing).
-    assert master.cli("CLIENT", "KILL", "TYPE", "replica") == "1"
-    acks = [await publisher.publish(room, n, id=f"e{n}") for n in (4, 5)]
-    assert [ack["offset"] for ack in acks if ack] == [4, 5]
+    epoch = await acked_past_the_replica(publisher, room, master, replica)
     master.kill()
     while_down()
     os.kill(replica.proc.pid, signal.SIGCONT)
