@@ -123,9 +123,9 @@ RELAY_REDIS_COMMANDS: Final = (
     "multi", "exec", "del", "mget",
     "hdel", "hlen", "hvals", "hscan", "hgetall",
     "sadd", "srem", "smembers", "zadd", "zrange", "zrangebyscore", "zrem",
-    # After a Sentinel failover: every room's meta hash gets a new epoch (SCAN MATCH, HSET);
-    # the history marker is checked against the master's replication ids (INFO replication)
-    # on every connection (relay.broker.redis, RedisShard._check_history).
+    # After a failover: every room's meta hash gets a new epoch (SCAN MATCH, HSET); the
+    # history marker is checked against the master's replication ids (INFO replication) at
+    # every Pub/Sub session of a shard or cluster node (relay.broker.history).
     "scan", "info",
     # RELAY_REDIS_ACK_REPLICAS: a durable publish waits for replicas (relay.broker.replicas).
     "wait",

@@ -4,7 +4,8 @@ Replication is asynchronous: a promoted replica may lack the last events acked b
 old master, and its offsets would then go backwards and be reused for new events, a gap
 no client could see. So each master keeps a **history marker** (relay.broker.keys): the
 replication id (`master_replid` of INFO replication) of the history its rooms' epochs
-were started on. It replicates, so a promoted replica holds it as its `master_replid2`.
+were started on, and the master that wrote it (`marker_value`). It replicates, so a
+promoted replica holds it as its `master_replid2`.
 A relay server compares the two before it serves a master (`classify`), and where the
 history may have lost acked events it gives every room on the master a new epoch
 (`new_epochs`, once per failover across every relay server: a SET NX claim).
@@ -30,7 +31,8 @@ FENCE_SECONDS = 30
 """How long a failover's claim holds while its relay server starts the new epochs (renewed
 at each batch of rooms); past it (a claimer that died) another one claims."""
 FENCE_BATCH = 500
-"""Rooms per SCAN of a fence, their new epochs sent in one pipeline (one round trip)."""
+"""Keys per SCAN (its COUNT) of a fence; the rooms among them get their new epochs, and the
+claim its renewal, in one pipeline (one round trip)."""
 FENCE_DONE = b"done"
 """The claim's value once every room of the promoted master has its new epoch; kept for
 FAILOVER_CLAIM_SECONDS so late relay servers do not start epochs a second time."""
@@ -47,7 +49,8 @@ class Verdict(enum.Enum):
     """A marker, and the master continued a history (`master_replid2` set: promoted since
     it started, whichever history the marker names: two failovers, or a restart and a
     failover, with no relay server checking in between), or this server saw the master
-    change: new epochs, claimed by the marker."""
+    change, or the marker names another writer (`other_writer`, passed as `moved`): new
+    epochs, claimed by the marker."""
     UNMARKED = "unmarked"
     """No marker, but the master continued another history (promoted in place of a
     master that was never marked), or this server saw the master change: new epochs."""
@@ -68,8 +71,9 @@ class Verdict(enum.Enum):
 def classify(marker: str | None, replid: str, replid2: str, *, moved: bool) -> Verdict:
     """The verdict on a master whose marker is `marker` (None: no marker) and whose
     replication ids are `replid` and `replid2` (NO_HISTORY: none). `moved`: this relay
-    server saw the master change (another address, another cluster node): new epochs
-    whatever the marker says, unless another server already marked this history."""
+    server saw the master change (another address, another cluster node), or the marker
+    was written by another master (`other_writer`): new epochs whatever the marker says,
+    unless it names this history (another server already marked it)."""
     if marker == replid:
         return Verdict.SAME
     continued = replid2 != NO_HISTORY
@@ -124,7 +128,7 @@ async def replication(client: Redis) -> dict[str, str]:
 
 
 async def mark(client: Redis, marker: str, replid: str, *, nx: bool = False) -> bool | None:
-    """Set the marker (the key `marker`) to `replid` (the value, as in `new_epochs`;
+    """Set the marker (the key `marker`) to `replid` (its whole value, `marker_value`;
     only if there is none: `nx`); False
     when another server set it first, None when Redis refused it as full (maxmemory
     reached, noeviction). Then the marker is left as it is and the master is served all
@@ -147,11 +151,12 @@ async def new_epochs(
     client: Redis, *, claim: str, holder: bytes, marker: str, replid: str
 ) -> tuple[str, int] | None:
     """A new epoch in every room on the master `client` reaches, then `marker` (the key)
-    names history `replid` (the marker's value: a Redis Cluster node's adds its node id,
-    relay.broker.slots); returns (the epoch, rooms), or None when another relay server
+    is set to `replid` (its whole value, `marker_value`: the history and its writer);
+    returns (the epoch, rooms), or None when another relay server
     had done it (the claim's done mark). One relay server does it (a SET NX claim held
     by `holder`); the others get FenceBusy until it is done and retry. A claimer that
-    died leaves a claim that expires after FENCE_SECONDS, and the next server starts
+    died leaves a claim that expires after FENCE_SECONDS (renewed with each batch of
+    rooms while the fence runs), and the next server starts
     epochs again (a second new epoch is harmless); a claim of the caller's own, left by
     a fence that failed midway (a lost connection, a refused HSET), is finished now
     rather than waited for with the master's rooms refused. Redis errors propagate."""
@@ -166,8 +171,8 @@ async def new_epochs(
         raise FenceBusy(claim)
     epoch, rooms, cursor = secrets.token_hex(4), 0, 0
     while True:
-        # One round trip per SCAN batch, not per room: the rooms are unavailable until the
-        # fence ends (50,000 rooms took 8 s a room at a time on loopback, 1.1 s so).
+        # One pipeline per SCAN batch, not a round trip per room: the rooms are unavailable
+        # until the fence ends (50,000 rooms took 8 s a room at a time on loopback, 1.1 s so).
         cursor, found = await client.scan(cursor, match=keys.META_PATTERN, count=FENCE_BATCH)
         if found:
             async with client.pipeline(transaction=False) as batch:

@@ -62,7 +62,8 @@ META_PATTERN = f"{_OPEN}*{_CLOSE}:meta"
 
 HISTORY_MARKER = f"{CLUSTER_KEY_PREFIX}history"
 """On each shard's master: the replication id (`master_replid` of INFO replication) of the
-history its rooms' current epochs were started on. It replicates, so a promoted replica
+history its rooms' current epochs were started on, and the master that wrote it (its value
+is history.marker_value's `<replid> <writer>`). It replicates, so a promoted replica
 holds its old master's id as its `master_replid2`: the failover fence of a relay server
 that never saw the old master (relay.broker.redis, RedisShard._check_history)."""
 

@@ -353,7 +353,8 @@ class RedisShard:
         Replication is asynchronous: a promoted replica may lack the last events acked by
         the old master, and its offsets would then go backwards and be reused for new
         events, a gap no client could see. The master keeps a marker (keys.HISTORY_MARKER:
-        the replication id its rooms' epochs were started on), so a server sees a promotion
+        the replication id its rooms' epochs were started on, and the Sentinel-named
+        address that wrote it), so a server sees a promotion
         on first sight too, started after it or restarted during it, not only when it held
         the old master's address in memory (docs/operations.md, "Failover guarantee").
         Raises (and the session is retried) until the check has passed.

@@ -18,9 +18,9 @@ key keeps a retry single) and makes the server read the slot map again. Reading 
 
 - Every master's **history** is checked before its slots are served (relay.broker.
   history: a marker per node, in its lowest slot, naming the replication id its rooms'
-  epochs were started on; see `_check`): on first sight, so a server started after a
-  promotion, or a fleet restarted during one, still sees that a promoted replica's
-  history may lack acked events; and again when its marker's slot changes or its
+  epochs were started on and the node that wrote it; see `_check`): on first sight, so
+  a server started after a promotion, or a fleet restarted during one, still sees that a
+  promoted replica's history may lack acked events; and again when its marker's slot changes or its
   Pub/Sub session ends (a restarted node: the rooms keep their epochs, the marker is
   renewed).
 - A slot whose master is now a node that was one of its replicas, or no master at all,
