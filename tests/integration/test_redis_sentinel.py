@@ -285,6 +285,47 @@ async def test_a_promoted_replica_restarted_before_any_check_still_starts_a_new_
     redis_acl.no_secret_in_logs(tmp_path)
 
 
+async def test_a_sentinel_master_restarted_from_its_aof_keeps_its_rooms_epochs(
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess],
+    relay_factory,
+    tmp_path: Path,
+) -> None:
+    """A Redis pod replaced under a Sentinel shard (no failover: the Sentinels do not call
+    it down): its replication id changes, its marker still names its own address, so it
+    is a restart, not a promotion. The rooms keep their epochs (no needless `recovered:
+    false` at every pod replacement) and the marker names the new id at that address."""
+    master, _replica, sentinel = sentinel_set
+    sentinel.cli("SENTINEL", "SET", MASTER, "down-after-milliseconds", "30000")
+    admin = redis_acl.admin(master)
+    assert admin.config_set("appendonly", "yes")
+    await eventually(
+        lambda: admin.info("persistence")["aof_rewrite_in_progress"] == 0, 10, "the AOF written"
+    )
+    pod = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=relay_env(sentinel))
+    async with RelayClient(pod.url) as publisher:
+        epoch = (await publisher.join("match"))["epoch"]
+        for n in range(1, 4):
+            await publisher.publish("match", n, id=f"e{n}")
+    before = admin.get(keys.HISTORY_MARKER)
+    assert before is not None and before.decode().endswith(f" {LOOPBACK}:{master.port}")
+    master.aof = True
+    master.stop()  # SIGTERM: a clean shutdown, the AOF flushed
+    master.start()
+    admin = redis_acl.admin(master)
+    await eventually(
+        lambda: admin.get(keys.HISTORY_MARKER) not in (None, before), 15, "the marker renewed"
+    )
+    after = admin.get(keys.HISTORY_MARKER)
+    assert after is not None and after.decode().endswith(f" {LOOPBACK}:{master.port}")
+    assert after.decode().split()[0] == admin.info("replication")["master_replid"]
+    async with RelayClient(pod.url) as resuming:
+        joined = await resuming.join("match", since={"epoch": epoch, "offset": 1})
+        assert joined["recovered"] is True and joined["epoch"] == epoch, joined
+    log = pod.log.read_text()
+    assert "restarted (history" in log and "rooms start epoch" not in log
+    redis_acl.no_secret_in_logs(tmp_path)
+
+
 async def test_a_master_restarted_cleanly_keeps_its_rooms_epochs(
     redis_factory, relay_factory
 ) -> None:
