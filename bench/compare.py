@@ -39,9 +39,9 @@ each step's median (by CPU per delivery, servers + Redis): single short steps on
 shared machine move by tens of percent. Both apply to the tracing scenario too: each
 sampling configuration runs on this tree and the baseline, one after the other, N times.
 `--profile DIR` samples every server process with py-spy (the `bench` extra) during
-each fixed step and leaves one collapsed-stack file per process and step in DIR, for
-bench/stacks.py; sampling costs CPU, so a profiled run's CPU figures are not the ones
-to compare.
+each fixed and each tracing step and leaves one collapsed-stack file per process and
+step in DIR, for bench/stacks.py; sampling costs CPU, so a profiled run's CPU figures
+are not the ones to compare.
 
     .venv/bin/python bench/compare.py [--quick] [--only relay-volatile,floor,...]
         [--scenarios fixed,ramp,idle,tracing,storm]
@@ -421,13 +421,15 @@ def tracing(
     rate: float,
     trees: dict[str, dict[str, str]] | None = None,
     repeat: int = 1,
+    profile: Path | None = None,
 ) -> dict[str, Step]:
     """The relay (volatile) at one fixed rate with sampling 0, 0.1 and 1.0.
 
     `trees`: name -> extra environment of each relay tree to run ("" is this one; a
     --baseline adds "base" with its PYTHONPATH), interleaved `repeat` times; each
     figure is the median run by CPU per delivery. Keys: the sampling, then
-    "<sampling> base" for the baseline's."""
+    "<sampling> base" for the baseline's. `profile`: py-spy each pod during each step
+    (files tracing-<sampling>[-base]-<run>-<rate>-<n>.txt)."""
     trees = trees or {"": {}}
     runs: dict[str, list[Step]] = {}
     sink_port = free_port()
@@ -455,13 +457,14 @@ def tracing(
             run = f" (run {n + 1})" if repeat > 1 else ""
             print(f"-- tracing, sampling {key} (relay, volatile rooms){run}", flush=True)
             with relay_target(workdir, "volatile", env) as servers:
+                servers.name = f"tracing-{key.replace(' ', '-')}-{n + 1}"
                 for pid in [*servers.pids, servers.redis_pid]:
                     assert pid is not None
                     pin(pid, SERVER_CPU)
                 gen = Generator(servers, load)
                 try:
                     gen.ask({"cmd": "run", "rate": 2000, "seconds": 1})
-                    runs.setdefault(key, []).append(step(gen, servers, rate, load.seconds))
+                    runs.setdefault(key, []).append(step(gen, servers, rate, load.seconds, profile))
                 finally:
                     gen.close()
     finally:
@@ -607,7 +610,9 @@ def main() -> None:
         help="another checkout's service/ directory: adds relay-volatile-base, relay-durable-base",
     )
     parser.add_argument(
-        "--profile", type=Path, help="py-spy every server during the fixed steps, into this dir"
+        "--profile",
+        type=Path,
+        help="py-spy every server during the fixed and tracing steps, into DIR",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs of every target, interleaved; medians"
@@ -673,7 +678,7 @@ def main() -> None:
             workdir = Path(tmp) / "tracing"
             workdir.mkdir()
             trees = {"": {}} if args.baseline is None else {"": {}, "base": base}
-            traced = tracing(workdir, load, 20000, trees, args.repeat)
+            traced = tracing(workdir, load, 20000, trees, args.repeat, args.profile)
         if results or traced:
             report(results, traced, load)
         if "storm" in scenarios:

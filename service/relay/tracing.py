@@ -19,7 +19,9 @@ context in the envelope, so receiving pods do no span work at all for it.
 
 Cost when tracing is off: the hot path reads the module attribute `tracer` (None) and
 goes on; no span objects, no context, no allocation. When it is on, a publish the
-sampler drops starts no span either (`LookaheadIds`: the sampler is asked first).
+sampler drops costs the sampler's call and nothing else. `publish room` and `process
+room`, the spans of every sampled event, are `Recorded`, not SDK spans: each reaches the
+span processors as one finished ReadableSpan, at half the CPU of a live SDK span.
 Setup reads only the standard `OTEL_*` variables; there is one tracer per process.
 """
 
@@ -36,12 +38,15 @@ from types import TracebackType
 from typing import Any, Final, Protocol
 
 import orjson
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import Decision, Sampler
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as msg
 from opentelemetry.semconv.attributes import (
     error_attributes,
@@ -57,6 +62,7 @@ from opentelemetry.trace import (
     SpanKind,
     Status,
     StatusCode,
+    TraceFlags,
     Tracer,
     get_current_span,
     set_span_in_context,
@@ -112,9 +118,6 @@ _w3c = TraceContextTextMapPropagator()
 _node_id = ""
 _system = "gamecluster"
 _provider: TracerProvider | None = None
-_presample: tuple[Sampler, LookaheadIds] | None = None
-"""The provider's sampler and id generator when `publishing` may ask the sampler
-itself (the provider draws its trace ids through LookaheadIds), else None."""
 
 
 class TracingConfigError(ValueError):
@@ -236,7 +239,7 @@ def setup(node_id: str, *, system: str) -> bool:
         log.info("tracing off: %s", config.reason)
         configure(None, node_id=node_id, system=system)
         return False
-    provider = TracerProvider(resource=make_resource(node_id), id_generator=LookaheadIds())
+    provider = TracerProvider(resource=make_resource(node_id))
     for name in config.exporters:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name, config.protocol)))
     configure(provider, node_id=node_id, system=system)
@@ -246,46 +249,14 @@ def setup(node_id: str, *, system: str) -> bool:
 
 def configure(provider: TracerProvider | None, *, node_id: str, system: str) -> None:
     """Trace with `provider` (None: off). Tests pass their own, with an in-memory exporter."""
-    global tracer, _provider, _node_id, _system, _presample
+    global tracer, _provider, _node_id, _system, _finishing
     _provider, _node_id, _system = provider, node_id, system
     tracer = None if provider is None else provider.get_tracer(INSTRUMENTATION_NAME)
-    ids = None if provider is None else provider.id_generator
-    _presample = (provider.sampler, ids) if isinstance(ids, LookaheadIds) and provider else None
-
-
-class LookaheadIds(IdGenerator):
-    """The SDK's random ids, with the next trace id drawn one ahead (`peek`).
-
-    So `publishing` can ask the sampler about the very trace id the SDK would give its
-    span, and start no span at all when the sampler drops it: an unsampled publish then
-    costs one sampler call, not a non-recording span (about 5 us with its attributes).
-    Only the event loop's thread starts spans, and between `peek` and the span's start
-    (or `skip`) there is no await, so no other span takes the peeked id.
-    """
-
-    def __init__(self, source: IdGenerator | None = None) -> None:
-        self._source = RandomIdGenerator() if source is None else source
-        self._next = self._source.generate_trace_id()
-
-    def peek(self) -> int:
-        """The trace id the next root span will get."""
-        return self._next
-
-    def skip(self) -> None:
-        """The peeked id was not used (its span was dropped): draw the next one, or the
-        next publish would get the same id and the same decision."""
-        self._next = self._source.generate_trace_id()
-
-    def generate_trace_id(self) -> int:
-        trace_id = self._next
-        self._next = self._source.generate_trace_id()
-        return trace_id
-
-    def generate_span_id(self) -> int:
-        return self._source.generate_span_id()
-
-    def is_trace_id_random(self) -> bool:
-        return self._source.is_trace_id_random()
+    _finishing = (
+        _Finishing(tracer, SpanLimits(), InstrumentationScope(INSTRUMENTATION_NAME, ""))
+        if isinstance(tracer, SdkTracer)
+        else None
+    )
 
 
 async def shutdown(timeout: float = 5.0) -> None:
@@ -294,8 +265,8 @@ async def shutdown(timeout: float = 5.0) -> None:
     The SDK's flush blocks, so it runs in a thread; past the timeout the relay stops
     anyway and the spans still buffered are lost.
     """
-    global tracer, _provider
-    provider, _provider, tracer = _provider, None, None
+    global tracer, _provider, _finishing
+    provider, _provider, tracer, _finishing = _provider, None, None, None
     if provider is None:
         return
 
@@ -321,25 +292,28 @@ class Publishing:
     tracing is off or the publish is not sampled. `sent(offset)` records the offset the
     broker gave the event. An exception leaving the block marks the span failed, with
     `error.type` the exception's class, and propagates.
+
+    The span is a `Recorded` (not an SDK span), handed to the span processors when the
+    block ends.
     """
 
     __slots__ = ("_span", "context")
 
-    def __init__(self, span: Span | None) -> None:
+    def __init__(self, span: Recorded | None) -> None:
         self._span = span
         self.context: dict[str, str] | None = None
 
     def __enter__(self) -> Publishing:
         span = self._span
-        if span is not None and span.get_span_context().trace_flags.sampled:
+        if span is not None and span.context.trace_flags.sampled:
             carrier: dict[str, str] = {}
-            _w3c.inject(carrier, set_span_in_context(span))
+            _w3c.inject(carrier, set_span_in_context(NonRecordingSpan(span.context)))
             self.context = carrier
         return self
 
     def sent(self, offset: int | None) -> None:
         if self._span is not None and offset is not None:
-            self._span.set_attribute(msg.MESSAGING_MESSAGE_ID, str(offset))
+            self._span.attributes[msg.MESSAGING_MESSAGE_ID] = str(offset)
 
     def __exit__(
         self,
@@ -348,15 +322,17 @@ class Publishing:
         tb: TracebackType | None,
     ) -> None:
         span = self._span
-        if span is None:
+        if span is None or _finishing is None:
             return
+        status = _UNSET
         if exc is not None:
-            span.set_attribute(error_attributes.ERROR_TYPE, _error_type(exc))
-            span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
-        span.end()
+            span.attributes[error_attributes.ERROR_TYPE] = _error_type(exc)
+            status = Status(StatusCode.ERROR, str(exc)[:200])
+        _finishing.finish(span, time.time_ns(), status)
 
 
 _NOT_TRACED: Final = Publishing(None)
+_UNSET: Final = Status(StatusCode.UNSET)
 
 
 class PublishMessage(Protocol):
@@ -378,9 +354,10 @@ def publishing(message: PublishMessage, session_id: str) -> Publishing:
     """Start the PRODUCER span of a client's publish (see `Publishing`).
 
     Its parent is the client's `traceparent` (+ `tracestate`) when it sent one and it is
-    valid; otherwise the span starts a trace.
+    valid; otherwise the span starts a trace. A publish the sampler drops costs the
+    sampler's call and nothing else: no span object, no attributes, no context.
     """
-    if tracer is None:
+    if tracer is None or _finishing is None:
         return _NOT_TRACED
     parent: Context | None = None
     if message.traceparent is not None:
@@ -388,40 +365,20 @@ def publishing(message: PublishMessage, session_id: str) -> Publishing:
         if message.tracestate is not None:
             carrier["tracestate"] = message.tracestate
         parent = _w3c.extract(carrier)
-    if _presample is not None and not _would_record(parent, *_presample):
-        return _NOT_TRACED  # what the SDK would start is a non-recording span: none at all
-    attributes: dict[str, str | int] = {
-        msg.MESSAGING_SYSTEM: _system,
-        msg.MESSAGING_OPERATION_TYPE: "send",
-        msg.MESSAGING_OPERATION_NAME: "publish",
-        msg.MESSAGING_DESTINATION_NAME: message.room,
-        msg.MESSAGING_CLIENT_ID: _node_id,
-        SESSION_ID: session_id,
-    }
+    span = _finishing.start(PUBLISH_SPAN, SpanKind.PRODUCER, parent)
+    if span is None:
+        return _NOT_TRACED
+    attributes = span.attributes
+    attributes[msg.MESSAGING_SYSTEM] = _system
+    attributes[msg.MESSAGING_OPERATION_TYPE] = "send"
+    attributes[msg.MESSAGING_OPERATION_NAME] = "publish"
+    attributes[msg.MESSAGING_DESTINATION_NAME] = message.room
+    attributes[msg.MESSAGING_CLIENT_ID] = _node_id
+    attributes[SESSION_ID] = session_id
     if message.id is not None:
         attributes[msg.MESSAGING_MESSAGE_ID] = message.id  # replaced by the offset, if any
-    span = tracer.start_span(
-        PUBLISH_SPAN, context=parent, kind=SpanKind.PRODUCER, attributes=attributes
-    )
-    if span.is_recording():
-        span.set_attribute(msg.MESSAGING_MESSAGE_BODY_SIZE, len(orjson.dumps(message.data)))
+    attributes[msg.MESSAGING_MESSAGE_BODY_SIZE] = len(orjson.dumps(message.data))
     return Publishing(span)
-
-
-def _would_record(parent: Context | None, sampler: Sampler, ids: LookaheadIds) -> bool:
-    """The sampler's decision for the PRODUCER span `publishing` would start now, asked
-    as the SDK's Tracer.start_span asks it: the parent's trace id, or (a root span) the
-    one the SDK will draw next. The attributes are left out: none of the samplers the
-    relay accepts (SAMPLERS) reads them."""
-    parent_context = get_current_span(parent).get_span_context()
-    root = not parent_context.is_valid
-    trace_id = ids.peek() if root else parent_context.trace_id
-    decision = sampler.should_sample(parent, trace_id, PUBLISH_SPAN, SpanKind.PRODUCER).decision
-    if decision is not Decision.DROP:  # RECORD_ONLY records too: the SDK starts that span
-        return True
-    if root:
-        ids.skip()
-    return False
 
 
 # Receiving side.
@@ -440,19 +397,19 @@ class Traced(Protocol):
     def trace(self) -> dict[str, str] | None: ...
 
 
-def process_start(delivery: Traced) -> Span | None:
+def process_start(delivery: Traced) -> Recorded | None:
     """Start the CONSUMER span of one event arriving on this pod; None if not traced.
 
     Call only when `tracer` is set (the hub checks `tracing.tracer` first). The span's
     parent is the producer context from the envelope, and it links to it too.
     """
-    if tracer is None or not delivery.trace:
+    if _finishing is None or not delivery.trace:
         return None
     parent = _w3c.extract(delivery.trace)
     producer = get_current_span(parent).get_span_context()
     if not producer.is_valid:
         return None
-    attributes: dict[str, str | float] = {
+    attributes: dict[str, str | int | float] = {
         msg.MESSAGING_SYSTEM: _system,
         msg.MESSAGING_OPERATION_TYPE: "process",
         msg.MESSAGING_OPERATION_NAME: "process",
@@ -462,18 +419,123 @@ def process_start(delivery: Traced) -> Span | None:
     }
     if delivery.offset is not None:
         attributes[msg.MESSAGING_MESSAGE_ID] = str(delivery.offset)
-    return tracer.start_span(
-        PROCESS_SPAN,
-        context=parent,
-        kind=SpanKind.CONSUMER,
-        links=(Link(producer),),
-        attributes=attributes,
-    )
+    return _finishing.start(PROCESS_SPAN, SpanKind.CONSUMER, parent, attributes, (Link(producer),))
 
 
-def process_end(span: Span, recipients: int) -> None:
-    span.set_attribute(RECIPIENTS, recipients)
-    span.end()
+def process_end(span: Recorded, recipients: int) -> None:
+    span.attributes[RECIPIENTS] = recipients
+    if _finishing is not None:
+        _finishing.finish(span, time.time_ns())
+
+
+class Recorded:
+    """A `publish room` or `process room` span between its start and its end.
+
+    Not an SDK Span: neither span is ever the current span (nothing runs inside it that
+    could be its child), so each is handed to the provider's span processors as one
+    finished `ReadableSpan` when it ends (`_Finishing`). That skips what a live SDK span
+    costs and these spans never use (its lock, its mutable bounded attributes, the copy
+    into a ReadableSpan at its end, on_start): about half of their CPU (docs/tracing.md,
+    "What it costs"). What is exported is the same (tests/unit/test_tracing.py compares
+    them with the SDK's spans).
+    """
+
+    __slots__ = ("attributes", "context", "kind", "links", "name", "parent", "start")
+
+    def __init__(
+        self,
+        name: str,
+        kind: SpanKind,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+        links: tuple[Link, ...],
+    ) -> None:
+        self.name, self.kind, self.context, self.parent = name, kind, context, parent
+        self.attributes, self.links, self.start = attributes, links, time.time_ns()
+
+
+@dataclass(frozen=True, slots=True)
+class _Finishing:
+    """Starts and ends `Recorded` spans with the provider's sampler, ids, limits and
+    processors, as the SDK's Tracer.start_span and Span.end do."""
+
+    tracer: SdkTracer
+    limits: SpanLimits
+    scope: InstrumentationScope
+
+    def start(
+        self,
+        name: str,
+        kind: SpanKind,
+        parent: Context | None,
+        attributes: dict[str, str | int | float] | None = None,
+        links: tuple[Link, ...] = (),
+    ) -> Recorded | None:
+        """The span, or None when the sampler drops it (then nothing is kept).
+
+        The sampler is asked as Tracer.start_span asks it: the parent context, the
+        parent's trace id or a new one, the name, kind, attributes and links; the span
+        takes the trace state and the attributes it answers with."""
+        tracer = self.tracer
+        parent_context: SpanContext | None = get_current_span(parent).get_span_context()
+        if parent_context is not None and parent_context.is_valid:
+            trace_id = parent_context.trace_id
+            random_id = parent_context.trace_flags.random_trace_id
+        else:
+            parent_context = None
+            trace_id = tracer.id_generator.generate_trace_id()
+            random_id = tracer.id_generator.is_trace_id_random()
+        sampled = tracer.sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+        if sampled.decision is Decision.DROP:  # RECORD_ONLY records, unsampled
+            return None
+        sampling = sampled.decision is Decision.RECORD_AND_SAMPLE
+        flags = TraceFlags.SAMPLED if sampling else TraceFlags.DEFAULT
+        if random_id:
+            flags |= TraceFlags.RANDOM_TRACE_ID
+        context = SpanContext(
+            trace_id,
+            tracer.id_generator.generate_span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(flags),
+            trace_state=sampled.trace_state,
+        )
+        return Recorded(name, kind, context, parent_context, dict(sampled.attributes), links)
+
+    def finish(self, span: Recorded, end: int, status: Status = _UNSET) -> None:
+        limits = self.limits
+        attributes: Mapping[str, Any] = span.attributes
+        most = limits.max_span_attributes
+        if limits.max_span_attribute_length is not None or (
+            most is not None and len(attributes) > most
+        ):
+            # Only then can the SDK's bounds change anything: the values are str, int
+            # and float by construction, about 8 of them against a limit of 128.
+            attributes = BoundedAttributes(
+                most,
+                attributes,
+                immutable=True,
+                max_value_len=limits.max_span_attribute_length,
+            )
+        self.tracer.span_processor.on_end(
+            ReadableSpan(
+                name=span.name,
+                context=span.context,
+                parent=span.parent,
+                resource=self.tracer.resource,
+                attributes=attributes,
+                links=BoundedList.from_seq(limits.max_links, span.links),
+                kind=span.kind,
+                status=status,
+                start_time=span.start,
+                end_time=end,
+                instrumentation_scope=self.scope,
+            )
+        )
+
+
+_finishing: _Finishing | None = None
+"""Set with `tracer` by `configure` (when the provider is the SDK's)."""
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBasedTraceIdRatio
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
 
 from relay import tracing
 from relay.broker import BrokerUnavailable, Delivery
@@ -27,8 +27,7 @@ pytestmark = pytest.mark.unit
 
 
 def trace_into(exporter: InMemorySpanExporter, node_id: str, system: str) -> TracerProvider:
-    # The id generator tracing.setup gives its provider: `publishing` asks the sampler first.
-    provider = TracerProvider(id_generator=tracing.LookaheadIds())
+    provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.configure(provider, node_id=node_id, system=system)
     return provider
@@ -280,27 +279,15 @@ class ListedIds(IdGenerator):
         return secrets.randbits(63) + 1
 
 
-def test_a_publish_the_sampler_drops_starts_no_span_and_the_kept_ones_get_their_ids(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_publish_the_sampler_drops_makes_no_span_and_the_kept_ones_get_their_ids() -> None:
     # Ratio 0.5 keeps a root trace id whose low 64 bits are below 2**63.
     kept = [(1 << 70) | n for n in (5, 6, 7)]
     dropped = [(1 << 70) | (1 << 63) | n for n in (1, 2, 3)]
     order = [kept[0], dropped[0], dropped[1], kept[1], dropped[2], kept[2]]
     exporter = InMemorySpanExporter()
-    ids = tracing.LookaheadIds(ListedIds([*order, 99]))  # 99: drawn ahead, never used
-    provider = TracerProvider(sampler=ParentBasedTraceIdRatio(0.5), id_generator=ids)
+    provider = TracerProvider(sampler=ParentBasedTraceIdRatio(0.5), id_generator=ListedIds(order))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.configure(provider, node_id="a", system="redis")
-    assert tracing.tracer is not None
-    started: list[str] = []
-    start_span = tracing.tracer.start_span
-
-    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
-        started.append(name)
-        return start_span(name, *args, **kwargs)
-
-    monkeypatch.setattr(tracing.tracer, "start_span", counted)
     unsampled_parent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
     try:
         contexts = []
@@ -313,9 +300,110 @@ def test_a_publish_the_sampler_drops_starts_no_span_and_the_kept_ones_get_their_
     finally:
         tracing.configure(None, node_id="", system="")
     exported_ids = [span.get_span_context().trace_id for span in exporter.get_finished_spans()]
-    assert exported_ids == kept  # the SDK's own decision for each id: none lost, none added
-    assert started == ["publish room"] * len(kept)  # nothing started for the dropped ones
+    assert exported_ids == kept  # the sampler's own decision for each id: none lost, none added
     assert [context is not None for context in contexts] == [t in kept for t in order]
+
+
+def comparable(span: ReadableSpan) -> dict[str, Any]:
+    """What an exporter reads of a span, with the ids and times left out."""
+    context = span.get_span_context()
+    return {
+        "name": span.name,
+        "kind": span.kind,
+        "flags": int(context.trace_flags),
+        "trace_state": context.trace_state,
+        "remote": context.is_remote,
+        "parent": None if span.parent is None else (span.parent.span_id, span.parent.is_remote),
+        "attributes": dict(span.attributes or {}),
+        "dropped_attributes": span.dropped_attributes,
+        "links": [(link.context.span_id, dict(link.attributes or {})) for link in span.links],
+        "dropped_links": span.dropped_links,
+        "events": list(span.events),
+        "status": (span.status.status_code, span.status.description),
+        "resource": span.resource,
+        "scope": span.instrumentation_scope,
+        "ended": (span.start_time or 0) <= (span.end_time or 0),
+    }
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {},
+        {"OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT": "4", "OTEL_SPAN_LINK_COUNT_LIMIT": "0"},
+    ],
+)
+def test_publish_and_process_spans_are_what_the_sdk_would_export(
+    monkeypatch: pytest.MonkeyPatch, limits: dict[str, str]
+) -> None:
+    """`publish room` and `process room` skip the SDK's live Span (tracing.Recorded): what
+    reaches the exporter must be what Tracer.start_span + Span.end would have given, with
+    the same sampler answer, parent, link, attributes, status, limits, resource and scope."""
+    for name, value in limits.items():
+        monkeypatch.setenv(name, value)
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    client = {"traceparent": f"00-{trace_id}-{span_id}-01", "tracestate": "game=go"}
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=tracing.make_resource("a"))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(provider, node_id="a", system="redis")
+    try:
+        traced = tracing.publishing(publish(id="p1", **client), "s1")
+
+        def fail() -> None:
+            with traced:
+                traced.sent(7)  # the offset replaces the client's id
+                raise BrokerUnavailable("PUBLISH failed")
+
+        with pytest.raises(BrokerUnavailable):
+            fail()
+        assert traced.context is not None
+        delivery = Delivery("match:1", b"{}", 0, 7, "e1", "a", traced.context)
+        span = tracing.process_start(delivery)
+        assert span is not None
+        tracing.process_end(span, 3)
+        ours = exporter.get_finished_spans()
+
+        # The same spans through the SDK's own Tracer, as the relay started them before.
+        exporter.clear()
+        assert tracing.tracer is not None
+        producer = tracing.tracer.start_span(
+            "publish room",
+            context=tracing._w3c.extract(client),
+            kind=SpanKind.PRODUCER,
+            attributes=dict(ours[0].attributes or {}),
+        )
+        producer.set_status(Status(StatusCode.ERROR, "PUBLISH failed"))
+        producer.end()
+        envelope: dict[str, str] = {}
+        tracing._w3c.inject(envelope, set_span_in_context(producer))
+        parent = tracing._w3c.extract(envelope)
+        consumer = tracing.tracer.start_span(
+            "process room",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=(Link(producer.get_span_context()),),
+            attributes=dict(ours[1].attributes or {}),
+        )
+        consumer.end()
+        theirs = exporter.get_finished_spans()
+    finally:
+        tracing.configure(None, node_id="", system="")
+        provider.shutdown()
+
+    assert [span.name for span in ours] == ["publish room", "process room"]
+    mine, sdk = [comparable(span) for span in ours], [comparable(span) for span in theirs]
+    # The consumer's parent and link are each run's own producer.
+    for spans, exported in ((mine, ours), (sdk, theirs)):
+        producer_id = exported[0].get_span_context().span_id
+        assert spans[1]["parent"] == (producer_id, True)
+        assert spans[1]["links"] == (
+            [(producer_id, {})] if not limits.get("OTEL_SPAN_LINK_COUNT_LIMIT") else []
+        )
+        spans[1]["parent"] = spans[1]["links"] = None
+    assert mine == sdk
+    assert ours[0].get_span_context().trace_id == int(trace_id, 16)
+    assert ours[1].get_span_context().trace_id == int(trace_id, 16)
 
 
 @dataclass(eq=False)
