@@ -31,7 +31,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -528,13 +528,17 @@ class _Finishing:
             most is not None and len(attributes) > most
         ):
             # Only then can the SDK's bounds change anything: the values are str, int
-            # and float by construction, about 8 of them against a limit of 128.
+            # and float by construction, about 8 of them against a limit of 128. The
+            # same for the links: one at most, against 128.
             attributes = BoundedAttributes(
                 most,
                 attributes,
                 immutable=True,
                 max_value_len=limits.max_span_attribute_length,
             )
+        links: Sequence[Link] = span.links
+        if limits.max_links is not None and len(links) > limits.max_links:
+            links = BoundedList.from_seq(limits.max_links, links)  # counts what it drops
         self.tracer.span_processor.on_end(
             ReadableSpan(
                 name=span.name,
@@ -542,7 +546,7 @@ class _Finishing:
                 parent=span.parent,
                 resource=self.tracer.resource,
                 attributes=attributes,
-                links=BoundedList.from_seq(limits.max_links, span.links),
+                links=links,
                 kind=span.kind,
                 status=status,
                 start_time=span.start,
