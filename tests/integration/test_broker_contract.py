@@ -19,6 +19,7 @@ import pytest
 from relay import protocol
 from relay.broker import Broker, Delivery, History
 from relay.broker.memory import MemoryBroker
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.broker.slots import RedisClusterBroker
 from relay.rooms import RoomPolicy
@@ -59,6 +60,9 @@ class Feed:
 
 @pytest.fixture(params=["memory", "redis", "cluster"])
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    options = RedisOptions(
+        timeout=1.0, probe_interval=0.5, probe_timeout=1.5, dedupe_seconds=DEDUPE_SECONDS
+    )
     if request.param == "memory":
         made: Broker = MemoryBroker("node-a", dedupe_seconds=DEDUPE_SECONDS)
     elif request.param == "cluster":
@@ -66,24 +70,10 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         # nodes. A seed is enough: the broker reads the slot map from it.
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
         cluster.flush()
-        made = RedisClusterBroker(
-            cluster.urls[:1],
-            "node-a",
-            timeout=1.0,
-            probe_interval=0.5,
-            probe_timeout=1.5,
-            dedupe_seconds=DEDUPE_SECONDS,
-        )
+        made = RedisClusterBroker(cluster.urls[:1], "node-a", options)
     else:
         server: RedisProcess = request.getfixturevalue("redis")
-        made = RedisBroker(
-            (server.url,),
-            "node-a",
-            timeout=1.0,
-            probe_interval=0.5,
-            probe_timeout=1.5,
-            dedupe_seconds=DEDUPE_SECONDS,
-        )
+        made = RedisBroker((server.url,), "node-a", options)
     await made.start()
     await eventually(lambda: made.ready, 10, f"the {request.param} broker to be ready")
     yield made

@@ -46,6 +46,7 @@ from relay import auth, contract
 from relay.api.client import AsyncRelayApi
 from relay.broker import BrokerUnavailable, Delivery, keys
 from relay.broker.connection import Connector
+from relay.broker.options import RedisOptions
 from relay.broker.slots import RedisClusterBroker
 from relay.rooms import RoomPolicy
 from support import redis_acl
@@ -378,13 +379,15 @@ async def brokers(
         RedisClusterBroker(
             [seed.url],
             name,
-            connector=connector(),
-            timeout=1.0,
-            probe_interval=0.3,
-            probe_timeout=1.5,
+            RedisOptions(
+                connector(),
+                timeout=1.0,
+                probe_interval=0.3,
+                probe_timeout=1.5,
+                ack_replicas=ack_replicas,
+                ack_timeout=0.5,
+            ),
             refresh_seconds=1.0,
-            ack_replicas=ack_replicas,
-            ack_timeout=0.5,
         )
         for name in names
     ]
@@ -868,10 +871,12 @@ async def test_review_a_relay_that_cannot_fence_one_node_still_follows_a_migrati
     stuck = RedisClusterBroker(
         [cluster.nodes[0].url],
         "stuck",
-        connector=Connector(username="relay-stuck", password=SecretStr(stuck_password)),
-        timeout=1.0,
-        probe_interval=0.3,
-        probe_timeout=1.5,
+        RedisOptions(
+            Connector(username="relay-stuck", password=SecretStr(stuck_password)),
+            timeout=1.0,
+            probe_interval=0.3,
+            probe_timeout=1.5,
+        ),
         refresh_seconds=1.0,
     )
     got: list[Delivery] = []

@@ -29,6 +29,7 @@ from relay import contract
 from relay.broker import keys
 from relay.broker.base import BrokerUnavailable
 from relay.broker.connection import Connector
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.config import RedisEndpoint
 from relay.rooms import RoomPolicy
@@ -404,10 +405,7 @@ def broker_behind(sentinel: SentinelProcess, node_id: str) -> RedisBroker:
     return RedisBroker(
         [RedisEndpoint.parse(f"sentinel://{MASTER}")],
         node_id,
-        connector=connector,
-        timeout=1.0,
-        probe_interval=0.5,
-        probe_timeout=2.0,
+        RedisOptions(connector, timeout=1.0, probe_interval=0.5, probe_timeout=2.0),
     )
 
 
