@@ -3,7 +3,7 @@
 `RedisBroker` and `RedisClusterBroker` read these alike, and hand every shard's connections
 (relay.broker.redis.RedisShard) the same bounds; each broker keeps only its own extra
 keyword (the shard map's `dead_after`, the slot map's `refresh_seconds`). The defaults are
-the Settings defaults of the same RELAY_* variables (tests/unit/test_broker_redis.py holds
+the Settings defaults of the same RELAY_* variables (tests/unit/test_config.py holds
 the two together), so a test or a benchmark names only what it changes.
 """
 
