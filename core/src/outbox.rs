@@ -319,7 +319,8 @@ impl Outbox {
         })
     }
 
-    fn push(slf: &Bound<'_, Self>, payload: Bound<'_, PyBytes>) -> PyResult<()> {
+    /// Also called by members::Members::push_all, for each member's outbox.
+    pub(crate) fn push(slf: &Bound<'_, Self>, payload: Bound<'_, PyBytes>) -> PyResult<()> {
         let py = slf.py();
         let (queued, limit) = {
             let this = slf.borrow();
