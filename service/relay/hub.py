@@ -77,7 +77,8 @@ class Member(Protocol):
 
 class MemberSet(Protocol):
     """A room's local members: a set of them that pushes to all at once (relay.hub.Members,
-    or the compiled core's, see `member_sets`)."""
+    or the compiled core's, see `member_sets`, which looks a member's `push` up once, when
+    it is added: a session's is its outbox's, fixed for the session's life)."""
 
     def add(self, member: Member) -> None: ...
     def discard(self, member: Member) -> None: ...
