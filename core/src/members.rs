@@ -92,6 +92,7 @@ impl Members {
     }
 
     fn __clear__(&mut self, py: Python<'_>) {
-        self.targets = PyDict::new(py).unbind();
+        // Emptying the dict drops its references to the members, which breaks the cycle.
+        self.targets.bind(py).clear();
     }
 }
