@@ -1,13 +1,16 @@
-"""Which implementation reads the frames of open WebSocket connections (issue #18).
+"""Which implementation reads the frames of open WebSocket connections and fans events out
+(issue #18).
 
-The compiled core (`gamecluster_core`, a Rust extension built from core/) has two pieces:
+The compiled core (`gamecluster_core`, a Rust extension built from core/) has three pieces:
 - it reads a client's frames in one call per read: unmasking, framing, fragments and the
   UTF-8 check of text, where websockets' sans-I/O parser, pure Python, makes a few Python
   calls per frame. Both close a connection for the same faults with the same codes (1002,
   1007, 1009); tests/unit/test_frame_reader.py and the transport tests run both;
 - the fan-out's send queues (relay.outbox's Outbox and FlushScheduler, same methods, same
   bound and overflow policy), without a Python frame per recipient; tests/unit/
-  test_outbox.py runs both.
+  test_outbox.py runs both;
+- a room's member set (relay.hub.Members): one call per event pushes to every member's
+  outbox, natively for a session's core outbox; tests/unit/test_hub.py runs both.
 The core is an optional distribution: the relay runs without it, on the Python classes.
 
 RELAY_CORE: `auto` (the default) uses the core when it is installed; `off` never does (to
@@ -53,7 +56,8 @@ class Core:
     why: str
     """Why this one, for the start-up log line."""
     module: ModuleType | None = None
-    """gamecluster_core when in use: its Outbox and FlushScheduler (relay.outbox)."""
+    """gamecluster_core when in use: its Outbox and FlushScheduler (relay.outbox), its
+    Members (relay.hub)."""
 
 
 def select(mode: CoreMode) -> Core:

@@ -19,7 +19,7 @@ from relay.broker.slots import RedisClusterBroker
 from relay.cluster import ClusterState, NodeReport, make_state
 from relay.config import Settings
 from relay.core import select
-from relay.hub import Hub
+from relay.hub import Hub, member_sets
 from relay.metrics import Metrics
 from relay.presence import Presence
 from relay.protocol import CloseCode
@@ -55,12 +55,14 @@ class RelayNode:
         self.broker = make_broker(settings, self.metrics)
         self.metrics.watch_shards(self.broker.shards)
         policies = RoomPolicies(settings.rooms)
+        core = select(settings.core)
         self.hub = Hub(
             self.broker,
             self.metrics,
             policies,
             unsubscribe_delay=settings.unsubscribe_delay,
             catch_up_limit=settings.send_queue,
+            member_set=member_sets(core),
         )
         self.cluster: ClusterState = make_state(self.broker, settings.node_id)
         self.presence = Presence(
@@ -80,7 +82,7 @@ class RelayNode:
             self.broker,
             self.hub,
             self.metrics,
-            outbox.scheduler(select(settings.core)),
+            outbox.scheduler(core),
             policies,
             self._ended,
             self.presence,
