@@ -337,3 +337,49 @@ async def test_a_member_set_in_a_reference_cycle_is_collected(make: Make, core: 
     del member, members
     gc.collect()
     assert gone() is None
+
+
+async def test_a_push_from_inside_a_batchs_send_is_not_lost(make: Make) -> None:
+    """An emptied queue is kept for reuse (the core's `reuse`) only if nothing was queued
+    meanwhile: a push from inside the send of a batch (a queue grown past the new one's
+    first allocation) goes out next, after the batch, not dropped with the old queue."""
+    outbox, socket, _ = make(limit=100)
+    send = socket.send
+
+    def send_then_push(payload: bytes, frames: dict[bytes, bytes] | None = None) -> None:
+        send(payload, frames)
+        if len(socket.sent) == 1:
+            outbox.push(b"pushed while sending")
+
+    socket.send = send_then_push  # type: ignore[method-assign]
+    for n in range(8):
+        outbox.push(b"%d" % n)
+    await loop_turns()
+    assert socket.sent == [b"\n".join(b"%d" % n for n in range(8)), b"pushed while sending"]
+    for n in range(3):  # the kept queue starts empty: nothing of the batch is sent again
+        outbox.push(b"%d" % n)
+    outbox.flush({})
+    outbox.push(b"next")
+    await loop_turns()
+    assert socket.sent[2:] == [b"0\n1\n2", b"next"]
+
+
+async def test_an_outbox_marked_from_inside_a_flush_is_flushed_next_turn(make: Make) -> None:
+    """The scheduler's emptied list of dirty outboxes is kept for reuse only if no outbox
+    was marked meanwhile: one first pushed to from inside another's send (many dirty in
+    that turn) is still written on the next turn."""
+    outboxes = [make() for _ in range(8)]
+    late, late_socket, _ = make()
+    first_socket = outboxes[0][1]
+    send = first_socket.send
+
+    def send_then_push(payload: bytes, frames: dict[bytes, bytes] | None = None) -> None:
+        send(payload, frames)
+        late.push(b"pushed while flushing")
+
+    first_socket.send = send_then_push  # type: ignore[method-assign]
+    for outbox, _, _ in outboxes:
+        outbox.push(b"x")
+    await loop_turns()
+    assert all(socket.sent == [b"x"] for _, socket, _ in outboxes)
+    assert late_socket.sent == [b"pushed while flushing"]
