@@ -383,3 +383,29 @@ async def test_an_outbox_marked_from_inside_a_flush_is_flushed_next_turn(make: M
     await loop_turns()
     assert all(socket.sent == [b"x"] for _, socket, _ in outboxes)
     assert late_socket.sent == [b"pushed while flushing"]
+
+
+async def test_adding_an_equal_member_again_keeps_the_first_as_a_set_does(core: Core) -> None:
+    """Membership is a set's (the members' own hash and equality): adding a member equal
+    to one already there changes nothing, so events still go to the first one's `push`,
+    as with set.add, not to the later one's."""
+    pushed: list[tuple[str, bytes]] = []
+
+    class Keyed:
+        def __init__(self, key: int, name: str) -> None:
+            self.key = key
+            self.push = lambda payload: pushed.append((name, payload))
+
+        def __hash__(self) -> int:
+            return hash(self.key)
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Keyed) and other.key == self.key
+
+    members = member_set(core)
+    first, again = Keyed(1, "first"), Keyed(1, "again")
+    members.add(first)
+    members.add(again)
+    assert len(members) == 1 and again in members
+    assert members.push_all(b"e") == 1
+    assert pushed == [("first", b"e")]
