@@ -35,6 +35,12 @@ impl Members {
 
     fn add(&self, member: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = member.py();
+        let targets = self.targets.bind(py);
+        // As set.add: a member equal to one already here changes nothing (the first one
+        // stays, and so does what it is pushed to).
+        if targets.contains(member)? {
+            return Ok(());
+        }
         let push = member.getattr(intern!(py, "push"))?;
         // Only the Outbox's own (compiled) method is bypassed: a Python method bound to
         // an outbox (a subclass's override) is called like any other.
@@ -45,7 +51,7 @@ impl Members {
             },
             Err(_) => push,
         };
-        self.targets.bind(py).set_item(member, target)
+        targets.set_item(member, target)
     }
 
     fn discard(&self, member: &Bound<'_, PyAny>) -> PyResult<()> {
