@@ -43,7 +43,12 @@ class FrameReaderType(Protocol):
 
 
 class CoreMissing(Exception):
-    """RELAY_CORE=on and the compiled core is not installed."""
+    """RELAY_CORE=on and the compiled core is not installed (or lacks a piece)."""
+
+
+PIECES = ("FrameReader", "Outbox", "FlushScheduler", "Members")
+"""What the relay takes from the core. An installed core built from an older tree (a
+wheel left in core/dist: the version does not say) may lack one; it is then not used."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,15 @@ def select(mode: CoreMode) -> Core:
                 "install it (pip install ./core) or set RELAY_CORE=auto"
             ) from exc
         return Core(None, "python", f"gamecluster-core not installed ({exc})")
+    lacking = [piece for piece in PIECES if not hasattr(gamecluster_core, piece)]
+    if lacking:
+        stale = (
+            f"gamecluster-core {gamecluster_core.__version__} lacks {', '.join(lacking)} "
+            "(built from an older tree: rebuild it, make venv or make core-wheel)"
+        )
+        if mode == "on":
+            raise CoreMissing(f"RELAY_CORE=on but the installed {stale}")
+        return Core(None, "python", stale)
     return Core(
         gamecluster_core.FrameReader,
         "rust",
