@@ -409,3 +409,20 @@ async def test_adding_an_equal_member_again_keeps_the_first_as_a_set_does(core: 
     assert len(members) == 1 and again in members
     assert members.push_all(b"e") == 1
     assert pushed == [("first", b"e")]
+
+
+async def test_a_member_whose_push_is_another_outbox_method_is_called(
+    make: Make, core: Core
+) -> None:
+    """Only the outbox's `push` is taken as the outbox: a member whose `push` is another
+    of its methods is called (here it takes no payload: a TypeError out of push_all), not
+    treated as a push into that outbox."""
+    outbox, socket, _ = make()
+    odd = Joined(outbox)
+    odd.push = outbox._resumed
+    members = member_set(core)
+    members.add(odd)
+    with pytest.raises(TypeError):
+        members.push_all(b"x")
+    await loop_turns()
+    assert socket.sent == []
