@@ -42,14 +42,21 @@ impl Members {
             return Ok(());
         }
         let push = member.getattr(intern!(py, "push"))?;
-        // Only the Outbox's own (compiled) method is bypassed: a Python method bound to
-        // an outbox (a subclass's override) is called like any other.
+        // Only the Outbox's own (compiled) `push` is bypassed: a Python method bound to
+        // an outbox (a subclass's override), or another of its compiled methods, is
+        // called like any other.
         let target = match push.cast::<PyCFunction>() {
-            Ok(method) => match method.getattr(intern!(py, "__self__")) {
-                Ok(owner) if owner.is_instance_of::<Outbox>() => owner,
-                _ => push,
-            },
-            Err(_) => push,
+            Ok(method)
+                if method
+                    .getattr(intern!(py, "__name__"))?
+                    .eq(intern!(py, "push"))? =>
+            {
+                match method.getattr(intern!(py, "__self__")) {
+                    Ok(owner) if owner.is_instance_of::<Outbox>() => owner,
+                    _ => push,
+                }
+            }
+            _ => push,
         };
         targets.set_item(member, target)
     }
