@@ -32,7 +32,9 @@ COPY clients/python ./clients/python
 # The relay's compiled core (core/, Rust) as a wheel built beforehand on the host with
 # `make core-wheel` (core/dist): this stage has no Rust toolchain. dis[t]: without that
 # wheel the image still builds, and its relay runs the pure-Python path (RELAY_CORE=auto;
-# its start-up log and relay_core_info say which).
+# its start-up log and relay_core_info say which). The pin below is the core's own
+# version, raised whenever its classes change: a wheel left from an older core/ fails here
+# (no matching distribution) instead of starting relays that fall back to Python.
 COPY core/pyproject.toml core/dis[t] ./core/
 # Every wheel (ours, the client's and the pinned dependencies) is built here, so the
 # runtime stage installs offline from /wheels and needs no compiler.
@@ -43,7 +45,7 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python ".[operator]" 
         --find-links /wheels "gamecluster[operator]==0.1.0" \
  && if [ -n "$(find ./core -name 'gamecluster_core-*.whl')" ]; then \
       pip --python /opt/venv/bin/python install --no-cache-dir --no-index \
-          --find-links ./core "gamecluster-core==0.1.0"; \
+          --find-links ./core "gamecluster-core==0.2.0"; \
     else \
       echo "WARNING: no core/dist/gamecluster_core-*.whl (run 'make core-wheel' first):" \
            "this image has no compiled core; its relay runs the pure-Python path" >&2; \

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from relay.broker import commands, keys, lua
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.rooms import RoomPolicy
 from support.processes import LOOPBACK, RedisProcess, wait_until
@@ -61,11 +62,13 @@ def broker(url: str, ack_replicas: int) -> RedisBroker:
     return RedisBroker(
         (url,),
         f"bench-{ack_replicas}",
-        timeout=2.0,
-        probe_interval=1.0,
-        probe_timeout=1.0,
-        ack_replicas=ack_replicas,
-        ack_timeout=ACK_TIMEOUT,
+        RedisOptions(
+            timeout=2.0,
+            probe_interval=1.0,
+            probe_timeout=1.0,
+            ack_replicas=ack_replicas,
+            ack_timeout=ACK_TIMEOUT,
+        ),
     )
 
 

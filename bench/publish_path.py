@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from relay.broker import commands, keys, lua
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.rooms import RoomPolicy
 from support.processes import RedisProcess
@@ -62,7 +63,7 @@ async def main(url: str, n: int, concurrency: int, repeat: int) -> None:
     script = client.register_script(lua.PUBLISH_DURABLE)
     lean = commands.CommandConnection(client, url=url, timeout=2.0)
     lean_script = commands.Script(lua.PUBLISH_DURABLE)
-    broker = RedisBroker((url,), "bench", timeout=2.0, probe_interval=1.0, probe_timeout=1.0)
+    broker = RedisBroker((url,), "bench", RedisOptions(probe_interval=1.0, probe_timeout=1.0))
     await broker.start()  # a room of a shard not live yet is refused at once
     for _ in range(200):
         if broker.ready:

@@ -26,6 +26,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from relay.broker import Broker, BrokerUnavailable, keys
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.broker.slots import RedisClusterBroker
 from relay.rooms import RoomPolicy
@@ -70,8 +71,9 @@ async def failover(workdir: Path, coverage: str) -> None:
     try:
         broker = await ready(
             RedisClusterBroker(
-                [cluster.nodes[0].url], "bench", timeout=1.0, probe_interval=0.3,
-                probe_timeout=1.0, refresh_seconds=1.0,
+                [cluster.nodes[0].url], "bench",
+                RedisOptions(timeout=1.0, probe_interval=0.3, probe_timeout=1.0),
+                refresh_seconds=1.0,
             )
         )  # fmt: skip
         room = "duel"
@@ -121,11 +123,11 @@ async def main(n: int, concurrency: int) -> None:
             print(f"{'broker':44} {'publishes/s':>12} {'p50 ms':>8} {'p99 ms':>8}")
             for name, broker in (
                 ("RedisBroker, 1 redis-server", RedisBroker(
-                    (single.url,), "bench", timeout=2.0, probe_interval=1.0, probe_timeout=1.0
+                    (single.url,), "bench", RedisOptions(probe_interval=1.0, probe_timeout=1.0)
                 )),
                 ("RedisClusterBroker, 3 masters", RedisClusterBroker(
-                    (cluster.nodes[0].url,), "bench", timeout=2.0, probe_interval=1.0,
-                    probe_timeout=1.0,
+                    (cluster.nodes[0].url,), "bench",
+                    RedisOptions(probe_interval=1.0, probe_timeout=1.0),
                 )),
             ):  # fmt: skip
                 await ready(broker)

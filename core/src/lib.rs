@@ -1,5 +1,5 @@
 //! The relay's compiled core (issue #18): the client frame reader of open WebSocket
-//! connections.
+//! connections; the fan-out's send queues (outbox.rs) and a room's members (members.rs).
 //!
 //! `FrameReader` turns the bytes a client sends into complete messages: it unmasks and
 //! parses frames, joins fragments and checks text as UTF-8, in one call per read, where
@@ -15,6 +15,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 
+mod members;
 mod outbox;
 
 const OP_CONT: u8 = 0x0;
@@ -395,6 +396,7 @@ fn gamecluster_core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<FrameReader>()?;
     module.add_class::<outbox::Outbox>()?;
     module.add_class::<outbox::FlushScheduler>()?;
+    module.add_class::<members::Members>()?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

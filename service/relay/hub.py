@@ -27,6 +27,7 @@ from typing import Protocol, TypeVar
 
 from relay import protocol, tracing
 from relay.broker import Broker, BrokerUnavailable, Delivery, History
+from relay.core import Core
 from relay.metrics import Metrics
 from relay.protocol import Position
 from relay.rooms import RoomPolicies, RoomPolicy
@@ -72,6 +73,45 @@ class Member(Protocol):
 
     def overflow(self) -> None:
         """Its catch-up buffer is full: drop it as a slow consumer (it resumes with since)."""
+
+
+class MemberSet(Protocol):
+    """A room's local members: a set of them that pushes to all at once (relay.hub.Members,
+    or the compiled core's, see `member_sets`, which looks a member's `push` up once, when
+    it is added: a session's is its outbox's, fixed for the session's life)."""
+
+    def add(self, member: Member) -> None: ...
+    def discard(self, member: Member) -> None: ...
+    def __contains__(self, member: object) -> bool: ...
+    def __len__(self) -> int: ...
+    def push_all(self, payload: bytes) -> int:
+        """`member.push(payload)` for each member; how many were pushed to."""
+
+
+class Members(set[Member]):
+    """The pure-Python MemberSet: the fallback (RELAY_CORE=off, no core installed) and the
+    reference for the compiled core's (gamecluster_core.Members; tests/unit/test_hub.py
+    runs both)."""
+
+    __slots__ = ()
+
+    def push_all(self, payload: bytes) -> int:
+        # Over a snapshot: a push may change the set (an overflow drops a slow consumer,
+        # which may leave its rooms); a member removed meanwhile is still pushed to (a
+        # no-op on its closed outbox), one added meanwhile is not.
+        members = tuple(self)
+        for member in members:
+            member.push(payload)
+        return len(members)
+
+
+def member_sets(core: Core) -> Callable[[], MemberSet]:
+    """What makes a room's member set: the compiled core's when it is in use (its loop
+    pushes to the sessions' core outboxes without a Python call each), else Members."""
+    if core.module is not None:
+        made: Callable[[], MemberSet] = core.module.Members
+        return made
+    return Members
 
 
 class PresenceObserver(Protocol):
@@ -138,8 +178,8 @@ class _Room:
         "unsubscribe_timer",
     )
 
-    def __init__(self, subscribed: asyncio.Future[None]) -> None:
-        self.members: set[Member] = set()
+    def __init__(self, subscribed: asyncio.Future[None], members: MemberSet) -> None:
+        self.members = members
         self.catching_up: dict[Member, _CatchUp] = {}
         self.subscribed = subscribed
         self.unsubscribe_timer: asyncio.TimerHandle | None = None
@@ -160,7 +200,10 @@ class Hub:
         *,
         unsubscribe_delay: float,
         catch_up_limit: int = 1000,
+        member_set: Callable[[], MemberSet] = Members,
     ) -> None:
+        self._member_set = member_set
+        """Makes a room's MemberSet (`member_sets`)."""
         self._join_reads: dict[str, asyncio.Semaphore] = {}
         self._waiting: set[Member] = set()
         """Joining members whose join waits for a read slot or for another join's first
@@ -375,20 +418,16 @@ class Hub:
 
     def _fan_out(self, entry: _Room, delivery: Delivery) -> None:
         span = tracing.process_start(delivery) if tracing.tracer is not None else None
-        payload = delivery.payload
-        for member in entry.members:
-            member.push(payload)
+        delivered = entry.members.push_all(delivery.payload)
         for buffer in entry.catching_up.values():
             buffer.add(delivery)
-        self._metrics.delivered.inc(len(entry.members))
+        self._metrics.delivered.inc(delivered)
         self._metrics.delivery_latency.observe(max(0.0, time.time() - delivery.ts / 1000))
         if span is not None:
             tracing.process_end(span, len(entry.members))
 
     def _notify_resync(self, entry: _Room, room: str, offset: int, epoch: str) -> None:
-        notice = protocol.joined(room, offset, epoch, False, None)
-        for member in entry.members:
-            member.push(notice)
+        entry.members.push_all(protocol.joined(room, offset, epoch, False, None))
 
     async def _next_page(
         self, member: Member, room: str, policy: RoomPolicy, result: JoinResult, last: int
@@ -459,7 +498,7 @@ class Hub:
             # until RecursionError (seen in a resume storm: bench/resume_storm.py).
             self._forget_unsubscribe(room, pending)
             return await self._subscribed(room, policy, member)
-        entry = _Room(asyncio.get_running_loop().create_future())
+        entry = _Room(asyncio.get_running_loop().create_future(), self._member_set())
         self._rooms[room] = entry
         subscribed = False
         try:

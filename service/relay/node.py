@@ -11,15 +11,15 @@ from starlette.responses import PlainTextResponse
 
 from relay import __version__, auth, control, outbox, tracing
 from relay.broker import Broker, BrokerUnavailable, describe, shardmap
-from relay.broker.connection import Connector
 from relay.broker.memory import MemoryBroker
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.broker.shardmap import PHASES, MapState, ShardMapError, now_ms
 from relay.broker.slots import RedisClusterBroker
 from relay.cluster import ClusterState, NodeReport, make_state
 from relay.config import Settings
 from relay.core import select
-from relay.hub import Hub
+from relay.hub import Hub, member_sets
 from relay.metrics import Metrics
 from relay.presence import Presence
 from relay.protocol import CloseCode
@@ -36,30 +36,13 @@ PRESENCE_DEAD_AFTER_REPORTS = 3
 def make_broker(settings: Settings, metrics: Metrics) -> Broker:
     if not settings.redis_urls:
         return MemoryBroker(settings.node_id, dedupe_seconds=settings.dedupe_seconds)
+    options = RedisOptions.from_settings(settings, on_reconnect=metrics.redis_reconnects.inc)
     if settings.redis_cluster:
-        return RedisClusterBroker(
-            settings.redis_endpoints,
-            settings.node_id,
-            connector=Connector.from_settings(settings),
-            timeout=settings.redis_timeout,
-            probe_interval=settings.probe_interval,
-            probe_timeout=settings.probe_timeout,
-            dedupe_seconds=settings.dedupe_seconds,
-            ack_replicas=settings.redis_ack_replicas,
-            ack_timeout=settings.redis_ack_timeout,
-            on_reconnect=metrics.redis_reconnects.inc,
-        )
+        return RedisClusterBroker(settings.redis_endpoints, settings.node_id, options)
     return RedisBroker(
         settings.redis_endpoints,
         settings.node_id,
-        connector=Connector.from_settings(settings),
-        timeout=settings.redis_timeout,
-        probe_interval=settings.probe_interval,
-        probe_timeout=settings.probe_timeout,
-        dedupe_seconds=settings.dedupe_seconds,
-        ack_replicas=settings.redis_ack_replicas,
-        ack_timeout=settings.redis_ack_timeout,
-        on_reconnect=metrics.redis_reconnects.inc,
+        options,
         dead_after=PRESENCE_DEAD_AFTER_REPORTS * settings.load_report_seconds,
     )
 
@@ -72,12 +55,14 @@ class RelayNode:
         self.broker = make_broker(settings, self.metrics)
         self.metrics.watch_shards(self.broker.shards)
         policies = RoomPolicies(settings.rooms)
+        core = select(settings.core)
         self.hub = Hub(
             self.broker,
             self.metrics,
             policies,
             unsubscribe_delay=settings.unsubscribe_delay,
             catch_up_limit=settings.send_queue,
+            member_set=member_sets(core),
         )
         self.cluster: ClusterState = make_state(self.broker, settings.node_id)
         self.presence = Presence(
@@ -97,7 +82,7 @@ class RelayNode:
             self.broker,
             self.hub,
             self.metrics,
-            outbox.scheduler(select(settings.core)),
+            outbox.scheduler(core),
             policies,
             self._ended,
             self.presence,

@@ -10,6 +10,7 @@ drifting away from what production runs.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from relay import protocol
 from relay.broker import Broker, Delivery, History
 from relay.broker.memory import MemoryBroker
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.broker.slots import RedisClusterBroker
 from relay.rooms import RoomPolicy
@@ -59,6 +61,9 @@ class Feed:
 
 @pytest.fixture(params=["memory", "redis", "cluster"])
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    options = RedisOptions(
+        timeout=1.0, probe_interval=0.5, probe_timeout=1.5, dedupe_seconds=DEDUPE_SECONDS
+    )
     if request.param == "memory":
         made: Broker = MemoryBroker("node-a", dedupe_seconds=DEDUPE_SECONDS)
     elif request.param == "cluster":
@@ -66,24 +71,10 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         # nodes. A seed is enough: the broker reads the slot map from it.
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
         cluster.flush()
-        made = RedisClusterBroker(
-            cluster.urls[:1],
-            "node-a",
-            timeout=1.0,
-            probe_interval=0.5,
-            probe_timeout=1.5,
-            dedupe_seconds=DEDUPE_SECONDS,
-        )
+        made = RedisClusterBroker(cluster.urls[:1], "node-a", options)
     else:
         server: RedisProcess = request.getfixturevalue("redis")
-        made = RedisBroker(
-            (server.url,),
-            "node-a",
-            timeout=1.0,
-            probe_interval=0.5,
-            probe_timeout=1.5,
-            dedupe_seconds=DEDUPE_SECONDS,
-        )
+        made = RedisBroker((server.url,), "node-a", options)
     await made.start()
     await eventually(lambda: made.ready, 10, f"the {request.param} broker to be ready")
     yield made
@@ -194,13 +185,26 @@ async def test_a_room_idle_past_its_ttl_loses_its_history_and_reads_do_not_keep_
     short = RoomPolicy(policy="durable", history_size=5, history_ttl_seconds=1)
     for n in range(3):
         await publish(broker, "t", n, short)
+    idle_since = time.monotonic()  # the TTL runs from the last publish, a little earlier
     before = await broker.history("t", 0, short)
     assert [d.offset for d in before.entries] == [1, 2, 3]
-    # Idle means no publish: a join reading the history halfway must not extend the TTL.
-    await asyncio.sleep(0.6)
-    assert recoverable(await broker.history("t", 1, short), before.epoch, 1)
-    await asyncio.sleep(0.9)
-    after = await broker.history("t", 1, short)
+    # Idle means no publish: reads (a join's; here one every 50 ms) must not extend the
+    # TTL. Were they to, these reads would keep the history for as long as they go on.
+    # The expiry itself is a matter of time: awaited as a state, with no sleep for it.
+    whole_at: list[float] = []
+    reads: list[History] = []
+
+    async def expired() -> bool:
+        reads.append(await broker.history("t", 1, short))
+        if recoverable(reads[-1], before.epoch, 1):
+            whole_at.append(time.monotonic() - idle_since)
+            return False
+        return True
+
+    await eventually(expired, 5 * short.history_ttl_seconds, "the history to expire while read")
+    # Whole for at least half its TTL (a read sees all of it until then) and then gone.
+    assert whole_at and whole_at[-1] >= 0.5 * short.history_ttl_seconds, whole_at
+    after = reads[-1]
     assert after.entries == []
     assert not recoverable(after, before.epoch, 1)
     # The room goes on: the next event continues from the position now announced.

@@ -9,6 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from gamecluster_client import Connection as RelayClient
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.config import RedisEndpoint
 from support.processes import RedisProcess
@@ -108,8 +109,12 @@ async def test_adding_a_shard_moves_a_minority_of_rooms_and_they_report_not_reco
     shards = [redis_factory() for _ in range(3)]
     two, three = [s.url for s in shards[:2]], [s.url for s in shards]
     rooms = [f"shard-test:{n}" for n in range(40)]
-    before = RedisBroker(tuple(two), "x", timeout=1, probe_interval=1, probe_timeout=1)
-    after = RedisBroker(tuple(three), "x", timeout=1, probe_interval=1, probe_timeout=1)
+    before = RedisBroker(
+        tuple(two), "x", RedisOptions(timeout=1, probe_interval=1, probe_timeout=1)
+    )
+    after = RedisBroker(
+        tuple(three), "x", RedisOptions(timeout=1, probe_interval=1, probe_timeout=1)
+    )
     moved = {r for r in rooms if before.shard_for(r).url != after.shard_for(r).url}
     # Which rooms move depends on the (random) ports; that only a minority moves is
     # measured over 1,000 names in tests/unit/test_broker_redis.py.

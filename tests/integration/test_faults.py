@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from gamecluster_client import Connection as RelayClient
 from gamecluster_client import ServerError as RelayError
 from relay.broker import BrokerUnavailable, keys
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.rooms import RoomPolicy
 from support.metrics import metric_value
@@ -141,9 +142,7 @@ async def test_an_unreachable_redis_is_reported_with_what_happened() -> None:
     broker = RedisBroker(
         (f"redis://127.0.0.1:{port}",),
         "node-a",
-        timeout=1.0,
-        probe_interval=0.5,
-        probe_timeout=1.0,
+        RedisOptions(timeout=1.0, probe_interval=0.5, probe_timeout=1.0),
     )
     reasons: list[str] = []
 

@@ -24,6 +24,7 @@ from relay.api.client import ApiCallError, AsyncRelayApi
 from relay.broker import keys
 from relay.broker.base import BrokerUnavailable, NotReplicated
 from relay.broker.connection import Connector
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.rooms import RoomPolicy
 from support import redis_acl
@@ -57,12 +58,14 @@ def broker(master: RedisProcess, node: str, *, ack_timeout: float = ACK_TIMEOUT)
     return RedisBroker(
         [master.url],
         node,
-        connector=connector,
-        timeout=1.0,
-        probe_interval=0.5,
-        probe_timeout=1.0,
-        ack_replicas=1,
-        ack_timeout=ack_timeout,
+        RedisOptions(
+            connector,
+            timeout=1.0,
+            probe_interval=0.5,
+            probe_timeout=1.0,
+            ack_replicas=1,
+            ack_timeout=ack_timeout,
+        ),
     )
 
 
@@ -213,12 +216,14 @@ async def test_a_volatile_publish_is_not_held_behind_a_durable_one_waiting_for_r
     slow = RedisBroker(
         [master.url],
         "a",
-        connector=connector,
-        timeout=10.0,
-        probe_interval=0.5,
-        probe_timeout=1.0,
-        ack_replicas=1,
-        ack_timeout=5.0,  # long: the check below is ordered by events, not by time
+        RedisOptions(
+            connector,
+            timeout=10.0,
+            probe_interval=0.5,
+            probe_timeout=1.0,
+            ack_replicas=1,
+            ack_timeout=5.0,  # long: the check below is ordered by events, not by time
+        ),
     )
     await started(slow, brokers)
     await slow.publish("warm", 0, ts=1, policy=DURABLE)  # connection open, script loaded

@@ -46,6 +46,7 @@ from relay import auth, contract
 from relay.api.client import AsyncRelayApi
 from relay.broker import BrokerUnavailable, Delivery, keys
 from relay.broker.connection import Connector
+from relay.broker.options import RedisOptions
 from relay.broker.slots import RedisClusterBroker
 from relay.rooms import RoomPolicy
 from support import redis_acl
@@ -378,13 +379,15 @@ async def brokers(
         RedisClusterBroker(
             [seed.url],
             name,
-            connector=connector(),
-            timeout=1.0,
-            probe_interval=0.3,
-            probe_timeout=1.5,
+            RedisOptions(
+                connector(),
+                timeout=1.0,
+                probe_interval=0.3,
+                probe_timeout=1.5,
+                ack_replicas=ack_replicas,
+                ack_timeout=0.5,
+            ),
             refresh_seconds=1.0,
-            ack_replicas=ack_replicas,
-            ack_timeout=0.5,
         )
         for name in names
     ]
@@ -744,6 +747,34 @@ async def history_when_available(broker: RedisClusterBroker, room: str, after: i
     raise AssertionError(f"the history of {room} stayed unavailable")
 
 
+async def promote_a_replica_lacking_acked_events(
+    cluster: RedisCluster, room: str
+) -> tuple[str, Any]:
+    """Events 1..3 of `room` acked and replicated, 4..6 acked on its master only (the
+    replica stopped and cut off), the master SIGKILLed and the replica promoted, by a
+    relay server closed since: returns the room's epoch then and the promoted replica."""
+    master = cluster.owner(keys.slot_of_room(room))
+    replica = _replica_of(cluster, master)
+    assert replica.proc is not None
+    async with brokers(cluster, "before") as (broker,):
+        kept = [await publish_acked(broker, room, n) for n in range(3)]
+        assert cluster.client(master).execute_command("WAIT", 1, 5000) == 1
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        # The replication link cut while the replica cannot reconnect: 4..6 stay on the
+        # master (a stopped replica alone would still read them from its socket buffer).
+        cluster.client(master).execute_command("CLIENT KILL TYPE replica")
+        try:
+            lost = [await publish_acked(broker, room, n) for n in range(3, 6)]
+        except BaseException:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+            raise
+    assert [offset for offset, _ in kept + lost] == [1, 2, 3, 4, 5, 6]
+    master.kill()  # the replica never received 4..6
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    assert await asyncio.to_thread(cluster.wait_failover, master) is replica
+    return kept[0][1], replica
+
+
 async def test_review_a_relay_that_missed_the_failover_still_changes_the_epoch(
     replicated_cluster: RedisCluster,
 ) -> None:
@@ -760,26 +791,7 @@ async def test_review_a_relay_that_missed_the_failover_still_changes_the_epoch(
     marker on the promoted replica (its `master_replid2`) and starts new epochs."""
     cluster = replicated_cluster
     room = "missed-failover"
-    master = cluster.owner(keys.slot_of_room(room))
-    replica = _replica_of(cluster, master)
-    assert replica.proc is not None
-    async with brokers(cluster, "before") as (broker,):
-        kept = [await publish_acked(broker, room, n) for n in range(3)]
-        epoch = kept[0][1]
-        assert cluster.client(master).execute_command("WAIT", 1, 5000) == 1
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        # The replication link cut while the replica cannot reconnect: 4..6 stay on the
-        # master (a stopped replica alone would still read them from its socket buffer).
-        cluster.client(master).execute_command("CLIENT KILL TYPE replica")
-        try:
-            lost = [await publish_acked(broker, room, n) for n in range(3, 6)]
-        except BaseException:
-            os.kill(replica.proc.pid, signal.SIGCONT)
-            raise
-    assert [offset for offset, _ in kept + lost] == [1, 2, 3, 4, 5, 6]
-    master.kill()  # the replica never received 4..6
-    os.kill(replica.proc.pid, signal.SIGCONT)
-    assert await asyncio.to_thread(cluster.wait_failover, master) is replica
+    epoch, _ = await promote_a_replica_lacking_acked_events(cluster, room)
     async with brokers(cluster, "after") as (fresh,):
         history = await history_when_available(fresh, room, 3)
         # Either the acked events are there, or the room's epoch changed.
@@ -868,10 +880,12 @@ async def test_review_a_relay_that_cannot_fence_one_node_still_follows_a_migrati
     stuck = RedisClusterBroker(
         [cluster.nodes[0].url],
         "stuck",
-        connector=Connector(username="relay-stuck", password=SecretStr(stuck_password)),
-        timeout=1.0,
-        probe_interval=0.3,
-        probe_timeout=1.5,
+        RedisOptions(
+            Connector(username="relay-stuck", password=SecretStr(stuck_password)),
+            timeout=1.0,
+            probe_interval=0.3,
+            probe_timeout=1.5,
+        ),
         refresh_seconds=1.0,
     )
     got: list[Delivery] = []
@@ -1080,24 +1094,7 @@ async def test_review_a_promoted_replica_restarted_before_any_check_still_change
     names the node that wrote it, and this node is another one."""
     cluster = replicated_aof_cluster
     room = "promoted-then-restarted"
-    master = cluster.owner(keys.slot_of_room(room))
-    replica = _replica_of(cluster, master)
-    assert replica.proc is not None
-    async with brokers(cluster, "before") as (broker,):
-        kept = [await publish_acked(broker, room, n) for n in range(3)]
-        epoch = kept[0][1]
-        assert cluster.client(master).execute_command("WAIT", 1, 5000) == 1
-        os.kill(replica.proc.pid, signal.SIGSTOP)
-        cluster.client(master).execute_command("CLIENT KILL TYPE replica")
-        try:
-            lost = [await publish_acked(broker, room, n) for n in range(3, 6)]
-        except BaseException:
-            os.kill(replica.proc.pid, signal.SIGCONT)
-            raise
-    assert [offset for offset, _ in kept + lost] == [1, 2, 3, 4, 5, 6]
-    master.kill()  # the replica never received 4..6
-    os.kill(replica.proc.pid, signal.SIGCONT)
-    assert await asyncio.to_thread(cluster.wait_failover, master) is replica
+    epoch, replica = await promote_a_replica_lacking_acked_events(cluster, room)
     replica.stop()  # a clean SHUTDOWN: its AOF has events 1..3
     replica.start()
     await asyncio.to_thread(

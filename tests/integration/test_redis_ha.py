@@ -246,6 +246,26 @@ class Shard:
             and up["master_repl_offset"] == down["master_repl_offset"]
         )
 
+    def start(self) -> None:
+        """Pod 0 and pod 1, then the Sentinels once pod 1 has synced (as the replication
+        user; over TLS with `tls`), as a new shard comes up; until each Sentinel knows the
+        replica and its two peers (a failover can be authorised)."""
+        for pod in self.pods:
+            pod.start()
+        over = " over TLS" if self.tls is not None else ""
+        wait_until(lambda: self.synced(0, 1), 15, f"pod 1 to replicate pod 0{over}")
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_until(
+            lambda: all(
+                len(self.sentinel(i).sentinel_slaves(self.shard_name)) == 1
+                and self.sentinel(i).sentinel_master(self.shard_name)["num-other-sentinels"] == 2
+                for i in range(3)
+            ),
+            30,
+            f"every Sentinel to see the replica and the other Sentinels{over}",
+        )
+
     def stop(self) -> None:
         for pod in (*self.sentinels, *self.pods):
             stop_process(pod.proc)
@@ -268,25 +288,11 @@ async def test_a_shard_fails_over_and_its_old_master_returns_as_a_replica(
     shard: Shard, relay_factory, tmp_path: Path
 ) -> None:
     pod0, pod1 = shard.pods
-    # A new shard: no Sentinel answers yet, so pod 0 starts as master, pod 1 replicates it.
-    pod0.start()
-    pod1.start()
+    shard.start()
+    # A new shard: no Sentinel answered yet, so pod 0 started as master, pod 1 replicated it.
     assert "pod 0 starts as master" in pod0.log.read_text()
     assert "replicating pod 0" in pod1.log.read_text()
     assert role(shard.client(0)) == ("master", None)
-    wait_until(lambda: shard.synced(0, 1), 15, "pod 1 to replicate pod 0 as the replication user")
-    for sentinel in shard.sentinels:
-        sentinel.start()
-    # Each Sentinel knows the replica and its two peers: a failover can be authorised.
-    wait_until(
-        lambda: all(
-            len(shard.sentinel(i).sentinel_slaves(shard.shard_name)) == 1
-            and shard.sentinel(i).sentinel_master(shard.shard_name)["num-other-sentinels"] == 2
-            for i in range(3)
-        ),
-        30,
-        "every Sentinel to see the replica and the other Sentinels",
-    )
     assert {shard.master_port(i) for i in range(3)} == {pod0.port}
     # The Sentinels require their password (rendered requirepass): nobody asks without it.
     with pytest.raises(redis.AuthenticationError):
@@ -428,20 +434,7 @@ async def test_with_tls_a_shard_replicates_fails_over_and_serves_relays_over_tls
     shard = tls_shard
     assert shard.tls is not None
     pod0, pod1 = shard.pods
-    pod0.start()
-    pod1.start()
-    wait_until(lambda: shard.synced(0, 1), 15, "pod 1 to replicate pod 0 over TLS")
-    for sentinel in shard.sentinels:
-        sentinel.start()
-    wait_until(
-        lambda: all(
-            len(shard.sentinel(i).sentinel_slaves(shard.shard_name)) == 1
-            and shard.sentinel(i).sentinel_master(shard.shard_name)["num-other-sentinels"] == 2
-            for i in range(3)
-        ),
-        30,
-        "every Sentinel to see the replica and the other Sentinels over TLS",
-    )
+    shard.start()
     # Addresses handed out by name, never by IP: what the certificate can be checked against.
     found = shard.sentinel(0).sentinel_get_master_addr_by_name(shard.shard_name)
     assert (found[0].decode(), int(found[1])) == (TLS_HOST, pod0.port)

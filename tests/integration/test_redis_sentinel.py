@@ -29,6 +29,7 @@ from relay import contract
 from relay.broker import keys
 from relay.broker.base import BrokerUnavailable
 from relay.broker.connection import Connector
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.config import RedisEndpoint
 from relay.rooms import RoomPolicy
@@ -82,6 +83,22 @@ def relay_env(sentinel: SentinelProcess) -> dict[str, str]:
         contract.ENV_REDIS_USERNAME: contract.RELAY_REDIS_USER,
         contract.ENV_REDIS_PASSWORD: redis_acl.RELAY_PASSWORD,
     }
+
+
+async def promoted_with_no_relay_running(
+    sentinel_set: tuple[RedisProcess, RedisProcess, SentinelProcess], relay_factory
+) -> tuple[str, bytes | None]:
+    """A relay server acks events of room `match` past the replica (acked_past_the_replica)
+    and stops; then, with no relay server running, the replica is promoted. Returns the
+    room's epoch and the history marker on the master when the relay server stopped."""
+    master, replica, sentinel = sentinel_set
+    first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=relay_env(sentinel))
+    async with RelayClient(first.url) as publisher:
+        epoch = await acked_past_the_replica(publisher, "match", master, replica)
+        marked: bytes | None = redis_acl.admin(master).get(keys.HISTORY_MARKER)
+    first.stop()
+    await promote_the_replica(master, replica, sentinel)
+    return epoch, marked
 
 
 async def test_a_failover_to_a_replica_that_missed_acked_writes_starts_a_new_epoch(
@@ -139,14 +156,9 @@ async def test_a_relay_started_after_a_promotion_that_lost_acked_writes_starts_a
     (keys.HISTORY_MARKER, replicated: the promoted replica's `master_replid2`), that the
     new master continued the marked history and may lack acked writes, and starts new
     epochs before it serves anything there."""
-    master, replica, sentinel = sentinel_set
-    assert replica.proc is not None
+    _master, replica, sentinel = sentinel_set
     env = relay_env(sentinel)
-    first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
-    async with RelayClient(first.url) as publisher:
-        epoch = await acked_past_the_replica(publisher, "match", master, replica)
-    first.stop()  # the whole fleet is gone during the failover
-    await promote_the_replica(master, replica, sentinel)
+    epoch, _ = await promoted_with_no_relay_running(sentinel_set, relay_factory)
     later = relay_factory("b", redis_urls=[f"sentinel://{MASTER}"], env=env)
     async with RelayClient(later.url) as resuming:
         joined = await resuming.join("match", since={"epoch": epoch, "offset": 5})
@@ -203,15 +215,10 @@ async def test_two_failovers_with_no_relay_running_in_between_start_a_new_epoch(
     (`master_replid2`), so the marker names neither of its ids. A master that continued a
     history was promoted, not merely restarted (a restart leaves `master_replid2` unset),
     so that is a failover too: new epochs, not the same history with acked events gone."""
-    master, replica, sentinel = sentinel_set
-    assert replica.proc is not None
+    master, _replica, sentinel = sentinel_set
     env = relay_env(sentinel)
-    first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
-    async with RelayClient(first.url) as publisher:
-        epoch = await acked_past_the_replica(publisher, "match", master, replica)
-        marked = redis_acl.admin(master).get(keys.HISTORY_MARKER)
-    first.stop()  # no relay server runs from here until the end of the second failover
-    await promote_the_replica(master, replica, sentinel)
+    # No relay server runs from here until the end of the second failover.
+    epoch, marked = await promoted_with_no_relay_running(sentinel_set, relay_factory)
     # The old master comes back (empty: no persistence), is made a replica of the new one
     # by the Sentinel, syncs, and is promoted back.
     master.start()
@@ -253,17 +260,12 @@ async def test_a_promoted_replica_restarted_before_any_check_still_starts_a_new_
     marker names the address it was written at, the old master's: this one was promoted,
     new epochs (not the same history with acked events gone)."""
     master, replica, sentinel = sentinel_set
-    assert replica.proc is not None
     env = relay_env(sentinel)
     # The replica keeps an AOF from here (it restarts with its data below).
     assert redis_acl.admin(replica).config_set("appendonly", "yes")
-    first = relay_factory("a", redis_urls=[f"sentinel://{MASTER}"], env=env)
-    async with RelayClient(first.url) as publisher:
-        epoch = await acked_past_the_replica(publisher, "match", master, replica)
-        marked = redis_acl.admin(master).get(keys.HISTORY_MARKER)
-        assert marked is not None and marked.decode().endswith(f" {LOOPBACK}:{master.port}")
-    first.stop()  # no relay server runs from here until the promoted replica restarted
-    await promote_the_replica(master, replica, sentinel)
+    # No relay server runs from here until the promoted replica restarted.
+    epoch, marked = await promoted_with_no_relay_running(sentinel_set, relay_factory)
+    assert marked is not None and marked.decode().endswith(f" {LOOPBACK}:{master.port}")
     # Restarted cleanly from its AOF, as a master (not the replica it was started as).
     at = replica.extra_args.index("--replicaof")
     del replica.extra_args[at : at + 3]
@@ -404,10 +406,7 @@ def broker_behind(sentinel: SentinelProcess, node_id: str) -> RedisBroker:
     return RedisBroker(
         [RedisEndpoint.parse(f"sentinel://{MASTER}")],
         node_id,
-        connector=connector,
-        timeout=1.0,
-        probe_interval=0.5,
-        probe_timeout=2.0,
+        RedisOptions(connector, timeout=1.0, probe_interval=0.5, probe_timeout=2.0),
     )
 
 

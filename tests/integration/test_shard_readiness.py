@@ -21,6 +21,7 @@ import pytest
 
 from gamecluster_client import Connection as RelayClient
 from gamecluster_client import ServerError as RelayError
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.cluster import RedisState
 from support.metrics import metric_value
@@ -53,7 +54,9 @@ def shard_urls(shards: list[RedisProcess]) -> list[str]:
 
 async def rooms_by_shard(urls: list[str]) -> dict[str, str]:
     """One room name placed on each shard, as every relay server places it."""
-    placement = RedisBroker(urls, "placement", timeout=1, probe_interval=1, probe_timeout=1)
+    placement = RedisBroker(
+        urls, "placement", RedisOptions(timeout=1, probe_interval=1, probe_timeout=1)
+    )
     try:
         placed: dict[str, str] = {}
         for n in range(200):
@@ -198,7 +201,9 @@ async def test_a_dead_nodes_presence_leaves_rooms_on_live_shards_now_and_the_oth
     the node's members in every later room stayed forever.)"""
     urls = shard_urls(shards)
     rooms = await rooms_by_shard(urls)
-    broker = RedisBroker(urls, "survivor", timeout=1, probe_interval=0.5, probe_timeout=1.5)
+    broker = RedisBroker(
+        urls, "survivor", RedisOptions(timeout=1, probe_interval=0.5, probe_timeout=1.5)
+    )
     await broker.start()
     try:
         await eventually(lambda: all(broker.shards().values()), 10, "both shards live")

@@ -9,6 +9,7 @@ from redis.backoff import FullJitterBackoff
 from relay.broker import Delivery, envelope, keys
 from relay.broker import redis as redis_broker_module
 from relay.broker.base import ShardDown
+from relay.broker.options import RedisOptions
 from relay.broker.redis import RedisBroker
 from relay.broker.shardmap import MapState, ShardMap
 from relay.rooms import RoomPolicy
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.unit
 
 
 def broker(*urls: str) -> RedisBroker:
-    return RedisBroker(urls, "n", timeout=1, probe_interval=1, probe_timeout=1)
+    return RedisBroker(urls, "n", RedisOptions(timeout=1, probe_interval=1, probe_timeout=1))
 
 
 def test_envelope_round_trip_keeps_the_event_bytes_untouched() -> None:
@@ -150,9 +151,7 @@ def test_readiness_needs_the_control_shard_and_half_of_all_shards(
     made = RedisBroker(
         [f"s{n}=redis://h{n}:1/0" for n in range(len(live))],
         "n",
-        timeout=1,
-        probe_interval=1,
-        probe_timeout=1,
+        RedisOptions(timeout=1, probe_interval=1, probe_timeout=1),
     )
     for shard, up in zip(made._shards, live, strict=True):
         shard._ready = up
@@ -167,9 +166,8 @@ async def test_a_room_on_a_shard_that_is_down_fails_at_once_and_names_the_shard(
     made = RedisBroker(
         ["s0=redis://127.0.0.1:1/0", "s1=redis://127.0.0.1:2/0"],
         "n",
-        timeout=30,  # a command sent to a stalled shard would wait this long
-        probe_interval=1,
-        probe_timeout=1,
+        # timeout: a command sent to a stalled shard would wait this long
+        RedisOptions(timeout=30, probe_interval=1, probe_timeout=1),
     )
     made._shards[0]._ready = True
     room = next(r for r in (f"r{n}" for n in range(100)) if made.shard_for(r).name == "s1")

@@ -1,7 +1,8 @@
 import pytest
 
 from relay.broker.connection import Connector
-from relay.config import ConfigError, load_settings
+from relay.broker.options import RedisOptions
+from relay.config import ConfigError, Settings, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -69,7 +70,7 @@ def test_rooms_stay_on_their_shard_when_its_password_or_scheme_changes() -> None
     from relay.broker.redis import RedisBroker
 
     def placement(*urls: str) -> list[str]:
-        broker = RedisBroker(urls, "n", timeout=1, probe_interval=1, probe_timeout=1)
+        broker = RedisBroker(urls, "n", RedisOptions(timeout=1, probe_interval=1, probe_timeout=1))
         return [broker.shard_for(f"room-{n}").name for n in range(200)]
 
     before = placement("redis://:old@a:6379/0", "redis://b:6379/0")
@@ -208,3 +209,50 @@ def test_ack_replicas_default_off_and_its_timeout_stays_below_the_command_timeou
     monkeypatch.setenv("RELAY_REDIS_ACK_REPLICAS", "-1")
     with pytest.raises(ConfigError, match="RELAY_REDIS_ACK_REPLICAS='-1'"):
         load_settings()
+
+
+def test_redis_options_default_to_the_settings_defaults_and_are_read_from_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A test or benchmark that builds a broker with RedisOptions() gets what a relay with
+    none of these variables set gets; from_settings carries every one of them."""
+    read_from = ("redis_timeout", "probe_interval", "probe_timeout", "dedupe_seconds")
+    read_from += ("redis_ack_replicas", "redis_ack_timeout")
+    defaults = RedisOptions()
+    assert (
+        defaults.timeout,
+        defaults.probe_interval,
+        defaults.probe_timeout,
+        defaults.dedupe_seconds,
+        defaults.ack_replicas,
+        defaults.ack_timeout,
+    ) == tuple(Settings.model_fields[name].default for name in read_from)
+    for name, value in {
+        "RELAY_AUTH": "none",
+        "RELAY_REDIS_URLS": "redis://a:1/0",
+        "RELAY_REDIS_USERNAME": "relay",
+        "RELAY_REDIS_TIMEOUT": "3",
+        "RELAY_PROBE_INTERVAL": "4",
+        "RELAY_PROBE_TIMEOUT": "5",
+        "RELAY_DEDUPE_SECONDS": "6",
+        "RELAY_REDIS_ACK_REPLICAS": "1",
+        "RELAY_REDIS_ACK_TIMEOUT": "2",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+
+    def counted() -> None:
+        """Stands for the relay's reconnect counter (compared by identity)."""
+
+    options = RedisOptions.from_settings(settings, on_reconnect=counted)
+    assert options == RedisOptions(
+        Connector.from_settings(settings),
+        timeout=3.0,
+        probe_interval=4.0,
+        probe_timeout=5.0,
+        dedupe_seconds=6,
+        ack_replicas=1,
+        ack_timeout=2.0,
+        on_reconnect=counted,
+    )
+    assert options.connector.username == "relay"

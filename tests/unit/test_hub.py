@@ -7,6 +7,7 @@ from relay import hub as hub_module
 from relay.broker import BrokerUnavailable, Delivery, History
 from relay.broker import memory as memory_broker
 from relay.broker.memory import MemoryBroker
+from relay.core import select
 from relay.hub import Hub, JoinResult
 from relay.metrics import Metrics
 from relay.protocol import Position
@@ -14,6 +15,19 @@ from relay.rooms import RoomPolicies, RoomPolicy
 from support.waiting import eventually
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True, params=["rust", "python"])
+def member_set(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs with each implementation of a room's member set: the compiled
+    core's (gamecluster_core.Members) and relay.hub.Members, made the default of every
+    Hub the test builds."""
+    chosen = select("on" if request.param == "rust" else "off")
+    assert chosen.name == request.param
+    defaults = Hub.__init__.__kwdefaults__
+    assert defaults is not None and "member_set" in defaults
+    monkeypatch.setitem(defaults, "member_set", hub_module.member_sets(chosen))
+
 
 DURABLE = RoomPolicy()
 VOLATILE = RoomPolicy(match="v:*", policy="volatile")
@@ -524,3 +538,30 @@ async def test_a_joiner_waiting_for_a_read_slot_buffers_nothing_and_keeps_the_ro
     assert not joiner.overflowed
     assert result.recovered and joiner.offsets() == list(range(1, 26))
     assert "unsub busy" not in broker.calls
+
+
+async def test_members_who_leave_during_a_fan_out_do_not_cut_it_short() -> None:
+    """A push may change the room's members (a slow consumer dropped on overflow leaves
+    its rooms): the event still reaches every member it was fanned out to, and the room
+    is left as the pushes made it."""
+    broker = CountingBroker()
+    hub = make_hub(broker)
+    members = [Member() for _ in range(4)]
+    late = Member()
+
+    class Leaving(Member):
+        def push(self, payload: bytes) -> None:
+            super().push(payload)
+            for member in [self, *members]:
+                hub.leave(member, "v:r")
+            hub._rooms["v:r"].members.add(late)  # a join completing meanwhile
+
+    leaving = Leaving()
+    for member in [*members, leaving]:
+        await join(hub, member, "v:r")
+    await broker.publish("v:r", {"x": 1}, ts=0, policy=VOLATILE)
+    assert all(len(m.received) == 1 for m in [*members, leaving])
+    assert late.received == []
+    assert hub.local_rooms() == {"v:r": 1}
+    await broker.publish("v:r", {"x": 2}, ts=0, policy=VOLATILE)
+    assert len(late.received) == 1 and all(len(m.received) == 1 for m in members)

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from relay import outbox as outbox_module
-from relay.core import select
+from relay.core import Core, select
+from relay.hub import Members, MemberSet, member_sets
 from relay.outbox import BATCH_BYTES, FlushScheduler
 
 pytestmark = pytest.mark.unit
@@ -45,21 +46,35 @@ Make = Callable[..., tuple[Any, FakeSocket, list[str]]]
 
 
 @pytest.fixture(params=["rust", "python"])
-def make(request: pytest.FixtureRequest) -> Make:
-    """Outboxes of the compiled core's scheduler (relay.core) or of relay.outbox's: every
-    test here runs against both."""
+def core(request: pytest.FixtureRequest) -> Core:
+    """The compiled core (relay.core) or the Python classes: every test here runs against
+    both."""
     chosen = select("on" if request.param == "rust" else "off")
     assert chosen.name == request.param
-    scheduler = outbox_module.scheduler(chosen)
-    assert isinstance(scheduler, FlushScheduler) == (request.param == "python")
+    return chosen
 
-    def made(limit: int = 10) -> tuple[Any, FakeSocket, list[str]]:
+
+@pytest.fixture
+def make(core: Core) -> Make:
+    """Outboxes of the compiled core's scheduler or of relay.outbox's."""
+    scheduler = outbox_module.scheduler(core)
+    assert isinstance(scheduler, FlushScheduler) == (core.name == "python")
+
+    def made(
+        limit: int = 10, on_overflow: Callable[[], None] | None = None
+    ) -> tuple[Any, FakeSocket, list[str]]:
         overflows: list[str] = []
         socket = FakeSocket()
+
+        def overflowed() -> None:
+            overflows.append("!")
+            if on_overflow is not None:
+                on_overflow()
+
         outbox = scheduler.outbox(
             socket,  # type: ignore[arg-type]
             limit=limit,
-            on_overflow=lambda: overflows.append("!"),
+            on_overflow=overflowed,
         )
         return outbox, socket, overflows
 
@@ -192,3 +207,222 @@ async def test_a_push_from_inside_a_send_is_queued_not_a_crash(make: Make) -> No
     outbox.push(b"first")
     await loop_turns()
     assert socket.sent == [b"first", b"pushed while sending"]
+
+
+class Joined:
+    """A room's member as a session is one: its `push` is its outbox's own method (so the
+    compiled core's member set pushes to the outbox without a Python call)."""
+
+    def __init__(self, outbox: Any) -> None:
+        self.outbox = outbox
+        self.push = outbox.push
+        self.room: MemberSet | None = None
+
+
+def member_set(core: Core) -> MemberSet:
+    made = member_sets(core)()
+    assert isinstance(made, Members) == (core.name == "python")
+    return made
+
+
+async def test_a_member_set_is_a_set_and_pushes_each_event_to_every_member(
+    make: Make, core: Core
+) -> None:
+    members = member_set(core)
+    joined = [Joined(make()[0]) for _ in range(3)]
+    sockets = [member.outbox._socket for member in joined]
+    for member in [*joined, joined[0]]:
+        members.add(member)
+    members.discard(Joined(make()[0]))  # not a member: nothing happens
+    assert len(members) == 3 and all(member in members for member in joined)
+    payload = b'{"op":"event"}'
+    assert members.push_all(payload) == 3
+    await loop_turns()
+    assert all(socket.sent == [payload] and socket.sent[0] is payload for socket in sockets)
+    members.discard(joined[1])
+    assert joined[1] not in members and len(members) == 2
+    assert members.push_all(b"2") == 2
+    await loop_turns()
+    assert [len(socket.sent) for socket in sockets] == [2, 1, 2]
+
+
+async def test_push_all_keeps_each_outboxs_bound_and_skips_a_closed_one(
+    make: Make, core: Core
+) -> None:
+    """The core's member set pushes through the outbox's own logic: a closed outbox takes
+    nothing, a paused one at its bound overflows (once per push) instead of queueing."""
+    members = member_set(core)
+    live, closed, slow = (Joined(make(limit=2)[0]) for _ in range(3))
+    closed.outbox.close(None, 1000)
+    slow_socket = slow.outbox._socket
+    slow_socket.paused = True
+    for member in (live, closed, slow):
+        members.add(member)
+    for n in range(3):
+        assert members.push_all(b"%d" % n) == 3
+    await loop_turns()
+    assert live.outbox._socket.sent == [b"0\n1\n2"]  # one batch per loop turn
+    assert closed.outbox._socket.sent == []
+    assert slow_socket.sent == []
+    slow_socket.resume()
+    await loop_turns()
+    assert slow_socket.sent == [b"0\n1"]  # the third push overflowed, not queued
+
+
+async def test_a_member_dropped_during_push_all_does_not_cut_it_short(
+    make: Make, core: Core
+) -> None:
+    """The overflow callback runs inside push_all and may change the set (a slow consumer
+    leaves its rooms): every member at the call is still pushed to, a member added
+    meanwhile is not, and the set ends as the callback left it."""
+    members = member_set(core)
+    others = [Joined(make()[0]) for _ in range(4)]
+    late = Joined(make()[0])
+
+    def drop_everyone() -> None:
+        for member in [slow, *others]:
+            members.discard(member)
+        members.add(late)
+
+    slow = Joined(make(limit=0, on_overflow=drop_everyone)[0])
+    slow.outbox._socket.paused = True
+    for member in [*others, slow]:
+        members.add(member)
+    assert members.push_all(b"x") == 5
+    await loop_turns()
+    assert [member.outbox._socket.sent for member in others] == [[b"x"]] * 4
+    assert late.outbox._socket.sent == []
+    assert len(members) == 1 and late in members
+
+
+async def test_a_member_with_its_own_push_is_called(make: Make, core: Core) -> None:
+    """Only the outbox's own push is taken directly: a member's Python `push`, even one
+    bound to an outbox (a subclass's override), is called."""
+    base = type(make()[0])
+    pushed: list[bytes] = []
+
+    class Counting(base):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        def push(self, payload: bytes) -> None:
+            pushed.append(payload)
+            super().push(payload)
+
+    members = member_set(core)
+    scheduler = outbox_module.scheduler(core)
+    counted = Counting(FakeSocket(), scheduler, limit=10, on_overflow=lambda: None)
+    plain: list[bytes] = []
+
+    class Plain:
+        def push(self, payload: bytes) -> None:
+            plain.append(payload)
+
+    members.add(Joined(counted))
+    members.add(Plain())
+    assert members.push_all(b"y") == 2
+    assert pushed == [b"y"] and plain == [b"y"]
+    await loop_turns()
+    assert counted._socket.sent == [b"y"]
+
+
+async def test_a_member_set_in_a_reference_cycle_is_collected(make: Make, core: Core) -> None:
+    """A session refers, through its services' hub, to the member sets it is in: the
+    garbage collector must see through the compiled core's set, or no room's members
+    would ever be freed."""
+    members = member_set(core)
+    member = Joined(make()[0])
+    member.room = members
+    members.add(member)
+    gone = weakref.ref(member)  # (the core's set takes no weak reference)
+    del member, members
+    gc.collect()
+    assert gone() is None
+
+
+async def test_a_push_from_inside_a_batchs_send_is_not_lost(make: Make) -> None:
+    """An emptied queue is kept for reuse (the core's `reuse`) only if nothing was queued
+    meanwhile: a push from inside the send of a batch (a queue grown past the new one's
+    first allocation) goes out next, after the batch, not dropped with the old queue."""
+    outbox, socket, _ = make(limit=100)
+    send = socket.send
+
+    def send_then_push(payload: bytes, frames: dict[bytes, bytes] | None = None) -> None:
+        send(payload, frames)
+        if len(socket.sent) == 1:
+            outbox.push(b"pushed while sending")
+
+    socket.send = send_then_push  # type: ignore[method-assign]
+    for n in range(8):
+        outbox.push(b"%d" % n)
+    await loop_turns()
+    assert socket.sent == [b"\n".join(b"%d" % n for n in range(8)), b"pushed while sending"]
+    for n in range(3):  # the kept queue starts empty: nothing of the batch is sent again
+        outbox.push(b"%d" % n)
+    outbox.flush({})
+    outbox.push(b"next")
+    await loop_turns()
+    assert socket.sent[2:] == [b"0\n1\n2", b"next"]
+
+
+async def test_an_outbox_marked_from_inside_a_flush_is_flushed_next_turn(make: Make) -> None:
+    """The scheduler's emptied list of dirty outboxes is kept for reuse only if no outbox
+    was marked meanwhile: one first pushed to from inside another's send (many dirty in
+    that turn) is still written on the next turn."""
+    outboxes = [make() for _ in range(8)]
+    late, late_socket, _ = make()
+    first_socket = outboxes[0][1]
+    send = first_socket.send
+
+    def send_then_push(payload: bytes, frames: dict[bytes, bytes] | None = None) -> None:
+        send(payload, frames)
+        late.push(b"pushed while flushing")
+
+    first_socket.send = send_then_push  # type: ignore[method-assign]
+    for outbox, _, _ in outboxes:
+        outbox.push(b"x")
+    await loop_turns()
+    assert all(socket.sent == [b"x"] for _, socket, _ in outboxes)
+    assert late_socket.sent == [b"pushed while flushing"]
+
+
+async def test_adding_an_equal_member_again_keeps_the_first_as_a_set_does(core: Core) -> None:
+    """Membership is a set's (the members' own hash and equality): adding a member equal
+    to one already there changes nothing, so events still go to the first one's `push`,
+    as with set.add, not to the later one's."""
+    pushed: list[tuple[str, bytes]] = []
+
+    class Keyed:
+        def __init__(self, key: int, name: str) -> None:
+            self.key = key
+            self.push = lambda payload: pushed.append((name, payload))
+
+        def __hash__(self) -> int:
+            return hash(self.key)
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Keyed) and other.key == self.key
+
+    members = member_set(core)
+    first, again = Keyed(1, "first"), Keyed(1, "again")
+    members.add(first)
+    members.add(again)
+    assert len(members) == 1 and again in members
+    assert members.push_all(b"e") == 1
+    assert pushed == [("first", b"e")]
+
+
+async def test_a_member_whose_push_is_another_outbox_method_is_called(
+    make: Make, core: Core
+) -> None:
+    """Only the outbox's `push` is taken as the outbox: a member whose `push` is another
+    of its methods is called (here it takes no payload: a TypeError out of push_all), not
+    treated as a push into that outbox."""
+    outbox, socket, _ = make()
+    odd = Joined(outbox)
+    odd.push = outbox._resumed
+    members = member_set(core)
+    members.add(odd)
+    with pytest.raises(TypeError):
+        members.push_all(b"x")
+    await loop_turns()
+    assert socket.sent == []

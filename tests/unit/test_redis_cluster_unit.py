@@ -6,6 +6,7 @@ The behaviour against a real cluster is tests/integration/test_redis_cluster.py'
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from gamecluster.redis_auth import operator_auth
 from gamecluster.spec import InvalidSpec, parse
 from relay import contract
 from relay.broker import BrokerUnavailable, keys, lua
+from relay.broker.options import RedisOptions
 from relay.broker.slots import Checked, RedisClusterBroker, SlotMap, _failovers
 from relay.config import ConfigError, load_settings
 
@@ -101,9 +103,7 @@ async def test_a_reading_with_unassigned_slots_does_not_replace_a_complete_map(
 ) -> None:
     """Installed, it would forget the replicas of those slots' last master, and the
     promotion read next would pass for a migration (no new epoch)."""
-    broker = RedisClusterBroker(
-        ["redis://10.0.0.1:7000"], "n", timeout=1.0, probe_interval=1.0, probe_timeout=1.0
-    )
+    broker = _unstarted_broker()
     complete = SlotMap.parse(_reply((0, 8191, A, [A_REPLICA]), (8192, 16383, B, [])))
     partial = SlotMap.parse(_reply((8192, 16383, B, [])))
     broker._map = complete
@@ -238,9 +238,7 @@ async def test_a_fence_that_fails_refuses_its_node_only_and_is_tried_again(
     """A promoted master this server cannot fence: the new map is used for every other
     slot, that node's slots are refused and it counts as down; the next read tries the
     fence again (though the installed map no longer shows the promotion)."""
-    broker = RedisClusterBroker(
-        ["redis://10.0.0.1:7000"], "n", timeout=1.0, probe_interval=1.0, probe_timeout=1.0
-    )
+    broker = _unstarted_broker()
     before = SlotMap.parse(
         _reply((0, 8191, A, [A_REPLICA]), (8192, 12000, B, []), (12001, 16383, C, []))
     )
@@ -253,9 +251,6 @@ async def test_a_fence_that_fails_refuses_its_node_only_and_is_tried_again(
     fenced: list[tuple[str, str]] = []
     failing = True
 
-    async def read() -> SlotMap:
-        return after
-
     async def check(node: Any, slot: int, old: Any) -> None:
         if old is not None:
             fenced.append((old.node_id, node.node_id))
@@ -264,12 +259,7 @@ async def test_a_fence_that_fails_refuses_its_node_only_and_is_tried_again(
         # First sight of B and C, or the fence done: their history checked.
         broker._checked[node.address] = Checked(node.node_id, slot, "r", 0)
 
-    async def install(found: SlotMap) -> None:
-        broker._map = found
-
-    monkeypatch.setattr(broker, "_read_slot_map", read)
-    monkeypatch.setattr(broker, "_check", check)
-    monkeypatch.setattr(broker, "_install", install)
+    _read_and_check_offline(monkeypatch, broker, after, check)
     with pytest.raises(BrokerUnavailable, match="every other slot follows the new map"):
         await broker.refresh()
     assert broker._map is after  # installed: the migrated slot follows C
@@ -291,15 +281,10 @@ async def test_a_master_seen_first_is_refused_until_its_history_is_checked(
     """A server with no previous map (started after a promotion, perhaps) serves no slot of
     a master before its history marker is checked (relay.broker.history); a master whose
     check fails is refused alone, with its own reason, and checked again at the next read."""
-    broker = RedisClusterBroker(
-        ["redis://10.0.0.1:7000"], "n", timeout=1.0, probe_interval=1.0, probe_timeout=1.0
-    )
+    broker = _unstarted_broker()
     found = SlotMap.parse(_reply((0, 8191, A, []), (8192, 16383, B, [])))
     checked: list[tuple[str, int, Any]] = []
     failing = {"10.0.0.1:7000"}
-
-    async def read() -> SlotMap:
-        return found
 
     async def check(node: Any, slot: int, old: Any) -> None:
         checked.append((node.address, slot, old))
@@ -307,12 +292,7 @@ async def test_a_master_seen_first_is_refused_until_its_history_is_checked(
             raise BrokerUnavailable(f"checking the history of {node.address} failed")
         broker._checked[node.address] = Checked(node.node_id, slot, "r", 0)
 
-    async def install(found: SlotMap) -> None:
-        broker._map = found
-
-    monkeypatch.setattr(broker, "_read_slot_map", read)
-    monkeypatch.setattr(broker, "_check", check)
-    monkeypatch.setattr(broker, "_install", install)
+    _read_and_check_offline(monkeypatch, broker, found, check)
     with pytest.raises(BrokerUnavailable, match=r"checking the history of 10\.0\.0\.1:7000"):
         await broker.refresh()
     assert checked == [("10.0.0.1:7000", 0, None), ("10.0.0.2:7000", 8192, None)]
@@ -335,15 +315,10 @@ async def test_a_master_whose_session_ended_is_refused_until_checked_again(
     same address (one back from an RDB snapshot is fenced by its check): its slots are
     refused from that moment until a check that began after it has passed; a session
     that ends while a check runs makes that check stale."""
-    broker = RedisClusterBroker(
-        ["redis://10.0.0.1:7000"], "n", timeout=1.0, probe_interval=1.0, probe_timeout=1.0
-    )
+    broker = _unstarted_broker()
     found = SlotMap.parse(_reply((0, 8191, A, []), (8192, 16383, B, [])))
     checked: list[str] = []
     end_during_check = False
-
-    async def read() -> SlotMap:
-        return found
 
     async def check(node: Any, slot: int, old: Any) -> None:
         sessions = broker._session_ends.get(node.address, 0)
@@ -352,12 +327,7 @@ async def test_a_master_whose_session_ended_is_refused_until_checked_again(
             broker._reconnected(node.address)
         broker._checked[node.address] = Checked(node.node_id, slot, "r", sessions)
 
-    async def install(found: SlotMap) -> None:
-        broker._map = found
-
-    monkeypatch.setattr(broker, "_read_slot_map", read)
-    monkeypatch.setattr(broker, "_check", check)
-    monkeypatch.setattr(broker, "_install", install)
+    _read_and_check_offline(monkeypatch, broker, found, check)
     room = _room_in_slot(100)
     await broker.refresh()
     assert broker._unfenced == {}
@@ -377,6 +347,35 @@ async def test_a_master_whose_session_ended_is_refused_until_checked_again(
     await broker.refresh()  # nothing to check
     assert len(checked) == 4
     await broker.close()
+
+
+def _unstarted_broker() -> RedisClusterBroker:
+    """A cluster broker never started: it opens no connection until a test makes it."""
+    return RedisClusterBroker(
+        ["redis://10.0.0.1:7000"],
+        "n",
+        RedisOptions(timeout=1.0, probe_interval=1.0, probe_timeout=1.0),
+    )
+
+
+def _read_and_check_offline(
+    monkeypatch: pytest.MonkeyPatch,
+    broker: RedisClusterBroker,
+    found: SlotMap,
+    check: Callable[[Any, int, Any], Awaitable[None]],
+) -> None:
+    """Make `broker.refresh()` read `found` as the slot map, check each master it fences
+    or sees first with `check`, and install the map without connecting to its nodes."""
+
+    async def read() -> SlotMap:
+        return found
+
+    async def install(slot_map: SlotMap) -> None:
+        broker._map = slot_map
+
+    monkeypatch.setattr(broker, "_read_slot_map", read)
+    monkeypatch.setattr(broker, "_check", check)
+    monkeypatch.setattr(broker, "_install", install)
 
 
 def _room_in_slot(slot: int) -> str:

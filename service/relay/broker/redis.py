@@ -45,8 +45,8 @@ from relay.broker.base import (
     SlotMoved,
     describe,
 )
-from relay.broker.connection import Connector
 from relay.broker.history import Verdict
+from relay.broker.options import RedisOptions
 from relay.broker.pubsub import PubSubConnection
 from relay.config import RedisEndpoint
 from relay.contract import LOAD_REPORT_TTL_SECONDS, load_report_key
@@ -112,23 +112,22 @@ class ProbeLost(Exception):
 
 
 class RedisShard:
-    """One Redis server as seen by this relay server."""
+    """One Redis server as seen by this relay server.
+
+    Its connections follow the broker's `options`; its callbacks are the broker's own
+    (`on_reconnect` is options.on_reconnect behind a RedisBroker, per node behind the
+    cluster broker)."""
 
     def __init__(
         self,
         endpoint: RedisEndpoint,
         node_id: str,
+        options: RedisOptions,
         *,
-        connector: Connector,
-        timeout: float,
-        probe_interval: float,
-        probe_timeout: float,
         on_message: Callable[[bytes], None],
         on_reconnect: Callable[[], None],
         on_resubscribed: Callable[[list[bytes]], None],
         on_control: Callable[[bytes], None] | None = None,
-        ack_replicas: int = 0,
-        ack_timeout: float = 0.5,
         on_slot_left: Callable[[RedisShard, bytes], None] | None = None,
     ) -> None:
         self.name = endpoint.name
@@ -136,37 +135,39 @@ class RedisShard:
         self.url = endpoint.url
         """Without credentials: the only form of the address that goes into logs and errors."""
         self._endpoint = endpoint
-        self._connector = connector
+        self._connector = options.connector
         self._on_control = on_control
         self._node_channel = keys.node_channel(node_id)
         self._on_slot_left = on_slot_left
         """Redis Cluster node (relay.broker.slots): room channels are shard channels, and
         this is told of each wanted channel whose slot left the node."""
-        self._timeout = timeout
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout
+        self._timeout = options.timeout
+        self._probe_interval = options.probe_interval
+        self._probe_timeout = options.probe_timeout
         self._on_message = on_message
         self._on_reconnect = on_reconnect
         self._on_resubscribed = on_resubscribed
         # One quick retry lets a pooled connection that died with a restarted Redis
         # reconnect, without stretching an outage into long waits for the publisher.
-        self.commands: Redis = connector.client(
-            endpoint, timeout=timeout, retries=1, check_master=self._check_master
+        self.commands: Redis = options.connector.client(
+            endpoint, timeout=options.timeout, retries=1, check_master=self._check_master
         )
         # The publish path, once per event: a lean pipelined connection opened by this
         # client's connection class and arguments (credentials, TLS, a Sentinel master
         # behind _check_master's fence; relay.broker.commands); redis-py serves the rest.
-        self.publishes = commands.CommandConnection(self.commands, url=self.url, timeout=timeout)
+        self.publishes = commands.CommandConnection(
+            self.commands, url=self.url, timeout=options.timeout
+        )
         # RELAY_REDIS_ACK_REPLICAS: durable publishes acked once replicas have them, on a
         # connection of their own: while Redis holds a WAIT it runs no other command of its
         # connection, and volatile publishes must not wait behind it (relay.broker.replicas).
         self.acks = (
             replicas.ReplicaAcks(
-                commands.CommandConnection(self.commands, url=self.url, timeout=timeout),
-                replicas=ack_replicas,
-                timeout=ack_timeout,
+                commands.CommandConnection(self.commands, url=self.url, timeout=options.timeout),
+                replicas=options.ack_replicas,
+                timeout=options.ack_timeout,
             )
-            if ack_replicas > 0
+            if options.ack_replicas > 0
             else None
         )
         self.read_history = self.commands.register_script(lua.HISTORY)
@@ -641,38 +642,26 @@ class RedisBroker(EnvelopeReader):
         self,
         urls: Sequence[str | RedisEndpoint],
         node_id: str,
+        options: RedisOptions,
         *,
-        connector: Connector | None = None,
-        timeout: float,
-        probe_interval: float,
-        probe_timeout: float,
-        dedupe_seconds: int = 300,
-        ack_replicas: int = 0,
-        ack_timeout: float = 0.5,
-        on_reconnect: Callable[[], None] = lambda: None,
         dead_after: float = 15.0,
     ) -> None:
         super().__init__()
         if not urls:
             raise ValueError("RedisBroker needs at least one URL")
         self._node_id = node_id
-        self._writer = RoomWriter(node_id, dedupe_seconds, PLAIN_SCRIPTS)
+        self._writer = RoomWriter(node_id, options.dedupe_seconds, PLAIN_SCRIPTS)
         endpoints = [RedisEndpoint.parse(u) if isinstance(u, str) else u for u in urls]
-        self._connector = connector or Connector()
+        self._connector = options.connector
         self._shards = [
             RedisShard(
                 endpoint,
                 node_id,
-                connector=self._connector,
-                timeout=timeout,
-                probe_interval=probe_interval,
-                probe_timeout=probe_timeout,
+                options,
                 on_message=self._received,
-                on_reconnect=on_reconnect,
+                on_reconnect=options.on_reconnect,
                 on_resubscribed=self._resubscribed,
                 on_control=self._control_message if n == 0 else None,
-                ack_replicas=ack_replicas,
-                ack_timeout=ack_timeout,
             )
             for n, endpoint in enumerate(endpoints)
         ]
@@ -682,7 +671,7 @@ class RedisBroker(EnvelopeReader):
         and subscriptions are refused until then (readiness says so)."""
         self._configured = shardmap.ShardMap(0, tuple(shard.name for shard in self._shards))
         self._inflight = shardmap.InFlight()
-        self._timeout = timeout
+        self._timeout = options.timeout
         self._on_moved: Callable[[list[str]], Awaitable[None]] | None = None
         self._moved_pending: set[str] = set()
         self.shard_map = shardmap.Watcher(
@@ -692,7 +681,7 @@ class RedisBroker(EnvelopeReader):
             dead_after=dead_after,
             # A publish ends within its command timeout (twice: its one retry) and, with
             # ackReplicas, the replicas' WAIT.
-            drain=lambda: self._inflight.drain(2 * timeout + ack_timeout),
+            drain=lambda: self._inflight.drain(2 * options.timeout + options.ack_timeout),
             apply=self._apply_map,
             cleanup=self._clean_moved,
         )

@@ -53,7 +53,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +69,8 @@ from relay.broker.base import (
     SlotMoved,
     describe,
 )
-from relay.broker.connection import Connector
 from relay.broker.history import Verdict
+from relay.broker.options import RedisOptions
 from relay.broker.redis import (
     SHARDED_SCRIPTS,
     EnvelopeReader,
@@ -162,15 +162,8 @@ class RedisClusterBroker(EnvelopeReader):
         self,
         seeds: Sequence[str | RedisEndpoint],
         node_id: str,
+        options: RedisOptions,
         *,
-        connector: Connector | None = None,
-        timeout: float,
-        probe_interval: float,
-        probe_timeout: float,
-        dedupe_seconds: int = 300,
-        ack_replicas: int = 0,
-        ack_timeout: float = 0.5,
-        on_reconnect: Callable[[], None] = lambda: None,
         refresh_seconds: float = REFRESH_SECONDS,
     ) -> None:
         super().__init__()
@@ -179,17 +172,13 @@ class RedisClusterBroker(EnvelopeReader):
         self._seeds = [RedisEndpoint.parse(u) if isinstance(u, str) else u for u in seeds]
         self._scheme = self._seeds[0].url.partition("://")[0]
         self._node_id = node_id
-        self._connector = connector or Connector()
-        self._timeout = timeout
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout
-        self._ack_replicas = ack_replicas
-        self._ack_timeout = ack_timeout
-        self._on_reconnect = on_reconnect
+        self._options = options
+        self._connector = options.connector
+        self._timeout = options.timeout
         self._refresh_seconds = refresh_seconds
-        self._writer = RoomWriter(node_id, dedupe_seconds, SHARDED_SCRIPTS)
+        self._writer = RoomWriter(node_id, options.dedupe_seconds, SHARDED_SCRIPTS)
         self._seed_clients = [
-            self._connector.client(seed, timeout=timeout, retries=0) for seed in self._seeds
+            self._connector.client(seed, timeout=self._timeout, retries=0) for seed in self._seeds
         ]
         self._nodes: dict[str, RedisShard] = {}
         """Per master address: its connections (kept while it still carries channels)."""
@@ -631,15 +620,10 @@ class RedisClusterBroker(EnvelopeReader):
             shard = RedisShard(
                 self._endpoint(address),
                 self._node_id,
-                connector=self._connector,
-                timeout=self._timeout,
-                probe_interval=self._probe_interval,
-                probe_timeout=self._probe_timeout,
+                self._options,
                 on_message=self._received,
                 on_reconnect=lambda: self._reconnected(address),
                 on_resubscribed=self._resubscribed,
-                ack_replicas=self._ack_replicas,
-                ack_timeout=self._ack_timeout,
                 on_slot_left=self._slot_left,
             )
             shard.set_probe_channel(self._probe_channel(address, found))
@@ -725,7 +709,7 @@ class RedisClusterBroker(EnvelopeReader):
         checked = self._checked.get(address)
         if checked is not None and address not in self._unfenced:
             self._unfenced[address] = (None, Node(address, checked.node_id))
-        self._on_reconnect()
+        self._options.on_reconnect()
         self.refresh_soon()
 
     # -- rooms ---------------------------------------------------------------------
