@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
@@ -418,6 +418,30 @@ def test_publish_and_process_spans_are_what_the_sdk_would_export(
     assert mine == sdk
     assert ours[0].get_span_context().trace_id == int(trace_id, 16)
     assert ours[1].get_span_context().trace_id == int(trace_id, 16)
+
+
+def test_the_providers_own_span_limits_bound_publish_and_process_spans() -> None:
+    """configure(provider) traces with that provider: its span limits, not only those the
+    OTEL_SPAN_* variables give a new SpanLimits(), bound the Recorded spans as they bound
+    the SDK's (a provider built with span_limits=... in a test or an embedding app)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attribute_length=3))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(provider, node_id="a", system="redis")
+    try:
+        with tracing.publishing(publish(), "s1") as traced:
+            traced.sent(7)
+        assert traced.context is not None
+        span = tracing.process_start(Delivery("match:1", b"{}", 0, 7, "e1", "a", traced.context))
+        assert span is not None
+        tracing.process_end(span, 3)
+    finally:
+        tracing.configure(None, node_id="", system="")
+        provider.shutdown()
+    for exported in exporter.get_finished_spans():
+        attributes = exported.attributes or {}
+        assert attributes["messaging.system"] == "red", exported.name
+        assert attributes["messaging.destination.name"] == "mat", exported.name
 
 
 @dataclass(eq=False)
