@@ -444,6 +444,38 @@ def test_the_providers_own_span_limits_bound_publish_and_process_spans() -> None
         assert attributes["messaging.destination.name"] == "mat", exported.name
 
 
+def test_the_offset_is_the_latest_attribute_as_in_the_sdk_under_a_count_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SDK's span keeps the attributes set last when OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT is
+    reached, and re-setting one (the offset replacing the client's id) makes it the
+    latest: a failed publish keeps its offset and error.type, not the body size."""
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "2")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(provider, node_id="a", system="redis")
+    try:
+        traced = tracing.publishing(publish(id="p1"), "s1")
+
+        def fail() -> None:
+            with traced:
+                traced.sent(7)
+                raise BrokerUnavailable("PUBLISH failed")
+
+        with pytest.raises(BrokerUnavailable):
+            fail()
+    finally:
+        tracing.configure(None, node_id="", system="")
+        provider.shutdown()
+    producer = one(exporter.get_finished_spans(), "publish room")
+    assert dict(producer.attributes or {}) == {
+        "messaging.message.id": "7",
+        "error.type": "BrokerUnavailable",
+    }
+    assert producer.dropped_attributes == 7
+
+
 @dataclass(eq=False)
 class Member:
     received: list[bytes]
