@@ -334,7 +334,11 @@ class Publishing:
 
     def sent(self, offset: int | None) -> None:
         if self._span is not None and offset is not None:
-            self._span.attributes[msg.MESSAGING_MESSAGE_ID] = str(offset)
+            attributes = self._span.attributes
+            # Replaced as the SDK's span replaces an attribute: it becomes the latest, so
+            # under OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT the offset outlives older attributes.
+            attributes.pop(msg.MESSAGING_MESSAGE_ID, None)
+            attributes[msg.MESSAGING_MESSAGE_ID] = str(offset)
 
     def __exit__(
         self,
