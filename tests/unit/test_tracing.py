@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -474,6 +475,36 @@ def test_the_offset_is_the_latest_attribute_as_in_the_sdk_under_a_count_limit(
         "error.type": "BrokerUnavailable",
     }
     assert producer.dropped_attributes == 7
+
+
+@pytest.mark.parametrize(
+    ("client_flags", "flags"),
+    [(None, "03"), ("01", "01"), ("03", "03")],
+)
+def test_publish_and_process_spans_carry_the_sdks_flags_and_their_own_times(
+    exported: InMemorySpanExporter, client_flags: str | None, flags: str
+) -> None:
+    """The W3C level 2 random-trace-id flag as the SDK's Tracer sets it (a root span: the
+    id generator's ids are random; else the parent's flag), in the span and the envelope;
+    each span starts and ends within its own block (the SDK comparison leaves times out)."""
+    traceparent = None
+    if client_flags is not None:
+        traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-{client_flags}"
+    before = time.time_ns()
+    with tracing.publishing(publish(traceparent=traceparent), "s1") as traced:
+        traced.sent(7)
+    published = time.time_ns()
+    assert traced.context is not None and traced.context["traceparent"].endswith(f"-{flags}")
+    span = tracing.process_start(Delivery("match:1", b"{}", 0, 7, "e1", "a", traced.context))
+    assert span is not None
+    tracing.process_end(span, 3)
+    after = time.time_ns()
+    producer = one(exported.get_finished_spans(), "publish room")
+    consumer = one(exported.get_finished_spans(), "process room")
+    for exported_span in (producer, consumer):
+        assert f"{int(exported_span.get_span_context().trace_flags):02x}" == flags
+    assert before <= (producer.start_time or 0) <= (producer.end_time or 0) <= published
+    assert published <= (consumer.start_time or 0) <= (consumer.end_time or 0) <= after
 
 
 @dataclass(eq=False)
