@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBasedTraceIdRatio
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TraceState, set_span_in_context
+from opentelemetry.util.types import Attributes
 
 from relay import tracing
 from relay.broker import BrokerUnavailable, Delivery
@@ -505,6 +513,63 @@ def test_publish_and_process_spans_carry_the_sdks_flags_and_their_own_times(
         assert f"{int(exported_span.get_span_context().trace_flags):02x}" == flags
     assert before <= (producer.start_time or 0) <= (producer.end_time or 0) <= published
     assert published <= (consumer.start_time or 0) <= (consumer.end_time or 0) <= after
+
+
+class RecordOnly(Sampler):
+    """Records without sampling, with an attribute and a trace state of its own."""
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        return SamplingResult(
+            Decision.RECORD_ONLY,
+            {**(attributes or {}), "sampler.note": "kept"},
+            TraceState([("s", "1")]),
+        )
+
+    def get_description(self) -> str:
+        return "RecordOnly"
+
+
+class Ended(SpanProcessor):
+    """Every span that ends, sampled or not (the exporting processors skip unsampled)."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+
+
+def test_a_record_only_decision_records_unsampled_with_the_samplers_answer() -> None:
+    """RECORD_ONLY: the span reaches the processors, unsampled (so not exported, and no
+    context in the envelope), with the attributes and trace state the sampler answered."""
+    exporter, ended = InMemorySpanExporter(), Ended()
+    provider = TracerProvider(sampler=RecordOnly())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(ended)
+    tracing.configure(provider, node_id="a", system="redis")
+    try:
+        with tracing.publishing(publish(), "s1") as traced:
+            traced.sent(7)
+    finally:
+        tracing.configure(None, node_id="", system="")
+        provider.shutdown()
+    assert traced.context is None
+    assert exporter.get_finished_spans() == ()
+    producer = one(tuple(ended.spans), "publish room")
+    context = producer.get_span_context()
+    assert not context.trace_flags.sampled
+    assert context.trace_state == TraceState([("s", "1")])
+    assert (producer.attributes or {})["sampler.note"] == "kept"
+    assert (producer.attributes or {})["messaging.message.id"] == "7"
 
 
 @dataclass(eq=False)
