@@ -270,8 +270,11 @@ def configure(provider: TracerProvider | None, *, node_id: str, system: str) -> 
     global tracer, _provider, _node_id, _system, _finishing
     _provider, _node_id, _system = provider, node_id, system
     tracer = None if provider is None else provider.get_tracer(INSTRUMENTATION_NAME)
+    # The limits and scope the SDK's own spans of this tracer get (the provider's: from
+    # OTEL_SPAN_* when it was made, or its span_limits argument). The SDK has no public
+    # accessor for them; a SpanLimits() of our own would ignore a provider's argument.
     _finishing = (
-        _Finishing(tracer, SpanLimits(), InstrumentationScope(INSTRUMENTATION_NAME, ""))
+        _Finishing(tracer, tracer._span_limits, tracer._instrumentation_scope)
         if isinstance(tracer, SdkTracer)
         else None
     )
@@ -331,7 +334,11 @@ class Publishing:
 
     def sent(self, offset: int | None) -> None:
         if self._span is not None and offset is not None:
-            self._span.attributes[msg.MESSAGING_MESSAGE_ID] = str(offset)
+            attributes = self._span.attributes
+            # Replaced as the SDK's span replaces an attribute: it becomes the latest, so
+            # under OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT the offset outlives older attributes.
+            attributes.pop(msg.MESSAGING_MESSAGE_ID, None)
+            attributes[msg.MESSAGING_MESSAGE_ID] = str(offset)
 
     def __exit__(
         self,

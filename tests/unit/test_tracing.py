@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBasedTraceIdRatio
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    SamplingResult,
+)
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TraceState, set_span_in_context
+from opentelemetry.util.types import Attributes
 
 from relay import tracing
 from relay.broker import BrokerUnavailable, Delivery
@@ -418,6 +427,149 @@ def test_publish_and_process_spans_are_what_the_sdk_would_export(
     assert mine == sdk
     assert ours[0].get_span_context().trace_id == int(trace_id, 16)
     assert ours[1].get_span_context().trace_id == int(trace_id, 16)
+
+
+def test_the_providers_own_span_limits_bound_publish_and_process_spans() -> None:
+    """configure(provider) traces with that provider: its span limits, not only those the
+    OTEL_SPAN_* variables give a new SpanLimits(), bound the Recorded spans as they bound
+    the SDK's (a provider built with span_limits=... in a test or an embedding app)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(max_span_attribute_length=3))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(provider, node_id="a", system="redis")
+    try:
+        with tracing.publishing(publish(), "s1") as traced:
+            traced.sent(7)
+        assert traced.context is not None
+        span = tracing.process_start(Delivery("match:1", b"{}", 0, 7, "e1", "a", traced.context))
+        assert span is not None
+        tracing.process_end(span, 3)
+    finally:
+        tracing.configure(None, node_id="", system="")
+        provider.shutdown()
+    for exported in exporter.get_finished_spans():
+        attributes = exported.attributes or {}
+        assert attributes["messaging.system"] == "red", exported.name
+        assert attributes["messaging.destination.name"] == "mat", exported.name
+
+
+def test_the_offset_is_the_latest_attribute_as_in_the_sdk_under_a_count_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SDK's span keeps the attributes set last when OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT is
+    reached, and re-setting one (the offset replacing the client's id) makes it the
+    latest: a failed publish keeps its offset and error.type, not the body size."""
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "2")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(provider, node_id="a", system="redis")
+    try:
+        traced = tracing.publishing(publish(id="p1"), "s1")
+
+        def fail() -> None:
+            with traced:
+                traced.sent(7)
+                raise BrokerUnavailable("PUBLISH failed")
+
+        with pytest.raises(BrokerUnavailable):
+            fail()
+    finally:
+        tracing.configure(None, node_id="", system="")
+        provider.shutdown()
+    producer = one(exporter.get_finished_spans(), "publish room")
+    assert dict(producer.attributes or {}) == {
+        "messaging.message.id": "7",
+        "error.type": "BrokerUnavailable",
+    }
+    assert producer.dropped_attributes == 7
+
+
+@pytest.mark.parametrize(
+    ("client_flags", "flags"),
+    [(None, "03"), ("01", "01"), ("03", "03")],
+)
+def test_publish_and_process_spans_carry_the_sdks_flags_and_their_own_times(
+    exported: InMemorySpanExporter, client_flags: str | None, flags: str
+) -> None:
+    """The W3C level 2 random-trace-id flag as the SDK's Tracer sets it (a root span: the
+    id generator's ids are random; else the parent's flag), in the span and the envelope;
+    each span starts and ends within its own block (the SDK comparison leaves times out)."""
+    traceparent = None
+    if client_flags is not None:
+        traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-{client_flags}"
+    before = time.time_ns()
+    with tracing.publishing(publish(traceparent=traceparent), "s1") as traced:
+        traced.sent(7)
+    published = time.time_ns()
+    assert traced.context is not None and traced.context["traceparent"].endswith(f"-{flags}")
+    span = tracing.process_start(Delivery("match:1", b"{}", 0, 7, "e1", "a", traced.context))
+    assert span is not None
+    tracing.process_end(span, 3)
+    after = time.time_ns()
+    producer = one(exported.get_finished_spans(), "publish room")
+    consumer = one(exported.get_finished_spans(), "process room")
+    for exported_span in (producer, consumer):
+        assert f"{int(exported_span.get_span_context().trace_flags):02x}" == flags
+    assert before <= (producer.start_time or 0) <= (producer.end_time or 0) <= published
+    assert published <= (consumer.start_time or 0) <= (consumer.end_time or 0) <= after
+
+
+class RecordOnly(Sampler):
+    """Records without sampling, with an attribute and a trace state of its own."""
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        return SamplingResult(
+            Decision.RECORD_ONLY,
+            {**(attributes or {}), "sampler.note": "kept"},
+            TraceState([("s", "1")]),
+        )
+
+    def get_description(self) -> str:
+        return "RecordOnly"
+
+
+class Ended(SpanProcessor):
+    """Every span that ends, sampled or not (the exporting processors skip unsampled)."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+
+
+def test_a_record_only_decision_records_unsampled_with_the_samplers_answer() -> None:
+    """RECORD_ONLY: the span reaches the processors, unsampled (so not exported, and no
+    context in the envelope), with the attributes and trace state the sampler answered."""
+    exporter, ended = InMemorySpanExporter(), Ended()
+    provider = TracerProvider(sampler=RecordOnly())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(ended)
+    tracing.configure(provider, node_id="a", system="redis")
+    try:
+        with tracing.publishing(publish(), "s1") as traced:
+            traced.sent(7)
+    finally:
+        tracing.configure(None, node_id="", system="")
+        provider.shutdown()
+    assert traced.context is None
+    assert exporter.get_finished_spans() == ()
+    producer = one(tuple(ended.spans), "publish room")
+    context = producer.get_span_context()
+    assert not context.trace_flags.sampled
+    assert context.trace_state == TraceState([("s", "1")])
+    assert (producer.attributes or {})["sampler.note"] == "kept"
+    assert (producer.attributes or {})["messaging.message.id"] == "7"
 
 
 @dataclass(eq=False)
