@@ -350,14 +350,17 @@ impl Outbox {
         };
         // Only a paused socket (its client is not reading) makes messages wait; a burst
         // pushed within one loop turn must not count as a slow consumer.
-        let paused = Self::paused(slf)?;
-        if queued >= limit && paused {
+        if queued >= limit && Self::paused(slf)? {
             let on_overflow = slf.borrow().on_overflow.clone_ref(py);
             on_overflow.call0(py)?;
             return Ok(());
         }
         slf.borrow_mut().pending.push(payload.unbind());
-        if queued == 0 && !paused {
+        // The first message marks the outbox for this loop turn's flush, paused or not:
+        // the flush skips a paused socket and `_resumed` marks it again once it drains.
+        // So the common push (one message per recipient per event) reads no socket state
+        // (reading the protocol's `write_paused` was ~2% of the relay's user time).
+        if queued == 0 {
             Self::mark(slf)?;
         }
         Ok(())

@@ -130,7 +130,9 @@ class Outbox:
             self._on_overflow()
             return
         pending.append(payload)
-        if len(pending) == 1 and not self._socket.paused:
+        if len(pending) == 1:
+            # Paused or not: the flush skips a paused socket and `_resumed` marks it again
+            # once it drains, so the common push reads no socket state.
             self._scheduler.mark(self)
 
     async def replay(self, payloads: list[bytes]) -> None:

@@ -119,6 +119,23 @@ async def test_nothing_is_written_while_paused_and_overflow_is_reported_once_ful
     assert overflows == ["!"]
 
 
+async def test_what_waits_on_a_paused_socket_goes_out_once_it_drains(make: Make) -> None:
+    """A push to a paused socket marks its outbox all the same (the push reads no socket
+    state); the loop turn's flush skips it, and the drain (`on_resume`) marks it again."""
+    outbox, socket, overflows = make(limit=3)
+    socket.paused = True
+    outbox.push(b"a")
+    outbox.push(b"b")
+    await loop_turns()
+    assert socket.sent == []
+    socket.resume()
+    await loop_turns()
+    assert socket.sent == [b"a\nb"]
+    outbox.push(b"c")  # unpaused again: the next turn's flush writes it
+    await loop_turns()
+    assert socket.sent == [b"a\nb", b"c"] and overflows == []
+
+
 async def test_close_drops_or_flushes_pending_then_sends_final_message(make: Make) -> None:
     outbox, socket, _ = make()
     outbox.push(b"a")
