@@ -4,7 +4,11 @@ Targets, each started fresh on loopback with its own redis-server where it has o
 - relay, volatile rooms and durable rooms: two `relay serve` pods on one Redis;
 - Node socket.io + @socket.io/redis-adapter: two processes on one Redis (bench/js);
 - python-socketio + AsyncRedisManager: two processes on one Redis (bench/sio_server.py);
-- the frame-once floor: one process (bench/floor.py), no broker.
+- the frame-once floor: one process (bench/floor.py), no broker;
+- the frame-once floor with a Redis hop: two bench/floor.py processes on one Redis, each
+  event PUBLISHed once and written by every process to its members: the least a relay
+  whose rooms span processes through Redis Pub/Sub can do (the relay's architecture
+  without its features), so relay / floor-redis is the cost of the relay's own work.
 
 Every server process and its Redis are pinned to CPU 1; the load generator, one Node
 process (bench/js/loadgen.js), runs alone on CPU 0 and reports its own CPU, so a figure
@@ -156,7 +160,7 @@ def relay_target(workdir: Path, policy: str, extra: dict[str, str]) -> Iterator[
 
 @contextmanager
 def two_process_target(
-    workdir: Path, command: Callable[[int, str], list[str]]
+    workdir: Path, command: Callable[[int, str], list[str]], proto: str = "sio"
 ) -> Iterator[Servers]:
     redis = RedisProcess(workdir).start()
     procs: list[subprocess.Popen[bytes]] = []
@@ -165,9 +169,10 @@ def two_process_target(
         for port in ports:
             procs.append(start_plain(command(port, redis.url), port, workdir / f"srv-{port}.log"))
         assert redis.proc is not None
+        scheme, path = ("ws", "/ws") if proto == "relay" else ("http", "")
         yield Servers(
-            "sio",
-            [f"http://{LOOPBACK}:{port}" for port in ports],
+            proto,
+            [f"{scheme}://{LOOPBACK}:{port}{path}" for port in ports],
             [p.pid for p in procs],
             redis.proc.pid,
         )
@@ -187,6 +192,10 @@ def floor_target(workdir: Path) -> Iterator[Servers]:
         yield Servers("relay", [f"ws://{LOOPBACK}:{port}/ws"], [proc.pid], None)
     finally:
         stop_process(proc)
+
+
+def floor_redis(port: int, redis_url: str) -> list[str]:
+    return [sys.executable, str(BENCH / "floor.py"), "--port", str(port), "--redis", redis_url]
 
 
 def node_sio(port: int, redis_url: str) -> list[str]:
@@ -408,6 +417,10 @@ TARGETS: dict[str, tuple[str, Callable[[Path], Any]]] = {
         lambda w: two_process_target(w, python_sio),
     ),
     "floor": ("frame-once floor (1 process)", floor_target),
+    "floor-redis": (
+        "frame-once floor + Redis hop (2 proc)",
+        lambda w: two_process_target(w, floor_redis, proto="relay"),
+    ),
 }
 """Key -> (label, context manager factory taking a work directory), in table order."""
 
@@ -499,6 +512,7 @@ def ratio(a: float, b: float) -> str:
 def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> None:
     rates = load.rates
     floor = results.get("floor")
+    hop = results.get("floor-redis")
     node = results.get("socketio-node")
     print("\n== results (one run; servers + Redis on CPU 1, generator on CPU 0)")
     head = ["target"]
@@ -532,12 +546,12 @@ def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> N
         if key == "floor":
             continue
         parts = []
-        for r in rates:
-            s = res.fixed.get(r)
-            if s and floor and r in floor.fixed:
-                parts.append(
-                    f"/floor @{r:,.0f}: {ratio(s.with_redis_us, floor.fixed[r].with_redis_us)}"
-                )
+        for name, base in [("floor", floor), ("floor-redis", hop)]:
+            for r in rates:
+                s = res.fixed.get(r)
+                if s and base and r in base.fixed and key != name:
+                    cost = ratio(s.with_redis_us, base.fixed[r].with_redis_us)
+                    parts.append(f"/{name} @{r:,.0f}: {cost}")
         if node and res.ramp and node.ramp:
             top = ratio(res.max_sustainable, node.max_sustainable)
             parts.append(f"max fan-out (ramp) / Node socket.io: {top}")

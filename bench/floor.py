@@ -11,6 +11,16 @@ The WebSocket handshake and the parsing of (masked) client frames are websockets
 sans-I/O ServerProtocol; server frames are built here and written directly, bypassing it.
 No auth, no limits, no leave, no history: a measuring instrument, not a server. Run it as
 `python bench/floor.py --port N` (loopback only).
+
+`--redis URL`: the floor with the relay's Redis hop, the least work a relay whose rooms
+span processes can do (run two, like the relay's two pods). A publish frames the event
+once and PUBLISHes the frame on the room's channel (replies read and dropped, nothing
+awaited); every process SUBSCRIBEs to the channels of its members' rooms and writes each
+message's bytes, as they come, to every local member. So an event costs what the floor's
+does, plus one PUBLISH, Redis's fan-out to the subscribed processes and one Pub/Sub read
+in each: the relay's architecture with none of its features (no envelope, offsets,
+order across pods beyond Redis's own, acks or limits). Events carry no `offset`, as a
+relay's volatile-room events do not.
 """
 
 from __future__ import annotations
@@ -20,8 +30,11 @@ import asyncio
 import itertools
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, cast
+from urllib.parse import urlsplit
 
+import hiredis
 import orjson
 from websockets.frames import Opcode
 from websockets.http11 import Request
@@ -41,17 +54,83 @@ def frame_text(payload: bytes) -> bytes:
 
 
 class Room:
-    __slots__ = ("members", "offset")
+    __slots__ = ("channel", "members", "name", "offset", "subscribed", "waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.members: list[asyncio.Transport] = []
         self.offset = 0
+        self.channel = b"floor:" + name.encode()
+        self.subscribed = False
+        """With a Redis hop: the channel's subscription is confirmed."""
+        self.waiting: list[tuple[Connection, Any]] = []
+        """Joins answered once it is (connection, ref)."""
+
+
+class RedisConnection(asyncio.Protocol):
+    """Commands written at once, replies parsed by hiredis and handed to `on_reply`."""
+
+    def __init__(self, on_reply: Callable[[Any], None]) -> None:
+        self.on_reply = on_reply
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            self.on_reply(reply)
+
+    def command(self, *args: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]
 
 
 class Floor:
     def __init__(self) -> None:
         self.rooms: dict[str, Room] = {}
+        self.channels: dict[bytes, Room] = {}
         self.sessions = itertools.count(1)
+        self.publisher: RedisConnection | None = None
+        """With a Redis hop: where events are PUBLISHed (replies dropped)."""
+        self.subscriber: RedisConnection | None = None
+        """With a Redis hop: the Pub/Sub connection events come back on."""
+
+    async def connect(self, url: str) -> None:
+        loop = asyncio.get_running_loop()
+        where = urlsplit(url)
+        host, port = where.hostname or LOOPBACK, where.port or 6379
+        _, self.publisher = await loop.create_connection(
+            lambda: RedisConnection(lambda reply: None), host, port
+        )
+        _, self.subscriber = await loop.create_connection(
+            lambda: RedisConnection(self.pubsub), host, port
+        )
+
+    def room(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name)
+            self.channels[room.channel] = room
+            if self.subscriber is None:
+                room.subscribed = True
+            else:
+                self.subscriber.command(b"SUBSCRIBE", room.channel)
+        return room
+
+    def pubsub(self, reply: list[Any]) -> None:
+        kind, channel, data = reply
+        room = self.channels[channel]
+        if kind == b"message":
+            for transport in room.members:  # the same bytes to every local member
+                transport.write(data)
+        elif kind == b"subscribe":
+            room.subscribed = True
+            for connection, ref in room.waiting:
+                connection.answer_join(room, ref)
+            room.waiting.clear()
 
 
 class Connection(asyncio.Protocol):
@@ -99,30 +178,37 @@ class Connection(asyncio.Protocol):
     def handle(self, message: dict[str, Any]) -> None:
         op = message.get("op")
         if op == "publish":
+            event = {"op": "event", "room": message["room"], "data": message["data"]}
+            event["ts"] = time.time_ns() // 1_000_000
+            publisher = self.floor.publisher
+            if publisher is not None:  # once per event, to every process through Redis
+                channel = b"floor:" + message["room"].encode()
+                publisher.command(b"PUBLISH", channel, frame_text(orjson.dumps(event)))
+                return
             room = self.floor.rooms.get(message["room"])
             if room is None:
                 return
             room.offset += 1
-            event = {
-                "op": "event",
-                "room": message["room"],
-                "offset": room.offset,
-                "data": message["data"],
-                "ts": time.time_ns() // 1_000_000,
-            }
+            event["offset"] = room.offset
             frame = frame_text(orjson.dumps(event))  # once per event
             for transport in room.members:  # the same bytes to every member
                 transport.write(frame)
         elif op == "join":
             assert self.transport is not None
-            room = self.floor.rooms.setdefault(message["room"], Room())
+            room = self.floor.room(message["room"])
             if room not in self.joined:
                 room.members.append(self.transport)
                 self.joined.append(room)
-            reply = {"op": "joined", "room": message["room"], "offset": room.offset}
-            self.send({**reply, "epoch": "floor", "ref": message.get("ref")})
+            if room.subscribed:
+                self.answer_join(room, message.get("ref"))
+            else:
+                room.waiting.append((self, message.get("ref")))
         elif op == "ping":
             self.send({"op": "pong", "ref": message.get("ref")})
+
+    def answer_join(self, room: Room, ref: Any) -> None:
+        reply = {"op": "joined", "room": room.name, "offset": room.offset}
+        self.send({**reply, "epoch": "floor", "ref": ref})
 
     def connection_lost(self, exc: Exception | None) -> None:
         for room in self.joined:
@@ -131,8 +217,10 @@ class Connection(asyncio.Protocol):
         self.joined.clear()
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, redis_url: str | None) -> None:
     floor = Floor()
+    if redis_url is not None:
+        await floor.connect(redis_url)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Connection(floor), LOOPBACK, port)
     async with server:
@@ -148,13 +236,14 @@ def main() -> None:
         default="uvloop",
         help="event loop; uvloop is what uvicorn picks for the relay when it is installed",
     )
+    parser.add_argument("--redis", help="redis://host:port: the floor with a Redis hop")
     args = parser.parse_args()
     if args.loop == "uvloop":
         import uvloop
 
-        uvloop.run(serve(args.port))
+        uvloop.run(serve(args.port, args.redis))
     else:
-        asyncio.run(serve(args.port))
+        asyncio.run(serve(args.port, args.redis))
 
 
 if __name__ == "__main__":
