@@ -84,18 +84,23 @@ impl Members {
     /// a snapshot (one list of the targets), not the dict itself, and no borrow of this
     /// object is held while Python code runs. A member removed meanwhile is still pushed
     /// to (its outbox is closed by then: a no-op); one added meanwhile is not.
+    ///
+    /// A member whose push raises costs the others nothing: every member is pushed to,
+    /// then the first error is raised.
     fn push_all(&self, payload: &Bound<'_, PyBytes>) -> PyResult<usize> {
         let py = payload.py();
         let targets = self.targets.bind(py).values();
+        let mut failure: Option<PyErr> = None;
         for target in targets.iter() {
-            match target.cast::<Outbox>() {
-                Ok(outbox) => Outbox::push(outbox, payload.clone())?,
-                Err(_) => {
-                    target.call1((payload,))?;
-                }
+            let pushed = match target.cast::<Outbox>() {
+                Ok(outbox) => Outbox::push(outbox, payload.clone()),
+                Err(_) => target.call1((payload,)).map(drop),
+            };
+            if let Err(err) = pushed {
+                failure.get_or_insert(err);
             }
         }
-        Ok(targets.len())
+        failure.map_or(Ok(targets.len()), Err)
     }
 
     // A member (a session) refers through its services to the hub that holds this set:

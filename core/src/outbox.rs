@@ -18,6 +18,9 @@ use pyo3::{PyTraverseError, PyVisit};
 /// Largest batched frame (relay.outbox.BATCH_BYTES).
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// The close code of a connection whose write raised (relay.protocol.CloseCode.INTERNAL_ERROR).
+const INTERNAL_ERROR: i64 = 1011;
+
 /// Capacity an emptied queue keeps for the next loop turn (an outbox's pending
 /// messages, the scheduler's dirty outboxes), so that a push or a mark does not allocate
 /// again every turn (a profile of the fan-out found ~2% of the relay's user time in Vec
@@ -108,12 +111,21 @@ impl FlushScheduler {
             this.scheduled = false;
             std::mem::take(&mut this.dirty)
         };
-        let frames = PyDict::new(py); // event bytes -> frame, shared across sockets
+        // Event bytes -> frame, shared across sockets.
+        let frames = PyDict::new(py);
+        // A write that raises costs its connection alone (relay.outbox's docstring): the
+        // others of this turn are off the dirty list already, so the loop goes on, and
+        // the first error is raised once the turn is written.
+        let mut failure: Option<PyErr> = None;
         for outbox in dirty.drain(..) {
-            Outbox::flush_with(outbox.bind(py), Some(&frames))?;
+            let outbox = outbox.bind(py);
+            if let Err(err) = Outbox::flush_with(outbox, Some(&frames)) {
+                Outbox::fail_quietly(outbox);
+                failure.get_or_insert(err);
+            }
         }
         reuse(&mut slf.borrow_mut().dirty, dirty, KEEP_DIRTY);
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 }
 
@@ -293,6 +305,27 @@ impl Outbox {
         Ok(())
     }
 
+    /// Writing to the socket raised (relay.outbox.Outbox.fail): closed with 1011, what
+    /// was pending dropped. Raises nothing: the socket's own close may fail too, and the
+    /// write's error is the one to report.
+    fn fail_quietly(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let socket = {
+            let Ok(mut this) = slf.try_borrow_mut() else {
+                return; // in use further up the stack: that caller sees the error
+            };
+            if this.closed {
+                return;
+            }
+            this.pending.clear();
+            this.closed = true;
+            this.close_code = Some(INTERNAL_ERROR);
+            this.socket.bind(py).clone()
+        };
+        let _ = socket.call_method1(intern!(py, "close"), (INTERNAL_ERROR,));
+        let _ = Self::wake(slf);
+    }
+
     fn mark(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let scheduler = slf.borrow().scheduler.clone_ref(py);
@@ -369,6 +402,10 @@ impl Outbox {
     #[pyo3(signature = (frames = None))]
     fn flush(slf: &Bound<'_, Self>, frames: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
         Self::flush_with(slf, frames)
+    }
+
+    fn fail(slf: &Bound<'_, Self>) {
+        Self::fail_quietly(slf)
     }
 
     #[pyo3(signature = (r#final, code, *, drop_pending = false))]

@@ -100,8 +100,14 @@ class Members(set[Member]):
         # which may leave its rooms); a member removed meanwhile is still pushed to (a
         # no-op on its closed outbox), one added meanwhile is not.
         members = tuple(self)
+        failure: Exception | None = None
         for member in members:
-            member.push(payload)
+            try:
+                member.push(payload)
+            except Exception as exc:  # one member's failure costs the others nothing
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         return len(members)
 
 
@@ -418,9 +424,9 @@ class Hub:
 
     def _fan_out(self, entry: _Room, delivery: Delivery) -> None:
         span = tracing.process_start(delivery) if tracing.tracer is not None else None
-        delivered = entry.members.push_all(delivery.payload)
         for buffer in entry.catching_up.values():
-            buffer.add(delivery)
+            buffer.add(delivery)  # first: a member's failing push raises out of push_all
+        delivered = entry.members.push_all(delivery.payload)
         self._metrics.delivered.inc(delivered)
         self._metrics.delivery_latency.observe(max(0.0, time.time() - delivery.ts / 1000))
         if span is not None:

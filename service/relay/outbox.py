@@ -15,15 +15,24 @@ one loop turn pushes is written at once. Replays (a `join` with `since`) do not 
 for the socket to take them first, so a resume of any length holds at most one send
 queue's worth in memory, and a client that stops reading stalls only its own replay
 (until the heartbeat ends its connection).
+
+A write that raises (a socket in a state nothing expected) costs that connection alone:
+the flush goes on with every other outbox of its turn (they are off the dirty list
+already, and would otherwise wait for a drain an idle socket never has), the failed one
+is closed with 1011 (`fail`: what was taken for the write may be lost, so its client
+resumes rather than go on with a silent gap), and the first such error is raised once
+the turn is written, for the event loop to log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from relay.core import Core
+from relay.protocol import CloseCode
 from relay.transport import RawSocket
 
 BATCH_BYTES = 64 * 1024
@@ -82,8 +91,15 @@ class FlushScheduler:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         frames: dict[bytes, bytes] = {}  # event bytes -> frame, shared across sockets
+        failure: Exception | None = None
         for outbox in dirty:
-            outbox.flush(frames)
+            try:
+                outbox.flush(frames)
+            except Exception as exc:  # that connection alone: see the module's docstring
+                outbox.fail()
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def outbox(self, socket: RawSocket, *, limit: int, on_overflow: Callable[[], None]) -> Outbox:
         return Outbox(socket, self, limit=limit, on_overflow=on_overflow)
@@ -189,6 +205,18 @@ class Outbox:
         self.closed = True
         self.close_code = code
         self._socket.close(code)
+        self._wake()
+
+    def fail(self) -> None:
+        """Writing to the socket raised: end the connection with 1011 (the module's
+        docstring says why). Raises nothing: the socket's own close may fail too."""
+        if self.closed:
+            return
+        self._pending = []
+        self.closed = True
+        self.close_code = CloseCode.INTERNAL_ERROR
+        with contextlib.suppress(Exception):  # the write's own error is the one raised
+            self._socket.close(CloseCode.INTERNAL_ERROR)
         self._wake()
 
     def _write_all(self, frames: dict[bytes, bytes] | None) -> None:

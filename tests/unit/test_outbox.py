@@ -26,8 +26,12 @@ class FakeSocket:
         self.closed = False
         self.pause_on_send = False
         """Play a client that reads slowly: every write fills the transport's buffer."""
+        self.broken = False
+        """Play a socket in a state nothing expected: every write raises."""
 
     def send(self, payload: bytes, frames: dict[bytes, bytes] | None = None) -> None:
+        if self.broken:
+            raise OSError("the socket is broken")
         self.sent.append(payload)
         self.frames_shared.append(frames is not None)
         self.paused = self.paused or self.pause_on_send
@@ -443,3 +447,48 @@ async def test_a_member_whose_push_is_another_outbox_method_is_called(
         members.push_all(b"x")
     await loop_turns()
     assert socket.sent == []
+
+
+async def test_a_write_that_raises_costs_its_connection_alone(make: Make) -> None:
+    """The flush writes every other outbox of its loop turn (they are off the dirty list
+    already: stopped there, an idle socket's events would wait for ever), closes the
+    failed connection with 1011 (what it was sent may be lost: its client resumes), and
+    hands the error to the event loop's handler once."""
+    boxes = [make() for _ in range(3)]
+    failed, broken, _ = boxes[1]
+    broken.broken = True
+    errors: list[object] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
+    try:
+        for outbox, _, _ in boxes:
+            outbox.push(b"e")
+        await loop_turns()
+    finally:
+        loop.set_exception_handler(None)
+    assert [socket.sent for _, socket, _ in boxes] == [[b"e"], [], [b"e"]]
+    assert broken.closed_with == 1011 and failed.closed and failed.close_code == 1011
+    assert len(errors) == 1 and isinstance(errors[0], OSError)
+    for outbox, _, _ in boxes:
+        outbox.push(b"f")
+    await loop_turns()
+    assert [socket.sent for _, socket, _ in boxes] == [[b"e", b"f"], [], [b"e", b"f"]]
+
+
+async def test_a_member_whose_push_raises_costs_the_others_nothing(make: Make, core: Core) -> None:
+    """push_all pushes to every member, then raises the first member's error (the hub's
+    caller logs it): the members after a failing one still get the event."""
+    members = member_set(core)
+    joined = [Joined(make()[0]) for _ in range(4)]
+
+    def refuse(payload: bytes) -> None:
+        raise RuntimeError("this member cannot take it")
+
+    joined[1].push = refuse
+    for member in joined:
+        members.add(member)
+    with pytest.raises(RuntimeError, match="cannot take it"):
+        members.push_all(b"e")
+    await loop_turns()
+    sent = [member.outbox._socket.sent for member in joined]
+    assert sent == [[b"e"], [], [b"e"], [b"e"]]
