@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def stale_core(monkeypatch: pytest.MonkeyPatch) -> None:
     """gamecluster_core as built before its member set (core-fanout), 0.1.0: the image
-    build now pins 0.2.0 and refuses that wheel, but `pip install ./core` from an older
+    build pins the current version and refuses that wheel, but `pip install ./core` from an older
     checkout, or a hand-built image, can still put it next to this relay. It has the
     frame reader and outboxes but no Members."""
     stale = types.ModuleType("gamecluster_core")
