@@ -5,10 +5,12 @@ Targets, each started fresh on loopback with its own redis-server where it has o
 - Node socket.io + @socket.io/redis-adapter: two processes on one Redis (bench/js);
 - python-socketio + AsyncRedisManager: two processes on one Redis (bench/sio_server.py);
 - the frame-once floor: one process (bench/floor.py), no broker;
-- the frame-once floor with a Redis hop: two bench/floor.py processes on one Redis, each
-  event PUBLISHed once and written by every process to its members: the least a relay
-  whose rooms span processes through Redis Pub/Sub can do (the relay's architecture
-  without its features), so relay / floor-redis is the cost of the relay's own work.
+- the frame-once floor with a Redis hop, two bench/floor.py processes on one Redis, in two
+  shapes: `floor-redis`, the relay's (each event PUBLISHed once on the room's channel and
+  written by every process to its members as Redis delivers it: the relay's architecture
+  without its features), and `floor-redis-lean`, the least any relay sharing rooms
+  through Redis Pub/Sub can do (no replies, local members first, Redis sends nothing
+  back to the publisher; it gives up one order per room across processes).
 
 Every server process and its Redis are pinned to CPU 1; the load generator, one Node
 process (bench/js/loadgen.js), runs alone on CPU 0 and reports its own CPU, so a figure
@@ -72,7 +74,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import resume_storm
-from procs import JsonLines, cpu_seconds, pin
+from procs import JsonLines, cpu_seconds, kernel_counts, pin
 from support.processes import (
     LOOPBACK,
     RedisProcess,
@@ -158,21 +160,26 @@ def relay_target(workdir: Path, policy: str, extra: dict[str, str]) -> Iterator[
         redis.stop()
 
 
+URLS = {"sio": "http://{host}:{port}", "relay": "ws://{host}:{port}/ws"}
+"""What the generator connects to, by the protocol it speaks."""
+
+Command = Callable[[int, str, list[int]], list[str]]
+"""A server process's command line: its port, Redis's URL, every server's port."""
+
+
 @contextmanager
-def two_process_target(
-    workdir: Path, command: Callable[[int, str], list[str]], proto: str = "sio"
-) -> Iterator[Servers]:
+def two_process_target(workdir: Path, command: Command, proto: str = "sio") -> Iterator[Servers]:
     redis = RedisProcess(workdir).start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         ports = [free_port(), free_port()]
         for port in ports:
-            procs.append(start_plain(command(port, redis.url), port, workdir / f"srv-{port}.log"))
+            args = command(port, redis.url, ports)
+            procs.append(start_plain(args, port, workdir / f"srv-{port}.log"))
         assert redis.proc is not None
-        scheme, path = ("ws", "/ws") if proto == "relay" else ("http", "")
         yield Servers(
             proto,
-            [f"{scheme}://{LOOPBACK}:{port}{path}" for port in ports],
+            [URLS[proto].format(host=LOOPBACK, port=port) for port in ports],
             [p.pid for p in procs],
             redis.proc.pid,
         )
@@ -194,15 +201,20 @@ def floor_target(workdir: Path) -> Iterator[Servers]:
         stop_process(proc)
 
 
-def floor_redis(port: int, redis_url: str) -> list[str]:
-    return [sys.executable, str(BENCH / "floor.py"), "--port", str(port), "--redis", redis_url]
+def floor_redis(hop: str) -> Command:
+    def command(port: int, redis_url: str, ports: list[int]) -> list[str]:
+        peers = ",".join(str(p) for p in ports if p != port)
+        floor = [sys.executable, str(BENCH / "floor.py"), "--port", str(port)]
+        return [*floor, "--redis", redis_url, "--hop", hop, "--me", str(port), "--peers", peers]
+
+    return command
 
 
-def node_sio(port: int, redis_url: str) -> list[str]:
+def node_sio(port: int, redis_url: str, ports: list[int]) -> list[str]:
     return [NODE, str(BENCH / "js" / "sio_server.js"), str(port), redis_url]
 
 
-def python_sio(port: int, redis_url: str) -> list[str]:
+def python_sio(port: int, redis_url: str, ports: list[int]) -> list[str]:
     return [sys.executable, str(BENCH / "sio_server.py"), "--port", str(port), "--redis", redis_url]
 
 
@@ -259,6 +271,9 @@ class Step:
     with_redis_us: float
     gen_cpu: float
     published_ok: bool
+    per_event: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Reads, writes (system calls) and context switches of the servers + Redis per
+    published event: counts, steadier than CPU time on a shared machine."""
 
     @property
     def loss(self) -> int:
@@ -326,8 +341,15 @@ def step(
     before = [cpu_seconds(p) for p in pids]
     user_before = [cpu_seconds(p, user_only=True) for p in pids]
     redis_before = cpu_seconds(servers.redis_pid) if servers.redis_pid else 0.0
+    counted = [*pids, *([servers.redis_pid] if servers.redis_pid else [])]
+    counts_before = [kernel_counts(p) for p in counted]
     with profiled(pids, seconds, profile, f"{servers.name}-{rate:.0f}"):
         answer = gen.ask({"cmd": "run", "rate": rate, "seconds": seconds})
+    counts_after = [kernel_counts(p) for p in counted]
+    counts = [
+        sum(after[k] - before[k] for after, before in zip(counts_after, counts_before, strict=True))
+        for k in range(3)
+    ]
     cpu = sum(cpu_seconds(p) for p in pids) - sum(before)
     user = sum(cpu_seconds(p, user_only=True) for p in pids) - sum(user_before)
     redis_cpu = (cpu_seconds(servers.redis_pid) - redis_before) if servers.redis_pid else 0.0
@@ -346,13 +368,20 @@ def step(
         with_redis_us=(cpu + redis_cpu) * per,
         gen_cpu=float(answer["gen_cpu"]),
         published_ok=published_ok,
+        per_event=(
+            counts[0] / max(1, int(answer["sent"])),
+            counts[1] / max(1, int(answer["sent"])),
+            counts[2] / max(1, int(answer["sent"])),
+        ),
     )
     print(
         f"    {rate:>7,.0f}/s  delivered {delivered:>8,}/{result.expected:<8,} "
         f"p50 {result.p50:7.2f} p99 {result.p99:8.2f} ms  servers {result.server_us:6.1f} us"
         f" (user {result.server_user_us:5.1f})"
         f"  +redis {result.with_redis_us:6.1f} us  gen CPU {result.gen_cpu:4.0%}"
-        + ("" if result.passed else "  (fails: loss, p99 or rate)"),
+        + ("" if result.passed else "  (fails: loss, p99 or rate)")
+        + "\n      per event, servers + Redis: {:.1f} reads, {:.1f} writes, {:.1f} context "
+        "switches".format(*result.per_event),
         flush=True,
     )
     return result
@@ -418,8 +447,12 @@ TARGETS: dict[str, tuple[str, Callable[[Path], Any]]] = {
     ),
     "floor": ("frame-once floor (1 process)", floor_target),
     "floor-redis": (
-        "frame-once floor + Redis hop (2 proc)",
-        lambda w: two_process_target(w, floor_redis, proto="relay"),
+        "frame-once floor + Redis hop, relay's shape (2 proc)",
+        lambda w: two_process_target(w, floor_redis("relay"), proto="relay"),
+    ),
+    "floor-redis-lean": (
+        "frame-once floor + Redis hop, lean (2 proc)",
+        lambda w: two_process_target(w, floor_redis("lean"), proto="relay"),
     ),
 }
 """Key -> (label, context manager factory taking a work directory), in table order."""
@@ -512,7 +545,7 @@ def ratio(a: float, b: float) -> str:
 def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> None:
     rates = load.rates
     floor = results.get("floor")
-    hop = results.get("floor-redis")
+    hop, lean = results.get("floor-redis"), results.get("floor-redis-lean")
     node = results.get("socketio-node")
     print("\n== results (one run; servers + Redis on CPU 1, generator on CPU 0)")
     head = ["target"]
@@ -546,7 +579,7 @@ def report(results: dict[str, Result], traced: dict[str, Step], load: Load) -> N
         if key == "floor":
             continue
         parts = []
-        for name, base in [("floor", floor), ("floor-redis", hop)]:
+        for name, base in [("floor", floor), ("floor-redis", hop), ("floor-redis-lean", lean)]:
             for r in rates:
                 s = res.fixed.get(r)
                 if s and base and r in base.fixed and key != name:

@@ -12,15 +12,22 @@ sans-I/O ServerProtocol; server frames are built here and written directly, bypa
 No auth, no limits, no leave, no history: a measuring instrument, not a server. Run it as
 `python bench/floor.py --port N` (loopback only).
 
-`--redis URL`: the floor with the relay's Redis hop, the least work a relay whose rooms
-span processes can do (run two, like the relay's two pods). A publish frames the event
-once and PUBLISHes the frame on the room's channel (replies read and dropped, nothing
-awaited); every process SUBSCRIBEs to the channels of its members' rooms and writes each
-message's bytes, as they come, to every local member. So an event costs what the floor's
-does, plus one PUBLISH, Redis's fan-out to the subscribed processes and one Pub/Sub read
-in each: the relay's architecture with none of its features (no envelope, offsets,
-order across pods beyond Redis's own, acks or limits). Events carry no `offset`, as a
-relay's volatile-room events do not.
+`--redis URL`: the floor with a Redis hop (run two, like the relay's two pods, each with
+`--me` its own name and `--peers` the others'), in one of two shapes (`--hop`):
+- `relay` (the default): the relay's shape, none of its features. A publish frames the
+  event once and PUBLISHes the frame on the room's channel (replies read and dropped,
+  nothing awaited); every process SUBSCRIBEs to the channels of its members' rooms and
+  writes each message's bytes as they come to every local member, its own publishes
+  included (Redis gives every process the room's events in one order, as the relay
+  relies on). No envelope, offsets, acks or limits.
+- `lean`: the least a relay whose rooms span processes through Redis Pub/Sub can do. No
+  replies (CLIENT REPLY OFF on the publish connection); a publish is written to the
+  local members at once and PUBLISHed to one channel per other process (`room@peer`),
+  so Redis sends nothing back to the publisher. It gives up what the relay keeps: one
+  order per room on every process, errors from Redis, and (for more processes) it must
+  know which peers hold members. A lower bound, not a design for durable rooms, whose
+  events get their offset in Redis before anyone may deliver them.
+Events carry no `offset` in either, as a relay's volatile-room events do not.
 """
 
 from __future__ import annotations
@@ -56,11 +63,12 @@ def frame_text(payload: bytes) -> bytes:
 class Room:
     __slots__ = ("channel", "members", "name", "offset", "subscribed", "waiting")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, channel: bytes) -> None:
         self.name = name
         self.members: list[asyncio.Transport] = []
         self.offset = 0
-        self.channel = b"floor:" + name.encode()
+        self.channel = channel
+        """With a Redis hop: what this process subscribes to for the room."""
         self.subscribed = False
         """With a Redis hop: the channel's subscription is confirmed."""
         self.waiting: list[tuple[Connection, Any]] = []
@@ -85,18 +93,25 @@ class RedisConnection(asyncio.Protocol):
 
     def command(self, *args: bytes) -> None:
         assert self.transport is not None
+        # hiredis's stubs want a tuple of str | bytes | int | float; bytes are what it packs.
         self.transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]
 
 
 class Floor:
-    def __init__(self) -> None:
+    def __init__(self, hop: str | None = None, me: str = "", peers: list[str] | None = None):
+        self.hop = hop
+        """None (one process), "relay" or "lean" (the module's docstring)."""
+        self.me = me
+        self.peers = peers or []
         self.rooms: dict[str, Room] = {}
         self.channels: dict[bytes, Room] = {}
         self.sessions = itertools.count(1)
         self.publisher: RedisConnection | None = None
-        """With a Redis hop: where events are PUBLISHed (replies dropped)."""
+        """With a Redis hop: where events are PUBLISHed (replies dropped, or none)."""
         self.subscriber: RedisConnection | None = None
-        """With a Redis hop: the Pub/Sub connection events come back on."""
+        """With a Redis hop: the Pub/Sub connection events come in on."""
+        self.targets: dict[str, list[bytes]] = {}
+        """Room -> the channels a publish goes to (built once per room name)."""
 
     async def connect(self, url: str) -> None:
         loop = asyncio.get_running_loop()
@@ -105,14 +120,28 @@ class Floor:
         _, self.publisher = await loop.create_connection(
             lambda: RedisConnection(lambda reply: None), host, port
         )
+        if self.hop == "lean":
+            self.publisher.command(b"CLIENT", b"REPLY", b"OFF")
         _, self.subscriber = await loop.create_connection(
             lambda: RedisConnection(self.pubsub), host, port
         )
 
+    def channel(self, room: str, process: str) -> bytes:
+        """The room's channel (relay shape), or its channel to one process (lean)."""
+        shared = b"floor:" + room.encode()
+        return shared + b"@" + process.encode() if self.hop == "lean" else shared
+
+    def publish_to(self, room: str) -> list[bytes]:
+        targets = self.targets.get(room)
+        if targets is None:
+            peers = self.peers if self.hop == "lean" else [self.me]
+            targets = self.targets[room] = [self.channel(room, peer) for peer in peers]
+        return targets
+
     def room(self, name: str) -> Room:
         room = self.rooms.get(name)
         if room is None:
-            room = self.rooms[name] = Room(name)
+            room = self.rooms[name] = Room(name, self.channel(name, self.me))
             self.channels[room.channel] = room
             if self.subscriber is None:
                 room.subscribed = True
@@ -129,7 +158,8 @@ class Floor:
         elif kind == b"subscribe":
             room.subscribed = True
             for connection, ref in room.waiting:
-                connection.answer_join(room, ref)
+                if connection.transport is not None and not connection.transport.is_closing():
+                    connection.answer_join(room, ref)
             room.waiting.clear()
 
 
@@ -180,19 +210,22 @@ class Connection(asyncio.Protocol):
         if op == "publish":
             event = {"op": "event", "room": message["room"], "data": message["data"]}
             event["ts"] = time.time_ns() // 1_000_000
-            publisher = self.floor.publisher
-            if publisher is not None:  # once per event, to every process through Redis
-                channel = b"floor:" + message["room"].encode()
-                publisher.command(b"PUBLISH", channel, frame_text(orjson.dumps(event)))
-                return
-            room = self.floor.rooms.get(message["room"])
-            if room is None:
-                return
-            room.offset += 1
-            event["offset"] = room.offset
+            floor = self.floor
+            room = floor.rooms.get(message["room"])
+            if floor.hop is None:
+                if room is None:
+                    return
+                room.offset += 1
+                event["offset"] = room.offset
             frame = frame_text(orjson.dumps(event))  # once per event
-            for transport in room.members:  # the same bytes to every member
-                transport.write(frame)
+            if floor.publisher is not None:  # to the other processes through Redis
+                for channel in floor.publish_to(message["room"]):
+                    floor.publisher.command(b"PUBLISH", channel, frame)
+                if floor.hop == "relay":
+                    return  # its own members get it from Redis, in the room's one order
+            if room is not None:
+                for transport in room.members:  # the same bytes to every member
+                    transport.write(frame)
         elif op == "join":
             assert self.transport is not None
             room = self.floor.room(message["room"])
@@ -207,7 +240,8 @@ class Connection(asyncio.Protocol):
             self.send({"op": "pong", "ref": message.get("ref")})
 
     def answer_join(self, room: Room, ref: Any) -> None:
-        reply = {"op": "joined", "room": room.name, "offset": room.offset}
+        offset = None if self.floor.hop else room.offset  # no offsets through the hop
+        reply = {"op": "joined", "room": room.name, "offset": offset}
         self.send({**reply, "epoch": "floor", "ref": ref})
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -217,10 +251,11 @@ class Connection(asyncio.Protocol):
         self.joined.clear()
 
 
-async def serve(port: int, redis_url: str | None) -> None:
-    floor = Floor()
-    if redis_url is not None:
-        await floor.connect(redis_url)
+async def serve(port: int, args: argparse.Namespace) -> None:
+    peers = [peer for peer in args.peers.split(",") if peer]
+    floor = Floor(args.hop if args.redis else None, args.me or str(port), peers)
+    if args.redis is not None:
+        await floor.connect(args.redis)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Connection(floor), LOOPBACK, port)
     async with server:
@@ -237,13 +272,18 @@ def main() -> None:
         help="event loop; uvloop is what uvicorn picks for the relay when it is installed",
     )
     parser.add_argument("--redis", help="redis://host:port: the floor with a Redis hop")
+    parser.add_argument("--hop", choices=["relay", "lean"], default="relay")
+    parser.add_argument("--me", default="", help="this process's name (default: its port)")
+    parser.add_argument("--peers", default="", help="the other processes' names, comma-separated")
     args = parser.parse_args()
+    if args.hop == "lean" and args.redis and not args.peers:
+        parser.error("--hop lean needs --peers: it publishes to each other process's channel")
     if args.loop == "uvloop":
         import uvloop
 
-        uvloop.run(serve(args.port, args.redis))
+        uvloop.run(serve(args.port, args))
     else:
-        asyncio.run(serve(args.port, args.redis))
+        asyncio.run(serve(args.port, args))
 
 
 if __name__ == "__main__":

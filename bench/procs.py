@@ -22,6 +22,19 @@ def cpu_seconds(pid: int, *, user_only: bool = False) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
+def kernel_counts(pid: int) -> tuple[int, int, int]:
+    """(read system calls, write system calls, context switches) of `pid` so far, every
+    thread's: counts, so they do not move with the machine's load as CPU time does.
+    /proc/PID/io's syscr and syscw count read- and write-like calls (recv, send...)."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                switches += int(line.split()[1])
+    return int(io["syscr"]), int(io["syscw"]), switches
+
+
 def pin(pid: int, cpus: set[int]) -> None:
     """Pin every thread of a process (sched_setaffinity acts on one thread id); threads
     started later inherit it."""
