@@ -43,7 +43,9 @@ relay-durable-base, the same pods run from another checkout's `service/` directo
 `--repeat N` runs the chosen targets N times, interleaved (A, B, A, B...), and reports
 each step's median (by CPU per delivery, servers + Redis): single short steps on a
 shared machine move by tens of percent. Both apply to the tracing scenario too: each
-sampling configuration runs on this tree and the baseline, one after the other, N times.
+sampling configuration runs on this tree and the baseline, one after the other, N times;
+outside `--quick` the tracing scenario runs at least TRACING_RUNS times whatever N is,
+because its goal (ratio 0.1 within 10% of ratio 0) is smaller than one step's noise.
 `--profile DIR` samples every server process with py-spy (the `bench` extra) during
 each fixed and each tracing step and leaves one collapsed-stack file per process and
 step in DIR, for bench/stacks.py; sampling costs CPU, so a profiled run's CPU figures
@@ -457,6 +459,9 @@ TARGETS: dict[str, tuple[str, Callable[[Path], Any]]] = {
 }
 """Key -> (label, context manager factory taking a work directory), in table order."""
 
+TRACING_RUNS = 3
+"""Interleaved runs of each sampling configuration in a full run (medians reported)."""
+
 SAMPLING = ["disabled", "0", "0.1", "1.0"]
 """Tracing off (OTEL_SDK_DISABLED), then parent-based ratio sampling at each ratio."""
 
@@ -725,7 +730,8 @@ def main() -> None:
             workdir = Path(tmp) / "tracing"
             workdir.mkdir()
             trees = {"": {}} if args.baseline is None else {"": {}, "base": base}
-            traced = tracing(workdir, load, 20000, trees, args.repeat, args.profile)
+            runs_of_tracing = args.repeat if args.quick else max(args.repeat, TRACING_RUNS)
+            traced = tracing(workdir, load, 20000, trees, runs_of_tracing, args.profile)
         if results or traced:
             report(results, traced, load)
         if "storm" in scenarios:
