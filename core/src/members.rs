@@ -11,6 +11,7 @@
 //! Membership is a Python dict (member -> what to push to), so it is exactly a Python
 //! set's: the members' own hash and equality, not their addresses.
 
+use pyo3::exceptions::PyException;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCFunction, PyDict};
@@ -97,6 +98,9 @@ impl Members {
                 Err(_) => target.call1((payload,)).map(drop),
             };
             if let Err(err) = pushed {
+                if !err.is_instance_of::<PyException>(py) {
+                    return Err(err); // KeyboardInterrupt, SystemExit: at once, as in Python
+                }
                 failure.get_or_insert(err);
             }
         }

@@ -10,6 +10,7 @@
 //! is not reading) an outbox holds at most `limit` messages; one more calls `on_overflow`
 //! (the session drops the slow consumer: `reconnect`, close 4008) and is not queued.
 
+use pyo3::exceptions::PyException;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -120,6 +121,9 @@ impl FlushScheduler {
         for outbox in dirty.drain(..) {
             let outbox = outbox.bind(py);
             if let Err(err) = Outbox::flush_with(outbox, Some(&frames)) {
+                if !err.is_instance_of::<PyException>(py) {
+                    return Err(err); // KeyboardInterrupt, SystemExit: at once, as in Python
+                }
                 Outbox::fail_quietly(outbox);
                 failure.get_or_insert(err);
             }
@@ -426,9 +430,15 @@ impl Outbox {
             }
             this.socket.bind(py).clone()
         };
-        Self::write_all(slf, &socket, None)?;
-        if let Some(last) = r#final {
-            socket.call_method1(intern!(py, "send"), (last,))?;
+        let written = Self::write_all(slf, &socket, None).and_then(|()| match r#final {
+            Some(last) => socket.call_method1(intern!(py, "send"), (last,)).map(drop),
+            None => Ok(()),
+        });
+        if let Err(err) = written {
+            // The connection ends all the same (1011, relay.outbox.Outbox.close), then the
+            // error is raised.
+            Self::fail_quietly(slf);
+            return Err(err);
         }
         {
             let mut this = slf.borrow_mut();

@@ -85,7 +85,8 @@ class MemberSet(Protocol):
     def __contains__(self, member: object) -> bool: ...
     def __len__(self) -> int: ...
     def push_all(self, payload: bytes) -> int:
-        """`member.push(payload)` for each member; how many were pushed to."""
+        """`member.push(payload)` for each member; how many were pushed to. A member whose
+        push raises costs the others nothing: the first such error is raised at the end."""
 
 
 class Members(set[Member]):
@@ -108,6 +109,16 @@ class Members(set[Member]):
                 failure = failure or exc
         if failure is not None:
             raise failure
+        return len(members)
+
+
+def _push_all(members: MemberSet, payload: bytes, room: str) -> int:
+    """`members.push_all`, whose error (the first member's that failed, raised once every
+    member was pushed to) is logged here: the fan-out is complete by then."""
+    try:
+        return members.push_all(payload)
+    except Exception:
+        log.exception("a member of room %r failed to take a message", room)
         return len(members)
 
 
@@ -423,17 +434,22 @@ class Hub:
         await asyncio.gather(*self._unsubscribing.values(), return_exceptions=True)
 
     def _fan_out(self, entry: _Room, delivery: Delivery) -> None:
+        """Never raises: one member's failure costs the others nothing, and the callers (a
+        broker's reader, a gap fill, the embedded broker's publish) could only stop short."""
         span = tracing.process_start(delivery) if tracing.tracer is not None else None
+        delivered = _push_all(entry.members, delivery.payload, delivery.room)
         for buffer in entry.catching_up.values():
-            buffer.add(delivery)  # first: a member's failing push raises out of push_all
-        delivered = entry.members.push_all(delivery.payload)
+            try:
+                buffer.add(delivery)
+            except Exception:  # its overflow (the member's drop) failed: that member alone
+                log.exception("a joining member of room %r failed to take an event", delivery.room)
         self._metrics.delivered.inc(delivered)
         self._metrics.delivery_latency.observe(max(0.0, time.time() - delivery.ts / 1000))
         if span is not None:
             tracing.process_end(span, len(entry.members))
 
     def _notify_resync(self, entry: _Room, room: str, offset: int, epoch: str) -> None:
-        entry.members.push_all(protocol.joined(room, offset, epoch, False, None))
+        _push_all(entry.members, protocol.joined(room, offset, epoch, False, None), room)
 
     async def _next_page(
         self, member: Member, room: str, policy: RoomPolicy, result: JoinResult, last: int

@@ -199,9 +199,13 @@ class Outbox:
             return
         if drop_pending:
             self._pending = []
-        self._write_all(None)
-        if final is not None:
-            self._socket.send(final)
+        try:
+            self._write_all(None)
+            if final is not None:
+                self._socket.send(final)
+        except Exception:
+            self.fail()  # the connection ends all the same (1011), then the error is raised
+            raise
         self.closed = True
         self.close_code = code
         self._socket.close(code)

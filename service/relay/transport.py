@@ -570,11 +570,20 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         if self.closing:
             return
         self._state = _State.CLOSING
-        self.conn.send_close(code, reason)
-        self.flush()
-        self._set_timer(CLOSE_TIMEOUT, self._abort)
-        if self.read_paused:  # read the peer's close frame
-            self.resume_reading()
+        try:
+            self.conn.send_close(code, reason)
+            self.flush()
+        except Exception:
+            # The close frame cannot be written (a transport in a state nothing expected,
+            # which may be why this close was called): drop the connection at once. The
+            # session still ends below; it must not wait for a TCP close that may never
+            # come, holding its rooms and its slot.
+            log.warning("closing a connection (%d) failed: aborting it", code, exc_info=True)
+            self.transport.abort()
+        else:
+            self._set_timer(CLOSE_TIMEOUT, self._abort)
+            if self.read_paused:  # read the peer's close frame
+                self.resume_reading()
         receiver, self._receiver = self._receiver, None
         if receiver is not None:
             asyncio.get_running_loop().call_soon(receiver.ended, code)

@@ -565,3 +565,57 @@ async def test_members_who_leave_during_a_fan_out_do_not_cut_it_short() -> None:
     assert hub.local_rooms() == {"v:r": 1}
     await broker.publish("v:r", {"x": 2}, ts=0, policy=VOLATILE)
     assert len(late.received) == 1 and all(len(m.received) == 1 for m in members)
+
+
+class Refusing(Member):
+    """A member whose push and overflow raise (a connection in a state nothing expected)."""
+
+    def push(self, payload: bytes) -> None:
+        raise RuntimeError("this member cannot take it")
+
+    def overflow(self) -> None:
+        raise RuntimeError("this member cannot be dropped")
+
+
+async def test_a_member_whose_push_raises_costs_the_others_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The fan-out logs the failure and never raises: its callers (the broker's reader, a
+    gap fill, the embedded broker's publish, which had stored and delivered the event and
+    would have refused it to its publisher) could only stop short."""
+    broker = CountingBroker()
+    hub = make_hub(broker)
+    members = [Member(), Refusing(), Member(), Member()]
+    for member in members:
+        await join(hub, member, "v:r")
+    await broker.publish("v:r", 1, ts=0, policy=VOLATILE)  # would raise without the guard
+    assert [len(member.received) for member in members] == [1, 0, 1, 1]
+    assert "a member of room 'v:r' failed to take a message" in caplog.text
+
+
+async def test_a_joining_member_whose_drop_raises_costs_the_live_members_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = CountingBroker()
+    hub = Hub(broker, Metrics(), RoomPolicies([]), unsubscribe_delay=0, catch_up_limit=1)
+    watcher = Member()
+    await join(hub, watcher, "r")
+    epoch = (await broker.history("r", None, DURABLE)).epoch
+    held = asyncio.Event()
+    real_history = broker.history
+
+    async def slow_history(
+        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
+        await held.wait()
+        return await real_history(room, after, policy, limit=limit)
+
+    monkeypatch.setattr(broker, "history", slow_history)
+    joining = asyncio.create_task(join(hub, Refusing(), "r", Position(0, epoch)))
+    await asyncio.sleep(0)
+    for n in range(3):  # the second overflows the joiner's buffer: its drop raises
+        await broker.publish("r", n, ts=0, policy=DURABLE)
+    assert len(watcher.offsets()) == 3
+    assert "a joining member of room 'r' failed to take an event" in caplog.text
+    held.set()
+    await asyncio.gather(joining, return_exceptions=True)

@@ -28,6 +28,8 @@ class FakeSocket:
         """Play a client that reads slowly: every write fills the transport's buffer."""
         self.broken = False
         """Play a socket in a state nothing expected: every write raises."""
+        self.broken_close = False
+        """And its close too."""
 
     def send(self, payload: bytes, frames: dict[bytes, bytes] | None = None) -> None:
         if self.broken:
@@ -37,6 +39,8 @@ class FakeSocket:
         self.paused = self.paused or self.pause_on_send
 
     def close(self, code: int, reason: str = "") -> None:
+        if self.broken_close:
+            raise OSError("the socket cannot even be closed")
         self.closed_with = code
         self.closed = True
 
@@ -492,3 +496,51 @@ async def test_a_member_whose_push_raises_costs_the_others_nothing(make: Make, c
     await loop_turns()
     sent = [member.outbox._socket.sent for member in joined]
     assert sent == [[b"e"], [], [b"e"], [b"e"]]
+
+
+async def test_a_socket_whose_close_raises_too_costs_the_others_nothing(make: Make) -> None:
+    """`fail` never raises: the write's error is the one the loop's handler gets."""
+    boxes = [make() for _ in range(3)]
+    failed, broken, _ = boxes[1]
+    broken.broken = broken.broken_close = True
+    errors: list[object] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
+    try:
+        for outbox, _, _ in boxes:
+            outbox.push(b"e")
+        await loop_turns()
+    finally:
+        loop.set_exception_handler(None)
+    assert [socket.sent for _, socket, _ in boxes] == [[b"e"], [], [b"e"]]
+    assert failed.closed and failed.close_code == 1011
+    assert [str(error) for error in errors] == ["the socket is broken"]
+
+
+async def test_a_close_whose_write_raises_ends_the_connection_all_the_same(make: Make) -> None:
+    outbox, socket, _ = make()
+    outbox.push(b"a")
+    socket.broken = True
+    with pytest.raises(OSError, match="broken"):
+        outbox.close(b"bye", 4008)
+    assert outbox.closed and outbox.close_code == 1011 and socket.closed_with == 1011
+    outbox.push(b"late")  # a closed outbox takes nothing
+    assert socket.sent == []
+
+
+async def test_a_replay_waiting_on_an_outbox_that_fails_returns(make: Make) -> None:
+    """The failed outbox wakes what waits on it (the socket's close does not here)."""
+    outbox, socket, _ = make(limit=3)
+    socket.paused = True
+    replay = asyncio.create_task(outbox.replay([b"%d" % n for n in range(10)]))
+    await loop_turns()
+    assert not replay.done()
+    socket.paused, socket.broken = False, True  # no `on_resume`: nothing else wakes it
+    outbox.push(b"x")  # marked: the next flush's write raises, and the outbox fails
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, _context: None)
+    try:
+        await asyncio.wait_for(replay, 1)
+    finally:
+        loop.set_exception_handler(None)
+    assert outbox.closed and socket.sent == []
