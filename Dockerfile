@@ -45,7 +45,7 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python ".[operator]" 
         --find-links /wheels "gamecluster[operator]==0.1.0" \
  && if [ -n "$(find ./core -name 'gamecluster_core-*.whl')" ]; then \
       pip --python /opt/venv/bin/python install --no-cache-dir --no-index \
-          --find-links ./core "gamecluster-core==0.3.0"; \
+          --find-links ./core "gamecluster-core==0.3.1"; \
     else \
       echo "WARNING: no core/dist/gamecluster_core-*.whl (run 'make core-wheel' first):" \
            "this image has no compiled core; its relay runs the pure-Python path" >&2; \
