@@ -108,6 +108,21 @@ def hub_policy(room: str) -> RoomPolicy:
     return RoomPolicies([VOLATILE]).for_room(room)
 
 
+def hold_history(monkeypatch: pytest.MonkeyPatch, broker: CountingBroker) -> asyncio.Event:
+    """Hold every history read of `broker` until the event returned is set."""
+    held = asyncio.Event()
+    real_history = broker.history
+
+    async def slow_history(
+        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
+    ) -> History:
+        await held.wait()
+        return await real_history(room, after, policy, limit=limit)
+
+    monkeypatch.setattr(broker, "history", slow_history)
+    return held
+
+
 async def test_subscription_is_released_after_the_delay_and_kept_when_rejoined() -> None:
     broker = CountingBroker()
     hub = make_hub(broker, delay=0.05)
@@ -257,16 +272,7 @@ async def test_live_events_during_a_catch_up_are_bounded_and_overflow_drops_the_
     watcher = Member()
     await join(hub, watcher, "r")
     epoch = (await broker.history("r", None, DURABLE)).epoch
-    held = asyncio.Event()
-    real_history = broker.history
-
-    async def slow_history(
-        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
-    ) -> History:
-        await held.wait()
-        return await real_history(room, after, policy, limit=limit)
-
-    monkeypatch.setattr(broker, "history", slow_history)
+    held = hold_history(monkeypatch, broker)
     joiner = Member()
     joining = asyncio.create_task(join(hub, joiner, "r", Position(0, epoch)))
     await asyncio.sleep(0)
@@ -342,17 +348,8 @@ async def test_arrivals_before_a_rooms_first_history_read_are_bounded_and_not_lo
     monkeypatch.setattr(hub_module, "PENDING_LIMIT", 2)
     broker = CountingBroker()
     hub = make_hub(broker)
-    held = asyncio.Event()
-    real_history = broker.history
+    held = hold_history(monkeypatch, broker)
     sizes: list[int] = []
-
-    async def slow_history(
-        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
-    ) -> History:
-        await held.wait()
-        return await real_history(room, after, policy, limit=limit)
-
-    monkeypatch.setattr(broker, "history", slow_history)
     member = Member()
     joining = asyncio.create_task(join(hub, member, "r"))
     await asyncio.sleep(0)  # subscribed; its first history read is held
@@ -601,16 +598,7 @@ async def test_a_joining_member_whose_drop_raises_costs_the_live_members_nothing
     watcher = Member()
     await join(hub, watcher, "r")
     epoch = (await broker.history("r", None, DURABLE)).epoch
-    held = asyncio.Event()
-    real_history = broker.history
-
-    async def slow_history(
-        room: str, after: int | None, policy: RoomPolicy, *, limit: int | None = None
-    ) -> History:
-        await held.wait()
-        return await real_history(room, after, policy, limit=limit)
-
-    monkeypatch.setattr(broker, "history", slow_history)
+    held = hold_history(monkeypatch, broker)
     joining = asyncio.create_task(join(hub, Refusing(), "r", Position(0, epoch)))
     await asyncio.sleep(0)
     for n in range(3):  # the second overflows the joiner's buffer: its drop raises

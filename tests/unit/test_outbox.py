@@ -1,7 +1,8 @@
 import asyncio
+import contextlib
 import gc
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -453,6 +454,18 @@ async def test_a_member_whose_push_is_another_outbox_method_is_called(
     assert socket.sent == []
 
 
+@contextlib.contextmanager
+def loop_errors() -> Iterator[list[object]]:
+    """The exceptions the event loop's handler gets meanwhile (a callback's that raised)."""
+    errors: list[object] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
+    try:
+        yield errors
+    finally:
+        loop.set_exception_handler(None)
+
+
 async def test_a_write_that_raises_costs_its_connection_alone(make: Make) -> None:
     """The flush writes every other outbox of its loop turn (they are off the dirty list
     already: stopped there, an idle socket's events would wait for ever), closes the
@@ -461,15 +474,10 @@ async def test_a_write_that_raises_costs_its_connection_alone(make: Make) -> Non
     boxes = [make() for _ in range(3)]
     failed, broken, _ = boxes[1]
     broken.broken = True
-    errors: list[object] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
-    try:
+    with loop_errors() as errors:
         for outbox, _, _ in boxes:
             outbox.push(b"e")
         await loop_turns()
-    finally:
-        loop.set_exception_handler(None)
     assert [socket.sent for _, socket, _ in boxes] == [[b"e"], [], [b"e"]]
     assert broken.closed_with == 1011 and failed.closed and failed.close_code == 1011
     assert len(errors) == 1 and isinstance(errors[0], OSError)
@@ -503,15 +511,10 @@ async def test_a_socket_whose_close_raises_too_costs_the_others_nothing(make: Ma
     boxes = [make() for _ in range(3)]
     failed, broken, _ = boxes[1]
     broken.broken = broken.broken_close = True
-    errors: list[object] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
-    try:
+    with loop_errors() as errors:
         for outbox, _, _ in boxes:
             outbox.push(b"e")
         await loop_turns()
-    finally:
-        loop.set_exception_handler(None)
     assert [socket.sent for _, socket, _ in boxes] == [[b"e"], [], [b"e"]]
     assert failed.closed and failed.close_code == 1011
     assert [str(error) for error in errors] == ["the socket is broken"]
@@ -537,10 +540,6 @@ async def test_a_replay_waiting_on_an_outbox_that_fails_returns(make: Make) -> N
     assert not replay.done()
     socket.paused, socket.broken = False, True  # no `on_resume`: nothing else wakes it
     outbox.push(b"x")  # marked: the next flush's write raises, and the outbox fails
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, _context: None)
-    try:
+    with loop_errors():
         await asyncio.wait_for(replay, 1)
-    finally:
-        loop.set_exception_handler(None)
     assert outbox.closed and socket.sent == []
